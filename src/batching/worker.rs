@@ -1,0 +1,227 @@
+//! One engine worker: an OS thread that owns a session, takes batches from its version's queue,
+//! runs them and answers every job in them.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::queue::{Dropped, Job, Take, QUEUED, RUNNING};
+use super::{SchedulerError, Shared};
+use crate::engine::{BatchInput, Engine, EngineError, Session};
+use crate::metrics::{BatchTimings, FailureReason};
+use crate::tensor::Tensor;
+
+pub(super) struct Worker {
+    shared: Arc<Shared>,
+    engine: Arc<dyn Engine>,
+    session: Box<dyn Session>,
+}
+
+impl Worker {
+    pub fn new(shared: Arc<Shared>, engine: Arc<dyn Engine>, session: Box<dyn Session>) -> Worker {
+        Worker {
+            shared,
+            engine,
+            session,
+        }
+    }
+
+    pub fn run(mut self) {
+        while let Some(batch) = self.next_batch() {
+            if !self.execute(batch) {
+                break;
+            }
+        }
+        let mut state = self.shared.lock();
+        state.live_workers -= 1;
+        if state.live_workers == 0 {
+            // The last worker answers whatever is left with `Stopped` by dropping it.
+            let orphans = state.queue.drain();
+            self.shared.metrics.set_queue_depth(0);
+            self.shared.metrics.add_pending(-(orphans.len() as i64));
+        }
+    }
+
+    /// Blocks until a batch is ready, or returns `None` once the version is closed and empty.
+    fn next_batch(&self) -> Option<Vec<Job>> {
+        let shared = &self.shared;
+        let mut state = shared.lock();
+        loop {
+            let mut dropped = Dropped::default();
+            let now = Instant::now();
+            let closed = state.closed;
+            let take = state.queue.take(now, closed, &mut dropped);
+            let removed = dropped.canceled + dropped.expired;
+            if removed > 0 {
+                shared.metrics.add_pending(-(removed as i64));
+                for _ in 0..dropped.canceled {
+                    shared
+                        .metrics
+                        .record_failure(FailureReason::Canceled, Duration::ZERO);
+                }
+            }
+            match take {
+                Take::Batch(jobs) => {
+                    shared.metrics.set_queue_depth(state.queue.len());
+                    if !state.queue.is_empty() {
+                        shared.ready.notify_one();
+                    }
+                    return Some(jobs);
+                }
+                Take::WaitUntil(at) => {
+                    shared.metrics.set_queue_depth(state.queue.len());
+                    state = shared
+                        .ready
+                        .wait_timeout(state, at.saturating_duration_since(now))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+                Take::Empty => {
+                    shared.metrics.set_queue_depth(0);
+                    if state.closed {
+                        return None;
+                    }
+                    state = shared.ready.wait(state).unwrap_or_else(|e| e.into_inner());
+                }
+            }
+        }
+    }
+
+    /// Runs one batch and answers its jobs. Returns false when this worker can no longer run.
+    fn execute(&mut self, mut jobs: Vec<Job>) -> bool {
+        let metrics = &self.shared.metrics;
+        let taken = jobs.len();
+        // A waiter may have expired its job between `take` and now; such a job does not run.
+        jobs.retain(|job| {
+            job.state
+                .compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        });
+        let started = Instant::now();
+        for job in &jobs {
+            metrics.record_queue(started.saturating_duration_since(job.enqueued));
+        }
+        let batching = self.shared.settings.policy.max_batch_size > 0;
+        let rows: usize = jobs.iter().map(|j| j.rows).sum();
+
+        let mut panicked = false;
+        let outcome = if jobs.is_empty() {
+            Ok(None)
+        } else {
+            let inputs = batch_inputs(&jobs, batching, rows);
+            let session = &mut self.session;
+            // A panic inside an engine fails this batch alone; the session is rebuilt below.
+            catch_unwind(AssertUnwindSafe(|| {
+                session.set_inputs(&inputs)?;
+                let computing = Instant::now();
+                let outputs = session.run()?;
+                Ok(Some((computing, outputs)))
+            }))
+            .unwrap_or_else(|panic| {
+                panicked = true;
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(EngineError::Run(format!("the engine panicked: {what}")))
+            })
+        };
+        let mut keep_running = true;
+        match outcome {
+            Ok(None) => {}
+            Ok(Some((computing, outputs))) => {
+                let finished = Instant::now();
+                let answered = answer(jobs, outputs, batching, rows);
+                let replied = Instant::now();
+                metrics.record_batch(BatchTimings {
+                    rows,
+                    compute_input: computing - started,
+                    compute_infer: finished - computing,
+                    compute_output: replied - finished,
+                });
+                for _ in 0..answered.canceled {
+                    metrics.record_failure(FailureReason::Canceled, Duration::ZERO);
+                }
+            }
+            Err(error) => {
+                for job in &jobs {
+                    let _enter = job.span.enter();
+                    tracing::warn!(model = %self.shared.settings.name, %error, "batch failed");
+                }
+                for job in jobs {
+                    let _ = job.reply.send(Err(SchedulerError::Engine(error.clone())));
+                }
+                if panicked {
+                    match self.engine.new_session() {
+                        Ok(session) => self.session = session,
+                        Err(e) => {
+                            tracing::error!(model = %self.shared.settings.name, error = %e,
+                                "engine worker cannot recover its session and stops");
+                            keep_running = false;
+                        }
+                    }
+                }
+            }
+        }
+        metrics.add_pending(-(taken as i64));
+        keep_running
+    }
+}
+
+/// Each input of the batch, its parts in job order.
+fn batch_inputs(jobs: &[Job], batching: bool, rows: usize) -> Vec<BatchInput<'_>> {
+    let first = &jobs[0];
+    (0..first.inputs.len())
+        .map(|i| {
+            let mut shape = first.inputs[i].shape.clone();
+            if batching {
+                shape[0] = rows;
+            }
+            BatchInput {
+                shape,
+                parts: jobs.iter().map(|j| &j.inputs[i]).collect(),
+            }
+        })
+        .collect()
+}
+
+struct Answered {
+    canceled: usize,
+}
+
+/// Splits the batch outputs back to the jobs by slicing (no copy) and sends them.
+fn answer(jobs: Vec<Job>, outputs: Vec<Tensor>, batching: bool, rows: usize) -> Answered {
+    let mut canceled = 0;
+    if !batching {
+        if let Some(job) = jobs.into_iter().next() {
+            if job.reply.send(Ok(outputs)).is_err() {
+                canceled += 1;
+            }
+        }
+        return Answered { canceled };
+    }
+    if let Some(bad) = outputs.iter().position(|o| o.shape.first() != Some(&rows)) {
+        let error = EngineError::Run(format!(
+            "output {bad} has shape {:?}, which does not split into the batch's {rows} rows",
+            outputs[bad].shape
+        ));
+        for job in jobs {
+            let _ = job.reply.send(Err(SchedulerError::Engine(error.clone())));
+        }
+        return Answered { canceled };
+    }
+    let mut offset = 0;
+    for job in jobs {
+        let mine = outputs
+            .iter()
+            .map(|o| o.slice_rows(offset, job.rows))
+            .collect();
+        offset += job.rows;
+        if job.reply.send(Ok(mine)).is_err() {
+            canceled += 1;
+        }
+    }
+    Answered { canceled }
+}

@@ -1,0 +1,467 @@
+//! A model's `config.toml`: parsed into a typed [`ModelConfig`] and checked field by field.
+//!
+//! The fields mirror Triton's model configuration where Triton has one (`max_batch_size`,
+//! `version_policy`, `input`/`output`, `dynamic_batching`), so a Triton user recognises them.
+//! Everything is optional: a model directory with no `config.toml` serves with the defaults and
+//! the inputs and outputs read from its ONNX file.
+
+use std::num::NonZeroU32;
+use std::path::Path;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::ConfigError;
+use crate::tensor::DataType;
+
+/// The largest `max_batch_size` accepted; larger batches belong to offline jobs, not a server.
+pub const MAX_BATCH_SIZE_LIMIT: u32 = 1 << 16;
+/// Default bound of a model version's request queue when `config.toml` sets none.
+pub const DEFAULT_MAX_QUEUE_SIZE: u32 = 1024;
+
+/// The whole of a model's configuration.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Must equal the directory name when given.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The engine family; only `onnx` exists today.
+    #[serde(default)]
+    pub backend: Backend,
+    /// 0: the model does not batch and `dims` are full shapes. N > 0: every input and output has
+    /// an implicit leading batch dimension of at most N rows, left out of `dims`.
+    #[serde(default)]
+    pub max_batch_size: u32,
+    #[serde(default)]
+    pub version_policy: VersionPolicy,
+    /// Engine workers per loaded version; each runs one batch at a time on its own thread.
+    #[serde(default = "one")]
+    pub instances: NonZeroU32,
+    /// The file inside each version directory.
+    #[serde(default = "default_model_filename")]
+    pub default_model_filename: String,
+    /// Inputs; when left out they are read from the model file, when given they are checked
+    /// against it at load.
+    #[serde(default)]
+    pub input: Vec<TensorConfig>,
+    /// Outputs, as for `input`. When given, only the listed outputs are served.
+    #[serde(default)]
+    pub output: Vec<TensorConfig>,
+    /// Server-side batching of separate requests; absent means each request runs alone.
+    #[serde(default)]
+    pub dynamic_batching: Option<DynamicBatching>,
+    /// Bound of the request queue and default timeout, which apply with or without batching.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueuePolicy>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    #[default]
+    Onnx,
+}
+
+/// Which version directories serve (Triton's `version_policy`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum VersionPolicy {
+    /// The N highest versions.
+    Latest { num_versions: NonZeroU32 },
+    /// Every version.
+    All {},
+    /// Exactly these versions.
+    Specific { versions: Vec<u64> },
+}
+
+impl Default for VersionPolicy {
+    fn default() -> Self {
+        VersionPolicy::Latest {
+            num_versions: one(),
+        }
+    }
+}
+
+impl VersionPolicy {
+    /// The versions this policy selects out of those present, highest first.
+    pub fn select(&self, available: &[u64]) -> Vec<u64> {
+        let mut sorted = available.to_vec();
+        sorted.sort_unstable_by(|a, b| b.cmp(a));
+        sorted.dedup();
+        match self {
+            VersionPolicy::Latest { num_versions } => {
+                sorted.truncate(num_versions.get() as usize);
+                sorted
+            }
+            VersionPolicy::All {} => sorted,
+            VersionPolicy::Specific { versions } => {
+                sorted.retain(|v| versions.contains(v));
+                sorted
+            }
+        }
+    }
+}
+
+/// One input or output.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorConfig {
+    pub name: String,
+    #[serde(
+        deserialize_with = "datatype_from_str",
+        serialize_with = "datatype_to_str"
+    )]
+    pub datatype: DataType,
+    /// Dimensions without the batch dimension when `max_batch_size > 0`; -1 is variable.
+    pub dims: Vec<i64>,
+}
+
+/// Triton's `dynamic_batching`, with units in the key names.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynamicBatching {
+    /// Batch sizes the batcher prefers to cut at, each at most `max_batch_size`.
+    #[serde(default)]
+    pub preferred_batch_sizes: Vec<u32>,
+    /// How long the oldest request may wait for others when no full or preferred batch can be
+    /// formed. 0 sends whatever is queued as soon as an engine worker is free.
+    #[serde(default)]
+    pub max_queue_delay_us: u64,
+    /// Same as `queue.max_queue_size`, accepted here too because Triton keeps it beside the
+    /// batcher settings. Setting both is an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queue_size: Option<NonZeroU32>,
+    /// Same as `queue.default_timeout_us`; setting both is an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_timeout_us: Option<u64>,
+}
+
+/// The request queue of each loaded version.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueuePolicy {
+    /// Requests waiting beyond this many are refused at once (HTTP 503).
+    #[serde(default = "default_max_queue_size")]
+    pub max_queue_size: NonZeroU32,
+    /// A request still queued after this long fails with 504 and is not run; 0 means no limit.
+    /// A request's own `timeout` parameter may only lower it.
+    #[serde(default)]
+    pub default_timeout_us: u64,
+}
+
+impl Default for QueuePolicy {
+    fn default() -> Self {
+        QueuePolicy {
+            max_queue_size: default_max_queue_size(),
+            default_timeout_us: 0,
+        }
+    }
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            name: None,
+            backend: Backend::Onnx,
+            max_batch_size: 0,
+            version_policy: VersionPolicy::default(),
+            instances: one(),
+            default_model_filename: default_model_filename(),
+            input: Vec::new(),
+            output: Vec::new(),
+            dynamic_batching: None,
+            queue: None,
+        }
+    }
+}
+
+impl ModelConfig {
+    /// The queue policy in force, wherever it was written.
+    pub fn queue_policy(&self) -> QueuePolicy {
+        let mut policy = self.queue.clone().unwrap_or_default();
+        if let Some(db) = &self.dynamic_batching {
+            if let Some(size) = db.max_queue_size {
+                policy.max_queue_size = size;
+            }
+            if let Some(timeout) = db.default_timeout_us {
+                policy.default_timeout_us = timeout;
+            }
+        }
+        policy
+    }
+
+    /// Reads `<dir>/config.toml`, or the defaults when the file does not exist.
+    pub fn load(dir: &Path, model_name: &str) -> Result<ModelConfig, ConfigError> {
+        let path = dir.join("config.toml");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ModelConfig::default()),
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        let config: ModelConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        config
+            .validate(model_name)
+            .map_err(|(key, reason)| ConfigError::Invalid { path, key, reason })?;
+        Ok(config)
+    }
+
+    /// Parses a configuration given as JSON (the repository `load` API's `config` parameter).
+    pub fn from_json(text: &str, model_name: &str) -> Result<ModelConfig, ConfigError> {
+        let path = Path::new("<config parameter>").to_path_buf();
+        let config: ModelConfig = serde_json::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        config
+            .validate(model_name)
+            .map_err(|(key, reason)| ConfigError::Invalid { path, key, reason })?;
+        Ok(config)
+    }
+
+    /// Cross-field checks serde cannot express. The error names the key and the reason.
+    pub fn validate(&self, model_name: &str) -> Result<(), (String, String)> {
+        let fail = |key: &str, reason: String| Err((key.to_string(), reason));
+        if let Some(name) = &self.name {
+            if name != model_name {
+                return fail(
+                    "name",
+                    format!("is '{name}' but the model directory is '{model_name}'"),
+                );
+            }
+        }
+        if self.max_batch_size > MAX_BATCH_SIZE_LIMIT {
+            return fail(
+                "max_batch_size",
+                format!(
+                    "{} exceeds the limit of {MAX_BATCH_SIZE_LIMIT}",
+                    self.max_batch_size
+                ),
+            );
+        }
+        if let VersionPolicy::Specific { versions } = &self.version_policy {
+            if versions.is_empty() {
+                return fail(
+                    "version_policy.specific.versions",
+                    "must list at least one version".into(),
+                );
+            }
+            if let Some(v) = versions.iter().find(|&&v| v == 0) {
+                return fail(
+                    "version_policy.specific.versions",
+                    format!("{v} is not a positive integer"),
+                );
+            }
+        }
+        if self.instances.get() > 256 {
+            return fail(
+                "instances",
+                format!("{} exceeds the limit of 256", self.instances),
+            );
+        }
+        if self.default_model_filename.is_empty()
+            || self.default_model_filename.contains(['/', '\\'])
+            || self.default_model_filename == ".."
+        {
+            return fail(
+                "default_model_filename",
+                format!("'{}' is not a plain file name", self.default_model_filename),
+            );
+        }
+        for (key, list) in [("input", &self.input), ("output", &self.output)] {
+            for (i, t) in list.iter().enumerate() {
+                if t.name.is_empty() {
+                    return fail(&format!("{key}[{i}].name"), "must not be empty".into());
+                }
+                if list[..i].iter().any(|o| o.name == t.name) {
+                    return fail(
+                        &format!("{key}[{i}].name"),
+                        format!("'{}' is listed twice", t.name),
+                    );
+                }
+                if let Some(d) = t.dims.iter().find(|&&d| d == 0 || d < -1) {
+                    return fail(
+                        &format!("{key}[{i}].dims"),
+                        format!("{d} is not a dimension (a positive size, or -1 for variable)"),
+                    );
+                }
+            }
+        }
+        if let Some(db) = &self.dynamic_batching {
+            if self.max_batch_size == 0 {
+                return fail(
+                    "dynamic_batching",
+                    "needs max_batch_size > 0: a model without a batch dimension cannot batch"
+                        .into(),
+                );
+            }
+            if let Some(p) = db
+                .preferred_batch_sizes
+                .iter()
+                .find(|&&p| p == 0 || p > self.max_batch_size)
+            {
+                return fail(
+                    "dynamic_batching.preferred_batch_sizes",
+                    format!(
+                        "{p} is not between 1 and max_batch_size ({})",
+                        self.max_batch_size
+                    ),
+                );
+            }
+            if self.queue.is_some()
+                && (db.max_queue_size.is_some() || db.default_timeout_us.is_some())
+            {
+                return fail(
+                    "dynamic_batching.max_queue_size",
+                    "the queue policy is set in both [queue] and [dynamic_batching]; keep one"
+                        .into(),
+                );
+            }
+            if db.max_queue_delay_us > 10_000_000 {
+                return fail(
+                    "dynamic_batching.max_queue_delay_us",
+                    format!("{} exceeds the limit of 10 s", db.max_queue_delay_us),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+fn one() -> NonZeroU32 {
+    NonZeroU32::MIN
+}
+
+fn default_model_filename() -> String {
+    "model.onnx".into()
+}
+
+fn default_max_queue_size() -> NonZeroU32 {
+    NonZeroU32::new(DEFAULT_MAX_QUEUE_SIZE).expect("the default queue size is positive")
+}
+
+fn datatype_from_str<'de, D: Deserializer<'de>>(d: D) -> Result<DataType, D::Error> {
+    let name = String::deserialize(d)?;
+    DataType::parse(&name).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "unknown datatype '{name}' (expected a V2 name such as FP32, INT64, BYTES, or TYPE_FP32)"
+        ))
+    })
+}
+
+fn datatype_to_str<S: serde::Serializer>(dt: &DataType, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(dt.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ModelConfig, String> {
+        let c: ModelConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        c.validate("m").map_err(|(k, r)| format!("{k}: {r}"))?;
+        Ok(c)
+    }
+
+    #[test]
+    fn minimal_config_defaults_everything() {
+        let c = parse("max_batch_size = 64").unwrap();
+        assert_eq!(c.max_batch_size, 64);
+        assert_eq!(c.instances.get(), 1);
+        assert_eq!(c.dynamic_batching, None);
+        assert_eq!(c.version_policy, VersionPolicy::default());
+        assert_eq!(
+            c.queue_policy().max_queue_size.get(),
+            DEFAULT_MAX_QUEUE_SIZE
+        );
+    }
+
+    #[test]
+    fn full_config() {
+        let c = parse(
+            r#"
+            name = "m"
+            backend = "onnx"
+            max_batch_size = 8
+            instances = 2
+            version_policy = { specific = { versions = [1, 3] } }
+            [[input]]
+            name = "x"
+            datatype = "TYPE_FP32"
+            dims = [4]
+            [[output]]
+            name = "y"
+            datatype = "INT64"
+            dims = [-1]
+            [dynamic_batching]
+            preferred_batch_sizes = [4, 8]
+            max_queue_delay_us = 100
+            [queue]
+            max_queue_size = 16
+            default_timeout_us = 5000
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.input[0].datatype, DataType::Fp32);
+        assert_eq!(c.version_policy.select(&[1, 2, 3]), vec![3, 1]);
+        assert_eq!(c.queue_policy().default_timeout_us, 5000);
+        let c = parse(
+            "max_batch_size = 8\n[dynamic_batching]\nmax_queue_size = 3\ndefault_timeout_us = 9",
+        )
+        .unwrap();
+        assert_eq!(c.queue_policy().max_queue_size.get(), 3);
+        assert_eq!(c.queue_policy().default_timeout_us, 9);
+    }
+
+    #[test]
+    fn bad_configs_name_the_key() {
+        let cases = [
+            ("max_batch = 3", "unknown field `max_batch`"),
+            ("max_batch_size = -1", "max_batch_size"),
+            ("[dynamic_batching]\nmax_queue_delay_us = 5", "needs max_batch_size > 0"),
+            (
+                "max_batch_size = 4\n[dynamic_batching]\npreferred_batch_sizes = [8]",
+                "dynamic_batching.preferred_batch_sizes: 8",
+            ),
+            ("[[input]]\nname = \"x\"\ndatatype = \"FLOAT\"\ndims = [1]", "unknown datatype 'FLOAT'"),
+            ("[[input]]\nname = \"x\"\ndatatype = \"FP32\"\ndims = [0]", "input[0].dims"),
+            ("version_policy = { latest = { num_versions = 0 } }", "version_policy"),
+            ("version_policy = { specific = { versions = [] } }", "at least one"),
+            ("name = \"other\"", "directory is 'm'"),
+            ("backend = \"pytorch\"", "unknown variant `pytorch`"),
+            ("instances = 0", "instances"),
+            (
+                "max_batch_size = 2\n[queue]\nmax_queue_size = 2\n[dynamic_batching]\nmax_queue_size = 2",
+                "keep one",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(expected), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn version_policies_select() {
+        let avail = [1, 5, 3, 2];
+        assert_eq!(VersionPolicy::default().select(&avail), vec![5]);
+        let latest2 = VersionPolicy::Latest {
+            num_versions: NonZeroU32::new(2).unwrap(),
+        };
+        assert_eq!(latest2.select(&avail), vec![5, 3]);
+        assert_eq!(VersionPolicy::All {}.select(&avail), vec![5, 3, 2, 1]);
+        let specific = VersionPolicy::Specific {
+            versions: vec![2, 9],
+        };
+        assert_eq!(specific.select(&avail), vec![2]);
+    }
+
+    #[test]
+    fn json_config_round_trips() {
+        let c = parse("max_batch_size = 8\n[dynamic_batching]\nmax_queue_delay_us = 7").unwrap();
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(ModelConfig::from_json(&json, "m").unwrap(), c);
+    }
+}

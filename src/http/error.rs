@@ -1,0 +1,100 @@
+//! The one place where errors become HTTP statuses and `{"error": "..."}` bodies.
+
+use bytes::Bytes;
+use http::{header, Response, StatusCode};
+use http_body_util::Full;
+
+use crate::batching::SchedulerError;
+use crate::protocol::ProtocolError;
+use crate::repository::RepositoryError;
+use crate::routing::{InferError, RouteError};
+
+/// Every way a request can fail, from every layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("no endpoint {method} {path}")]
+    NoEndpoint { method: String, path: String },
+    #[error("method {method} is not allowed on {path}; use {allowed}")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allowed: &'static str,
+    },
+    #[error("request body exceeds the limit of {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("unsupported Content-Encoding '{0}' (supported: gzip, deflate, identity)")]
+    UnsupportedEncoding(String),
+    #[error("the server is not ready: {0}")]
+    NotReady(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error(transparent)]
+    Infer(#[from] InferError),
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
+}
+
+impl From<RouteError> for ApiError {
+    fn from(e: RouteError) -> Self {
+        ApiError::Infer(InferError::Route(e))
+    }
+}
+
+impl ApiError {
+    /// The status of each error. Exhaustive on purpose: a new variant must choose one.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::NoEndpoint { .. } => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Protocol(_) => StatusCode::BAD_REQUEST,
+            ApiError::Infer(e) => match e {
+                InferError::Route(r) => route_status(r),
+                InferError::Invalid(_) => StatusCode::BAD_REQUEST,
+                InferError::Scheduler(s) => match s {
+                    SchedulerError::QueueFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                    SchedulerError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+                    SchedulerError::Stopped { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                    SchedulerError::Engine(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                },
+            },
+            ApiError::Repository(e) => match e {
+                RepositoryError::UnknownModel(_) => StatusCode::NOT_FOUND,
+                RepositoryError::BadName(_) => StatusCode::BAD_REQUEST,
+                RepositoryError::BadRequest(_) => StatusCode::BAD_REQUEST,
+                RepositoryError::LoadFailed { .. } => StatusCode::BAD_REQUEST,
+                RepositoryError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+        }
+    }
+
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let status = self.status();
+        let body = serde_json::to_vec(&serde_json::json!({ "error": self.to_string() }))
+            .expect("serializing a string map cannot fail");
+        let mut builder = Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "application/json");
+        if status == StatusCode::UNAUTHORIZED {
+            builder = builder.header(header::WWW_AUTHENTICATE, "Bearer");
+        }
+        builder
+            .body(Full::new(Bytes::from(body)))
+            .expect("static headers are valid")
+    }
+}
+
+fn route_status(e: &RouteError) -> StatusCode {
+    match e {
+        RouteError::UnknownModel(_) | RouteError::UnknownVersion { .. } => StatusCode::NOT_FOUND,
+        RouteError::NotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}

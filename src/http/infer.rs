@@ -1,0 +1,70 @@
+//! `POST /v2/models/{m}[/versions/{v}]/infer`: decode, run through `routing`, encode.
+
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use super::error::ApiError;
+use super::{body, AppState};
+use crate::protocol::{self, InferResponse, ResponseOutput, HEADER_CONTENT_LENGTH};
+
+/// Bodies larger than this are decoded on the blocking pool, so one huge request cannot stall
+/// the other connections served by the same runtime worker.
+const INLINE_DECODE_LIMIT: usize = 256 << 10;
+
+pub async fn infer(
+    state: &AppState,
+    model: &str,
+    version: Option<&str>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let (parts, incoming) = req.into_parts();
+    let header_len = match parts.headers.get(HEADER_CONTENT_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .ok_or_else(|| {
+                    protocol::ProtocolError::BadHeaderLength(
+                        String::from_utf8_lossy(v.as_bytes()).into(),
+                    )
+                })?,
+        ),
+    };
+    let body = body::read(&parts, incoming, state.config.max_body_bytes).await?;
+    let request = if body.len() > INLINE_DECODE_LIMIT {
+        tokio::task::spawn_blocking(move || protocol::decode_request(body, header_len))
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("request decoding stopped: {e}")))??
+    } else {
+        protocol::decode_request(body, header_len)?
+    };
+    let id = request.id.clone();
+    let result = state.router.infer(model, version, request).await?;
+    let response = InferResponse {
+        model_name: &result.version.model,
+        model_version: result.version.version.to_string(),
+        id: id.as_deref(),
+        outputs: result
+            .picked()
+            .map(|(name, tensor, binary)| ResponseOutput {
+                name: name.to_string(),
+                tensor: tensor.clone(),
+                binary,
+            })
+            .collect(),
+    };
+    let encoded = protocol::encode_response(&response);
+    let mut builder = Response::builder().status(StatusCode::OK);
+    builder = match encoded.header_len {
+        Some(len) => builder
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(HEADER_CONTENT_LENGTH, len),
+        None => builder.header(header::CONTENT_TYPE, "application/json"),
+    };
+    Ok(builder
+        .body(Full::new(Bytes::from(encoded.body)))
+        .expect("headers are valid"))
+}

@@ -1,0 +1,192 @@
+//! Server and model metadata, readiness, Triton's model configuration and statistics.
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::{empty_response, json_response, AppState};
+use crate::metrics::CountNs;
+use crate::model::{IoSpec, LoadedVersion};
+use crate::routing::RouteError;
+
+type Reply = Result<Response<Full<Bytes>>, ApiError>;
+
+/// Extensions that work, and only those: perf_analyzer reads statistics only when advertised.
+pub const EXTENSIONS: &[&str] = &[
+    "binary_tensor_data",
+    "model_repository",
+    "model_configuration",
+    "statistics",
+];
+
+pub fn server_metadata(_state: &AppState) -> Reply {
+    Ok(json_response(&json!({
+        "name": env!("CARGO_PKG_NAME"),
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": EXTENSIONS,
+    })))
+}
+
+pub fn metadata(state: &AppState, model: &str, version: Option<&str>) -> Reply {
+    let loaded = state.router.resolve(model, version)?;
+    let table = state.router.snapshot();
+    let versions: Vec<String> = table
+        .models
+        .get(model)
+        .map(|r| r.versions.keys().map(u64::to_string).collect())
+        .unwrap_or_default();
+    let io = &loaded.io;
+    let tensors = |specs: &[IoSpec]| -> Vec<Value> {
+        specs
+            .iter()
+            .map(
+                |s| json!({"name": s.name, "datatype": s.dtype.as_str(), "shape": io.full_dims(s)}),
+            )
+            .collect()
+    };
+    Ok(json_response(&json!({
+        "name": model,
+        "versions": versions,
+        "platform": loaded.platform,
+        "inputs": tensors(&io.inputs),
+        "outputs": tensors(&io.outputs),
+    })))
+}
+
+pub fn ready(state: &AppState, model: &str, version: Option<&str>) -> Reply {
+    state.router.resolve(model, version)?;
+    Ok(empty_response(StatusCode::OK))
+}
+
+/// The configuration in Triton's JSON shape (protobuf field names), which perf_analyzer and
+/// tritonclient's `get_model_config` read.
+pub fn config(state: &AppState, model: &str, version: Option<&str>) -> Reply {
+    let loaded = state.router.resolve(model, version)?;
+    Ok(json_response(&triton_config(&loaded)))
+}
+
+fn triton_config(v: &LoadedVersion) -> Value {
+    let c = &v.config;
+    let io = &v.io;
+    let inputs: Vec<Value> = io
+        .inputs
+        .iter()
+        .map(|s| {
+            json!({
+                "name": s.name,
+                "data_type": s.dtype.triton_config_name(),
+                "format": "FORMAT_NONE",
+                "dims": s.dims,
+                "is_shape_tensor": false,
+                "allow_ragged_batch": false,
+                "optional": false,
+            })
+        })
+        .collect();
+    let outputs: Vec<Value> = io
+        .outputs
+        .iter()
+        .map(|s| {
+            json!({
+                "name": s.name,
+                "data_type": s.dtype.triton_config_name(),
+                "dims": s.dims,
+                "label_filename": "",
+                "is_shape_tensor": false,
+            })
+        })
+        .collect();
+    let queue = c.queue_policy();
+    let mut config = json!({
+        "name": v.model,
+        "platform": v.platform,
+        "backend": "tract",
+        "version_policy": c.version_policy,
+        "max_batch_size": c.max_batch_size,
+        "input": inputs,
+        "output": outputs,
+        "instance_group": [{
+            "name": format!("{}_0", v.model),
+            "kind": "KIND_CPU",
+            "count": c.instances.get(),
+            "gpus": [],
+        }],
+        "default_model_filename": c.default_model_filename,
+        "parameters": {},
+        "model_warmup": [],
+    });
+    if let Some(db) = &c.dynamic_batching {
+        config["dynamic_batching"] = json!({
+            "preferred_batch_size": db.preferred_batch_sizes,
+            "max_queue_delay_microseconds": db.max_queue_delay_us,
+            "preserve_ordering": false,
+            "priority_levels": 0,
+            "default_priority_level": 0,
+            "default_queue_policy": {
+                "timeout_action": "REJECT",
+                "default_timeout_microseconds": queue.default_timeout_us,
+                "allow_timeout_override": true,
+                "max_queue_size": queue.max_queue_size.get(),
+            },
+        });
+    }
+    config
+}
+
+/// Triton's statistics extension: every ready version of one model, or of all models.
+pub fn stats(state: &AppState, model: Option<&str>, version: Option<&str>) -> Reply {
+    let table = state.router.snapshot();
+    let mut versions = Vec::new();
+    match (model, version) {
+        (Some(m), Some(_)) => versions.push(state.router.resolve(m, version)?),
+        (Some(m), None) => {
+            let route = table
+                .models
+                .get(m)
+                .ok_or_else(|| RouteError::UnknownModel(m.to_string()))?;
+            versions.extend(route.versions.values().cloned());
+        }
+        (None, _) => {
+            let mut names: Vec<&String> = table.models.keys().collect();
+            names.sort();
+            for name in names {
+                versions.extend(table.models[name].versions.values().cloned());
+            }
+        }
+    }
+    let model_stats: Vec<Value> = versions.iter().map(|v| version_stats(v)).collect();
+    Ok(json_response(&json!({ "model_stats": model_stats })))
+}
+
+fn version_stats(v: &LoadedVersion) -> Value {
+    let s = v.metrics.stats();
+    let d = |c: CountNs| json!({"count": c.count, "ns": c.ns});
+    let zero = d(CountNs::default());
+    json!({
+        "name": v.model,
+        "version": v.version.to_string(),
+        "last_inference": s.last_inference_ms,
+        "inference_count": s.inference_count,
+        "execution_count": s.execution_count,
+        "inference_stats": {
+            "success": d(s.success),
+            "fail": d(s.fail),
+            "queue": d(s.queue),
+            "compute_input": d(s.compute_input),
+            "compute_infer": d(s.compute_infer),
+            "compute_output": d(s.compute_output),
+            "cache_hit": zero,
+            "cache_miss": zero,
+        },
+        "response_stats": {},
+        "batch_stats": s.batches.iter().map(|(size, [input, infer, output])| json!({
+            "batch_size": size,
+            "compute_input": d(*input),
+            "compute_infer": d(*infer),
+            "compute_output": d(*output),
+        })).collect::<Vec<_>>(),
+        "memory_usage": [],
+    })
+}

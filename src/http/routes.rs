@@ -1,0 +1,171 @@
+//! Path and method dispatch for the V2 API, Triton's extensions and `/metrics`.
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use super::error::ApiError;
+use super::{empty_response, infer, models, repository, AppState};
+
+type Reply = Result<Response<Full<Bytes>>, ApiError>;
+
+/// Routes one request. Returns a fixed endpoint label for the HTTP metrics with the outcome.
+pub async fn dispatch(state: &AppState, req: Request<Incoming>) -> (&'static str, Reply) {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let segments: Vec<String> = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(percent_decode)
+        .collect();
+    let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
+
+    let not_allowed = |allowed: &'static str| ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: path.clone(),
+        allowed,
+    };
+    let get = |endpoint: &'static str, reply: fn(&AppState) -> Reply| -> (&'static str, Reply) {
+        if method == Method::GET || method == Method::HEAD {
+            (endpoint, reply(state))
+        } else {
+            (endpoint, Err(not_allowed("GET")))
+        }
+    };
+
+    match seg.as_slice() {
+        ["v2"] => get("server_metadata", models::server_metadata),
+        ["v2", "health", "live"] => get("health", |_| Ok(empty_response(StatusCode::OK))),
+        ["v2", "health", "ready"] => get("health", |s| {
+            Ok(empty_response(if s.is_ready() {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            }))
+        }),
+        ["metrics"] => get("metrics", |s| {
+            Ok(Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+                .body(Full::new(Bytes::from(s.metrics.render())))
+                .expect("static headers are valid"))
+        }),
+        ["v2", "models", "stats"] => {
+            if method != Method::GET {
+                return ("stats", Err(not_allowed("GET")));
+            }
+            ("stats", models::stats(state, None, None))
+        }
+        ["v2", "models", model, rest @ ..] => {
+            let (version, action) = match rest {
+                [] => (None, None),
+                [action] => (None, Some(*action)),
+                ["versions", v] => (Some(*v), None),
+                ["versions", v, action] => (Some(*v), Some(*action)),
+                _ => return ("unknown", Err(no_endpoint(&method, &path))),
+            };
+            let model = *model;
+            match action {
+                None => {
+                    if method != Method::GET {
+                        return ("model_metadata", Err(not_allowed("GET")));
+                    }
+                    ("model_metadata", models::metadata(state, model, version))
+                }
+                Some("ready") => {
+                    if method != Method::GET {
+                        return ("model_ready", Err(not_allowed("GET")));
+                    }
+                    ("model_ready", models::ready(state, model, version))
+                }
+                Some("config") => {
+                    if method != Method::GET {
+                        return ("model_config", Err(not_allowed("GET")));
+                    }
+                    ("model_config", models::config(state, model, version))
+                }
+                Some("stats") => {
+                    if method != Method::GET {
+                        return ("stats", Err(not_allowed("GET")));
+                    }
+                    ("stats", models::stats(state, Some(model), version))
+                }
+                Some("infer") => {
+                    if method != Method::POST {
+                        return ("infer", Err(not_allowed("POST")));
+                    }
+                    let model = model.to_string();
+                    let version = version.map(str::to_string);
+                    (
+                        "infer",
+                        infer::infer(state, &model, version.as_deref(), req).await,
+                    )
+                }
+                Some(_) => ("unknown", Err(no_endpoint(&method, &path))),
+            }
+        }
+        ["v2", "repository", "index"] => {
+            if method != Method::POST && method != Method::GET {
+                return ("repository", Err(not_allowed("POST")));
+            }
+            ("repository", repository::index(state, req).await)
+        }
+        ["v2", "repository", "models", model, action @ ("load" | "unload")] => {
+            if method != Method::POST {
+                return ("repository", Err(not_allowed("POST")));
+            }
+            let model = model.to_string();
+            let reply = if *action == "load" {
+                repository::load(state, &model, req).await
+            } else {
+                repository::unload(state, &model, req).await
+            };
+            ("repository", reply)
+        }
+        _ => ("unknown", Err(no_endpoint(&method, &path))),
+    }
+}
+
+fn no_endpoint(method: &Method, path: &str) -> ApiError {
+    ApiError::NoEndpoint {
+        method: method.to_string(),
+        path: path.to_string(),
+    }
+}
+
+/// Decodes `%XX` escapes in one path segment (clients quote model names).
+fn percent_decode(segment: &str) -> String {
+    if !segment.contains('%') {
+        return segment.to_string();
+    }
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_decode;
+
+    #[test]
+    fn decodes_escapes() {
+        assert_eq!(percent_decode("my%20model"), "my model");
+        assert_eq!(percent_decode("a%2"), "a%2");
+        assert_eq!(percent_decode("plain"), "plain");
+        assert_eq!(percent_decode("%41%"), "A%");
+    }
+}

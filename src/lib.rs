@@ -1,0 +1,13 @@
+//! cairn: a KServe V2 / Triton-compatible inference server.
+
+pub mod batching;
+pub mod config;
+pub mod engine;
+pub mod http;
+pub mod metrics;
+pub mod model;
+pub mod protocol;
+pub mod repository;
+pub mod routing;
+pub mod server;
+pub mod tensor;

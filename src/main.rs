@@ -1,0 +1,104 @@
+//! The `cairn` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use cairn::config::{ServerConfig, ServerSettings};
+use cairn::server::RunningServer;
+
+/// A fast KServe V2 / Triton-compatible inference server.
+#[derive(Parser)]
+#[command(name = "cairn", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the models of a repository over HTTP (KServe V2 / Open Inference Protocol).
+    Serve {
+        /// Settings file; missing is fine unless given explicitly.
+        #[arg(long, env = "CAIRN_CONFIG", default_value = "configs/server.toml")]
+        config: PathBuf,
+        #[command(flatten)]
+        settings: ServerSettings,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config, settings } => match serve(config, settings) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("error: {message}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn serve(config_path: PathBuf, flags: ServerSettings) -> Result<(), String> {
+    let explicit =
+        std::env::args_os().any(|a| a == "--config") || std::env::var_os("CAIRN_CONFIG").is_some();
+    let file = if config_path.exists() || explicit {
+        ServerSettings::from_file(&config_path).map_err(|e| e.to_string())?
+    } else {
+        ServerSettings::default()
+    };
+    let config =
+        ServerConfig::from_settings(flags.or(file), &config_path).map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.http_threads)
+        .thread_name("http")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let server = RunningServer::start(config.clone())
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        tracing::info!(
+            model_repository = %config.model_repository.display(),
+            max_body_bytes = config.max_body_bytes,
+            shutdown_timeout_s = config.shutdown_timeout.as_secs(),
+            http_threads = config.http_threads,
+            "effective settings"
+        );
+        let stopper = server.stopper();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutdown signal received");
+            let _ = stopper.send(true);
+        });
+        server.join().await;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler cannot fail on Unix");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

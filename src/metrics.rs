@@ -1,0 +1,632 @@
+//! Every metric the server exports, defined in this one file.
+//!
+//! Call sites never spell a metric name: they hold a [`VersionMetrics`] (labels resolved once
+//! when a version loads, so the hot path does no label lookup) and call typed methods such as
+//! [`VersionMetrics::record_batch`]. Each method also feeds the counters behind Triton's
+//! statistics extension ([`VersionStats`]), so `/metrics` and `/v2/models/stats` cannot disagree.
+//! The registry belongs to one server, never a global, so tests can run several servers in one
+//! process.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Our metric namespace.
+pub const NAMESPACE: &str = "cairn";
+
+/// Why a request failed, as a small fixed label set (`reason="queue_full"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureReason {
+    /// The request did not match the model (shape, datatype, names).
+    Invalid,
+    /// The queue was full (Triton's REJECTED).
+    QueueFull,
+    /// The request waited past its timeout and was not run (Triton's REJECTED).
+    Timeout,
+    /// The client went away before the request ran (Triton's CANCELED).
+    Canceled,
+    /// The engine failed the batch (Triton's BACKEND).
+    Backend,
+    /// The version was unloading or not ready.
+    Unavailable,
+}
+
+impl FailureReason {
+    pub const ALL: [FailureReason; 6] = [
+        FailureReason::Invalid,
+        FailureReason::QueueFull,
+        FailureReason::Timeout,
+        FailureReason::Canceled,
+        FailureReason::Backend,
+        FailureReason::Unavailable,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureReason::Invalid => "invalid",
+            FailureReason::QueueFull => "queue_full",
+            FailureReason::Timeout => "timeout",
+            FailureReason::Canceled => "canceled",
+            FailureReason::Backend => "backend",
+            FailureReason::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// The server's registry and every metric family in it.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Families>,
+}
+
+struct Families {
+    registry: Registry,
+    started: Instant,
+    uptime: Gauge,
+    request_success: IntCounterVec,
+    request_failure: IntCounterVec,
+    inference_rows: IntCounterVec,
+    executions: IntCounterVec,
+    request_duration: HistogramVec,
+    queue_duration: HistogramVec,
+    compute_input: HistogramVec,
+    compute_infer: HistogramVec,
+    compute_output: HistogramVec,
+    batch_size: HistogramVec,
+    queue_depth: IntGaugeVec,
+    pending: IntGaugeVec,
+    model_ready: IntGaugeVec,
+    load_duration: GaugeVec,
+    load_failures: IntCounterVec,
+    http_requests: IntCounterVec,
+    /// Live `VersionMetrics` per (model, version): a reloaded version shares its series with the
+    /// instance it replaces, so the series leave only when the last one is dropped.
+    live: Mutex<BTreeMap<(String, u64), usize>>,
+}
+
+const VERSION_LABELS: &[&str] = &["model", "version"];
+
+/// Latency buckets from 25 µs to 10 s: a fast model answers in tens of microseconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help).namespace(NAMESPACE), labels)
+                .expect("metric definitions are valid");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("metric names are unique");
+            c
+        };
+        let histogram = |name: &str, help: &str, buckets: &[f64]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help)
+                    .namespace(NAMESPACE)
+                    .buckets(buckets.to_vec()),
+                VERSION_LABELS,
+            )
+            .expect("metric definitions are valid");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("metric names are unique");
+            h
+        };
+        let int_gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help).namespace(NAMESPACE), labels)
+                .expect("metric definitions are valid");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric names are unique");
+            g
+        };
+
+        let uptime = Gauge::with_opts(
+            Opts::new("uptime_seconds", "Seconds since the server started.").namespace(NAMESPACE),
+        )
+        .expect("metric definitions are valid");
+        registry
+            .register(Box::new(uptime.clone()))
+            .expect("metric names are unique");
+        let build_info = IntGauge::with_opts(
+            Opts::new(
+                "build_info",
+                "Always 1; the labels carry the server's build.",
+            )
+            .namespace(NAMESPACE)
+            .const_label("version", env!("CARGO_PKG_VERSION")),
+        )
+        .expect("metric definitions are valid");
+        build_info.set(1);
+        registry
+            .register(Box::new(build_info))
+            .expect("metric names are unique");
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("metric names are unique");
+
+        let load_duration = GaugeVec::new(
+            Opts::new(
+                "model_load_duration_seconds",
+                "Time the last load of this version took: read, optimize, warm up.",
+            )
+            .namespace(NAMESPACE),
+            VERSION_LABELS,
+        )
+        .expect("metric definitions are valid");
+        registry
+            .register(Box::new(load_duration.clone()))
+            .expect("metric names are unique");
+
+        let families = Families {
+            started: Instant::now(),
+            uptime,
+            request_success: counter(
+                "request_success_total",
+                "Inference requests answered successfully.",
+                VERSION_LABELS,
+            ),
+            request_failure: counter(
+                "request_failure_total",
+                "Inference requests that failed, by reason.",
+                &["model", "version", "reason"],
+            ),
+            inference_rows: counter(
+                "inference_rows_total",
+                "Rows inferred (a request of k rows counts k).",
+                VERSION_LABELS,
+            ),
+            executions: counter(
+                "execution_total",
+                "Batches the engine executed; rows / executions is the mean batch size.",
+                VERSION_LABELS,
+            ),
+            request_duration: histogram(
+                "request_duration_seconds",
+                "Time from a request's arrival at its model to its response.",
+                LATENCY_BUCKETS,
+            ),
+            queue_duration: histogram(
+                "queue_duration_seconds",
+                "Time a request waited in its version's queue before its batch started.",
+                LATENCY_BUCKETS,
+            ),
+            compute_input: histogram(
+                "compute_input_duration_seconds",
+                "Time to gather a batch's inputs into the engine's buffers, per batch.",
+                LATENCY_BUCKETS,
+            ),
+            compute_infer: histogram(
+                "compute_infer_duration_seconds",
+                "Time the engine computed, per batch.",
+                LATENCY_BUCKETS,
+            ),
+            compute_output: histogram(
+                "compute_output_duration_seconds",
+                "Time to split a batch's outputs back to its requests, per batch.",
+                LATENCY_BUCKETS,
+            ),
+            batch_size: histogram(
+                "batch_size",
+                "Rows per executed batch.",
+                &[
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+                ],
+            ),
+            queue_depth: int_gauge(
+                "queue_depth",
+                "Requests waiting in the version's queue.",
+                VERSION_LABELS,
+            ),
+            pending: int_gauge(
+                "pending_requests",
+                "Requests accepted by the version and not yet answered (queued or computing).",
+                VERSION_LABELS,
+            ),
+            model_ready: int_gauge(
+                "model_ready",
+                "1 while the version serves, 0 once it failed to load or was unloaded.",
+                VERSION_LABELS,
+            ),
+            load_duration,
+            load_failures: counter(
+                "model_load_failures_total",
+                "Failed loads of a model version.",
+                VERSION_LABELS,
+            ),
+            http_requests: counter(
+                "http_requests_total",
+                "HTTP requests by endpoint group and status class.",
+                &["endpoint", "status"],
+            ),
+            live: Mutex::new(BTreeMap::new()),
+            registry,
+        };
+        Metrics {
+            inner: Arc::new(families),
+        }
+    }
+
+    /// Resolves the per-version series once; the returned handle is what the hot path uses.
+    pub fn version(&self, model: &str, version: u64) -> VersionMetrics {
+        let f = &self.inner;
+        let v = version.to_string();
+        let labels = [model, v.as_str()];
+        *f.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((model.to_string(), version))
+            .or_default() += 1;
+        let failures = FailureReason::ALL.map(|r| {
+            f.request_failure
+                .with_label_values(&[model, v.as_str(), r.label()])
+        });
+        VersionMetrics {
+            inner: Arc::new(VersionInner {
+                model: model.to_string(),
+                version,
+                success: f.request_success.with_label_values(&labels),
+                failures,
+                rows: f.inference_rows.with_label_values(&labels),
+                executions: f.executions.with_label_values(&labels),
+                request_duration: f.request_duration.with_label_values(&labels),
+                queue_duration: f.queue_duration.with_label_values(&labels),
+                compute_input: f.compute_input.with_label_values(&labels),
+                compute_infer: f.compute_infer.with_label_values(&labels),
+                compute_output: f.compute_output.with_label_values(&labels),
+                batch_size: f.batch_size.with_label_values(&labels),
+                queue_depth: f.queue_depth.with_label_values(&labels),
+                pending: f.pending.with_label_values(&labels),
+                stats: VersionStats::default(),
+                families: Arc::clone(&self.inner),
+            }),
+        }
+    }
+
+    /// Records a finished load attempt of a version.
+    pub fn record_load(&self, model: &str, version: u64, took: Duration, ok: bool) {
+        let v = version.to_string();
+        let labels = [model, v.as_str()];
+        self.inner
+            .load_duration
+            .with_label_values(&labels)
+            .set(took.as_secs_f64());
+        self.inner
+            .model_ready
+            .with_label_values(&labels)
+            .set(ok as i64);
+        if !ok {
+            self.inner.load_failures.with_label_values(&labels).inc();
+        }
+    }
+
+    /// Marks a version as no longer serving.
+    pub fn record_unload(&self, model: &str, version: u64) {
+        let v = version.to_string();
+        self.inner
+            .model_ready
+            .with_label_values(&[model, v.as_str()])
+            .set(0);
+    }
+
+    /// Counts one HTTP request by endpoint group (a fixed set) and status class.
+    pub fn record_http(&self, endpoint: &'static str, status: u16) {
+        let class = match status {
+            200..=299 => "2xx",
+            400..=499 => "4xx",
+            500..=599 => "5xx",
+            _ => "other",
+        };
+        self.inner
+            .http_requests
+            .with_label_values(&[endpoint, class])
+            .inc();
+    }
+
+    /// Renders the text exposition format.
+    pub fn render(&self) -> Vec<u8> {
+        self.inner
+            .uptime
+            .set(self.inner.started.elapsed().as_secs_f64());
+        let mut out = Vec::with_capacity(16 << 10);
+        TextEncoder::new()
+            .encode(&self.inner.registry.gather(), &mut out)
+            .expect("encoding metrics to a Vec cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// One version's series and statistics. Cloning is cheap (an `Arc`).
+#[derive(Clone)]
+pub struct VersionMetrics {
+    inner: Arc<VersionInner>,
+}
+
+struct VersionInner {
+    model: String,
+    version: u64,
+    success: IntCounter,
+    failures: [IntCounter; 6],
+    rows: IntCounter,
+    executions: IntCounter,
+    request_duration: Histogram,
+    queue_duration: Histogram,
+    compute_input: Histogram,
+    compute_infer: Histogram,
+    compute_output: Histogram,
+    batch_size: Histogram,
+    queue_depth: IntGauge,
+    pending: IntGauge,
+    stats: VersionStats,
+    families: Arc<Families>,
+}
+
+/// Timings of one executed batch.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchTimings {
+    pub rows: usize,
+    pub compute_input: Duration,
+    pub compute_infer: Duration,
+    pub compute_output: Duration,
+}
+
+impl VersionMetrics {
+    pub fn record_success(&self, took: Duration) {
+        let i = &self.inner;
+        i.success.inc();
+        i.request_duration.observe(took.as_secs_f64());
+        i.stats.success.add(took);
+        i.stats.last_inference_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn record_failure(&self, reason: FailureReason, took: Duration) {
+        let i = &self.inner;
+        i.failures[FailureReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .expect("every reason is in ALL")]
+        .inc();
+        i.stats.fail.add(took);
+    }
+
+    pub fn record_queue(&self, waited: Duration) {
+        self.inner.queue_duration.observe(waited.as_secs_f64());
+        self.inner.stats.queue.add(waited);
+    }
+
+    pub fn record_batch(&self, t: BatchTimings) {
+        let i = &self.inner;
+        i.rows.inc_by(t.rows as u64);
+        i.executions.inc();
+        i.batch_size.observe(t.rows as f64);
+        i.compute_input.observe(t.compute_input.as_secs_f64());
+        i.compute_infer.observe(t.compute_infer.as_secs_f64());
+        i.compute_output.observe(t.compute_output.as_secs_f64());
+        i.stats.record_batch(t);
+    }
+
+    pub fn set_queue_depth(&self, depth: usize) {
+        self.inner.queue_depth.set(depth as i64);
+    }
+
+    pub fn add_pending(&self, delta: i64) {
+        self.inner.pending.add(delta);
+    }
+
+    /// A snapshot in the shape of Triton's statistics extension.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+}
+
+impl Drop for VersionInner {
+    /// A dropped version's series leave the registry, so a thousand reloads do not leave a
+    /// thousand dead series behind; `model_ready` and the load gauges stay to tell its fate.
+    fn drop(&mut self) {
+        let f = &self.families;
+        {
+            let mut live = f.live.lock().unwrap_or_else(|e| e.into_inner());
+            let key = (self.model.clone(), self.version);
+            let count = live.entry(key.clone()).or_default();
+            *count = count.saturating_sub(1);
+            if *count > 0 {
+                return;
+            }
+            live.remove(&key);
+        }
+        let v = self.version.to_string();
+        let labels = [self.model.as_str(), v.as_str()];
+        let _ = f.request_success.remove_label_values(&labels);
+        for r in FailureReason::ALL {
+            let _ = f.request_failure.remove_label_values(&[
+                self.model.as_str(),
+                v.as_str(),
+                r.label(),
+            ]);
+        }
+        for vec in [&f.inference_rows, &f.executions] {
+            let _ = vec.remove_label_values(&labels);
+        }
+        for vec in [
+            &f.request_duration,
+            &f.queue_duration,
+            &f.compute_input,
+            &f.compute_infer,
+            &f.compute_output,
+            &f.batch_size,
+        ] {
+            let _ = vec.remove_label_values(&labels);
+        }
+        for vec in [&f.queue_depth, &f.pending] {
+            let _ = vec.remove_label_values(&labels);
+        }
+    }
+}
+
+/// A `{count, ns}` pair as Triton reports every duration.
+#[derive(Default)]
+struct Duration64 {
+    count: AtomicU64,
+    ns: AtomicU64,
+}
+
+impl Duration64 {
+    fn add(&self, d: Duration) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.ns.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> CountNs {
+        CountNs {
+            count: self.count.load(Ordering::Relaxed),
+            ns: self.ns.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Cumulative statistics of one version (Triton's statistics extension).
+#[derive(Default)]
+struct VersionStats {
+    last_inference_ms: AtomicU64,
+    inference_count: AtomicU64,
+    execution_count: AtomicU64,
+    success: Duration64,
+    fail: Duration64,
+    queue: Duration64,
+    compute_input: Duration64,
+    compute_infer: Duration64,
+    compute_output: Duration64,
+    /// Per batch size; touched once per batch by an engine worker, never per request.
+    batches: Mutex<BTreeMap<usize, [CountNs; 3]>>,
+}
+
+impl VersionStats {
+    fn record_batch(&self, t: BatchTimings) {
+        self.inference_count
+            .fetch_add(t.rows as u64, Ordering::Relaxed);
+        self.execution_count.fetch_add(1, Ordering::Relaxed);
+        self.compute_input.add(t.compute_input);
+        self.compute_infer.add(t.compute_infer);
+        self.compute_output.add(t.compute_output);
+        let mut batches = self.batches.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = batches.entry(t.rows).or_default();
+        for (slot, d) in entry
+            .iter_mut()
+            .zip([t.compute_input, t.compute_infer, t.compute_output])
+        {
+            slot.count += 1;
+            slot.ns += d.as_nanos() as u64;
+        }
+    }
+
+    fn snapshot(&self) -> StatsSnapshot {
+        let batches = self.batches.lock().unwrap_or_else(|e| e.into_inner());
+        StatsSnapshot {
+            last_inference_ms: self.last_inference_ms.load(Ordering::Relaxed),
+            inference_count: self.inference_count.load(Ordering::Relaxed),
+            execution_count: self.execution_count.load(Ordering::Relaxed),
+            success: self.success.get(),
+            fail: self.fail.get(),
+            queue: self.queue.get(),
+            compute_input: self.compute_input.get(),
+            compute_infer: self.compute_infer.get(),
+            compute_output: self.compute_output.get(),
+            batches: batches.iter().map(|(&size, &t)| (size, t)).collect(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CountNs {
+    pub count: u64,
+    pub ns: u64,
+}
+
+/// What `/v2/models/stats` reports for one version.
+#[derive(Clone, Debug, Default)]
+pub struct StatsSnapshot {
+    pub last_inference_ms: u64,
+    pub inference_count: u64,
+    pub execution_count: u64,
+    pub success: CountNs,
+    pub fail: CountNs,
+    pub queue: CountNs,
+    pub compute_input: CountNs,
+    pub compute_infer: CountNs,
+    pub compute_output: CountNs,
+    /// Batch size → compute input, infer, output.
+    pub batches: Vec<(usize, [CountNs; 3])>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_appear_and_leave_with_the_version() {
+        let metrics = Metrics::new();
+        let v = metrics.version("m", 3);
+        v.record_success(Duration::from_micros(120));
+        v.record_failure(FailureReason::QueueFull, Duration::from_micros(5));
+        v.record_queue(Duration::from_micros(10));
+        v.record_batch(BatchTimings {
+            rows: 4,
+            compute_input: Duration::from_micros(1),
+            compute_infer: Duration::from_micros(50),
+            compute_output: Duration::from_micros(2),
+        });
+        metrics.record_load("m", 3, Duration::from_millis(12), true);
+        let text = String::from_utf8(metrics.render()).unwrap();
+        for needle in [
+            "cairn_request_success_total{model=\"m\",version=\"3\"} 1",
+            "cairn_request_failure_total{model=\"m\",reason=\"queue_full\",version=\"3\"} 1",
+            "cairn_inference_rows_total{model=\"m\",version=\"3\"} 4",
+            "cairn_execution_total{model=\"m\",version=\"3\"} 1",
+            "cairn_batch_size_bucket{model=\"m\",version=\"3\",le=\"4\"} 1",
+            "cairn_model_ready{model=\"m\",version=\"3\"} 1",
+            "cairn_build_info{version=",
+            "cairn_uptime_seconds",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        let stats = v.stats();
+        assert_eq!(stats.inference_count, 4);
+        assert_eq!(
+            stats.success,
+            CountNs {
+                count: 1,
+                ns: 120_000
+            }
+        );
+        assert_eq!(stats.batches[0].0, 4);
+        drop(v);
+        let text = String::from_utf8(metrics.render()).unwrap();
+        assert!(!text.contains("cairn_request_success_total{model=\"m\""));
+        assert!(text.contains("cairn_model_ready{model=\"m\",version=\"3\"} 1"));
+    }
+}

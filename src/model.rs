@@ -1,0 +1,396 @@
+//! A loaded model version, the unit that `repository` builds and `routing` serves.
+//!
+//! A version reaches the [`LoadedVersion`] type only through [`LoadedVersion::load`], which
+//! loads the engine, reconciles the model file with `config.toml` ([`ModelIo`]), runs a warm-up
+//! batch and starts the scheduler: a half-loaded version cannot exist, so none can serve.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::batching::{BatchPolicy, Scheduler, SchedulerSettings};
+use crate::config::{ModelConfig, TensorConfig};
+use crate::engine::{self, BatchInput, Engine, LoadOptions, Signature, TensorSpec};
+use crate::metrics::VersionMetrics;
+use crate::tensor::{DataType, Tensor, TensorData};
+
+/// One input or output as clients see it: dims without the batch dimension when the model
+/// batches (as in Triton's config), -1 for variable.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IoSpec {
+    pub name: String,
+    pub dtype: DataType,
+    pub dims: Vec<i64>,
+}
+
+/// The served interface of a version.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelIo {
+    /// 0: no batch dimension.
+    pub max_batch_size: usize,
+    /// In engine signature order.
+    pub inputs: Vec<IoSpec>,
+    /// The outputs served, in configuration order (or signature order when not configured).
+    pub outputs: Vec<IoSpec>,
+    /// For each served output, its index among the engine's outputs.
+    pub output_index: Vec<usize>,
+}
+
+impl ModelIo {
+    /// Full shape of a tensor as metadata reports it: a leading -1 when the model batches.
+    pub fn full_dims(&self, spec: &IoSpec) -> Vec<i64> {
+        if self.max_batch_size > 0 {
+            std::iter::once(-1)
+                .chain(spec.dims.iter().copied())
+                .collect()
+        } else {
+            spec.dims.clone()
+        }
+    }
+}
+
+/// A version ready to serve.
+pub struct LoadedVersion {
+    pub model: String,
+    pub version: u64,
+    pub config: Arc<ModelConfig>,
+    pub io: ModelIo,
+    pub platform: &'static str,
+    pub scheduler: Scheduler,
+    pub metrics: VersionMetrics,
+    pub path: PathBuf,
+}
+
+impl LoadedVersion {
+    /// Loads, checks and warms up one version. Blocking: call it off the async runtime.
+    pub fn load(
+        model: &str,
+        version: u64,
+        path: &Path,
+        config: Arc<ModelConfig>,
+        metrics: VersionMetrics,
+    ) -> Result<LoadedVersion, String> {
+        let batching = config.max_batch_size > 0;
+        let options = LoadOptions {
+            batch_dim: batching,
+            input_dims: config
+                .input
+                .iter()
+                .map(|t| {
+                    let dims = if batching {
+                        std::iter::once(-1).chain(t.dims.iter().copied()).collect()
+                    } else {
+                        t.dims.clone()
+                    };
+                    (t.name.clone(), dims)
+                })
+                .collect(),
+        };
+        let engine = engine::load(path, &options).map_err(|e| e.to_string())?;
+        let io = reconcile(&config, engine.signature())?;
+        warm_up(engine.as_ref(), &io)?;
+        let queue = config.queue_policy();
+        let batching_config = config.dynamic_batching.as_ref();
+        let settings = SchedulerSettings {
+            name: format!("{model}:{version}"),
+            policy: BatchPolicy {
+                // Without `dynamic_batching` each request runs alone, with whatever batch
+                // dimension it carries.
+                max_batch_size: if batching_config.is_some() {
+                    config.max_batch_size as usize
+                } else {
+                    0
+                },
+                preferred_batch_sizes: batching_config
+                    .map(|b| {
+                        b.preferred_batch_sizes
+                            .iter()
+                            .map(|&p| p as usize)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                max_queue_delay: Duration::from_micros(
+                    batching_config.map_or(0, |b| b.max_queue_delay_us),
+                ),
+            },
+            instances: config.instances.get() as usize,
+            max_queue_size: queue.max_queue_size.get() as usize,
+            default_timeout: (queue.default_timeout_us > 0)
+                .then(|| Duration::from_micros(queue.default_timeout_us)),
+        };
+        let scheduler =
+            Scheduler::start(&engine, settings, metrics.clone()).map_err(|e| e.to_string())?;
+        Ok(LoadedVersion {
+            model: model.to_string(),
+            version,
+            platform: engine.platform(),
+            config,
+            io,
+            scheduler,
+            metrics,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// Checks `config.toml`'s inputs and outputs against the model file and settles the served
+/// interface. The error names the tensor and the disagreement.
+pub fn reconcile(config: &ModelConfig, sig: &Signature) -> Result<ModelIo, String> {
+    let batching = config.max_batch_size > 0;
+    let strip = |spec: &TensorSpec| -> Result<IoSpec, String> {
+        let dims = if batching {
+            if spec.dims.is_empty() {
+                return Err(format!(
+                    "'{}' is a scalar, but max_batch_size > 0 needs a leading batch dimension",
+                    spec.name
+                ));
+            }
+            spec.dims[1..].to_vec()
+        } else {
+            spec.dims.clone()
+        };
+        Ok(IoSpec {
+            name: spec.name.clone(),
+            dtype: spec.dtype,
+            dims,
+        })
+    };
+    let model_inputs: Vec<IoSpec> = sig.inputs.iter().map(strip).collect::<Result<_, _>>()?;
+    let model_outputs: Vec<IoSpec> = sig.outputs.iter().map(strip).collect::<Result<_, _>>()?;
+
+    let mut inputs = model_inputs.clone();
+    if !config.input.is_empty() {
+        for c in &config.input {
+            if !model_inputs.iter().any(|m| m.name == c.name) {
+                return Err(format!(
+                    "config input '{}' is not an input of the model (the model has: {})",
+                    c.name,
+                    names(&model_inputs)
+                ));
+            }
+        }
+        for m in inputs.iter_mut() {
+            let c = config
+                .input
+                .iter()
+                .find(|c| c.name == m.name)
+                .ok_or_else(|| {
+                    format!(
+                        "model input '{}' is missing from config.toml's [[input]] list",
+                        m.name
+                    )
+                })?;
+            *m = merge("input", m, c)?;
+        }
+    }
+
+    let (outputs, output_index) = if config.output.is_empty() {
+        (model_outputs.clone(), (0..model_outputs.len()).collect())
+    } else {
+        let mut outputs = Vec::new();
+        let mut index = Vec::new();
+        for c in &config.output {
+            let i = model_outputs
+                .iter()
+                .position(|m| m.name == c.name)
+                .ok_or_else(|| {
+                    format!(
+                        "config output '{}' is not an output of the model (the model has: {})",
+                        c.name,
+                        names(&model_outputs)
+                    )
+                })?;
+            outputs.push(merge("output", &model_outputs[i], c)?);
+            index.push(i);
+        }
+        (outputs, index)
+    };
+    Ok(ModelIo {
+        max_batch_size: config.max_batch_size as usize,
+        inputs,
+        outputs,
+        output_index,
+    })
+}
+
+fn names(specs: &[IoSpec]) -> String {
+    specs
+        .iter()
+        .map(|s| format!("'{}'", s.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn merge(kind: &str, model: &IoSpec, config: &TensorConfig) -> Result<IoSpec, String> {
+    if model.dtype != config.datatype {
+        return Err(format!(
+            "{kind} '{}': config.toml says {} but the model has {}",
+            model.name, config.datatype, model.dtype
+        ));
+    }
+    if model.dims.len() != config.dims.len() {
+        return Err(format!(
+            "{kind} '{}': config.toml dims {:?} have rank {} but the model's {:?} have rank {} \
+             (with max_batch_size > 0, leave the batch dimension out of dims)",
+            model.name,
+            config.dims,
+            config.dims.len(),
+            model.dims,
+            model.dims.len()
+        ));
+    }
+    let mut dims = Vec::with_capacity(model.dims.len());
+    for (&m, &c) in model.dims.iter().zip(&config.dims) {
+        dims.push(match (m, c) {
+            (-1, c) => c,
+            (m, -1) => m,
+            (m, c) if m == c => m,
+            (m, c) => return Err(format!(
+                "{kind} '{}': config.toml dims {:?} disagree with the model's {:?} ({c} vs {m})",
+                model.name, config.dims, model.dims
+            )),
+        });
+    }
+    Ok(IoSpec {
+        name: model.name.clone(),
+        dtype: model.dtype,
+        dims,
+    })
+}
+
+/// Runs one generated batch through a fresh session, so a model that loads but cannot run
+/// never serves. Inputs are ones (not zeros, which hide division and log faults); variable
+/// dims are 1.
+fn warm_up(engine: &dyn Engine, io: &ModelIo) -> Result<(), String> {
+    let tensors: Vec<Tensor> = io
+        .inputs
+        .iter()
+        .map(|spec| sample_tensor(spec.dtype, io.full_dims(spec)))
+        .collect();
+    let inputs: Vec<BatchInput<'_>> = tensors
+        .iter()
+        .map(|t| BatchInput {
+            shape: t.shape.clone(),
+            parts: vec![t],
+        })
+        .collect();
+    let mut session = engine.new_session().map_err(|e| e.to_string())?;
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        session.set_inputs(&inputs)?;
+        session.run()
+    }));
+    let outputs = match run {
+        Ok(result) => result.map_err(|e| format!("warm-up failed: {e}"))?,
+        Err(_) => return Err("warm-up failed: the engine panicked".into()),
+    };
+    for (spec, &i) in io.outputs.iter().zip(&io.output_index) {
+        let out = outputs
+            .get(i)
+            .ok_or_else(|| format!("warm-up produced no output '{}'", spec.name))?;
+        if out.dtype != spec.dtype {
+            return Err(format!(
+                "warm-up: output '{}' came back as {} but is declared {}",
+                spec.name, out.dtype, spec.dtype
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A tensor of ones (true, "1") of the given shape, with -1 dims taken as 1.
+pub fn sample_tensor(dtype: DataType, dims: Vec<i64>) -> Tensor {
+    let shape: Vec<usize> = dims
+        .iter()
+        .map(|&d| if d < 0 { 1 } else { d as usize })
+        .collect();
+    let n: usize = shape.iter().product();
+    let data = match dtype {
+        DataType::Bytes => TensorData::Bytes(vec![bytes::Bytes::from_static(b"1"); n]),
+        DataType::Fp16 => TensorData::Fixed(bytes::Bytes::from(0x3c00u16.to_le_bytes().repeat(n))),
+        DataType::Bf16 => TensorData::Fixed(bytes::Bytes::from(0x3f80u16.to_le_bytes().repeat(n))),
+        DataType::Fp32 => TensorData::Fixed(bytes::Bytes::from(1f32.to_le_bytes().repeat(n))),
+        DataType::Fp64 => TensorData::Fixed(bytes::Bytes::from(1f64.to_le_bytes().repeat(n))),
+        other => {
+            let size = other.size().expect("fixed-size datatype");
+            let mut one = vec![0u8; size];
+            one[0] = 1;
+            TensorData::Fixed(bytes::Bytes::from(one.repeat(n)))
+        }
+    };
+    Tensor::new(dtype, shape, data).expect("sample tensors are well-formed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, dtype: DataType, dims: &[i64]) -> TensorSpec {
+        TensorSpec {
+            name: name.into(),
+            dtype,
+            dims: dims.to_vec(),
+        }
+    }
+
+    fn sig() -> Signature {
+        Signature {
+            inputs: vec![spec("x", DataType::Fp32, &[-1, 4])],
+            outputs: vec![
+                spec("label", DataType::Int64, &[-1]),
+                spec("probabilities", DataType::Fp32, &[-1, 3]),
+            ],
+        }
+    }
+
+    fn config(text: &str) -> ModelConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn defaults_come_from_the_model() {
+        let io = reconcile(&config("max_batch_size = 8"), &sig()).unwrap();
+        assert_eq!(io.inputs[0].dims, vec![4]);
+        assert_eq!(io.full_dims(&io.inputs[0]), vec![-1, 4]);
+        assert_eq!(io.outputs[0].dims, Vec::<i64>::new());
+        let io = reconcile(&ModelConfig::default(), &sig()).unwrap();
+        assert_eq!(io.inputs[0].dims, vec![-1, 4]);
+    }
+
+    #[test]
+    fn config_is_checked_against_the_model() {
+        let ok = config(
+            "max_batch_size = 8\n[[input]]\nname = \"x\"\ndatatype = \"FP32\"\ndims = [4]\n\
+             [[output]]\nname = \"probabilities\"\ndatatype = \"FP32\"\ndims = [3]",
+        );
+        let io = reconcile(&ok, &sig()).unwrap();
+        assert_eq!(io.outputs.len(), 1);
+        assert_eq!(io.output_index, vec![1]);
+        let cases = [
+            (
+                "[[input]]\nname = \"x\"\ndatatype = \"FP64\"\ndims = [4]",
+                "says FP64 but the model has FP32",
+            ),
+            (
+                "[[input]]\nname = \"x\"\ndatatype = \"FP32\"\ndims = [5]",
+                "disagree",
+            ),
+            (
+                "[[input]]\nname = \"x\"\ndatatype = \"FP32\"\ndims = [-1, 4]",
+                "rank",
+            ),
+            (
+                "[[input]]\nname = \"y\"\ndatatype = \"FP32\"\ndims = [4]",
+                "not an input of the model",
+            ),
+            (
+                "[[output]]\nname = \"z\"\ndatatype = \"FP32\"\ndims = [4]",
+                "not an output",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err =
+                reconcile(&config(&format!("max_batch_size = 8\n{text}")), &sig()).unwrap_err();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! Tensor `data` in both encodings: JSON arrays (flat or nested, row-major) and the binary layout.
+//!
+//! JSON data is parsed straight into the little-endian buffer of its datatype by a serde visitor,
+//! without building a `serde_json::Value` per element: a 64-row request costs one allocation.
+
+use std::fmt;
+
+use bytes::Bytes;
+use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
+
+use crate::tensor::{DataType, Element, TensorData};
+
+/// Parses a JSON `data` value (array, nested arrays or a single scalar) for `dtype`.
+pub fn parse_json_data(
+    raw: &serde_json::value::RawValue,
+    dtype: DataType,
+    expected_len: usize,
+) -> Result<TensorData, String> {
+    if matches!(dtype, DataType::Fp16 | DataType::Bf16) {
+        return Err(format!(
+            "datatype {dtype} has no JSON representation; send it with the binary tensor data extension"
+        ));
+    }
+    let mut sink = match dtype {
+        DataType::Bytes => Sink::Strings(Vec::with_capacity(expected_len)),
+        _ => Sink::Fixed(Vec::with_capacity(
+            expected_len
+                .saturating_mul(dtype.size().unwrap_or(1))
+                .min(1 << 26),
+        )),
+    };
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    ElementSeed {
+        dtype,
+        sink: &mut sink,
+        depth: 0,
+    }
+    .deserialize(&mut de)
+    .map_err(|e| strip_position(e.to_string()))?;
+    Ok(match sink {
+        Sink::Fixed(v) => TensorData::Fixed(Bytes::from(v)),
+        Sink::Strings(v) => TensorData::Bytes(v),
+    })
+}
+
+/// Splits a binary BYTES tensor (each element a 4-byte little-endian length, then the bytes).
+pub fn parse_binary_bytes(buf: &Bytes) -> Result<Vec<Bytes>, String> {
+    let mut items = Vec::new();
+    let mut pos = 0;
+    while pos < buf.len() {
+        let Some(len_bytes) = buf.get(pos..pos + 4) else {
+            return Err(format!(
+                "BYTES element at offset {pos} has a truncated 4-byte length prefix"
+            ));
+        };
+        let len = u32::from_le_bytes(len_bytes.try_into().expect("slice of 4 bytes")) as usize;
+        let start = pos + 4;
+        let end = start
+            .checked_add(len)
+            .filter(|&e| e <= buf.len())
+            .ok_or_else(|| {
+                format!(
+                    "BYTES element at offset {pos} claims {len} bytes, past the end of its tensor"
+                )
+            })?;
+        items.push(buf.slice(start..end));
+        pos = end;
+    }
+    Ok(items)
+}
+
+/// Nested arrays deeper than this are refused, so a hostile body cannot exhaust the stack.
+const MAX_DEPTH: usize = 32;
+
+enum Sink {
+    Fixed(Vec<u8>),
+    Strings(Vec<Bytes>),
+}
+
+struct ElementSeed<'s> {
+    dtype: DataType,
+    sink: &'s mut Sink,
+    depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for ElementSeed<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl ElementSeed<'_> {
+    fn push<T: Element>(&mut self, v: T) {
+        if let Sink::Fixed(out) = self.sink {
+            v.write_le(out);
+        }
+    }
+
+    fn wrong<E: de::Error>(&self, what: &str) -> E {
+        E::custom(format!("expected {} elements, found {what}", self.dtype))
+    }
+
+    fn integer<E: de::Error>(&mut self, v: i128) -> Result<(), E> {
+        macro_rules! push_int {
+            ($t:ty) => {{
+                let x = <$t>::try_from(v).map_err(|_| {
+                    E::custom(format!("value {v} is out of range for {}", self.dtype))
+                })?;
+                self.push(x);
+            }};
+        }
+        match self.dtype {
+            DataType::Uint8 => push_int!(u8),
+            DataType::Uint16 => push_int!(u16),
+            DataType::Uint32 => push_int!(u32),
+            DataType::Uint64 => push_int!(u64),
+            DataType::Int8 => push_int!(i8),
+            DataType::Int16 => push_int!(i16),
+            DataType::Int32 => push_int!(i32),
+            DataType::Int64 => push_int!(i64),
+            DataType::Fp32 => self.push(v as f32),
+            DataType::Fp64 => self.push(v as f64),
+            DataType::Bool | DataType::Bytes | DataType::Fp16 | DataType::Bf16 => {
+                return Err(self.wrong(&format!("the number {v}")))
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<'de> Visitor<'de> for ElementSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} elements in a flat or nested array", self.dtype)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if self.depth >= MAX_DEPTH {
+            return Err(de::Error::custom("arrays are nested too deeply"));
+        }
+        while seq
+            .next_element_seed(ElementSeed {
+                dtype: self.dtype,
+                sink: &mut *self.sink,
+                depth: self.depth + 1,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+
+    fn visit_bool<E: de::Error>(mut self, v: bool) -> Result<(), E> {
+        if self.dtype != DataType::Bool {
+            return Err(self.wrong(&format!("the boolean {v}")));
+        }
+        self.push(v);
+        Ok(())
+    }
+
+    fn visit_i64<E: de::Error>(mut self, v: i64) -> Result<(), E> {
+        self.integer(v as i128)
+    }
+
+    fn visit_u64<E: de::Error>(mut self, v: u64) -> Result<(), E> {
+        self.integer(v as i128)
+    }
+
+    fn visit_f64<E: de::Error>(mut self, v: f64) -> Result<(), E> {
+        match self.dtype {
+            DataType::Fp32 => self.push(v as f32),
+            DataType::Fp64 => self.push(v),
+            _ => return Err(self.wrong(&format!("the number {v}"))),
+        }
+        Ok(())
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        if self.dtype != DataType::Bytes {
+            return Err(self.wrong(&format!("the string {v:?}")));
+        }
+        if let Sink::Strings(out) = self.sink {
+            out.push(Bytes::copy_from_slice(v.as_bytes()));
+        }
+        Ok(())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Err(self.wrong("null"))
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, _map: A) -> Result<(), A::Error> {
+        Err(self.wrong("an object"))
+    }
+}
+
+/// serde_json appends "at line 1 column N" relative to the `data` value alone, which misleads.
+fn strip_position(message: String) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::value::RawValue;
+
+    fn parse(json: &str, dtype: DataType) -> Result<TensorData, String> {
+        let raw: Box<RawValue> = serde_json::from_str(json).unwrap();
+        parse_json_data(&raw, dtype, 4)
+    }
+
+    fn fixed(json: &str, dtype: DataType) -> Vec<u8> {
+        match parse(json, dtype).unwrap() {
+            TensorData::Fixed(b) => b.to_vec(),
+            TensorData::Bytes(_) => panic!("fixed data expected"),
+        }
+    }
+
+    #[test]
+    fn flat_and_nested_agree() {
+        let flat = fixed("[1, 2.5, -3, 4e2]", DataType::Fp32);
+        let nested = fixed("[[1, 2.5], [-3, 400]]", DataType::Fp32);
+        assert_eq!(flat, nested);
+        let expected: Vec<u8> = [1.0f32, 2.5, -3.0, 400.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        assert_eq!(flat, expected);
+    }
+
+    #[test]
+    fn integers_are_range_checked() {
+        assert_eq!(fixed("[1, -1]", DataType::Int8), vec![1, 0xff]);
+        let err = parse("[300]", DataType::Uint8).unwrap_err();
+        assert!(err.contains("out of range for UINT8"), "{err}");
+        let err = parse("[1.5]", DataType::Int32).unwrap_err();
+        assert!(err.contains("expected INT32 elements"), "{err}");
+        assert_eq!(
+            fixed("[9223372036854775807]", DataType::Int64),
+            i64::MAX.to_le_bytes().to_vec()
+        );
+    }
+
+    #[test]
+    fn bools_strings_and_mismatches() {
+        assert_eq!(fixed("[true, false]", DataType::Bool), vec![1, 0]);
+        assert!(parse("[1]", DataType::Bool).is_err());
+        match parse(r#"["a", "bé"]"#, DataType::Bytes).unwrap() {
+            TensorData::Bytes(items) => {
+                assert_eq!(items, vec![Bytes::from("a"), Bytes::from("bé")])
+            }
+            TensorData::Fixed(_) => panic!("strings expected"),
+        }
+        assert!(parse(r#"["a"]"#, DataType::Fp32).is_err());
+        assert!(parse("[null]", DataType::Fp32).is_err());
+        assert!(parse(r#"[{"a": 1}]"#, DataType::Fp32).is_err());
+        assert!(parse("[1]", DataType::Fp16).unwrap_err().contains("binary"));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        let json = format!("{}1{}", "[".repeat(100), "]".repeat(100));
+        assert!(parse(&json, DataType::Fp32)
+            .unwrap_err()
+            .contains("nested too deeply"));
+    }
+
+    #[test]
+    fn binary_bytes_elements() {
+        let mut buf = Vec::new();
+        for s in ["ab", "", "xyz"] {
+            buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            buf.extend_from_slice(s.as_bytes());
+        }
+        let items = parse_binary_bytes(&Bytes::from(buf.clone())).unwrap();
+        assert_eq!(
+            items,
+            vec![Bytes::from("ab"), Bytes::new(), Bytes::from("xyz")]
+        );
+        buf.truncate(buf.len() - 1);
+        assert!(parse_binary_bytes(&Bytes::from(buf)).is_err());
+        assert!(parse_binary_bytes(&Bytes::from_static(&[1, 0])).is_err());
+    }
+}

@@ -1,0 +1,117 @@
+//! The KServe V2 / Open Inference Protocol wire format: JSON bodies and the binary tensor data
+//! extension, in both directions.
+//!
+//! Wire types stop here: `decode_request` turns a body into an [`InferRequest`] of our own
+//! tensors, and `encode_response` turns an [`InferResponse`] back into bytes. Nothing in this
+//! module knows a model; checking a request against a model's inputs belongs to `routing`.
+
+mod data;
+mod request;
+mod response;
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use crate::tensor::{Tensor, TensorError};
+
+pub use request::decode_request;
+pub use response::{encode_response, EncodedResponse};
+
+/// The header that carries the length of the JSON part of a binary-extension body.
+pub const HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
+
+/// A decoded inference request.
+#[derive(Debug)]
+pub struct InferRequest {
+    pub id: Option<String>,
+    /// Request-level `parameters`, minus the ones this module consumed.
+    pub parameters: Map<String, Value>,
+    pub inputs: RequestInputs,
+    /// The outputs asked for; empty means every output of the model.
+    pub outputs: Vec<RequestedOutput>,
+    /// Whether outputs not named in `outputs` come back binary (`binary_data_output`).
+    pub binary_output: bool,
+    /// Triton's per-request `timeout` parameter, in microseconds.
+    pub timeout_us: Option<u64>,
+}
+
+/// Inputs as they arrived.
+#[derive(Debug)]
+pub enum RequestInputs {
+    Named(Vec<NamedTensor>),
+    /// The raw binary form (`Inference-Header-Content-Length: 0`): one input's bytes, whose name,
+    /// datatype and shape only the model can tell.
+    Raw(Bytes),
+}
+
+#[derive(Debug, Clone)]
+pub struct NamedTensor {
+    pub name: String,
+    pub tensor: Tensor,
+}
+
+#[derive(Debug, Clone)]
+pub struct RequestedOutput {
+    pub name: String,
+    /// `binary_data` of this output; `None` follows the request's `binary_output`.
+    pub binary: Option<bool>,
+}
+
+/// A response ready to encode.
+#[derive(Debug)]
+pub struct InferResponse<'a> {
+    pub model_name: &'a str,
+    pub model_version: String,
+    pub id: Option<&'a str>,
+    pub outputs: Vec<ResponseOutput>,
+}
+
+#[derive(Debug)]
+pub struct ResponseOutput {
+    pub name: String,
+    pub tensor: Tensor,
+    pub binary: bool,
+}
+
+/// Why a body is not a valid V2 request. Every variant is the client's fault (HTTP 400).
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("malformed request JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("request body is not UTF-8 JSON: {0}")]
+    Utf8(#[from] std::str::Utf8Error),
+    #[error("Inference-Header-Content-Length is {header} but the body has only {body} bytes")]
+    HeaderLength { header: usize, body: usize },
+    #[error("Inference-Header-Content-Length must be a non-negative integer, got {0:?}")]
+    BadHeaderLength(String),
+    #[error("input '{input}': unknown datatype '{datatype}'")]
+    UnknownDatatype { input: String, datatype: String },
+    #[error("input '{input}': shape dimension {dim} is negative")]
+    NegativeDim { input: String, dim: i64 },
+    #[error("input '{input}': {reason}")]
+    Data { input: String, reason: String },
+    #[error("input '{input}': {source}")]
+    Tensor {
+        input: String,
+        #[source]
+        source: TensorError,
+    },
+    #[error("input '{input}': has neither 'data' nor a 'binary_data_size' parameter")]
+    NoData { input: String },
+    #[error("input '{input}': has both 'data' and a 'binary_data_size' parameter")]
+    DataAndBinary { input: String },
+    #[error("input '{input}': binary_data_size {size} runs past the end of the body")]
+    BinaryOverrun { input: String, size: usize },
+    #[error("the binary part of the body has {0} bytes that no input claims")]
+    BinaryTrailing(usize),
+    #[error("input '{0}' is given more than once")]
+    DuplicateInput(String),
+    #[error("output '{0}' is requested more than once")]
+    DuplicateOutput(String),
+    #[error("parameter '{name}': {reason}")]
+    Parameter { name: String, reason: String },
+    #[error("output '{0}': the classification extension is not supported")]
+    Classification(String),
+    #[error("request has no inputs")]
+    NoInputs,
+}

@@ -1,0 +1,463 @@
+//! The model repository: `<root>/<model>/config.toml` and `<root>/<model>/<version>/<file>`.
+//!
+//! Startup, an explicit load, an unload and a rescan all go through one reconcile,
+//! [`Repository::load_model`]: read the config, apply the version policy, load what is new or
+//! changed off the async runtime (engine, checks, warm-up), then publish the model's new route
+//! with one atomic store. A version that fails any step never serves, and whatever was serving
+//! stays untouched. Operations run one at a time; the status they leave behind feeds the
+//! repository index, metadata and metrics.
+
+mod scan;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::config::ModelConfig;
+use crate::metrics::Metrics;
+use crate::model::LoadedVersion;
+use crate::routing::{ModelRoute, Router};
+
+pub use scan::Fingerprint;
+
+/// A version's or model's state as the repository index reports it (Triton's names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadState {
+    Loading,
+    Ready,
+    Unavailable,
+}
+
+impl LoadState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoadState::Loading => "LOADING",
+            LoadState::Ready => "READY",
+            LoadState::Unavailable => "UNAVAILABLE",
+        }
+    }
+}
+
+/// One row of the repository index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub name: String,
+    /// `None` for a model with no version to report (bad config, no version directories).
+    pub version: Option<u64>,
+    pub state: LoadState,
+    pub reason: String,
+}
+
+/// Replacement content for an explicit load (the repository API's `config` and `file:`
+/// parameters), as in Triton.
+#[derive(Default)]
+pub struct LoadOverride {
+    pub config: Option<ModelConfig>,
+    /// `(relative path, content)`, e.g. `("1/model.onnx", bytes)`.
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+/// Why a repository operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RepositoryError {
+    #[error("no model '{0}' in the repository")]
+    UnknownModel(String),
+    #[error("invalid model name '{0}'")]
+    BadName(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("failed to load '{model}': {reason}")]
+    LoadFailed { model: String, reason: String },
+    #[error("repository I/O error: {0}")]
+    Io(String),
+}
+
+#[derive(Default)]
+struct ModelStatus {
+    /// Model-level problem (config error, unloaded, no versions).
+    reason: Option<String>,
+    loading: bool,
+    versions: BTreeMap<u64, VersionStatus>,
+    /// Directory of files given through an explicit load, kept while they serve.
+    override_dir: Option<Arc<tempfile::TempDir>>,
+}
+
+struct VersionStatus {
+    state: LoadState,
+    reason: String,
+    fingerprint: Option<Fingerprint>,
+}
+
+pub struct Repository {
+    root: PathBuf,
+    router: Arc<Router>,
+    metrics: Metrics,
+    status: Mutex<BTreeMap<String, ModelStatus>>,
+    /// Serializes load and unload operations, as Triton does.
+    ops: tokio::sync::Mutex<()>,
+}
+
+impl Repository {
+    pub fn new(root: PathBuf, router: Arc<Router>, metrics: Metrics) -> Repository {
+        Repository {
+            root,
+            router,
+            metrics,
+            status: Mutex::new(BTreeMap::new()),
+            ops: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Loads every model in the repository; one that fails is reported and the others load.
+    pub async fn load_all(&self) -> Result<(), RepositoryError> {
+        let names = scan::model_names(&self.root).map_err(|e| {
+            RepositoryError::Io(format!("cannot read {}: {e}", self.root.display()))
+        })?;
+        for name in names {
+            if let Err(e) = self.load_model(&name, LoadOverride::default()).await {
+                tracing::error!(model = %name, error = %e, "model failed to load");
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the model's directory and config again, applies the version policy and serves the
+    /// result. Versions whose file and config are unchanged keep serving as they are.
+    pub async fn load_model(&self, name: &str, with: LoadOverride) -> Result<(), RepositoryError> {
+        scan::check_name(name).map_err(|_| RepositoryError::BadName(name.to_string()))?;
+        let _op = self.ops.lock().await;
+        let override_dir = if with.files.is_empty() {
+            None
+        } else {
+            if with.config.is_none() {
+                return Err(RepositoryError::BadRequest(
+                    "a load with 'file:' parameters needs the 'config' parameter too".into(),
+                ));
+            }
+            Some(Arc::new(scan::write_override(name, &with.files)?))
+        };
+        let dir = match &override_dir {
+            Some(tmp) => tmp.path().join(name),
+            None => self.root.join(name),
+        };
+        if !dir.is_dir() {
+            return Err(RepositoryError::UnknownModel(name.to_string()));
+        }
+        self.set_loading(name, true);
+        let result = self.reconcile(name, &dir, with.config, override_dir).await;
+        self.set_loading(name, false);
+        result
+    }
+
+    /// Stops serving every version of a model. In-flight requests finish on the versions they
+    /// hold; queued ones run before the versions are freed.
+    pub async fn unload_model(&self, name: &str) -> Result<(), RepositoryError> {
+        let _op = self.ops.lock().await;
+        let known = self.status.lock().expect("status lock").contains_key(name);
+        if !known {
+            return Err(RepositoryError::UnknownModel(name.to_string()));
+        }
+        let previous = self
+            .router
+            .snapshot()
+            .models
+            .get(name)
+            .cloned()
+            .unwrap_or_default();
+        self.router.publish(
+            name,
+            Some(ModelRoute {
+                reason: Some("unloaded".into()),
+                ..ModelRoute::default()
+            }),
+        );
+        for v in previous.versions.keys() {
+            self.metrics.record_unload(name, *v);
+        }
+        let mut status = self.status.lock().expect("status lock");
+        let entry = status.entry(name.to_string()).or_default();
+        entry.reason = Some("unloaded".into());
+        entry.override_dir = None;
+        for v in entry.versions.values_mut() {
+            v.state = LoadState::Unavailable;
+            v.reason = "unloaded".into();
+            v.fingerprint = None;
+        }
+        tracing::info!(model = %name, "model unloaded");
+        Ok(())
+    }
+
+    /// The repository index: every model on disk or known from a load, with its versions.
+    pub fn index(&self, ready_only: bool) -> Vec<IndexEntry> {
+        let on_disk = scan::model_names(&self.root).unwrap_or_default();
+        let status = self.status.lock().expect("status lock");
+        let mut names: Vec<&str> = on_disk.iter().map(String::as_str).collect();
+        names.extend(status.keys().map(String::as_str));
+        names.sort_unstable();
+        names.dedup();
+        let mut rows = Vec::new();
+        for name in names {
+            let Some(model) = status.get(name) else {
+                rows.push(IndexEntry {
+                    name: name.to_string(),
+                    version: None,
+                    state: LoadState::Unavailable,
+                    reason: "not loaded".into(),
+                });
+                continue;
+            };
+            if model.versions.is_empty() || model.loading {
+                rows.push(IndexEntry {
+                    name: name.to_string(),
+                    version: None,
+                    state: if model.loading {
+                        LoadState::Loading
+                    } else {
+                        LoadState::Unavailable
+                    },
+                    reason: model.reason.clone().unwrap_or_default(),
+                });
+            }
+            for (&v, s) in &model.versions {
+                rows.push(IndexEntry {
+                    name: name.to_string(),
+                    version: Some(v),
+                    state: s.state,
+                    reason: s.reason.clone(),
+                });
+            }
+        }
+        if ready_only {
+            rows.retain(|r| r.state == LoadState::Ready);
+        }
+        rows
+    }
+
+    fn set_loading(&self, name: &str, loading: bool) {
+        self.status
+            .lock()
+            .expect("status lock")
+            .entry(name.to_string())
+            .or_default()
+            .loading = loading;
+    }
+
+    async fn reconcile(
+        &self,
+        name: &str,
+        dir: &Path,
+        config_override: Option<ModelConfig>,
+        override_dir: Option<Arc<tempfile::TempDir>>,
+    ) -> Result<(), RepositoryError> {
+        let current = self
+            .router
+            .snapshot()
+            .models
+            .get(name)
+            .cloned()
+            .unwrap_or_default();
+        let config = match config_override {
+            Some(c) => {
+                c.validate(name).map_err(|(key, reason)| {
+                    RepositoryError::BadRequest(format!("config parameter: key '{key}': {reason}"))
+                })?;
+                Ok(c)
+            }
+            None => ModelConfig::load(dir, name).map_err(|e| e.to_string()),
+        };
+        let config = match config {
+            Ok(c) => Arc::new(c),
+            Err(reason) => {
+                tracing::error!(model = %name, error = %reason, "model configuration rejected");
+                self.fail_model(name, current, &reason);
+                return Err(RepositoryError::LoadFailed {
+                    model: name.into(),
+                    reason,
+                });
+            }
+        };
+
+        let available = scan::version_dirs(dir)
+            .map_err(|e| RepositoryError::Io(format!("cannot read {}: {e}", dir.display())))?;
+        let selected = config.version_policy.select(&available);
+        if selected.is_empty() {
+            let reason = if available.is_empty() {
+                "no version directories (positive integers) found".to_string()
+            } else {
+                format!("the version policy selects none of the versions present ({available:?})")
+            };
+            self.fail_model(name, current, &reason);
+            return Err(RepositoryError::LoadFailed {
+                model: name.into(),
+                reason,
+            });
+        }
+
+        // Which selected versions need a (re)load: new, or changed file, or changed config.
+        let mut keep = BTreeMap::new();
+        let mut to_load = Vec::new();
+        {
+            let status = self.status.lock().expect("status lock");
+            let known = status.get(name);
+            for &v in &selected {
+                let path = dir.join(v.to_string()).join(&config.default_model_filename);
+                let fingerprint = Fingerprint::of(&path);
+                let unchanged = current.versions.get(&v).filter(|loaded| {
+                    *loaded.config == *config
+                        && loaded.path == path
+                        && fingerprint.is_some()
+                        && known
+                            .and_then(|m| m.versions.get(&v))
+                            .and_then(|s| s.fingerprint.as_ref())
+                            == fingerprint.as_ref()
+                });
+                match unchanged {
+                    Some(loaded) => {
+                        keep.insert(v, Arc::clone(loaded));
+                    }
+                    None => to_load.push((v, path, fingerprint)),
+                }
+            }
+        }
+
+        let mut tasks = tokio::task::JoinSet::new();
+        for (v, path, fingerprint) in to_load {
+            let config = Arc::clone(&config);
+            let metrics = self.metrics.clone();
+            let model = name.to_string();
+            tasks.spawn_blocking(move || {
+                let started = Instant::now();
+                let result = if path.is_file() {
+                    LoadedVersion::load(&model, v, &path, config, metrics.version(&model, v))
+                } else {
+                    Err(format!("missing model file {}", path.display()))
+                };
+                metrics.record_load(&model, v, started.elapsed(), result.is_ok());
+                (v, fingerprint, started.elapsed(), result)
+            });
+        }
+        let mut loaded = BTreeMap::new();
+        let mut failed = BTreeMap::new();
+        while let Some(joined) = tasks.join_next().await {
+            let (v, fingerprint, took, result) = joined.map_err(|e| {
+                RepositoryError::Io(format!("a model load task stopped unexpectedly: {e}"))
+            })?;
+            match result {
+                Ok(version) => {
+                    tracing::info!(model = %name, version = v, took_ms = took.as_millis() as u64,
+                        platform = version.platform, "version loaded");
+                    loaded.insert(v, (Arc::new(version), fingerprint));
+                }
+                Err(reason) => {
+                    tracing::error!(model = %name, version = v, error = %reason, "version failed to load");
+                    failed.insert(v, reason);
+                }
+            }
+        }
+
+        // A version that fails to reload keeps serving its previous instance.
+        let mut route = ModelRoute::default();
+        for (&v, version) in &keep {
+            route.versions.insert(v, Arc::clone(version));
+        }
+        for (&v, (version, _)) in &loaded {
+            route.versions.insert(v, Arc::clone(version));
+        }
+        for (&v, reason) in &failed {
+            match current.versions.get(&v) {
+                Some(previous) => {
+                    route.versions.insert(v, Arc::clone(previous));
+                }
+                None => {
+                    route.failed.insert(v, reason.clone());
+                }
+            }
+        }
+        let dropped: Vec<u64> = current
+            .versions
+            .keys()
+            .filter(|v| !route.versions.contains_key(v))
+            .copied()
+            .collect();
+        self.router.publish(name, Some(route));
+        for &v in &dropped {
+            self.metrics.record_unload(name, v);
+            tracing::info!(model = %name, version = v, "version no longer served; it drains and is dropped");
+        }
+
+        {
+            let mut status = self.status.lock().expect("status lock");
+            let entry = status.entry(name.to_string()).or_default();
+            entry.reason = None;
+            if override_dir.is_some() || failed.is_empty() {
+                entry.override_dir = override_dir;
+            }
+            entry
+                .versions
+                .retain(|v, _| selected.contains(v) || failed.contains_key(v));
+            for (v, (_, fingerprint)) in loaded {
+                entry.versions.insert(
+                    v,
+                    VersionStatus {
+                        state: LoadState::Ready,
+                        reason: String::new(),
+                        fingerprint,
+                    },
+                );
+            }
+            for (&v, reason) in &failed {
+                let serving_old = current.versions.contains_key(&v);
+                let s = entry.versions.entry(v).or_insert(VersionStatus {
+                    state: LoadState::Unavailable,
+                    reason: String::new(),
+                    fingerprint: None,
+                });
+                if serving_old {
+                    s.reason = format!("reload failed, previous instance still serving: {reason}");
+                } else {
+                    s.state = LoadState::Unavailable;
+                    s.reason = reason.clone();
+                }
+            }
+        }
+
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(RepositoryError::LoadFailed {
+                model: name.into(),
+                reason: failed
+                    .iter()
+                    .map(|(v, r)| format!("version {v}: {r}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            })
+        }
+    }
+
+    /// Records a model-level failure; whatever serves keeps serving.
+    fn fail_model(&self, name: &str, current: ModelRoute, reason: &str) {
+        let serving = current.is_ready();
+        if !serving {
+            self.router.publish(
+                name,
+                Some(ModelRoute {
+                    reason: Some(reason.to_string()),
+                    ..current
+                }),
+            );
+        }
+        let mut status = self.status.lock().expect("status lock");
+        let entry = status.entry(name.to_string()).or_default();
+        entry.reason = Some(if serving {
+            format!("reload failed, previous versions still serving: {reason}")
+        } else {
+            reason.to_string()
+        });
+    }
+}

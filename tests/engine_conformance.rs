@@ -1,0 +1,204 @@
+//! Engine conformance: every test model, run in process on the engine alone, must give
+//! onnxruntime's outputs (recorded in `tests/models/expected.json`) within 1e-5.
+
+mod common;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use cairn::engine::{self, BatchInput, LoadOptions};
+use cairn::tensor::{DataType, Tensor, TensorData};
+
+fn tensor_from_json(t: &Value) -> Tensor {
+    let dtype = DataType::parse(t["datatype"].as_str().unwrap()).unwrap();
+    let shape: Vec<usize> = t["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_u64().unwrap() as usize)
+        .collect();
+    let data = common::flatten(&t["data"]);
+    match dtype {
+        DataType::Fp32 => Tensor::from_values(
+            shape,
+            &data
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect::<Vec<_>>(),
+        ),
+        DataType::Fp64 => Tensor::from_values(
+            shape,
+            &data.iter().map(|v| v.as_f64().unwrap()).collect::<Vec<_>>(),
+        ),
+        DataType::Int32 => Tensor::from_values(
+            shape,
+            &data
+                .iter()
+                .map(|v| v.as_i64().unwrap() as i32)
+                .collect::<Vec<_>>(),
+        ),
+        DataType::Int64 => Tensor::from_values(
+            shape,
+            &data.iter().map(|v| v.as_i64().unwrap()).collect::<Vec<_>>(),
+        ),
+        DataType::Bool => Tensor::from_values(
+            shape,
+            &data
+                .iter()
+                .map(|v| v.as_bool().unwrap())
+                .collect::<Vec<_>>(),
+        ),
+        DataType::Bytes => Tensor::new(
+            dtype,
+            shape,
+            TensorData::Bytes(
+                data.iter()
+                    .map(|v| Bytes::from(v.as_str().unwrap().to_string()))
+                    .collect(),
+            ),
+        ),
+        other => panic!("no test data of {other}"),
+    }
+    .unwrap()
+}
+
+fn tensor_to_json(t: &Tensor) -> Value {
+    let data: Vec<Value> = match t.dtype {
+        DataType::Fp32 => t
+            .to_values::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(|v| Value::from(v as f64))
+            .collect(),
+        DataType::Fp64 => t
+            .to_values::<f64>()
+            .unwrap()
+            .into_iter()
+            .map(Value::from)
+            .collect(),
+        DataType::Int32 => t
+            .to_values::<i32>()
+            .unwrap()
+            .into_iter()
+            .map(Value::from)
+            .collect(),
+        DataType::Int64 => t
+            .to_values::<i64>()
+            .unwrap()
+            .into_iter()
+            .map(Value::from)
+            .collect(),
+        DataType::Bool => t
+            .to_values::<bool>()
+            .unwrap()
+            .into_iter()
+            .map(Value::from)
+            .collect(),
+        DataType::Bytes => match &t.data {
+            TensorData::Bytes(items) => items
+                .iter()
+                .map(|b| Value::from(String::from_utf8_lossy(b).into_owned()))
+                .collect(),
+            TensorData::Fixed(_) => unreachable!(),
+        },
+        other => panic!("no comparison for {other}"),
+    };
+    serde_json::json!({"datatype": t.dtype.as_str(), "shape": t.shape, "data": data})
+}
+
+#[test]
+fn every_test_model_matches_onnxruntime() {
+    let expected = common::expected();
+    assert!(expected.len() >= 8, "reference cases are missing");
+    for (rel, cases) in &expected {
+        let path = common::root().join(rel);
+        let batch_dim = !rel.contains("/fixed/");
+        let engine = engine::load(
+            &path,
+            &LoadOptions {
+                batch_dim,
+                input_dims: vec![],
+            },
+        )
+        .unwrap_or_else(|e| panic!("{rel}: {e}"));
+        let sig = engine.signature().clone();
+        let mut session = engine.new_session().unwrap();
+        for (i, case) in cases.as_array().unwrap().iter().enumerate() {
+            let inputs: Vec<Tensor> = sig
+                .inputs
+                .iter()
+                .map(|spec| tensor_from_json(&case["inputs"][&spec.name]))
+                .collect();
+            let batch: Vec<BatchInput<'_>> = inputs
+                .iter()
+                .map(|t| BatchInput {
+                    shape: t.shape.clone(),
+                    parts: vec![t],
+                })
+                .collect();
+            session.set_inputs(&batch).unwrap();
+            let outputs = session
+                .run()
+                .unwrap_or_else(|e| panic!("{rel} case {i}: {e}"));
+            for (spec, out) in sig.outputs.iter().zip(&outputs) {
+                let want = &case["outputs"][&spec.name];
+                common::assert_tensor_close(
+                    &format!("{rel} case {i} {}", spec.name),
+                    &tensor_to_json(out),
+                    want,
+                    1e-5,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_batch_of_parts_equals_the_parts_run_alone() {
+    let path = common::root().join("models/tabular-small/1/model.onnx");
+    let engine = engine::load(
+        &path,
+        &LoadOptions {
+            batch_dim: true,
+            input_dims: vec![],
+        },
+    )
+    .unwrap();
+    let mut session = engine.new_session().unwrap();
+    let rows: Vec<Tensor> = (0..5)
+        .map(|r| {
+            let values: Vec<f32> = (0..32)
+                .map(|c| ((r * 32 + c) as f32 * 0.37).sin())
+                .collect();
+            Tensor::from_values(vec![1, 32], &values).unwrap()
+        })
+        .collect();
+    session
+        .set_inputs(&[BatchInput {
+            shape: vec![5, 32],
+            parts: rows.iter().collect(),
+        }])
+        .unwrap();
+    let batched = session.run().unwrap();
+    for (r, row) in rows.iter().enumerate() {
+        session
+            .set_inputs(&[BatchInput {
+                shape: vec![1, 32],
+                parts: vec![row],
+            }])
+            .unwrap();
+        let alone = session.run().unwrap();
+        for (b, a) in batched.iter().zip(&alone) {
+            assert_eq!(b.slice_rows(r, 1).data, a.data, "row {r}");
+        }
+    }
+}
+
+#[test]
+fn a_corrupt_file_is_a_load_error() {
+    let path = common::root().join("tests/models/corrupt/1/model.onnx");
+    let err = engine::load(&path, &LoadOptions::default())
+        .err()
+        .expect("corrupt model fails");
+    assert!(err.to_string().contains("cannot load model"), "{err}");
+}
