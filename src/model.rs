@@ -245,10 +245,12 @@ fn merge(kind: &str, model: &IoSpec, config: &TensorConfig) -> Result<IoSpec, St
             (-1, c) => c,
             (m, -1) => m,
             (m, c) if m == c => m,
-            (m, c) => return Err(format!(
+            (m, c) => {
+                return Err(format!(
                 "{kind} '{}': config.toml dims {:?} disagree with the model's {:?} ({c} vs {m})",
                 model.name, config.dims, model.dims
-            )),
+            ))
+            }
         });
     }
     Ok(IoSpec {

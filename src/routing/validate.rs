@@ -64,11 +64,13 @@ pub fn validate(
             let r = tensor.shape[0];
             match rows {
                 None => rows = Some(r),
-                Some(prev) if prev != r => return Err(InvalidRequest(format!(
+                Some(prev) if prev != r => {
+                    return Err(InvalidRequest(format!(
                     "input '{}' has batch size {r} but other inputs have {prev}; all inputs must \
                          have the same first dimension",
                     spec.name
-                ))),
+                )))
+                }
                 Some(_) => {}
             }
         }

@@ -1,0 +1,211 @@
+"""Compatibility test: Triton's official Python client (`tritonclient[http]` from PyPI) against
+the real cairn binary. Every inference is compared with onnxruntime on the same inputs.
+
+Run: python tests/compat/test_tritonclient.py [path/to/cairn]   (default: target/release/cairn)
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+import numpy as np
+import onnxruntime as ort
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BINARY = os.path.join(ROOT, "target", "release", "cairn")
+MODELS = {
+    "iris": os.path.join(ROOT, "models", "iris"),
+    "tabular-small": os.path.join(ROOT, "models", "tabular-small"),
+    "simple": os.path.join(ROOT, "tests", "models", "simple"),
+    "dtypes": os.path.join(ROOT, "tests", "models", "dtypes"),
+    "strings": os.path.join(ROOT, "tests", "models", "strings"),
+}
+
+
+class Server:
+    """The binary on a free port; the first log line gives the address."""
+
+    def __init__(self, repo):
+        env = dict(os.environ, NO_COLOR="1", RUST_LOG="info")
+        self.proc = subprocess.Popen(
+            [BINARY, "serve", "--listen", "127.0.0.1:0", "--model-repository", repo],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            env=env,
+            text=True,
+        )
+        first = self.proc.stderr.readline()
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", first)
+        match = re.search(r"listening on http://(\S+)", plain)
+        if not match:
+            self.proc.kill()
+            raise RuntimeError(f"unexpected first log line: {first!r}")
+        self.url = match.group(1)
+        # Keep draining the log so the server never blocks on a full pipe.
+        threading.Thread(target=self.proc.stderr.read, daemon=True).start()
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+def reference(model_dir, version, inputs):
+    """onnxruntime's outputs for the same inputs, by output name."""
+    session = ort.InferenceSession(
+        os.path.join(model_dir, str(version), "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, inputs)))
+
+
+class TritonClientCompat(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.repo = tempfile.mkdtemp(prefix="cairn-compat-")
+        for name, src in MODELS.items():
+            shutil.copytree(src, os.path.join(cls.repo, name))
+        cls.server = Server(cls.repo)
+        cls.client = httpclient.InferenceServerClient(url=cls.server.url, concurrency=4)
+        deadline = time.time() + 120
+        while not cls.client.is_server_ready():
+            if time.time() > deadline:
+                raise RuntimeError("server never became ready")
+            time.sleep(0.05)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+        cls.server.stop()
+        shutil.rmtree(cls.repo, ignore_errors=True)
+
+    def infer_and_compare(self, model, version, inputs, binary, atol=1e-5, **kwargs):
+        metadata = self.client.get_model_metadata(model, model_version=str(version))
+        request_inputs = []
+        for spec in metadata["inputs"]:
+            array = inputs[spec["name"]]
+            tensor = httpclient.InferInput(spec["name"], list(array.shape), np_to_triton_dtype(array.dtype))
+            tensor.set_data_from_numpy(array, binary_data=binary)
+            request_inputs.append(tensor)
+        outputs = [httpclient.InferRequestedOutput(o["name"], binary_data=binary) for o in metadata["outputs"]]
+        result = self.client.infer(
+            model, request_inputs, model_version=str(version), outputs=outputs, request_id="compat-1", **kwargs
+        )
+        self.assertEqual(result.get_response()["id"], "compat-1")
+        expected = reference(MODELS[model], version, inputs)
+        for name, want in expected.items():
+            got = result.as_numpy(name)
+            self.assertIsNotNone(got, f"{model}: output {name} missing")
+            self.assertEqual(tuple(got.shape), tuple(want.shape), f"{model}:{name} shape")
+            if want.dtype.kind == "f":
+                np.testing.assert_allclose(got, want, rtol=0, atol=atol, err_msg=f"{model}:{name}")
+            elif want.dtype == object:
+                got_list = [g.decode() if isinstance(g, bytes) else g for g in got.flatten()]
+                self.assertEqual(got_list, list(want.flatten()), f"{model}:{name}")
+            else:
+                np.testing.assert_array_equal(got, want, err_msg=f"{model}:{name}")
+
+    def test_health(self):
+        self.assertTrue(self.client.is_server_live())
+        self.assertTrue(self.client.is_server_ready())
+        self.assertTrue(self.client.is_model_ready("iris"))
+        self.assertTrue(self.client.is_model_ready("iris", model_version="1"))
+        self.assertFalse(self.client.is_model_ready("no-such-model"))
+
+    def test_metadata_and_config(self):
+        meta = self.client.get_server_metadata()
+        self.assertEqual(meta["name"], "cairn")
+        self.assertIn("binary_tensor_data", meta["extensions"])
+        model = self.client.get_model_metadata("tabular-small")
+        self.assertEqual(model["inputs"][0], {"name": "input", "datatype": "FP32", "shape": [-1, 32]})
+        config = self.client.get_model_config("tabular-small")
+        self.assertEqual(config["max_batch_size"], 64)
+        self.assertEqual(config["input"][0]["data_type"], "TYPE_FP32")
+
+    def test_json_and_binary_inference_equal_onnxruntime(self):
+        rng = np.random.default_rng(0)
+        cases = [
+            ("iris", 1, {"input": rng.normal(5, 1.5, (5, 4)).astype(np.float32)}),
+            ("iris", 2, {"input": rng.normal(5, 1.5, (3, 4)).astype(np.float32)}),
+            ("tabular-small", 1, {"input": rng.normal(0, 1, (7, 32)).astype(np.float32)}),
+            (
+                "simple",
+                1,
+                {
+                    "INPUT0": rng.integers(-1000, 1000, (2, 16)).astype(np.int32),
+                    "INPUT1": rng.integers(-1000, 1000, (2, 16)).astype(np.int32),
+                },
+            ),
+            (
+                "dtypes",
+                1,
+                {
+                    "f64": rng.normal(0, 1e3, (3, 3)).astype(np.float64),
+                    "i64": rng.integers(-(2**40), 2**40, (3, 2)).astype(np.int64),
+                    "flag": rng.integers(0, 2, (3, 2)).astype(bool),
+                    "f32": rng.normal(0, 1, (3, 4)).astype(np.float32),
+                    "i32": rng.integers(-1000, 1000, (3, 1)).astype(np.int32),
+                },
+            ),
+            ("strings", 1, {"text": np.array([["héllo"], [""], ["a b"]], dtype=object)}),
+        ]
+        for model, version, inputs in cases:
+            for binary in (False, True):
+                with self.subTest(model=model, version=version, binary=binary):
+                    self.infer_and_compare(model, version, inputs, binary)
+
+    def test_default_binary_outputs_and_compression(self):
+        # No outputs listed: the client asks for binary_data_output and gets every output.
+        data = np.random.default_rng(1).normal(0, 1, (4, 32)).astype(np.float32)
+        tensor = httpclient.InferInput("input", list(data.shape), "FP32")
+        tensor.set_data_from_numpy(data)
+        for compression in (None, "gzip", "deflate"):
+            result = self.client.infer("tabular-small", [tensor], request_compression_algorithm=compression)
+            want = reference(MODELS["tabular-small"], 1, {"input": data})
+            np.testing.assert_allclose(result.as_numpy("probabilities"), want["probabilities"], atol=1e-5)
+            np.testing.assert_array_equal(result.as_numpy("label"), want["label"])
+
+    def test_async_infer(self):
+        data = np.random.default_rng(2).normal(0, 1, (1, 32)).astype(np.float32)
+        tensor = httpclient.InferInput("input", [1, 32], "FP32")
+        tensor.set_data_from_numpy(data)
+        pending = [self.client.async_infer("tabular-small", [tensor]) for _ in range(16)]
+        want = reference(MODELS["tabular-small"], 1, {"input": data})["probabilities"]
+        for p in pending:
+            np.testing.assert_allclose(p.get_result().as_numpy("probabilities"), want, atol=1e-5)
+
+    def test_errors_raise(self):
+        tensor = httpclient.InferInput("input", [1, 4], "FP32")
+        tensor.set_data_from_numpy(np.zeros((1, 4), dtype=np.float32))
+        with self.assertRaises(InferenceServerException) as ctx:
+            self.client.infer("no-such-model", [tensor])
+        self.assertIn("unknown model", str(ctx.exception))
+        wrong = httpclient.InferInput("input", [1, 4], "FP64")
+        wrong.set_data_from_numpy(np.zeros((1, 4), dtype=np.float64))
+        with self.assertRaises(InferenceServerException) as ctx:
+            self.client.infer("iris", [wrong])
+        self.assertIn("FP64", str(ctx.exception))
+
+    def test_repository_and_statistics(self):
+        index = self.client.get_model_repository_index()
+        self.assertIn("iris", {row["name"] for row in index})
+        self.client.unload_model("simple")
+        self.assertFalse(self.client.is_model_ready("simple"))
+        self.client.load_model("simple")
+        self.assertTrue(self.client.is_model_ready("simple"))
+        stats = self.client.get_inference_statistics("tabular-small")
+        self.assertEqual(stats["model_stats"][0]["name"], "tabular-small")
+        self.assertIn("success", stats["model_stats"][0]["inference_stats"])
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and not sys.argv[1].startswith("-"):
+        BINARY = os.path.abspath(sys.argv.pop(1))
+    unittest.main(verbosity=2)
