@@ -1,0 +1,20 @@
+# Build stage: the release binary.
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY benches ./benches
+RUN cargo build --release --locked --bin cairn
+
+# Runtime stage: the binary, the example models and the settings.
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 --home-dir /opt/cairn cairn
+COPY --from=build /src/target/release/cairn /usr/local/bin/cairn
+COPY models /opt/cairn/models
+COPY configs /opt/cairn/configs
+WORKDIR /opt/cairn
+USER cairn
+EXPOSE 8000
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["cairn"]
+CMD ["serve"]
