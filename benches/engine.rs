@@ -20,8 +20,14 @@ fn engine_floor(c: &mut Criterion) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for (model, width) in [("tabular-small", 32), ("mlp-large", 256)] {
         let path = root.join("models").join(model).join("1/model.onnx");
-        let engine = engine::load(&path, &LoadOptions { batch_dim: true, input_dims: vec![] })
-            .expect("model loads");
+        let engine = engine::load(
+            &path,
+            &LoadOptions {
+                batch_dim: true,
+                input_dims: vec![],
+            },
+        )
+        .expect("model loads");
         let mut session = engine.new_session().expect("session");
         let mut group = c.benchmark_group(format!("engine/{model}"));
         for batch in [1usize, 64] {
@@ -30,7 +36,10 @@ fn engine_floor(c: &mut Criterion) {
             group.bench_with_input(BenchmarkId::new("batch", batch), &input, |b, input| {
                 b.iter(|| {
                     session
-                        .set_inputs(&[BatchInput { shape: input.shape.clone(), parts: vec![input] }])
+                        .set_inputs(&[BatchInput {
+                            shape: input.shape.clone(),
+                            parts: vec![input],
+                        }])
                         .unwrap();
                     black_box(session.run().unwrap())
                 })
@@ -73,8 +82,16 @@ fn codec(c: &mut Criterion) {
                     model_version: "1".into(),
                     id: req.id.as_deref(),
                     outputs: vec![
-                        ResponseOutput { name: "label".into(), tensor: labels.clone(), binary: binary_out },
-                        ResponseOutput { name: "probabilities".into(), tensor: probs.clone(), binary: binary_out },
+                        ResponseOutput {
+                            name: "label".into(),
+                            tensor: labels.clone(),
+                            binary: binary_out,
+                        },
+                        ResponseOutput {
+                            name: "probabilities".into(),
+                            tensor: probs.clone(),
+                            binary: binary_out,
+                        },
                     ],
                 };
                 black_box(encode_response(&resp).body.len())
