@@ -3,10 +3,11 @@
 //!
 //! Run: `cargo bench --bench engine`
 
+use std::hint::black_box;
 use std::path::Path;
 
 use bytes::Bytes;
-use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 use cairn::engine::{self, BatchInput, LoadOptions};
 use cairn::protocol::{decode_request, encode_response, InferResponse, ResponseOutput};

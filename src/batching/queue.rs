@@ -101,10 +101,8 @@ impl BatchQueue {
     /// version is stopping).
     pub fn take(&mut self, now: Instant, flush: bool, dropped: &mut Dropped) -> Take {
         self.jobs.retain_mut(|job| {
-            if job.reply.is_closed() {
-                dropped.canceled += 1;
-                return false;
-            }
+            // Expiry first: a waiter that gave up on its timeout also closed its channel, and its
+            // failure is a timeout (which the waiter records), not a cancellation.
             let expired = job.state.load(Ordering::Acquire) == EXPIRED
                 || (job.deadline.is_some_and(|d| d <= now)
                     && job
@@ -113,6 +111,10 @@ impl BatchQueue {
                         .is_ok());
             if expired {
                 dropped.expired += 1;
+                return false;
+            }
+            if job.reply.is_closed() {
+                dropped.canceled += 1;
                 return false;
             }
             true
@@ -301,10 +303,22 @@ mod tests {
     }
 
     #[test]
-    fn a_job_expired_by_its_waiter_is_skipped() {
+    fn a_job_expired_by_its_waiter_is_skipped_not_canceled() {
         let mut h = Harness::new(8, &[], 0);
         h.push(1, 2, 0, None);
         h.queue.jobs[0].state.store(EXPIRED, Ordering::Release);
-        assert_eq!(h.take_rows(0), Err(None));
+        h.receivers.clear(); // the waiter returned its timeout and dropped its receiver
+        let mut dropped = Dropped::default();
+        assert!(matches!(
+            h.queue.take(h.at(0), false, &mut dropped),
+            Take::Empty
+        ));
+        assert_eq!(
+            dropped,
+            Dropped {
+                canceled: 0,
+                expired: 1
+            }
+        );
     }
 }

@@ -133,16 +133,19 @@ impl Worker {
             Ok(None) => {}
             Ok(Some((computing, outputs))) => {
                 let finished = Instant::now();
-                let answered = answer(jobs, outputs, batching, rows);
-                let replied = Instant::now();
+                let replies = split(&jobs, outputs, batching, rows);
+                // Statistics are recorded before anyone is answered, so a client that reads them
+                // after its response sees its own batch counted.
                 metrics.record_batch(BatchTimings {
                     rows,
                     compute_input: computing - started,
                     compute_infer: finished - computing,
-                    compute_output: replied - finished,
+                    compute_output: finished.elapsed(),
                 });
-                for _ in 0..answered.canceled {
-                    metrics.record_failure(FailureReason::Canceled, Duration::ZERO);
+                for (job, reply) in jobs.into_iter().zip(replies) {
+                    if job.reply.send(reply).is_err() {
+                        metrics.record_failure(FailureReason::Canceled, Duration::ZERO);
+                    }
                 }
             }
             Err(error) => {
@@ -187,41 +190,36 @@ fn batch_inputs(jobs: &[Job], batching: bool, rows: usize) -> Vec<BatchInput<'_>
         .collect()
 }
 
-struct Answered {
-    canceled: usize,
-}
-
-/// Splits the batch outputs back to the jobs by slicing (no copy) and sends them.
-fn answer(jobs: Vec<Job>, outputs: Vec<Tensor>, batching: bool, rows: usize) -> Answered {
-    let mut canceled = 0;
+/// Splits the batch outputs back to the jobs by slicing (no copy): one reply per job, in order.
+fn split(
+    jobs: &[Job],
+    outputs: Vec<Tensor>,
+    batching: bool,
+    rows: usize,
+) -> Vec<Result<Vec<Tensor>, SchedulerError>> {
     if !batching {
-        if let Some(job) = jobs.into_iter().next() {
-            if job.reply.send(Ok(outputs)).is_err() {
-                canceled += 1;
-            }
-        }
-        return Answered { canceled };
+        // A job that runs alone keeps the outputs whole.
+        return vec![Ok(outputs)];
     }
     if let Some(bad) = outputs.iter().position(|o| o.shape.first() != Some(&rows)) {
         let error = EngineError::Run(format!(
             "output {bad} has shape {:?}, which does not split into the batch's {rows} rows",
             outputs[bad].shape
         ));
-        for job in jobs {
-            let _ = job.reply.send(Err(SchedulerError::Engine(error.clone())));
-        }
-        return Answered { canceled };
+        return jobs
+            .iter()
+            .map(|_| Err(SchedulerError::Engine(error.clone())))
+            .collect();
     }
     let mut offset = 0;
-    for job in jobs {
-        let mine = outputs
-            .iter()
-            .map(|o| o.slice_rows(offset, job.rows))
-            .collect();
-        offset += job.rows;
-        if job.reply.send(Ok(mine)).is_err() {
-            canceled += 1;
-        }
-    }
-    Answered { canceled }
+    jobs.iter()
+        .map(|job| {
+            let mine = outputs
+                .iter()
+                .map(|o| o.slice_rows(offset, job.rows))
+                .collect();
+            offset += job.rows;
+            Ok(mine)
+        })
+        .collect()
 }
