@@ -152,7 +152,9 @@ max_batch_size = 64
 instances = 2
 
 [dynamic_batching]
-max_queue_delay_us = 200
+# No added delay: requests gather into batches while both engine workers are busy, so a
+# lone request is not held back and a loaded server still batches.
+max_queue_delay_us = 0
 """,
     "mlp-large": """\
 # Wide MLP classifier (256 -> 1024 -> 1024 -> 10) on synthetic data.
@@ -161,7 +163,9 @@ max_batch_size = 64
 instances = 2
 
 [dynamic_batching]
-max_queue_delay_us = 200
+# No added delay: requests gather into batches while both engine workers are busy, so a
+# lone request is not held back and a loaded server still batches.
+max_queue_delay_us = 0
 """,
 }
 

@@ -75,6 +75,9 @@ struct State {
     queue: BatchQueue,
     closed: bool,
     live_workers: usize,
+    /// Workers blocked on `ready`. A submit wakes one only when some wait: under load every
+    /// worker is busy and a wake-up would be a wasted system call per request.
+    waiting_workers: usize,
 }
 
 impl Scheduler {
@@ -92,6 +95,7 @@ impl Scheduler {
                 queue: BatchQueue::new(settings.policy.clone()),
                 closed: false,
                 live_workers: sessions.len(),
+                waiting_workers: 0,
             }),
             ready: Condvar::new(),
             settings,
@@ -132,7 +136,7 @@ impl Scheduler {
             deadline,
             span: tracing::Span::current(),
         };
-        {
+        let wake = {
             let mut guard = self.shared.lock();
             if guard.closed {
                 return Err(SchedulerError::Stopped {
@@ -147,9 +151,12 @@ impl Scheduler {
             }
             guard.queue.push(job);
             self.shared.metrics.set_queue_depth(guard.queue.len());
-        }
+            guard.waiting_workers > 0
+        };
         self.shared.metrics.add_pending(1);
-        self.shared.ready.notify_one();
+        if wake {
+            self.shared.ready.notify_one();
+        }
         Ok(Ticket {
             rx,
             state,

@@ -64,25 +64,29 @@ impl Worker {
             match take {
                 Take::Batch(jobs) => {
                     shared.metrics.set_queue_depth(state.queue.len());
-                    if !state.queue.is_empty() {
+                    if !state.queue.is_empty() && state.waiting_workers > 0 {
                         shared.ready.notify_one();
                     }
                     return Some(jobs);
                 }
                 Take::WaitUntil(at) => {
                     shared.metrics.set_queue_depth(state.queue.len());
+                    state.waiting_workers += 1;
                     state = shared
                         .ready
                         .wait_timeout(state, at.saturating_duration_since(now))
                         .unwrap_or_else(|e| e.into_inner())
                         .0;
+                    state.waiting_workers -= 1;
                 }
                 Take::Empty => {
                     shared.metrics.set_queue_depth(0);
                     if state.closed {
                         return None;
                     }
+                    state.waiting_workers += 1;
                     state = shared.ready.wait(state).unwrap_or_else(|e| e.into_inner());
+                    state.waiting_workers -= 1;
                 }
             }
         }

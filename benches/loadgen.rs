@@ -1,0 +1,239 @@
+//! A lean closed-loop HTTP load generator, and the in-process engine floor.
+//!
+//! Run through `benches/load/run.py`, or by hand:
+//!
+//! ```text
+//! cargo bench --bench loadgen -- http --url http://127.0.0.1:8000/v2/models/m/infer \
+//!     --body req.json [--header-len N] --concurrency 64 --duration 10 --warmup 2
+//! cargo bench --bench loadgen -- floor --model models/mlp-large/1/model.onnx --width 256 \
+//!     --batch 64 --threads 2 --duration 5
+//! ```
+//!
+//! `http` keeps `concurrency` HTTP/1.1 keep-alive connections busy from one thread (so its CPU
+//! cost is one process's, reported beside the figures) and records every latency. `floor` runs
+//! the server's own engine with no HTTP at all: the ceiling a served figure is read against.
+//! Both print one JSON object.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let Some(mode) = args.first() else {
+        eprintln!("usage: loadgen http|floor [options]");
+        std::process::exit(2);
+    };
+    let opt = |name: &str| -> Option<String> {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    let num = |name: &str, default: f64| -> f64 {
+        opt(name).map_or(default, |v| v.parse().expect("a number"))
+    };
+    match mode.as_str() {
+        "http" => {
+            let url = opt("--url").expect("--url");
+            let body = std::fs::read(opt("--body").expect("--body")).expect("readable body file");
+            let header_len = opt("--header-len");
+            // Counts any answer as a success: measures the HTTP floor on an endpoint that
+            // refuses the body (a 405 costs the server no model work).
+            let any_status = args.iter().any(|a| a == "--any-status");
+            let concurrency = num("--concurrency", 1.0) as usize;
+            let duration = Duration::from_secs_f64(num("--duration", 10.0));
+            let warmup = Duration::from_secs_f64(num("--warmup", 2.0));
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let local = tokio::task::LocalSet::new();
+            let report = runtime.block_on(local.run_until(http_load(
+                &url,
+                Bytes::from(body),
+                header_len,
+                any_status,
+                concurrency,
+                warmup,
+                duration,
+            )));
+            println!("{report}");
+        }
+        "floor" => {
+            let model = PathBuf::from(opt("--model").expect("--model"));
+            let width = num("--width", 32.0) as usize;
+            let batch = num("--batch", 1.0) as usize;
+            let threads = num("--threads", 1.0) as usize;
+            let duration = Duration::from_secs_f64(num("--duration", 5.0));
+            println!("{}", floor(&model, width, batch, threads, duration));
+        }
+        other => {
+            eprintln!("unknown mode {other}");
+            std::process::exit(2);
+        }
+    }
+}
+
+async fn http_load(
+    url: &str,
+    body: Bytes,
+    header_len: Option<String>,
+    any_status: bool,
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> serde_json::Value {
+    let uri: http::Uri = url.parse().expect("a URL");
+    let authority = uri.authority().expect("host:port").to_string();
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let stop_at = measure_from + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let uri = uri.clone();
+        let authority = authority.clone();
+        let body = body.clone();
+        let header_len = header_len.clone();
+        tasks.push(tokio::task::spawn_local(async move {
+            let stream = tokio::net::TcpStream::connect(&authority).await.expect("connect");
+            stream.set_nodelay(true).unwrap();
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .expect("handshake");
+            tokio::task::spawn_local(conn);
+            let mut latencies: Vec<u32> = Vec::with_capacity(1 << 16);
+            let mut errors = 0u64;
+            loop {
+                let sent = Instant::now();
+                if sent >= stop_at {
+                    break;
+                }
+                let mut req = http::Request::post(uri.clone())
+                    .header(http::header::HOST, authority.as_str())
+                    .header(http::header::CONTENT_TYPE, "application/json");
+                if let Some(len) = &header_len {
+                    req = req.header("Inference-Header-Content-Length", len.as_str());
+                }
+                let req = req.body(Full::new(body.clone())).unwrap();
+                if sender.ready().await.is_err() {
+                    errors += 1;
+                    break;
+                }
+                let ok = match sender.send_request(req).await {
+                    Ok(resp) => {
+                        let good = any_status || resp.status().is_success();
+                        good && resp.into_body().collect().await.is_ok()
+                    }
+                    Err(_) => false,
+                };
+                if sent >= measure_from {
+                    if ok {
+                        latencies.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    } else {
+                        errors += 1;
+                    }
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    tokio::time::sleep_until(measure_from.into()).await;
+    let cpu_warm = process_cpu_seconds();
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.expect("load task");
+        latencies.extend(l);
+        errors += e;
+    }
+    let cpu = process_cpu_seconds() - cpu_warm;
+    latencies.sort_unstable();
+    let n = latencies.len();
+    let pct = |p: f64| -> u32 {
+        if n == 0 {
+            0
+        } else {
+            latencies[((n as f64 * p).ceil() as usize).clamp(1, n) - 1]
+        }
+    };
+    let seconds = duration.as_secs_f64();
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get()) as f64;
+    serde_json::json!({
+        "requests": n,
+        "errors": errors,
+        "seconds": seconds,
+        "rps": n as f64 / seconds,
+        "mean_us": if n == 0 { 0.0 } else { latencies.iter().map(|&l| l as f64).sum::<f64>() / n as f64 },
+        "p50_us": pct(0.50),
+        "p90_us": pct(0.90),
+        "p99_us": pct(0.99),
+        "max_us": latencies.last().copied().unwrap_or(0),
+        "client_cpu_seconds": cpu,
+        "client_cpu_share": cpu / (seconds * cores),
+        "client_cpu_us_per_request": if n == 0 { 0.0 } else { cpu * 1e6 / n as f64 },
+    })
+}
+
+fn floor(
+    model: &std::path::Path,
+    width: usize,
+    batch: usize,
+    threads: usize,
+    duration: Duration,
+) -> serde_json::Value {
+    use cairn::engine::{self, BatchInput, LoadOptions};
+    use cairn::tensor::Tensor;
+    let engine = engine::load(model, &LoadOptions { batch_dim: true, input_dims: vec![] })
+        .expect("model loads");
+    let values: Vec<f32> = (0..batch * width).map(|i| ((i as f32) * 0.618).sin()).collect();
+    let input = Tensor::from_values(vec![batch, width], &values).unwrap();
+    let stop = Instant::now() + duration;
+    let results: Vec<(u64, Vec<u32>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let engine = engine.clone();
+                let input = &input;
+                scope.spawn(move || {
+                    let mut session = engine.new_session().unwrap();
+                    let mut calls = 0u64;
+                    let mut times = Vec::new();
+                    while Instant::now() < stop {
+                        let t = Instant::now();
+                        session
+                            .set_inputs(&[BatchInput { shape: input.shape.clone(), parts: vec![input] }])
+                            .unwrap();
+                        std::hint::black_box(session.run().unwrap());
+                        times.push(t.elapsed().as_nanos() as u32);
+                        calls += 1;
+                    }
+                    (calls, times)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let calls: u64 = results.iter().map(|r| r.0).sum();
+    let mut times: Vec<u32> = results.into_iter().flat_map(|r| r.1).collect();
+    times.sort_unstable();
+    let p50_us = times.get(times.len() / 2).copied().unwrap_or(0) as f64 / 1000.0;
+    serde_json::json!({
+        "batch": batch,
+        "threads": threads,
+        "rows_per_s": (calls * batch as u64) as f64 / duration.as_secs_f64(),
+        "call_p50_us": p50_us,
+    })
+}
+
+/// This process's user + system CPU time, from /proc (Linux).
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
