@@ -21,7 +21,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let Some(mode) = args.first() else {
         eprintln!("usage: loadgen http|floor [options]");
         std::process::exit(2);
@@ -85,8 +88,15 @@ async fn http_load(
     warmup: Duration,
     duration: Duration,
 ) -> serde_json::Value {
-    let uri: http::Uri = url.parse().expect("a URL");
-    let authority = uri.authority().expect("host:port").to_string();
+    let full: http::Uri = url.parse().expect("a URL");
+    let authority = full.authority().expect("host:port").to_string();
+    // Requests carry the origin form (`/v2/...`) with a Host header, as browsers and curl send
+    // them; some servers refuse the absolute form.
+    let uri: http::Uri = full
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .parse()
+        .expect("a path");
     let start = Instant::now();
     let measure_from = start + warmup;
     let stop_at = measure_from + duration;
@@ -97,7 +107,9 @@ async fn http_load(
         let body = body.clone();
         let header_len = header_len.clone();
         tasks.push(tokio::task::spawn_local(async move {
-            let stream = tokio::net::TcpStream::connect(&authority).await.expect("connect");
+            let stream = tokio::net::TcpStream::connect(&authority)
+                .await
+                .expect("connect");
             stream.set_nodelay(true).unwrap();
             let (mut sender, conn) =
                 hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
@@ -186,9 +198,17 @@ fn floor(
 ) -> serde_json::Value {
     use cairn::engine::{self, BatchInput, LoadOptions};
     use cairn::tensor::Tensor;
-    let engine = engine::load(model, &LoadOptions { batch_dim: true, input_dims: vec![] })
-        .expect("model loads");
-    let values: Vec<f32> = (0..batch * width).map(|i| ((i as f32) * 0.618).sin()).collect();
+    let engine = engine::load(
+        model,
+        &LoadOptions {
+            batch_dim: true,
+            input_dims: vec![],
+        },
+    )
+    .expect("model loads");
+    let values: Vec<f32> = (0..batch * width)
+        .map(|i| ((i as f32) * 0.618).sin())
+        .collect();
     let input = Tensor::from_values(vec![batch, width], &values).unwrap();
     let stop = Instant::now() + duration;
     let results: Vec<(u64, Vec<u32>)> = std::thread::scope(|scope| {
@@ -203,7 +223,10 @@ fn floor(
                     while Instant::now() < stop {
                         let t = Instant::now();
                         session
-                            .set_inputs(&[BatchInput { shape: input.shape.clone(), parts: vec![input] }])
+                            .set_inputs(&[BatchInput {
+                                shape: input.shape.clone(),
+                                parts: vec![input],
+                            }])
                             .unwrap();
                         std::hint::black_box(session.run().unwrap());
                         times.push(t.elapsed().as_nanos() as u32);
@@ -233,7 +256,12 @@ fn process_cpu_seconds() -> f64 {
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let rest = stat.rsplit(')').next().unwrap_or("");
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
     (ticks(11) + ticks(12)) / 100.0
 }

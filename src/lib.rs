@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod model;
 pub mod protocol;
 pub mod repository;
+pub mod rollout;
 pub mod routing;
 pub mod server;
 pub mod tensor;

@@ -73,6 +73,10 @@ fn serve(config_path: PathBuf, flags: ServerSettings) -> Result<(), String> {
             max_body_bytes = config.max_body_bytes,
             shutdown_timeout_s = config.shutdown_timeout.as_secs(),
             http_threads = config.http_threads,
+            repository_poll_interval_s = config.repository_poll_interval.map_or(0, |d| d.as_secs()),
+            state_dir = %config.state_dir.display(),
+            admin_token = if config.admin_token.is_some() { "<set>" } else { "<unset>" },
+            protect_inference = config.protect_inference,
             "effective settings"
         );
         let stopper = server.stopper();

@@ -85,6 +85,9 @@ struct Families {
     load_duration: GaugeVec,
     load_failures: IntCounterVec,
     http_requests: IntCounterVec,
+    transitions: IntCounterVec,
+    candidate_weight: GaugeVec,
+    shadow_agreement: GaugeVec,
     /// Live `VersionMetrics` per (model, version): a reloaded version shares its series with the
     /// instance it replaces, so the series leave only when the last one is dropped.
     live: Mutex<BTreeMap<(String, u64), usize>>,
@@ -121,6 +124,14 @@ impl Metrics {
                 .register(Box::new(h.clone()))
                 .expect("metric names are unique");
             h
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = GaugeVec::new(Opts::new(name, help).namespace(NAMESPACE), labels)
+                .expect("metric definitions are valid");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric names are unique");
+            g
         };
         let int_gauge = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help).namespace(NAMESPACE), labels)
@@ -252,6 +263,22 @@ impl Metrics {
                 "HTTP requests by endpoint group and status class.",
                 &["endpoint", "status"],
             ),
+            transitions: counter(
+                "rollout_transitions_total",
+                "Deployment transitions by action (canary, shadow, weight, promote, rollback, \
+                 stable, replace, restore) and trigger (manual, auto, reload, restore).",
+                &["model", "action", "trigger"],
+            ),
+            candidate_weight: gauge(
+                "deployment_candidate_weight",
+                "Share of traffic of the model's canary candidate; 0 without one (a shadow takes none).",
+                &["model"],
+            ),
+            shadow_agreement: gauge(
+                "deployment_shadow_agreement_ratio",
+                "Share of shadow-compared rows whose top class matched the stable version's.",
+                &["model"],
+            ),
             live: Mutex::new(BTreeMap::new()),
             registry,
         };
@@ -320,6 +347,32 @@ impl Metrics {
             .model_ready
             .with_label_values(&[model, v.as_str()])
             .set(0);
+    }
+
+    /// Counts a deployment transition.
+    pub fn record_transition(&self, model: &str, action: &'static str, trigger: &'static str) {
+        self.inner
+            .transitions
+            .with_label_values(&[model, action, trigger])
+            .inc();
+    }
+
+    /// Publishes a model's deployment state: its canary weight and shadow agreement.
+    pub fn set_deployment(&self, model: &str, weight: f64, agreement: Option<f64>) {
+        self.inner
+            .candidate_weight
+            .with_label_values(&[model])
+            .set(weight);
+        match agreement {
+            Some(a) => self
+                .inner
+                .shadow_agreement
+                .with_label_values(&[model])
+                .set(a),
+            None => {
+                let _ = self.inner.shadow_agreement.remove_label_values(&[model]);
+            }
+        }
     }
 
     /// Counts one HTTP request by endpoint group (a fixed set) and status class.

@@ -14,7 +14,11 @@ use crate::config::ServerConfig;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::repository::Repository;
+use crate::rollout::Rollout;
 use crate::routing::Router;
+
+/// How often rollout criteria are evaluated and the deployment state saved.
+const ROLLOUT_PERIOD: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// A server that is accepting connections.
 pub struct RunningServer {
@@ -38,10 +42,16 @@ impl RunningServer {
             Arc::clone(&router),
             metrics.clone(),
         ));
+        let rollout = Arc::new(Rollout::new(
+            Arc::clone(&router),
+            metrics.clone(),
+            config.state_dir.clone(),
+        ));
         let state = Arc::new(AppState {
             config,
             router,
             repository,
+            rollout,
             metrics,
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
@@ -59,6 +69,8 @@ impl RunningServer {
             if let Err(e) = load_state.repository.load_all().await {
                 tracing::error!(error = %e, "cannot load the model repository");
             }
+            let restore = Arc::clone(&load_state.rollout);
+            let _ = tokio::task::spawn_blocking(move || restore.restore()).await;
             load_state.ready.store(true, Ordering::Release);
             let table = load_state.router.snapshot();
             let ready = table.models.values().filter(|m| m.is_ready()).count();
@@ -67,6 +79,10 @@ impl RunningServer {
                 ready,
                 "repository loaded; server ready"
             );
+            tokio::spawn(Arc::clone(&load_state.rollout).run(ROLLOUT_PERIOD));
+            if let Some(period) = load_state.config.repository_poll_interval {
+                tokio::spawn(Arc::clone(&load_state.repository).poll(period));
+            }
         });
         Ok(RunningServer {
             addr,

@@ -113,8 +113,8 @@ def ensure_perf_analyzer(python: Path) -> tuple[Path, dict] | None:
         if os.geteuid() == 0:
             subprocess.run(["apt-get", "install", "-y", "-qq", "libb64-0d"], capture_output=True)
     env = dict(os.environ, LD_LIBRARY_PATH=f"{cudart}:{os.environ.get('LD_LIBRARY_PATH', '')}")
-    check = subprocess.run([str(binary), "--help"], capture_output=True, env=env)
-    if check.returncode not in (0, 1) or b"error while loading shared libraries" in check.stderr:
+    check = subprocess.run([str(binary), "--version"], capture_output=True, env=env)
+    if b"error while loading shared libraries" in check.stderr + check.stdout:
         log(f"perf_analyzer does not run here: {check.stderr[:200]!r}")
         return None
     return binary, env

@@ -26,7 +26,7 @@ use crate::tensor::Tensor;
 
 /// A request checked against its model (built only by `routing`'s validation): inputs in the
 /// engine's signature order, with `rows` rows each along the batch dimension.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ValidatedRequest {
     pub inputs: Vec<Tensor>,
     pub rows: usize,

@@ -6,7 +6,10 @@ mod server;
 
 use std::path::PathBuf;
 
-pub use model::{DynamicBatching, ModelConfig, QueuePolicy, TensorConfig, VersionPolicy};
+pub use model::{
+    DynamicBatching, ModelConfig, OnNewVersion, QueuePolicy, RolloutConfig, TensorConfig,
+    VersionPolicy, Warmup,
+};
 pub use server::{ServerConfig, ServerSettings};
 
 /// A configuration file that cannot be used. Messages name the file, the key and the reason.

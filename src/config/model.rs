@@ -53,6 +53,126 @@ pub struct ModelConfig {
     /// Bound of the request queue and default timeout, which apply with or without batching.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<QueuePolicy>,
+    /// Requests run through every new version before it serves; absent, one generated batch of
+    /// ones is run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<Warmup>,
+    /// How new versions reach traffic, and when a candidate is promoted or rolled back.
+    #[serde(default)]
+    pub rollout: RolloutConfig,
+}
+
+/// Warm-up requests: V2 JSON request bodies, each a file looked up in the version directory,
+/// then in the model directory.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Warmup {
+    pub requests: Vec<String>,
+    /// How many times each request is run.
+    #[serde(default = "one")]
+    pub count: NonZeroU32,
+}
+
+/// What happens when a new, higher version loads while another serves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnNewVersion {
+    /// Blue/green: the new version takes all traffic at once; the old one stays loaded while the
+    /// version policy keeps it, ready to switch back to.
+    #[default]
+    Replace,
+    /// The new version becomes a canary with `canary_weight` of the traffic.
+    Canary,
+    /// The new version receives a copy of every request; only the old one answers.
+    Shadow,
+}
+
+/// Rollout behaviour and the criteria that promote or roll back a candidate.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutConfig {
+    pub on_new_version: OnNewVersion,
+    /// Share of traffic a canary started automatically gets (0 to 1).
+    pub canary_weight: f64,
+    /// Header whose value pins a caller to one side of a canary.
+    pub sticky_header: Option<String>,
+    /// Candidate requests (canary) or comparisons (shadow) before anything is decided.
+    pub min_requests: u64,
+    /// Largest share of candidate requests that may fail.
+    pub max_error_rate: f64,
+    /// Largest candidate p99 latency as a multiple of the stable version's.
+    pub max_p99_ratio: f64,
+    /// Smallest share of compared rows whose top class equals the stable version's (shadow).
+    pub min_agreement: f64,
+    /// Largest mean absolute difference of floating-point outputs from the stable version's
+    /// (shadow); absent means not checked.
+    pub max_mean_abs_diff: Option<f64>,
+    /// Promote a candidate that meets every criterion after `min_requests`.
+    pub auto_promote: bool,
+    /// Roll back a candidate that misses one.
+    pub auto_rollback: bool,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        RolloutConfig {
+            on_new_version: OnNewVersion::Replace,
+            canary_weight: 0.1,
+            sticky_header: None,
+            min_requests: 200,
+            max_error_rate: 0.01,
+            max_p99_ratio: 2.0,
+            min_agreement: 0.95,
+            max_mean_abs_diff: None,
+            auto_promote: true,
+            auto_rollback: true,
+        }
+    }
+}
+
+impl RolloutConfig {
+    /// Checks ranges; the error names the key under `rollout`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let fraction = |key: &str, v: f64| {
+            if (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err((
+                    format!("rollout.{key}"),
+                    format!("{v} is not between 0 and 1"),
+                ))
+            }
+        };
+        fraction("canary_weight", self.canary_weight)?;
+        fraction("max_error_rate", self.max_error_rate)?;
+        fraction("min_agreement", self.min_agreement)?;
+        if !(self.max_p99_ratio.is_finite() && self.max_p99_ratio > 0.0) {
+            return Err((
+                "rollout.max_p99_ratio".into(),
+                format!("{} is not a positive number", self.max_p99_ratio),
+            ));
+        }
+        if let Some(d) = self.max_mean_abs_diff {
+            if !(d.is_finite() && d >= 0.0) {
+                return Err((
+                    "rollout.max_mean_abs_diff".into(),
+                    format!("{d} is not a non-negative number"),
+                ));
+            }
+        }
+        if self.min_requests == 0 {
+            return Err(("rollout.min_requests".into(), "must be at least 1".into()));
+        }
+        if let Some(h) = &self.sticky_header {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                return Err((
+                    "rollout.sticky_header".into(),
+                    format!("'{h}' is not a valid HTTP header name"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -171,6 +291,8 @@ impl Default for ModelConfig {
             output: Vec::new(),
             dynamic_batching: None,
             queue: None,
+            warmup: None,
+            rollout: RolloutConfig::default(),
         }
     }
 }
@@ -289,6 +411,26 @@ impl ModelConfig {
                 }
             }
         }
+        if let Some(w) = &self.warmup {
+            if w.requests.is_empty() {
+                return fail(
+                    "warmup.requests",
+                    "must list at least one request file".into(),
+                );
+            }
+            if let Some(bad) = w.requests.iter().find(|r| {
+                r.is_empty()
+                    || Path::new(r)
+                        .components()
+                        .any(|c| !matches!(c, std::path::Component::Normal(_)))
+            }) {
+                return fail(
+                    "warmup.requests",
+                    format!("'{bad}' must be a relative path inside the model directory"),
+                );
+            }
+        }
+        self.rollout.validate()?;
         if let Some(db) = &self.dynamic_batching {
             if self.max_batch_size == 0 {
                 return fail(
@@ -436,6 +578,12 @@ mod tests {
                 "max_batch_size = 2\n[queue]\nmax_queue_size = 2\n[dynamic_batching]\nmax_queue_size = 2",
                 "keep one",
             ),
+            ("[rollout]\ncanary_weight = 1.5", "rollout.canary_weight: 1.5 is not between 0 and 1"),
+            ("[rollout]\non_new_version = \"blue\"", "unknown variant `blue`"),
+            ("[rollout]\nsticky_header = \"bad header\"", "rollout.sticky_header"),
+            ("[rollout]\nmin_requests = 0", "rollout.min_requests"),
+            ("[warmup]\nrequests = []", "warmup.requests"),
+            ("[warmup]\nrequests = [\"../x.json\"]", "relative path"),
         ];
         for (text, expected) in cases {
             let err = parse(text).unwrap_err();

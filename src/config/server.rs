@@ -37,6 +37,30 @@ pub struct ServerSettings {
     /// [default: number of CPUs]
     #[arg(long, env = "CAIRN_HTTP_THREADS", value_name = "N")]
     pub http_threads: Option<usize>,
+
+    /// Seconds between rescans of the repository for new, changed or removed models and
+    /// versions; 0 turns polling off (loads then happen only through the API). [default: 0]
+    #[arg(long, env = "CAIRN_REPOSITORY_POLL_INTERVAL_S", value_name = "SECONDS")]
+    pub repository_poll_interval_s: Option<u64>,
+
+    /// Directory for state that must survive a restart (deployments).
+    /// [default: <model_repository>/.cairn]
+    #[arg(long, env = "CAIRN_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Bearer token required by the management endpoints (repository, deployments). Unset, they
+    /// are open: set it wherever the port is reachable by more than its operators.
+    #[arg(
+        long,
+        env = "CAIRN_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+
+    /// Require the admin token on inference too. [default: false]
+    #[arg(long, env = "CAIRN_PROTECT_INFERENCE", value_name = "BOOL")]
+    pub protect_inference: Option<bool>,
 }
 
 impl ServerSettings {
@@ -60,6 +84,12 @@ impl ServerSettings {
             max_body_bytes: self.max_body_bytes.or(lower.max_body_bytes),
             shutdown_timeout_s: self.shutdown_timeout_s.or(lower.shutdown_timeout_s),
             http_threads: self.http_threads.or(lower.http_threads),
+            repository_poll_interval_s: self
+                .repository_poll_interval_s
+                .or(lower.repository_poll_interval_s),
+            state_dir: self.state_dir.or(lower.state_dir),
+            admin_token: self.admin_token.or(lower.admin_token),
+            protect_inference: self.protect_inference.or(lower.protect_inference),
         }
     }
 }
@@ -72,6 +102,11 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub shutdown_timeout: Duration,
     pub http_threads: usize,
+    /// `None`: no polling.
+    pub repository_poll_interval: Option<Duration>,
+    pub state_dir: PathBuf,
+    pub admin_token: Option<String>,
+    pub protect_inference: bool,
 }
 
 impl ServerConfig {
@@ -95,14 +130,36 @@ impl ServerConfig {
         if http_threads == 0 {
             return Err(invalid("http_threads", "must be at least 1".into()));
         }
+        if s.admin_token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return Err(invalid("admin_token", "must not be empty".into()));
+        }
+        if s.protect_inference == Some(true) && s.admin_token.is_none() {
+            return Err(invalid(
+                "protect_inference",
+                "is true but no admin_token is set to protect it with".into(),
+            ));
+        }
+        let model_repository = s
+            .model_repository
+            .unwrap_or_else(|| PathBuf::from("models"));
         Ok(ServerConfig {
             listen: s.listen.unwrap_or_else(|| "0.0.0.0:8000".into()),
-            model_repository: s
-                .model_repository
-                .unwrap_or_else(|| PathBuf::from("models")),
+            state_dir: s
+                .state_dir
+                .unwrap_or_else(|| model_repository.join(".cairn")),
+            model_repository,
             max_body_bytes,
             shutdown_timeout: Duration::from_secs(s.shutdown_timeout_s.unwrap_or(30)),
             http_threads,
+            repository_poll_interval: s
+                .repository_poll_interval_s
+                .filter(|&s| s > 0)
+                .map(Duration::from_secs),
+            admin_token: s.admin_token,
+            protect_inference: s.protect_inference.unwrap_or(false),
         })
     }
 
@@ -115,6 +172,10 @@ impl ServerConfig {
             max_body_bytes: 64 << 20,
             shutdown_timeout: Duration::from_secs(30),
             http_threads: 2,
+            repository_poll_interval: None,
+            state_dir: dir.join(".cairn"),
+            admin_token: None,
+            protect_inference: false,
         }
     }
 }

@@ -7,6 +7,7 @@ use http_body_util::Full;
 use crate::batching::SchedulerError;
 use crate::protocol::ProtocolError;
 use crate::repository::RepositoryError;
+use crate::rollout::RolloutError;
 use crate::routing::{InferError, RouteError};
 
 /// Every way a request can fail, from every layer.
@@ -30,12 +31,16 @@ pub enum ApiError {
     NotReady(String),
     #[error("{0}")]
     Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
     #[error(transparent)]
     Infer(#[from] InferError),
     #[error(transparent)]
     Repository(#[from] RepositoryError),
+    #[error(transparent)]
+    Rollout(#[from] RolloutError),
 }
 
 impl From<RouteError> for ApiError {
@@ -55,6 +60,7 @@ impl ApiError {
             ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Protocol(_) => StatusCode::BAD_REQUEST,
             ApiError::Infer(e) => match e {
                 InferError::Route(r) => route_status(r),
@@ -72,6 +78,12 @@ impl ApiError {
                 RepositoryError::BadRequest(_) => StatusCode::BAD_REQUEST,
                 RepositoryError::LoadFailed { .. } => StatusCode::BAD_REQUEST,
                 RepositoryError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            ApiError::Rollout(e) => match e {
+                RolloutError::UnknownModel(_) => StatusCode::NOT_FOUND,
+                RolloutError::VersionNotReady { .. } => StatusCode::CONFLICT,
+                RolloutError::NoCandidate(_) => StatusCode::CONFLICT,
+                RolloutError::BadRequest(_) => StatusCode::BAD_REQUEST,
             },
         }
     }

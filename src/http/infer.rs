@@ -42,7 +42,10 @@ pub async fn infer(
         protocol::decode_request(body, header_len)?
     };
     let id = request.id.clone();
-    let result = state.router.infer(model, version, request).await?;
+    let result = state
+        .router
+        .infer(model, version, request, &parts.headers)
+        .await?;
     let response = InferResponse {
         model_name: &result.version.model,
         model_version: result.version.version.to_string(),

@@ -5,6 +5,7 @@
 //! touches an engine or a queue directly.
 
 mod body;
+mod deployment;
 mod error;
 mod infer;
 mod models;
@@ -29,6 +30,7 @@ pub use error::ApiError;
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::repository::Repository;
+use crate::rollout::Rollout;
 use crate::routing::Router;
 
 /// What every handler may use.
@@ -36,6 +38,7 @@ pub struct AppState {
     pub config: ServerConfig,
     pub router: Arc<Router>,
     pub repository: Arc<Repository>,
+    pub rollout: Arc<Rollout>,
     pub metrics: Metrics,
     /// Set once the startup load has finished.
     pub ready: AtomicBool,

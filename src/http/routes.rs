@@ -6,7 +6,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use super::error::ApiError;
-use super::{empty_response, infer, models, repository, AppState};
+use super::{deployment, empty_response, infer, json_response, models, repository, AppState};
 
 type Reply = Result<Response<Full<Bytes>>, ApiError>;
 
@@ -34,8 +34,21 @@ pub async fn dispatch(state: &AppState, req: Request<Incoming>) -> (&'static str
         }
     };
 
+    // Management endpoints, and inference when so configured, need the admin token.
+    let guarded = match seg.as_slice() {
+        ["v2", "repository", ..] => Some("repository"),
+        ["v2", "deployments"] | ["v2", "models", _, "deployment", ..] => Some("deployment"),
+        ["v2", "models", _, .., "infer"] if state.config.protect_inference => Some("infer"),
+        _ => None,
+    };
+    if let Some(endpoint) = guarded {
+        if let Err(e) = authorize(state, req.headers()) {
+            return (endpoint, Err(e));
+        }
+    }
     match seg.as_slice() {
         ["v2"] => get("server_metadata", models::server_metadata),
+        ["v2", "deployments"] => get("deployment", deployment::list),
         ["v2", "health", "live"] => get("health", |_| Ok(empty_response(StatusCode::OK))),
         ["v2", "health", "ready"] => get("health", |s| {
             Ok(empty_response(if s.is_ready() {
@@ -58,6 +71,22 @@ pub async fn dispatch(state: &AppState, req: Request<Incoming>) -> (&'static str
             ("stats", models::stats(state, None, None))
         }
         ["v2", "models", model, rest @ ..] => {
+            if let ["deployment", action @ ..] = rest {
+                let model = model.to_string();
+                return match (action, &method) {
+                    ([], &Method::GET) => ("deployment", deployment::get(state, &model)),
+                    ([], _) => ("deployment", Err(not_allowed("GET"))),
+                    ([action], &Method::POST) => {
+                        let action = action.to_string();
+                        (
+                            "deployment",
+                            deployment::act(state, &model, &action, req).await,
+                        )
+                    }
+                    ([_], _) => ("deployment", Err(not_allowed("POST"))),
+                    _ => ("unknown", Err(no_endpoint(&method, &path))),
+                };
+            }
             let (version, action) = match rest {
                 [] => (None, None),
                 [action] => (None, Some(*action)),
@@ -111,6 +140,16 @@ pub async fn dispatch(state: &AppState, req: Request<Incoming>) -> (&'static str
             }
             ("repository", repository::index(state, req).await)
         }
+        ["v2", "repository", "rescan"] => {
+            if method != Method::POST {
+                return ("repository", Err(not_allowed("POST")));
+            }
+            let acted = state.repository.rescan().await;
+            (
+                "repository",
+                Ok(json_response(&serde_json::json!({ "changed": acted }))),
+            )
+        }
         ["v2", "repository", "models", model, action @ ("load" | "unload")] => {
             if method != Method::POST {
                 return ("repository", Err(not_allowed("POST")));
@@ -125,6 +164,41 @@ pub async fn dispatch(state: &AppState, req: Request<Incoming>) -> (&'static str
         }
         _ => ("unknown", Err(no_endpoint(&method, &path))),
     }
+}
+
+/// Management endpoints need the admin bearer token when one is configured: none given is 401,
+/// a wrong one 403.
+fn authorize(state: &AppState, headers: &http::HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &state.config.admin_token else {
+        return Ok(());
+    };
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::Unauthorized(
+            "this endpoint needs 'Authorization: Bearer <admin token>'".into(),
+        ));
+    };
+    let given = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "the bearer token is not the admin token".into(),
+        ))
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        diff |= (a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0)) as usize;
+    }
+    diff == 0
 }
 
 fn no_endpoint(method: &Method, path: &str) -> ApiError {

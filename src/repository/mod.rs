@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::model::LoadedVersion;
 use crate::routing::{ModelRoute, Router};
 
-pub use scan::Fingerprint;
+pub use scan::{DirSignature, Fingerprint};
 
 /// A version's or model's state as the repository index reports it (Triton's names).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +81,8 @@ struct ModelStatus {
     versions: BTreeMap<u64, VersionStatus>,
     /// Directory of files given through an explicit load, kept while they serve.
     override_dir: Option<Arc<tempfile::TempDir>>,
+    /// The model directory as it was at the last load or unload; a rescan acts on a change.
+    signature: Option<DirSignature>,
 }
 
 struct VersionStatus {
@@ -148,15 +150,94 @@ impl Repository {
         if !dir.is_dir() {
             return Err(RepositoryError::UnknownModel(name.to_string()));
         }
+        let signature = DirSignature::of(&dir);
         self.set_loading(name, true);
+        self.status
+            .lock()
+            .expect("status lock")
+            .entry(name.to_string())
+            .or_default()
+            .signature = Some(signature);
         let result = self.reconcile(name, &dir, with.config, override_dir).await;
         self.set_loading(name, false);
         result
     }
 
+    /// Rescans the repository: loads new models, reloads those whose directory changed (new,
+    /// removed or rewritten versions, edited `config.toml`), unloads those that left it. Models
+    /// loaded from uploaded files are left alone. Returns the models acted on.
+    pub async fn rescan(&self) -> Vec<String> {
+        let names = match scan::model_names(&self.root) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %e, root = %self.root.display(), "cannot rescan the repository");
+                return Vec::new();
+            }
+        };
+        let mut acted = Vec::new();
+        for name in &names {
+            let changed = {
+                let status = self.status.lock().expect("status lock");
+                match status.get(name) {
+                    Some(s) if s.override_dir.is_some() => false,
+                    Some(s) => {
+                        s.signature.as_ref() != Some(&DirSignature::of(&self.root.join(name)))
+                    }
+                    None => true,
+                }
+            };
+            if changed {
+                acted.push(name.clone());
+                if let Err(e) = self.load_model(name, LoadOverride::default()).await {
+                    tracing::error!(model = %name, error = %e, "rescan: model failed to load");
+                }
+            }
+        }
+        let gone: Vec<String> = {
+            let status = self.status.lock().expect("status lock");
+            status
+                .iter()
+                .filter(|(n, s)| {
+                    !names.contains(n)
+                        && s.override_dir.is_none()
+                        && s.versions.values().any(|v| v.state == LoadState::Ready)
+                })
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        for name in gone {
+            if self
+                .unload_with_reason(&name, "removed from the repository")
+                .await
+                .is_ok()
+            {
+                acted.push(name);
+            }
+        }
+        acted
+    }
+
+    /// Rescans every `period` until the process ends.
+    pub async fn poll(self: Arc<Self>, period: std::time::Duration) {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let acted = self.rescan().await;
+            if !acted.is_empty() {
+                tracing::info!(models = ?acted, "repository rescan applied changes");
+            }
+        }
+    }
+
     /// Stops serving every version of a model. In-flight requests finish on the versions they
     /// hold; queued ones run before the versions are freed.
     pub async fn unload_model(&self, name: &str) -> Result<(), RepositoryError> {
+        self.unload_with_reason(name, "unloaded").await
+    }
+
+    async fn unload_with_reason(&self, name: &str, reason: &str) -> Result<(), RepositoryError> {
         let _op = self.ops.lock().await;
         let known = self.status.lock().expect("status lock").contains_key(name);
         if !known {
@@ -169,26 +250,24 @@ impl Repository {
             .get(name)
             .cloned()
             .unwrap_or_default();
-        self.router.publish(
-            name,
-            Some(ModelRoute {
-                reason: Some("unloaded".into()),
-                ..ModelRoute::default()
-            }),
-        );
+        self.router.update(name, |route| {
+            route.versions.clear();
+            route.failed.clear();
+            route.reason = Some(reason.to_string());
+        });
         for v in previous.versions.keys() {
             self.metrics.record_unload(name, *v);
         }
         let mut status = self.status.lock().expect("status lock");
         let entry = status.entry(name.to_string()).or_default();
-        entry.reason = Some("unloaded".into());
+        entry.reason = Some(reason.to_string());
         entry.override_dir = None;
         for v in entry.versions.values_mut() {
             v.state = LoadState::Unavailable;
-            v.reason = "unloaded".into();
+            v.reason = reason.to_string();
             v.fingerprint = None;
         }
-        tracing::info!(model = %name, "model unloaded");
+        tracing::info!(model = %name, reason, "model unloaded");
         Ok(())
     }
 
@@ -361,30 +440,42 @@ impl Repository {
         }
 
         // A version that fails to reload keeps serving its previous instance.
-        let mut route = ModelRoute::default();
+        let mut versions = BTreeMap::new();
+        let mut still_failed = BTreeMap::new();
         for (&v, version) in &keep {
-            route.versions.insert(v, Arc::clone(version));
+            versions.insert(v, Arc::clone(version));
         }
         for (&v, (version, _)) in &loaded {
-            route.versions.insert(v, Arc::clone(version));
+            versions.insert(v, Arc::clone(version));
         }
         for (&v, reason) in &failed {
             match current.versions.get(&v) {
                 Some(previous) => {
-                    route.versions.insert(v, Arc::clone(previous));
+                    versions.insert(v, Arc::clone(previous));
                 }
                 None => {
-                    route.failed.insert(v, reason.clone());
+                    still_failed.insert(v, reason.clone());
                 }
             }
         }
         let dropped: Vec<u64> = current
             .versions
             .keys()
-            .filter(|v| !route.versions.contains_key(v))
+            .filter(|v| !versions.contains_key(v))
             .copied()
             .collect();
-        self.router.publish(name, Some(route));
+        let transition = self.router.update(name, |route| {
+            route.failed = still_failed;
+            route.reason = None;
+            let transition = route.set_versions(versions, &config.rollout);
+            if let Some(t) = &transition {
+                route.deployment.record(name, t.clone());
+            }
+            transition
+        });
+        if let Some(t) = transition {
+            self.metrics.record_transition(name, t.action, t.trigger);
+        }
         for &v in &dropped {
             self.metrics.record_unload(name, v);
             tracing::info!(model = %name, version = v, "version no longer served; it drains and is dropped");
@@ -444,13 +535,8 @@ impl Repository {
     fn fail_model(&self, name: &str, current: ModelRoute, reason: &str) {
         let serving = current.is_ready();
         if !serving {
-            self.router.publish(
-                name,
-                Some(ModelRoute {
-                    reason: Some(reason.to_string()),
-                    ..current
-                }),
-            );
+            self.router
+                .update(name, |route| route.reason = Some(reason.to_string()));
         }
         let mut status = self.status.lock().expect("status lock");
         let entry = status.entry(name.to_string()).or_default();

@@ -76,6 +76,41 @@ impl Fingerprint {
     }
 }
 
+/// What a model directory holds: `config.toml` and every file of every version directory, with
+/// their fingerprints. A rescan reloads a model whose signature changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirSignature(Vec<(String, Option<Fingerprint>)>);
+
+impl DirSignature {
+    pub fn of(model_dir: &Path) -> DirSignature {
+        let mut entries = vec![(
+            "config.toml".to_string(),
+            Fingerprint::of(&model_dir.join("config.toml")),
+        )];
+        for v in version_dirs(model_dir).unwrap_or_default() {
+            let dir = model_dir.join(v.to_string());
+            let mut files: Vec<(String, Option<Fingerprint>)> = std::fs::read_dir(&dir)
+                .map(|rd| {
+                    rd.filter_map(Result::ok)
+                        .map(|e| {
+                            (
+                                format!("{v}/{}", e.file_name().to_string_lossy()),
+                                Fingerprint::of(&e.path()),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            files.sort_by(|a, b| a.0.cmp(&b.0));
+            if files.is_empty() {
+                files.push((format!("{v}/"), None));
+            }
+            entries.extend(files);
+        }
+        DirSignature(entries)
+    }
+}
+
 /// Writes the files of an explicit load into a fresh directory laid out as a repository.
 pub fn write_override(
     name: &str,
@@ -124,6 +159,22 @@ mod tests {
         }
         std::fs::write(dir.path().join("5"), b"a file, not a directory").unwrap();
         assert_eq!(version_dirs(dir.path()).unwrap(), vec![1, 3, 7, 12]);
+    }
+
+    #[test]
+    fn signatures_see_new_versions_and_changed_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("1")).unwrap();
+        std::fs::write(dir.path().join("1/model.onnx"), b"a").unwrap();
+        let a = DirSignature::of(dir.path());
+        assert_eq!(a, DirSignature::of(dir.path()));
+        std::fs::create_dir(dir.path().join("2")).unwrap();
+        let b = DirSignature::of(dir.path());
+        assert_ne!(a, b);
+        std::fs::write(dir.path().join("2/model.onnx"), b"bb").unwrap();
+        assert_ne!(b, DirSignature::of(dir.path()));
+        std::fs::write(dir.path().join("config.toml"), b"max_batch_size = 1").unwrap();
+        assert_ne!(b, DirSignature::of(dir.path()));
     }
 
     #[test]

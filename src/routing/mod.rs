@@ -1,23 +1,32 @@
 //! Routing: which loaded version answers a request.
 //!
 //! The routing table is one immutable snapshot behind an `ArcSwap`: a request reads it without a
-//! lock, and `repository` publishes a change as a single atomic store. A version dropped from the
-//! table keeps serving the requests that already hold it, and is freed after the last one.
-//! Routing also validates requests against the chosen version and records their outcome.
+//! lock, and a change (from `repository` or `rollout`) is one atomic store made under a writers'
+//! mutex, so concurrent writers never lose each other's change. A version dropped from the table
+//! keeps serving the requests that already hold it, and is freed after the last one.
+//!
+//! A request that names a version goes to it. One that does not goes through the model's
+//! [`Deployment`]: its stable version, or with a canary candidate a weighted (optionally sticky)
+//! pick between the two, or with a shadow candidate the stable version while a copy runs on the
+//! candidate off the response path.
 
-mod validate;
+mod shadow;
+mod tracker;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 
-pub use validate::{validate, InvalidRequest, OutputPick};
+pub use tracker::{ArmSnapshot, ArmStats, ShadowSnapshot, ShadowStats, Tracker};
 
 use crate::batching::SchedulerError;
+use crate::config::{OnNewVersion, RolloutConfig};
 use crate::metrics::FailureReason;
 use crate::model::LoadedVersion;
+pub use crate::model::{InvalidRequest, OutputPick};
 use crate::protocol::InferRequest;
 use crate::tensor::Tensor;
 
@@ -36,16 +45,190 @@ pub struct ModelRoute {
     pub failed: BTreeMap<u64, String>,
     /// Why the model as a whole is not serving (bad config, no versions, unloaded).
     pub reason: Option<String>,
+    /// Where requests without a version go.
+    pub deployment: Deployment,
+}
+
+/// A model's traffic split for requests that name no version.
+#[derive(Clone, Default)]
+pub struct Deployment {
+    /// The pinned stable version; `None` follows the highest ready version.
+    pub stable: Option<u64>,
+    pub candidate: Option<Candidate>,
+    /// The last transitions, newest last; shared by every snapshot of this model.
+    pub history: Arc<Mutex<VecDeque<Transition>>>,
+}
+
+/// One change of a deployment, as logged and reported.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transition {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// `canary`, `shadow`, `weight`, `promote`, `rollback`, `stable`, `replace`.
+    pub action: &'static str,
+    /// `manual` (control API), `auto` (criteria), `reload` (a new version loaded), `restore`.
+    pub trigger: &'static str,
+    pub version: Option<u64>,
+    pub reason: String,
+}
+
+/// Transitions kept per model.
+const HISTORY: usize = 64;
+
+impl Deployment {
+    /// Logs a transition and keeps it in the history.
+    pub fn record(&self, model: &str, transition: Transition) {
+        tracing::info!(
+            model,
+            action = transition.action,
+            trigger = transition.trigger,
+            version = transition.version,
+            reason = %transition.reason,
+            "deployment transition"
+        );
+        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        if history.len() == HISTORY {
+            history.pop_front();
+        }
+        history.push_back(transition);
+    }
+}
+
+impl Candidate {
+    pub fn new(version: u64, mode: CandidateMode, criteria: RolloutConfig) -> Candidate {
+        Candidate {
+            version,
+            mode,
+            criteria,
+            tracker: Arc::new(Tracker::default()),
+            started: SystemTime::now(),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, for transition records.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A version on trial beside the stable one.
+#[derive(Clone)]
+pub struct Candidate {
+    pub version: u64,
+    pub mode: CandidateMode,
+    pub criteria: RolloutConfig,
+    pub tracker: Arc<Tracker>,
+    pub started: SystemTime,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum CandidateMode {
+    /// The candidate answers `weight` of the requests; with `sticky_header`, a caller's header
+    /// value always lands on the same side (while the weight stays).
+    Canary {
+        weight: f64,
+        sticky_header: Option<String>,
+    },
+    /// The candidate gets a copy of every request; only the stable version answers.
+    Shadow,
 }
 
 impl ModelRoute {
-    /// The version a request without a version goes to: the highest ready one.
-    pub fn default_version(&self) -> Option<&Arc<LoadedVersion>> {
+    /// The highest ready version.
+    pub fn highest(&self) -> Option<&Arc<LoadedVersion>> {
         self.versions.values().next_back()
+    }
+
+    /// The version that answers requests without a version, ignoring any canary.
+    pub fn stable(&self) -> Option<&Arc<LoadedVersion>> {
+        match self.deployment.stable {
+            Some(v) => self.versions.get(&v).or_else(|| self.highest()),
+            None => self.highest(),
+        }
     }
 
     pub fn is_ready(&self) -> bool {
         !self.versions.is_empty()
+    }
+
+    /// Installs a new set of ready versions. A new version above the current stable one enters
+    /// as `policy` says: at once (blue/green), or as a canary or shadow candidate while the
+    /// stable version stays pinned. Returns the transition made, if any.
+    pub fn set_versions(
+        &mut self,
+        versions: BTreeMap<u64, Arc<LoadedVersion>>,
+        policy: &RolloutConfig,
+    ) -> Option<Transition> {
+        let previous_stable = self.stable().map(|v| v.version);
+        let previous_highest = self.highest().map(|v| v.version);
+        self.versions = versions;
+        let new_highest = self.highest().map(|v| v.version)?;
+        let (Some(stable), Some(old_highest)) = (previous_stable, previous_highest) else {
+            return None;
+        };
+        if new_highest <= old_highest || !self.versions.contains_key(&stable) {
+            return None;
+        }
+        let mode = match policy.on_new_version {
+            OnNewVersion::Replace => {
+                return (self.deployment.stable.is_none()).then(|| Transition {
+                    at_ms: now_ms(),
+                    action: "replace",
+                    trigger: "reload",
+                    version: Some(new_highest),
+                    reason: format!("version {new_highest} loaded; it replaces version {stable}"),
+                });
+            }
+            OnNewVersion::Canary => CandidateMode::Canary {
+                weight: policy.canary_weight,
+                sticky_header: policy.sticky_header.clone(),
+            },
+            OnNewVersion::Shadow => CandidateMode::Shadow,
+        };
+        self.deployment.stable = Some(stable);
+        let action = if mode == CandidateMode::Shadow {
+            "shadow"
+        } else {
+            "canary"
+        };
+        self.deployment.candidate = Some(Candidate::new(new_highest, mode, policy.clone()));
+        Some(Transition {
+            at_ms: now_ms(),
+            action,
+            trigger: "reload",
+            version: Some(new_highest),
+            reason: format!(
+                "version {new_highest} loaded; on_new_version = {action}, stable stays {stable}"
+            ),
+        })
+    }
+
+    /// Restores the invariant that a deployment names only ready versions: a pin on a version
+    /// that left falls back to the highest, and a candidate that left is dropped. Returns what
+    /// was dropped, for the log.
+    fn normalize(&mut self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if let Some(v) = self.deployment.stable {
+            if !self.versions.contains_key(&v) {
+                notes.push(format!(
+                    "stable version {v} is no longer ready; following the highest"
+                ));
+                self.deployment.stable = None;
+            }
+        }
+        if let Some(c) = &self.deployment.candidate {
+            let stable = self.stable().map(|s| s.version);
+            if !self.versions.contains_key(&c.version) || stable == Some(c.version) {
+                notes.push(format!(
+                    "candidate version {} is no longer a candidate",
+                    c.version
+                ));
+                self.deployment.candidate = None;
+            }
+        }
+        notes
     }
 }
 
@@ -97,10 +280,50 @@ impl InferResult {
     }
 }
 
+/// Looks up request headers by name (for sticky canary keys); `http` provides it.
+pub trait RequestKeys: Sync {
+    fn header(&self, name: &str) -> Option<&[u8]>;
+}
+
+impl RequestKeys for http::HeaderMap {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.get(name).map(|v| v.as_bytes())
+    }
+}
+
+/// No headers (in-process callers, warm-up).
+pub struct NoKeys;
+
+impl RequestKeys for NoKeys {
+    fn header(&self, _name: &str) -> Option<&[u8]> {
+        None
+    }
+}
+
 /// The request path's entry into serving.
 #[derive(Default)]
 pub struct Router {
     table: ArcSwap<RoutingTable>,
+    writers: Mutex<()>,
+}
+
+/// Which side of a deployment a request went to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Arm {
+    /// The request named its version.
+    Direct,
+    Stable,
+    Candidate,
+}
+
+/// Where one request goes, decided from one snapshot.
+struct Plan {
+    target: Arc<LoadedVersion>,
+    arm: Arm,
+    /// The candidate's trial, when the request went through a deployment with a candidate.
+    trial: Option<Arc<Tracker>>,
+    /// The candidate that receives a copy (shadow mode).
+    shadow: Option<Arc<LoadedVersion>>,
 }
 
 impl Router {
@@ -113,24 +336,22 @@ impl Router {
         self.table.load_full()
     }
 
-    /// Replaces one model's route (or removes it) in a single atomic store. Callers serialize
-    /// their changes (the repository holds its lock), so read-copy-update never loses one.
-    pub fn publish(&self, model: &str, route: Option<ModelRoute>) {
-        self.table.rcu(|table| {
-            let mut next = RoutingTable::clone(table);
-            match &route {
-                Some(r) => {
-                    next.models.insert(model.to_string(), r.clone());
-                }
-                None => {
-                    next.models.remove(model);
-                }
-            }
-            next
-        });
+    /// Changes one model's route with `change` (creating it if needed) and publishes the result
+    /// in one atomic store. Writers are serialized, so a change is never lost to a concurrent
+    /// one; readers never wait. Returns what `change` returned.
+    pub fn update<R>(&self, model: &str, change: impl FnOnce(&mut ModelRoute) -> R) -> R {
+        let _writer = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = RoutingTable::clone(&self.table.load());
+        let route = next.models.entry(model.to_string()).or_default();
+        let result = change(route);
+        for note in route.normalize() {
+            tracing::info!(model, "{note}");
+        }
+        self.table.store(Arc::new(next));
+        result
     }
 
-    /// Finds the version a request names, or the model's default one.
+    /// Finds the version a request names, or the stable version of the model's deployment.
     pub fn resolve(
         &self,
         model: &str,
@@ -141,75 +362,183 @@ impl Router {
             .models
             .get(model)
             .ok_or_else(|| RouteError::UnknownModel(model.to_string()))?;
-        match version {
-            None | Some("") => {
-                route
-                    .default_version()
-                    .cloned()
-                    .ok_or_else(|| RouteError::NotReady {
-                        model: model.to_string(),
-                        version: None,
-                        reason: not_ready_reason(route),
-                    })
-            }
-            Some(text) => {
-                let unknown = || RouteError::UnknownVersion {
-                    model: model.to_string(),
-                    version: text.to_string(),
-                };
-                let v: u64 = text.parse().map_err(|_| unknown())?;
-                if let Some(loaded) = route.versions.get(&v) {
-                    return Ok(Arc::clone(loaded));
-                }
-                match route.failed.get(&v) {
-                    Some(reason) => Err(RouteError::NotReady {
-                        model: model.to_string(),
-                        version: Some(v),
-                        reason: reason.clone(),
-                    }),
-                    None => Err(unknown()),
-                }
-            }
-        }
+        resolve_in(route, model, version)
     }
 
-    /// Resolves, validates, queues and waits: one inference, its outcome recorded in the
-    /// version's metrics.
+    /// Resolves (through the deployment when no version is named), validates, queues and
+    /// waits: one inference. Its outcome is recorded in the answering version's metrics and,
+    /// when a deployment with a candidate routed it, in the candidate's trial.
     pub async fn infer(
         &self,
         model: &str,
         version: Option<&str>,
         request: InferRequest,
+        keys: &(dyn RequestKeys + Sync),
     ) -> Result<InferResult, InferError> {
         let started = Instant::now();
-        let loaded = self.resolve(model, version)?;
-        let outcome = run(&loaded, request).await;
+        let plan = self.plan(model, version, keys)?;
+        let shadow = plan.shadow.as_ref().zip(plan.trial.as_ref());
+        let outcome = run(&plan.target, request, shadow).await;
         let took = started.elapsed();
+        if let Some(trial) = &plan.trial {
+            let server_side_ok = !matches!(outcome, Err(InferError::Scheduler(_)));
+            let invalid = matches!(outcome, Err(InferError::Invalid(_)));
+            match plan.arm {
+                _ if invalid => {}
+                Arm::Stable => trial.stable.record(server_side_ok, took),
+                Arm::Candidate => trial.candidate.record(server_side_ok, took),
+                Arm::Direct => {}
+            }
+        }
         match outcome {
             Ok((outputs, picks)) => {
-                loaded.metrics.record_success(took);
+                plan.target.metrics.record_success(took);
                 Ok(InferResult {
-                    version: loaded,
+                    version: plan.target,
                     outputs,
                     picks,
                 })
             }
             Err(error) => {
-                loaded.metrics.record_failure(failure_reason(&error), took);
+                plan.target
+                    .metrics
+                    .record_failure(failure_reason(&error), took);
                 Err(error)
+            }
+        }
+    }
+
+    fn plan(
+        &self,
+        model: &str,
+        version: Option<&str>,
+        keys: &dyn RequestKeys,
+    ) -> Result<Plan, RouteError> {
+        let table = self.table.load();
+        let route = table
+            .models
+            .get(model)
+            .ok_or_else(|| RouteError::UnknownModel(model.to_string()))?;
+        let by_deployment = matches!(version, None | Some(""));
+        if let (true, Some(candidate)) = (by_deployment, &route.deployment.candidate) {
+            if let Some(cand) = route.versions.get(&candidate.version) {
+                let trial = Some(Arc::clone(&candidate.tracker));
+                if pick_arm(candidate, keys) == Arm::Candidate {
+                    return Ok(Plan {
+                        target: Arc::clone(cand),
+                        arm: Arm::Candidate,
+                        trial,
+                        shadow: None,
+                    });
+                }
+                return Ok(Plan {
+                    target: resolve_in(route, model, None)?,
+                    arm: Arm::Stable,
+                    trial,
+                    shadow: (candidate.mode == CandidateMode::Shadow).then(|| Arc::clone(cand)),
+                });
+            }
+        }
+        Ok(Plan {
+            target: resolve_in(route, model, version)?,
+            arm: Arm::Direct,
+            trial: None,
+            shadow: None,
+        })
+    }
+}
+
+/// Validates against the answering version, starts the shadow copy if there is one, queues and
+/// waits. The shadow never delays or changes the answer: it gets the stable outputs after they
+/// exist, on its own task.
+async fn run(
+    target: &Arc<LoadedVersion>,
+    request: InferRequest,
+    shadow: Option<(&Arc<LoadedVersion>, &Arc<Tracker>)>,
+) -> Result<(Vec<Tensor>, Vec<OutputPick>), InferError> {
+    let (validated, picks) = target.io.validate(request)?;
+    let shadow_tx = shadow
+        .and_then(|(candidate, tracker)| shadow::start(target, candidate, &validated, tracker));
+    let ticket = target.scheduler.submit(validated)?;
+    let outputs = ticket.wait().await?;
+    if let Some(tx) = shadow_tx {
+        // Cloning tensors shares their buffers.
+        let _ = tx.send(outputs.clone());
+    }
+    Ok((outputs, picks))
+}
+
+fn resolve_in(
+    route: &ModelRoute,
+    model: &str,
+    version: Option<&str>,
+) -> Result<Arc<LoadedVersion>, RouteError> {
+    match version {
+        None | Some("") => route.stable().cloned().ok_or_else(|| RouteError::NotReady {
+            model: model.to_string(),
+            version: None,
+            reason: not_ready_reason(route),
+        }),
+        Some(text) => {
+            let unknown = || RouteError::UnknownVersion {
+                model: model.to_string(),
+                version: text.to_string(),
+            };
+            let v: u64 = text.parse().map_err(|_| unknown())?;
+            if let Some(loaded) = route.versions.get(&v) {
+                return Ok(Arc::clone(loaded));
+            }
+            match route.failed.get(&v) {
+                Some(reason) => Err(RouteError::NotReady {
+                    model: model.to_string(),
+                    version: Some(v),
+                    reason: reason.clone(),
+                }),
+                None => Err(unknown()),
             }
         }
     }
 }
 
-async fn run(
-    loaded: &LoadedVersion,
-    request: InferRequest,
-) -> Result<(Vec<Tensor>, Vec<OutputPick>), InferError> {
-    let (validated, picks) = validate(&loaded.io, request)?;
-    let ticket = loaded.scheduler.submit(validated)?;
-    let outputs = ticket.wait().await?;
-    Ok((outputs, picks))
+/// Canary split: by the sticky header's hash when there is one, else by a low-discrepancy
+/// sequence (exact shares without a random number generator).
+fn pick_arm(candidate: &Candidate, keys: &dyn RequestKeys) -> Arm {
+    let CandidateMode::Canary {
+        weight,
+        sticky_header,
+    } = &candidate.mode
+    else {
+        return Arm::Stable;
+    };
+    let u = match sticky_header.as_deref().and_then(|h| keys.header(h)) {
+        Some(key) => unit_interval(fnv1a(key)),
+        None => {
+            let n = candidate.tracker.picks.fetch_add(1, Ordering::Relaxed);
+            unit_interval(n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        }
+    };
+    if u < *weight {
+        Arm::Candidate
+    } else {
+        Arm::Stable
+    }
+}
+
+fn unit_interval(x: u64) -> f64 {
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// FNV-1a, finished with a multiply-xorshift so nearby keys spread over the interval. Stable
+/// across builds and platforms, so a sticky caller keeps its side across restarts.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^ (h >> 33)
 }
 
 fn failure_reason(error: &InferError) -> FailureReason {

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::{IoSpec, ModelIo};
 use crate::batching::ValidatedRequest;
-use crate::model::{IoSpec, ModelIo};
 use crate::protocol::{InferRequest, NamedTensor, RequestInputs};
 use crate::tensor::{DataType, Tensor, TensorData};
 

@@ -1,8 +1,14 @@
-//! A loaded model version, the unit that `repository` builds and `routing` serves.
+//! A loaded model version, the unit that `repository` builds and `routing` serves, and its
+//! served interface ([`ModelIo`]), against which requests are validated.
 //!
 //! A version reaches the [`LoadedVersion`] type only through [`LoadedVersion::load`], which
-//! loads the engine, reconciles the model file with `config.toml` ([`ModelIo`]), runs a warm-up
-//! batch and starts the scheduler: a half-loaded version cannot exist, so none can serve.
+//! loads the engine, reconciles the model file with `config.toml` ([`ModelIo`]), runs the
+//! warm-up and starts the scheduler: a half-loaded version cannot exist, so none can serve.
+
+mod validate;
+mod warmup;
+
+pub use validate::{validate, InvalidRequest, OutputPick};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,7 +16,7 @@ use std::time::Duration;
 
 use crate::batching::{BatchPolicy, Scheduler, SchedulerSettings};
 use crate::config::{ModelConfig, TensorConfig};
-use crate::engine::{self, BatchInput, Engine, LoadOptions, Signature, TensorSpec};
+use crate::engine::{self, LoadOptions, Signature, TensorSpec};
 use crate::metrics::VersionMetrics;
 use crate::tensor::{DataType, Tensor, TensorData};
 
@@ -37,6 +43,14 @@ pub struct ModelIo {
 }
 
 impl ModelIo {
+    /// Checks a request against this interface; see [`validate`].
+    pub fn validate(
+        &self,
+        request: crate::protocol::InferRequest,
+    ) -> Result<(crate::batching::ValidatedRequest, Vec<OutputPick>), InvalidRequest> {
+        validate(self, request)
+    }
+
     /// Full shape of a tensor as metadata reports it: a leading -1 when the model batches.
     pub fn full_dims(&self, spec: &IoSpec) -> Vec<i64> {
         if self.max_batch_size > 0 {
@@ -88,7 +102,7 @@ impl LoadedVersion {
         };
         let engine = engine::load(path, &options).map_err(|e| e.to_string())?;
         let io = reconcile(&config, engine.signature())?;
-        warm_up(engine.as_ref(), &io)?;
+        warmup::run(engine.as_ref(), &io, &config, path)?;
         let queue = config.queue_policy();
         let batching_config = config.dynamic_batching.as_ref();
         let settings = SchedulerSettings {
@@ -258,45 +272,6 @@ fn merge(kind: &str, model: &IoSpec, config: &TensorConfig) -> Result<IoSpec, St
         dtype: model.dtype,
         dims,
     })
-}
-
-/// Runs one generated batch through a fresh session, so a model that loads but cannot run
-/// never serves. Inputs are ones (not zeros, which hide division and log faults); variable
-/// dims are 1.
-fn warm_up(engine: &dyn Engine, io: &ModelIo) -> Result<(), String> {
-    let tensors: Vec<Tensor> = io
-        .inputs
-        .iter()
-        .map(|spec| sample_tensor(spec.dtype, io.full_dims(spec)))
-        .collect();
-    let inputs: Vec<BatchInput<'_>> = tensors
-        .iter()
-        .map(|t| BatchInput {
-            shape: t.shape.clone(),
-            parts: vec![t],
-        })
-        .collect();
-    let mut session = engine.new_session().map_err(|e| e.to_string())?;
-    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        session.set_inputs(&inputs)?;
-        session.run()
-    }));
-    let outputs = match run {
-        Ok(result) => result.map_err(|e| format!("warm-up failed: {e}"))?,
-        Err(_) => return Err("warm-up failed: the engine panicked".into()),
-    };
-    for (spec, &i) in io.outputs.iter().zip(&io.output_index) {
-        let out = outputs
-            .get(i)
-            .ok_or_else(|| format!("warm-up produced no output '{}'", spec.name))?;
-        if out.dtype != spec.dtype {
-            return Err(format!(
-                "warm-up: output '{}' came back as {} but is declared {}",
-                spec.name, out.dtype, spec.dtype
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// A tensor of ones (true, "1") of the given shape, with -1 dims taken as 1.

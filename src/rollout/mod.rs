@@ -1,0 +1,479 @@
+//! Rollouts: each model's deployment as a state machine — a stable version, optionally a
+//! canary or shadow candidate on trial — driven by the control API and by the promotion and
+//! rollback criteria.
+//!
+//! Every change is one `Router::update` (one atomic store of the routing table), logged with
+//! its reason, counted in metrics and persisted to the state file, so a restart resumes where it
+//! was. The criteria are evaluated by a periodic task off the request path; the request path only
+//! records into the candidate's trial.
+
+mod decide;
+mod state;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+pub use decide::{decide, Decision};
+use state::{CandidateState, ModelState, StateFile};
+
+use crate::config::RolloutConfig;
+use crate::metrics::Metrics;
+use crate::routing::{now_ms, Candidate, CandidateMode, ModelRoute, Router, Transition};
+
+/// Why a control operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    #[error("unknown model '{0}'")]
+    UnknownModel(String),
+    #[error("model '{model}' has no ready version {version}")]
+    VersionNotReady { model: String, version: u64 },
+    #[error("model '{0}' has no candidate")]
+    NoCandidate(String),
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+pub struct Rollout {
+    router: Arc<Router>,
+    metrics: Metrics,
+    state_file: PathBuf,
+    /// Serializes control operations with the evaluator and the state file.
+    ops: std::sync::Mutex<Option<StateFile>>,
+}
+
+impl Rollout {
+    pub fn new(router: Arc<Router>, metrics: Metrics, state_dir: PathBuf) -> Rollout {
+        Rollout {
+            router,
+            metrics,
+            state_file: state_dir.join("deployments.json"),
+            ops: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Starts a canary or shadow trial of `version`, replacing any candidate. `criteria` default
+    /// to the candidate version's `config.toml` `[rollout]`.
+    pub fn start(
+        &self,
+        model: &str,
+        version: u64,
+        mode: CandidateMode,
+        criteria: Option<RolloutConfig>,
+    ) -> Result<Value, RolloutError> {
+        if let CandidateMode::Canary { weight, .. } = &mode {
+            check_weight(*weight)?;
+        }
+        let action = if mode == CandidateMode::Shadow {
+            "shadow"
+        } else {
+            "canary"
+        };
+        self.change(model, action, |route| {
+            let loaded = route
+                .versions
+                .get(&version)
+                .ok_or(RolloutError::VersionNotReady {
+                    model: model.to_string(),
+                    version,
+                })?;
+            let stable = route.stable().map(|s| s.version);
+            if stable == Some(version) {
+                return Err(RolloutError::BadRequest(format!(
+                    "version {version} is already the stable version of '{model}'"
+                )));
+            }
+            let criteria = criteria.unwrap_or_else(|| loaded.config.rollout.clone());
+            route.deployment.stable = stable;
+            route.deployment.candidate = Some(Candidate::new(version, mode, criteria));
+            Ok((
+                Some(version),
+                format!(
+                    "{action} of version {version} against stable {}",
+                    show(stable)
+                ),
+            ))
+        })
+    }
+
+    /// Changes a canary's share of traffic.
+    pub fn set_weight(&self, model: &str, weight: f64) -> Result<Value, RolloutError> {
+        check_weight(weight)?;
+        self.change(model, "weight", |route| {
+            let candidate = route
+                .deployment
+                .candidate
+                .as_mut()
+                .ok_or_else(|| RolloutError::NoCandidate(model.to_string()))?;
+            match &mut candidate.mode {
+                CandidateMode::Canary { weight: w, .. } => *w = weight,
+                CandidateMode::Shadow => {
+                    return Err(RolloutError::BadRequest(format!(
+                        "the candidate of '{model}' is a shadow, which takes no share of traffic"
+                    )))
+                }
+            }
+            Ok((
+                Some(candidate.version),
+                format!("canary weight set to {weight}"),
+            ))
+        })
+    }
+
+    /// Makes the candidate the stable version.
+    pub fn promote(
+        &self,
+        model: &str,
+        trigger: &'static str,
+        reason: &str,
+    ) -> Result<Value, RolloutError> {
+        self.change_with(model, "promote", trigger, |route| {
+            let candidate = route
+                .deployment
+                .candidate
+                .take()
+                .ok_or_else(|| RolloutError::NoCandidate(model.to_string()))?;
+            route.deployment.stable = Some(candidate.version);
+            Ok((Some(candidate.version), reason.to_string()))
+        })
+    }
+
+    /// Removes the candidate; the stable version takes all traffic again.
+    pub fn rollback(
+        &self,
+        model: &str,
+        trigger: &'static str,
+        reason: &str,
+    ) -> Result<Value, RolloutError> {
+        self.change_with(model, "rollback", trigger, |route| {
+            let candidate = route
+                .deployment
+                .candidate
+                .take()
+                .ok_or_else(|| RolloutError::NoCandidate(model.to_string()))?;
+            Ok((Some(candidate.version), reason.to_string()))
+        })
+    }
+
+    /// Blue/green switch: all traffic to `version` at once (`None`: follow the highest ready
+    /// version). Any candidate is dropped.
+    pub fn set_stable(&self, model: &str, version: Option<u64>) -> Result<Value, RolloutError> {
+        self.change(model, "stable", |route| {
+            if let Some(v) = version {
+                if !route.versions.contains_key(&v) {
+                    return Err(RolloutError::VersionNotReady {
+                        model: model.to_string(),
+                        version: v,
+                    });
+                }
+            }
+            route.deployment.candidate = None;
+            route.deployment.stable = version;
+            Ok((
+                version,
+                match version {
+                    Some(v) => format!("all traffic to version {v}"),
+                    None => "all traffic to the highest ready version".to_string(),
+                },
+            ))
+        })
+    }
+
+    /// The deployment of one model, as the control API reports it.
+    pub fn view(&self, model: &str) -> Result<Value, RolloutError> {
+        let table = self.router.snapshot();
+        let route = table
+            .models
+            .get(model)
+            .ok_or_else(|| RolloutError::UnknownModel(model.to_string()))?;
+        Ok(view(model, route))
+    }
+
+    /// Every model's deployment.
+    pub fn views(&self) -> Value {
+        let table = self.router.snapshot();
+        let mut names: Vec<&String> = table.models.keys().collect();
+        names.sort();
+        Value::Array(
+            names
+                .into_iter()
+                .map(|m| view(m, &table.models[m]))
+                .collect(),
+        )
+    }
+
+    /// Applies the criteria to every candidate, then writes the state file if the deployments
+    /// changed (including changes made by reloads).
+    pub fn evaluate(&self) {
+        let table = self.router.snapshot();
+        for (model, route) in &table.models {
+            let Some(candidate) = &route.deployment.candidate else {
+                self.metrics.set_deployment(model, 0.0, None);
+                continue;
+            };
+            match &candidate.mode {
+                CandidateMode::Canary { weight, .. } => {
+                    self.metrics.set_deployment(model, *weight, None)
+                }
+                CandidateMode::Shadow => self.metrics.set_deployment(
+                    model,
+                    0.0,
+                    candidate.tracker.shadow.snapshot().agreement,
+                ),
+            }
+            let shadow_mode = candidate.mode == CandidateMode::Shadow;
+            let t = &candidate.tracker;
+            let decision = decide(
+                &candidate.criteria,
+                shadow_mode,
+                &t.stable.snapshot(),
+                &t.candidate.snapshot(),
+                &t.shadow.snapshot(),
+            );
+            let version = candidate.version;
+            // The candidate may have changed since the snapshot: act only on the one judged.
+            let same = |r: &ModelRoute| {
+                r.deployment
+                    .candidate
+                    .as_ref()
+                    .is_some_and(|c| Arc::ptr_eq(&c.tracker, t))
+            };
+            let result = match decision {
+                Decision::Wait => continue,
+                Decision::Promote(reason) => self.change_with(model, "promote", "auto", |route| {
+                    if !same(route) {
+                        return Err(RolloutError::NoCandidate(model.clone()));
+                    }
+                    route.deployment.candidate = None;
+                    route.deployment.stable = Some(version);
+                    Ok((Some(version), reason))
+                }),
+                Decision::Rollback(reason) => {
+                    self.change_with(model, "rollback", "auto", |route| {
+                        if !same(route) {
+                            return Err(RolloutError::NoCandidate(model.clone()));
+                        }
+                        route.deployment.candidate = None;
+                        Ok((Some(version), reason))
+                    })
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(model = %model, error = %e, "evaluation skipped");
+            }
+        }
+        self.persist_if_changed();
+    }
+
+    /// Runs `evaluate` every `period` until the process ends.
+    pub async fn run(self: Arc<Self>, period: Duration) {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let me = Arc::clone(&self);
+            // The state file write blocks; keep it off the runtime's workers.
+            let _ = tokio::task::spawn_blocking(move || me.evaluate()).await;
+        }
+    }
+
+    /// Re-applies the persisted deployments after the repository loaded. Versions no longer
+    /// ready are skipped with a log line.
+    pub fn restore(&self) {
+        let state = match StateFile::read(&self.state_file) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "deployment state not restored");
+                return;
+            }
+        };
+        for (model, saved) in &state.models {
+            if !self.router.snapshot().models.contains_key(model) {
+                tracing::warn!(model = %model, "saved deployment of a model that is not loaded; skipped");
+                continue;
+            }
+            self.router.update(model, |route| {
+                if let Some(v) = saved.stable {
+                    if route.versions.contains_key(&v) {
+                        route.deployment.stable = Some(v);
+                    } else {
+                        tracing::warn!(model = %model, version = v, "saved stable version is not ready; following the highest");
+                    }
+                }
+                if let Some(c) = &saved.candidate {
+                    let Some(loaded) = route.versions.get(&c.version) else {
+                        tracing::warn!(model = %model, version = c.version, "saved candidate is not ready; dropped");
+                        return;
+                    };
+                    let mode = if c.mode == "shadow" {
+                        CandidateMode::Shadow
+                    } else {
+                        CandidateMode::Canary {
+                            weight: c.weight.clamp(0.0, 1.0),
+                            sticky_header: c.sticky_header.clone(),
+                        }
+                    };
+                    let criteria = loaded.config.rollout.clone();
+                    route.deployment.candidate = Some(Candidate::new(c.version, mode, criteria));
+                }
+                route.deployment.record(model, Transition {
+                    at_ms: now_ms(),
+                    action: "restore",
+                    trigger: "restore",
+                    version: route.deployment.candidate.as_ref().map(|c| c.version).or(route.deployment.stable),
+                    reason: format!("restored from {}", self.state_file.display()),
+                });
+            });
+        }
+        *self.ops.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.current_state());
+    }
+
+    fn change(
+        &self,
+        model: &str,
+        action: &'static str,
+        f: impl FnOnce(&mut ModelRoute) -> Result<(Option<u64>, String), RolloutError>,
+    ) -> Result<Value, RolloutError> {
+        self.change_with(model, action, "manual", f)
+    }
+
+    /// One transition: checked and applied in one routing update, then logged, counted and
+    /// persisted.
+    fn change_with(
+        &self,
+        model: &str,
+        action: &'static str,
+        trigger: &'static str,
+        f: impl FnOnce(&mut ModelRoute) -> Result<(Option<u64>, String), RolloutError>,
+    ) -> Result<Value, RolloutError> {
+        let _ops = self.ops.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.router.snapshot().models.contains_key(model) {
+            return Err(RolloutError::UnknownModel(model.to_string()));
+        }
+        self.router.update(model, |route| {
+            let (version, reason) = f(route)?;
+            route.deployment.record(
+                model,
+                Transition {
+                    at_ms: now_ms(),
+                    action,
+                    trigger,
+                    version,
+                    reason,
+                },
+            );
+            Ok(())
+        })?;
+        self.metrics.record_transition(model, action, trigger);
+        drop(_ops);
+        self.persist_if_changed();
+        self.view(model)
+    }
+
+    fn current_state(&self) -> StateFile {
+        let table = self.router.snapshot();
+        let mut state = StateFile::default();
+        for (model, route) in &table.models {
+            let d = &route.deployment;
+            if d.stable.is_none() && d.candidate.is_none() {
+                continue;
+            }
+            let candidate = d.candidate.as_ref().map(|c| match &c.mode {
+                CandidateMode::Canary {
+                    weight,
+                    sticky_header,
+                } => CandidateState {
+                    version: c.version,
+                    mode: "canary".into(),
+                    weight: *weight,
+                    sticky_header: sticky_header.clone(),
+                },
+                CandidateMode::Shadow => CandidateState {
+                    version: c.version,
+                    mode: "shadow".into(),
+                    weight: 0.0,
+                    sticky_header: None,
+                },
+            });
+            state.models.insert(
+                model.clone(),
+                ModelState {
+                    stable: d.stable,
+                    candidate,
+                },
+            );
+        }
+        state
+    }
+
+    fn persist_if_changed(&self) {
+        let mut written = self.ops.lock().unwrap_or_else(|e| e.into_inner());
+        let state = self.current_state();
+        if written.as_ref() == Some(&state) {
+            return;
+        }
+        match state.write(&self.state_file) {
+            Ok(()) => *written = Some(state),
+            Err(e) => tracing::error!(error = %e, "deployment state not saved"),
+        }
+    }
+}
+
+fn check_weight(weight: f64) -> Result<(), RolloutError> {
+    if (0.0..=1.0).contains(&weight) {
+        Ok(())
+    } else {
+        Err(RolloutError::BadRequest(format!(
+            "weight {weight} is not between 0 and 1"
+        )))
+    }
+}
+
+fn show(v: Option<u64>) -> String {
+    v.map_or_else(|| "none".to_string(), |v| v.to_string())
+}
+
+fn view(model: &str, route: &ModelRoute) -> Value {
+    let d = &route.deployment;
+    let candidate = d.candidate.as_ref().map(|c| {
+        let (mode, weight, sticky) = match &c.mode {
+            CandidateMode::Canary { weight, sticky_header } => ("canary", Some(*weight), sticky_header.clone()),
+            CandidateMode::Shadow => ("shadow", None, None),
+        };
+        let arm = |a: crate::routing::ArmSnapshot| {
+            json!({"requests": a.requests, "errors": a.errors, "p50_us": a.p50_us, "p99_us": a.p99_us})
+        };
+        let s = c.tracker.shadow.snapshot();
+        json!({
+            "version": c.version,
+            "mode": mode,
+            "weight": weight,
+            "sticky_header": sticky,
+            "started_ms": c.started.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            "criteria": c.criteria,
+            "trial": {
+                "stable": arm(c.tracker.stable.snapshot()),
+                "candidate": arm(c.tracker.candidate.snapshot()),
+                "shadow": {"sent": s.sent, "errors": s.errors, "compared": s.compared,
+                           "agreement": s.agreement, "mean_abs_diff": s.mean_abs_diff},
+            },
+        })
+    });
+    let history: Vec<Value> = d
+        .history
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|t| json!({"at_ms": t.at_ms, "action": t.action, "trigger": t.trigger, "version": t.version, "reason": t.reason}))
+        .collect();
+    json!({
+        "model": model,
+        "versions": route.versions.keys().collect::<Vec<_>>(),
+        "stable": route.stable().map(|s| s.version),
+        "stable_pinned": d.stable.is_some(),
+        "candidate": candidate,
+        "history": history,
+    })
+}
