@@ -39,30 +39,28 @@ fn main() {
     };
     match mode.as_str() {
         "http" => {
-            let url = opt("--url").expect("--url");
-            let body = std::fs::read(opt("--body").expect("--body")).expect("readable body file");
-            let header_len = opt("--header-len");
-            // Counts any answer as a success: measures the HTTP floor on an endpoint that
-            // refuses the body (a 405 costs the server no model work).
-            let any_status = args.iter().any(|a| a == "--any-status");
-            let concurrency = num("--concurrency", 1.0) as usize;
-            let duration = Duration::from_secs_f64(num("--duration", 10.0));
-            let warmup = Duration::from_secs_f64(num("--warmup", 2.0));
+            let load = HttpLoad {
+                url: opt("--url").expect("--url"),
+                body: Bytes::from(
+                    std::fs::read(opt("--body").expect("--body")).expect("readable body file"),
+                ),
+                header_len: opt("--header-len"),
+                // Counts any answer as a success: measures the HTTP floor on an endpoint that
+                // refuses the body (a 405 costs the server no model work).
+                any_status: args.iter().any(|a| a == "--any-status"),
+                // Ends the measurement early once this file exists (for runs as long as a
+                // script's other work, such as the soak's swaps).
+                until_file: opt("--until-file").map(PathBuf::from),
+                concurrency: num("--concurrency", 1.0) as usize,
+                warmup: Duration::from_secs_f64(num("--warmup", 2.0)),
+                duration: Duration::from_secs_f64(num("--duration", 10.0)),
+            };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
             let local = tokio::task::LocalSet::new();
-            let report = runtime.block_on(local.run_until(http_load(
-                &url,
-                Bytes::from(body),
-                header_len,
-                any_status,
-                concurrency,
-                warmup,
-                duration,
-            )));
-            println!("{report}");
+            println!("{}", runtime.block_on(local.run_until(http_load(load))));
         }
         "floor" => {
             let model = PathBuf::from(opt("--model").expect("--model"));
@@ -79,15 +77,29 @@ fn main() {
     }
 }
 
-async fn http_load(
-    url: &str,
+/// One closed-loop HTTP run.
+struct HttpLoad {
+    url: String,
     body: Bytes,
     header_len: Option<String>,
     any_status: bool,
+    until_file: Option<PathBuf>,
     concurrency: usize,
     warmup: Duration,
     duration: Duration,
-) -> serde_json::Value {
+}
+
+async fn http_load(load: HttpLoad) -> serde_json::Value {
+    let HttpLoad {
+        url,
+        body,
+        header_len,
+        any_status,
+        until_file,
+        concurrency,
+        warmup,
+        duration,
+    } = load;
     let full: http::Uri = url.parse().expect("a URL");
     let authority = full.authority().expect("host:port").to_string();
     // Requests carry the origin form (`/v2/...`) with a Host header, as browsers and curl send
@@ -100,12 +112,23 @@ async fn http_load(
     let start = Instant::now();
     let measure_from = start + warmup;
     let stop_at = measure_from + duration;
+    let stopped = std::rc::Rc::new(std::cell::Cell::new(None::<Instant>));
+    if let Some(path) = until_file {
+        let stopped = stopped.clone();
+        tokio::task::spawn_local(async move {
+            while !path.exists() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            stopped.set(Some(Instant::now()));
+        });
+    }
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
         let uri = uri.clone();
         let authority = authority.clone();
         let body = body.clone();
         let header_len = header_len.clone();
+        let stopped = stopped.clone();
         tasks.push(tokio::task::spawn_local(async move {
             let stream = tokio::net::TcpStream::connect(&authority)
                 .await
@@ -120,7 +143,7 @@ async fn http_load(
             let mut errors = 0u64;
             loop {
                 let sent = Instant::now();
-                if sent >= stop_at {
+                if sent >= stop_at || stopped.get().is_some() {
                     break;
                 }
                 let mut req = http::Request::post(uri.clone())
@@ -162,6 +185,9 @@ async fn http_load(
         errors += e;
     }
     let cpu = process_cpu_seconds() - cpu_warm;
+    let duration = stopped
+        .get()
+        .map_or(duration, |at| at.saturating_duration_since(measure_from));
     latencies.sort_unstable();
     let n = latencies.len();
     let pct = |p: f64| -> u32 {

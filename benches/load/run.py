@@ -254,9 +254,15 @@ def perf_analyzer(pa, addr: str, model: str, concurrency: int, binary: bool) -> 
     cmd = [str(binary_path), "-m", model, "-i", "http", "-u", addr, "-b", "1",
            "--concurrency-range", str(concurrency), "--input-data", "random", "-p", "4000",
            "--max-trials", "3", "--stability-percentage", "1000",
-           "--input-tensor-format", fmt, "--output-tensor-format", fmt]
+           "--input-tensor-format", fmt, "--output-tensor-format", fmt,
+           # Asynchronous requests: in its synchronous mode this perf_analyzer build never
+           # finishes a measurement at concurrency 64.
+           "--async"]
     started = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    except subprocess.TimeoutExpired as e:
+        proc = subprocess.CompletedProcess(cmd, 124, (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or ""), "timed out")
     text = proc.stdout
     def grab(pattern):
         m = re.search(pattern, text)
@@ -271,6 +277,16 @@ def perf_analyzer(pa, addr: str, model: str, concurrency: int, binary: bool) -> 
         "seconds": round(time.time() - started, 1),
         "tail": "" if proc.returncode == 0 else (text + proc.stderr)[-600:],
     }
+
+
+def control(addr: str, model: str, action: str, payload: dict) -> dict:
+    req = urllib.request.Request(
+        f"http://{addr}/v2/models/{model}/deployment/{action}",
+        data=json.dumps(payload).encode(), method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
 
 
 class Scraper(threading.Thread):
@@ -319,6 +335,12 @@ def markdown(res: dict) -> str:
         lines.append(f"Scraping /metrics once a second (tabular-small, binary, c=64): "
                      f"{s['with']:,.0f} req/s against {s['without']:,.0f} without "
                      f"({100*(1 - s['with']/s['without']):+.1f} % cost).")
+    if res.get("rollout"):
+        lines.append("")
+        lines.append("| Deployment of tabular-small (binary, c=64) | req/s | p50 | p99 |")
+        lines.append("|---|---:|---:|---:|")
+        for r in res["rollout"]:
+            lines.append(f"| {r['setup']} | {r['rps']:,.0f} | {r['p50_us']} µs | {r['p99_us']} µs |")
     if res.get("perf_analyzer"):
         lines.append("")
         lines.append("| perf_analyzer → cairn | Format | Conc. | infer/s | p50 | p99 | server queue | server compute |")
@@ -363,6 +385,13 @@ def main() -> None:
     repo = work / "repo"
     for model in MODELS:
         shutil.copytree(ROOT / "models" / model, repo / model)
+    # Two identical versions of tabular-small, for the cost of a canary and of a shadow.
+    rollout_dir = repo / "tabular-rollout"
+    shutil.copytree(ROOT / "models" / "tabular-small", rollout_dir)
+    shutil.copytree(ROOT / "models" / "tabular-small" / "1", rollout_dir / "2")
+    config = (rollout_dir / "config.toml").read_text()
+    (rollout_dir / "config.toml").write_text(
+        config.replace("instances = 2", "instances = 2\nversion_policy = { all = {} }"))
     server = Cairn(repo)
     log(f"cairn on {server.addr}")
     try:
@@ -395,6 +424,22 @@ def main() -> None:
             scraper.stop_flag.set()
         res["scrape"] = {"without": sum(without) / len(without), "with": sum(with_) / len(with_),
                          "runs": {"without": without, "with": with_}}
+
+        log("cost of a canary and of a shadow")
+        url = f"http://{server.addr}/v2/models/tabular-rollout/infer"
+        manual = {"auto_promote": False, "auto_rollback": False}
+        res["rollout"] = []
+        for label, action, payload in [
+            ("plain (stable only)", "stable", {"version": 1}),
+            ("canary 10 %", "canary", {"version": 2, "weight": 0.1, "criteria": manual}),
+            ("shadow (every request copied)", "shadow", {"version": 2, "criteria": manual}),
+        ]:
+            control(server.addr, "tabular-rollout", action, payload)
+            r = loadgen_http(loadgen, url, path, header_len, 64, args.duration, args.warmup)
+            r.update(setup=label)
+            log(f"{label}: {r['rps']:,.0f} req/s p99 {r['p99_us']} µs")
+            res["rollout"].append(r)
+        control(server.addr, "tabular-rollout", "rollback", {})
 
         if not args.skip_perf_analyzer:
             python = ensure_bench_venv()

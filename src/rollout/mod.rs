@@ -315,7 +315,7 @@ impl Rollout {
                             sticky_header: c.sticky_header.clone(),
                         }
                     };
-                    let criteria = loaded.config.rollout.clone();
+                    let criteria = c.criteria.clone().unwrap_or_else(|| loaded.config.rollout.clone());
                     route.deployment.candidate = Some(Candidate::new(c.version, mode, criteria));
                 }
                 route.deployment.record(model, Transition {
@@ -389,12 +389,14 @@ impl Rollout {
                     mode: "canary".into(),
                     weight: *weight,
                     sticky_header: sticky_header.clone(),
+                    criteria: Some(c.criteria.clone()),
                 },
                 CandidateMode::Shadow => CandidateState {
                     version: c.version,
                     mode: "shadow".into(),
                     weight: 0.0,
                     sticky_header: None,
+                    criteria: Some(c.criteria.clone()),
                 },
             });
             state.models.insert(

@@ -29,6 +29,9 @@ pub struct CandidateState {
     pub weight: f64,
     #[serde(default)]
     pub sticky_header: Option<String>,
+    /// The criteria in force, overrides included; absent, the version's `config.toml` applies.
+    #[serde(default)]
+    pub criteria: Option<crate::config::RolloutConfig>,
 }
 
 impl StateFile {
@@ -83,6 +86,7 @@ mod tests {
                     mode: "canary".into(),
                     weight: 0.25,
                     sticky_header: Some("x-user".into()),
+                    criteria: Some(crate::config::RolloutConfig::default()),
                 }),
             },
         );

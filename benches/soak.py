@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Soak: version swaps and load/unload cycles under load (a benchmark, not a CI test).
+
+    python3 benches/soak.py                       # 1,000 swaps + 1,000 load/unload cycles
+    python3 benches/soak.py --swaps 100 --cycles 100
+
+While the `loadgen` client keeps single-row requests (no version named) flowing to
+`tabular-small`, the script
+  1. measures steady-state latency for a while,
+  2. swaps the serving version 1,000 times (blue/green switches between versions 1 and 2, every
+     tenth one through a canary that is promoted), and
+  3. loads and unloads `mlp-large` (5 MB of weights, warmed up at each load) 1,000 times,
+then reports failed requests (target 0), p99 during the swaps against steady state (target at
+most 2x) and the server's RSS at the end against the start (target within 10 %: the memory a
+dropped version held comes back). Results: stdout and benches/results/soak-*.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import http.client
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benches" / "load"))
+from run import bodies, build, wait_ready  # noqa: E402
+
+
+def log(msg: str) -> None:
+    print(f"[soak] {msg}", file=sys.stderr, flush=True)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+class Control:
+    """A keep-alive HTTP connection for control calls."""
+
+    def __init__(self, addr: str):
+        host, port = addr.rsplit(":", 1)
+        self.conn = http.client.HTTPConnection(host, int(port), timeout=60)
+
+    def post(self, path: str, body: dict | None = None) -> dict:
+        payload = json.dumps(body or {})
+        self.conn.request("POST", path, payload, {"Content-Type": "application/json"})
+        resp = self.conn.getresponse()
+        data = resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"{path}: {resp.status} {data[:300]!r}")
+        return json.loads(data) if data else {}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--swaps", type=int, default=1000)
+    ap.add_argument("--cycles", type=int, default=1000)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--steady", type=float, default=10.0, help="seconds of steady-state load")
+    args = ap.parse_args()
+
+    loadgen = build()
+    work = Path(tempfile.mkdtemp(prefix="cairn-soak-"))
+    repo = work / "repo"
+    shutil.copytree(ROOT / "models" / "tabular-small", repo / "tabular-small")
+    shutil.copytree(ROOT / "models" / "tabular-small" / "1", repo / "tabular-small" / "2")
+    config = (repo / "tabular-small" / "config.toml").read_text()
+    (repo / "tabular-small" / "config.toml").write_text(
+        config.replace("instances = 2", "instances = 2\nversion_policy = { all = {} }")
+    )
+    shutil.copytree(ROOT / "models" / "mlp-large", repo / "mlp-large")
+    body = bodies(work)
+    path, header_len = body["tabular-small"]["binary"]
+
+    proc = subprocess.Popen(
+        [str(ROOT / "target" / "release" / "cairn"), "serve", "--listen", "127.0.0.1:0",
+         "--model-repository", str(repo), "--state-dir", str(work / "state")],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        env={"NO_COLOR": "1", "RUST_LOG": "warn,cairn::server=info", "PATH": "/usr/bin:/bin"},
+    )
+    first = proc.stderr.readline()
+    addr = re.search(r"listening on http://(\S+)", first).group(1)
+    threading.Thread(target=proc.stderr.read, daemon=True).start()
+    wait_ready(f"http://{addr}/v2/health/ready")
+    url = f"http://{addr}/v2/models/tabular-small/infer"
+
+    def load(duration: float, until: Path | None = None) -> dict:
+        cmd = [str(loadgen), "http", "--url", url, "--body", str(path), "--header-len", str(header_len),
+               "--concurrency", str(args.concurrency), "--duration", str(duration), "--warmup", "1"]
+        if until:
+            cmd += ["--until-file", str(until)]
+        return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+
+    result = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "swaps": args.swaps, "cycles": args.cycles, "concurrency": args.concurrency}
+    try:
+        log("steady state")
+        steady = load(args.steady)
+        rss_start = rss_kib(proc.pid)
+        result["steady"] = steady
+        log(f"steady: {steady['rps']:,.0f} req/s p99 {steady['p99_us']} µs, RSS {rss_start / 1024:.1f} MiB")
+
+        stop = work / "stop"
+        churn: dict = {}
+
+        def swaps_and_cycles():
+            c = Control(addr)
+            t0 = time.time()
+            for i in range(args.swaps):
+                target = 1 + i % 2
+                if i % 10 == 9:
+                    c.post("/v2/models/tabular-small/deployment/canary",
+                           {"version": target, "weight": 0.5, "criteria": {"auto_promote": False}})
+                    c.post("/v2/models/tabular-small/deployment/promote")
+                else:
+                    c.post("/v2/models/tabular-small/deployment/stable", {"version": target})
+            churn["swap_seconds"] = time.time() - t0
+            t0 = time.time()
+            for _ in range(args.cycles):
+                c.post("/v2/repository/models/mlp-large/unload")
+                c.post("/v2/repository/models/mlp-large/load")
+            churn["cycle_seconds"] = time.time() - t0
+            stop.touch()
+
+        worker = threading.Thread(target=swaps_and_cycles)
+        log(f"{args.swaps} swaps, then {args.cycles} load/unload cycles, under load")
+        worker.start()
+        during = load(3600, until=stop)
+        worker.join()
+        time.sleep(2)  # let dropped versions drain and free
+        rss_end = rss_kib(proc.pid)
+        result.update(during=during, churn=churn, rss_start_kib=rss_start, rss_end_kib=rss_end)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+
+    failed = result["during"]["errors"] + result["steady"]["errors"]
+    p99_ratio = result["during"]["p99_us"] / max(result["steady"]["p99_us"], 1)
+    rss_change = (result["rss_end_kib"] - result["rss_start_kib"]) / result["rss_start_kib"]
+    result["summary"] = {"failed_requests": failed, "p99_ratio": p99_ratio, "rss_change": rss_change}
+    out = ROOT / "benches" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"soak-{dt.datetime.now():%Y%m%d-%H%M%S}.json").write_text(json.dumps(result, indent=1))
+    d = result["during"]
+    print(f"""
+| Soak ({args.swaps} swaps + {args.cycles} load/unload cycles, c={args.concurrency}) | Result | Target |
+|---|---:|---:|
+| Requests during churn | {d['requests']:,} in {d['seconds']:.0f} s ({d['rps']:,.0f} req/s) | |
+| Failed requests | {failed} | 0 |
+| p99 steady / during churn | {result['steady']['p99_us']} µs / {d['p99_us']} µs ({p99_ratio:.2f}×) | ≤ 2× |
+| RSS start / end | {result['rss_start_kib']/1024:.1f} MiB / {result['rss_end_kib']/1024:.1f} MiB ({100*rss_change:+.1f} %) | within 10 % |
+| Swap time / cycle time | {churn.get('swap_seconds', 0):.1f} s / {churn.get('cycle_seconds', 0):.1f} s | |
+""")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
