@@ -844,3 +844,46 @@ async fn hundreds_of_transitions_under_load_fail_no_request() {
         "cairn_rollout_transitions_total{action=\"promote\",model=\"iris\",trigger=\"manual\"}"
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_warm_up_requests_gate_a_version() {
+    let repo = iris_repo();
+    // The failing model passes a warm-up of ones, but not one of real rows.
+    repo.write("iris/3/model.onnx", &rollout_model("failing.onnx"));
+    repo.write(
+        "iris/config.toml",
+        format!("{IRIS_CONFIG}\n[warmup]\nrequests = [\"sample.json\"]\ncount = 2\n").as_bytes(),
+    );
+    // Versions 1 and 2 carry their own sample.json; version 3 falls back to the model directory.
+    repo.write(
+        "iris/sample.json",
+        &std::fs::read(common::root().join("models/iris/1/sample.json")).unwrap(),
+    );
+    let s = TestServer::start(repo).await;
+    assert_eq!(
+        s.get("/v2/models/iris/versions/1/ready").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        s.get("/v2/models/iris/versions/2/ready").await.status,
+        StatusCode::OK
+    );
+    let r = s.get("/v2/models/iris/versions/3/ready").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.error().contains("warm-up failed"));
+    // A warm-up file that does not exist fails the load with its name.
+    s.repo.write(
+        "iris/config.toml",
+        format!("{IRIS_CONFIG}\n[warmup]\nrequests = [\"missing.json\"]\n").as_bytes(),
+    );
+    let r = s
+        .post("/v2/repository/models/iris/load", Bytes::new())
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r
+        .error()
+        .contains("warm-up request 'missing.json' not found"));
+    // ...and what served before keeps serving.
+    assert_eq!(infer(&s, 0, &[]).await.0, StatusCode::OK);
+    s.shutdown().await;
+}
