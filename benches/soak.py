@@ -113,11 +113,10 @@ def main() -> None:
         result["steady"] = steady
         log(f"steady: {steady['rps']:,.0f} req/s p99 {steady['p99_us']} µs, RSS {rss_start / 1024:.1f} MiB")
 
-        stop = work / "stop"
         churn: dict = {}
+        c = Control(addr)
 
-        def swaps_and_cycles():
-            c = Control(addr)
+        def swaps(stop: Path):
             t0 = time.time()
             for i in range(args.swaps):
                 target = 1 + i % 2
@@ -128,6 +127,9 @@ def main() -> None:
                 else:
                     c.post("/v2/models/tabular-small/deployment/stable", {"version": target})
             churn["swap_seconds"] = time.time() - t0
+            stop.touch()
+
+        def cycles(stop: Path):
             t0 = time.time()
             for _ in range(args.cycles):
                 c.post("/v2/repository/models/mlp-large/unload")
@@ -135,34 +137,41 @@ def main() -> None:
             churn["cycle_seconds"] = time.time() - t0
             stop.touch()
 
-        worker = threading.Thread(target=swaps_and_cycles)
-        log(f"{args.swaps} swaps, then {args.cycles} load/unload cycles, under load")
-        worker.start()
-        during = load(3600, until=stop)
-        worker.join()
+        for phase, work_fn in (("swaps", swaps), ("cycles", cycles)):
+            stop = work / f"stop-{phase}"
+            worker = threading.Thread(target=work_fn, args=(stop,))
+            log(f"{phase} under load")
+            worker.start()
+            result[phase] = load(3600, until=stop)
+            worker.join()
+            log(f"{phase}: {result[phase]['rps']:,.0f} req/s p99 {result[phase]['p99_us']} µs, "
+                f"{result[phase]['errors']} failed")
         time.sleep(2)  # let dropped versions drain and free
         rss_end = rss_kib(proc.pid)
-        result.update(during=during, churn=churn, rss_start_kib=rss_start, rss_end_kib=rss_end)
+        result.update(churn=churn, rss_start_kib=rss_start, rss_end_kib=rss_end)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
 
-    failed = result["during"]["errors"] + result["steady"]["errors"]
-    p99_ratio = result["during"]["p99_us"] / max(result["steady"]["p99_us"], 1)
+    failed = sum(result[k]["errors"] for k in ("steady", "swaps", "cycles"))
+    steady_p99 = max(result["steady"]["p99_us"], 1)
+    swap_ratio = result["swaps"]["p99_us"] / steady_p99
+    cycle_ratio = result["cycles"]["p99_us"] / steady_p99
     rss_change = (result["rss_end_kib"] - result["rss_start_kib"]) / result["rss_start_kib"]
-    result["summary"] = {"failed_requests": failed, "p99_ratio": p99_ratio, "rss_change": rss_change}
+    result["summary"] = {"failed_requests": failed, "p99_ratio_swaps": swap_ratio,
+                         "p99_ratio_cycles": cycle_ratio, "rss_change": rss_change}
     out = ROOT / "benches" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"soak-{dt.datetime.now():%Y%m%d-%H%M%S}.json").write_text(json.dumps(result, indent=1))
-    d = result["during"]
+    sw, cy, st = result["swaps"], result["cycles"], result["steady"]
     print(f"""
-| Soak ({args.swaps} swaps + {args.cycles} load/unload cycles, c={args.concurrency}) | Result | Target |
+| Soak (c={args.concurrency}, single-row binary requests to tabular-small) | Result | Target |
 |---|---:|---:|
-| Requests during churn | {d['requests']:,} in {d['seconds']:.0f} s ({d['rps']:,.0f} req/s) | |
+| Steady state | {st['rps']:,.0f} req/s, p99 {st['p99_us']} µs | |
+| {args.swaps} version swaps ({churn['swap_seconds']:.1f} s) | {sw['requests']:,} requests, p99 {sw['p99_us']} µs ({swap_ratio:.2f}× steady) | ≤ 2× |
+| {args.cycles} load/unload cycles of mlp-large ({churn['cycle_seconds']:.1f} s) | {cy['requests']:,} requests, p99 {cy['p99_us']} µs ({cycle_ratio:.2f}× steady) | |
 | Failed requests | {failed} | 0 |
-| p99 steady / during churn | {result['steady']['p99_us']} µs / {d['p99_us']} µs ({p99_ratio:.2f}×) | ≤ 2× |
-| RSS start / end | {result['rss_start_kib']/1024:.1f} MiB / {result['rss_end_kib']/1024:.1f} MiB ({100*rss_change:+.1f} %) | within 10 % |
-| Swap time / cycle time | {churn.get('swap_seconds', 0):.1f} s / {churn.get('cycle_seconds', 0):.1f} s | |
+| RSS after warm-up / at the end | {result['rss_start_kib']/1024:.1f} MiB / {result['rss_end_kib']/1024:.1f} MiB ({100*rss_change:+.1f} %) | within 10 % |
 """)
     shutil.rmtree(work, ignore_errors=True)
 

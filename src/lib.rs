@@ -4,6 +4,7 @@ pub mod batching;
 pub mod config;
 pub mod engine;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod protocol;

@@ -82,7 +82,7 @@ def ensure_bench_venv() -> Path:
         run([sys.executable, "-m", "venv", str(BENCH_VENV)])
         run([str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"])
     probe = subprocess.run([str(python), "-c", "import mlserver, onnxruntime"], capture_output=True)
-    if probe.returncode != 0:
+    if probe.returncode != 0 or not (BENCH_VENV / "bin" / "mlserver").exists():
         # MLServer 1.7.1 needs uvloop 0.21 ("There is no current event loop" with newer ones).
         run([str(python), "-m", "pip", "install", "--quiet", "mlserver==1.7.1", "uvloop==0.21.0",
              "onnxruntime==1.32.0", "numpy"])

@@ -33,13 +33,28 @@ impl Worker {
                 break;
             }
         }
-        let mut state = self.shared.lock();
-        state.live_workers -= 1;
-        if state.live_workers == 0 {
-            // The last worker answers whatever is left with `Stopped` by dropping it.
-            let orphans = state.queue.drain();
-            self.shared.metrics.set_queue_depth(0);
-            self.shared.metrics.add_pending(-(orphans.len() as i64));
+        // The session and this worker's hold on the engine go first, so that when the last
+        // worker leaves, the version's model memory is already free.
+        let Worker {
+            shared,
+            engine,
+            session,
+        } = self;
+        drop(session);
+        drop(engine);
+        let last = {
+            let mut state = shared.lock();
+            state.live_workers -= 1;
+            if state.live_workers == 0 {
+                // The last worker answers whatever is left with `Stopped` by dropping it.
+                let orphans = state.queue.drain();
+                shared.metrics.set_queue_depth(0);
+                shared.metrics.add_pending(-(orphans.len() as i64));
+            }
+            state.live_workers == 0
+        };
+        if last {
+            crate::memory::release_freed_memory();
         }
     }
 

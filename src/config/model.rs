@@ -320,22 +320,32 @@ impl ModelConfig {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ModelConfig::default()),
             Err(source) => return Err(ConfigError::Read { path, source }),
         };
-        let config: ModelConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        config
-            .validate(model_name)
-            .map_err(|(key, reason)| ConfigError::Invalid { path, key, reason })?;
-        Ok(config)
+        Self::checked(
+            path,
+            toml::from_str(&text).map_err(|e| e.to_string()),
+            model_name,
+        )
     }
 
     /// Parses a configuration given as JSON (the repository `load` API's `config` parameter).
     pub fn from_json(text: &str, model_name: &str) -> Result<ModelConfig, ConfigError> {
-        let path = Path::new("<config parameter>").to_path_buf();
-        let config: ModelConfig = serde_json::from_str(text).map_err(|e| ConfigError::Parse {
+        let parsed = serde_json::from_str(text).map_err(|e| e.to_string());
+        Self::checked(
+            Path::new("<config parameter>").to_path_buf(),
+            parsed,
+            model_name,
+        )
+    }
+
+    /// A parsed configuration, validated; errors name `path`.
+    fn checked(
+        path: std::path::PathBuf,
+        parsed: Result<ModelConfig, String>,
+        model_name: &str,
+    ) -> Result<ModelConfig, ConfigError> {
+        let config = parsed.map_err(|message| ConfigError::Parse {
             path: path.clone(),
-            message: e.to_string(),
+            message,
         })?;
         config
             .validate(model_name)

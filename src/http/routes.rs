@@ -96,29 +96,23 @@ pub async fn dispatch(state: &AppState, req: Request<Incoming>) -> (&'static str
             };
             let model = *model;
             match action {
-                None => {
+                None | Some("ready" | "config" | "stats") => {
+                    let endpoint = match action {
+                        None => "model_metadata",
+                        Some("ready") => "model_ready",
+                        Some("config") => "model_config",
+                        _ => "stats",
+                    };
                     if method != Method::GET {
-                        return ("model_metadata", Err(not_allowed("GET")));
+                        return (endpoint, Err(not_allowed("GET")));
                     }
-                    ("model_metadata", models::metadata(state, model, version))
-                }
-                Some("ready") => {
-                    if method != Method::GET {
-                        return ("model_ready", Err(not_allowed("GET")));
-                    }
-                    ("model_ready", models::ready(state, model, version))
-                }
-                Some("config") => {
-                    if method != Method::GET {
-                        return ("model_config", Err(not_allowed("GET")));
-                    }
-                    ("model_config", models::config(state, model, version))
-                }
-                Some("stats") => {
-                    if method != Method::GET {
-                        return ("stats", Err(not_allowed("GET")));
-                    }
-                    ("stats", models::stats(state, Some(model), version))
+                    let reply = match action {
+                        None => models::metadata(state, model, version),
+                        Some("ready") => models::ready(state, model, version),
+                        Some("config") => models::config(state, model, version),
+                        _ => models::stats(state, Some(model), version),
+                    };
+                    (endpoint, reply)
                 }
                 Some("infer") => {
                     if method != Method::POST {

@@ -243,13 +243,7 @@ impl Repository {
         if !known {
             return Err(RepositoryError::UnknownModel(name.to_string()));
         }
-        let previous = self
-            .router
-            .snapshot()
-            .models
-            .get(name)
-            .cloned()
-            .unwrap_or_default();
+        let previous = self.route_of(name);
         self.router.update(name, |route| {
             route.versions.clear();
             route.failed.clear();
@@ -317,6 +311,16 @@ impl Repository {
         rows
     }
 
+    /// The model's route as serving now (empty if it has none).
+    fn route_of(&self, name: &str) -> ModelRoute {
+        self.router
+            .snapshot()
+            .models
+            .get(name)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     fn set_loading(&self, name: &str, loading: bool) {
         self.status
             .lock()
@@ -333,13 +337,7 @@ impl Repository {
         config_override: Option<ModelConfig>,
         override_dir: Option<Arc<tempfile::TempDir>>,
     ) -> Result<(), RepositoryError> {
-        let current = self
-            .router
-            .snapshot()
-            .models
-            .get(name)
-            .cloned()
-            .unwrap_or_default();
+        let current = self.route_of(name);
         let config = match config_override {
             Some(c) => {
                 c.validate(name).map_err(|(key, reason)| {
@@ -417,6 +415,8 @@ impl Repository {
                     Err(format!("missing model file {}", path.display()))
                 };
                 metrics.record_load(&model, v, started.elapsed(), result.is_ok());
+                // Parsing and optimizing left scratch memory behind on this loader thread.
+                crate::memory::release_freed_memory();
                 (v, fingerprint, started.elapsed(), result)
             });
         }
