@@ -98,8 +98,10 @@ def main() -> None:
     url = f"http://{addr}/v2/models/tabular-small/infer"
 
     def load(duration: float, until: Path | None = None) -> dict:
+        # The churn phases measure from the first request: the server is warm by then.
+        warmup = "1" if until is None else "0"
         cmd = [str(loadgen), "http", "--url", url, "--body", str(path), "--header-len", str(header_len),
-               "--concurrency", str(args.concurrency), "--duration", str(duration), "--warmup", "1"]
+               "--concurrency", str(args.concurrency), "--duration", str(duration), "--warmup", warmup]
         if until:
             cmd += ["--until-file", str(until)]
         return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
@@ -144,8 +146,9 @@ def main() -> None:
             worker.start()
             result[phase] = load(3600, until=stop)
             worker.join()
+            result[phase]["rss_after_kib"] = rss_kib(proc.pid)
             log(f"{phase}: {result[phase]['rps']:,.0f} req/s p99 {result[phase]['p99_us']} µs, "
-                f"{result[phase]['errors']} failed")
+                f"{result[phase]['errors']} failed, RSS {result[phase]['rss_after_kib'] / 1024:.1f} MiB")
         time.sleep(2)  # let dropped versions drain and free
         rss_end = rss_kib(proc.pid)
         result.update(churn=churn, rss_start_kib=rss_start, rss_end_kib=rss_end)

@@ -29,7 +29,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    cairn::memory::limit_arenas(std::thread::available_parallelism().map_or(2, |n| n.get()));
+    cairn::memory::configure_allocator(std::thread::available_parallelism().map_or(2, |n| n.get()));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

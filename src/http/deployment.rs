@@ -1,6 +1,8 @@
 //! The deployment control API: read a model's deployment, start a canary or shadow, change the
 //! canary weight, promote, roll back, switch the stable version (blue/green).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
@@ -57,19 +59,53 @@ struct ReasonBody {
     reason: Option<String>,
 }
 
-/// `POST /v2/models/{m}/deployment/{action}`.
+/// A parsed control request.
+enum Command {
+    Start {
+        version: u64,
+        mode: CandidateMode,
+        criteria: Option<RolloutConfig>,
+    },
+    Weight(f64),
+    Promote(String),
+    Rollback(String),
+    Stable(Option<u64>),
+}
+
+/// `POST /v2/models/{m}/deployment/{action}`. The change itself (a routing update and a synced
+/// write of the state file) runs on the blocking pool, so inference on the same runtime never
+/// waits behind a disk flush.
 pub async fn act(state: &AppState, model: &str, action: &str, req: Request<Incoming>) -> Reply {
     let (parts, incoming) = req.into_parts();
     let raw = body::read(&parts, incoming, state.config.max_body_bytes).await?;
+    let command = parse(state, model, action, &raw)?;
+    let rollout = Arc::clone(&state.rollout);
+    let model = model.to_string();
+    let view = tokio::task::spawn_blocking(move || match command {
+        Command::Start {
+            version,
+            mode,
+            criteria,
+        } => rollout.start(&model, version, mode, criteria),
+        Command::Weight(weight) => rollout.set_weight(&model, weight),
+        Command::Promote(reason) => rollout.promote(&model, "manual", &reason),
+        Command::Rollback(reason) => rollout.rollback(&model, "manual", &reason),
+        Command::Stable(version) => rollout.set_stable(&model, version),
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("deployment change stopped: {e}")))??;
+    Ok(json_response(&view))
+}
+
+fn parse(state: &AppState, model: &str, action: &str, raw: &[u8]) -> Result<Command, ApiError> {
     let text: &[u8] = if raw.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
-        &raw
+        raw
     };
     let parse_err =
         |e: serde_json::Error| ApiError::BadRequest(format!("deployment {action}: {e}"));
-    let rollout = &state.rollout;
-    let view = match action {
+    Ok(match action {
         "canary" | "shadow" => {
             let b: StartBody = serde_json::from_slice(text).map_err(parse_err)?;
             let criteria = match b.criteria {
@@ -94,24 +130,28 @@ pub async fn act(state: &AppState, model: &str, action: &str, req: Request<Incom
                     sticky_header: b.sticky_header.or(defaults.sticky_header),
                 }
             };
-            rollout.start(model, b.version, mode, criteria)?
+            Command::Start {
+                version: b.version,
+                mode,
+                criteria,
+            }
         }
         "weight" => {
             let b: WeightBody = serde_json::from_slice(text).map_err(parse_err)?;
-            rollout.set_weight(model, b.weight)?
+            Command::Weight(b.weight)
         }
         "promote" | "rollback" => {
             let b: ReasonBody = serde_json::from_slice(text).map_err(parse_err)?;
             let reason = b.reason.unwrap_or_else(|| format!("{action} requested"));
             if action == "promote" {
-                rollout.promote(model, "manual", &reason)?
+                Command::Promote(reason)
             } else {
-                rollout.rollback(model, "manual", &reason)?
+                Command::Rollback(reason)
             }
         }
         "stable" => {
             let b: StableBody = serde_json::from_slice(text).map_err(parse_err)?;
-            rollout.set_stable(model, b.version)?
+            Command::Stable(b.version)
         }
         other => {
             return Err(ApiError::NoEndpoint {
@@ -119,8 +159,7 @@ pub async fn act(state: &AppState, model: &str, action: &str, req: Request<Incom
                 path: format!("/v2/models/{model}/deployment/{other}"),
             })
         }
-    };
-    Ok(json_response(&view))
+    })
 }
 
 /// The candidate version's `[rollout]` criteria with the request's overrides applied.

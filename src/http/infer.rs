@@ -37,7 +37,7 @@ pub async fn infer(
     let request = if body.len() > INLINE_DECODE_LIMIT {
         tokio::task::spawn_blocking(move || protocol::decode_request(body, header_len))
             .await
-            .map_err(|e| ApiError::BadRequest(format!("request decoding stopped: {e}")))??
+            .map_err(|e| ApiError::Internal(format!("request decoding stopped: {e}")))??
     } else {
         protocol::decode_request(body, header_len)?
     };
