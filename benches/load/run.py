@@ -271,8 +271,11 @@ def perf_analyzer(pa, addr: str, model: str, concurrency: int, binary: bool) -> 
         "throughput": grab(r"Throughput:\s*([\d.]+)\s*infer/sec"),
         "p50_us": grab(r"p50 latency:\s*(\d+)"),
         "p99_us": grab(r"p99 latency:\s*(\d+)"),
-        "server_queue_us": grab(r"Queue:\s*avg\s*(\d+)\s*usec") or grab(r"Queue:\s*(\d+)\s*usec"),
-        "server_compute_infer_us": grab(r"Compute Infer:\s*avg\s*(\d+)\s*usec") or grab(r"Compute Infer:\s*(\d+)\s*usec"),
+        # From its server-side section (our statistics extension):
+        # "Avg request latency: 135 usec (overhead 79 usec + queue 31 usec + ... compute infer 23 usec ...)"
+        "server_request_us": grab(r"Avg request latency:\s*(\d+)\s*usec"),
+        "server_queue_us": grab(r"\+ queue (\d+) usec"),
+        "server_compute_infer_us": grab(r"compute infer (\d+) usec"),
         "ok": proc.returncode == 0,
         "seconds": round(time.time() - started, 1),
         "tail": "" if proc.returncode == 0 else (text + proc.stderr)[-600:],
@@ -346,12 +349,13 @@ def markdown(res: dict) -> str:
             lines.append(f"| {r['setup']} | {r['rps']:,.0f} | {r['p50_us']} µs | {r['p99_us']} µs |")
     if res.get("perf_analyzer"):
         lines.append("")
-        lines.append("| perf_analyzer → cairn | Format | Conc. | infer/s | p50 | p99 | server queue | server compute |")
-        lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
+        lines.append("| perf_analyzer → cairn | Format | Conc. | infer/s | p50 | p99 | server request | server queue | server compute |")
+        lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
         for p in res["perf_analyzer"]:
             fmtv = lambda v, unit="": "–" if v is None else f"{v:,.0f}{unit}"
             lines.append(f"| {p['model']} | {p['format']} | {p['concurrency']} | {fmtv(p['throughput'])} | "
                          f"{fmtv(p['p50_us'], ' µs')} | {fmtv(p['p99_us'], ' µs')} | "
+                         f"{fmtv(p['server_request_us'], ' µs')} | "
                          f"{fmtv(p['server_queue_us'], ' µs')} | {fmtv(p['server_compute_infer_us'], ' µs')} |")
     return "\n".join(lines) + "\n"
 
