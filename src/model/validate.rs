@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{IoSpec, ModelIo};
+use super::{names, IoSpec, ModelIo};
 use crate::batching::ValidatedRequest;
 use crate::protocol::{InferRequest, NamedTensor, RequestInputs};
 use crate::tensor::{DataType, Tensor, TensorData};
@@ -45,7 +45,7 @@ pub fn validate(
             return Err(InvalidRequest(format!(
                 "unknown input '{}'; the model's inputs are {}",
                 given.name,
-                list(&io.inputs)
+                names(&io.inputs)
             )));
         }
     }
@@ -96,7 +96,7 @@ pub fn validate(
                         InvalidRequest(format!(
                             "unknown output '{}'; the model's outputs are {}",
                             wanted.name,
-                            list(&io.outputs)
+                            names(&io.outputs)
                         ))
                     })?;
                 Ok(OutputPick {
@@ -233,14 +233,6 @@ fn raw_input(io: &ModelIo, body: Bytes) -> Result<NamedTensor, InvalidRequest> {
         name: spec.name.clone(),
         tensor,
     })
-}
-
-fn list(specs: &[IoSpec]) -> String {
-    specs
-        .iter()
-        .map(|s| format!("'{}'", s.name))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use state::{CandidateState, ModelState, StateFile};
 
 use crate::config::RolloutConfig;
 use crate::metrics::Metrics;
-use crate::routing::{now_ms, Candidate, CandidateMode, ModelRoute, Router, Transition};
+use crate::routing::{now_ms, Candidate, CandidateMode, ModelRoute, Router, Tracker, Transition};
 
 /// Why a control operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -129,15 +129,7 @@ impl Rollout {
         trigger: &'static str,
         reason: &str,
     ) -> Result<Value, RolloutError> {
-        self.change_with(model, "promote", trigger, |route| {
-            let candidate = route
-                .deployment
-                .candidate
-                .take()
-                .ok_or_else(|| RolloutError::NoCandidate(model.to_string()))?;
-            route.deployment.stable = Some(candidate.version);
-            Ok((Some(candidate.version), reason.to_string()))
-        })
+        self.end_trial(model, true, trigger, reason, None)
     }
 
     /// Removes the candidate; the stable version takes all traffic again.
@@ -147,13 +139,33 @@ impl Rollout {
         trigger: &'static str,
         reason: &str,
     ) -> Result<Value, RolloutError> {
-        self.change_with(model, "rollback", trigger, |route| {
-            let candidate = route
-                .deployment
-                .candidate
-                .take()
+        self.end_trial(model, false, trigger, reason, None)
+    }
+
+    /// Ends the candidate's trial by promotion or rollback. With `judged`, only if the candidate
+    /// is still the one whose trial was judged (it may have been replaced meanwhile).
+    fn end_trial(
+        &self,
+        model: &str,
+        promote: bool,
+        trigger: &'static str,
+        reason: &str,
+        judged: Option<&Arc<Tracker>>,
+    ) -> Result<Value, RolloutError> {
+        let action = if promote { "promote" } else { "rollback" };
+        self.change_with(model, action, trigger, |route| {
+            let current = route.deployment.candidate.as_ref();
+            let still_judged =
+                judged.is_none_or(|t| current.is_some_and(|c| Arc::ptr_eq(&c.tracker, t)));
+            let candidate = current
+                .filter(|_| still_judged)
+                .map(|c| c.version)
                 .ok_or_else(|| RolloutError::NoCandidate(model.to_string()))?;
-            Ok((Some(candidate.version), reason.to_string()))
+            route.deployment.candidate = None;
+            if promote {
+                route.deployment.stable = Some(candidate);
+            }
+            Ok((Some(candidate), reason.to_string()))
         })
     }
 
@@ -232,32 +244,11 @@ impl Rollout {
                 &t.candidate.snapshot(),
                 &t.shadow.snapshot(),
             );
-            let version = candidate.version;
-            // The candidate may have changed since the snapshot: act only on the one judged.
-            let same = |r: &ModelRoute| {
-                r.deployment
-                    .candidate
-                    .as_ref()
-                    .is_some_and(|c| Arc::ptr_eq(&c.tracker, t))
-            };
             let result = match decision {
                 Decision::Wait => continue,
-                Decision::Promote(reason) => self.change_with(model, "promote", "auto", |route| {
-                    if !same(route) {
-                        return Err(RolloutError::NoCandidate(model.clone()));
-                    }
-                    route.deployment.candidate = None;
-                    route.deployment.stable = Some(version);
-                    Ok((Some(version), reason))
-                }),
+                Decision::Promote(reason) => self.end_trial(model, true, "auto", &reason, Some(t)),
                 Decision::Rollback(reason) => {
-                    self.change_with(model, "rollback", "auto", |route| {
-                        if !same(route) {
-                            return Err(RolloutError::NoCandidate(model.clone()));
-                        }
-                        route.deployment.candidate = None;
-                        Ok((Some(version), reason))
-                    })
+                    self.end_trial(model, false, "auto", &reason, Some(t))
                 }
             };
             if let Err(e) = result {
