@@ -8,11 +8,15 @@ RUN cargo build --release --locked --bin cairn
 
 # Runtime stage: the binary, the example models and the settings.
 FROM debian:bookworm-slim
-RUN useradd --system --uid 10001 --home-dir /opt/cairn cairn
+RUN useradd --system --uid 10001 --home-dir /opt/cairn cairn \
+ && mkdir -p /var/lib/cairn && chown cairn /var/lib/cairn
 COPY --from=build /src/target/release/cairn /usr/local/bin/cairn
 COPY models /opt/cairn/models
 COPY configs /opt/cairn/configs
 WORKDIR /opt/cairn
+# Deployment state (pinned versions, candidates) survives restarts here.
+ENV CAIRN_STATE_DIR=/var/lib/cairn
+VOLUME /var/lib/cairn
 USER cairn
 EXPOSE 8000
 STOPSIGNAL SIGTERM
