@@ -84,13 +84,13 @@ fn codec(c: &mut Criterion) {
                     id: req.id.as_deref(),
                     outputs: vec![
                         ResponseOutput {
-                            name: "label".into(),
-                            tensor: labels.clone(),
+                            name: "label",
+                            tensor: &labels,
                             binary: binary_out,
                         },
                         ResponseOutput {
-                            name: "probabilities".into(),
-                            tensor: probs.clone(),
+                            name: "probabilities",
+                            tensor: &probs,
                             binary: binary_out,
                         },
                     ],

@@ -20,6 +20,23 @@ use prometheus::{
 /// Our metric namespace.
 pub const NAMESPACE: &str = "cairn";
 
+/// Endpoint groups of `cairn_http_requests_total`; the last one takes everything else.
+pub const HTTP_ENDPOINTS: [&str; 11] = [
+    "infer",
+    "health",
+    "server_metadata",
+    "model_metadata",
+    "model_ready",
+    "model_config",
+    "stats",
+    "metrics",
+    "repository",
+    "deployment",
+    "unknown",
+];
+
+const STATUS_CLASSES: [&str; 4] = ["2xx", "4xx", "5xx", "other"];
+
 /// Why a request failed, as a small fixed label set (`reason="queue_full"`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailureReason {
@@ -84,7 +101,9 @@ struct Families {
     model_ready: IntGaugeVec,
     load_duration: GaugeVec,
     load_failures: IntCounterVec,
-    http_requests: IntCounterVec,
+    /// `cairn_http_requests_total`, resolved once: one row per entry of `HTTP_ENDPOINTS`, one
+    /// counter per status class.
+    http_requests: Vec<[IntCounter; 4]>,
     transitions: IntCounterVec,
     candidate_weight: GaugeVec,
     shadow_agreement: GaugeVec,
@@ -258,11 +277,17 @@ impl Metrics {
                 "Failed loads of a model version.",
                 VERSION_LABELS,
             ),
-            http_requests: counter(
-                "http_requests_total",
-                "HTTP requests by endpoint group and status class.",
-                &["endpoint", "status"],
-            ),
+            http_requests: {
+                let vec = counter(
+                    "http_requests_total",
+                    "HTTP requests by endpoint group and status class.",
+                    &["endpoint", "status"],
+                );
+                HTTP_ENDPOINTS
+                    .iter()
+                    .map(|e| STATUS_CLASSES.map(|c| vec.with_label_values(&[e, c])))
+                    .collect()
+            },
             transitions: counter(
                 "rollout_transitions_total",
                 "Deployment transitions by action (canary, shadow, weight, promote, rollback, \
@@ -375,18 +400,20 @@ impl Metrics {
         }
     }
 
-    /// Counts one HTTP request by endpoint group (a fixed set) and status class.
-    pub fn record_http(&self, endpoint: &'static str, status: u16) {
+    /// Counts one HTTP request by endpoint group (one of `HTTP_ENDPOINTS`, else `unknown`) and
+    /// status class. No label lookup: the series were resolved at start.
+    pub fn record_http(&self, endpoint: &str, status: u16) {
         let class = match status {
-            200..=299 => "2xx",
-            400..=499 => "4xx",
-            500..=599 => "5xx",
-            _ => "other",
+            200..=299 => 0,
+            400..=499 => 1,
+            500..=599 => 2,
+            _ => 3,
         };
-        self.inner
-            .http_requests
-            .with_label_values(&[endpoint, class])
-            .inc();
+        let row = HTTP_ENDPOINTS
+            .iter()
+            .position(|e| *e == endpoint)
+            .unwrap_or(HTTP_ENDPOINTS.len() - 1);
+        self.inner.http_requests[row][class].inc();
     }
 
     /// Renders the text exposition format.

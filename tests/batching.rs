@@ -388,3 +388,29 @@ async fn every_metric_appears_and_moves_with_traffic() {
     );
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unloaded_version_answers_what_it_had_queued() {
+    let s = TestServer::start(slow_repo("")).await;
+    let flooded = 24;
+    let handles = flood(&s, flooded);
+    // Unload while the flood is queued behind the single busy worker.
+    for _ in 0..1000 {
+        if metric(&s, "cairn_queue_depth{model=\"slow\",version=\"1\"}").await >= 4.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let r = s
+        .post("/v2/repository/models/slow/unload", bytes::Bytes::new())
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    // New requests are refused at once ...
+    let r = s.post_json("/v2/models/slow/infer", &body(1, 256, 0)).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    // ... and every request the version had accepted is still answered.
+    for h in handles {
+        assert_eq!(h.await.unwrap().0, StatusCode::OK);
+    }
+    s.shutdown().await;
+}

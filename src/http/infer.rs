@@ -53,8 +53,8 @@ pub async fn infer(
         outputs: result
             .picked()
             .map(|(name, tensor, binary)| ResponseOutput {
-                name: name.to_string(),
-                tensor: tensor.clone(),
+                name,
+                tensor,
                 binary,
             })
             .collect(),

@@ -1,5 +1,7 @@
 //! Path and method dispatch for the V2 API, Triton's extensions and `/metrics`.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -14,12 +16,12 @@ type Reply = Result<Response<Full<Bytes>>, ApiError>;
 pub async fn dispatch(state: &AppState, req: Request<Incoming>) -> (&'static str, Reply) {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
-    let segments: Vec<String> = path
+    let segments: Vec<Cow<'_, str>> = path
         .split('/')
         .filter(|s| !s.is_empty())
         .map(percent_decode)
         .collect();
-    let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let seg: Vec<&str> = segments.iter().map(|s| s.as_ref()).collect();
 
     let not_allowed = |allowed: &'static str| ApiError::MethodNotAllowed {
         method: method.to_string(),
@@ -203,9 +205,9 @@ fn no_endpoint(method: &Method, path: &str) -> ApiError {
 }
 
 /// Decodes `%XX` escapes in one path segment (clients quote model names).
-fn percent_decode(segment: &str) -> String {
+fn percent_decode(segment: &str) -> Cow<'_, str> {
     if !segment.contains('%') {
-        return segment.to_string();
+        return Cow::Borrowed(segment);
     }
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -222,7 +224,7 @@ fn percent_decode(segment: &str) -> String {
         out.push(bytes[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 #[cfg(test)]

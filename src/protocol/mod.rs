@@ -63,13 +63,14 @@ pub struct InferResponse<'a> {
     pub model_name: &'a str,
     pub model_version: String,
     pub id: Option<&'a str>,
-    pub outputs: Vec<ResponseOutput>,
+    pub outputs: Vec<ResponseOutput<'a>>,
 }
 
+/// One output to encode, borrowed from the inference result (no copy per request).
 #[derive(Debug)]
-pub struct ResponseOutput {
-    pub name: String,
-    pub tensor: Tensor,
+pub struct ResponseOutput<'a> {
+    pub name: &'a str,
+    pub tensor: &'a Tensor,
     pub binary: bool,
 }
 

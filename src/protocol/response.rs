@@ -52,7 +52,7 @@ pub fn encode_response(response: &InferResponse<'_>) -> EncodedResponse {
     }
 }
 
-fn is_binary(output: &ResponseOutput) -> bool {
+fn is_binary(output: &ResponseOutput<'_>) -> bool {
     output.binary || matches!(output.tensor.dtype, DataType::Fp16 | DataType::Bf16)
 }
 
@@ -74,7 +74,7 @@ struct Header<'a> {
     outputs: Vec<OutputHeader<'a>>,
 }
 
-struct OutputHeader<'a>(&'a ResponseOutput);
+struct OutputHeader<'a>(&'a ResponseOutput<'a>);
 
 impl Serialize for OutputHeader<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -92,7 +92,7 @@ impl Serialize for OutputHeader<'_> {
                 },
             )?;
         } else {
-            map.serialize_entry("data", &JsonData(&out.tensor))?;
+            map.serialize_entry("data", &JsonData(out.tensor))?;
         }
         map.end()
     }
@@ -151,9 +151,9 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
-    fn output(name: &str, tensor: Tensor, binary: bool) -> ResponseOutput {
+    fn output<'a>(name: &'a str, tensor: &'a Tensor, binary: bool) -> ResponseOutput<'a> {
         ResponseOutput {
-            name: name.into(),
+            name,
             tensor,
             binary,
         }
@@ -161,27 +161,22 @@ mod tests {
 
     #[test]
     fn json_response() {
+        let p = Tensor::from_values(vec![1, 2], &[0.25f32, 0.75]).unwrap();
+        let l = Tensor::from_values(vec![1], &[1i64]).unwrap();
+        let s = Tensor::new(
+            DataType::Bytes,
+            vec![1],
+            TensorData::Bytes(vec![Bytes::from("hé")]),
+        )
+        .unwrap();
         let resp = InferResponse {
             model_name: "m",
             model_version: "3".into(),
             id: Some("7"),
             outputs: vec![
-                output(
-                    "p",
-                    Tensor::from_values(vec![1, 2], &[0.25f32, 0.75]).unwrap(),
-                    false,
-                ),
-                output("l", Tensor::from_values(vec![1], &[1i64]).unwrap(), false),
-                output(
-                    "s",
-                    Tensor::new(
-                        DataType::Bytes,
-                        vec![1],
-                        TensorData::Bytes(vec![Bytes::from("hé")]),
-                    )
-                    .unwrap(),
-                    false,
-                ),
+                output("p", &p, false),
+                output("l", &l, false),
+                output("s", &s, false),
             ],
         };
         let enc = encode_response(&resp);
@@ -198,14 +193,17 @@ mod tests {
 
     #[test]
     fn binary_response_follows_header_order() {
+        let a = Tensor::from_values(vec![2], &[1i32, 2]).unwrap();
+        let b = Tensor::from_values(vec![1], &[true]).unwrap();
+        let c = Tensor::from_values(vec![1], &[3.5f64]).unwrap();
         let resp = InferResponse {
             model_name: "m",
             model_version: "1".into(),
             id: None,
             outputs: vec![
-                output("a", Tensor::from_values(vec![2], &[1i32, 2]).unwrap(), true),
-                output("b", Tensor::from_values(vec![1], &[true]).unwrap(), false),
-                output("c", Tensor::from_values(vec![1], &[3.5f64]).unwrap(), true),
+                output("a", &a, true),
+                output("b", &b, false),
+                output("c", &c, true),
             ],
         };
         let enc = encode_response(&resp);
