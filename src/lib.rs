@@ -1,6 +1,7 @@
 //! cairn: a KServe V2 / Triton-compatible inference server.
 
 pub mod batching;
+pub mod bounded;
 pub mod config;
 pub mod engine;
 pub mod http;

@@ -24,11 +24,22 @@ enum Command {
         #[arg(long, env = "CAIRN_CONFIG", default_value = "configs/server.toml")]
         config: PathBuf,
         #[command(flatten)]
-        settings: ServerSettings,
+        settings: Box<ServerSettings>,
     },
+    /// Loads one model version in this process under a memory limit and reports the outcome
+    /// (the server runs it for every load; the job arrives on standard input).
+    #[command(name = "check-load", hide = true)]
+    CheckLoad,
 }
 
 fn main() -> ExitCode {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == cairn::model::load_check::SUBCOMMAND)
+    {
+        // No logging, no runtime, one thread: the check process only loads and answers.
+        return cairn::model::load_check::child_main();
+    }
     cairn::memory::configure_allocator(std::thread::available_parallelism().map_or(2, |n| n.get()));
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -39,13 +50,14 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config, settings } => match serve(config, settings) {
+        Command::Serve { config, settings } => match serve(config, *settings) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
                 eprintln!("error: {message}");
                 ExitCode::FAILURE
             }
         },
+        Command::CheckLoad => cairn::model::load_check::child_main(),
     }
 }
 
@@ -57,8 +69,13 @@ fn serve(config_path: PathBuf, flags: ServerSettings) -> Result<(), String> {
     } else {
         ServerSettings::default()
     };
-    let config =
-        ServerConfig::from_settings(flags.or(file), &config_path).map_err(|e| e.to_string())?;
+    let token_in_argv = std::env::args_os()
+        .any(|a| a == "--admin-token" || a.to_string_lossy().starts_with("--admin-token="));
+    // Checked loads re-run this executable with its hidden `check-load` command.
+    let exe = std::env::current_exe().ok();
+    let config = ServerConfig::from_settings(flags.or(file), &config_path, exe)
+        .map_err(|e| e.to_string())?;
+    cairn::http::raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.http_threads)
         .thread_name("http")
@@ -69,6 +86,12 @@ fn serve(config_path: PathBuf, flags: ServerSettings) -> Result<(), String> {
         let server = RunningServer::start(config.clone())
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        if token_in_argv {
+            tracing::warn!(
+                "the admin token given with --admin-token is visible to every local user in the \
+                 process list; use CAIRN_ADMIN_TOKEN or --admin-token-file instead"
+            );
+        }
         tracing::info!(
             model_repository = %config.model_repository.display(),
             max_body_bytes = config.max_body_bytes,
@@ -78,6 +101,13 @@ fn serve(config_path: PathBuf, flags: ServerSettings) -> Result<(), String> {
             state_dir = %config.state_dir.display(),
             admin_token = if config.admin_token.is_some() { "<set>" } else { "<unset>" },
             protect_inference = config.protect_inference,
+            max_connections = config.connections.max_connections,
+            max_buffered_body_bytes = config.connections.max_buffered_body_bytes,
+            header_read_timeout_s = config.connections.header_read_timeout.as_secs(),
+            keep_alive_timeout_s = config.connections.keep_alive_timeout.as_secs(),
+            body_read_timeout_s = config.connections.body_read_timeout.as_secs(),
+            model_load_memory_bytes = config.load.check.as_ref().map_or(0, |c| c.memory_bytes),
+            model_load_timeout_s = config.load.check.as_ref().map_or(0, |c| c.timeout.as_secs()),
             "effective settings"
         );
         let stopper = server.stopper();

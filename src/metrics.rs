@@ -105,6 +105,10 @@ struct Families {
     /// counter per status class.
     http_requests: Vec<[IntCounter; 4]>,
     transitions: IntCounterVec,
+    open_connections: IntGauge,
+    refused_connections: IntCounter,
+    accept_errors: IntCounter,
+    buffered_body_bytes: IntGauge,
     candidate_weight: GaugeVec,
     shadow_agreement: GaugeVec,
     /// Live `VersionMetrics` per (model, version): a reloaded version shares its series with the
@@ -201,8 +205,41 @@ impl Metrics {
             .register(Box::new(load_duration.clone()))
             .expect("metric names are unique");
 
+        let int_gauge_one = |name: &str, help: &str| {
+            let g = IntGauge::with_opts(Opts::new(name, help).namespace(NAMESPACE))
+                .expect("metric definitions are valid");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric names are unique");
+            g
+        };
+        let counter_one = |name: &str, help: &str| {
+            let c = IntCounter::with_opts(Opts::new(name, help).namespace(NAMESPACE))
+                .expect("metric definitions are valid");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("metric names are unique");
+            c
+        };
+
         let families = Families {
             started: Instant::now(),
+            open_connections: int_gauge_one(
+                "http_connections_open",
+                "Client connections open now.",
+            ),
+            refused_connections: counter_one(
+                "http_connections_refused_total",
+                "Connections answered 503 and closed at once because max_connections were open.",
+            ),
+            accept_errors: counter_one(
+                "http_accept_errors_total",
+                "Failed accepts (out of file descriptors and similar).",
+            ),
+            buffered_body_bytes: int_gauge_one(
+                "http_buffered_body_bytes",
+                "Request-body bytes held now across all connections (max_buffered_body_bytes).",
+            ),
             uptime,
             request_success: counter(
                 "request_success_total",
@@ -414,6 +451,26 @@ impl Metrics {
             .position(|e| *e == endpoint)
             .unwrap_or(HTTP_ENDPOINTS.len() - 1);
         self.inner.http_requests[row][class].inc();
+    }
+
+    /// Publishes the number of open client connections.
+    pub fn set_open_connections(&self, open: usize) {
+        self.inner.open_connections.set(open as i64);
+    }
+
+    /// Counts a connection refused at `max_connections`.
+    pub fn record_connection_refused(&self) {
+        self.inner.refused_connections.inc();
+    }
+
+    /// Counts a failed accept.
+    pub fn record_accept_error(&self) {
+        self.inner.accept_errors.inc();
+    }
+
+    /// Publishes the request-body bytes held now.
+    pub fn set_buffered_body_bytes(&self, bytes: usize) {
+        self.inner.buffered_body_bytes.set(bytes as i64);
     }
 
     /// Renders the text exposition format.

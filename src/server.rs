@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::ServerConfig;
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, BodyBudget};
 use crate::metrics::Metrics;
 use crate::repository::Repository;
 use crate::rollout::Rollout;
@@ -41,7 +41,11 @@ impl RunningServer {
             config.model_repository.clone(),
             Arc::clone(&router),
             metrics.clone(),
+            config.load.clone(),
+            config.state_dir.join("uploads"),
         ));
+        let body_budget =
+            BodyBudget::new(config.connections.max_buffered_body_bytes, metrics.clone());
         let rollout = Arc::new(Rollout::new(
             Arc::clone(&router),
             metrics.clone(),
@@ -53,6 +57,7 @@ impl RunningServer {
             repository,
             rollout,
             metrics,
+            body_budget,
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
         });
@@ -66,6 +71,8 @@ impl RunningServer {
         });
         let load_state = Arc::clone(&state);
         tokio::spawn(async move {
+            let cleaner = Arc::clone(&load_state.repository);
+            let _ = tokio::task::spawn_blocking(move || cleaner.clean_uploads()).await;
             if let Err(e) = load_state.repository.load_all().await {
                 tracing::error!(error = %e, "cannot load the model repository");
             }

@@ -22,15 +22,6 @@ fn body(rows: usize, width: usize, seed: usize) -> Value {
     json!({"inputs": [{"name": "input", "shape": [rows, width], "datatype": "FP32", "data": data}]})
 }
 
-/// Scrapes one series' value from `/metrics`; 0 when absent.
-async fn metric(s: &TestServer, series: &str) -> f64 {
-    let text = String::from_utf8(s.get("/metrics").await.body.to_vec()).unwrap();
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// A repository whose `slow` model (mlp-large, one worker, no batching) keeps its queue busy.
 fn slow_repo(extra_config: &str) -> Repo {
     let repo = Repo::with(&[]);
@@ -163,11 +154,9 @@ async fn a_full_queue_answers_503_at_once() {
         .post_json("/v2/models/slow/infer", &body(64, 256, 0))
         .await;
     assert_eq!(r.status, StatusCode::OK, "the server recovers");
-    let failures = metric(
-        &s,
-        "cairn_request_failure_total{model=\"slow\",reason=\"queue_full\",version=\"1\"}",
-    )
-    .await;
+    let failures = s
+        .metric("cairn_request_failure_total{model=\"slow\",reason=\"queue_full\",version=\"1\"}")
+        .await;
     assert_eq!(failures, full as f64);
     s.shutdown().await;
 }
@@ -192,11 +181,9 @@ async fn a_request_past_its_timeout_gets_504_and_never_runs() {
     );
     assert_eq!(st["inference_count"], 8 * 64);
     assert_eq!(st["inference_stats"]["fail"]["count"], 1);
-    let timeouts = metric(
-        &s,
-        "cairn_request_failure_total{model=\"slow\",reason=\"timeout\",version=\"1\"}",
-    )
-    .await;
+    let timeouts = s
+        .metric("cairn_request_failure_total{model=\"slow\",reason=\"timeout\",version=\"1\"}")
+        .await;
     assert_eq!(timeouts, 1.0);
 
     // The model's default timeout applies to requests that set none.
@@ -218,7 +205,7 @@ async fn a_request_whose_client_left_is_dropped_before_it_runs() {
     let handles = flood(&s, flooded);
     // Wait until the flood is queued behind the busy worker.
     for _ in 0..1000 {
-        if metric(&s, pending).await + metric(&s, done).await >= flooded as f64 {
+        if s.metric(pending).await + s.metric(done).await >= flooded as f64 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -235,19 +222,19 @@ async fn a_request_whose_client_left_is_dropped_before_it_runs() {
     conn.write_all(&payload).await.unwrap();
     // Once the server holds the request (one more than the flood), hang up.
     for _ in 0..1000 {
-        if metric(&s, pending).await + metric(&s, done).await > flooded as f64 {
+        if s.metric(pending).await + s.metric(done).await > flooded as f64 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let queued_at_hangup = metric(&s, pending).await;
+    let queued_at_hangup = s.metric(pending).await;
     drop(conn);
     for h in handles {
         assert_eq!(h.await.unwrap().0, StatusCode::OK);
     }
     // Let the worker reach and discard the abandoned job.
     for _ in 0..500 {
-        if metric(&s, pending).await == 0.0 {
+        if s.metric(pending).await == 0.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -256,11 +243,9 @@ async fn a_request_whose_client_left_is_dropped_before_it_runs() {
         queued_at_hangup > 1.0,
         "the request was still queued at hang-up"
     );
-    let canceled = metric(
-        &s,
-        "cairn_request_failure_total{model=\"slow\",reason=\"canceled\",version=\"1\"}",
-    )
-    .await;
+    let canceled = s
+        .metric("cairn_request_failure_total{model=\"slow\",reason=\"canceled\",version=\"1\"}")
+        .await;
     assert_eq!(
         canceled, 1.0,
         "the abandoned request is counted as canceled"
@@ -278,11 +263,9 @@ async fn a_request_whose_client_left_is_dropped_before_it_runs() {
 async fn every_metric_appears_and_moves_with_traffic() {
     let repo = Repo::with(&["tabular-small", "corrupt"]);
     let s = TestServer::start(repo).await;
-    let before = metric(
-        &s,
-        "cairn_request_success_total{model=\"tabular-small\",version=\"1\"}",
-    )
-    .await;
+    let before = s
+        .metric("cairn_request_success_total{model=\"tabular-small\",version=\"1\"}")
+        .await;
     for i in 0..20 {
         let r = s
             .post_json("/v2/models/tabular-small/infer", &body(1 + i % 4, 32, i))
@@ -327,25 +310,29 @@ async fn every_metric_appears_and_moves_with_traffic() {
     ] {
         assert!(text.contains(&series), "missing {series}");
     }
-    let success = metric(&s, &format!("cairn_request_success_total{{{labels}}}")).await;
+    let success = s
+        .metric(&format!("cairn_request_success_total{{{labels}}}"))
+        .await;
     assert_eq!(success - before, 20.0);
-    let rows = metric(&s, &format!("cairn_inference_rows_total{{{labels}}}")).await;
+    let rows = s
+        .metric(&format!("cairn_inference_rows_total{{{labels}}}"))
+        .await;
     assert_eq!(rows, (0..20).map(|i| 1 + i % 4).sum::<usize>() as f64);
-    let executions = metric(&s, &format!("cairn_execution_total{{{labels}}}")).await;
+    let executions = s
+        .metric(&format!("cairn_execution_total{{{labels}}}"))
+        .await;
     assert!((1.0..=20.0).contains(&executions));
-    let invalid = metric(
-        &s,
-        "cairn_request_failure_total{model=\"tabular-small\",reason=\"invalid\",version=\"1\"}",
-    )
-    .await;
+    let invalid = s
+        .metric(
+            "cairn_request_failure_total{model=\"tabular-small\",reason=\"invalid\",version=\"1\"}",
+        )
+        .await;
     assert_eq!(invalid, 1.0);
-    let count = metric(
-        &s,
-        &format!("cairn_request_duration_seconds_count{{{labels}}}"),
-    )
-    .await;
+    let count = s
+        .metric(&format!("cairn_request_duration_seconds_count{{{labels}}}"))
+        .await;
     assert_eq!(count, 20.0);
-    let batch_sum = metric(&s, &format!("cairn_batch_size_sum{{{labels}}}")).await;
+    let batch_sum = s.metric(&format!("cairn_batch_size_sum{{{labels}}}")).await;
     assert_eq!(batch_sum, rows);
 
     // Triton's statistics agree with the metrics.
@@ -396,7 +383,10 @@ async fn an_unloaded_version_answers_what_it_had_queued() {
     let handles = flood(&s, flooded);
     // Unload while the flood is queued behind the single busy worker.
     for _ in 0..1000 {
-        if metric(&s, "cairn_queue_depth{model=\"slow\",version=\"1\"}").await >= 4.0 {
+        if s.metric("cairn_queue_depth{model=\"slow\",version=\"1\"}")
+            .await
+            >= 4.0
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;

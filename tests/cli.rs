@@ -24,8 +24,13 @@ struct Spawned {
 /// Starts the binary and reads its first log line, which must carry the address.
 fn spawn(args: &[&str], env: &[(&str, &str)]) -> Spawned {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
-    cmd.args(args)
-        .env("RUST_LOG", "info")
+    cmd.args(args);
+    spawn_command(cmd, env)
+}
+
+/// As [`spawn`], for a command line of the caller's (a shell that sets limits first).
+fn spawn_command(mut cmd: Command, env: &[(&str, &str)]) -> Spawned {
+    cmd.env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -42,22 +47,30 @@ fn spawn(args: &[&str], env: &[(&str, &str)]) -> Spawned {
             }
         }
     });
-    let first = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("a first log line");
+    let first = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
     let plain = strip_ansi(&first);
-    let addr = plain
+    let Some(addr) = plain
         .split("listening on http://")
         .nth(1)
-        .unwrap_or_else(|| panic!("first log line names the address: {plain}"))
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+    else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the first log line names the address: {plain:?}");
+    };
     Spawned {
         child,
         base: format!("http://{addr}"),
         stderr: rx,
+    }
+}
+
+impl Drop for Spawned {
+    /// A test that fails halfway leaves no server running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -129,10 +142,7 @@ async fn port_zero_prints_the_address_and_sigterm_exits_cleanly() {
         StatusCode::OK
     );
     sigterm(&s.child);
-    let status = tokio::task::spawn_blocking(move || s.child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = tokio::task::block_in_place(|| s.child.wait()).unwrap();
     assert!(status.success(), "exit status {status}");
 }
 
@@ -269,14 +279,249 @@ async fn in_flight_requests_finish_after_sigterm() {
         }
     }
     assert_eq!(ok, 200, "every in-flight request is answered");
-    let status = tokio::task::spawn_blocking(move || s.child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = tokio::task::block_in_place(|| s.child.wait()).unwrap();
     assert!(status.success());
     let log: Vec<String> = s.stderr.try_iter().collect();
     assert!(
         log.iter().any(|l| l.contains("shutdown signal received")),
+        "{log:?}"
+    );
+}
+
+/// Sends back-to-back requests on one keep-alive connection until a response says
+/// `Connection: close`. Returns (requests written, responses read, ended cleanly).
+async fn keep_alive_loop(addr: String, request: Vec<u8>) -> (usize, usize, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut written, mut answered) = (0, 0);
+    let mut buf = Vec::new();
+    loop {
+        if stream.write_all(&request).await.is_err() {
+            return (written, answered, false);
+        }
+        written += 1;
+        // Read one response: the head, then content-length bytes.
+        buf.clear();
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return (written, answered, false),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0);
+        while buf.len() < head_end + length {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return (written, answered, false),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        answered += 1;
+        if head.contains("connection: close") {
+            return (written, answered, true);
+        }
+    }
+}
+
+// A request written on a keep-alive connection at the moment of SIGTERM is answered, never
+// closed without a response: while draining, responses carry `Connection: close`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_requests_written_at_sigterm_are_answered() {
+    let repo = Repo::with(&["simple"]);
+    let mut s = spawn(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--model-repository",
+            repo.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    wait_ready(&s.base).await;
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let body = br#"{"inputs":[{"name":"INPUT0","shape":[1,16],"datatype":"INT32","data":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16]},{"name":"INPUT1","shape":[1,16],"datatype":"INT32","data":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16]}]}"#;
+    let mut request = format!(
+        "POST /v2/models/simple/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    let loops: Vec<_> = (0..16)
+        .map(|_| tokio::spawn(keep_alive_loop(addr.clone(), request.clone())))
+        .collect();
+    // Let every connection get going, then stop the server under their feet.
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    for _ in 0..2000 {
+        let uri = format!("{}/metrics", s.base).parse().unwrap();
+        let done = match client.get(uri).await {
+            Ok(resp) => {
+                let text = resp.into_body().collect().await.unwrap().to_bytes();
+                String::from_utf8_lossy(&text)
+                    .lines()
+                    .find(|l| l.starts_with("cairn_request_success_total{"))
+                    .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            }
+            Err(_) => 0.0,
+        };
+        if done >= 2000.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    sigterm(&s.child);
+    let mut total = 0;
+    for l in loops {
+        let (written, answered, clean) = l.await.unwrap();
+        assert!(
+            clean && written == answered,
+            "{written} written, {answered} answered, ended with Connection: close: {clean}"
+        );
+        total += answered;
+    }
+    assert!(total > 2000, "{total}");
+    let status = tokio::task::block_in_place(|| s.child.wait()).unwrap();
+    assert!(status.success());
+}
+
+// With a low open-file limit, extra connections are refused with 503 (no `accept failed`
+// flood), and new clients are served once the crowd leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_file_limit_refuses_connections_without_a_log_flood() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let repo = Repo::with(&["simple"]);
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(format!(
+        "ulimit -n 128 && exec '{}' serve --listen 127.0.0.1:0 --model-repository '{}'",
+        env!("CARGO_BIN_EXE_cairn"),
+        repo.path().display()
+    ));
+    let mut s = spawn_command(cmd, &[]);
+    wait_ready(&s.base).await;
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut crowd = Vec::new();
+    let mut refused = 0;
+    for _ in 0..300 {
+        let Ok(mut c) = tokio::net::TcpStream::connect(&addr).await else {
+            continue;
+        };
+        let mut buf = [0u8; 64];
+        // A refused connection is answered at once; an accepted one says nothing until asked.
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(50), c.read(&mut buf)).await {
+            if buf[..n].starts_with(b"HTTP/1.1 503") {
+                refused += 1;
+            }
+        }
+        crowd.push(c);
+    }
+    assert!(refused > 100, "{refused} refused");
+    drop(crowd);
+    let mut served = false;
+    for _ in 0..200 {
+        if let Ok(mut c) = tokio::net::TcpStream::connect(&addr).await {
+            let _ = c
+                .write_all(b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                .await;
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut out)).await;
+            if out.starts_with(b"HTTP/1.1 200") {
+                served = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served, "a new client is served after the crowd left");
+    s.child.kill().unwrap();
+    let _ = s.child.wait();
+    let log: Vec<String> = s.stderr.try_iter().collect();
+    let accept_failures = log.iter().filter(|l| l.contains("accept failed")).count();
+    let refusals = log
+        .iter()
+        .filter(|l| l.contains("connection refused"))
+        .count();
+    assert_eq!(accept_failures, 0, "{log:?}");
+    assert!(
+        refusals <= 2,
+        "refusals are logged at most once per period: {log:?}"
+    );
+    assert!(
+        log.iter().any(|l| l.contains("max_connections lowered")),
+        "{log:?}"
+    );
+}
+
+// `--protect-inference` is a plain flag, and the token can come from a file, out of the
+// process list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protect_inference_is_a_flag_and_the_token_comes_from_a_file() {
+    let repo = Repo::with(&["simple"]);
+    let token_file = repo.path().join("token");
+    std::fs::write(&token_file, "file-s3cret\n").unwrap();
+    let mut s = spawn(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--model-repository",
+            repo.path().to_str().unwrap(),
+            "--protect-inference",
+            "--admin-token-file",
+            token_file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    wait_ready(&s.base).await;
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", s.child.id())).unwrap_or_default();
+    assert!(!String::from_utf8_lossy(&cmdline).contains("file-s3cret"));
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let body = br#"{"inputs":[{"name":"INPUT0","shape":[1,16],"datatype":"INT32","data":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16]},{"name":"INPUT1","shape":[1,16],"datatype":"INT32","data":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16]}]}"#;
+    for (auth, status) in [
+        (None, StatusCode::UNAUTHORIZED),
+        (Some("Bearer file-s3cret"), StatusCode::OK),
+    ] {
+        let mut req = http::Request::post(format!("{}/v2/models/simple/infer", s.base));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let resp = client
+            .request(req.body(Full::new(Bytes::from_static(body))).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status);
+    }
+    s.child.kill().unwrap();
+    let _ = s.child.wait();
+
+    // A token on the command line works, with a warning that it is visible.
+    let mut s = spawn(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--model-repository",
+            repo.path().to_str().unwrap(),
+            "--admin-token",
+            "flag-s3cret",
+        ],
+        &[],
+    );
+    wait_ready(&s.base).await;
+    s.child.kill().unwrap();
+    let _ = s.child.wait();
+    let log: Vec<String> = s.stderr.try_iter().collect();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("visible to every local user")),
         "{log:?}"
     );
 }

@@ -143,11 +143,11 @@ def bodies(workdir: Path) -> dict:
 
 
 class Cairn:
-    def __init__(self, repo: Path):
+    def __init__(self, repo: Path, binary: Path | None = None, extra: list[str] | None = None):
         env = dict(os.environ, NO_COLOR="1", RUST_LOG="warn,cairn::server=info")
         self.proc = subprocess.Popen(
-            [str(ROOT / "target" / "release" / "cairn"), "serve", "--listen", "127.0.0.1:0",
-             "--model-repository", str(repo)],
+            [str(binary or ROOT / "target" / "release" / "cairn"), "serve", "--listen", "127.0.0.1:0",
+             "--model-repository", str(repo), *(extra or [])],
             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
         )
         line = self.proc.stderr.readline()

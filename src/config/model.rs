@@ -17,6 +17,13 @@ use crate::tensor::DataType;
 pub const MAX_BATCH_SIZE_LIMIT: u32 = 1 << 16;
 /// Default bound of a model version's request queue when `config.toml` sets none.
 pub const DEFAULT_MAX_QUEUE_SIZE: u32 = 1024;
+/// Most runs of each warm-up request: enough to warm any cache, few enough that a load cannot
+/// hold the repository for long.
+pub const MAX_WARMUP_COUNT: u32 = 1000;
+/// Most warm-up request files.
+pub const MAX_WARMUP_REQUESTS: usize = 64;
+/// Most engine workers per version.
+pub const MAX_INSTANCES: u32 = 256;
 
 /// The whole of a model's configuration.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -315,10 +322,14 @@ impl ModelConfig {
     /// Reads `<dir>/config.toml`, or the defaults when the file does not exist.
     pub fn load(dir: &Path, model_name: &str) -> Result<ModelConfig, ConfigError> {
         let path = dir.join("config.toml");
-        let text = match std::fs::read_to_string(&path) {
+        let text = match super::read_config_text(&path) {
             Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ModelConfig::default()),
-            Err(source) => return Err(ConfigError::Read { path, source }),
+            Err(ConfigError::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Ok(ModelConfig::default())
+            }
+            Err(e) => return Err(e),
         };
         Self::checked(
             path,
@@ -387,10 +398,10 @@ impl ModelConfig {
                 );
             }
         }
-        if self.instances.get() > 256 {
+        if self.instances.get() > MAX_INSTANCES {
             return fail(
                 "instances",
-                format!("{} exceeds the limit of 256", self.instances),
+                format!("{} exceeds the limit of {MAX_INSTANCES}", self.instances),
             );
         }
         if self.default_model_filename.is_empty()
@@ -426,6 +437,21 @@ impl ModelConfig {
                 return fail(
                     "warmup.requests",
                     "must list at least one request file".into(),
+                );
+            }
+            if w.requests.len() > MAX_WARMUP_REQUESTS {
+                return fail(
+                    "warmup.requests",
+                    format!(
+                        "lists {} files, more than the limit of {MAX_WARMUP_REQUESTS}",
+                        w.requests.len()
+                    ),
+                );
+            }
+            if w.count.get() > MAX_WARMUP_COUNT {
+                return fail(
+                    "warmup.count",
+                    format!("{} exceeds the limit of {MAX_WARMUP_COUNT}", w.count),
                 );
             }
             if let Some(bad) = w.requests.iter().find(|r| {
@@ -594,6 +620,11 @@ mod tests {
             ("[rollout]\nmin_requests = 0", "rollout.min_requests"),
             ("[warmup]\nrequests = []", "warmup.requests"),
             ("[warmup]\nrequests = [\"../x.json\"]", "relative path"),
+            (
+                "[warmup]\nrequests = [\"a.json\"]\ncount = 1000000000",
+                "warmup.count: 1000000000 exceeds the limit of 1000",
+            ),
+            ("instances = 100000", "instances: 100000 exceeds the limit of 256"),
         ];
         for (text, expected) in cases {
             let err = parse(text).unwrap_err();

@@ -49,7 +49,9 @@ pub struct ServerSettings {
     pub state_dir: Option<PathBuf>,
 
     /// Bearer token required by the management endpoints (repository, deployments). Unset, they
-    /// are open: set it wherever the port is reachable by more than its operators.
+    /// are open: set it wherever the port is reachable by more than its operators. A token given
+    /// as a flag is visible to every local user in the process list; prefer the environment
+    /// variable or `--admin-token-file`.
     #[arg(
         long,
         env = "CAIRN_ADMIN_TOKEN",
@@ -58,18 +60,66 @@ pub struct ServerSettings {
     )]
     pub admin_token: Option<String>,
 
-    /// Require the admin token on inference too. [default: false]
-    #[arg(long, env = "CAIRN_PROTECT_INFERENCE", value_name = "BOOL")]
+    /// File holding the admin token (surrounding whitespace is ignored), so that the token
+    /// appears neither in the process list nor in the environment.
+    #[arg(long, env = "CAIRN_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Require the admin token on inference too. A plain flag (`--protect-inference`); the file
+    /// and the environment take true or false. [default: false]
+    #[arg(
+        long,
+        env = "CAIRN_PROTECT_INFERENCE",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
     pub protect_inference: Option<bool>,
+
+    /// Most client connections open at once. Beyond it a new connection gets an immediate 503
+    /// and is closed, so the server never runs out of file descriptors; the effective value is
+    /// lowered to fit the process's file limit. [default: 2048]
+    #[arg(long, env = "CAIRN_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Most request-body bytes held at once across all connections (bodies being received,
+    /// decompressed or served). A request that would go beyond it gets 503 at once. At least
+    /// `max_body_bytes`. [default: 536870912]
+    #[arg(long, env = "CAIRN_MAX_BUFFERED_BODY_BYTES", value_name = "BYTES")]
+    pub max_buffered_body_bytes: Option<usize>,
+
+    /// Seconds a new connection may take to send its first complete request head; a connection
+    /// that sends nothing, or only part of its headers, is closed after it. [default: 10]
+    #[arg(long, env = "CAIRN_HEADER_READ_TIMEOUT_S", value_name = "SECONDS")]
+    pub header_read_timeout_s: Option<u64>,
+
+    /// Seconds a keep-alive connection may stay idle (no request in flight, none started)
+    /// before the server closes it. [default: 60]
+    #[arg(long, env = "CAIRN_KEEP_ALIVE_TIMEOUT_S", value_name = "SECONDS")]
+    pub keep_alive_timeout_s: Option<u64>,
+
+    /// Seconds a request body may take to arrive in full; a slower one gets 408 and its bytes
+    /// are freed. [default: 60]
+    #[arg(long, env = "CAIRN_BODY_READ_TIMEOUT_S", value_name = "SECONDS")]
+    pub body_read_timeout_s: Option<u64>,
+
+    /// Memory budget of a model load, in bytes. Each version is first loaded and warmed up in a
+    /// child process limited to this much address space, so a model that would exhaust memory
+    /// (constant folding, huge initializers, a runaway warm-up) fails with 400 while what
+    /// serves keeps serving. 0 turns the check off. [default: 4294967296]
+    #[arg(long, env = "CAIRN_MODEL_LOAD_MEMORY_BYTES", value_name = "BYTES")]
+    pub model_load_memory_bytes: Option<u64>,
+
+    /// Seconds the checked load of one version may take before it is stopped and the version
+    /// fails to load. [default: 300]
+    #[arg(long, env = "CAIRN_MODEL_LOAD_TIMEOUT_S", value_name = "SECONDS")]
+    pub model_load_timeout_s: Option<u64>,
 }
 
 impl ServerSettings {
     /// Reads a settings file.
     pub fn from_file(path: &Path) -> Result<ServerSettings, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = super::read_config_text(path)?;
         toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
@@ -78,21 +128,35 @@ impl ServerSettings {
 
     /// Fills every unset field of `self` from `lower`.
     pub fn or(self, lower: ServerSettings) -> ServerSettings {
-        ServerSettings {
-            listen: self.listen.or(lower.listen),
-            model_repository: self.model_repository.or(lower.model_repository),
-            max_body_bytes: self.max_body_bytes.or(lower.max_body_bytes),
-            shutdown_timeout_s: self.shutdown_timeout_s.or(lower.shutdown_timeout_s),
-            http_threads: self.http_threads.or(lower.http_threads),
-            repository_poll_interval_s: self
-                .repository_poll_interval_s
-                .or(lower.repository_poll_interval_s),
-            state_dir: self.state_dir.or(lower.state_dir),
-            admin_token: self.admin_token.or(lower.admin_token),
-            protect_inference: self.protect_inference.or(lower.protect_inference),
+        macro_rules! layered {
+            ($($field:ident),* $(,)?) => {
+                ServerSettings { $($field: self.$field.or(lower.$field)),* }
+            };
         }
+        layered!(
+            listen,
+            model_repository,
+            max_body_bytes,
+            shutdown_timeout_s,
+            http_threads,
+            repository_poll_interval_s,
+            state_dir,
+            admin_token,
+            admin_token_file,
+            protect_inference,
+            max_connections,
+            max_buffered_body_bytes,
+            header_read_timeout_s,
+            keep_alive_timeout_s,
+            body_read_timeout_s,
+            model_load_memory_bytes,
+            model_load_timeout_s,
+        )
     }
 }
+
+/// Default of `max_body_bytes`.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
 
 /// The effective settings, defaults applied and values checked.
 #[derive(Clone, Debug)]
@@ -107,17 +171,65 @@ pub struct ServerConfig {
     pub state_dir: PathBuf,
     pub admin_token: Option<String>,
     pub protect_inference: bool,
+    pub connections: ConnectionLimits,
+    pub load: LoadLimits,
+}
+
+/// What one client, or all of them together, may hold of the server's connections and memory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub max_connections: usize,
+    pub max_buffered_body_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub keep_alive_timeout: Duration,
+    pub body_read_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 2048,
+            max_buffered_body_bytes: 512 << 20,
+            header_read_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a model load may take. Built from the settings; the repository hands it to every load.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadLimits {
+    /// Largest generated warm-up batch, in bytes of tensor data: the same bound a request has.
+    pub max_sample_bytes: usize,
+    /// The checked load in a child process; `None` loads in process only.
+    pub check: Option<LoadCheck>,
+}
+
+/// A trial load of each version in a child process under a memory limit and a deadline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadCheck {
+    /// The `cairn` executable, whose hidden `check-load` command runs the trial.
+    pub exe: PathBuf,
+    pub memory_bytes: u64,
+    pub timeout: Duration,
 }
 
 impl ServerConfig {
     /// Applies defaults. `origin` names where the settings came from, for error messages.
-    pub fn from_settings(s: ServerSettings, origin: &Path) -> Result<ServerConfig, ConfigError> {
+    /// `exe` is the `cairn` executable that runs checked loads (`None`: no checked loads, as
+    /// when the server is embedded in another program).
+    pub fn from_settings(
+        s: ServerSettings,
+        origin: &Path,
+        exe: Option<PathBuf>,
+    ) -> Result<ServerConfig, ConfigError> {
         let invalid = |key: &str, reason: String| ConfigError::Invalid {
             path: origin.to_path_buf(),
             key: key.into(),
             reason,
         };
-        let max_body_bytes = s.max_body_bytes.unwrap_or(64 << 20);
+        let max_body_bytes = s.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
         if max_body_bytes < 1024 {
             return Err(invalid(
                 "max_body_bytes",
@@ -130,18 +242,86 @@ impl ServerConfig {
         if http_threads == 0 {
             return Err(invalid("http_threads", "must be at least 1".into()));
         }
-        if s.admin_token
-            .as_deref()
-            .is_some_and(|t| t.trim().is_empty())
-        {
+        let admin_token = match (s.admin_token, &s.admin_token_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "admin_token_file",
+                    "both admin_token and admin_token_file are set; keep one".into(),
+                ))
+            }
+            (Some(token), None) => Some(token),
+            (None, Some(file)) => Some(read_token_file(file).map_err(|reason| {
+                invalid("admin_token_file", format!("{}: {reason}", file.display()))
+            })?),
+            (None, None) => None,
+        };
+        if admin_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
             return Err(invalid("admin_token", "must not be empty".into()));
         }
-        if s.protect_inference == Some(true) && s.admin_token.is_none() {
+        if s.protect_inference == Some(true) && admin_token.is_none() {
             return Err(invalid(
                 "protect_inference",
                 "is true but no admin_token is set to protect it with".into(),
             ));
         }
+        let defaults = ConnectionLimits::default();
+        let seconds = |key: &str, value: Option<u64>, default: Duration| match value {
+            None => Ok(default),
+            Some(0) => Err(invalid(key, "must be at least 1".into())),
+            Some(v) => Ok(Duration::from_secs(v)),
+        };
+        let connections = ConnectionLimits {
+            max_connections: match s.max_connections {
+                Some(0) => return Err(invalid("max_connections", "must be at least 1".into())),
+                Some(n) => n,
+                None => defaults.max_connections,
+            },
+            max_buffered_body_bytes: s
+                .max_buffered_body_bytes
+                .unwrap_or(defaults.max_buffered_body_bytes.max(max_body_bytes)),
+            header_read_timeout: seconds(
+                "header_read_timeout_s",
+                s.header_read_timeout_s,
+                defaults.header_read_timeout,
+            )?,
+            keep_alive_timeout: seconds(
+                "keep_alive_timeout_s",
+                s.keep_alive_timeout_s,
+                defaults.keep_alive_timeout,
+            )?,
+            body_read_timeout: seconds(
+                "body_read_timeout_s",
+                s.body_read_timeout_s,
+                defaults.body_read_timeout,
+            )?,
+        };
+        if connections.max_buffered_body_bytes < max_body_bytes {
+            return Err(invalid(
+                "max_buffered_body_bytes",
+                format!(
+                    "{} is below max_body_bytes ({max_body_bytes}), so the largest request could \
+                     never be read",
+                    connections.max_buffered_body_bytes
+                ),
+            ));
+        }
+        let memory_bytes = s
+            .model_load_memory_bytes
+            .unwrap_or(DEFAULT_LOAD_MEMORY_BYTES);
+        if memory_bytes != 0 && memory_bytes < MIN_LOAD_MEMORY_BYTES {
+            return Err(invalid(
+                "model_load_memory_bytes",
+                format!(
+                    "{memory_bytes} is too small to load any model (at least \
+                     {MIN_LOAD_MEMORY_BYTES}, or 0 to turn the check off)"
+                ),
+            ));
+        }
+        let load_timeout = seconds(
+            "model_load_timeout_s",
+            s.model_load_timeout_s,
+            Duration::from_secs(300),
+        )?;
         let model_repository = s
             .model_repository
             .unwrap_or_else(|| PathBuf::from("models"));
@@ -158,26 +338,70 @@ impl ServerConfig {
                 .repository_poll_interval_s
                 .filter(|&s| s > 0)
                 .map(Duration::from_secs),
-            admin_token: s.admin_token,
+            admin_token,
             protect_inference: s.protect_inference.unwrap_or(false),
+            connections,
+            load: LoadLimits {
+                max_sample_bytes: max_body_bytes,
+                check: exe.filter(|_| memory_bytes > 0).map(|exe| LoadCheck {
+                    exe,
+                    memory_bytes,
+                    timeout: load_timeout,
+                }),
+            },
         })
     }
 
     /// Settings for tests and embedding: everything default but the repository, on a free
-    /// loopback port.
+    /// loopback port, with loads in process only.
     pub fn for_repository(dir: &Path) -> ServerConfig {
         ServerConfig {
             listen: "127.0.0.1:0".into(),
             model_repository: dir.to_path_buf(),
-            max_body_bytes: 64 << 20,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             shutdown_timeout: Duration::from_secs(30),
             http_threads: 2,
             repository_poll_interval: None,
             state_dir: dir.join(".cairn"),
             admin_token: None,
             protect_inference: false,
+            connections: ConnectionLimits::default(),
+            load: LoadLimits {
+                max_sample_bytes: DEFAULT_MAX_BODY_BYTES,
+                check: None,
+            },
         }
     }
+
+    /// Turns on checked loads run by `exe` with the default budget and deadline.
+    pub fn with_load_check(mut self, exe: PathBuf) -> ServerConfig {
+        self.load.check = Some(LoadCheck {
+            exe,
+            memory_bytes: DEFAULT_LOAD_MEMORY_BYTES,
+            timeout: Duration::from_secs(300),
+        });
+        self
+    }
+}
+
+/// Default of `model_load_memory_bytes`.
+pub const DEFAULT_LOAD_MEMORY_BYTES: u64 = 4 << 30;
+/// Below this a check process cannot even start.
+const MIN_LOAD_MEMORY_BYTES: u64 = 64 << 20;
+/// A token file is a few bytes; anything large is a wrong path.
+const MAX_TOKEN_FILE_BYTES: u64 = 4096;
+
+fn read_token_file(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let mut text = String::new();
+    file.take(MAX_TOKEN_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if text.len() as u64 > MAX_TOKEN_FILE_BYTES {
+        return Err(format!("is larger than {MAX_TOKEN_FILE_BYTES} bytes"));
+    }
+    Ok(text.trim().to_string())
 }
 
 #[cfg(test)]
@@ -194,7 +418,7 @@ mod tests {
             listen: Some("127.0.0.1:0".into()),
             ..Default::default()
         };
-        let c = ServerConfig::from_settings(flags.or(file), Path::new("x.toml")).unwrap();
+        let c = ServerConfig::from_settings(flags.or(file), Path::new("x.toml"), None).unwrap();
         assert_eq!(c.listen, "127.0.0.1:0");
         assert_eq!(c.max_body_bytes, 2048);
         assert_eq!(c.model_repository, PathBuf::from("repo"));
@@ -212,10 +436,94 @@ mod tests {
             max_body_bytes: Some(10),
             ..Default::default()
         };
-        let err = ServerConfig::from_settings(s, Path::new("configs/server.toml")).unwrap_err();
+        let err =
+            ServerConfig::from_settings(s, Path::new("configs/server.toml"), None).unwrap_err();
         assert_eq!(
             err.to_string(),
             "configs/server.toml: key 'max_body_bytes': 10 is too small to hold a request (at least 1024)"
         );
+    }
+
+    #[test]
+    fn limits_are_checked_and_the_load_check_follows_the_executable() {
+        let c =
+            ServerConfig::from_settings(ServerSettings::default(), Path::new("x"), None).unwrap();
+        assert_eq!(c.connections, ConnectionLimits::default());
+        assert_eq!(c.load.max_sample_bytes, c.max_body_bytes);
+        assert!(c.load.check.is_none());
+        let exe = Some(PathBuf::from("/bin/cairn"));
+        let c = ServerConfig::from_settings(ServerSettings::default(), Path::new("x"), exe.clone())
+            .unwrap();
+        let check = c.load.check.unwrap();
+        assert_eq!(check.memory_bytes, DEFAULT_LOAD_MEMORY_BYTES);
+        let off = ServerSettings {
+            model_load_memory_bytes: Some(0),
+            ..Default::default()
+        };
+        let c = ServerConfig::from_settings(off, Path::new("x"), exe.clone()).unwrap();
+        assert!(c.load.check.is_none());
+        let cases = [
+            (
+                ServerSettings {
+                    keep_alive_timeout_s: Some(0),
+                    ..Default::default()
+                },
+                "key 'keep_alive_timeout_s': must be at least 1",
+            ),
+            (
+                ServerSettings {
+                    max_connections: Some(0),
+                    ..Default::default()
+                },
+                "key 'max_connections'",
+            ),
+            (
+                ServerSettings {
+                    max_body_bytes: Some(1 << 20),
+                    max_buffered_body_bytes: Some(1 << 10),
+                    ..Default::default()
+                },
+                "is below max_body_bytes",
+            ),
+            (
+                ServerSettings {
+                    model_load_memory_bytes: Some(1000),
+                    ..Default::default()
+                },
+                "model_load_memory_bytes",
+            ),
+            (
+                ServerSettings {
+                    admin_token: Some("a".into()),
+                    admin_token_file: Some("t".into()),
+                    ..Default::default()
+                },
+                "keep one",
+            ),
+        ];
+        for (settings, expected) in cases {
+            let err = ServerConfig::from_settings(settings, Path::new("s.toml"), None).unwrap_err();
+            assert!(err.to_string().contains(expected), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_admin_token_comes_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "  s3cret\n").unwrap();
+        let s = ServerSettings {
+            admin_token_file: Some(file),
+            protect_inference: Some(true),
+            ..Default::default()
+        };
+        let c = ServerConfig::from_settings(s, Path::new("x"), None).unwrap();
+        assert_eq!(c.admin_token.as_deref(), Some("s3cret"));
+        let s = ServerSettings {
+            admin_token_file: Some(dir.path().join("missing")),
+            ..Default::default()
+        };
+        let err = ServerConfig::from_settings(s, Path::new("x"), None).unwrap_err();
+        assert!(err.to_string().contains("cannot read"), "{err}");
     }
 }

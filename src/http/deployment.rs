@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
-use super::{body, json_response, AppState};
+use super::{json_response, AppState};
 use crate::config::RolloutConfig;
 use crate::routing::CandidateMode;
 
@@ -77,8 +77,9 @@ enum Command {
 /// waits behind a disk flush.
 pub async fn act(state: &AppState, model: &str, action: &str, req: Request<Incoming>) -> Reply {
     let (parts, incoming) = req.into_parts();
-    let raw = body::read(&parts, incoming, state.config.max_body_bytes).await?;
-    let command = parse(state, model, action, &raw)?;
+    let raw = state.read_body(&parts, incoming).await?;
+    let command = parse(state, model, action, &raw.bytes)?;
+    drop(raw);
     let rollout = Arc::clone(&state.rollout);
     let model = model.to_string();
     let view = tokio::task::spawn_blocking(move || match command {

@@ -23,6 +23,10 @@ pub enum ApiError {
     },
     #[error("request body exceeds the limit of {limit} bytes")]
     BodyTooLarge { limit: usize },
+    #[error("the request body did not arrive within {seconds} s (body_read_timeout_s)")]
+    BodyTimeout { seconds: u64 },
+    #[error("{0}")]
+    Busy(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("unsupported Content-Encoding '{0}' (supported: gzip, deflate, identity)")]
@@ -58,6 +62,8 @@ impl ApiError {
             ApiError::NoEndpoint { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,

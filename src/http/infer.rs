@@ -6,7 +6,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use super::error::ApiError;
-use super::{body, AppState};
+use super::AppState;
 use crate::protocol::{self, InferResponse, ResponseOutput, HEADER_CONTENT_LENGTH};
 
 /// Bodies larger than this are decoded on the blocking pool, so one huge request cannot stall
@@ -33,7 +33,11 @@ pub async fn infer(
                 })?,
         ),
     };
-    let body = body::read(&parts, incoming, state.config.max_body_bytes).await?;
+    // The reservation lives to the end of the handler: binary tensors are slices of the body.
+    let super::body::ReadBody {
+        bytes: body,
+        reservation: _held,
+    } = state.read_body(&parts, incoming).await?;
     let request = if body.len() > INLINE_DECODE_LIMIT {
         tokio::task::spawn_blocking(move || protocol::decode_request(body, header_len))
             .await

@@ -5,6 +5,7 @@
 //! touches an engine or a queue directly.
 
 mod body;
+mod conn;
 mod deployment;
 mod error;
 mod infer;
@@ -15,16 +16,14 @@ mod routes;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, Request, Response, StatusCode};
+use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
 
+pub use body::BodyBudget;
+pub use conn::{raise_fd_limit, serve, MAX_HEAD_BYTES};
 pub use error::ApiError;
 
 use crate::config::ServerConfig;
@@ -40,6 +39,8 @@ pub struct AppState {
     pub repository: Arc<Repository>,
     pub rollout: Arc<Rollout>,
     pub metrics: Metrics,
+    /// Request-body bytes held across all connections (`max_buffered_body_bytes`).
+    pub body_budget: Arc<BodyBudget>,
     /// Set once the startup load has finished.
     pub ready: AtomicBool,
     /// Set when shutdown begins, so readiness turns false while requests drain.
@@ -50,66 +51,34 @@ impl AppState {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire) && !self.stopping.load(Ordering::Acquire)
     }
-}
 
-/// Accepts connections until `shutdown` resolves, then lets in-flight requests finish for up to
-/// the configured grace period.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder = {
-        let mut b = auto::Builder::new(TokioExecutor::new());
-        b.http1().keep_alive(true).max_buf_size(1 << 20);
-        b.http2().max_concurrent_streams(1024);
-        b
-    };
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of file descriptors and similar: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let state = Arc::clone(&state);
-        let service = hyper::service::service_fn(move |req| handle(Arc::clone(&state), req));
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
-    }
-    state.stopping.store(true, Ordering::Release);
-    drop(listener);
-    tracing::info!("shutting down: waiting for in-flight requests");
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(state.config.shutdown_timeout) => {
-            tracing::warn!("shutdown grace period over; closing remaining connections");
+    /// The bounds of one request body.
+    fn body_limits(&self) -> body::BodyLimits {
+        body::BodyLimits {
+            max_bytes: self.config.max_body_bytes,
+            timeout: self.config.connections.body_read_timeout,
         }
+    }
+
+    /// Reads a request's body under the server's limits.
+    async fn read_body(
+        &self,
+        parts: &http::request::Parts,
+        incoming: Incoming,
+    ) -> Result<body::ReadBody, ApiError> {
+        body::read(parts, incoming, self.body_limits(), &self.body_budget).await
     }
 }
 
 async fn handle(
     state: Arc<AppState>,
+    activity: Arc<conn::Activity>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let version = req.version();
+    let _in_flight = activity.begin(version);
     let (endpoint, result) = routes::dispatch(&state, req).await;
-    let response = result.unwrap_or_else(|e| {
+    let mut response = result.unwrap_or_else(|e| {
         if e.status().is_server_error() {
             tracing::warn!(error = %e, "request failed");
         } else {
@@ -117,6 +86,13 @@ async fn handle(
         }
         e.into_response()
     });
+    // While draining, an HTTP/1.1 client is told not to send another request on this
+    // connection, so none is ever cut off by the close that follows.
+    if version < http::Version::HTTP_2 && state.stopping.load(Ordering::Acquire) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     state
         .metrics
         .record_http(endpoint, response.status().as_u16());

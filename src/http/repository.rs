@@ -8,7 +8,7 @@ use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
-use super::{body, empty_response, json_response, AppState};
+use super::{empty_response, json_response, AppState};
 use crate::config::ModelConfig;
 use crate::repository::LoadOverride;
 
@@ -89,11 +89,12 @@ async fn read_json(
     req: Request<Incoming>,
 ) -> Result<Map<String, Value>, ApiError> {
     let (parts, incoming) = req.into_parts();
-    let bytes = body::read(&parts, incoming, state.config.max_body_bytes).await?;
+    let body = state.read_body(&parts, incoming).await?;
+    let bytes = &body.bytes;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }
-    match serde_json::from_slice(&bytes) {
+    match serde_json::from_slice(bytes) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(ApiError::BadRequest(
             "the request body must be a JSON object".into(),

@@ -173,11 +173,14 @@ fn authorize(state: &AppState, headers: &http::HeaderMap) -> Result<(), ApiError
             "this endpoint needs 'Authorization: Bearer <admin token>'".into(),
         ));
     };
+    // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
     let given = value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .unwrap_or("");
     if constant_time_eq(given.as_bytes(), token.as_bytes()) {
         Ok(())

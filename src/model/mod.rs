@@ -5,6 +5,7 @@
 //! loads the engine, reconciles the model file with `config.toml` ([`ModelIo`]), runs the
 //! warm-up and starts the scheduler: a half-loaded version cannot exist, so none can serve.
 
+pub mod load_check;
 mod validate;
 mod warmup;
 
@@ -15,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::batching::{BatchPolicy, Scheduler, SchedulerSettings};
-use crate::config::{ModelConfig, TensorConfig};
-use crate::engine::{self, LoadOptions, Signature, TensorSpec};
+use crate::config::{LoadLimits, ModelConfig, TensorConfig};
+use crate::engine::{self, Engine, LoadOptions, Signature, TensorSpec};
 use crate::metrics::VersionMetrics;
 use crate::tensor::{DataType, Tensor, TensorData};
 
@@ -76,33 +77,20 @@ pub struct LoadedVersion {
 }
 
 impl LoadedVersion {
-    /// Loads, checks and warms up one version. Blocking: call it off the async runtime.
+    /// Loads, checks and warms up one version. Blocking: call it off the async runtime. With a
+    /// load check configured, the same steps first run in a memory-limited child process.
     pub fn load(
         model: &str,
         version: u64,
         path: &Path,
         config: Arc<ModelConfig>,
         metrics: VersionMetrics,
+        limits: &LoadLimits,
     ) -> Result<LoadedVersion, String> {
-        let batching = config.max_batch_size > 0;
-        let options = LoadOptions {
-            batch_dim: batching,
-            input_dims: config
-                .input
-                .iter()
-                .map(|t| {
-                    let dims = if batching {
-                        std::iter::once(-1).chain(t.dims.iter().copied()).collect()
-                    } else {
-                        t.dims.clone()
-                    };
-                    (t.name.clone(), dims)
-                })
-                .collect(),
-        };
-        let engine = engine::load(path, &options).map_err(|e| e.to_string())?;
-        let io = reconcile(&config, engine.signature())?;
-        warmup::run(engine.as_ref(), &io, &config, path)?;
+        if let Some(check) = &limits.check {
+            load_check::run(check, path, &config, limits.max_sample_bytes)?;
+        }
+        let (engine, io) = prepare_guarded(path, &config, limits.max_sample_bytes, None)?;
         let queue = config.queue_policy();
         let batching_config = config.dynamic_batching.as_ref();
         let settings = SchedulerSettings {
@@ -145,6 +133,69 @@ impl LoadedVersion {
             path: path.to_path_buf(),
         })
     }
+}
+
+/// Everything a version needs before its scheduler starts: the engine, the served interface
+/// (checked against `config.toml`) and a warm-up that ran.
+fn prepare(
+    path: &Path,
+    config: &ModelConfig,
+    max_sample_bytes: usize,
+) -> Result<(Arc<dyn Engine>, ModelIo), String> {
+    let batching = config.max_batch_size > 0;
+    let options = LoadOptions {
+        batch_dim: batching,
+        input_dims: config
+            .input
+            .iter()
+            .map(|t| {
+                let dims = if batching {
+                    std::iter::once(-1).chain(t.dims.iter().copied()).collect()
+                } else {
+                    t.dims.clone()
+                };
+                (t.name.clone(), dims)
+            })
+            .collect(),
+    };
+    let engine = engine::load(path, &options).map_err(|e| e.to_string())?;
+    let io = reconcile(config, engine.signature())?;
+    warmup::run(engine.as_ref(), &io, config, path, max_sample_bytes)?;
+    Ok((engine, io))
+}
+
+/// [`prepare`], with a panic inside the engine (tract panics when an allocation fails) turned
+/// into a load error. `budget` is the memory limit the caller runs under, for the message.
+fn prepare_guarded(
+    path: &Path,
+    config: &ModelConfig,
+    max_sample_bytes: usize,
+    budget: Option<u64>,
+) -> Result<(Arc<dyn Engine>, ModelIo), String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        prepare(path, config, max_sample_bytes)
+    })) {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic_message(panic.as_ref());
+            Err(match budget {
+                Some(bytes) if message.contains("allocat") => format!(
+                    "loading the model needs more memory than the budget of {bytes} bytes \
+                     (model_load_memory_bytes): {message}"
+                ),
+                _ => format!("the engine panicked while loading the model: {message}"),
+            })
+        }
+    }
+}
+
+/// The text of a panic payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
 }
 
 /// Checks `config.toml`'s inputs and outputs against the model file and settles the served
@@ -274,13 +325,33 @@ fn merge(kind: &str, model: &IoSpec, config: &TensorConfig) -> Result<IoSpec, St
     })
 }
 
-/// A tensor of ones (true, "1") of the given shape, with -1 dims taken as 1.
-pub fn sample_tensor(dtype: DataType, dims: Vec<i64>) -> Tensor {
+/// A tensor of ones (true, "1") of the given shape, with -1 dims taken as 1, if its data takes
+/// at most `max_bytes` (counted as the binary tensor extension would carry it, so a generated
+/// sample is bounded exactly as a request is). The shape comes from the model file and
+/// `config.toml`, so its size is checked before anything is allocated.
+pub fn sample_tensor(
+    name: &str,
+    dtype: DataType,
+    dims: &[i64],
+    max_bytes: usize,
+) -> Result<Tensor, String> {
     let shape: Vec<usize> = dims
         .iter()
         .map(|&d| if d < 0 { 1 } else { d as usize })
         .collect();
-    let n: usize = shape.iter().product();
+    // A BYTES element "1" travels as a 4-byte length and one byte.
+    let element_bytes = dtype.size().unwrap_or(5);
+    let too_large = || {
+        format!(
+            "the warm-up sample for input '{name}' of shape {shape:?} ({dtype}) would exceed \
+             {max_bytes} bytes (max_body_bytes); pin smaller dims in config.toml or give \
+             [warmup] requests"
+        )
+    };
+    let n = crate::tensor::element_count(&shape).ok_or_else(too_large)?;
+    if n.checked_mul(element_bytes).is_none_or(|b| b > max_bytes) {
+        return Err(too_large());
+    }
     let data = match dtype {
         DataType::Bytes => TensorData::Bytes(vec![bytes::Bytes::from_static(b"1"); n]),
         DataType::Fp16 => TensorData::Fixed(bytes::Bytes::from(0x3c00u16.to_le_bytes().repeat(n))),
@@ -294,7 +365,7 @@ pub fn sample_tensor(dtype: DataType, dims: Vec<i64>) -> Tensor {
             TensorData::Fixed(bytes::Bytes::from(one.repeat(n)))
         }
     };
-    Tensor::new(dtype, shape, data).expect("sample tensors are well-formed")
+    Ok(Tensor::new(dtype, shape, data).expect("sample tensors are well-formed"))
 }
 
 #[cfg(test)]

@@ -12,23 +12,31 @@ use crate::protocol::decode_request;
 use crate::tensor::Tensor;
 
 /// Runs the configured warm-up requests (files next to the model), or one generated batch of
-/// ones when none are configured. `model_file` is `<model>/<version>/<file>`.
+/// ones when none are configured. `model_file` is `<model>/<version>/<file>`. Request files and
+/// the generated batch are bounded by `max_bytes`, as a request body is; each request is held
+/// once and run `count` times.
 pub fn run(
     engine: &dyn Engine,
     io: &ModelIo,
     config: &ModelConfig,
     model_file: &Path,
+    max_bytes: usize,
 ) -> Result<(), String> {
-    let batches: Vec<Vec<Tensor>> = match &config.warmup {
-        None => vec![io
-            .inputs
-            .iter()
-            .map(|spec| sample_tensor(spec.dtype, io.full_dims(spec)))
-            .collect()],
+    let (batches, count): (Vec<Vec<Tensor>>, u32) = match &config.warmup {
+        None => {
+            let mut left = max_bytes;
+            let mut batch = Vec::with_capacity(io.inputs.len());
+            for spec in &io.inputs {
+                let tensor = sample_tensor(&spec.name, spec.dtype, &io.full_dims(spec), left)?;
+                left -= tensor.binary_size();
+                batch.push(tensor);
+            }
+            (vec![batch], 1)
+        }
         Some(w) => {
             let version_dir = model_file.parent().unwrap_or(Path::new("."));
             let model_dir = version_dir.parent().unwrap_or(Path::new("."));
-            let mut batches = Vec::new();
+            let mut batches = Vec::with_capacity(w.requests.len());
             for name in &w.requests {
                 let path = [version_dir.join(name), model_dir.join(name)]
                     .into_iter()
@@ -40,22 +48,23 @@ pub fn run(
                             model_dir.display()
                         )
                     })?;
-                let body = std::fs::read(&path)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                let body = crate::bounded::read(&path, max_bytes as u64)
+                    .map_err(|e| format!("warm-up request {}: {e}", path.display()))?;
                 let request = decode_request(Bytes::from(body), None)
                     .map_err(|e| format!("warm-up request {}: {e}", path.display()))?;
                 let (validated, _) = io
                     .validate(request)
                     .map_err(|e| format!("warm-up request {}: {e}", path.display()))?;
-                for _ in 0..w.count.get() {
-                    batches.push(validated.inputs.clone());
-                }
+                batches.push(validated.inputs);
             }
-            batches
+            (batches, w.count.get())
         }
     };
     let mut session = engine.new_session().map_err(|e| e.to_string())?;
-    for tensors in &batches {
+    for tensors in batches
+        .iter()
+        .flat_map(|b| std::iter::repeat_n(b, count as usize))
+    {
         let inputs: Vec<BatchInput<'_>> = tensors
             .iter()
             .map(|t| BatchInput {

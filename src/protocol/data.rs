@@ -11,22 +11,27 @@ use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use crate::tensor::{DataType, Element, TensorData};
 
 /// Parses a JSON `data` value (array, nested arrays or a single scalar) for `dtype`.
+/// `expected_len` is the element count the declared shape promises: it only sizes the buffer,
+/// and never beyond what the JSON text can hold (each element takes at least one character and
+/// a separator), so a huge declared shape with little data allocates nothing large. `body` is
+/// the request body `raw` lies in: unescaped strings are slices of it, not copies.
 pub fn parse_json_data(
     raw: &serde_json::value::RawValue,
     dtype: DataType,
     expected_len: usize,
+    body: &Bytes,
 ) -> Result<TensorData, String> {
     if matches!(dtype, DataType::Fp16 | DataType::Bf16) {
         return Err(format!(
             "datatype {dtype} has no JSON representation; send it with the binary tensor data extension"
         ));
     }
+    let text = raw.get().len();
     let mut sink = match dtype {
-        DataType::Bytes => Sink::Strings(Vec::with_capacity(expected_len)),
+        // A string element takes at least three characters: `"",`.
+        DataType::Bytes => Sink::Strings(Vec::with_capacity(expected_len.min(text / 3 + 1))),
         _ => Sink::Fixed(Vec::with_capacity(
-            expected_len
-                .saturating_mul(dtype.size().unwrap_or(1))
-                .min(1 << 26),
+            expected_len.min(text / 2 + 1) * dtype.size().unwrap_or(1),
         )),
     };
     let mut de = serde_json::Deserializer::from_str(raw.get());
@@ -34,6 +39,8 @@ pub fn parse_json_data(
         dtype,
         sink: &mut sink,
         depth: 0,
+        body,
+        max: expected_len,
     }
     .deserialize(&mut de)
     .map_err(|e| strip_position(e.to_string()))?;
@@ -43,11 +50,17 @@ pub fn parse_json_data(
     })
 }
 
-/// Splits a binary BYTES tensor (each element a 4-byte little-endian length, then the bytes).
-pub fn parse_binary_bytes(buf: &Bytes) -> Result<Vec<Bytes>, String> {
-    let mut items = Vec::new();
+/// Splits a binary BYTES tensor (each element a 4-byte little-endian length, then the bytes)
+/// holding at most `expected` elements.
+pub fn parse_binary_bytes(buf: &Bytes, expected: usize) -> Result<Vec<Bytes>, String> {
+    let mut items = Vec::with_capacity(expected.min(buf.len() / 4));
     let mut pos = 0;
     while pos < buf.len() {
+        if items.len() == expected {
+            return Err(format!(
+                "the binary data holds more than the {expected} elements its shape holds"
+            ));
+        }
         let Some(len_bytes) = buf.get(pos..pos + 4) else {
             return Err(format!(
                 "BYTES element at offset {pos} has a truncated 4-byte length prefix"
@@ -81,6 +94,10 @@ struct ElementSeed<'s> {
     dtype: DataType,
     sink: &'s mut Sink,
     depth: usize,
+    body: &'s Bytes,
+    /// The elements the shape holds: parsing stops past them, so data longer than its shape
+    /// cannot grow the buffer.
+    max: usize,
 }
 
 impl<'de> DeserializeSeed<'de> for ElementSeed<'_> {
@@ -97,11 +114,28 @@ impl ElementSeed<'_> {
         }
     }
 
+    /// Refuses an element beyond the shape's count.
+    fn room<E: de::Error>(&self) -> Result<(), E> {
+        let held = match &*self.sink {
+            Sink::Fixed(out) => out.len() / self.dtype.size().unwrap_or(1),
+            Sink::Strings(out) => out.len(),
+        };
+        if held >= self.max {
+            Err(E::custom(format!(
+                "more data than the {} elements its shape holds",
+                self.max
+            )))
+        } else {
+            Ok(())
+        }
+    }
+
     fn wrong<E: de::Error>(&self, what: &str) -> E {
         E::custom(format!("expected {} elements, found {what}", self.dtype))
     }
 
     fn integer<E: de::Error>(&mut self, v: i128) -> Result<(), E> {
+        self.room()?;
         macro_rules! push_int {
             ($t:ty) => {{
                 let x = <$t>::try_from(v).map_err(|_| {
@@ -145,6 +179,8 @@ impl<'de> Visitor<'de> for ElementSeed<'_> {
                 dtype: self.dtype,
                 sink: &mut *self.sink,
                 depth: self.depth + 1,
+                body: self.body,
+                max: self.max,
             })?
             .is_some()
         {}
@@ -155,6 +191,7 @@ impl<'de> Visitor<'de> for ElementSeed<'_> {
         if self.dtype != DataType::Bool {
             return Err(self.wrong(&format!("the boolean {v}")));
         }
+        self.room()?;
         self.push(v);
         Ok(())
     }
@@ -168,6 +205,7 @@ impl<'de> Visitor<'de> for ElementSeed<'_> {
     }
 
     fn visit_f64<E: de::Error>(mut self, v: f64) -> Result<(), E> {
+        self.room()?;
         match self.dtype {
             DataType::Fp32 => self.push(v as f32),
             DataType::Fp64 => self.push(v),
@@ -176,10 +214,22 @@ impl<'de> Visitor<'de> for ElementSeed<'_> {
         Ok(())
     }
 
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<(), E> {
+        if self.dtype != DataType::Bytes {
+            return Err(self.wrong(&format!("the string {v:?}")));
+        }
+        self.room()?;
+        if let Sink::Strings(out) = self.sink {
+            out.push(slice_of(self.body, v.as_bytes()));
+        }
+        Ok(())
+    }
+
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
         if self.dtype != DataType::Bytes {
             return Err(self.wrong(&format!("the string {v:?}")));
         }
+        self.room()?;
         if let Sink::Strings(out) = self.sink {
             out.push(Bytes::copy_from_slice(v.as_bytes()));
         }
@@ -192,6 +242,18 @@ impl<'de> Visitor<'de> for ElementSeed<'_> {
 
     fn visit_map<A: de::MapAccess<'de>>(self, _map: A) -> Result<(), A::Error> {
         Err(self.wrong("an object"))
+    }
+}
+
+/// `part` as a slice of `body` when it lies inside it (no copy), else a copy.
+fn slice_of(body: &Bytes, part: &[u8]) -> Bytes {
+    let start = (part.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
+    if part.is_empty() {
+        Bytes::new()
+    } else if start <= body.len() && part.len() <= body.len() - start {
+        body.slice(start..start + part.len())
+    } else {
+        Bytes::copy_from_slice(part)
     }
 }
 
@@ -210,7 +272,7 @@ mod tests {
 
     fn parse(json: &str, dtype: DataType) -> Result<TensorData, String> {
         let raw: Box<RawValue> = serde_json::from_str(json).unwrap();
-        parse_json_data(&raw, dtype, 4)
+        parse_json_data(&raw, dtype, 4, &Bytes::new())
     }
 
     fn fixed(json: &str, dtype: DataType) -> Vec<u8> {
@@ -276,13 +338,16 @@ mod tests {
             buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
             buf.extend_from_slice(s.as_bytes());
         }
-        let items = parse_binary_bytes(&Bytes::from(buf.clone())).unwrap();
+        let items = parse_binary_bytes(&Bytes::from(buf.clone()), 3).unwrap();
+        assert!(parse_binary_bytes(&Bytes::from(buf.clone()), 2)
+            .unwrap_err()
+            .contains("more than the 2 elements"));
         assert_eq!(
             items,
             vec![Bytes::from("ab"), Bytes::new(), Bytes::from("xyz")]
         );
         buf.truncate(buf.len() - 1);
-        assert!(parse_binary_bytes(&Bytes::from(buf)).is_err());
-        assert!(parse_binary_bytes(&Bytes::from_static(&[1, 0])).is_err());
+        assert!(parse_binary_bytes(&Bytes::from(buf), 3).is_err());
+        assert!(parse_binary_bytes(&Bytes::from_static(&[1, 0]), 3).is_err());
     }
 }

@@ -5,6 +5,7 @@
 //! tensors, and `encode_response` turns an [`InferResponse`] back into bytes. Nothing in this
 //! module knows a model; checking a request against a model's inputs belongs to `routing`.
 
+mod bounded;
 mod data;
 mod request;
 mod response;

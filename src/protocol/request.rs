@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use super::bounded;
 use super::data::{parse_binary_bytes, parse_json_data};
 use super::{InferRequest, NamedTensor, ProtocolError, RequestInputs, RequestedOutput};
 use crate::tensor::{element_count, DataType, Tensor, TensorData, TensorError};
@@ -47,7 +48,7 @@ pub fn decode_request(
     }
     let mut inputs: Vec<NamedTensor> = Vec::with_capacity(header.inputs.len());
     for input in header.inputs {
-        let tensor = decode_input(&input, &mut binary)?;
+        let tensor = decode_input(&input, &body, &mut binary)?;
         if inputs.iter().any(|t| t.name == input.name) {
             return Err(ProtocolError::DuplicateInput(input.name.into_owned()));
         }
@@ -95,11 +96,11 @@ pub fn decode_request(
 struct Header<'a> {
     #[serde(default)]
     id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded::parameters")]
     parameters: Option<Map<String, Value>>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "bounded::tensors")]
     inputs: Vec<InputHeader<'a>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded::optional_tensors")]
     outputs: Option<Vec<OutputHeader>>,
 }
 
@@ -107,10 +108,11 @@ struct Header<'a> {
 struct InputHeader<'a> {
     #[serde(borrow)]
     name: Cow<'a, str>,
+    #[serde(deserialize_with = "bounded::shape")]
     shape: Vec<i64>,
     #[serde(borrow)]
     datatype: Cow<'a, str>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded::parameters")]
     parameters: Option<Map<String, Value>>,
     #[serde(default, borrow)]
     data: Option<&'a RawValue>,
@@ -119,11 +121,15 @@ struct InputHeader<'a> {
 #[derive(Deserialize)]
 struct OutputHeader {
     name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounded::parameters")]
     parameters: Option<Map<String, Value>>,
 }
 
-fn decode_input(input: &InputHeader<'_>, binary: &mut Bytes) -> Result<Tensor, ProtocolError> {
+fn decode_input(
+    input: &InputHeader<'_>,
+    whole: &Bytes,
+    binary: &mut Bytes,
+) -> Result<Tensor, ProtocolError> {
     let name = || input.name.to_string();
     let dtype = DataType::parse(&input.datatype).ok_or_else(|| ProtocolError::UnknownDatatype {
         input: name(),
@@ -156,8 +162,13 @@ fn decode_input(input: &InputHeader<'_>, binary: &mut Bytes) -> Result<Tensor, P
         (Some(_), Some(_)) => return Err(ProtocolError::DataAndBinary { input: name() }),
         (None, None) => return Err(ProtocolError::NoData { input: name() }),
         (Some(raw), None) => {
-            let expected = element_count(&shape).unwrap_or(usize::MAX);
-            let data = parse_json_data(raw, dtype, expected).map_err(data_err)?;
+            let Some(expected) = element_count(&shape) else {
+                return Err(ProtocolError::Tensor {
+                    input: name(),
+                    source: TensorError::Overflow(shape),
+                });
+            };
+            let data = parse_json_data(raw, dtype, expected, whole).map_err(data_err)?;
             let given = match (&data, dtype.size()) {
                 (TensorData::Fixed(b), Some(size)) => b.len() / size,
                 (TensorData::Fixed(b), None) => b.len(),
@@ -184,7 +195,15 @@ fn decode_input(input: &InputHeader<'_>, binary: &mut Bytes) -> Result<Tensor, P
             }
             let chunk = binary.split_to(size);
             match dtype {
-                DataType::Bytes => TensorData::Bytes(parse_binary_bytes(&chunk).map_err(data_err)?),
+                DataType::Bytes => {
+                    let Some(expected) = element_count(&shape) else {
+                        return Err(ProtocolError::Tensor {
+                            input: name(),
+                            source: TensorError::Overflow(shape),
+                        });
+                    };
+                    TensorData::Bytes(parse_binary_bytes(&chunk, expected).map_err(data_err)?)
+                }
                 _ => TensorData::Fixed(chunk),
             }
         }
@@ -331,5 +350,69 @@ mod tests {
             let err = decode_request(Bytes::from(body.to_string()), None).unwrap_err();
             assert!(err.to_string().contains(expected), "{body}: {err}");
         }
+    }
+
+    /// A declared shape sizes nothing before the data backs it: these once reserved terabytes
+    /// (BYTES) or overflowed and printed a saturated element count.
+    #[test]
+    fn huge_declared_shapes_allocate_nothing() {
+        let cases: &[(&str, &str)] = &[
+            (
+                r#"[1099511627776,1]"#,
+                "holds 1099511627776 elements, but 1 were given",
+            ),
+            (
+                r#"[8,134217728]"#,
+                "holds 1073741824 elements, but 1 were given",
+            ),
+            (
+                r#"[4294967296,4294967296]"#,
+                "shape [4294967296, 4294967296] is too large",
+            ),
+        ];
+        for datatype in ["BYTES", "FP32", "INT8", "BOOL"] {
+            let data = if datatype == "BYTES" {
+                r#"["a"]"#
+            } else {
+                "[1]"
+            };
+            for (shape, expected) in cases {
+                let body = format!(
+                    r#"{{"inputs":[{{"name":"input","shape":{shape},"datatype":"{datatype}","data":{data}}}]}}"#
+                );
+                let err = decode_request(Bytes::from(body), None)
+                    .unwrap_err()
+                    .to_string();
+                let expected = if datatype == "BOOL" && !expected.contains("too large") {
+                    "expected BOOL elements"
+                } else {
+                    expected
+                };
+                assert!(err.contains(expected), "{datatype} {shape}: {err}");
+                assert!(!err.contains("18446744073709551615"), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn unescaped_strings_are_slices_of_the_body() {
+        let body = Bytes::from_static(
+            br#"{"inputs":[{"name":"s","shape":[2],"datatype":"BYTES","data":["plain","esc\"aped"]}]}"#,
+        );
+        let req = decode_request(body.clone(), None).unwrap();
+        let TensorData::Bytes(items) = &named(&req)[0].tensor.data else {
+            panic!("strings expected")
+        };
+        assert_eq!(items[0], Bytes::from_static(b"plain"));
+        assert_eq!(items[1], Bytes::from_static(b"esc\"aped"));
+        let inside = |b: &Bytes| {
+            let start = body.as_ptr() as usize;
+            (start..start + body.len()).contains(&(b.as_ptr() as usize))
+        };
+        assert!(inside(&items[0]), "the plain string borrows the body");
+        assert!(
+            !inside(&items[1]),
+            "the escaped one is decoded into its own buffer"
+        );
     }
 }

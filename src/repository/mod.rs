@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::config::ModelConfig;
+use crate::config::{LoadLimits, ModelConfig};
 use crate::metrics::Metrics;
 use crate::model::LoadedVersion;
 use crate::routing::{ModelRoute, Router};
@@ -95,17 +95,29 @@ pub struct Repository {
     root: PathBuf,
     router: Arc<Router>,
     metrics: Metrics,
+    limits: LoadLimits,
+    /// Where uploaded files are kept while they serve.
+    uploads: PathBuf,
     status: Mutex<BTreeMap<String, ModelStatus>>,
-    /// Serializes load and unload operations, as Triton does.
+    /// Serializes load and unload operations, as Triton does. Held by the operation's own task,
+    /// never by a request handler, so a client that goes away changes nothing.
     ops: tokio::sync::Mutex<()>,
 }
 
 impl Repository {
-    pub fn new(root: PathBuf, router: Arc<Router>, metrics: Metrics) -> Repository {
+    pub fn new(
+        root: PathBuf,
+        router: Arc<Router>,
+        metrics: Metrics,
+        limits: LoadLimits,
+        uploads: PathBuf,
+    ) -> Repository {
         Repository {
             root,
             router,
             metrics,
+            limits,
+            uploads,
             status: Mutex::new(BTreeMap::new()),
             ops: tokio::sync::Mutex::new(()),
         }
@@ -115,13 +127,19 @@ impl Repository {
         &self.root
     }
 
+    /// Removes upload directories left by an earlier run. Blocking: call it at start-up, off
+    /// the runtime.
+    pub fn clean_uploads(&self) {
+        scan::clean_uploads(&self.uploads);
+    }
+
     /// Loads every model in the repository; one that fails is reported and the others load.
     pub async fn load_all(&self) -> Result<(), RepositoryError> {
         let names = scan::model_names(&self.root).map_err(|e| {
             RepositoryError::Io(format!("cannot read {}: {e}", self.root.display()))
         })?;
         for name in names {
-            if let Err(e) = self.load_model(&name, LoadOverride::default()).await {
+            if let Err(e) = self.load_now(&name, LoadOverride::default()).await {
                 tracing::error!(model = %name, error = %e, "model failed to load");
             }
         }
@@ -129,8 +147,22 @@ impl Repository {
     }
 
     /// Reads the model's directory and config again, applies the version policy and serves the
-    /// result. Versions whose file and config are unchanged keep serving as they are.
-    pub async fn load_model(&self, name: &str, with: LoadOverride) -> Result<(), RepositoryError> {
+    /// result. Versions whose file and config are unchanged keep serving as they are. The
+    /// operation runs on its own task: dropping the returned future (a client that went away)
+    /// neither stops it nor releases the repository before it is done.
+    pub async fn load_model(
+        self: &Arc<Self>,
+        name: &str,
+        with: LoadOverride,
+    ) -> Result<(), RepositoryError> {
+        let name = name.to_string();
+        detached(Arc::clone(self), move |repo| async move {
+            repo.load_now(&name, with).await
+        })
+        .await
+    }
+
+    async fn load_now(&self, name: &str, with: LoadOverride) -> Result<(), RepositoryError> {
         scan::check_name(name).map_err(|_| RepositoryError::BadName(name.to_string()))?;
         let _op = self.ops.lock().await;
         let override_dir = if with.files.is_empty() {
@@ -141,7 +173,16 @@ impl Repository {
                     "a load with 'file:' parameters needs the 'config' parameter too".into(),
                 ));
             }
-            Some(Arc::new(scan::write_override(name, &with.files)?))
+            let uploads = self.uploads.clone();
+            let model = name.to_string();
+            let files = with.files;
+            let written =
+                tokio::task::spawn_blocking(move || scan::write_override(&uploads, &model, &files))
+                    .await
+                    .map_err(|e| {
+                        RepositoryError::Io(format!("writing the uploaded files stopped: {e}"))
+                    })??;
+            Some(Arc::new(written))
         };
         let dir = match &override_dir {
             Some(tmp) => tmp.path().join(name),
@@ -151,22 +192,27 @@ impl Repository {
             return Err(RepositoryError::UnknownModel(name.to_string()));
         }
         let signature = DirSignature::of(&dir);
-        self.set_loading(name, true);
-        self.status
-            .lock()
-            .expect("status lock")
-            .entry(name.to_string())
-            .or_default()
-            .signature = Some(signature);
-        let result = self.reconcile(name, &dir, with.config, override_dir).await;
-        self.set_loading(name, false);
-        result
+        let _loading = self.mark_loading(name);
+        self.status().entry(name.to_string()).or_default().signature = Some(signature);
+        self.reconcile(name, &dir, with.config, override_dir).await
     }
 
     /// Rescans the repository: loads new models, reloads those whose directory changed (new,
     /// removed or rewritten versions, edited `config.toml`), unloads those that left it. Models
-    /// loaded from uploaded files are left alone. Returns the models acted on.
-    pub async fn rescan(&self) -> Vec<String> {
+    /// loaded from uploaded files are left alone. Returns the models acted on. Runs on its own
+    /// task, as [`Repository::load_model`] does.
+    pub async fn rescan(self: &Arc<Self>) -> Vec<String> {
+        detached(Arc::clone(self), |repo| async move {
+            Ok::<_, RepositoryError>(repo.rescan_now().await)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "rescan failed");
+            Vec::new()
+        })
+    }
+
+    async fn rescan_now(&self) -> Vec<String> {
         let names = match scan::model_names(&self.root) {
             Ok(n) => n,
             Err(e) => {
@@ -177,7 +223,7 @@ impl Repository {
         let mut acted = Vec::new();
         for name in &names {
             let changed = {
-                let status = self.status.lock().expect("status lock");
+                let status = self.status();
                 match status.get(name) {
                     Some(s) if s.override_dir.is_some() => false,
                     Some(s) => {
@@ -188,13 +234,13 @@ impl Repository {
             };
             if changed {
                 acted.push(name.clone());
-                if let Err(e) = self.load_model(name, LoadOverride::default()).await {
+                if let Err(e) = self.load_now(name, LoadOverride::default()).await {
                     tracing::error!(model = %name, error = %e, "rescan: model failed to load");
                 }
             }
         }
         let gone: Vec<String> = {
-            let status = self.status.lock().expect("status lock");
+            let status = self.status();
             status
                 .iter()
                 .filter(|(n, s)| {
@@ -224,7 +270,7 @@ impl Repository {
         tick.tick().await;
         loop {
             tick.tick().await;
-            let acted = self.rescan().await;
+            let acted = self.rescan_now().await;
             if !acted.is_empty() {
                 tracing::info!(models = ?acted, "repository rescan applied changes");
             }
@@ -232,14 +278,19 @@ impl Repository {
     }
 
     /// Stops serving every version of a model. In-flight requests finish on the versions they
-    /// hold; queued ones run before the versions are freed.
-    pub async fn unload_model(&self, name: &str) -> Result<(), RepositoryError> {
-        self.unload_with_reason(name, "unloaded").await
+    /// hold; queued ones run before the versions are freed. Runs on its own task, as
+    /// [`Repository::load_model`] does.
+    pub async fn unload_model(self: &Arc<Self>, name: &str) -> Result<(), RepositoryError> {
+        let name = name.to_string();
+        detached(Arc::clone(self), move |repo| async move {
+            repo.unload_with_reason(&name, "unloaded").await
+        })
+        .await
     }
 
     async fn unload_with_reason(&self, name: &str, reason: &str) -> Result<(), RepositoryError> {
         let _op = self.ops.lock().await;
-        let known = self.status.lock().expect("status lock").contains_key(name);
+        let known = self.status().contains_key(name);
         if !known {
             return Err(RepositoryError::UnknownModel(name.to_string()));
         }
@@ -252,7 +303,7 @@ impl Repository {
         for v in previous.versions.keys() {
             self.metrics.record_unload(name, *v);
         }
-        let mut status = self.status.lock().expect("status lock");
+        let mut status = self.status();
         let entry = status.entry(name.to_string()).or_default();
         entry.reason = Some(reason.to_string());
         entry.override_dir = None;
@@ -268,7 +319,7 @@ impl Repository {
     /// The repository index: every model on disk or known from a load, with its versions.
     pub fn index(&self, ready_only: bool) -> Vec<IndexEntry> {
         let on_disk = scan::model_names(&self.root).unwrap_or_default();
-        let status = self.status.lock().expect("status lock");
+        let status = self.status();
         let mut names: Vec<&str> = on_disk.iter().map(String::as_str).collect();
         names.extend(status.keys().map(String::as_str));
         names.sort_unstable();
@@ -321,13 +372,20 @@ impl Repository {
             .unwrap_or_default()
     }
 
+    /// Marks a model as loading until the returned guard is dropped, however the load ends.
+    fn mark_loading<'a>(&'a self, name: &'a str) -> LoadingMark<'a> {
+        self.set_loading(name, true);
+        LoadingMark { repo: self, name }
+    }
+
+    /// The status map. A panic while it was held left it consistent: each change is one map
+    /// operation.
+    fn status(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ModelStatus>> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn set_loading(&self, name: &str, loading: bool) {
-        self.status
-            .lock()
-            .expect("status lock")
-            .entry(name.to_string())
-            .or_default()
-            .loading = loading;
+        self.status().entry(name.to_string()).or_default().loading = loading;
     }
 
     async fn reconcile(
@@ -379,7 +437,7 @@ impl Repository {
         let mut keep = BTreeMap::new();
         let mut to_load = Vec::new();
         {
-            let status = self.status.lock().expect("status lock");
+            let status = self.status();
             let known = status.get(name);
             for &v in &selected {
                 let path = dir.join(v.to_string()).join(&config.default_model_filename);
@@ -407,10 +465,18 @@ impl Repository {
             let config = Arc::clone(&config);
             let metrics = self.metrics.clone();
             let model = name.to_string();
+            let limits = self.limits.clone();
             tasks.spawn_blocking(move || {
                 let started = Instant::now();
                 let result = if path.is_file() {
-                    LoadedVersion::load(&model, v, &path, config, metrics.version(&model, v))
+                    LoadedVersion::load(
+                        &model,
+                        v,
+                        &path,
+                        config,
+                        metrics.version(&model, v),
+                        &limits,
+                    )
                 } else {
                     Err(format!("missing model file {}", path.display()))
                 };
@@ -482,11 +548,16 @@ impl Repository {
         }
 
         {
-            let mut status = self.status.lock().expect("status lock");
+            let mut status = self.status();
             let entry = status.entry(name.to_string()).or_default();
             entry.reason = None;
-            if override_dir.is_some() || failed.is_empty() {
-                entry.override_dir = override_dir;
+            // Uploaded files are kept only while a version loaded from them serves; a failed
+            // upload's directory goes now, not at shutdown.
+            match override_dir {
+                Some(dir) if !loaded.is_empty() => entry.override_dir = Some(dir),
+                Some(_) => {}
+                None if failed.is_empty() => entry.override_dir = None,
+                None => {}
             }
             entry
                 .versions
@@ -538,7 +609,7 @@ impl Repository {
             self.router
                 .update(name, |route| route.reason = Some(reason.to_string()));
         }
-        let mut status = self.status.lock().expect("status lock");
+        let mut status = self.status();
         let entry = status.entry(name.to_string()).or_default();
         entry.reason = Some(if serving {
             format!("reload failed, previous versions still serving: {reason}")
@@ -546,4 +617,30 @@ impl Repository {
             reason.to_string()
         });
     }
+}
+
+/// Clears a model's loading mark when its load ends, whether it returned, failed or panicked.
+struct LoadingMark<'a> {
+    repo: &'a Repository,
+    name: &'a str,
+}
+
+impl Drop for LoadingMark<'_> {
+    fn drop(&mut self) {
+        self.repo.set_loading(self.name, false);
+    }
+}
+
+/// Runs a repository operation on a task of its own and waits for it. The operation holds the
+/// repository lock and finishes even if the waiter is dropped, so the outcome of a load never
+/// depends on whether its client stayed connected.
+async fn detached<T, F, Fut>(repo: Arc<Repository>, op: F) -> Result<T, RepositoryError>
+where
+    T: Send + 'static,
+    F: FnOnce(Arc<Repository>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, RepositoryError>> + Send + 'static,
+{
+    tokio::spawn(op(repo))
+        .await
+        .map_err(|e| RepositoryError::Io(format!("the repository operation stopped: {e}")))?
 }

@@ -1,7 +1,7 @@
 //! Reading the repository's directory layout.
 
 use std::io;
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
 
 use super::RepositoryError;
@@ -111,40 +111,111 @@ impl DirSignature {
     }
 }
 
-/// Writes the files of an explicit load into a fresh directory laid out as a repository.
+/// Writes the files of an explicit load into a fresh directory under `uploads` laid out as a
+/// repository. Blocking. Errors never show the server's own paths: those are logged.
 pub fn write_override(
+    uploads: &Path,
     name: &str,
     files: &[(String, Vec<u8>)],
 ) -> Result<tempfile::TempDir, RepositoryError> {
+    let paths = files
+        .iter()
+        .map(|(rel, _)| upload_path(rel))
+        .collect::<Result<Vec<_>, _>>()?;
+    let internal = |what: &str, path: &Path, e: std::io::Error| {
+        tracing::error!(path = %path.display(), error = %e, "cannot {what}");
+        RepositoryError::Io(format!(
+            "cannot {what} for the uploaded files ({})",
+            e.kind()
+        ))
+    };
+    std::fs::create_dir_all(uploads)
+        .map_err(|e| internal("create the upload directory", uploads, e))?;
     let tmp = tempfile::Builder::new()
-        .prefix("cairn-load-")
-        .tempdir()
-        .map_err(|e| {
-            RepositoryError::Io(format!("cannot create a directory for loaded files: {e}"))
-        })?;
+        .prefix(UPLOAD_PREFIX)
+        .tempdir_in(uploads)
+        .map_err(|e| internal("create a directory", uploads, e))?;
     let model_dir = tmp.path().join(name);
-    for (rel, content) in files {
-        let rel_path = Path::new(rel);
-        let safe = rel_path
-            .components()
-            .all(|c| matches!(c, Component::Normal(_)));
-        if !safe || rel.is_empty() {
-            return Err(RepositoryError::BadRequest(format!(
-                "file parameter 'file:{rel}' must be a relative path inside the model directory"
-            )));
-        }
-        let path = model_dir.join(rel_path);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                RepositoryError::Io(format!("cannot write {}: {e}", path.display()))
-            })?;
-        }
-        std::fs::write(&path, content)
-            .map_err(|e| RepositoryError::Io(format!("cannot write {}: {e}", path.display())))?;
-    }
     std::fs::create_dir_all(&model_dir)
-        .map_err(|e| RepositoryError::Io(format!("cannot create {}: {e}", model_dir.display())))?;
+        .map_err(|e| internal("create a directory", &model_dir, e))?;
+    for ((rel, content), rel_path) in files.iter().zip(&paths) {
+        let path = model_dir.join(rel_path);
+        let written = match path.parent() {
+            Some(parent) => std::fs::create_dir_all(parent),
+            None => Ok(()),
+        }
+        .and_then(|()| std::fs::write(&path, content));
+        if let Err(e) = written {
+            use std::io::ErrorKind::*;
+            return Err(match e.kind() {
+                AlreadyExists | NotADirectory | IsADirectory | DirectoryNotEmpty => {
+                    RepositoryError::BadRequest(format!(
+                        "file parameter 'file:{rel}' conflicts with another file parameter"
+                    ))
+                }
+                _ => internal("write a file", &path, e),
+            });
+        }
+    }
     Ok(tmp)
+}
+
+/// Prefix of the directories that hold uploaded files while they serve.
+pub const UPLOAD_PREFIX: &str = "load-";
+
+/// Removes the upload directories a previous run left behind (it crashed, or was killed before
+/// it could clean up). Blocking.
+pub fn clean_uploads(uploads: &Path) {
+    let Ok(entries) = std::fs::read_dir(uploads) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(UPLOAD_PREFIX));
+        if stale {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(path = %entry.path().display(), "removed a stale upload directory")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a stale upload directory")
+                }
+            }
+        }
+    }
+}
+
+/// The relative path of a `file:` parameter: plain names separated by `/`, nothing that could
+/// leave the model directory or that the file system would refuse.
+fn upload_path(rel: &str) -> Result<PathBuf, RepositoryError> {
+    let bad = || {
+        RepositoryError::BadRequest(format!(
+            "file parameter 'file:{}' must be a relative path of plain names inside the model \
+             directory, such as 'file:1/model.onnx'",
+            rel.escape_debug()
+        ))
+    };
+    if rel.is_empty() || rel.len() > 1024 {
+        return Err(bad());
+    }
+    let mut path = PathBuf::new();
+    for segment in rel.split('/') {
+        let plain = !segment.is_empty()
+            && segment != "."
+            && segment != ".."
+            && segment.len() <= 255
+            && !segment.contains(['\\', '\0'])
+            && Path::new(segment)
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)));
+        if !plain {
+            return Err(bad());
+        }
+        path.push(segment);
+    }
+    Ok(path)
 }
 
 #[cfg(test)]
@@ -187,12 +258,52 @@ mod tests {
 
     #[test]
     fn override_paths_stay_inside() {
-        let err = write_override("m", &[("../escape".into(), vec![1])]).unwrap_err();
-        assert!(err.to_string().contains("relative path"));
-        let tmp = write_override("m", &[("2/model.onnx".into(), vec![1, 2])]).unwrap();
+        let uploads = tempfile::tempdir().unwrap();
+        for bad in [
+            "../escape",
+            "1/.",
+            ".",
+            "1//x",
+            "/abs",
+            "1/a\0b",
+            "1\\x",
+            "",
+            "1/..",
+        ] {
+            let err = write_override(uploads.path(), "m", &[(bad.into(), vec![1])]).unwrap_err();
+            assert!(
+                matches!(err, RepositoryError::BadRequest(_))
+                    && err.to_string().contains("plain names"),
+                "{bad:?}: {err}"
+            );
+            assert!(
+                !err.to_string().contains(&*uploads.path().to_string_lossy()),
+                "{err}"
+            );
+        }
+        let err = write_override(
+            uploads.path(),
+            "m",
+            &[("1".into(), vec![1]), ("1/model.onnx".into(), vec![2])],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("conflicts"), "{err}");
+        let tmp =
+            write_override(uploads.path(), "m", &[("2/model.onnx".into(), vec![1, 2])]).unwrap();
         assert_eq!(
             std::fs::read(tmp.path().join("m/2/model.onnx")).unwrap(),
             vec![1, 2]
         );
+        assert!(tmp.path().starts_with(uploads.path()));
+    }
+
+    #[test]
+    fn stale_uploads_are_removed() {
+        let uploads = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(uploads.path().join("load-abc/m/1")).unwrap();
+        std::fs::create_dir_all(uploads.path().join("other")).unwrap();
+        clean_uploads(uploads.path());
+        assert!(!uploads.path().join("load-abc").exists());
+        assert!(uploads.path().join("other").exists());
     }
 }

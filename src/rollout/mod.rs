@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 pub use decide::{decide, Decision};
-use state::{CandidateState, ModelState, StateFile};
+use state::{CandidateState, ModelState, SavedMode, StateFile};
 
 use crate::config::RolloutConfig;
 use crate::metrics::Metrics;
@@ -41,7 +41,25 @@ pub struct Rollout {
     metrics: Metrics,
     state_file: PathBuf,
     /// Serializes control operations with the evaluator and the state file.
-    ops: std::sync::Mutex<Option<StateFile>>,
+    ops: std::sync::Mutex<Persisted>,
+}
+
+/// What the state file holds, as far as this process knows.
+struct Persisted {
+    file: FileState,
+    /// Saved deployments of models that are not loaded (yet): written back unchanged, so a
+    /// model that failed to load at start keeps its pin for the next start.
+    carried: std::collections::BTreeMap<String, ModelState>,
+}
+
+enum FileState {
+    /// Before `restore`: nothing is written, so a change made while the repository loads can
+    /// never replace the saved state before it was read.
+    NotRestored,
+    /// The file holds this.
+    Written(StateFile),
+    /// The file could not be read, nor moved aside: it is never overwritten.
+    Disabled,
 }
 
 impl Rollout {
@@ -50,7 +68,10 @@ impl Rollout {
             router,
             metrics,
             state_file: state_dir.join("deployments.json"),
-            ops: std::sync::Mutex::new(None),
+            ops: std::sync::Mutex::new(Persisted {
+                file: FileState::NotRestored,
+                carried: Default::default(),
+            }),
         }
     }
 
@@ -271,18 +292,39 @@ impl Rollout {
     }
 
     /// Re-applies the persisted deployments after the repository loaded. Versions no longer
-    /// ready are skipped with a log line.
+    /// ready are skipped with a log line. A file that cannot be parsed is moved aside (renamed
+    /// `deployments.json.unreadable-<ms>`) and the server starts with no saved deployments; one
+    /// that cannot even be read or moved is left alone and never written.
     pub fn restore(&self) {
         let state = match StateFile::read(&self.state_file) {
             Ok(s) => s,
+            Err(e @ state::StateError::Corrupt { .. }) => {
+                let file = match state::set_aside(&self.state_file) {
+                    Ok(aside) => {
+                        tracing::error!(error = %e, kept_as = %aside.display(),
+                            "deployment state unreadable; kept aside, starting with no saved deployments");
+                        FileState::Written(StateFile::default())
+                    }
+                    Err(move_error) => {
+                        tracing::error!(error = %e, cannot_move = %move_error,
+                            "deployment state unreadable and cannot be moved aside; it will not be written");
+                        FileState::Disabled
+                    }
+                };
+                self.persisted().file = file;
+                return;
+            }
             Err(e) => {
-                tracing::error!(error = %e, "deployment state not restored");
+                tracing::error!(error = %e, "deployment state not restored; it will not be written");
+                self.persisted().file = FileState::Disabled;
                 return;
             }
         };
+        let mut carried = std::collections::BTreeMap::new();
         for (model, saved) in &state.models {
             if !self.router.snapshot().models.contains_key(model) {
-                tracing::warn!(model = %model, "saved deployment of a model that is not loaded; skipped");
+                tracing::warn!(model = %model, "saved deployment of a model that is not loaded; kept for later");
+                carried.insert(model.clone(), saved.clone());
                 continue;
             }
             self.router.update(model, |route| {
@@ -298,13 +340,12 @@ impl Rollout {
                         tracing::warn!(model = %model, version = c.version, "saved candidate is not ready; dropped");
                         return;
                     };
-                    let mode = if c.mode == "shadow" {
-                        CandidateMode::Shadow
-                    } else {
-                        CandidateMode::Canary {
+                    let mode = match c.mode {
+                        SavedMode::Shadow => CandidateMode::Shadow,
+                        SavedMode::Canary => CandidateMode::Canary {
                             weight: c.weight.clamp(0.0, 1.0),
                             sticky_header: c.sticky_header.clone(),
-                        }
+                        },
                     };
                     let criteria = c.criteria.clone().unwrap_or_else(|| loaded.config.rollout.clone());
                     route.deployment.candidate = Some(Candidate::new(c.version, mode, criteria));
@@ -318,7 +359,17 @@ impl Rollout {
                 });
             });
         }
-        *self.ops.lock().unwrap_or_else(|e| e.into_inner()) = Some(self.current_state());
+        {
+            let mut persisted = self.persisted();
+            persisted.carried = carried;
+            persisted.file = FileState::Written(state);
+        }
+        // Changes made while the repository loaded, and pins dropped above, are saved now.
+        self.persist_if_changed();
+    }
+
+    fn persisted(&self) -> std::sync::MutexGuard<'_, Persisted> {
+        self.ops.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn change(
@@ -339,7 +390,7 @@ impl Rollout {
         trigger: &'static str,
         f: impl FnOnce(&mut ModelRoute) -> Result<(Option<u64>, String), RolloutError>,
     ) -> Result<Value, RolloutError> {
-        let _ops = self.ops.lock().unwrap_or_else(|e| e.into_inner());
+        let _ops = self.persisted();
         if !self.router.snapshot().models.contains_key(model) {
             return Err(RolloutError::UnknownModel(model.to_string()));
         }
@@ -363,9 +414,16 @@ impl Rollout {
         self.view(model)
     }
 
-    fn current_state(&self) -> StateFile {
+    /// The deployments as they should be saved: every model's in the routing table, and the
+    /// carried ones of models not in it.
+    fn current_state(&self, carried: &std::collections::BTreeMap<String, ModelState>) -> StateFile {
         let table = self.router.snapshot();
         let mut state = StateFile::default();
+        for (model, saved) in carried {
+            if !table.models.contains_key(model) {
+                state.models.insert(model.clone(), saved.clone());
+            }
+        }
         for (model, route) in &table.models {
             let d = &route.deployment;
             if d.stable.is_none() && d.candidate.is_none() {
@@ -377,14 +435,14 @@ impl Rollout {
                     sticky_header,
                 } => CandidateState {
                     version: c.version,
-                    mode: "canary".into(),
+                    mode: SavedMode::Canary,
                     weight: *weight,
                     sticky_header: sticky_header.clone(),
                     criteria: Some(c.criteria.clone()),
                 },
                 CandidateMode::Shadow => CandidateState {
                     version: c.version,
-                    mode: "shadow".into(),
+                    mode: SavedMode::Shadow,
                     weight: 0.0,
                     sticky_header: None,
                     criteria: Some(c.criteria.clone()),
@@ -402,13 +460,15 @@ impl Rollout {
     }
 
     fn persist_if_changed(&self) {
-        let mut written = self.ops.lock().unwrap_or_else(|e| e.into_inner());
-        let state = self.current_state();
-        if written.as_ref() == Some(&state) {
-            return;
+        let mut persisted = self.persisted();
+        let state = self.current_state(&persisted.carried);
+        match &persisted.file {
+            FileState::NotRestored | FileState::Disabled => return,
+            FileState::Written(written) if *written == state => return,
+            FileState::Written(_) => {}
         }
         match state.write(&self.state_file) {
-            Ok(()) => *written = Some(state),
+            Ok(()) => persisted.file = FileState::Written(state),
             Err(e) => tracing::error!(error = %e, "deployment state not saved"),
         }
     }

@@ -3,16 +3,18 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StateFile {
     pub models: BTreeMap<String, ModelState>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelState {
     #[serde(default)]
     pub stable: Option<u64>,
@@ -21,10 +23,10 @@ pub struct ModelState {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CandidateState {
     pub version: u64,
-    /// `canary` or `shadow`.
-    pub mode: String,
+    pub mode: SavedMode,
     #[serde(default)]
     pub weight: f64,
     #[serde(default)]
@@ -34,37 +36,98 @@ pub struct CandidateState {
     pub criteria: Option<crate::config::RolloutConfig>,
 }
 
+/// How a saved candidate runs. An unknown value makes the whole file unreadable: guessing would
+/// put traffic where nobody asked for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SavedMode {
+    Canary,
+    Shadow,
+}
+
+/// Why the state file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: crate::bounded::BoundedReadError,
+    },
+    #[error("{}: not a deployment state file: {reason}", path.display())]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A state file is a few KiB per model; anything near this is not one.
+const MAX_STATE_FILE_BYTES: u64 = 16 << 20;
+
 impl StateFile {
     /// Reads the file; a missing file is an empty state.
-    pub fn read(path: &Path) -> Result<StateFile, String> {
-        match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| format!("{}: not a deployment state file: {e}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StateFile::default()),
-            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    pub fn read(path: &Path) -> Result<StateFile, StateError> {
+        match crate::bounded::read(path, MAX_STATE_FILE_BYTES) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            }),
+            Err(crate::bounded::BoundedReadError::Io(e))
+                if e.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(StateFile::default())
+            }
+            Err(crate::bounded::BoundedReadError::TooLarge { limit }) => Err(StateError::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!("larger than {limit} bytes"),
+            }),
+            Err(source) => Err(StateError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
         }
     }
 
     /// Writes to a temporary file in the same directory, syncs it, renames it over the old one
     /// and syncs the directory.
-    pub fn write(&self, path: &Path) -> Result<(), String> {
+    pub fn write(&self, path: &Path) -> Result<(), StateError> {
+        let fail = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StateError::Write { path, source }
+        };
         let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(fail(dir))?;
         let tmp = path.with_extension("json.tmp");
         let body = serde_json::to_vec_pretty(self).expect("state serializes");
-        let mut file = std::fs::File::create(&tmp)
-            .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        let mut file = std::fs::File::create(&tmp).map_err(fail(&tmp))?;
         file.write_all(&body)
             .and_then(|()| file.sync_all())
-            .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, path)
-            .map_err(|e| format!("cannot rename {} to {}: {e}", tmp.display(), path.display()))?;
+            .map_err(fail(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(fail(path))?;
         if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all();
         }
         Ok(())
     }
+}
+
+/// Moves an unreadable state file aside, next to where it was, so its content is kept for the
+/// operator while the server starts without it. Returns where it went.
+pub fn set_aside(path: &Path) -> std::io::Result<PathBuf> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".unreadable-{stamp}"));
+    let aside = path.with_file_name(name);
+    std::fs::rename(path, &aside)?;
+    if let Some(dir) = path.parent().and_then(|d| std::fs::File::open(d).ok()) {
+        let _ = dir.sync_all();
+    }
+    Ok(aside)
 }
 
 #[cfg(test)]
@@ -83,7 +146,7 @@ mod tests {
                 stable: Some(1),
                 candidate: Some(CandidateState {
                     version: 2,
-                    mode: "canary".into(),
+                    mode: SavedMode::Canary,
                     weight: 0.25,
                     sticky_header: Some("x-user".into()),
                     criteria: Some(crate::config::RolloutConfig::default()),
@@ -96,6 +159,17 @@ mod tests {
         std::fs::write(&path, b"{oops").unwrap();
         assert!(StateFile::read(&path)
             .unwrap_err()
+            .to_string()
             .contains("not a deployment state file"));
+        std::fs::write(
+            &path,
+            br#"{"models":{"m":{"stable":1,"candidate":{"version":2,"mode":"blue"}}}}"#,
+        )
+        .unwrap();
+        let err = StateFile::read(&path).unwrap_err().to_string();
+        assert!(err.contains("unknown variant `blue`"), "{err}");
+        let aside = set_aside(&path).unwrap();
+        assert!(!path.exists());
+        assert!(std::fs::read(&aside).unwrap().starts_with(br#"{"models""#));
     }
 }

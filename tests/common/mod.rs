@@ -116,7 +116,9 @@ impl TestServer {
     }
 
     pub async fn start_with(repo: Repo, tweak: impl FnOnce(&mut ServerConfig)) -> TestServer {
-        let mut config = ServerConfig::for_repository(repo.path());
+        // Loads go through the checked load in a child process, as in the real binary.
+        let mut config = ServerConfig::for_repository(repo.path())
+            .with_load_check(PathBuf::from(env!("CARGO_BIN_EXE_cairn")));
         tweak(&mut config);
         let server = RunningServer::start(config).await.expect("server starts");
         tokio::time::timeout(Duration::from_secs(120), server.wait_ready())
@@ -166,6 +168,15 @@ impl TestServer {
 
     pub async fn post_json(&self, path: &str, body: &Value) -> Reply {
         self.post(path, serde_json::to_vec(body).unwrap()).await
+    }
+
+    /// Scrapes one series' value from `/metrics`; 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = String::from_utf8(self.get("/metrics").await.body.to_vec()).unwrap();
+        text.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
     }
 
     pub async fn shutdown(mut self) {

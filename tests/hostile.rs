@@ -1,0 +1,544 @@
+//! Hostile input over real HTTP: requests, uploads, connections and files that once took the
+//! server down, exhausted its memory or corrupted its state. Each test names the finding it
+//! covers; each one fails (or aborts the test process) on a server without the bound it checks.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use common::{Repo, TestServer};
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn hostile_model(name: &str) -> Vec<u8> {
+    std::fs::read(common::root().join("tests/models/hostile").join(name)).unwrap()
+}
+
+fn iris_rows() -> Value {
+    json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]})
+}
+
+/// The server still answers health checks and real inferences.
+async fn assert_serving(s: &TestServer) {
+    assert_eq!(s.get("/v2/health/live").await.status, StatusCode::OK);
+    let r = s.post_json("/v2/models/iris/infer", &iris_rows()).await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+}
+
+/// Waits (bounded) until `check` holds.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check().await {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn addr(s: &TestServer) -> String {
+    s.base.trim_start_matches("http://").to_string()
+}
+
+/// Reads from a raw connection until the server closes it; what it sent.
+async fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return out,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => panic!(
+                "the server kept the connection open; it sent {:?}",
+                String::from_utf8_lossy(&out)
+            ),
+        }
+    }
+}
+
+// Finding 1: a ~100-byte request whose declared shape sized an allocation aborted the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_shapes_never_size_an_allocation() {
+    let s = TestServer::start(Repo::with(&["iris", "strings"])).await;
+    for (shape, datatype, data) in [
+        ("[1099511627776,1]", "BYTES", r#"["a"]"#),
+        ("[8,134217728]", "BYTES", r#"["a"]"#),
+        ("[4294967296,4294967296]", "BYTES", r#"["a"]"#),
+        ("[1099511627776,1]", "FP32", "[1]"),
+        ("[4294967296,4294967296]", "FP32", "[1]"),
+    ] {
+        for model in ["iris", "strings"] {
+            let body = format!(
+                r#"{{"inputs":[{{"name":"input","shape":{shape},"datatype":"{datatype}","data":{data}}}]}}"#
+            );
+            let r = s.post(&format!("/v2/models/{model}/infer"), body).await;
+            assert_eq!(
+                r.status,
+                StatusCode::BAD_REQUEST,
+                "{model} {shape} {datatype}"
+            );
+            let msg = r.error();
+            assert!(
+                msg.contains("elements") || msg.contains("too large"),
+                "{shape}: {msg}"
+            );
+            assert!(
+                !msg.contains("18446744073709551615"),
+                "saturated count: {msg}"
+            );
+        }
+    }
+    assert_serving(&s).await;
+    s.shutdown().await;
+}
+
+async fn upload(
+    s: &TestServer,
+    model: &str,
+    config: Value,
+    files: &[(&str, Vec<u8>)],
+) -> common::Reply {
+    let mut params = serde_json::Map::new();
+    params.insert("config".into(), Value::String(config.to_string()));
+    for (path, content) in files {
+        params.insert(format!("file:{path}"), Value::String(b64(content)));
+    }
+    s.post_json(
+        &format!("/v2/repository/models/{model}/load"),
+        &json!({ "parameters": params }),
+    )
+    .await
+}
+
+// Finding 2: config dims pinned on a fully symbolic input sized the generated warm-up sample.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_dims_cannot_size_the_warm_up_sample() {
+    let s = TestServer::start(Repo::with(&["iris"])).await;
+    let r = upload(
+        &s,
+        "pinned",
+        json!({"input": [{"name": "x", "datatype": "FP32", "dims": [1099511627776i64, 1]}]}),
+        &[("1/model.onnx", hostile_model("symbolic.onnx"))],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let msg = r.error();
+    assert!(msg.contains("warm-up sample for input 'x'"), "{msg}");
+    assert!(msg.contains("max_body_bytes"), "{msg}");
+    // The same model with sane pinned dims loads and serves.
+    let r = upload(
+        &s,
+        "pinned",
+        json!({"input": [{"name": "x", "datatype": "FP32", "dims": [2, 3]}]}),
+        &[("1/model.onnx", hostile_model("symbolic.onnx"))],
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_serving(&s).await;
+    s.shutdown().await;
+}
+
+// Finding 3: a warm-up count of a billion grew memory by gigabytes while the repository waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_up_counts_are_bounded() {
+    let s = TestServer::start(Repo::with(&["iris"])).await;
+    let iris = std::fs::read(common::root().join("models/iris/2/model.onnx")).unwrap();
+    let sample = std::fs::read(common::root().join("models/iris/1/sample.json")).unwrap();
+    let files = [
+        ("1/model.onnx", iris.clone()),
+        ("sample.json", sample.clone()),
+    ];
+    let config = |count: u64| json!({"max_batch_size": 8, "warmup": {"requests": ["sample.json"], "count": count}});
+    let r = upload(&s, "warm", config(1_000_000_000), &files).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.error().contains("warmup.count"), "{}", r.error());
+    // The repository is free at once: the next load does not wait behind a billion runs.
+    let r = upload(&s, "warm", config(1000), &files).await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_serving(&s).await;
+    s.shutdown().await;
+}
+
+// Finding 4: a 184-byte model whose constant folding materialises 16 GiB, and a ConstantOfShape
+// of 4 TiB. The checked load runs them in a child under the memory budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_files_that_would_exhaust_memory_fail_to_load() {
+    let s = TestServer::start(Repo::with(&["iris"])).await;
+    for file in ["expand_bomb.onnx", "constant_of_shape.onnx"] {
+        let r = upload(
+            &s,
+            "bomb",
+            json!({}),
+            &[("1/model.onnx", hostile_model(file))],
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{file}");
+        let msg = r.error();
+        assert!(msg.contains("failed to load 'bomb'"), "{file}: {msg}");
+        assert!(
+            msg.contains("needs more memory than the budget"),
+            "{file}: {msg}"
+        );
+        assert_serving(&s).await;
+    }
+    let index = s.post("/v2/repository/index", "{}").await.json();
+    let row = index
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "bomb")
+        .expect("the failed model is in the index");
+    assert_eq!(row["state"], "UNAVAILABLE");
+    s.shutdown().await;
+}
+
+// Finding 5: stalled bodies held their bytes forever, without a bound across connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_bodies_are_bounded_and_timed_out() {
+    let s = TestServer::start_with(Repo::with(&["iris"]), |c| {
+        c.max_body_bytes = 2 << 20;
+        c.connections.max_buffered_body_bytes = 4 << 20;
+        c.connections.body_read_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let head = |len: usize| {
+        format!(
+            "POST /v2/models/iris/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+             content-length: {len}\r\n\r\n"
+        )
+    };
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(addr(&s)).await.unwrap();
+        c.write_all(head(2 << 20).as_bytes()).await.unwrap();
+        c.write_all(&vec![b' '; 1 << 20]).await.unwrap();
+        stalled.push(c);
+    }
+    eventually("both stalled bodies are counted", || async {
+        s.metric("cairn_http_buffered_body_bytes").await >= (4 << 20) as f64
+    })
+    .await;
+    // The budget is spent: a third body is refused at once, not queued.
+    let r = s
+        .request(
+            Method::POST,
+            "/v2/models/iris/infer",
+            &[],
+            Bytes::from(vec![b' '; 1 << 20]),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        r.error().contains("max_buffered_body_bytes"),
+        "{}",
+        r.error()
+    );
+    // The stalled bodies time out with 408 and give their bytes back.
+    for mut c in stalled {
+        let answer = read_until_closed(&mut c).await;
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+        assert!(text.contains("body_read_timeout_s"), "{text}");
+    }
+    eventually("the stalled bytes are freed", || async {
+        s.metric("cairn_http_buffered_body_bytes").await == 0.0
+    })
+    .await;
+    assert_serving(&s).await;
+    s.shutdown().await;
+}
+
+// Finding 6: no header-read or idle timeout, no bound on connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_half_sent_connections_are_closed() {
+    let s = TestServer::start_with(Repo::with(&["iris"]), |c| {
+        c.connections.header_read_timeout = Duration::from_secs(1);
+        c.connections.keep_alive_timeout = Duration::from_secs(1);
+    })
+    .await;
+    // Nothing sent, part of the headers sent, and an idle keep-alive connection: all closed.
+    let mut silent = TcpStream::connect(addr(&s)).await.unwrap();
+    let mut partial = TcpStream::connect(addr(&s)).await.unwrap();
+    partial
+        .write_all(b"POST /v2/models/iris/infer HTTP/1.1\r\nhost: x\r\ncontent-")
+        .await
+        .unwrap();
+    let mut idle = TcpStream::connect(addr(&s)).await.unwrap();
+    idle.write_all(b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_until_closed(&mut silent).await.is_empty());
+    assert!(read_until_closed(&mut partial).await.is_empty());
+    let answered = read_until_closed(&mut idle).await;
+    assert!(String::from_utf8_lossy(&answered).starts_with("HTTP/1.1 200"));
+    eventually("closed connections are no longer counted", || async {
+        // The scrape itself holds one connection.
+        s.metric("cairn_http_connections_open").await <= 1.0
+    })
+    .await;
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_get_503_and_are_closed() {
+    let s = TestServer::start_with(Repo::with(&["iris"]), |c| {
+        c.connections.max_connections = 3;
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = TcpStream::connect(addr(&s)).await.unwrap();
+        c.write_all(b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let n = c.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(c);
+    }
+    for _ in 0..20 {
+        let mut extra = TcpStream::connect(addr(&s)).await.unwrap();
+        let answer = read_until_closed(&mut extra).await;
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+        assert!(text.contains("limit of 3 connections"), "{text}");
+    }
+    // Once a connection closes, new clients are served again.
+    drop(held.pop());
+    let mut served = false;
+    for _ in 0..500 {
+        let mut c = TcpStream::connect(addr(&s)).await.unwrap();
+        c.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_until_closed(&mut c).await;
+        let text = String::from_utf8_lossy(&answer);
+        if text.starts_with("HTTP/1.1 200") {
+            let refused = text
+                .lines()
+                .find(|l| l.starts_with("cairn_http_connections_refused_total "))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .unwrap();
+            assert!(refused >= 20.0, "{refused}");
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(served, "a new client is served once a connection closed");
+    drop(held);
+    s.shutdown().await;
+}
+
+// Finding 7: a client that went away during a load released the repository lock while the
+// load went on, and the index showed LOADING forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_load_finishes_and_the_index_stays_true() {
+    let repo = Repo::with(&["iris"]);
+    let s = TestServer::start(repo).await;
+    // A model that takes a while to load: a thousand warm-up runs, twice (check and load).
+    s.repo.add_as("iris", "slow");
+    s.repo.write(
+        "slow/config.toml",
+        b"max_batch_size = 64\nversion_policy = { all = {} }\n[warmup]\nrequests = [\"sample.json\"]\ncount = 1000\n",
+    );
+    std::fs::copy(
+        common::root().join("models/iris/1/sample.json"),
+        s.repo.path().join("slow/sample.json"),
+    )
+    .unwrap();
+    let mut client = TcpStream::connect(addr(&s)).await.unwrap();
+    client
+        .write_all(
+            b"POST /v2/repository/models/slow/load HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    eventually("the load started", || async {
+        let index = s.post("/v2/repository/index", "{}").await.json();
+        index
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "slow" && r["state"] == "LOADING")
+    })
+    .await;
+    drop(client);
+    // A second operation waits for the first instead of running beside it, and both end with
+    // the truth in the index.
+    let r = s.post("/v2/repository/models/slow/load", "").await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    let index = s.post("/v2/repository/index", "{}").await.json();
+    let rows: Vec<&Value> = index
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["name"] == "slow")
+        .collect();
+    assert!(rows.iter().all(|r| r["state"] == "READY"), "{rows:?}");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let r = s.post_json("/v2/models/slow/infer", &iris_rows()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    s.shutdown().await;
+}
+
+// Finding 8: an unreadable deployments.json was replaced by an empty state within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_state_file_is_kept_aside() {
+    let repo = Repo::with(&["iris"]);
+    let garbage = b"{\"models\":{\"iris\":{\"stable\":1".to_vec();
+    repo.write(".cairn/deployments.json", &garbage);
+    let s = TestServer::start(repo).await;
+    // Give the evaluator, which saves changed state every 100 ms, time to (wrongly) write.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let state_dir = s.repo.path().join(".cairn");
+    let aside: Vec<_> = std::fs::read_dir(&state_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("deployments.json.unreadable-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "the unreadable file is kept aside");
+    assert_eq!(std::fs::read(aside[0].path()).unwrap(), garbage);
+    assert!(!state_dir.join("deployments.json").exists());
+    // With no saved state known, traffic follows the highest version, and a new pin is saved.
+    let r = s.post_json("/v2/models/iris/infer", &iris_rows()).await;
+    assert_eq!(r.json()["model_version"], "2");
+    let r = s
+        .post_json("/v2/models/iris/deployment/stable", &json!({"version": 1}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(state_dir.join("deployments.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["models"]["iris"]["stable"], 1);
+    s.shutdown().await;
+}
+
+// Finding 9: gzip bodies inflated on the HTTP threads (the inflation itself is shown to run
+// off the runtime in `http::body`'s unit tests); here, a bomb gets 413 and frees its bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_bomb_gets_413_and_frees_its_bytes() {
+    use std::io::Write;
+    let s = TestServer::start_with(Repo::with(&["iris"]), |c| c.max_body_bytes = 1 << 20).await;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    enc.write_all(&vec![b' '; 64 << 20]).unwrap();
+    let bomb = enc.finish().unwrap();
+    let r = s
+        .request(
+            Method::POST,
+            "/v2/models/iris/infer",
+            &[("content-encoding", "gzip")],
+            bomb,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(s.metric("cairn_http_buffered_body_bytes").await, 0.0);
+    assert_serving(&s).await;
+    s.shutdown().await;
+}
+
+// Finding 10, uploads: odd keys answered 500 with a temporary path, and failed uploads left
+// their directories behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_upload_keys_are_400_and_failed_uploads_leave_nothing() {
+    let repo = Repo::with(&["iris"]);
+    // A directory left by a crashed run is removed at start.
+    repo.write(".cairn/uploads/load-stale/m/1/model.onnx", b"x");
+    let s = TestServer::start(repo).await;
+    let uploads = s.repo.path().join(".cairn/uploads");
+    eventually("the stale upload is removed", || async {
+        !uploads.join("load-stale").exists()
+    })
+    .await;
+    for key in ["1/.", "1/a\u{0}b", "./1/model.onnx", "1//model.onnx"] {
+        let r = upload(&s, "up", json!({}), &[(key, vec![1, 2, 3])]).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{key:?}");
+        let msg = r.error();
+        assert!(msg.contains("plain names"), "{key:?}: {msg}");
+        assert!(!msg.contains(&*s.repo.path().to_string_lossy()), "{msg}");
+        assert!(!msg.contains("/tmp"), "{msg}");
+    }
+    // A model file that fails to load: its upload directory goes with it.
+    let r = upload(&s, "up", json!({}), &[("1/model.onnx", vec![0u8; 64])]).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let left: Vec<_> = std::fs::read_dir(&uploads).unwrap().flatten().collect();
+    assert!(left.is_empty(), "{left:?}");
+    // One that loads keeps its directory while it serves, and loses it when unloaded.
+    let iris = std::fs::read(common::root().join("models/iris/2/model.onnx")).unwrap();
+    let r = upload(
+        &s,
+        "up",
+        json!({"max_batch_size": 4}),
+        &[("1/model.onnx", iris)],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(std::fs::read_dir(&uploads).unwrap().count(), 1);
+    let r = s.post("/v2/repository/models/up/unload", "").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(std::fs::read_dir(&uploads).unwrap().count(), 0);
+    s.shutdown().await;
+}
+
+// Finding 10, auth: the Bearer scheme is case-insensitive (RFC 9110); the token is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let s = TestServer::start_with(Repo::with(&["iris"]), |c| {
+        c.admin_token = Some("s3cret".into());
+    })
+    .await;
+    for (header, status) in [
+        ("Bearer s3cret", StatusCode::OK),
+        ("bearer s3cret", StatusCode::OK),
+        ("BEARER  s3cret ", StatusCode::OK),
+        ("Bearer S3CRET", StatusCode::FORBIDDEN),
+        ("Basic s3cret", StatusCode::FORBIDDEN),
+        ("Bearers3cret", StatusCode::FORBIDDEN),
+    ] {
+        let r = s
+            .request(
+                Method::POST,
+                "/v2/repository/index",
+                &[("authorization", header)],
+                Bytes::new(),
+            )
+            .await;
+        assert_eq!(r.status, status, "{header:?}");
+    }
+    s.shutdown().await;
+}
