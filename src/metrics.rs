@@ -9,7 +9,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus::{
@@ -356,7 +358,6 @@ impl Metrics {
         let labels = [model, v.as_str()];
         *f.live
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .entry((model.to_string(), version))
             .or_default() += 1;
         let failures = FailureReason::ALL.map(|r| {
@@ -453,9 +454,10 @@ impl Metrics {
         self.inner.http_requests[row][class].inc();
     }
 
-    /// Publishes the number of open client connections.
-    pub fn set_open_connections(&self, open: usize) {
-        self.inner.open_connections.set(open as i64);
+    /// Counts a connection opened (`+1`) or closed (`-1`). Deltas, not values: concurrent
+    /// changes can then never leave the gauge stale.
+    pub fn add_open_connections(&self, delta: i64) {
+        self.inner.open_connections.add(delta);
     }
 
     /// Counts a connection refused at `max_connections`.
@@ -468,9 +470,9 @@ impl Metrics {
         self.inner.accept_errors.inc();
     }
 
-    /// Publishes the request-body bytes held now.
-    pub fn set_buffered_body_bytes(&self, bytes: usize) {
-        self.inner.buffered_body_bytes.set(bytes as i64);
+    /// Counts request-body bytes taken (positive) or given back (negative).
+    pub fn add_buffered_body_bytes(&self, delta: i64) {
+        self.inner.buffered_body_bytes.add(delta);
     }
 
     /// Renders the text exposition format.
@@ -581,7 +583,7 @@ impl Drop for VersionInner {
     fn drop(&mut self) {
         let f = &self.families;
         {
-            let mut live = f.live.lock().unwrap_or_else(|e| e.into_inner());
+            let mut live = f.live.lock();
             let key = (self.model.clone(), self.version);
             let count = live.entry(key.clone()).or_default();
             *count = count.saturating_sub(1);
@@ -664,7 +666,7 @@ impl VersionStats {
         self.compute_input.add(t.compute_input);
         self.compute_infer.add(t.compute_infer);
         self.compute_output.add(t.compute_output);
-        let mut batches = self.batches.lock().unwrap_or_else(|e| e.into_inner());
+        let mut batches = self.batches.lock();
         let entry = batches.entry(t.rows).or_default();
         for (slot, d) in entry
             .iter_mut()
@@ -676,7 +678,7 @@ impl VersionStats {
     }
 
     fn snapshot(&self) -> StatsSnapshot {
-        let batches = self.batches.lock().unwrap_or_else(|e| e.into_inner());
+        let batches = self.batches.lock();
         StatsSnapshot {
             last_inference_ms: self.last_inference_ms.load(Ordering::Relaxed),
             inference_count: self.inference_count.load(Ordering::Relaxed),

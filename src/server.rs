@@ -13,9 +13,10 @@ use tokio::task::JoinHandle;
 use crate::config::ServerConfig;
 use crate::http::{self, AppState, BodyBudget};
 use crate::metrics::Metrics;
+use crate::offload::Offload;
 use crate::repository::Repository;
-use crate::rollout::Rollout;
-use crate::routing::Router;
+use crate::rollout::{Rollout, Rules};
+use crate::routing::{DeploymentRules, Router};
 
 /// How often rollout criteria are evaluated and the deployment state saved.
 const ROLLOUT_PERIOD: std::time::Duration = std::time::Duration::from_millis(100);
@@ -26,6 +27,8 @@ pub struct RunningServer {
     pub state: Arc<AppState>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// The startup load, then the rollout evaluator and the repository poller; all end on stop.
+    background: JoinHandle<()>,
 }
 
 impl RunningServer {
@@ -36,7 +39,12 @@ impl RunningServer {
         let addr = listener.local_addr()?;
         tracing::info!("listening on http://{addr}");
         let metrics = Metrics::new();
-        let router = Arc::new(Router::new());
+        let rules = Arc::new(Rules::new(metrics.clone()));
+        let offload = Offload::with_default_slots();
+        let router = Arc::new(Router::new(
+            Arc::clone(&rules) as Arc<dyn DeploymentRules>,
+            offload.clone(),
+        ));
         let repository = Arc::new(Repository::new(
             config.model_repository.clone(),
             Arc::clone(&router),
@@ -48,6 +56,7 @@ impl RunningServer {
             BodyBudget::new(config.connections.max_buffered_body_bytes, metrics.clone());
         let rollout = Arc::new(Rollout::new(
             Arc::clone(&router),
+            rules,
             metrics.clone(),
             config.state_dir.clone(),
         ));
@@ -58,44 +67,26 @@ impl RunningServer {
             rollout,
             metrics,
             body_budget,
+            offload,
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
         });
-        let (stop, mut stopped) = watch::channel(false);
+        let (stop, stopped) = watch::channel(false);
         let serve_state = Arc::clone(&state);
+        let mut serve_stop = stopped.clone();
         let task = tokio::spawn(async move {
             let shutdown = async move {
-                let _ = stopped.wait_for(|s| *s).await;
+                let _ = serve_stop.wait_for(|s| *s).await;
             };
             http::serve(listener, serve_state, shutdown).await;
         });
-        let load_state = Arc::clone(&state);
-        tokio::spawn(async move {
-            let cleaner = Arc::clone(&load_state.repository);
-            let _ = tokio::task::spawn_blocking(move || cleaner.clean_uploads()).await;
-            if let Err(e) = load_state.repository.load_all().await {
-                tracing::error!(error = %e, "cannot load the model repository");
-            }
-            let restore = Arc::clone(&load_state.rollout);
-            let _ = tokio::task::spawn_blocking(move || restore.restore()).await;
-            load_state.ready.store(true, Ordering::Release);
-            let table = load_state.router.snapshot();
-            let ready = table.models.values().filter(|m| m.is_ready()).count();
-            tracing::info!(
-                models = table.models.len(),
-                ready,
-                "repository loaded; server ready"
-            );
-            tokio::spawn(Arc::clone(&load_state.rollout).run(ROLLOUT_PERIOD));
-            if let Some(period) = load_state.config.repository_poll_interval {
-                tokio::spawn(Arc::clone(&load_state.repository).poll(period));
-            }
-        });
+        let background = tokio::spawn(background(Arc::clone(&state), stopped));
         Ok(RunningServer {
             addr,
             state,
             stop,
             task,
+            background,
         })
     }
 
@@ -106,19 +97,62 @@ impl RunningServer {
         }
     }
 
-    /// Stops accepting, lets in-flight requests finish (bounded by the grace period), returns.
+    /// Stops accepting, lets in-flight requests finish (bounded by the grace period), stops the
+    /// evaluator and the poller, returns. Once the returned future is done and the server is
+    /// dropped, nothing holds the loaded versions: their engine threads exit and their memory
+    /// is freed.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        self.join().await;
     }
 
-    /// Serves until the task ends (after `shutdown` was asked for elsewhere).
+    /// Serves until the server stops (after `shutdown` was asked for elsewhere), then waits for
+    /// the background tasks.
     pub async fn join(self) {
         let _ = self.task.await;
+        let _ = self.stop.send(true);
+        let _ = self.background.await;
     }
 
     /// A handle that asks the server to shut down.
     pub fn stopper(&self) -> watch::Sender<bool> {
         self.stop.clone()
     }
+}
+
+/// Loads the repository and restores the deployments (readiness turns true after), then runs
+/// the rollout evaluator and the repository poller until the server stops. A stop during the
+/// startup load abandons it.
+async fn background(state: Arc<AppState>, mut stopped: watch::Receiver<bool>) {
+    let startup = async {
+        let cleaner = Arc::clone(&state.repository);
+        let _ = tokio::task::spawn_blocking(move || cleaner.clean_uploads()).await;
+        if let Err(e) = state.repository.load_all().await {
+            tracing::error!(error = %e, "cannot load the model repository");
+        }
+        let restore = Arc::clone(&state.rollout);
+        let _ = tokio::task::spawn_blocking(move || restore.restore()).await;
+    };
+    tokio::select! {
+        () = startup => {}
+        _ = stopped.wait_for(|s| *s) => return,
+    }
+    state.ready.store(true, Ordering::Release);
+    let table = state.router.snapshot();
+    let ready = table.models.values().filter(|m| m.is_ready()).count();
+    tracing::info!(
+        models = table.models.len(),
+        ready,
+        "repository loaded; server ready"
+    );
+    drop(table);
+    let evaluator = Arc::clone(&state.rollout).run(ROLLOUT_PERIOD, stopped.clone());
+    let poller = async {
+        if let Some(period) = state.config.repository_poll_interval {
+            Arc::clone(&state.repository)
+                .poll(period, stopped.clone())
+                .await;
+        }
+    };
+    tokio::join!(evaluator, poller);
 }

@@ -542,3 +542,100 @@ async fn the_bearer_scheme_is_case_insensitive() {
     }
     s.shutdown().await;
 }
+
+/// On a runtime with one thread, a large gzip body is inflated off that thread: a health check
+/// sent while it inflates is answered first.
+#[tokio::test(flavor = "current_thread")]
+async fn a_large_gzip_body_does_not_stall_a_one_thread_runtime() {
+    use std::io::Write;
+    let s = TestServer::start(Repo::with(&["iris"])).await;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(&vec![b' '; 48 << 20]).unwrap();
+    let big = Bytes::from(enc.finish().unwrap());
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (big_done, health_done) = (order.clone(), order.clone());
+    let base = s.base.clone();
+    let client = s.client.clone();
+    let big_request = tokio::spawn(async move {
+        let req = http::Request::post(format!("{base}/v2/models/iris/infer"))
+            .header("content-encoding", "gzip")
+            .body(http_body_util::Full::new(big))
+            .unwrap();
+        let status = client.request(req).await.unwrap().status();
+        big_done.lock().unwrap().push("big");
+        status
+    });
+    // Give the big request time to be read and handed to the inflater.
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let r = s.get("/v2/health/live").await;
+    assert_eq!(r.status, StatusCode::OK);
+    health_done.lock().unwrap().push("health");
+    assert_eq!(big_request.await.unwrap(), StatusCode::BAD_REQUEST);
+    assert_eq!(*order.lock().unwrap(), vec!["health", "big"]);
+    s.shutdown().await;
+}
+
+/// Repository operations wait in a short line: beyond it, a load is refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_repository_answers_at_once() {
+    let s = std::sync::Arc::new(TestServer::start(Repo::with(&["iris"])).await);
+    let iris = std::fs::read(common::root().join("models/iris/2/model.onnx")).unwrap();
+    let sample = std::fs::read(common::root().join("models/iris/1/sample.json")).unwrap();
+    let mut loads = Vec::new();
+    for _ in 0..16 {
+        let s = std::sync::Arc::clone(&s);
+        let files = [
+            ("1/model.onnx", iris.clone()),
+            ("sample.json", sample.clone()),
+        ];
+        loads.push(tokio::spawn(async move {
+            let config = json!({"max_batch_size": 8, "warmup": {"requests": ["sample.json"], "count": 1000}});
+            let r = upload(&s, "line", config, &files).await;
+            (r.status, String::from_utf8_lossy(&r.body).to_string())
+        }));
+    }
+    let mut ok = 0;
+    let mut busy = 0;
+    for l in loads {
+        let (status, body) = l.await.unwrap();
+        match status {
+            StatusCode::OK => ok += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(body.contains("operations waiting"), "{body}");
+                busy += 1;
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert!(ok >= 1 && busy >= 1, "{ok} loaded, {busy} refused");
+    assert!(ok <= cairn::repository::MAX_WAITING_OPERATIONS, "{ok}");
+    assert_serving(&s).await;
+}
+
+/// A saved candidate with a mode this server does not know is not guessed into a canary: the
+/// file is kept aside and the server starts with no saved deployments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_saved_mode_is_refused_at_start() {
+    let repo = Repo::with(&["iris"]);
+    repo.write(
+        ".cairn/deployments.json",
+        br#"{"models":{"iris":{"stable":1,"candidate":{"version":2,"mode":"blue","weight":0.5}}}}"#,
+    );
+    let s = TestServer::start(repo).await;
+    let d = s.get("/v2/models/iris/deployment").await.json();
+    assert!(d["candidate"].is_null(), "{d}");
+    assert_eq!(d["stable_pinned"], false);
+    let aside = std::fs::read_dir(s.repo.path().join(".cairn"))
+        .unwrap()
+        .flatten()
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("deployments.json.unreadable-")
+        });
+    assert!(aside);
+    s.shutdown().await;
+}

@@ -100,16 +100,17 @@ async fn model_metadata_and_readiness() {
         ("/v2/models/simple/versions/9/ready", StatusCode::NOT_FOUND),
         ("/v2/models/simple/versions/x", StatusCode::NOT_FOUND),
         ("/v2/models/corrupt", StatusCode::SERVICE_UNAVAILABLE),
-        ("/v2/models/corrupt/ready", StatusCode::SERVICE_UNAVAILABLE),
+        // Readiness "false" is a 4xx in the V2 protocol (400, as Triton), with the reason.
+        ("/v2/models/corrupt/ready", StatusCode::BAD_REQUEST),
         (
             "/v2/models/corrupt/versions/1/ready",
-            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::BAD_REQUEST,
         ),
     ] {
         let r = s.get(path).await;
         assert_eq!(r.status, status, "{path}");
         let msg = r.error();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status != StatusCode::NOT_FOUND {
             assert!(
                 msg.contains("not ready") && msg.contains("cannot load model"),
                 "{path}: {msg}"
@@ -674,10 +675,9 @@ async fn repository_index_load_and_unload() {
             .status,
         StatusCode::OK
     );
-    assert_eq!(
-        s.get("/v2/models/simple/ready").await.status,
-        StatusCode::SERVICE_UNAVAILABLE
-    );
+    let r = s.get("/v2/models/simple/ready").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.error().contains("unloaded"), "{}", r.error());
     let r = s
         .post_json("/v2/models/simple/infer", &simple_request())
         .await;
@@ -817,4 +817,70 @@ async fn http2_prior_knowledge_is_served() {
 
 fn json_bytes(v: &Value) -> Bytes {
     Bytes::from(serde_json::to_vec(v).unwrap())
+}
+
+/// While draining, readiness is the protocol's "false" (400 with the reason) and the answer tells
+/// an HTTP/1.1 client to close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_is_400_while_shutting_down() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TestServer::start(Repo::with(&["simple"])).await;
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(b"GET /v2/health/ready HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = conn.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let server = s.server.take().unwrap();
+    let stopping = tokio::spawn(server.shutdown());
+    let mut answer = Vec::new();
+    for _ in 0..200 {
+        conn.write_all(b"GET /v2/health/ready HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let n = conn.read(&mut buf).await.unwrap();
+        answer = buf[..n].to_vec();
+        if answer.starts_with(b"HTTP/1.1 400") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 400"), "{text}");
+    assert!(text.contains("connection: close"), "{text}");
+    assert!(text.contains("shutting down"), "{text}");
+    stopping.await.unwrap();
+}
+
+/// After shutdown nothing keeps the loaded versions alive: the evaluator and the poller stop
+/// with the server, so the router, every version, its engine threads and memory are freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_frees_every_loaded_version() {
+    let mut s = TestServer::start_with(Repo::with(&["iris"]), |c| {
+        c.repository_poll_interval = Some(std::time::Duration::from_secs(1));
+    })
+    .await;
+    let r = s.post_json("/v2/models/iris/infer", &iris_body()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let server = s.server.take().unwrap();
+    let router = std::sync::Arc::downgrade(&server.state.router);
+    let versions: Vec<_> = server.state.router.snapshot().models["iris"]
+        .versions
+        .values()
+        .map(std::sync::Arc::downgrade)
+        .collect();
+    assert_eq!(versions.len(), 2);
+    server.shutdown().await;
+    for _ in 0..1000 {
+        if router.upgrade().is_none() && versions.iter().all(|v| v.upgrade().is_none()) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the router or a loaded version outlived the server");
+}
+
+fn iris_body() -> Value {
+    json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]})
 }

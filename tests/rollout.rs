@@ -164,7 +164,7 @@ async fn a_rescan_loads_reloads_and_unloads_what_changed() {
     std::fs::remove_dir_all(s.repo.path().join("fresh")).unwrap();
     assert_eq!(rescan(&s).await["changed"], json!(["fresh"]));
     let r = s.get("/v2/models/fresh/ready").await;
-    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(r.error().contains("removed from the repository"));
     // An explicitly unloaded model stays unloaded until its directory changes.
     assert_eq!(
@@ -176,7 +176,7 @@ async fn a_rescan_loads_reloads_and_unloads_what_changed() {
     assert_eq!(rescan(&s).await["changed"], json!([]));
     assert_eq!(
         s.get("/v2/models/iris/ready").await.status,
-        StatusCode::SERVICE_UNAVAILABLE
+        StatusCode::BAD_REQUEST
     );
     s.shutdown().await;
 }
@@ -245,7 +245,7 @@ async fn corrupt_or_mismatched_versions_are_rejected_while_serving_goes_on() {
     assert_eq!(state("4")["state"], "UNAVAILABLE");
     assert_eq!(
         s.get("/v2/models/iris/versions/3/ready").await.status,
-        StatusCode::SERVICE_UNAVAILABLE
+        StatusCode::BAD_REQUEST
     );
     let metrics = String::from_utf8(s.get("/metrics").await.body.to_vec()).unwrap();
     assert!(metrics.contains("cairn_model_ready{model=\"iris\",version=\"3\"} 0"));
@@ -869,7 +869,7 @@ async fn configured_warm_up_requests_gate_a_version() {
         StatusCode::OK
     );
     let r = s.get("/v2/models/iris/versions/3/ready").await;
-    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(r.error().contains("warm-up failed"));
     // A warm-up file that does not exist fails the load with its name.
     s.repo.write(

@@ -12,7 +12,9 @@ mod queue;
 mod worker;
 
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -179,10 +181,8 @@ impl Drop for Scheduler {
 }
 
 impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A worker that panicked while holding the lock left the queue consistent: every
-        // mutation is a single VecDeque call.
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.queue.lock()
     }
 
     fn close(&self) {

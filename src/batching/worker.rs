@@ -87,11 +87,9 @@ impl Worker {
                 Take::WaitUntil(at) => {
                     shared.metrics.set_queue_depth(state.queue.len());
                     state.waiting_workers += 1;
-                    state = shared
+                    shared
                         .ready
-                        .wait_timeout(state, at.saturating_duration_since(now))
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
+                        .wait_for(&mut state, at.saturating_duration_since(now));
                     state.waiting_workers -= 1;
                 }
                 Take::Empty => {
@@ -100,7 +98,7 @@ impl Worker {
                         return None;
                     }
                     state.waiting_workers += 1;
-                    state = shared.ready.wait(state).unwrap_or_else(|e| e.into_inner());
+                    shared.ready.wait(&mut state);
                     state.waiting_workers -= 1;
                 }
             }

@@ -17,6 +17,7 @@ use http_body_util::BodyExt;
 
 use super::error::ApiError;
 use crate::metrics::Metrics;
+use crate::offload::Offload;
 
 /// The bytes all request bodies may hold at once, shared by every connection.
 pub struct BodyBudget {
@@ -71,7 +72,7 @@ impl BodyBudget {
                 .compare_exchange_weak(used, next, Ordering::AcqRel, Ordering::Relaxed)
             {
                 Ok(_) => {
-                    self.metrics.set_buffered_body_bytes(next);
+                    self.metrics.add_buffered_body_bytes(bytes as i64);
                     return true;
                 }
                 Err(now) => used = now,
@@ -80,8 +81,8 @@ impl BodyBudget {
     }
 
     fn give_back(&self, bytes: usize) {
-        let before = self.used.fetch_sub(bytes, Ordering::AcqRel);
-        self.metrics.set_buffered_body_bytes(before - bytes);
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+        self.metrics.add_buffered_body_bytes(-(bytes as i64));
     }
 
     fn busy(&self) -> ApiError {
@@ -132,6 +133,7 @@ pub async fn read<B>(
     body: B,
     limits: BodyLimits,
     budget: &Arc<BodyBudget>,
+    offload: &Offload,
 ) -> Result<ReadBody, ApiError>
 where
     B: hyper::body::Body<Data = Bytes> + Unpin,
@@ -186,20 +188,20 @@ where
     // The inflated bytes are counted in a share of their own; the compressed ones are given back
     // once inflated.
     let mut inflated = budget.reservation();
-    let (bytes, inflated) = tokio::task::spawn_blocking(move || {
-        let result = if zlib {
-            inflate(
-                flate2::read::ZlibDecoder::new(&raw[..]),
-                limit,
-                &mut inflated,
-            )
-        } else {
-            inflate(flate2::read::GzDecoder::new(&raw[..]), limit, &mut inflated)
-        };
-        result.map(|bytes| (bytes, inflated))
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("decompression stopped: {e}")))??;
+    let (bytes, inflated) = offload
+        .run(move || {
+            let result = if zlib {
+                inflate(
+                    flate2::read::ZlibDecoder::new(&raw[..]),
+                    limit,
+                    &mut inflated,
+                )
+            } else {
+                inflate(flate2::read::GzDecoder::new(&raw[..]), limit, &mut inflated)
+            };
+            result.map(|bytes| (bytes, inflated))
+        })
+        .await??;
     drop(reservation);
     Ok(ReadBody {
         bytes,
@@ -317,6 +319,7 @@ mod tests {
             Full::new(Bytes::from(vec![1u8; 600])),
             limits(800),
             &budget,
+            &Offload::new(4),
         )
         .await
         .unwrap();
@@ -327,6 +330,7 @@ mod tests {
             Full::new(Bytes::from(vec![1u8; 600])),
             limits(800),
             &budget,
+            &Offload::new(4),
         )
         .await
         .err()
@@ -344,7 +348,7 @@ mod tests {
             tx.send_data(Bytes::from(vec![0u8; 150])).await.unwrap();
         }
         drop(tx);
-        let err = read(&parts(&[]), body, limits(10_000), &budget)
+        let err = read(&parts(&[]), body, limits(10_000), &budget, &Offload::new(4))
             .await
             .err()
             .unwrap();
@@ -361,6 +365,7 @@ mod tests {
             Full::new(Bytes::from(bomb.clone())),
             limits(1 << 20),
             &budget,
+            &Offload::new(4),
         )
         .await
         .err()
@@ -372,6 +377,7 @@ mod tests {
             Full::new(Bytes::from(bomb)),
             limits(16 << 20),
             &budget,
+            &Offload::new(4),
         )
         .await
         .unwrap();
@@ -395,6 +401,7 @@ mod tests {
             Full::new(bomb),
             limits(48 << 20),
             &budget,
+            &Offload::new(4),
         )
         .await
         .unwrap();
@@ -420,6 +427,7 @@ mod tests {
                 timeout: Duration::from_millis(50),
             },
             &budget,
+            &Offload::new(4),
         )
         .await
         .err()

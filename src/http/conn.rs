@@ -259,7 +259,7 @@ struct OpenGuard {
 impl OpenGuard {
     fn new(open: watch::Sender<usize>, metrics: crate::metrics::Metrics) -> OpenGuard {
         open.send_modify(|n| *n += 1);
-        metrics.set_open_connections(*open.borrow());
+        metrics.add_open_connections(1);
         OpenGuard { open, metrics }
     }
 }
@@ -267,7 +267,7 @@ impl OpenGuard {
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.open.send_modify(|n| *n -= 1);
-        self.metrics.set_open_connections(*self.open.borrow());
+        self.metrics.add_open_connections(-1);
     }
 }
 

@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use super::error::ApiError;
 use super::{json_response, AppState};
 use crate::config::RolloutConfig;
+use crate::rollout::Trigger;
 use crate::routing::CandidateMode;
 
 type Reply = Result<Response<Full<Bytes>>, ApiError>;
@@ -89,8 +90,8 @@ pub async fn act(state: &AppState, model: &str, action: &str, req: Request<Incom
             criteria,
         } => rollout.start(&model, version, mode, criteria),
         Command::Weight(weight) => rollout.set_weight(&model, weight),
-        Command::Promote(reason) => rollout.promote(&model, "manual", &reason),
-        Command::Rollback(reason) => rollout.rollback(&model, "manual", &reason),
+        Command::Promote(reason) => rollout.promote(&model, Trigger::Manual, &reason),
+        Command::Rollback(reason) => rollout.rollback(&model, Trigger::Manual, &reason),
         Command::Stable(version) => rollout.set_stable(&model, version),
     })
     .await

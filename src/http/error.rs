@@ -31,8 +31,9 @@ pub enum ApiError {
     BadRequest(String),
     #[error("unsupported Content-Encoding '{0}' (supported: gzip, deflate, identity)")]
     UnsupportedEncoding(String),
-    #[error("the server is not ready: {0}")]
-    NotReady(String),
+    /// A readiness probe's "false": the V2 protocol answers it with a 4xx (Triton: 400).
+    #[error("{0}")]
+    Unready(String),
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -47,6 +48,15 @@ pub enum ApiError {
     Repository(#[from] RepositoryError),
     #[error(transparent)]
     Rollout(#[from] RolloutError),
+}
+
+impl From<crate::offload::OffloadError> for ApiError {
+    fn from(e: crate::offload::OffloadError) -> Self {
+        match e {
+            crate::offload::OffloadError::Busy(_) => ApiError::Busy(e.to_string()),
+            crate::offload::OffloadError::Stopped(_) => ApiError::Internal(e.to_string()),
+        }
+    }
 }
 
 impl From<RouteError> for ApiError {
@@ -66,7 +76,7 @@ impl ApiError {
             ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unready(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -87,6 +97,7 @@ impl ApiError {
                 RepositoryError::BadRequest(_) => StatusCode::BAD_REQUEST,
                 RepositoryError::LoadFailed { .. } => StatusCode::BAD_REQUEST,
                 RepositoryError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                RepositoryError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             },
             ApiError::Rollout(e) => match e {
                 RolloutError::UnknownModel(_) => StatusCode::NOT_FOUND,

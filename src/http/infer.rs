@@ -9,9 +9,9 @@ use super::error::ApiError;
 use super::AppState;
 use crate::protocol::{self, InferResponse, ResponseOutput, HEADER_CONTENT_LENGTH};
 
-/// Bodies larger than this are decoded on the blocking pool, so one huge request cannot stall
-/// the other connections served by the same runtime worker.
-const INLINE_DECODE_LIMIT: usize = 256 << 10;
+/// Bodies (in or out) larger than this are decoded or encoded on the blocking pool, so one huge
+/// request cannot stall the other connections served by the same runtime worker.
+const INLINE_LIMIT: usize = 256 << 10;
 
 pub async fn infer(
     state: &AppState,
@@ -38,10 +38,11 @@ pub async fn infer(
         bytes: body,
         reservation: _held,
     } = state.read_body(&parts, incoming).await?;
-    let request = if body.len() > INLINE_DECODE_LIMIT {
-        tokio::task::spawn_blocking(move || protocol::decode_request(body, header_len))
-            .await
-            .map_err(|e| ApiError::Internal(format!("request decoding stopped: {e}")))??
+    let request = if body.len() > INLINE_LIMIT {
+        state
+            .offload
+            .run(move || protocol::decode_request(body, header_len))
+            .await??
     } else {
         protocol::decode_request(body, header_len)?
     };
@@ -50,20 +51,39 @@ pub async fn infer(
         .router
         .infer(model, version, request, &parts.headers)
         .await?;
-    let response = InferResponse {
-        model_name: &result.version.model,
-        model_version: result.version.version.to_string(),
-        id: id.as_deref(),
-        outputs: result
-            .picked()
-            .map(|(name, tensor, binary)| ResponseOutput {
-                name,
-                tensor,
-                binary,
-            })
-            .collect(),
+    // JSON takes about 12 bytes per element: a response that large is encoded off the runtime,
+    // as a request that large is decoded.
+    let size: usize = result
+        .picked()
+        .map(|(_, t, binary)| {
+            if binary {
+                t.binary_size()
+            } else {
+                t.len() * 12
+            }
+        })
+        .sum();
+    let encode = move || {
+        let response = InferResponse {
+            model_name: &result.version.model,
+            model_version: result.version.version.to_string(),
+            id: id.as_deref(),
+            outputs: result
+                .picked()
+                .map(|(name, tensor, binary)| ResponseOutput {
+                    name,
+                    tensor,
+                    binary,
+                })
+                .collect(),
+        };
+        protocol::encode_response(&response)
     };
-    let encoded = protocol::encode_response(&response);
+    let encoded = if size > INLINE_LIMIT {
+        state.offload.run(encode).await?
+    } else {
+        encode()
+    };
     let mut builder = Response::builder().status(StatusCode::OK);
     builder = match encoded.header_len {
         Some(len) => builder

@@ -28,6 +28,7 @@ pub use error::ApiError;
 
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
+use crate::offload::Offload;
 use crate::repository::Repository;
 use crate::rollout::Rollout;
 use crate::routing::Router;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Request-body bytes held across all connections (`max_buffered_body_bytes`).
     pub body_budget: Arc<BodyBudget>,
+    /// The blocking-pool share of request-path work (large decodes and encodes, inflation).
+    pub offload: Offload,
     /// Set once the startup load has finished.
     pub ready: AtomicBool,
     /// Set when shutdown begins, so readiness turns false while requests drain.
@@ -66,7 +69,14 @@ impl AppState {
         parts: &http::request::Parts,
         incoming: Incoming,
     ) -> Result<body::ReadBody, ApiError> {
-        body::read(parts, incoming, self.body_limits(), &self.body_budget).await
+        body::read(
+            parts,
+            incoming,
+            self.body_limits(),
+            &self.body_budget,
+            &self.offload,
+        )
+        .await
     }
 }
 
@@ -100,8 +110,8 @@ async fn handle(
 }
 
 /// A 200 response with a JSON body.
-fn json_response(value: &serde_json::Value) -> Response<Full<Bytes>> {
-    let body = serde_json::to_vec(value).expect("serializing a JSON value cannot fail");
+fn json_response(value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(value).expect("our views serialize to JSON");
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")

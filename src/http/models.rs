@@ -55,9 +55,14 @@ pub fn metadata(state: &AppState, model: &str, version: Option<&str>) -> Reply {
     })))
 }
 
+/// 200 when ready; a known model or version that is not ready is the probe's "false", 400 with
+/// the reason (V2: a 4xx; unknown ones stay 404).
 pub fn ready(state: &AppState, model: &str, version: Option<&str>) -> Reply {
-    state.router.resolve(model, version)?;
-    Ok(empty_response(StatusCode::OK))
+    match state.router.resolve(model, version) {
+        Ok(_) => Ok(empty_response(StatusCode::OK)),
+        Err(e @ RouteError::NotReady { .. }) => Err(ApiError::Unready(e.to_string())),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The configuration in Triton's JSON shape (protobuf field names), which perf_analyzer and

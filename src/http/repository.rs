@@ -29,6 +29,7 @@ pub async fn index(state: &AppState, req: Request<Incoming>) -> Reply {
     let rows: Vec<Value> = state
         .repository
         .index(ready_only)
+        .await
         .into_iter()
         .map(|row| {
             let mut entry = json!({

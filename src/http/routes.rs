@@ -53,11 +53,17 @@ pub async fn dispatch(state: &AppState, req: Request<Incoming>) -> (&'static str
         ["v2", "deployments"] => get("deployment", deployment::list),
         ["v2", "health", "live"] => get("health", |_| Ok(empty_response(StatusCode::OK))),
         ["v2", "health", "ready"] => get("health", |s| {
-            Ok(empty_response(if s.is_ready() {
-                StatusCode::OK
+            if s.is_ready() {
+                Ok(empty_response(StatusCode::OK))
+            } else if s.stopping.load(std::sync::atomic::Ordering::Acquire) {
+                Err(ApiError::Unready(
+                    "the server is not ready: shutting down".into(),
+                ))
             } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            }))
+                Err(ApiError::Unready(
+                    "the server is not ready: loading the model repository".into(),
+                ))
+            }
         }),
         ["metrics"] => get("metrics", |s| {
             Ok(Response::builder()

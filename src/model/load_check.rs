@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::LoadError;
 use crate::config::{LoadCheck, ModelConfig};
 
 /// The name of the hidden subcommand that runs a checked load.
@@ -43,6 +44,15 @@ const MAX_JOB_BYTES: u64 = 4 << 20;
 
 /// Runs the checked load of `model_file` and returns its verdict.
 pub fn run(
+    check: &LoadCheck,
+    model_file: &Path,
+    config: &ModelConfig,
+    max_sample_bytes: usize,
+) -> Result<(), LoadError> {
+    run_child(check, model_file, config, max_sample_bytes).map_err(LoadError::Check)
+}
+
+fn run_child(
     check: &LoadCheck,
     model_file: &Path,
     config: &ModelConfig,
@@ -133,7 +143,7 @@ pub fn child_main() -> ExitCode {
         Some(job.memory_bytes),
     );
     let verdict = Verdict {
-        error: result.err(),
+        error: result.err().map(|e| e.to_string()),
     };
     let mut stdout = std::io::stdout().lock();
     let written = serde_json::to_writer(&mut stdout, &verdict)

@@ -17,9 +17,29 @@ use std::time::Duration;
 
 use crate::batching::{BatchPolicy, Scheduler, SchedulerSettings};
 use crate::config::{LoadLimits, ModelConfig, TensorConfig};
-use crate::engine::{self, Engine, LoadOptions, Signature, TensorSpec};
+use crate::engine::{self, Engine, EngineError, LoadOptions, Signature, TensorSpec};
 use crate::metrics::VersionMetrics;
 use crate::tensor::{DataType, Tensor, TensorData};
+
+/// Why a version did not load. The repository reports it as the version's reason.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The model file and `config.toml` disagree, or the model cannot be served as configured.
+    #[error("{0}")]
+    Interface(String),
+    #[error("{0}")]
+    Warmup(String),
+    /// The engine panicked, or ran out of the memory the load may take.
+    #[error("{0}")]
+    Crashed(String),
+    /// The checked load in a child process failed; the message is its verdict or how it ended.
+    #[error("{0}")]
+    Check(String),
+    #[error("missing model file {0}")]
+    MissingFile(String),
+}
 
 /// One input or output as clients see it: dims without the batch dimension when the model
 /// batches (as in Triton's config), -1 for variable.
@@ -47,7 +67,7 @@ impl ModelIo {
     /// Checks a request against this interface; see [`validate`].
     pub fn validate(
         &self,
-        request: crate::protocol::InferRequest,
+        request: crate::request::InferRequest,
     ) -> Result<(crate::batching::ValidatedRequest, Vec<OutputPick>), InvalidRequest> {
         validate(self, request)
     }
@@ -86,7 +106,7 @@ impl LoadedVersion {
         config: Arc<ModelConfig>,
         metrics: VersionMetrics,
         limits: &LoadLimits,
-    ) -> Result<LoadedVersion, String> {
+    ) -> Result<LoadedVersion, LoadError> {
         if let Some(check) = &limits.check {
             load_check::run(check, path, &config, limits.max_sample_bytes)?;
         }
@@ -120,8 +140,7 @@ impl LoadedVersion {
             default_timeout: (queue.default_timeout_us > 0)
                 .then(|| Duration::from_micros(queue.default_timeout_us)),
         };
-        let scheduler =
-            Scheduler::start(&engine, settings, metrics.clone()).map_err(|e| e.to_string())?;
+        let scheduler = Scheduler::start(&engine, settings, metrics.clone())?;
         Ok(LoadedVersion {
             model: model.to_string(),
             version,
@@ -141,7 +160,7 @@ fn prepare(
     path: &Path,
     config: &ModelConfig,
     max_sample_bytes: usize,
-) -> Result<(Arc<dyn Engine>, ModelIo), String> {
+) -> Result<(Arc<dyn Engine>, ModelIo), LoadError> {
     let batching = config.max_batch_size > 0;
     let options = LoadOptions {
         batch_dim: batching,
@@ -158,9 +177,9 @@ fn prepare(
             })
             .collect(),
     };
-    let engine = engine::load(path, &options).map_err(|e| e.to_string())?;
-    let io = reconcile(config, engine.signature())?;
-    warmup::run(engine.as_ref(), &io, config, path, max_sample_bytes)?;
+    let engine = engine::load(path, &options)?;
+    let io = reconcile(config, engine.signature()).map_err(LoadError::Interface)?;
+    warmup::run(engine.as_ref(), &io, config, path, max_sample_bytes).map_err(LoadError::Warmup)?;
     Ok((engine, io))
 }
 
@@ -171,20 +190,20 @@ fn prepare_guarded(
     config: &ModelConfig,
     max_sample_bytes: usize,
     budget: Option<u64>,
-) -> Result<(Arc<dyn Engine>, ModelIo), String> {
+) -> Result<(Arc<dyn Engine>, ModelIo), LoadError> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         prepare(path, config, max_sample_bytes)
     })) {
         Ok(result) => result,
         Err(panic) => {
             let message = panic_message(panic.as_ref());
-            Err(match budget {
+            Err(LoadError::Crashed(match budget {
                 Some(bytes) if message.contains("allocat") => format!(
                     "loading the model needs more memory than the budget of {bytes} bytes \
                      (model_load_memory_bytes): {message}"
                 ),
                 _ => format!("the engine panicked while loading the model: {message}"),
-            })
+            }))
         }
     }
 }

@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use super::{names, IoSpec, ModelIo};
 use crate::batching::ValidatedRequest;
-use crate::protocol::{InferRequest, NamedTensor, RequestInputs};
+use crate::request::{InferRequest, NamedTensor, RequestInputs};
 use crate::tensor::{DataType, Tensor, TensorData};
 
 /// Which served output to return, and how.

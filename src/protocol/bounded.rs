@@ -7,7 +7,8 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Value};
+
+use crate::request::{Parameter, Parameters};
 
 /// Most inputs, or requested outputs, in one request.
 pub const MAX_TENSORS: usize = 1024;
@@ -92,10 +93,10 @@ pub fn shape<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<i64>, D::Error> {
 
 /// An optional `parameters` object: at most [`MAX_PARAMETERS`] entries, each a string, number
 /// or boolean (the protocol's `$parameter_value`), so no parameter can hide a large structure.
-pub fn parameters<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Map<String, Value>>, D::Error> {
+pub fn parameters<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Parameters>, D::Error> {
     struct Params;
     impl<'de> Visitor<'de> for Params {
-        type Value = Option<Map<String, Value>>;
+        type Value = Option<Parameters>;
 
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             write!(
@@ -117,7 +118,7 @@ pub fn parameters<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Map<String, 
         }
 
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut out = Map::new();
+            let mut out = Parameters::new();
             while let Some(key) = map.next_key::<String>()? {
                 if out.len() == MAX_PARAMETERS {
                     return Err(de::Error::custom(format!(
@@ -134,7 +135,7 @@ pub fn parameters<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Map<String, 
 }
 
 /// One parameter value.
-struct Scalar(Value);
+struct Scalar(Parameter);
 
 impl<'de> Deserialize<'de> for Scalar {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Scalar, D::Error> {
@@ -145,22 +146,22 @@ impl<'de> Deserialize<'de> for Scalar {
                 f.write_str("a string, number or boolean parameter value")
             }
             fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
-                Ok(Scalar(Value::Bool(v)))
+                Ok(Scalar(Parameter::Bool(v)))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
-                Ok(Scalar(Value::from(v)))
+                Ok(Scalar(Parameter::Int(v)))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
-                Ok(Scalar(Value::from(v)))
+                Ok(Scalar(Parameter::Uint(v)))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
-                Ok(Scalar(Value::from(v)))
+                Ok(Scalar(Parameter::Float(v)))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
-                Ok(Scalar(Value::String(v.to_string())))
+                Ok(Scalar(Parameter::String(v.to_string())))
             }
             fn visit_unit<E: de::Error>(self) -> Result<Scalar, E> {
-                Ok(Scalar(Value::Null))
+                Ok(Scalar(Parameter::Null))
             }
         }
         d.deserialize_any(V)
@@ -174,7 +175,7 @@ mod tests {
     #[derive(serde::Deserialize)]
     struct Probe {
         #[serde(default, deserialize_with = "parameters")]
-        parameters: Option<Map<String, Value>>,
+        parameters: Option<Parameters>,
         #[serde(default, deserialize_with = "shape")]
         shape: Vec<i64>,
     }

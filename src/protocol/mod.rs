@@ -1,17 +1,14 @@
 //! The KServe V2 / Open Inference Protocol wire format: JSON bodies and the binary tensor data
 //! extension, in both directions.
 //!
-//! Wire types stop here: `decode_request` turns a body into an [`InferRequest`] of our own
-//! tensors, and `encode_response` turns an [`InferResponse`] back into bytes. Nothing in this
+//! Wire types stop here: `decode_request` turns a body into a [`crate::request::InferRequest`]
+//! of our own tensors, and `encode_response` turns an [`InferResponse`] back into bytes. Nothing in this
 //! module knows a model; checking a request against a model's inputs belongs to `routing`.
 
 mod bounded;
 mod data;
 mod request;
 mod response;
-
-use bytes::Bytes;
-use serde_json::{Map, Value};
 
 use crate::tensor::{Tensor, TensorError};
 
@@ -20,43 +17,6 @@ pub use response::{encode_response, EncodedResponse};
 
 /// The header that carries the length of the JSON part of a binary-extension body.
 pub const HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
-
-/// A decoded inference request.
-#[derive(Debug)]
-pub struct InferRequest {
-    pub id: Option<String>,
-    /// Request-level `parameters`, minus the ones this module consumed.
-    pub parameters: Map<String, Value>,
-    pub inputs: RequestInputs,
-    /// The outputs asked for; empty means every output of the model.
-    pub outputs: Vec<RequestedOutput>,
-    /// Whether outputs not named in `outputs` come back binary (`binary_data_output`).
-    pub binary_output: bool,
-    /// Triton's per-request `timeout` parameter, in microseconds.
-    pub timeout_us: Option<u64>,
-}
-
-/// Inputs as they arrived.
-#[derive(Debug)]
-pub enum RequestInputs {
-    Named(Vec<NamedTensor>),
-    /// The raw binary form (`Inference-Header-Content-Length: 0`): one input's bytes, whose name,
-    /// datatype and shape only the model can tell.
-    Raw(Bytes),
-}
-
-#[derive(Debug, Clone)]
-pub struct NamedTensor {
-    pub name: String,
-    pub tensor: Tensor,
-}
-
-#[derive(Debug, Clone)]
-pub struct RequestedOutput {
-    pub name: String,
-    /// `binary_data` of this output; `None` follows the request's `binary_output`.
-    pub binary: Option<bool>,
-}
 
 /// A response ready to encode.
 #[derive(Debug)]

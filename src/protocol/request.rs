@@ -5,11 +5,13 @@ use std::borrow::Cow;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 
 use super::bounded;
 use super::data::{parse_binary_bytes, parse_json_data};
-use super::{InferRequest, NamedTensor, ProtocolError, RequestInputs, RequestedOutput};
+use super::ProtocolError;
+use crate::request::{
+    InferRequest, NamedTensor, Parameter, Parameters, RequestInputs, RequestedOutput,
+};
 use crate::tensor::{element_count, DataType, Tensor, TensorData, TensorError};
 
 /// Decodes a request body. `header_len` is the value of `Inference-Header-Content-Length`, if
@@ -29,7 +31,7 @@ pub fn decode_request(
     if header_len == Some(0) {
         return Ok(InferRequest {
             id: None,
-            parameters: Map::new(),
+            parameters: Parameters::new(),
             inputs: RequestInputs::Raw(body),
             outputs: Vec::new(),
             binary_output: true,
@@ -97,7 +99,7 @@ struct Header<'a> {
     #[serde(default)]
     id: Option<String>,
     #[serde(default, deserialize_with = "bounded::parameters")]
-    parameters: Option<Map<String, Value>>,
+    parameters: Option<Parameters>,
     #[serde(borrow, deserialize_with = "bounded::tensors")]
     inputs: Vec<InputHeader<'a>>,
     #[serde(default, deserialize_with = "bounded::optional_tensors")]
@@ -113,7 +115,7 @@ struct InputHeader<'a> {
     #[serde(borrow)]
     datatype: Cow<'a, str>,
     #[serde(default, deserialize_with = "bounded::parameters")]
-    parameters: Option<Map<String, Value>>,
+    parameters: Option<Parameters>,
     #[serde(default, borrow)]
     data: Option<&'a RawValue>,
 }
@@ -122,7 +124,7 @@ struct InputHeader<'a> {
 struct OutputHeader {
     name: String,
     #[serde(default, deserialize_with = "bounded::parameters")]
-    parameters: Option<Map<String, Value>>,
+    parameters: Option<Parameters>,
 }
 
 fn decode_input(
@@ -214,10 +216,10 @@ fn decode_input(
     })
 }
 
-fn take_bool(params: &mut Map<String, Value>, name: &str) -> Result<Option<bool>, ProtocolError> {
+fn take_bool(params: &mut Parameters, name: &str) -> Result<Option<bool>, ProtocolError> {
     match params.remove(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(b)),
+        None | Some(Parameter::Null) => Ok(None),
+        Some(Parameter::Bool(b)) => Ok(Some(b)),
         Some(other) => Err(ProtocolError::Parameter {
             name: name.into(),
             reason: format!("must be a boolean, got {other}"),
@@ -225,9 +227,9 @@ fn take_bool(params: &mut Map<String, Value>, name: &str) -> Result<Option<bool>
     }
 }
 
-fn take_u64(params: &mut Map<String, Value>, name: &str) -> Result<Option<u64>, ProtocolError> {
+fn take_u64(params: &mut Parameters, name: &str) -> Result<Option<u64>, ProtocolError> {
     match params.remove(name) {
-        None | Some(Value::Null) => Ok(None),
+        None | Some(Parameter::Null) => Ok(None),
         Some(v) => v
             .as_u64()
             .map(Some)
@@ -258,7 +260,10 @@ mod tests {
         assert_eq!(req.id.as_deref(), Some("42"));
         assert!(req.binary_output);
         assert_eq!(req.timeout_us, Some(1000));
-        assert_eq!(req.parameters.get("x"), Some(&Value::from("y")));
+        assert_eq!(
+            req.parameters.get("x"),
+            Some(&Parameter::String("y".into()))
+        );
         let inputs = named(&req);
         assert_eq!(
             inputs[0].tensor.to_values::<i32>().unwrap(),

@@ -11,12 +11,14 @@ mod scan;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Instant;
 
 use crate::config::{LoadLimits, ModelConfig};
 use crate::metrics::Metrics;
-use crate::model::LoadedVersion;
+use crate::model::{LoadError, LoadedVersion};
 use crate::routing::{ModelRoute, Router};
 
 pub use scan::{DirSignature, Fingerprint};
@@ -71,7 +73,13 @@ pub enum RepositoryError {
     LoadFailed { model: String, reason: String },
     #[error("repository I/O error: {0}")]
     Io(String),
+    #[error("the repository has {0} operations waiting already; retry later")]
+    Busy(usize),
 }
+
+/// Repository operations from the API that may wait for the lock at once. Each may hold an
+/// upload of up to `max_body_bytes`, so the line must be short.
+pub const MAX_WAITING_OPERATIONS: usize = 8;
 
 #[derive(Default)]
 struct ModelStatus {
@@ -102,6 +110,8 @@ pub struct Repository {
     /// Serializes load and unload operations, as Triton does. Held by the operation's own task,
     /// never by a request handler, so a client that goes away changes nothing.
     ops: tokio::sync::Mutex<()>,
+    /// API operations started and not yet finished (bounded by [`MAX_WAITING_OPERATIONS`]).
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 impl Repository {
@@ -120,6 +130,7 @@ impl Repository {
             uploads,
             status: Mutex::new(BTreeMap::new()),
             ops: tokio::sync::Mutex::new(()),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -177,24 +188,29 @@ impl Repository {
             let model = name.to_string();
             let files = with.files;
             let written =
-                tokio::task::spawn_blocking(move || scan::write_override(&uploads, &model, &files))
-                    .await
-                    .map_err(|e| {
-                        RepositoryError::Io(format!("writing the uploaded files stopped: {e}"))
-                    })??;
+                blocking(move || scan::write_override(&uploads, &model, &files)).await??;
             Some(Arc::new(written))
         };
         let dir = match &override_dir {
             Some(tmp) => tmp.path().join(name),
             None => self.root.join(name),
         };
-        if !dir.is_dir() {
-            return Err(RepositoryError::UnknownModel(name.to_string()));
+        if let Some(c) = &with.config {
+            c.validate(name).map_err(|(key, reason)| {
+                RepositoryError::BadRequest(format!("config parameter: key '{key}': {reason}"))
+            })?;
         }
-        let signature = DirSignature::of(&dir);
+        let survey = {
+            let (dir, name, config) = (dir.clone(), name.to_string(), with.config);
+            blocking(move || scan::survey(&dir, &name, config)).await?
+        };
+        let Some(survey) = survey else {
+            return Err(RepositoryError::UnknownModel(name.to_string()));
+        };
         let _loading = self.mark_loading(name);
-        self.status().entry(name.to_string()).or_default().signature = Some(signature);
-        self.reconcile(name, &dir, with.config, override_dir).await
+        self.status().entry(name.to_string()).or_default().signature =
+            Some(survey.signature.clone());
+        self.reconcile(name, &dir, survey, override_dir).await
     }
 
     /// Rescans the repository: loads new models, reloads those whose directory changed (new,
@@ -213,22 +229,27 @@ impl Repository {
     }
 
     async fn rescan_now(&self) -> Vec<String> {
-        let names = match scan::model_names(&self.root) {
-            Ok(n) => n,
-            Err(e) => {
+        let root = self.root.clone();
+        let listing = blocking(move || scan::listing(&root)).await;
+        let listing = match listing {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => {
                 tracing::error!(error = %e, root = %self.root.display(), "cannot rescan the repository");
                 return Vec::new();
             }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot rescan the repository");
+                return Vec::new();
+            }
         };
+        let names: Vec<String> = listing.iter().map(|(n, _)| n.clone()).collect();
         let mut acted = Vec::new();
-        for name in &names {
+        for (name, signature) in &listing {
             let changed = {
                 let status = self.status();
                 match status.get(name) {
                     Some(s) if s.override_dir.is_some() => false,
-                    Some(s) => {
-                        s.signature.as_ref() != Some(&DirSignature::of(&self.root.join(name)))
-                    }
+                    Some(s) => s.signature.as_ref() != Some(signature),
                     None => true,
                 }
             };
@@ -263,13 +284,20 @@ impl Repository {
         acted
     }
 
-    /// Rescans every `period` until the process ends.
-    pub async fn poll(self: Arc<Self>, period: std::time::Duration) {
+    /// Rescans every `period` until `stop` turns true.
+    pub async fn poll(
+        self: Arc<Self>,
+        period: std::time::Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
             let acted = self.rescan_now().await;
             if !acted.is_empty() {
                 tracing::info!(models = ?acted, "repository rescan applied changes");
@@ -317,8 +345,13 @@ impl Repository {
     }
 
     /// The repository index: every model on disk or known from a load, with its versions.
-    pub fn index(&self, ready_only: bool) -> Vec<IndexEntry> {
-        let on_disk = scan::model_names(&self.root).unwrap_or_default();
+    pub async fn index(&self, ready_only: bool) -> Vec<IndexEntry> {
+        let root = self.root.clone();
+        let on_disk = blocking(move || scan::model_names(&root))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
         let status = self.status();
         let mut names: Vec<&str> = on_disk.iter().map(String::as_str).collect();
         names.extend(status.keys().map(String::as_str));
@@ -378,10 +411,8 @@ impl Repository {
         LoadingMark { repo: self, name }
     }
 
-    /// The status map. A panic while it was held left it consistent: each change is one map
-    /// operation.
-    fn status(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ModelStatus>> {
-        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    fn status(&self) -> parking_lot::MutexGuard<'_, BTreeMap<String, ModelStatus>> {
+        self.status.lock()
     }
 
     fn set_loading(&self, name: &str, loading: bool) {
@@ -392,20 +423,11 @@ impl Repository {
         &self,
         name: &str,
         dir: &Path,
-        config_override: Option<ModelConfig>,
+        survey: scan::Survey,
         override_dir: Option<Arc<tempfile::TempDir>>,
     ) -> Result<(), RepositoryError> {
         let current = self.route_of(name);
-        let config = match config_override {
-            Some(c) => {
-                c.validate(name).map_err(|(key, reason)| {
-                    RepositoryError::BadRequest(format!("config parameter: key '{key}': {reason}"))
-                })?;
-                Ok(c)
-            }
-            None => ModelConfig::load(dir, name).map_err(|e| e.to_string()),
-        };
-        let config = match config {
+        let config = match survey.config {
             Ok(c) => Arc::new(c),
             Err(reason) => {
                 tracing::error!(model = %name, error = %reason, "model configuration rejected");
@@ -416,10 +438,10 @@ impl Repository {
                 });
             }
         };
-
-        let available = scan::version_dirs(dir)
+        let available = survey
+            .available
             .map_err(|e| RepositoryError::Io(format!("cannot read {}: {e}", dir.display())))?;
-        let selected = config.version_policy.select(&available);
+        let selected: Vec<u64> = survey.selected.iter().map(|s| s.version).collect();
         if selected.is_empty() {
             let reason = if available.is_empty() {
                 "no version directories (positive integers) found".to_string()
@@ -439,23 +461,22 @@ impl Repository {
         {
             let status = self.status();
             let known = status.get(name);
-            for &v in &selected {
-                let path = dir.join(v.to_string()).join(&config.default_model_filename);
-                let fingerprint = Fingerprint::of(&path);
+            for found in survey.selected {
+                let v = found.version;
                 let unchanged = current.versions.get(&v).filter(|loaded| {
                     *loaded.config == *config
-                        && loaded.path == path
-                        && fingerprint.is_some()
+                        && loaded.path == found.path
+                        && found.fingerprint.is_some()
                         && known
                             .and_then(|m| m.versions.get(&v))
                             .and_then(|s| s.fingerprint.as_ref())
-                            == fingerprint.as_ref()
+                            == found.fingerprint.as_ref()
                 });
                 match unchanged {
                     Some(loaded) => {
                         keep.insert(v, Arc::clone(loaded));
                     }
-                    None => to_load.push((v, path, fingerprint)),
+                    None => to_load.push((v, found.path, found.fingerprint)),
                 }
             }
         }
@@ -478,7 +499,7 @@ impl Repository {
                         &limits,
                     )
                 } else {
-                    Err(format!("missing model file {}", path.display()))
+                    Err(LoadError::MissingFile(path.display().to_string()))
                 };
                 metrics.record_load(&model, v, started.elapsed(), result.is_ok());
                 // Parsing and optimizing left scratch memory behind on this loader thread.
@@ -500,7 +521,7 @@ impl Repository {
                 }
                 Err(reason) => {
                     tracing::error!(model = %name, version = v, error = %reason, "version failed to load");
-                    failed.insert(v, reason);
+                    failed.insert(v, reason.to_string());
                 }
             }
         }
@@ -530,18 +551,12 @@ impl Repository {
             .filter(|v| !versions.contains_key(v))
             .copied()
             .collect();
-        let transition = self.router.update(name, |route| {
+        // One store: the deployment rules (rollout's) see the new versions in the same update.
+        self.router.update(name, |route| {
             route.failed = still_failed;
             route.reason = None;
-            let transition = route.set_versions(versions, &config.rollout);
-            if let Some(t) = &transition {
-                route.deployment.record(name, t.clone());
-            }
-            transition
+            route.versions = versions;
         });
-        if let Some(t) = transition {
-            self.metrics.record_transition(name, t.action, t.trigger);
-        }
         for &v in &dropped {
             self.metrics.record_unload(name, v);
             tracing::info!(model = %name, version = v, "version no longer served; it drains and is dropped");
@@ -633,14 +648,38 @@ impl Drop for LoadingMark<'_> {
 
 /// Runs a repository operation on a task of its own and waits for it. The operation holds the
 /// repository lock and finishes even if the waiter is dropped, so the outcome of a load never
-/// depends on whether its client stayed connected.
+/// depends on whether its client stayed connected. At most [`MAX_WAITING_OPERATIONS`] wait at
+/// once; beyond, the caller is told at once that the repository is busy.
 async fn detached<T, F, Fut>(repo: Arc<Repository>, op: F) -> Result<T, RepositoryError>
 where
     T: Send + 'static,
     F: FnOnce(Arc<Repository>) -> Fut,
     Fut: std::future::Future<Output = Result<T, RepositoryError>> + Send + 'static,
 {
-    tokio::spawn(op(repo))
+    use std::sync::atomic::Ordering;
+    let waiting = repo.waiting.fetch_add(1, Ordering::AcqRel);
+    if waiting >= MAX_WAITING_OPERATIONS {
+        repo.waiting.fetch_sub(1, Ordering::AcqRel);
+        return Err(RepositoryError::Busy(waiting));
+    }
+    let counted = Arc::clone(&repo);
+    let task = op(repo);
+    tokio::spawn(async move {
+        let result = task.await;
+        counted.waiting.fetch_sub(1, Ordering::AcqRel);
+        result
+    })
+    .await
+    .map_err(|e| RepositoryError::Io(format!("the repository operation stopped: {e}")))?
+}
+
+/// Runs file-system work on the blocking pool, never on a runtime worker.
+async fn blocking<T, F>(f: F) -> Result<T, RepositoryError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| RepositoryError::Io(format!("the repository operation stopped: {e}")))?
+        .map_err(|e| RepositoryError::Io(format!("repository file work stopped: {e}")))
 }

@@ -5,6 +5,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
 
 use super::RepositoryError;
+use crate::config::ModelConfig;
 
 /// Model directories under the root, sorted; hidden entries are skipped.
 pub fn model_names(root: &Path) -> io::Result<Vec<String>> {
@@ -109,6 +110,72 @@ impl DirSignature {
         }
         DirSignature(entries)
     }
+}
+
+/// What a model directory holds, read in one pass on the blocking pool: everything a reconcile
+/// needs from the file system.
+pub struct Survey {
+    pub signature: DirSignature,
+    /// The configuration given with the load, or `config.toml`'s (defaults when absent).
+    pub config: Result<ModelConfig, String>,
+    /// Version directories present.
+    pub available: io::Result<Vec<u64>>,
+    /// The versions the policy selects, highest first, with their model file.
+    pub selected: Vec<FoundVersion>,
+}
+
+pub struct FoundVersion {
+    pub version: u64,
+    pub path: PathBuf,
+    pub fingerprint: Option<Fingerprint>,
+}
+
+/// Surveys `dir`; `None` when it is not a directory. Blocking.
+pub fn survey(dir: &Path, name: &str, config: Option<ModelConfig>) -> Option<Survey> {
+    if !dir.is_dir() {
+        return None;
+    }
+    let signature = DirSignature::of(dir);
+    let config = match config {
+        Some(c) => Ok(c),
+        None => ModelConfig::load(dir, name).map_err(|e| e.to_string()),
+    };
+    let available = version_dirs(dir);
+    let selected = match (&config, &available) {
+        (Ok(c), Ok(versions)) => c
+            .version_policy
+            .select(versions)
+            .into_iter()
+            .map(|version| {
+                let path = dir
+                    .join(version.to_string())
+                    .join(&c.default_model_filename);
+                FoundVersion {
+                    version,
+                    fingerprint: Fingerprint::of(&path),
+                    path,
+                }
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Some(Survey {
+        signature,
+        config,
+        available,
+        selected,
+    })
+}
+
+/// Every model directory under `root` with its signature. Blocking.
+pub fn listing(root: &Path) -> io::Result<Vec<(String, DirSignature)>> {
+    Ok(model_names(root)?
+        .into_iter()
+        .map(|name| {
+            let signature = DirSignature::of(&root.join(&name));
+            (name, signature)
+        })
+        .collect())
 }
 
 /// Writes the files of an explicit load into a fresh directory under `uploads` laid out as a

@@ -8,20 +8,23 @@
 //! records into the candidate's trial.
 
 mod decide;
+mod rules;
 mod state;
+mod view;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
-
 pub use decide::{decide, Decision};
+pub use rules::{Action, Rules, Transition, Trigger};
+pub use state::StateError;
 use state::{CandidateState, ModelState, SavedMode, StateFile};
+pub use view::DeploymentView;
 
 use crate::config::RolloutConfig;
 use crate::metrics::Metrics;
-use crate::routing::{now_ms, Candidate, CandidateMode, ModelRoute, Router, Tracker, Transition};
+use crate::routing::{Candidate, CandidateMode, ModelRoute, Router, Tracker};
 
 /// Why a control operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -38,10 +41,11 @@ pub enum RolloutError {
 
 pub struct Rollout {
     router: Arc<Router>,
+    rules: Arc<Rules>,
     metrics: Metrics,
     state_file: PathBuf,
     /// Serializes control operations with the evaluator and the state file.
-    ops: std::sync::Mutex<Persisted>,
+    ops: parking_lot::Mutex<Persisted>,
 }
 
 /// What the state file holds, as far as this process knows.
@@ -63,12 +67,19 @@ enum FileState {
 }
 
 impl Rollout {
-    pub fn new(router: Arc<Router>, metrics: Metrics, state_dir: PathBuf) -> Rollout {
+    /// `rules` must be the rules `router` was built with: they record every transition.
+    pub fn new(
+        router: Arc<Router>,
+        rules: Arc<Rules>,
+        metrics: Metrics,
+        state_dir: PathBuf,
+    ) -> Rollout {
         Rollout {
             router,
+            rules,
             metrics,
             state_file: state_dir.join("deployments.json"),
-            ops: std::sync::Mutex::new(Persisted {
+            ops: parking_lot::Mutex::new(Persisted {
                 file: FileState::NotRestored,
                 carried: Default::default(),
             }),
@@ -83,14 +94,14 @@ impl Rollout {
         version: u64,
         mode: CandidateMode,
         criteria: Option<RolloutConfig>,
-    ) -> Result<Value, RolloutError> {
+    ) -> Result<DeploymentView, RolloutError> {
         if let CandidateMode::Canary { weight, .. } = &mode {
             check_weight(*weight)?;
         }
         let action = if mode == CandidateMode::Shadow {
-            "shadow"
+            Action::Shadow
         } else {
-            "canary"
+            Action::Canary
         };
         self.change(model, action, |route| {
             let loaded = route
@@ -112,7 +123,8 @@ impl Rollout {
             Ok((
                 Some(version),
                 format!(
-                    "{action} of version {version} against stable {}",
+                    "{} of version {version} against stable {}",
+                    action.as_str(),
                     show(stable)
                 ),
             ))
@@ -120,9 +132,9 @@ impl Rollout {
     }
 
     /// Changes a canary's share of traffic.
-    pub fn set_weight(&self, model: &str, weight: f64) -> Result<Value, RolloutError> {
+    pub fn set_weight(&self, model: &str, weight: f64) -> Result<DeploymentView, RolloutError> {
         check_weight(weight)?;
-        self.change(model, "weight", |route| {
+        self.change(model, Action::Weight, |route| {
             let candidate = route
                 .deployment
                 .candidate
@@ -147,9 +159,9 @@ impl Rollout {
     pub fn promote(
         &self,
         model: &str,
-        trigger: &'static str,
+        trigger: Trigger,
         reason: &str,
-    ) -> Result<Value, RolloutError> {
+    ) -> Result<DeploymentView, RolloutError> {
         self.end_trial(model, true, trigger, reason, None)
     }
 
@@ -157,9 +169,9 @@ impl Rollout {
     pub fn rollback(
         &self,
         model: &str,
-        trigger: &'static str,
+        trigger: Trigger,
         reason: &str,
-    ) -> Result<Value, RolloutError> {
+    ) -> Result<DeploymentView, RolloutError> {
         self.end_trial(model, false, trigger, reason, None)
     }
 
@@ -169,11 +181,15 @@ impl Rollout {
         &self,
         model: &str,
         promote: bool,
-        trigger: &'static str,
+        trigger: Trigger,
         reason: &str,
         judged: Option<&Arc<Tracker>>,
-    ) -> Result<Value, RolloutError> {
-        let action = if promote { "promote" } else { "rollback" };
+    ) -> Result<DeploymentView, RolloutError> {
+        let action = if promote {
+            Action::Promote
+        } else {
+            Action::Rollback
+        };
         self.change_with(model, action, trigger, |route| {
             let current = route.deployment.candidate.as_ref();
             let still_judged =
@@ -192,8 +208,12 @@ impl Rollout {
 
     /// Blue/green switch: all traffic to `version` at once (`None`: follow the highest ready
     /// version). Any candidate is dropped.
-    pub fn set_stable(&self, model: &str, version: Option<u64>) -> Result<Value, RolloutError> {
-        self.change(model, "stable", |route| {
+    pub fn set_stable(
+        &self,
+        model: &str,
+        version: Option<u64>,
+    ) -> Result<DeploymentView, RolloutError> {
+        self.change(model, Action::Stable, |route| {
             if let Some(v) = version {
                 if !route.versions.contains_key(&v) {
                     return Err(RolloutError::VersionNotReady {
@@ -215,26 +235,24 @@ impl Rollout {
     }
 
     /// The deployment of one model, as the control API reports it.
-    pub fn view(&self, model: &str) -> Result<Value, RolloutError> {
+    pub fn view(&self, model: &str) -> Result<DeploymentView, RolloutError> {
         let table = self.router.snapshot();
         let route = table
             .models
             .get(model)
             .ok_or_else(|| RolloutError::UnknownModel(model.to_string()))?;
-        Ok(view(model, route))
+        Ok(DeploymentView::of(model, route, self.rules.history(model)))
     }
 
-    /// Every model's deployment.
-    pub fn views(&self) -> Value {
+    /// Every model's deployment, by name.
+    pub fn views(&self) -> Vec<DeploymentView> {
         let table = self.router.snapshot();
         let mut names: Vec<&String> = table.models.keys().collect();
         names.sort();
-        Value::Array(
-            names
-                .into_iter()
-                .map(|m| view(m, &table.models[m]))
-                .collect(),
-        )
+        names
+            .into_iter()
+            .map(|m| DeploymentView::of(m, &table.models[m], self.rules.history(m)))
+            .collect()
     }
 
     /// Applies the criteria to every candidate, then writes the state file if the deployments
@@ -267,9 +285,11 @@ impl Rollout {
             );
             let result = match decision {
                 Decision::Wait => continue,
-                Decision::Promote(reason) => self.end_trial(model, true, "auto", &reason, Some(t)),
+                Decision::Promote(reason) => {
+                    self.end_trial(model, true, Trigger::Auto, &reason, Some(t))
+                }
                 Decision::Rollback(reason) => {
-                    self.end_trial(model, false, "auto", &reason, Some(t))
+                    self.end_trial(model, false, Trigger::Auto, &reason, Some(t))
                 }
             };
             if let Err(e) = result {
@@ -279,12 +299,19 @@ impl Rollout {
         self.persist_if_changed();
     }
 
-    /// Runs `evaluate` every `period` until the process ends.
-    pub async fn run(self: Arc<Self>, period: Duration) {
+    /// Runs `evaluate` every `period` until `stop` turns true.
+    pub async fn run(
+        self: Arc<Self>,
+        period: Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
             let me = Arc::clone(&self);
             // The state file write blocks; keep it off the runtime's workers.
             let _ = tokio::task::spawn_blocking(move || me.evaluate()).await;
@@ -350,14 +377,28 @@ impl Rollout {
                     let criteria = c.criteria.clone().unwrap_or_else(|| loaded.config.rollout.clone());
                     route.deployment.candidate = Some(Candidate::new(c.version, mode, criteria));
                 }
-                route.deployment.record(model, Transition {
-                    at_ms: now_ms(),
-                    action: "restore",
-                    trigger: "restore",
-                    version: route.deployment.candidate.as_ref().map(|c| c.version).or(route.deployment.stable),
-                    reason: format!("restored from {}", self.state_file.display()),
-                });
             });
+            let route = self
+                .router
+                .snapshot()
+                .models
+                .get(model)
+                .cloned()
+                .unwrap_or_default();
+            self.rules.record(
+                model,
+                Transition::now(
+                    Action::Restore,
+                    Trigger::Restore,
+                    route
+                        .deployment
+                        .candidate
+                        .as_ref()
+                        .map(|c| c.version)
+                        .or(route.deployment.stable),
+                    format!("restored from {}", self.state_file.display()),
+                ),
+            );
         }
         {
             let mut persisted = self.persisted();
@@ -368,17 +409,17 @@ impl Rollout {
         self.persist_if_changed();
     }
 
-    fn persisted(&self) -> std::sync::MutexGuard<'_, Persisted> {
-        self.ops.lock().unwrap_or_else(|e| e.into_inner())
+    fn persisted(&self) -> parking_lot::MutexGuard<'_, Persisted> {
+        self.ops.lock()
     }
 
     fn change(
         &self,
         model: &str,
-        action: &'static str,
+        action: Action,
         f: impl FnOnce(&mut ModelRoute) -> Result<(Option<u64>, String), RolloutError>,
-    ) -> Result<Value, RolloutError> {
-        self.change_with(model, action, "manual", f)
+    ) -> Result<DeploymentView, RolloutError> {
+        self.change_with(model, action, Trigger::Manual, f)
     }
 
     /// One transition: checked and applied in one routing update, then logged, counted and
@@ -386,30 +427,18 @@ impl Rollout {
     fn change_with(
         &self,
         model: &str,
-        action: &'static str,
-        trigger: &'static str,
+        action: Action,
+        trigger: Trigger,
         f: impl FnOnce(&mut ModelRoute) -> Result<(Option<u64>, String), RolloutError>,
-    ) -> Result<Value, RolloutError> {
-        let _ops = self.persisted();
+    ) -> Result<DeploymentView, RolloutError> {
+        let ops = self.persisted();
         if !self.router.snapshot().models.contains_key(model) {
             return Err(RolloutError::UnknownModel(model.to_string()));
         }
-        self.router.update(model, |route| {
-            let (version, reason) = f(route)?;
-            route.deployment.record(
-                model,
-                Transition {
-                    at_ms: now_ms(),
-                    action,
-                    trigger,
-                    version,
-                    reason,
-                },
-            );
-            Ok(())
-        })?;
-        self.metrics.record_transition(model, action, trigger);
-        drop(_ops);
+        let (version, reason) = self.router.update(model, f)?;
+        self.rules
+            .record(model, Transition::now(action, trigger, version, reason));
+        drop(ops);
         self.persist_if_changed();
         self.view(model)
     }
@@ -486,47 +515,4 @@ fn check_weight(weight: f64) -> Result<(), RolloutError> {
 
 fn show(v: Option<u64>) -> String {
     v.map_or_else(|| "none".to_string(), |v| v.to_string())
-}
-
-fn view(model: &str, route: &ModelRoute) -> Value {
-    let d = &route.deployment;
-    let candidate = d.candidate.as_ref().map(|c| {
-        let (mode, weight, sticky) = match &c.mode {
-            CandidateMode::Canary { weight, sticky_header } => ("canary", Some(*weight), sticky_header.clone()),
-            CandidateMode::Shadow => ("shadow", None, None),
-        };
-        let arm = |a: crate::routing::ArmSnapshot| {
-            json!({"requests": a.requests, "errors": a.errors, "p50_us": a.p50_us, "p99_us": a.p99_us})
-        };
-        let s = c.tracker.shadow.snapshot();
-        json!({
-            "version": c.version,
-            "mode": mode,
-            "weight": weight,
-            "sticky_header": sticky,
-            "started_ms": c.started.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
-            "criteria": c.criteria,
-            "trial": {
-                "stable": arm(c.tracker.stable.snapshot()),
-                "candidate": arm(c.tracker.candidate.snapshot()),
-                "shadow": {"sent": s.sent, "errors": s.errors, "compared": s.compared,
-                           "agreement": s.agreement, "mean_abs_diff": s.mean_abs_diff},
-            },
-        })
-    });
-    let history: Vec<Value> = d
-        .history
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .map(|t| json!({"at_ms": t.at_ms, "action": t.action, "trigger": t.trigger, "version": t.version, "reason": t.reason}))
-        .collect();
-    json!({
-        "model": model,
-        "versions": route.versions.keys().collect::<Vec<_>>(),
-        "stable": route.stable().map(|s| s.version),
-        "stable_pinned": d.stable.is_some(),
-        "candidate": candidate,
-        "history": history,
-    })
 }

@@ -13,21 +13,24 @@
 mod shadow;
 mod tracker;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
+
+use parking_lot::Mutex;
 
 use arc_swap::ArcSwap;
 
 pub use tracker::{ArmSnapshot, ArmStats, ShadowSnapshot, ShadowStats, Tracker};
 
 use crate::batching::SchedulerError;
-use crate::config::{OnNewVersion, RolloutConfig};
+use crate::config::RolloutConfig;
 use crate::metrics::FailureReason;
 use crate::model::LoadedVersion;
 pub use crate::model::{InvalidRequest, OutputPick};
-use crate::protocol::InferRequest;
+use crate::offload::Offload;
+use crate::request::InferRequest;
 use crate::tensor::Tensor;
 
 /// Everything the request path needs to find a version, in one snapshot.
@@ -49,49 +52,13 @@ pub struct ModelRoute {
     pub deployment: Deployment,
 }
 
-/// A model's traffic split for requests that name no version.
+/// A model's traffic split for requests that name no version: plain data, read on the request
+/// path and changed only by `rollout` (directly, or through [`DeploymentRules`] inside an update).
 #[derive(Clone, Default)]
 pub struct Deployment {
     /// The pinned stable version; `None` follows the highest ready version.
     pub stable: Option<u64>,
     pub candidate: Option<Candidate>,
-    /// The last transitions, newest last; shared by every snapshot of this model.
-    pub history: Arc<Mutex<VecDeque<Transition>>>,
-}
-
-/// One change of a deployment, as logged and reported.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Transition {
-    /// Milliseconds since the Unix epoch.
-    pub at_ms: u64,
-    /// `canary`, `shadow`, `weight`, `promote`, `rollback`, `stable`, `replace`.
-    pub action: &'static str,
-    /// `manual` (control API), `auto` (criteria), `reload` (a new version loaded), `restore`.
-    pub trigger: &'static str,
-    pub version: Option<u64>,
-    pub reason: String,
-}
-
-/// Transitions kept per model.
-const HISTORY: usize = 64;
-
-impl Deployment {
-    /// Logs a transition and keeps it in the history.
-    pub fn record(&self, model: &str, transition: Transition) {
-        tracing::info!(
-            model,
-            action = transition.action,
-            trigger = transition.trigger,
-            version = transition.version,
-            reason = %transition.reason,
-            "deployment transition"
-        );
-        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
-        if history.len() == HISTORY {
-            history.pop_front();
-        }
-        history.push_back(transition);
-    }
 }
 
 impl Candidate {
@@ -104,13 +71,6 @@ impl Candidate {
             started: SystemTime::now(),
         }
     }
-}
-
-/// Milliseconds since the Unix epoch, for transition records.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A version on trial beside the stable one.
@@ -152,84 +112,15 @@ impl ModelRoute {
     pub fn is_ready(&self) -> bool {
         !self.versions.is_empty()
     }
+}
 
-    /// Installs a new set of ready versions. A new version above the current stable one enters
-    /// as `policy` says: at once (blue/green), or as a canary or shadow candidate while the
-    /// stable version stays pinned. Returns the transition made, if any.
-    pub fn set_versions(
-        &mut self,
-        versions: BTreeMap<u64, Arc<LoadedVersion>>,
-        policy: &RolloutConfig,
-    ) -> Option<Transition> {
-        let previous_stable = self.stable().map(|v| v.version);
-        let previous_highest = self.highest().map(|v| v.version);
-        self.versions = versions;
-        let new_highest = self.highest().map(|v| v.version)?;
-        let (Some(stable), Some(old_highest)) = (previous_stable, previous_highest) else {
-            return None;
-        };
-        if new_highest <= old_highest || !self.versions.contains_key(&stable) {
-            return None;
-        }
-        let mode = match policy.on_new_version {
-            OnNewVersion::Replace => {
-                return (self.deployment.stable.is_none()).then(|| Transition {
-                    at_ms: now_ms(),
-                    action: "replace",
-                    trigger: "reload",
-                    version: Some(new_highest),
-                    reason: format!("version {new_highest} loaded; it replaces version {stable}"),
-                });
-            }
-            OnNewVersion::Canary => CandidateMode::Canary {
-                weight: policy.canary_weight,
-                sticky_header: policy.sticky_header.clone(),
-            },
-            OnNewVersion::Shadow => CandidateMode::Shadow,
-        };
-        self.deployment.stable = Some(stable);
-        let action = if mode == CandidateMode::Shadow {
-            "shadow"
-        } else {
-            "canary"
-        };
-        self.deployment.candidate = Some(Candidate::new(new_highest, mode, policy.clone()));
-        Some(Transition {
-            at_ms: now_ms(),
-            action,
-            trigger: "reload",
-            version: Some(new_highest),
-            reason: format!(
-                "version {new_highest} loaded; on_new_version = {action}, stable stays {stable}"
-            ),
-        })
-    }
-
-    /// Restores the invariant that a deployment names only ready versions: a pin on a version
-    /// that left falls back to the highest, and a candidate that left is dropped. Returns what
-    /// was dropped, for the log.
-    fn normalize(&mut self) -> Vec<String> {
-        let mut notes = Vec::new();
-        if let Some(v) = self.deployment.stable {
-            if !self.versions.contains_key(&v) {
-                notes.push(format!(
-                    "stable version {v} is no longer ready; following the highest"
-                ));
-                self.deployment.stable = None;
-            }
-        }
-        if let Some(c) = &self.deployment.candidate {
-            let stable = self.stable().map(|s| s.version);
-            if !self.versions.contains_key(&c.version) || stable == Some(c.version) {
-                notes.push(format!(
-                    "candidate version {} is no longer a candidate",
-                    c.version
-                ));
-                self.deployment.candidate = None;
-            }
-        }
-        notes
-    }
+/// How a model's deployment follows a change to its route: `rollout` provides the rules, and
+/// routing applies them inside every [`Router::update`], after the change and before the store,
+/// so a new version and the deployment it implies are published together (a new version under
+/// `on_new_version = "canary"` never takes all traffic, not even for one request).
+pub trait DeploymentRules: Send + Sync + 'static {
+    /// Adjusts `after` (the route as changed) given `before` (as it was).
+    fn settle(&self, model: &str, before: &ModelRoute, after: &mut ModelRoute);
 }
 
 /// Why a request found no version to run on.
@@ -301,10 +192,12 @@ impl RequestKeys for NoKeys {
 }
 
 /// The request path's entry into serving.
-#[derive(Default)]
 pub struct Router {
     table: ArcSwap<RoutingTable>,
     writers: Mutex<()>,
+    rules: Arc<dyn DeploymentRules>,
+    /// Where large shadow comparisons run.
+    offload: Offload,
 }
 
 /// Which side of a deployment a request went to.
@@ -327,8 +220,13 @@ struct Plan {
 }
 
 impl Router {
-    pub fn new() -> Router {
-        Router::default()
+    pub fn new(rules: Arc<dyn DeploymentRules>, offload: Offload) -> Router {
+        Router {
+            table: ArcSwap::default(),
+            writers: Mutex::new(()),
+            rules,
+            offload,
+        }
     }
 
     /// The current snapshot.
@@ -340,13 +238,12 @@ impl Router {
     /// in one atomic store. Writers are serialized, so a change is never lost to a concurrent
     /// one; readers never wait. Returns what `change` returned.
     pub fn update<R>(&self, model: &str, change: impl FnOnce(&mut ModelRoute) -> R) -> R {
-        let _writer = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+        let _writer = self.writers.lock();
         let mut next = RoutingTable::clone(&self.table.load());
         let route = next.models.entry(model.to_string()).or_default();
+        let before = route.clone();
         let result = change(route);
-        for note in route.normalize() {
-            tracing::info!(model, "{note}");
-        }
+        self.rules.settle(model, &before, route);
         self.table.store(Arc::new(next));
         result
     }
@@ -378,7 +275,7 @@ impl Router {
         let started = Instant::now();
         let plan = self.plan(model, version, keys)?;
         let shadow = plan.shadow.as_ref().zip(plan.trial.as_ref());
-        let outcome = run(&plan.target, request, shadow).await;
+        let outcome = run(&plan.target, request, shadow, &self.offload).await;
         let took = started.elapsed();
         if let Some(trial) = &plan.trial {
             let server_side_ok = !matches!(outcome, Err(InferError::Scheduler(_)));
@@ -455,10 +352,12 @@ async fn run(
     target: &Arc<LoadedVersion>,
     request: InferRequest,
     shadow: Option<(&Arc<LoadedVersion>, &Arc<Tracker>)>,
+    offload: &Offload,
 ) -> Result<(Vec<Tensor>, Vec<OutputPick>), InferError> {
     let (validated, picks) = target.io.validate(request)?;
-    let shadow_tx = shadow
-        .and_then(|(candidate, tracker)| shadow::start(target, candidate, &validated, tracker));
+    let shadow_tx = shadow.and_then(|(candidate, tracker)| {
+        shadow::start(target, candidate, &validated, tracker, offload)
+    });
     let ticket = target.scheduler.submit(validated)?;
     let outputs = ticket.wait().await?;
     if let Some(tx) = shadow_tx {

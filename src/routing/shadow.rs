@@ -10,6 +10,11 @@ use tokio::sync::oneshot;
 use super::Tracker;
 use crate::batching::ValidatedRequest;
 use crate::model::LoadedVersion;
+use crate::offload::Offload;
+
+/// Outputs up to this many elements (a few hundred rows of class scores) are compared on the
+/// task that received them: a few microseconds.
+const INLINE_COMPARE_ELEMENTS: usize = 16 << 10;
 use crate::tensor::{DataType, Tensor, TensorData};
 
 /// Queues the copy on the candidate and returns the channel for the stable outputs, or `None`
@@ -19,6 +24,7 @@ pub(super) fn start(
     candidate: &Arc<LoadedVersion>,
     request: &ValidatedRequest,
     tracker: &Arc<Tracker>,
+    offload: &Offload,
 ) -> Option<oneshot::Sender<Vec<Tensor>>> {
     tracker.shadow.record_sent();
     if candidate.io.inputs != stable.io.inputs {
@@ -35,10 +41,11 @@ pub(super) fn start(
         }
     };
     let (tx, rx) = oneshot::channel::<Vec<Tensor>>();
-    let (stable, candidate, tracker) = (
+    let (stable, candidate, tracker, offload) = (
         Arc::clone(stable),
         Arc::clone(candidate),
         Arc::clone(tracker),
+        offload.clone(),
     );
     tokio::spawn(async move {
         let shadow_outputs = ticket.wait().await;
@@ -50,11 +57,22 @@ pub(super) fn start(
             return;
         };
         // The stable request may have failed; then there is nothing to compare.
-        if let Ok(stable_outputs) = rx.await {
+        let Ok(stable_outputs) = rx.await else {
+            return;
+        };
+        let elements: usize = stable_outputs.iter().map(Tensor::len).sum();
+        let judge = move || {
             let c = compare(&stable, &stable_outputs, &candidate, &shadow_outputs);
             tracker
                 .shadow
                 .record_comparison(c.rows, c.rows_agreeing, c.abs_diff_sum, c.elements);
+        };
+        // Small outputs are compared here; large ones on the blocking pool, or not at all when
+        // its share is taken (a shadow is best effort, never a cost to the caller).
+        if elements <= INLINE_COMPARE_ELEMENTS {
+            judge();
+        } else if !offload.try_spawn(judge) {
+            tracing::debug!("shadow comparison skipped: the blocking pool is busy");
         }
     });
     Some(tx)

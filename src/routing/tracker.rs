@@ -122,7 +122,7 @@ impl ShadowStats {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct ArmSnapshot {
     pub requests: u64,
     pub errors: u64,
@@ -130,7 +130,7 @@ pub struct ArmSnapshot {
     pub p99_us: Option<f64>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct ShadowSnapshot {
     pub sent: u64,
     pub errors: u64,

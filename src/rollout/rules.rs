@@ -1,0 +1,239 @@
+//! Transitions and the rules that routing applies inside every update: a new, higher version
+//! enters as its `on_new_version` says, and a deployment never names a version that is not
+//! ready. Every transition, whoever makes it, is recorded here: logged, counted and kept in the
+//! model's history.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::SystemTime;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::config::OnNewVersion;
+use crate::metrics::Metrics;
+use crate::routing::{Candidate, CandidateMode, DeploymentRules, ModelRoute};
+
+/// What a transition did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Canary,
+    Shadow,
+    Weight,
+    Promote,
+    Rollback,
+    Stable,
+    Replace,
+    Restore,
+}
+
+/// Who made it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// The control API.
+    Manual,
+    /// The promotion and rollback criteria.
+    Auto,
+    /// A new version loaded.
+    Reload,
+    /// The state file, at start.
+    Restore,
+}
+
+impl Action {
+    pub const ALL: [Action; 8] = [
+        Action::Canary,
+        Action::Shadow,
+        Action::Weight,
+        Action::Promote,
+        Action::Rollback,
+        Action::Stable,
+        Action::Replace,
+        Action::Restore,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Canary => "canary",
+            Action::Shadow => "shadow",
+            Action::Weight => "weight",
+            Action::Promote => "promote",
+            Action::Rollback => "rollback",
+            Action::Stable => "stable",
+            Action::Replace => "replace",
+            Action::Restore => "restore",
+        }
+    }
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Manual => "manual",
+            Trigger::Auto => "auto",
+            Trigger::Reload => "reload",
+            Trigger::Restore => "restore",
+        }
+    }
+}
+
+/// One change of a deployment, as logged and reported.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Transition {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub action: Action,
+    pub trigger: Trigger,
+    pub version: Option<u64>,
+    pub reason: String,
+}
+
+impl Transition {
+    pub fn now(action: Action, trigger: Trigger, version: Option<u64>, reason: String) -> Self {
+        Transition {
+            at_ms: now_ms(),
+            action,
+            trigger,
+            version,
+            reason,
+        }
+    }
+}
+
+/// Transitions kept per model.
+const HISTORY: usize = 64;
+
+/// The rules, and the record of every transition.
+pub struct Rules {
+    metrics: Metrics,
+    history: Mutex<HashMap<String, VecDeque<Transition>>>,
+}
+
+impl Rules {
+    pub fn new(metrics: Metrics) -> Rules {
+        Rules {
+            metrics,
+            history: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Logs, counts and keeps a transition.
+    pub fn record(&self, model: &str, transition: Transition) {
+        tracing::info!(
+            model,
+            action = transition.action.as_str(),
+            trigger = transition.trigger.as_str(),
+            version = transition.version,
+            reason = %transition.reason,
+            "deployment transition"
+        );
+        self.metrics.record_transition(
+            model,
+            transition.action.as_str(),
+            transition.trigger.as_str(),
+        );
+        let mut history = self.history.lock();
+        let kept = history.entry(model.to_string()).or_default();
+        if kept.len() == HISTORY {
+            kept.pop_front();
+        }
+        kept.push_back(transition);
+    }
+
+    /// The model's last transitions, oldest first.
+    pub fn history(&self, model: &str) -> Vec<Transition> {
+        self.history
+            .lock()
+            .get(model)
+            .map(|h| h.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+impl DeploymentRules for Rules {
+    fn settle(&self, model: &str, before: &ModelRoute, after: &mut ModelRoute) {
+        if let Some(t) = on_new_version(before, after) {
+            self.record(model, t);
+        }
+        for note in normalize(after) {
+            tracing::info!(model, "{note}");
+        }
+    }
+}
+
+/// A new version above the current stable one enters as its `on_new_version` says: at once
+/// (blue/green), or as a canary or shadow candidate while the stable version stays pinned.
+fn on_new_version(before: &ModelRoute, after: &mut ModelRoute) -> Option<Transition> {
+    let stable = before.stable()?.version;
+    let old_highest = before.highest()?.version;
+    let newest = after.highest()?;
+    let new_highest = newest.version;
+    if new_highest <= old_highest || !after.versions.contains_key(&stable) {
+        return None;
+    }
+    let policy = newest.config.rollout.clone();
+    let (mode, action) = match policy.on_new_version {
+        OnNewVersion::Replace => {
+            return after.deployment.stable.is_none().then(|| {
+                Transition::now(
+                    Action::Replace,
+                    Trigger::Reload,
+                    Some(new_highest),
+                    format!("version {new_highest} loaded; it replaces version {stable}"),
+                )
+            });
+        }
+        OnNewVersion::Canary => (
+            CandidateMode::Canary {
+                weight: policy.canary_weight,
+                sticky_header: policy.sticky_header.clone(),
+            },
+            Action::Canary,
+        ),
+        OnNewVersion::Shadow => (CandidateMode::Shadow, Action::Shadow),
+    };
+    after.deployment.stable = Some(stable);
+    after.deployment.candidate = Some(Candidate::new(new_highest, mode, policy));
+    Some(Transition::now(
+        action,
+        Trigger::Reload,
+        Some(new_highest),
+        format!(
+            "version {new_highest} loaded; on_new_version = {}, stable stays {stable}",
+            action.as_str()
+        ),
+    ))
+}
+
+/// Keeps a deployment naming only ready versions: a pin on a version that left falls back to the
+/// highest, and a candidate that left (or became the stable version) is dropped.
+fn normalize(route: &mut ModelRoute) -> Vec<String> {
+    let mut notes = Vec::new();
+    if let Some(v) = route.deployment.stable {
+        if !route.versions.contains_key(&v) {
+            notes.push(format!(
+                "stable version {v} is no longer ready; following the highest"
+            ));
+            route.deployment.stable = None;
+        }
+    }
+    if let Some(c) = &route.deployment.candidate {
+        let stable = route.stable().map(|s| s.version);
+        if !route.versions.contains_key(&c.version) || stable == Some(c.version) {
+            notes.push(format!(
+                "candidate version {} is no longer a candidate",
+                c.version
+            ));
+            route.deployment.candidate = None;
+        }
+    }
+    notes
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
