@@ -25,7 +25,7 @@ fn engine_floor(c: &mut Criterion) {
             &path,
             &LoadOptions {
                 batch_dim: true,
-                input_dims: vec![],
+                ..LoadOptions::default()
             },
         )
         .expect("model loads");

@@ -228,7 +228,7 @@ fn floor(
         model,
         &LoadOptions {
             batch_dim: true,
-            input_dims: vec![],
+            ..LoadOptions::default()
         },
     )
     .expect("model loads");

@@ -126,7 +126,7 @@ impl RunningServer {
 async fn background(state: Arc<AppState>, mut stopped: watch::Receiver<bool>) {
     let startup = async {
         let cleaner = Arc::clone(&state.repository);
-        let _ = tokio::task::spawn_blocking(move || cleaner.clean_uploads()).await;
+        let _ = tokio::task::spawn_blocking(move || cleaner.clean_stale()).await;
         if let Err(e) = state.repository.load_all().await {
             tracing::error!(error = %e, "cannot load the model repository");
         }

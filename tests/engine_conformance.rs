@@ -6,7 +6,7 @@ mod common;
 use bytes::Bytes;
 use serde_json::Value;
 
-use cairn::engine::{self, BatchInput, LoadOptions};
+use cairn::engine::{self, BatchInput, EngineKind, LoadOptions};
 use cairn::tensor::{DataType, Tensor, TensorData};
 
 fn tensor_from_json(t: &Value) -> Tensor {
@@ -110,17 +110,21 @@ fn tensor_to_json(t: &Tensor) -> Value {
 fn every_test_model_matches_onnxruntime() {
     let expected = common::expected();
     assert!(expected.len() >= 8, "reference cases are missing");
-    for (rel, cases) in &expected {
+    for ((rel, cases), kind) in expected
+        .iter()
+        .flat_map(|case| EngineKind::ALL.map(|k| (case, k)))
+    {
         let path = common::root().join(rel);
         let batch_dim = !rel.contains("/fixed/");
         let engine = engine::load(
             &path,
             &LoadOptions {
+                kind,
                 batch_dim,
-                input_dims: vec![],
+                ..LoadOptions::default()
             },
         )
-        .unwrap_or_else(|e| panic!("{rel}: {e}"));
+        .unwrap_or_else(|e| panic!("{rel} on {}: {e}", kind.as_str()));
         let sig = engine.signature().clone();
         let mut session = engine.new_session().unwrap();
         for (i, case) in cases.as_array().unwrap().iter().enumerate() {
@@ -160,7 +164,7 @@ fn a_batch_of_parts_equals_the_parts_run_alone() {
         &path,
         &LoadOptions {
             batch_dim: true,
-            input_dims: vec![],
+            ..LoadOptions::default()
         },
     )
     .unwrap();

@@ -634,6 +634,57 @@ async fn triton_model_config() {
     s.shutdown().await;
 }
 
+/// `[engine]` chooses the engine; metadata and `/config` report what the engine says it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_section_is_carried_to_the_engine() {
+    let repo = Repo::with(&["iris"]);
+    repo.write(
+        "iris/config.toml",
+        b"max_batch_size = 8
+instances = 2
+[engine]
+kind = \"tract\"
+threads = 1
+",
+    );
+    let s = TestServer::start(repo).await;
+    let v = s.get("/v2/models/iris/config").await.json();
+    assert_eq!(v["backend"], "tract");
+    assert_eq!(v["platform"], "tract_onnx");
+    assert_eq!(v["instance_group"][0]["kind"], "KIND_CPU");
+    assert_eq!(v["instance_group"][0]["count"], 2);
+    assert_eq!(
+        s.get("/v2/models/iris").await.json()["platform"],
+        "tract_onnx"
+    );
+    // An engine setting the engine cannot honour fails the load with the reason.
+    s.repo.write(
+        "iris/config.toml",
+        b"max_batch_size = 8
+[engine]
+kind = \"tract\"
+threads = 4
+",
+    );
+    let r = s
+        .post("/v2/repository/models/iris/load", Bytes::new())
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.error().contains("engine.threads"), "{}", r.error());
+    s.repo.write(
+        "iris/config.toml",
+        b"[engine]
+kind = \"gpu\"
+",
+    );
+    let r = s
+        .post("/v2/repository/models/iris/load", Bytes::new())
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.error().contains("unknown variant `gpu`"), "{}", r.error());
+    s.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repository_index_load_and_unload() {
     let repo = Repo::with(&["simple", "corrupt"]);

@@ -143,6 +143,114 @@ async fn the_poll_picks_up_a_new_version() {
     s.shutdown().await;
 }
 
+/// The poller acts on a changed model only once two consecutive polls see it the same: a
+/// version whose file is still being written is never loaded (nor failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_poll_never_loads_a_version_still_being_copied() {
+    use std::io::Write;
+    let s = TestServer::start_with(iris_repo(), |c| {
+        c.repository_poll_interval = Some(Duration::from_millis(200))
+    })
+    .await;
+    let model = std::fs::read(common::root().join("models/iris/2/model.onnx")).unwrap();
+    std::fs::create_dir_all(s.repo.path().join("iris/3")).unwrap();
+    let mut file = std::fs::File::create(s.repo.path().join("iris/3/model.onnx")).unwrap();
+    let failures = "cairn_model_load_failures_total{model=\"iris\",version=\"3\"}";
+    // A slow copy: a piece every 100 ms, so every poll sees the file changed.
+    let pieces: Vec<&[u8]> = model.chunks(model.len() / 12 + 1).collect();
+    for piece in &pieces {
+        file.write_all(piece).unwrap();
+        file.flush().unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            s.metric(failures).await,
+            0.0,
+            "a half-copied version was loaded"
+        );
+        let d = deployment(&s).await;
+        assert_eq!(
+            d["versions"],
+            json!([1, 2]),
+            "a half-copied version was loaded"
+        );
+    }
+    drop(file);
+    wait_deployment(&s, "version 3 loaded once complete", |d| {
+        d["versions"] == json!([1, 2, 3])
+    })
+    .await;
+    assert_eq!(s.metric(failures).await, 0.0);
+    s.shutdown().await;
+}
+
+/// The repository's publish: staged out of the scanner's sight, checked by loading, renamed into
+/// place; a version that does not load leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_stages_checks_and_renames_into_place() {
+    let s = TestServer::start(iris_repo()).await;
+    let repo = std::sync::Arc::clone(&s.server.as_ref().unwrap().state.repository);
+    let model = std::fs::read(common::root().join("models/iris/2/model.onnx")).unwrap();
+    let sample = std::fs::read(common::root().join("models/iris/1/sample.json")).unwrap();
+    let v = repo
+        .publish(
+            "iris",
+            None,
+            vec![("model.onnx".into(), model.clone())],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(v, 3);
+    assert_eq!(deployment(&s).await["versions"], json!([1, 2, 3]));
+    assert!(s.repo.path().join("iris/3/model.onnx").is_file());
+    let staging = s.repo.path().join(".staging");
+    assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+    // A file that is not a model fails the check; the repository is as it was.
+    let err = repo
+        .publish(
+            "iris",
+            None,
+            vec![("model.onnx".into(), vec![7u8; 64])],
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("failed to load 'iris'"), "{err}");
+    assert!(!s.repo.path().join("iris/4").exists());
+    assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+    // An existing version is not overwritten.
+    let err = repo
+        .publish(
+            "iris",
+            Some(3),
+            vec![("model.onnx".into(), model.clone())],
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already has version 3"), "{err}");
+    // A new model gets its config.toml, and serves.
+    let config: cairn::config::ModelConfig =
+        toml::from_str("max_batch_size = 8\n[warmup]\nrequests = [\"sample.json\"]\n").unwrap();
+    let v = repo
+        .publish(
+            "fresh",
+            None,
+            vec![("model.onnx".into(), model), ("sample.json".into(), sample)],
+            Some(config.clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(v, 1);
+    let written: cairn::config::ModelConfig =
+        toml::from_str(&std::fs::read_to_string(s.repo.path().join("fresh/config.toml")).unwrap())
+            .unwrap();
+    assert_eq!(written, config);
+    let r = s.post_json("/v2/models/fresh/infer", &iris_rows(0)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    s.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rescan_loads_reloads_and_unloads_what_changed() {
     let s = TestServer::start(iris_repo()).await;

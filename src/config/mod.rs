@@ -7,8 +7,8 @@ mod server;
 use std::path::PathBuf;
 
 pub use model::{
-    DynamicBatching, ModelConfig, OnNewVersion, QueuePolicy, RolloutConfig, TensorConfig,
-    VersionPolicy, Warmup,
+    DynamicBatching, EngineConfig, EngineKind, ModelConfig, OnNewVersion, QueuePolicy,
+    RolloutConfig, TensorConfig, VersionPolicy, Warmup,
 };
 pub use server::{
     ConnectionLimits, LoadCheck, LoadLimits, ServerConfig, ServerSettings, DEFAULT_MAX_BODY_BYTES,

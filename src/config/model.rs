@@ -32,9 +32,12 @@ pub struct ModelConfig {
     /// Must equal the directory name when given.
     #[serde(default)]
     pub name: Option<String>,
-    /// The engine family; only `onnx` exists today.
+    /// The model file's format; only `onnx` exists today. Which engine runs it is `[engine]`.
     #[serde(default)]
     pub backend: Backend,
+    /// Which engine runs the model, and how.
+    #[serde(default)]
+    pub engine: EngineConfig,
     /// 0: the model does not batch and `dims` are full shapes. N > 0: every input and output has
     /// an implicit leading batch dimension of at most N rows, left out of `dims`.
     #[serde(default)]
@@ -189,6 +192,46 @@ pub enum Backend {
     Onnx,
 }
 
+/// `[engine]`: the engine that runs a model's versions.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    #[serde(default)]
+    pub kind: EngineKind,
+    /// Threads one engine call may use. Parallelism across requests comes from `instances`.
+    #[serde(default = "one")]
+    pub threads: NonZeroU32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            kind: EngineKind::default(),
+            threads: one(),
+        }
+    }
+}
+
+/// The engines this build knows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineKind {
+    /// The pure-Rust CPU engine (tract), nothing to download.
+    #[default]
+    Tract,
+}
+
+impl EngineKind {
+    /// Every kind this build has (the conformance suite runs each).
+    pub const ALL: [EngineKind; 1] = [EngineKind::Tract];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Tract => "tract",
+        }
+    }
+}
+
 /// Which version directories serve (Triton's `version_policy`).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -290,6 +333,7 @@ impl Default for ModelConfig {
         ModelConfig {
             name: None,
             backend: Backend::Onnx,
+            engine: EngineConfig::default(),
             max_batch_size: 0,
             version_policy: VersionPolicy::default(),
             instances: one(),
@@ -397,6 +441,19 @@ impl ModelConfig {
                     format!("{v} is not a positive integer"),
                 );
             }
+        }
+        match self.engine.kind {
+            EngineKind::Tract if self.engine.threads.get() > 1 => {
+                return fail(
+                    "engine.threads",
+                    format!(
+                        "{} threads: the tract engine computes each call on one thread; raise \
+                         `instances` to run calls in parallel",
+                        self.engine.threads
+                    ),
+                )
+            }
+            EngineKind::Tract => {}
         }
         if self.instances.get() > MAX_INSTANCES {
             return fail(
@@ -625,6 +682,9 @@ mod tests {
                 "warmup.count: 1000000000 exceeds the limit of 1000",
             ),
             ("instances = 100000", "instances: 100000 exceeds the limit of 256"),
+            ("[engine]\nkind = \"cuda\"", "unknown variant `cuda`"),
+            ("[engine]\nthreads = 4", "engine.threads: 4 threads"),
+            ("[engine]\ndevice = 0", "unknown field `device`"),
         ];
         for (text, expected) in cases {
             let err = parse(text).unwrap_err();

@@ -10,6 +10,7 @@ mod tract;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use crate::config::EngineKind;
 use crate::tensor::{DataType, Tensor};
 
 /// The inputs and outputs a model file declares, in the model's order.
@@ -28,13 +29,28 @@ pub struct TensorSpec {
 }
 
 /// How to load a model.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct LoadOptions {
+    /// The engine to build.
+    pub kind: EngineKind,
+    /// Threads one call may use.
+    pub threads: usize,
     /// The first dimension of every input and output is the batch dimension, shared by all.
     pub batch_dim: bool,
     /// Shapes the configuration pins for inputs whose model dims are unknown or variable: name and
     /// full dims (-1 stays variable).
     pub input_dims: Vec<(String, Vec<i64>)>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            kind: EngineKind::default(),
+            threads: 1,
+            batch_dim: false,
+            input_dims: Vec::new(),
+        }
+    }
 }
 
 /// One input of a batch: the parts (one per request, in order) are concatenated along the first
@@ -44,11 +60,40 @@ pub struct BatchInput<'a> {
     pub parts: Vec<&'a Tensor>,
 }
 
+/// What an engine says about itself: metadata and `/config` report this, never a constant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineInfo {
+    /// Triton's `platform`: `tract_onnx`, after `onnxruntime_onnx`.
+    pub platform: &'static str,
+    /// Triton's `backend`: `tract`.
+    pub backend: &'static str,
+    /// Where it computes.
+    pub device: Device,
+    /// Threads one call uses.
+    pub threads: usize,
+}
+
+/// Where an engine computes: Triton's `instance_group.kind`, with the GPU ids.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Gpu(Vec<u32>),
+}
+
+impl Device {
+    /// Triton's `instance_group.kind`.
+    pub fn triton_kind(&self) -> &'static str {
+        match self {
+            Device::Cpu => "KIND_CPU",
+            Device::Gpu(_) => "KIND_GPU",
+        }
+    }
+}
+
 /// A loaded model, shared by every worker of a version.
 pub trait Engine: Send + Sync + 'static {
     fn signature(&self) -> &Signature;
-    /// A name for logs and metadata (`tract_onnx`, after Triton's `onnxruntime_onnx`).
-    fn platform(&self) -> &'static str;
+    fn info(&self) -> EngineInfo;
     /// Per-worker run state; cheap next to loading.
     fn new_session(&self) -> Result<Box<dyn Session>, EngineError>;
 }
@@ -74,7 +119,9 @@ pub enum EngineError {
     Run(String),
 }
 
-/// Loads a model file with the engine of its backend.
+/// The one engine factory: builds the engine `options.kind` names.
 pub fn load(path: &Path, options: &LoadOptions) -> Result<Arc<dyn Engine>, EngineError> {
-    Ok(Arc::new(tract::TractEngine::load(path, options)?))
+    match options.kind {
+        EngineKind::Tract => Ok(Arc::new(tract::TractEngine::load(path, options)?)),
+    }
 }

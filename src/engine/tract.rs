@@ -12,7 +12,10 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::plan::SimpleState;
 use tract_onnx::tract_hir::internal::{Factoid, GenericFactoid};
 
-use super::{BatchInput, Engine, EngineError, LoadOptions, Session, Signature, TensorSpec};
+use super::{
+    BatchInput, Device, Engine, EngineError, EngineInfo, LoadOptions, Session, Signature,
+    TensorSpec,
+};
 use crate::tensor::{DataType, Tensor as HostTensor, TensorData};
 
 pub struct TractEngine {
@@ -149,8 +152,13 @@ impl Engine for TractEngine {
         &self.signature
     }
 
-    fn platform(&self) -> &'static str {
-        "tract_onnx"
+    fn info(&self) -> EngineInfo {
+        EngineInfo {
+            platform: "tract_onnx",
+            backend: "tract",
+            device: Device::Cpu,
+            threads: 1,
+        }
     }
 
     fn new_session(&self) -> Result<Box<dyn Session>, EngineError> {

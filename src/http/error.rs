@@ -98,6 +98,7 @@ impl ApiError {
                 RepositoryError::LoadFailed { .. } => StatusCode::BAD_REQUEST,
                 RepositoryError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 RepositoryError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+                RepositoryError::Conflict(_) => StatusCode::CONFLICT,
             },
             ApiError::Rollout(e) => match e {
                 RolloutError::UnknownModel(_) => StatusCode::NOT_FOUND,

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::{empty_response, json_response, AppState};
+use crate::engine::Device;
 use crate::metrics::CountNs;
 use crate::model::{IoSpec, LoadedVersion};
 use crate::routing::RouteError;
@@ -49,7 +50,7 @@ pub fn metadata(state: &AppState, model: &str, version: Option<&str>) -> Reply {
     Ok(json_response(&json!({
         "name": model,
         "versions": versions,
-        "platform": loaded.platform,
+        "platform": loaded.engine.platform,
         "inputs": tensors(&io.inputs),
         "outputs": tensors(&io.outputs),
     })))
@@ -106,17 +107,20 @@ fn triton_config(v: &LoadedVersion) -> Value {
     let queue = c.queue_policy();
     let mut config = json!({
         "name": v.model,
-        "platform": v.platform,
-        "backend": "tract",
+        "platform": v.engine.platform,
+        "backend": v.engine.backend,
         "version_policy": c.version_policy,
         "max_batch_size": c.max_batch_size,
         "input": inputs,
         "output": outputs,
         "instance_group": [{
             "name": format!("{}_0", v.model),
-            "kind": "KIND_CPU",
+            "kind": v.engine.device.triton_kind(),
             "count": c.instances.get(),
-            "gpus": [],
+            "gpus": match &v.engine.device {
+                Device::Cpu => Vec::new(),
+                Device::Gpu(ids) => ids.clone(),
+            },
         }],
         "default_model_filename": c.default_model_filename,
         "parameters": {},

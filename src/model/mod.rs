@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use crate::batching::{BatchPolicy, Scheduler, SchedulerSettings};
 use crate::config::{LoadLimits, ModelConfig, TensorConfig};
-use crate::engine::{self, Engine, EngineError, LoadOptions, Signature, TensorSpec};
+use crate::engine::{self, Engine, EngineError, EngineInfo, LoadOptions, Signature, TensorSpec};
 use crate::metrics::VersionMetrics;
 use crate::tensor::{DataType, Tensor, TensorData};
 
@@ -90,7 +90,8 @@ pub struct LoadedVersion {
     pub version: u64,
     pub config: Arc<ModelConfig>,
     pub io: ModelIo,
-    pub platform: &'static str,
+    /// What the engine that runs this version says about itself.
+    pub engine: EngineInfo,
     pub scheduler: Scheduler,
     pub metrics: VersionMetrics,
     pub path: PathBuf,
@@ -144,13 +145,26 @@ impl LoadedVersion {
         Ok(LoadedVersion {
             model: model.to_string(),
             version,
-            platform: engine.platform(),
+            engine: engine.info(),
             config,
             io,
             scheduler,
             metrics,
             path: path.to_path_buf(),
         })
+    }
+}
+
+/// Checks that a version would load, without serving it: the checked load when configured,
+/// else the load in process. Blocking. The repository's publish runs it on staged files.
+pub fn check_version(
+    path: &Path,
+    config: &ModelConfig,
+    limits: &LoadLimits,
+) -> Result<(), LoadError> {
+    match &limits.check {
+        Some(check) => load_check::run(check, path, config, limits.max_sample_bytes),
+        None => prepare_guarded(path, config, limits.max_sample_bytes, None).map(|_| ()),
     }
 }
 
@@ -163,6 +177,8 @@ fn prepare(
 ) -> Result<(Arc<dyn Engine>, ModelIo), LoadError> {
     let batching = config.max_batch_size > 0;
     let options = LoadOptions {
+        kind: config.engine.kind,
+        threads: config.engine.threads.get() as usize,
         batch_dim: batching,
         input_dims: config
             .input

@@ -75,6 +75,8 @@ pub enum RepositoryError {
     Io(String),
     #[error("the repository has {0} operations waiting already; retry later")]
     Busy(usize),
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// Repository operations from the API that may wait for the lock at once. Each may hold an
@@ -112,6 +114,9 @@ pub struct Repository {
     ops: tokio::sync::Mutex<()>,
     /// API operations started and not yet finished (bounded by [`MAX_WAITING_OPERATIONS`]).
     waiting: std::sync::atomic::AtomicUsize,
+    /// Models whose directory the poller saw change, with what it saw: a change is acted on only
+    /// once the next poll sees the same, so a version still being copied is never loaded.
+    settling: Mutex<BTreeMap<String, DirSignature>>,
 }
 
 impl Repository {
@@ -131,6 +136,7 @@ impl Repository {
             status: Mutex::new(BTreeMap::new()),
             ops: tokio::sync::Mutex::new(()),
             waiting: std::sync::atomic::AtomicUsize::new(0),
+            settling: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -138,10 +144,10 @@ impl Repository {
         &self.root
     }
 
-    /// Removes upload directories left by an earlier run. Blocking: call it at start-up, off
-    /// the runtime.
-    pub fn clean_uploads(&self) {
-        scan::clean_uploads(&self.uploads);
+    /// Removes upload and staging directories left by an earlier run. Blocking: call it at
+    /// start-up, off the runtime.
+    pub fn clean_stale(&self) {
+        scan::clean_stale(&self.uploads, &self.root);
     }
 
     /// Loads every model in the repository; one that fails is reported and the others load.
@@ -176,6 +182,11 @@ impl Repository {
     async fn load_now(&self, name: &str, with: LoadOverride) -> Result<(), RepositoryError> {
         scan::check_name(name).map_err(|_| RepositoryError::BadName(name.to_string()))?;
         let _op = self.ops.lock().await;
+        self.load_locked(name, with).await
+    }
+
+    /// A load, for a caller that holds the repository lock.
+    async fn load_locked(&self, name: &str, with: LoadOverride) -> Result<(), RepositoryError> {
         let override_dir = if with.files.is_empty() {
             None
         } else {
@@ -213,13 +224,42 @@ impl Repository {
         self.reconcile(name, &dir, survey, override_dir).await
     }
 
+    /// Publishes `files` (paths relative to the version directory) as a new version of `model`
+    /// in the repository, for the server's own writers: they are written into a hidden staging
+    /// directory the scanner ignores, checked by loading them with the model's configuration
+    /// (`config` when the model has none yet, which is then written as its `config.toml`), and
+    /// only then renamed into `<root>/<model>/<version>` and reconciled. Neither a rescan nor a
+    /// crash ever sees half a version. `version` defaults to one above the highest present.
+    pub async fn publish(
+        self: &Arc<Self>,
+        model: &str,
+        version: Option<u64>,
+        files: Vec<(String, Vec<u8>)>,
+        config: Option<ModelConfig>,
+    ) -> Result<u64, RepositoryError> {
+        scan::check_name(model).map_err(|_| RepositoryError::BadName(model.to_string()))?;
+        let model = model.to_string();
+        detached(Arc::clone(self), move |repo| async move {
+            let _op = repo.ops.lock().await;
+            let (root, limits) = (repo.root.clone(), repo.limits.clone());
+            let name = model.clone();
+            let version = blocking(move || {
+                scan::stage_version(&root, &name, version, &files, config, &limits)
+            })
+            .await??;
+            repo.load_locked(&model, LoadOverride::default()).await?;
+            Ok(version)
+        })
+        .await
+    }
+
     /// Rescans the repository: loads new models, reloads those whose directory changed (new,
     /// removed or rewritten versions, edited `config.toml`), unloads those that left it. Models
     /// loaded from uploaded files are left alone. Returns the models acted on. Runs on its own
     /// task, as [`Repository::load_model`] does.
     pub async fn rescan(self: &Arc<Self>) -> Vec<String> {
         detached(Arc::clone(self), |repo| async move {
-            Ok::<_, RepositoryError>(repo.rescan_now().await)
+            Ok::<_, RepositoryError>(repo.rescan_now(false).await)
         })
         .await
         .unwrap_or_else(|e| {
@@ -228,7 +268,9 @@ impl Repository {
         })
     }
 
-    async fn rescan_now(&self) -> Vec<String> {
+    /// `settle`: act on a changed model only once two consecutive scans saw it the same (the
+    /// poller); an explicit rescan acts on the directory as it is.
+    async fn rescan_now(&self, settle: bool) -> Vec<String> {
         let root = self.root.clone();
         let listing = blocking(move || scan::listing(&root)).await;
         let listing = match listing {
@@ -253,6 +295,7 @@ impl Repository {
                     None => true,
                 }
             };
+            let changed = changed && (!settle || self.settled(name, signature));
             if changed {
                 acted.push(name.clone());
                 if let Err(e) = self.load_now(name, LoadOverride::default()).await {
@@ -298,7 +341,7 @@ impl Repository {
                 _ = tick.tick() => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            let acted = self.rescan_now().await;
+            let acted = self.rescan_now(true).await;
             if !acted.is_empty() {
                 tracing::info!(models = ?acted, "repository rescan applied changes");
             }
@@ -393,6 +436,18 @@ impl Repository {
             rows.retain(|r| r.state == LoadState::Ready);
         }
         rows
+    }
+
+    /// Whether the poller saw `signature` for `name` last time too; records it otherwise.
+    fn settled(&self, name: &str, signature: &DirSignature) -> bool {
+        let mut settling = self.settling.lock();
+        if settling.get(name) == Some(signature) {
+            settling.remove(name);
+            true
+        } else {
+            settling.insert(name.to_string(), signature.clone());
+            false
+        }
     }
 
     /// The model's route as serving now (empty if it has none).
@@ -516,7 +571,7 @@ impl Repository {
             match result {
                 Ok(version) => {
                     tracing::info!(model = %name, version = v, took_ms = took.as_millis() as u64,
-                        platform = version.platform, "version loaded");
+                        engine = version.engine.backend, "version loaded");
                     loaded.insert(v, (Arc::new(version), fingerprint));
                 }
                 Err(reason) => {

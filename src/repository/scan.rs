@@ -5,7 +5,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
 
 use super::RepositoryError;
-use crate::config::ModelConfig;
+use crate::config::{LoadLimits, ModelConfig};
 
 /// Model directories under the root, sorted; hidden entries are skipped.
 pub fn model_names(root: &Path) -> io::Result<Vec<String>> {
@@ -227,20 +227,141 @@ pub fn write_override(
     Ok(tmp)
 }
 
+/// Where [`stage_version`] writes, under the repository root; hidden, so no scan sees it.
+pub const STAGING_DIR: &str = ".staging";
+
+/// Writes a version into `<root>/.staging/`, checks it by loading it, and renames it into
+/// `<root>/<model>/<version>`. Blocking. Returns the version. On any failure nothing is left in
+/// the repository and the staged files are removed.
+pub fn stage_version(
+    root: &Path,
+    model: &str,
+    version: Option<u64>,
+    files: &[(String, Vec<u8>)],
+    config: Option<ModelConfig>,
+    limits: &LoadLimits,
+) -> Result<u64, RepositoryError> {
+    let paths = files
+        .iter()
+        .map(|(rel, _)| upload_path(rel))
+        .collect::<Result<Vec<_>, _>>()?;
+    let io = |what: &str, path: &Path, e: std::io::Error| {
+        tracing::error!(path = %path.display(), error = %e, "cannot {what}");
+        RepositoryError::Io(format!("cannot {what} while publishing ({})", e.kind()))
+    };
+    let model_dir = root.join(model);
+    let existing = ModelConfig::load(&model_dir, model)
+        .map_err(|e| RepositoryError::BadRequest(e.to_string()))?;
+    let has_config = model_dir.join("config.toml").is_file();
+    let config = match (config, has_config) {
+        (Some(_), true) => {
+            return Err(RepositoryError::Conflict(format!(
+                "model '{model}' already has a config.toml; publish without one"
+            )))
+        }
+        (Some(c), false) => {
+            c.validate(model).map_err(|(key, reason)| {
+                RepositoryError::BadRequest(format!("config: key '{key}': {reason}"))
+            })?;
+            Some(c)
+        }
+        (None, _) => None,
+    };
+    let present = version_dirs(&model_dir).unwrap_or_default();
+    let version = version.unwrap_or_else(|| present.iter().max().map_or(1, |v| v + 1));
+    if version == 0 || present.contains(&version) {
+        return Err(RepositoryError::Conflict(format!(
+            "model '{model}' already has version {version}"
+        )));
+    }
+    let staging = root.join(STAGING_DIR);
+    std::fs::create_dir_all(&staging)
+        .map_err(|e| io("create the staging directory", &staging, e))?;
+    let stage = tempfile::Builder::new()
+        .prefix(&format!("{model}-"))
+        .tempdir_in(&staging)
+        .map_err(|e| io("create a staging directory", &staging, e))?;
+    // Staged as a model directory of its own, so warm-up files resolve as they will in place.
+    let staged_model = stage.path().join(model);
+    let staged_version = staged_model.join(version.to_string());
+    std::fs::create_dir_all(&staged_version)
+        .map_err(|e| io("create a directory", &staged_version, e))?;
+    for ((rel, content), rel_path) in files.iter().zip(&paths) {
+        let path = staged_version.join(rel_path);
+        let written = match path.parent() {
+            Some(parent) => std::fs::create_dir_all(parent),
+            None => Ok(()),
+        }
+        .and_then(|()| std::fs::write(&path, content))
+        .and_then(|()| std::fs::File::open(&path)?.sync_all());
+        if let Err(e) = written {
+            return Err(match e.kind() {
+                std::io::ErrorKind::AlreadyExists
+                | std::io::ErrorKind::NotADirectory
+                | std::io::ErrorKind::IsADirectory => RepositoryError::BadRequest(format!(
+                    "file '{rel}' conflicts with another file of the version"
+                )),
+                _ => io("write a file", &path, e),
+            });
+        }
+    }
+    let effective = config.clone().unwrap_or(existing);
+    if has_config {
+        std::fs::copy(
+            model_dir.join("config.toml"),
+            staged_model.join("config.toml"),
+        )
+        .map_err(|e| io("copy config.toml", &staged_model, e))?;
+    }
+    let model_file = staged_version.join(&effective.default_model_filename);
+    if !model_file.is_file() {
+        return Err(RepositoryError::BadRequest(format!(
+            "the published files have no '{}' (default_model_filename)",
+            effective.default_model_filename
+        )));
+    }
+    crate::model::check_version(&model_file, &effective, limits).map_err(|e| {
+        RepositoryError::LoadFailed {
+            model: model.to_string(),
+            reason: format!("version {version}: {e}"),
+        }
+    })?;
+    std::fs::create_dir_all(&model_dir)
+        .map_err(|e| io("create the model directory", &model_dir, e))?;
+    if let Some(c) = &config {
+        let text = toml::to_string(c).expect("a model configuration serializes to TOML");
+        let tmp = tempfile::NamedTempFile::new_in(&model_dir)
+            .map_err(|e| io("write config.toml", &model_dir, e))?;
+        std::fs::write(tmp.path(), text).map_err(|e| io("write config.toml", &model_dir, e))?;
+        tmp.persist(model_dir.join("config.toml"))
+            .map_err(|e| io("write config.toml", &model_dir, e.error))?;
+    }
+    let target = model_dir.join(version.to_string());
+    std::fs::rename(&staged_version, &target)
+        .map_err(|e| io("move the version into place", &target, e))?;
+    if let Ok(dir) = std::fs::File::open(&model_dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(version)
+}
+
 /// Prefix of the directories that hold uploaded files while they serve.
 pub const UPLOAD_PREFIX: &str = "load-";
 
-/// Removes the upload directories a previous run left behind (it crashed, or was killed before
-/// it could clean up). Blocking.
-pub fn clean_uploads(uploads: &Path) {
-    let Ok(entries) = std::fs::read_dir(uploads) else {
+/// Removes what a previous run left behind (it crashed, or was killed before it could clean
+/// up): upload directories under `uploads` and staged versions under `<root>/.staging`.
+/// Blocking.
+pub fn clean_stale(uploads: &Path, root: &Path) {
+    remove_entries(uploads, |n| n.starts_with(UPLOAD_PREFIX));
+    remove_entries(&root.join(STAGING_DIR), |_| true);
+}
+
+fn remove_entries(dir: &Path, matches: impl Fn(&str) -> bool) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
-        let stale = entry
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.starts_with(UPLOAD_PREFIX));
+        let stale = entry.file_name().to_str().is_some_and(&matches);
         if stale {
             match std::fs::remove_dir_all(entry.path()) {
                 Ok(()) => {
@@ -369,7 +490,7 @@ mod tests {
         let uploads = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(uploads.path().join("load-abc/m/1")).unwrap();
         std::fs::create_dir_all(uploads.path().join("other")).unwrap();
-        clean_uploads(uploads.path());
+        clean_stale(uploads.path(), uploads.path());
         assert!(!uploads.path().join("load-abc").exists());
         assert!(uploads.path().join("other").exists());
     }
