@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use cairn::config::{ServerConfig, ServerSettings};
 use cairn::server::RunningServer;
@@ -48,9 +49,26 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // Where a value came from, as clap saw it (`--config=x`, `--config x`, the environment).
+    let given = |name: &str| {
+        matches
+            .subcommand_matches("serve")
+            .and_then(|m| m.value_source(name))
+    };
+    let sources = Sources {
+        config_explicit: matches!(
+            given("config"),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        ),
+        token_in_argv: given("admin_token") == Some(ValueSource::CommandLine),
+    };
     match cli.command {
-        Command::Serve { config, settings } => match serve(config, *settings) {
+        Command::Serve { config, settings } => match serve(config, *settings, sources) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
                 eprintln!("error: {message}");
@@ -61,16 +79,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config_path: PathBuf, flags: ServerSettings) -> Result<(), String> {
-    let explicit =
-        std::env::args_os().any(|a| a == "--config") || std::env::var_os("CAIRN_CONFIG").is_some();
-    let file = if config_path.exists() || explicit {
+/// Where two settings came from.
+struct Sources {
+    /// `--config` or `CAIRN_CONFIG` was given: the file must exist.
+    config_explicit: bool,
+    /// The admin token was given on the command line, where every local user can read it.
+    token_in_argv: bool,
+}
+
+fn serve(config_path: PathBuf, flags: ServerSettings, sources: Sources) -> Result<(), String> {
+    let file = if config_path.exists() || sources.config_explicit {
         ServerSettings::from_file(&config_path).map_err(|e| e.to_string())?
     } else {
         ServerSettings::default()
     };
-    let token_in_argv = std::env::args_os()
-        .any(|a| a == "--admin-token" || a.to_string_lossy().starts_with("--admin-token="));
     // Checked loads re-run this executable with its hidden `check-load` command.
     let exe = std::env::current_exe().ok();
     let config = ServerConfig::from_settings(flags.or(file), &config_path, exe)
@@ -86,7 +108,7 @@ fn serve(config_path: PathBuf, flags: ServerSettings) -> Result<(), String> {
         let server = RunningServer::start(config.clone())
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-        if token_in_argv {
+        if sources.token_in_argv {
             tracing::warn!(
                 "the admin token given with --admin-token is visible to every local user in the \
                  process list; use CAIRN_ADMIN_TOKEN or --admin-token-file instead"

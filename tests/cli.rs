@@ -167,16 +167,27 @@ async fn environment_sets_what_flags_do_not() {
 
 #[test]
 fn an_explicit_settings_file_must_exist() {
+    for args in [
+        &["serve", "--config", "/nonexistent/server.toml"][..],
+        &["serve", "--config=/nonexistent/server.toml"][..],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("/nonexistent/server.toml: cannot read"),
+            "{args:?}: {stderr}"
+        );
+    }
     let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
-        .args(["serve", "--config", "/nonexistent/server.toml"])
+        .args(["serve"])
+        .env("CAIRN_CONFIG", "/nonexistent/server.toml")
         .output()
         .unwrap();
     assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("/nonexistent/server.toml: cannot read"),
-        "{stderr}"
-    );
 }
 
 #[test]

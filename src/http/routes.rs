@@ -1,170 +1,220 @@
-//! Path and method dispatch for the V2 API, Triton's extensions and `/metrics`.
+//! Path and method dispatch for the V2 API, Triton's extensions and `/metrics`: one `matchit`
+//! table from path patterns to [`Route`]s, built once, then a method check per route.
 
 use std::borrow::Cow;
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use super::{deployment, empty_response, infer, json_response, models, repository, AppState};
 
 type Reply = Result<Response<Full<Bytes>>, ApiError>;
 
+/// What a path names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    ServerMetadata,
+    Live,
+    Ready,
+    Metrics,
+    Deployments,
+    AllStats,
+    ModelMetadata,
+    ModelReady,
+    ModelConfig,
+    ModelStats,
+    Infer,
+    Deployment,
+    DeploymentAction,
+    RepositoryIndex,
+    RepositoryRescan,
+    RepositoryLoad,
+    RepositoryUnload,
+}
+
+impl Route {
+    /// The endpoint group of `cairn_http_requests_total`.
+    fn endpoint(self) -> &'static str {
+        match self {
+            Route::ServerMetadata => "server_metadata",
+            Route::Live | Route::Ready => "health",
+            Route::Metrics => "metrics",
+            Route::Deployments | Route::Deployment | Route::DeploymentAction => "deployment",
+            Route::AllStats | Route::ModelStats => "stats",
+            Route::ModelMetadata => "model_metadata",
+            Route::ModelReady => "model_ready",
+            Route::ModelConfig => "model_config",
+            Route::Infer => "infer",
+            Route::RepositoryIndex
+            | Route::RepositoryRescan
+            | Route::RepositoryLoad
+            | Route::RepositoryUnload => "repository",
+        }
+    }
+
+    /// The methods the route answers, for 405.
+    fn allowed(self) -> &'static str {
+        match self {
+            Route::Infer
+            | Route::DeploymentAction
+            | Route::RepositoryRescan
+            | Route::RepositoryLoad
+            | Route::RepositoryUnload => "POST",
+            Route::RepositoryIndex => "POST or GET",
+            _ => "GET",
+        }
+    }
+
+    fn accepts(self, method: &Method) -> bool {
+        match self.allowed() {
+            "POST" => method == Method::POST,
+            "POST or GET" => method == Method::POST || method == Method::GET,
+            _ => method == Method::GET || method == Method::HEAD,
+        }
+    }
+
+    /// Management routes, and inference when so configured, need the admin token.
+    fn guarded(self, protect_inference: bool) -> bool {
+        match self {
+            Route::Deployments
+            | Route::Deployment
+            | Route::DeploymentAction
+            | Route::RepositoryIndex
+            | Route::RepositoryRescan
+            | Route::RepositoryLoad
+            | Route::RepositoryUnload => true,
+            Route::Infer => protect_inference,
+            _ => false,
+        }
+    }
+}
+
+/// Every path the server answers, versioned forms included.
+fn table() -> &'static matchit::Router<Route> {
+    static TABLE: OnceLock<matchit::Router<Route>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t = matchit::Router::new();
+        let mut add = |path: &str, route: Route| {
+            t.insert(path, route)
+                .expect("route patterns do not conflict");
+        };
+        add("/v2", Route::ServerMetadata);
+        add("/v2/health/live", Route::Live);
+        add("/v2/health/ready", Route::Ready);
+        add("/metrics", Route::Metrics);
+        add("/v2/deployments", Route::Deployments);
+        add("/v2/models/stats", Route::AllStats);
+        for (suffix, route) in [
+            ("", Route::ModelMetadata),
+            ("/ready", Route::ModelReady),
+            ("/config", Route::ModelConfig),
+            ("/stats", Route::ModelStats),
+            ("/infer", Route::Infer),
+        ] {
+            add(&format!("/v2/models/{{model}}{suffix}"), route);
+            add(
+                &format!("/v2/models/{{model}}/versions/{{version}}{suffix}"),
+                route,
+            );
+        }
+        add("/v2/models/{model}/deployment", Route::Deployment);
+        add(
+            "/v2/models/{model}/deployment/{action}",
+            Route::DeploymentAction,
+        );
+        add("/v2/repository/index", Route::RepositoryIndex);
+        add("/v2/repository/rescan", Route::RepositoryRescan);
+        add("/v2/repository/models/{model}/load", Route::RepositoryLoad);
+        add(
+            "/v2/repository/models/{model}/unload",
+            Route::RepositoryUnload,
+        );
+        t
+    })
+}
+
 /// Routes one request. Returns a fixed endpoint label for the HTTP metrics with the outcome.
 pub async fn dispatch(state: &AppState, req: Request<Incoming>) -> (&'static str, Reply) {
-    let path = req.uri().path().to_string();
     let method = req.method().clone();
-    let segments: Vec<Cow<'_, str>> = path
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .map(percent_decode)
-        .collect();
-    let seg: Vec<&str> = segments.iter().map(|s| s.as_ref()).collect();
-
-    let not_allowed = |allowed: &'static str| ApiError::MethodNotAllowed {
-        method: method.to_string(),
-        path: path.clone(),
-        allowed,
+    let raw = req.uri().path();
+    // One trailing slash is tolerated, as clients add them.
+    let lookup = match raw.strip_suffix('/') {
+        Some(trimmed) if !trimmed.is_empty() => trimmed,
+        _ => raw,
     };
-    let get = |endpoint: &'static str, reply: fn(&AppState) -> Reply| -> (&'static str, Reply) {
-        if method == Method::GET || method == Method::HEAD {
-            (endpoint, reply(state))
-        } else {
-            (endpoint, Err(not_allowed("GET")))
-        }
+    let Ok(found) = table().at(lookup) else {
+        return ("unknown", Err(no_endpoint(&method, raw)));
     };
-
-    // Management endpoints, and inference when so configured, need the admin token.
-    let guarded = match seg.as_slice() {
-        ["v2", "repository", ..] => Some("repository"),
-        ["v2", "deployments"] | ["v2", "models", _, "deployment", ..] => Some("deployment"),
-        ["v2", "models", _, .., "infer"] if state.config.protect_inference => Some("infer"),
-        _ => None,
-    };
-    if let Some(endpoint) = guarded {
+    let route = *found.value;
+    let param = |name: &str| found.params.get(name).map(decode);
+    let model = param("model").unwrap_or_default().into_owned();
+    let version = param("version").map(Cow::into_owned);
+    let action = param("action").map(Cow::into_owned);
+    let endpoint = route.endpoint();
+    if !route.accepts(&method) {
+        return (
+            endpoint,
+            Err(ApiError::MethodNotAllowed {
+                method: method.to_string(),
+                path: raw.to_string(),
+                allowed: route.allowed(),
+            }),
+        );
+    }
+    if route.guarded(state.config.protect_inference) {
         if let Err(e) = authorize(state, req.headers()) {
             return (endpoint, Err(e));
         }
     }
-    match seg.as_slice() {
-        ["v2"] => get("server_metadata", models::server_metadata),
-        ["v2", "deployments"] => get("deployment", deployment::list),
-        ["v2", "health", "live"] => get("health", |_| Ok(empty_response(StatusCode::OK))),
-        ["v2", "health", "ready"] => get("health", |s| {
-            if s.is_ready() {
-                Ok(empty_response(StatusCode::OK))
-            } else if s.stopping.load(std::sync::atomic::Ordering::Acquire) {
-                Err(ApiError::Unready(
-                    "the server is not ready: shutting down".into(),
-                ))
-            } else {
-                Err(ApiError::Unready(
-                    "the server is not ready: loading the model repository".into(),
-                ))
-            }
-        }),
-        ["metrics"] => get("metrics", |s| {
-            Ok(Response::builder()
-                .status(StatusCode::OK)
-                .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
-                .body(Full::new(Bytes::from(s.metrics.render())))
-                .expect("static headers are valid"))
-        }),
-        ["v2", "models", "stats"] => {
-            if method != Method::GET {
-                return ("stats", Err(not_allowed("GET")));
-            }
-            ("stats", models::stats(state, None, None))
+    let version = version.as_deref();
+    let reply = match route {
+        Route::ServerMetadata => models::server_metadata(state),
+        Route::Live => Ok(empty_response(StatusCode::OK)),
+        Route::Ready => readiness(state),
+        Route::Metrics => Ok(Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+            .body(Full::new(Bytes::from(state.metrics.render())))
+            .expect("static headers are valid")),
+        Route::Deployments => deployment::list(state),
+        Route::AllStats => models::stats(state, None, None),
+        Route::ModelMetadata => models::metadata(state, &model, version),
+        Route::ModelReady => models::ready(state, &model, version),
+        Route::ModelConfig => models::config(state, &model, version),
+        Route::ModelStats => models::stats(state, Some(&model), version),
+        Route::Infer => infer::infer(state, &model, version, req).await,
+        Route::Deployment => deployment::get(state, &model),
+        Route::DeploymentAction => {
+            let action = action.unwrap_or_default();
+            deployment::act(state, &model, &action, req).await
         }
-        ["v2", "models", model, rest @ ..] => {
-            if let ["deployment", action @ ..] = rest {
-                let model = model.to_string();
-                return match (action, &method) {
-                    ([], &Method::GET) => ("deployment", deployment::get(state, &model)),
-                    ([], _) => ("deployment", Err(not_allowed("GET"))),
-                    ([action], &Method::POST) => {
-                        let action = action.to_string();
-                        (
-                            "deployment",
-                            deployment::act(state, &model, &action, req).await,
-                        )
-                    }
-                    ([_], _) => ("deployment", Err(not_allowed("POST"))),
-                    _ => ("unknown", Err(no_endpoint(&method, &path))),
-                };
-            }
-            let (version, action) = match rest {
-                [] => (None, None),
-                [action] => (None, Some(*action)),
-                ["versions", v] => (Some(*v), None),
-                ["versions", v, action] => (Some(*v), Some(*action)),
-                _ => return ("unknown", Err(no_endpoint(&method, &path))),
-            };
-            let model = *model;
-            match action {
-                None | Some("ready" | "config" | "stats") => {
-                    let endpoint = match action {
-                        None => "model_metadata",
-                        Some("ready") => "model_ready",
-                        Some("config") => "model_config",
-                        _ => "stats",
-                    };
-                    if method != Method::GET {
-                        return (endpoint, Err(not_allowed("GET")));
-                    }
-                    let reply = match action {
-                        None => models::metadata(state, model, version),
-                        Some("ready") => models::ready(state, model, version),
-                        Some("config") => models::config(state, model, version),
-                        _ => models::stats(state, Some(model), version),
-                    };
-                    (endpoint, reply)
-                }
-                Some("infer") => {
-                    if method != Method::POST {
-                        return ("infer", Err(not_allowed("POST")));
-                    }
-                    let model = model.to_string();
-                    let version = version.map(str::to_string);
-                    (
-                        "infer",
-                        infer::infer(state, &model, version.as_deref(), req).await,
-                    )
-                }
-                Some(_) => ("unknown", Err(no_endpoint(&method, &path))),
-            }
-        }
-        ["v2", "repository", "index"] => {
-            if method != Method::POST && method != Method::GET {
-                return ("repository", Err(not_allowed("POST")));
-            }
-            ("repository", repository::index(state, req).await)
-        }
-        ["v2", "repository", "rescan"] => {
-            if method != Method::POST {
-                return ("repository", Err(not_allowed("POST")));
-            }
+        Route::RepositoryIndex => repository::index(state, req).await,
+        Route::RepositoryRescan => {
             let acted = state.repository.rescan().await;
-            (
-                "repository",
-                Ok(json_response(&serde_json::json!({ "changed": acted }))),
-            )
+            Ok(json_response(&serde_json::json!({ "changed": acted })))
         }
-        ["v2", "repository", "models", model, action @ ("load" | "unload")] => {
-            if method != Method::POST {
-                return ("repository", Err(not_allowed("POST")));
-            }
-            let model = model.to_string();
-            let reply = if *action == "load" {
-                repository::load(state, &model, req).await
-            } else {
-                repository::unload(state, &model, req).await
-            };
-            ("repository", reply)
-        }
-        _ => ("unknown", Err(no_endpoint(&method, &path))),
+        Route::RepositoryLoad => repository::load(state, &model, req).await,
+        Route::RepositoryUnload => repository::unload(state, &model, req).await,
+    };
+    (endpoint, reply)
+}
+
+fn readiness(state: &AppState) -> Reply {
+    if state.is_ready() {
+        Ok(empty_response(StatusCode::OK))
+    } else if state.stopping.load(std::sync::atomic::Ordering::Acquire) {
+        Err(ApiError::Unready(
+            "the server is not ready: shutting down".into(),
+        ))
+    } else {
+        Err(ApiError::Unready(
+            "the server is not ready: loading the model repository".into(),
+        ))
     }
 }
 
@@ -188,22 +238,14 @@ fn authorize(state: &AppState, headers: &http::HeaderMap) -> Result<(), ApiError
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim())
         .unwrap_or("");
-    if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+    // Compared in constant time, so timing does not reveal how much of a guess was right.
+    if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
         Ok(())
     } else {
         Err(ApiError::Forbidden(
             "the bearer token is not the admin token".into(),
         ))
     }
-}
-
-/// Compares without an early exit, so timing does not reveal how much of a guess was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for i in 0..a.len().max(b.len()) {
-        diff |= (a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0)) as usize;
-    }
-    diff == 0
 }
 
 fn no_endpoint(method: &Method, path: &str) -> ApiError {
@@ -213,38 +255,49 @@ fn no_endpoint(method: &Method, path: &str) -> ApiError {
     }
 }
 
-/// Decodes `%XX` escapes in one path segment (clients quote model names).
-fn percent_decode(segment: &str) -> Cow<'_, str> {
-    if !segment.contains('%') {
-        return Cow::Borrowed(segment);
-    }
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+/// A path parameter with its `%XX` escapes decoded (clients quote model names).
+fn decode(segment: &str) -> Cow<'_, str> {
+    percent_encoding::percent_decode_str(segment).decode_utf8_lossy()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::percent_decode;
+    use super::*;
+
+    #[test]
+    fn paths_map_to_routes() {
+        let cases = [
+            ("/v2", Route::ServerMetadata),
+            ("/v2/models/stats", Route::AllStats),
+            ("/v2/models/iris", Route::ModelMetadata),
+            ("/v2/models/iris/versions/2/infer", Route::Infer),
+            ("/v2/models/my%20model/ready", Route::ModelReady),
+            ("/v2/models/iris/deployment/canary", Route::DeploymentAction),
+            ("/v2/repository/models/iris/unload", Route::RepositoryUnload),
+        ];
+        for (path, route) in cases {
+            assert_eq!(*table().at(path).unwrap().value, route, "{path}");
+        }
+        for path in [
+            "/v2/models/iris/bogus",
+            "/v2/models",
+            "/v3",
+            "/v2/models/iris/versions/2/x",
+        ] {
+            assert!(table().at(path).is_err(), "{path}");
+        }
+        let found = table()
+            .at("/v2/models/my%20model/versions/3/config")
+            .unwrap();
+        assert_eq!(decode(found.params.get("model").unwrap()), "my model");
+        assert_eq!(found.params.get("version"), Some("3"));
+    }
 
     #[test]
     fn decodes_escapes() {
-        assert_eq!(percent_decode("my%20model"), "my model");
-        assert_eq!(percent_decode("a%2"), "a%2");
-        assert_eq!(percent_decode("plain"), "plain");
-        assert_eq!(percent_decode("%41%"), "A%");
+        assert_eq!(decode("my%20model"), "my model");
+        assert_eq!(decode("a%2"), "a%2");
+        assert_eq!(decode("plain"), "plain");
+        assert_eq!(decode("%41%"), "A%");
     }
 }

@@ -92,7 +92,7 @@ impl StateFile {
     }
 
     /// Writes to a temporary file in the same directory, syncs it, renames it over the old one
-    /// and syncs the directory.
+    /// (`tempfile`'s persist) and syncs the directory: a crash leaves the old file or the new.
     pub fn write(&self, path: &Path) -> Result<(), StateError> {
         let fail = |path: &Path| {
             let path = path.to_path_buf();
@@ -100,13 +100,12 @@ impl StateFile {
         };
         let dir = path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(fail(dir))?;
-        let tmp = path.with_extension("json.tmp");
         let body = serde_json::to_vec_pretty(self).expect("state serializes");
-        let mut file = std::fs::File::create(&tmp).map_err(fail(&tmp))?;
-        file.write_all(&body)
-            .and_then(|()| file.sync_all())
-            .map_err(fail(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(fail(path))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(fail(dir))?;
+        tmp.write_all(&body)
+            .and_then(|()| tmp.as_file().sync_all())
+            .map_err(fail(tmp.path()))?;
+        tmp.persist(path).map_err(|e| fail(path)(e.error))?;
         if let Ok(d) = std::fs::File::open(dir) {
             let _ = d.sync_all();
         }
@@ -155,7 +154,10 @@ mod tests {
         );
         state.write(&path).unwrap();
         assert_eq!(StateFile::read(&path).unwrap(), state);
-        assert!(!path.with_extension("json.tmp").exists());
+        assert_eq!(
+            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            1
+        );
         std::fs::write(&path, b"{oops").unwrap();
         assert!(StateFile::read(&path)
             .unwrap_err()
