@@ -1,7 +1,8 @@
 //! cairn: a KServe V2 / Triton-compatible inference server.
 
+pub use cairn_core::{bounded, request, tensor};
+
 pub mod batching;
-pub mod bounded;
 pub mod config;
 pub mod engine;
 pub mod http;
@@ -11,8 +12,6 @@ pub mod model;
 pub mod offload;
 pub mod protocol;
 pub mod repository;
-pub mod request;
 pub mod rollout;
 pub mod routing;
 pub mod server;
-pub mod tensor;

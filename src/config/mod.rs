@@ -1,53 +1,9 @@
-//! Configuration: the server's settings (`configs/server.toml`, CLI flags, environment) and each
-//! model's `config.toml`. Parsing and validation live here; nothing here starts anything.
+//! Configuration: the server's settings (`configs/server.toml`, CLI flags, environment) here,
+//! and each model's `config.toml` from `cairn_core::config`. Nothing here starts anything.
 
-pub mod model;
 mod server;
 
-use std::path::PathBuf;
-
-pub use model::{
-    DynamicBatching, EngineConfig, EngineKind, ModelConfig, OnNewVersion, QueuePolicy,
-    RolloutConfig, TensorConfig, VersionPolicy, Warmup,
-};
+pub use cairn_core::config::*;
 pub use server::{
     ConnectionLimits, LoadCheck, LoadLimits, ServerConfig, ServerSettings, DEFAULT_MAX_BODY_BYTES,
 };
-
-/// A configuration file that cannot be used. Messages name the file, the key and the reason.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{}: cannot read: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{}: {message}", path.display())]
-    Parse { path: PathBuf, message: String },
-    #[error("{}: is larger than the limit of {limit} bytes", path.display())]
-    TooLarge { path: PathBuf, limit: u64 },
-    #[error("{}: key '{key}': {reason}", path.display())]
-    Invalid {
-        path: PathBuf,
-        key: String,
-        reason: String,
-    },
-}
-
-/// The largest configuration file read; real ones are a few KiB.
-pub const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
-
-/// Reads a configuration file under [`MAX_CONFIG_FILE_BYTES`].
-fn read_config_text(path: &std::path::Path) -> Result<String, ConfigError> {
-    crate::bounded::read_to_string(path, MAX_CONFIG_FILE_BYTES).map_err(|e| match e {
-        crate::bounded::BoundedReadError::Io(source) => ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        },
-        crate::bounded::BoundedReadError::TooLarge { limit } => ConfigError::TooLarge {
-            path: path.to_path_buf(),
-            limit,
-        },
-    })
-}

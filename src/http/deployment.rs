@@ -18,6 +18,9 @@ use crate::routing::CandidateMode;
 
 type Reply = Result<Response<Full<Bytes>>, ApiError>;
 
+/// The largest deployment command body.
+const MAX_COMMAND_BYTES: usize = 64 << 10;
+
 /// `GET /v2/deployments`.
 pub fn list(state: &AppState) -> Reply {
     Ok(json_response(&state.rollout.views()))
@@ -79,6 +82,12 @@ enum Command {
 pub async fn act(state: &AppState, model: &str, action: &str, req: Request<Incoming>) -> Reply {
     let (parts, incoming) = req.into_parts();
     let raw = state.read_body(&parts, incoming).await?;
+    // A deployment command is a few fields: a larger body is parsed nowhere, not even inline.
+    if raw.bytes.len() > MAX_COMMAND_BYTES {
+        return Err(ApiError::BodyTooLarge {
+            limit: MAX_COMMAND_BYTES,
+        });
+    }
     let command = parse(state, model, action, &raw.bytes)?;
     drop(raw);
     let rollout = Arc::clone(&state.rollout);

@@ -48,8 +48,36 @@ pub async fn index(state: &AppState, req: Request<Incoming>) -> Reply {
 
 /// `POST /v2/repository/models/{m}/load`, optionally with `parameters.config` (the model's
 /// configuration as JSON) and `parameters["file:<version>/<name>"]` (base64 file content).
+/// A large body (an upload) is parsed and decoded through offload, off the runtime.
 pub async fn load(state: &AppState, model: &str, req: Request<Incoming>) -> Reply {
-    let body = read_json(state, req).await?;
+    let (parts, incoming) = req.into_parts();
+    let body = state.read_body(&parts, incoming).await?;
+    let name = model.to_string();
+    let parse = move || load_override(&body.bytes, &name);
+    let with = if parts_are_large(&parts) {
+        state.offload.run(parse).await??
+    } else {
+        parse()?
+    };
+    state.repository.load_model(model, with).await?;
+    Ok(empty_response(StatusCode::OK))
+}
+
+/// Whether a body is large enough to be parsed off the runtime (its declared length; chunked
+/// bodies count as large).
+fn parts_are_large(parts: &http::request::Parts) -> bool {
+    parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .is_none_or(|len| len > INLINE_LIMIT)
+}
+
+/// Bodies up to this size are parsed inline.
+const INLINE_LIMIT: usize = 256 << 10;
+
+fn load_override(bytes: &[u8], model: &str) -> Result<LoadOverride, ApiError> {
+    let body = json_object(bytes)?;
     let params = parameters(&body)?;
     let mut with = LoadOverride::default();
     for (key, value) in params {
@@ -72,8 +100,7 @@ pub async fn load(state: &AppState, model: &str, req: Request<Incoming>) -> Repl
             with.files.push((path.to_string(), content));
         }
     }
-    state.repository.load_model(model, with).await?;
-    Ok(empty_response(StatusCode::OK))
+    Ok(with)
 }
 
 /// `POST /v2/repository/models/{m}/unload`.
@@ -91,7 +118,14 @@ async fn read_json(
 ) -> Result<Map<String, Value>, ApiError> {
     let (parts, incoming) = req.into_parts();
     let body = state.read_body(&parts, incoming).await?;
-    let bytes = &body.bytes;
+    if parts_are_large(&parts) {
+        return state.offload.run(move || json_object(&body.bytes)).await?;
+    }
+    json_object(&body.bytes)
+}
+
+/// Parses an optional JSON object; an empty body is an empty object.
+fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }

@@ -12,11 +12,11 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::plan::SimpleState;
 use tract_onnx::tract_hir::internal::{Factoid, GenericFactoid};
 
-use super::{
+use cairn_core::engine::{
     BatchInput, Device, Engine, EngineError, EngineInfo, LoadOptions, Session, Signature,
     TensorSpec,
 };
-use crate::tensor::{DataType, Tensor as HostTensor, TensorData};
+use cairn_core::tensor::{DataType, Tensor as HostTensor, TensorData};
 
 pub struct TractEngine {
     plan: Arc<TypedRunnableModel>,

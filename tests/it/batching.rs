@@ -1,7 +1,7 @@
 //! Dynamic batching, overload and cancellation, statistics and Prometheus metrics, over HTTP
 //! against the real server.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! server down, exhausted its memory or corrupted its state. Each test names the finding it
 //! covers; each one fails (or aborts the test process) on a server without the bound it checks.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

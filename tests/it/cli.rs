@@ -1,7 +1,7 @@
 //! The `cairn` binary as a user runs it: settings from file, flags and environment, the first
 //! log line with the chosen address, and graceful shutdown on SIGTERM.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

@@ -5,11 +5,6 @@
 //! from a tokio worker. Nothing here knows HTTP, JSON or routing: engines see only
 //! `crate::tensor` types, and their errors are plain strings wrapped in [`EngineError`].
 
-mod tract;
-
-use std::path::Path;
-use std::sync::Arc;
-
 pub use crate::config::EngineKind;
 use crate::tensor::{DataType, Tensor};
 
@@ -117,11 +112,4 @@ pub enum EngineError {
     Unsupported(String),
     #[error("inference failed: {0}")]
     Run(String),
-}
-
-/// The one engine factory: builds the engine `options.kind` names.
-pub fn load(path: &Path, options: &LoadOptions) -> Result<Arc<dyn Engine>, EngineError> {
-    match options.kind {
-        EngineKind::Tract => Ok(Arc::new(tract::TractEngine::load(path, options)?)),
-    }
 }

@@ -1,7 +1,7 @@
 //! Engine conformance: every test model, run in process on the engine alone, must give
 //! onnxruntime's outputs (recorded in `tests/models/expected.json`) within 1e-5.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use serde_json::Value;

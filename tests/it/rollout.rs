@@ -3,7 +3,7 @@
 //! change an answer, automatic promotion and rollback, the control API and its token, state that
 //! survives a restart, and hundreds of transitions under load without a failed request.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};

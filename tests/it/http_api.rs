@@ -1,7 +1,7 @@
 //! The KServe V2 REST API over real HTTP against the real server: every endpoint, both tensor
 //! encodings and every error the protocol defines.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 

@@ -1,0 +1,19 @@
+//! Every integration test in one binary, so the server and its engines are linked once.
+//!
+//! - `http_api`: the KServe V2 REST API over real HTTP, every endpoint and every error.
+//! - `batching`: dynamic batching, overload, cancellation, statistics and metrics.
+//! - `rollout`: hot reload, publishing, deployments and their transitions under load.
+//! - `hostile`: hostile input, one test per known attack.
+//! - `cli`: the `cairn` binary as a user runs it.
+//! - `engine_conformance`: every engine against onnxruntime's recorded outputs.
+//! - `decoder_props`: property tests of the decoders and config parsers, with the counting
+//!   allocator that this binary installs.
+
+mod batching;
+mod cli;
+mod common;
+mod decoder_props;
+mod engine_conformance;
+mod hostile;
+mod http_api;
+mod rollout;
