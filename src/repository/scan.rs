@@ -205,25 +205,9 @@ pub fn write_override(
     let model_dir = tmp.path().join(name);
     std::fs::create_dir_all(&model_dir)
         .map_err(|e| internal("create a directory", &model_dir, e))?;
-    for ((rel, content), rel_path) in files.iter().zip(&paths) {
-        let path = model_dir.join(rel_path);
-        let written = match path.parent() {
-            Some(parent) => std::fs::create_dir_all(parent),
-            None => Ok(()),
-        }
-        .and_then(|()| std::fs::write(&path, content));
-        if let Err(e) = written {
-            use std::io::ErrorKind::*;
-            return Err(match e.kind() {
-                AlreadyExists | NotADirectory | IsADirectory | DirectoryNotEmpty => {
-                    RepositoryError::BadRequest(format!(
-                        "file parameter 'file:{rel}' conflicts with another file parameter"
-                    ))
-                }
-                _ => internal("write a file", &path, e),
-            });
-        }
-    }
+    write_files(&model_dir, files, &paths, false, |path, e| {
+        internal("write a file", path, e)
+    })?;
     Ok(tmp)
 }
 
@@ -286,25 +270,9 @@ pub fn stage_version(
     let staged_version = staged_model.join(version.to_string());
     std::fs::create_dir_all(&staged_version)
         .map_err(|e| io("create a directory", &staged_version, e))?;
-    for ((rel, content), rel_path) in files.iter().zip(&paths) {
-        let path = staged_version.join(rel_path);
-        let written = match path.parent() {
-            Some(parent) => std::fs::create_dir_all(parent),
-            None => Ok(()),
-        }
-        .and_then(|()| std::fs::write(&path, content))
-        .and_then(|()| std::fs::File::open(&path)?.sync_all());
-        if let Err(e) = written {
-            return Err(match e.kind() {
-                std::io::ErrorKind::AlreadyExists
-                | std::io::ErrorKind::NotADirectory
-                | std::io::ErrorKind::IsADirectory => RepositoryError::BadRequest(format!(
-                    "file '{rel}' conflicts with another file of the version"
-                )),
-                _ => io("write a file", &path, e),
-            });
-        }
-    }
+    write_files(&staged_version, files, &paths, true, |path, e| {
+        io("write a file", path, e)
+    })?;
     let effective = config.clone().unwrap_or(existing);
     if has_config {
         std::fs::copy(
@@ -343,6 +311,45 @@ pub fn stage_version(
         let _ = dir.sync_all();
     }
     Ok(version)
+}
+
+/// Writes `files` under `dir` at their checked relative `paths` (synced when `sync`). Two files
+/// that cannot both exist (`1` and `1/model.onnx`) are the caller's mistake (400); any other
+/// failure goes through `internal`, which logs the server's path and hides it.
+fn write_files(
+    dir: &Path,
+    files: &[(String, Vec<u8>)],
+    paths: &[PathBuf],
+    sync: bool,
+    internal: impl Fn(&Path, std::io::Error) -> RepositoryError,
+) -> Result<(), RepositoryError> {
+    for ((rel, content), rel_path) in files.iter().zip(paths) {
+        let path = dir.join(rel_path);
+        let written = match path.parent() {
+            Some(parent) => std::fs::create_dir_all(parent),
+            None => Ok(()),
+        }
+        .and_then(|()| std::fs::write(&path, content))
+        .and_then(|()| {
+            if sync {
+                std::fs::File::open(&path)?.sync_all()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = written {
+            use std::io::ErrorKind::*;
+            return Err(match e.kind() {
+                AlreadyExists | NotADirectory | IsADirectory | DirectoryNotEmpty => {
+                    RepositoryError::BadRequest(format!(
+                        "file '{rel}' conflicts with another file of the same load"
+                    ))
+                }
+                _ => internal(&path, e),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Prefix of the directories that hold uploaded files while they serve.

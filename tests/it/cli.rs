@@ -299,6 +299,9 @@ async fn in_flight_requests_finish_after_sigterm() {
     );
 }
 
+/// One request to the `simple` test model.
+const SIMPLE_REQUEST: &[u8] = br#"{"inputs":[{"name":"INPUT0","shape":[1,16],"datatype":"INT32","data":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16]},{"name":"INPUT1","shape":[1,16],"datatype":"INT32","data":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16]}]}"#;
+
 /// Sends back-to-back requests on one keep-alive connection until a response says
 /// `Connection: close`. Returns (requests written, responses read, ended cleanly).
 async fn keep_alive_loop(addr: String, request: Vec<u8>) -> (usize, usize, bool) {
@@ -359,7 +362,7 @@ async fn keep_alive_requests_written_at_sigterm_are_answered() {
     );
     wait_ready(&s.base).await;
     let addr = s.base.trim_start_matches("http://").to_string();
-    let body = br#"{"inputs":[{"name":"INPUT0","shape":[1,16],"datatype":"INT32","data":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16]},{"name":"INPUT1","shape":[1,16],"datatype":"INT32","data":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16]}]}"#;
+    let body = SIMPLE_REQUEST;
     let mut request = format!(
         "POST /v2/models/simple/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
         body.len()
@@ -495,7 +498,7 @@ async fn protect_inference_is_a_flag_and_the_token_comes_from_a_file() {
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", s.child.id())).unwrap_or_default();
     assert!(!String::from_utf8_lossy(&cmdline).contains("file-s3cret"));
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let body = br#"{"inputs":[{"name":"INPUT0","shape":[1,16],"datatype":"INT32","data":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16]},{"name":"INPUT1","shape":[1,16],"datatype":"INT32","data":[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16]}]}"#;
+    let body = SIMPLE_REQUEST;
     for (auth, status) in [
         (None, StatusCode::UNAUTHORIZED),
         (Some("Bearer file-s3cret"), StatusCode::OK),
