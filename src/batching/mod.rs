@@ -69,6 +69,8 @@ pub struct Scheduler {
 struct Shared {
     queue: Mutex<State>,
     ready: Condvar,
+    /// Jobs pushed since start, read without the lock by a worker that spins for work.
+    submitted: std::sync::atomic::AtomicU64,
     settings: SchedulerSettings,
     metrics: VersionMetrics,
 }
@@ -100,6 +102,7 @@ impl Scheduler {
                 waiting_workers: 0,
             }),
             ready: Condvar::new(),
+            submitted: std::sync::atomic::AtomicU64::new(0),
             settings,
             metrics,
         });
@@ -152,6 +155,7 @@ impl Scheduler {
                 });
             }
             guard.queue.push(job);
+            self.shared.submitted.fetch_add(1, Ordering::Relaxed);
             self.shared.metrics.set_queue_depth(guard.queue.len());
             guard.waiting_workers > 0
         };
