@@ -9,6 +9,7 @@ pub mod http;
 pub mod memory;
 pub mod metrics;
 pub mod model;
+pub mod monitor;
 pub mod offload;
 pub mod protocol;
 pub mod repository;

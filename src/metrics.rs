@@ -23,8 +23,9 @@ use prometheus::{
 pub const NAMESPACE: &str = "cairn";
 
 /// Endpoint groups of `cairn_http_requests_total`; the last one takes everything else.
-pub const HTTP_ENDPOINTS: [&str; 11] = [
+pub const HTTP_ENDPOINTS: [&str; 12] = [
     "infer",
+    "monitoring",
     "health",
     "server_metadata",
     "model_metadata",
@@ -107,6 +108,15 @@ struct Families {
     /// counter per status class.
     http_requests: Vec<[IntCounter; 4]>,
     transitions: IntCounterVec,
+    log_rows: IntCounterVec,
+    log_dropped: IntCounterVec,
+    log_lag: GaugeVec,
+    log_bytes: IntGaugeVec,
+    drift_windows: IntCounterVec,
+    drift_statistic: GaugeVec,
+    drift_violations: IntCounterVec,
+    feedback: IntCounterVec,
+    quality: GaugeVec,
     open_connections: IntGauge,
     refused_connections: IntCounter,
     accept_errors: IntCounter,
@@ -225,6 +235,56 @@ impl Metrics {
         };
 
         let families = Families {
+            log_rows: counter(
+                "prediction_log_rows_total",
+                "Rows written to the model's prediction log.",
+                &["model"],
+            ),
+            log_dropped: counter(
+                "prediction_log_dropped_total",
+                "Logged rows (or requests, for a full queue) not written, by reason: queue_full, \
+                 queue_bytes, write_error.",
+                &["model", "reason"],
+            ),
+            log_lag: gauge(
+                "prediction_log_lag_seconds",
+                "Age of the oldest record the writer holds and has not yet written.",
+                &["model"],
+            ),
+            log_bytes: int_gauge(
+                "prediction_log_bytes",
+                "Bytes of the model's prediction log segments on disk.",
+                &["model"],
+            ),
+            drift_windows: counter(
+                "drift_windows_total",
+                "Drift windows closed and compared with the version's baseline.",
+                VERSION_LABELS,
+            ),
+            drift_statistic: gauge(
+                "drift_statistic",
+                "The last closed window's drift statistics per feature (capped per model by \
+                 monitoring.max_metric_features): psi, js, ks_statistic, ks_pvalue, \
+                 wasserstein_norm, out_of_range_rate, missing_rate, chi2_pvalue, unseen_rate.",
+                &["model", "version", "feature", "statistic"],
+            ),
+            drift_violations: counter(
+                "drift_violations_total",
+                "Features (or outputs) found drifted in a closed window; features beyond the \
+                 metric cap count as feature=\"other\".",
+                &["model", "version", "feature"],
+            ),
+            feedback: counter(
+                "feedback_total",
+                "Feedback rows received, by outcome: matched, duplicate, unknown.",
+                &["model", "outcome"],
+            ),
+            quality: gauge(
+                "quality",
+                "Live quality of the version's current feedback window: accuracy, precision, \
+                 recall, f1, roc_auc, mae, rmse.",
+                &["model", "version", "metric"],
+            ),
             started: Instant::now(),
             open_connections: int_gauge_one(
                 "http_connections_open",
@@ -452,6 +512,117 @@ impl Metrics {
             .position(|e| *e == endpoint)
             .unwrap_or(HTTP_ENDPOINTS.len() - 1);
         self.inner.http_requests[row][class].inc();
+    }
+
+    /// Counts rows written to a model's prediction log.
+    pub fn record_log_rows(&self, model: &str, rows: u64) {
+        self.inner.log_rows.with_label_values(&[model]).inc_by(rows);
+    }
+
+    /// Counts one request not logged.
+    pub fn record_log_dropped(&self, model: &str, reason: &'static str) {
+        self.record_log_dropped_rows(model, reason, 1);
+    }
+
+    /// Counts rows not logged.
+    pub fn record_log_dropped_rows(&self, model: &str, reason: &'static str, rows: u64) {
+        self.inner
+            .log_dropped
+            .with_label_values(&[model, reason])
+            .inc_by(rows);
+    }
+
+    /// Publishes how far a model's log writer lags and how much it holds on disk.
+    pub fn set_log_state(&self, model: &str, lag: Duration, bytes: u64) {
+        self.inner
+            .log_lag
+            .with_label_values(&[model])
+            .set(lag.as_secs_f64());
+        self.inner
+            .log_bytes
+            .with_label_values(&[model])
+            .set(bytes as i64);
+    }
+
+    /// Publishes a closed drift window: its statistics for the first `max_features` features
+    /// and outputs (by name), and its violations.
+    pub fn record_drift_window(
+        &self,
+        model: &str,
+        version: u64,
+        report: &serde_json::Value,
+        max_features: usize,
+    ) {
+        let v = version.to_string();
+        let f = &self.inner;
+        f.drift_windows.with_label_values(&[model, &v]).inc();
+        let mut exported = 0;
+        for group in ["features", "outputs"] {
+            let Some(entries) = report[group].as_object() else {
+                continue;
+            };
+            for (name, stats) in entries {
+                let within = exported < max_features;
+                exported += 1;
+                let label = if within { name.as_str() } else { "other" };
+                if stats["drifted"].as_bool() == Some(true) {
+                    f.drift_violations
+                        .with_label_values(&[model, &v, label])
+                        .inc();
+                }
+                if !within {
+                    continue;
+                }
+                for (statistic, value) in [
+                    ("psi", &stats["psi"]),
+                    ("js", &stats["js"]),
+                    ("ks_statistic", &stats["ks"]["statistic"]),
+                    ("ks_pvalue", &stats["ks"]["pvalue"]),
+                    ("wasserstein_norm", &stats["wasserstein_norm"]),
+                    ("out_of_range_rate", &stats["out_of_range_rate"]),
+                    ("missing_rate", &stats["missing_rate_window"]),
+                    ("chi2_pvalue", &stats["chi2"]["pvalue"]),
+                    ("unseen_rate", &stats["unseen_rate"]),
+                ] {
+                    if let Some(x) = value.as_f64() {
+                        f.drift_statistic
+                            .with_label_values(&[model, &v, name, statistic])
+                            .set(x);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts feedback rows by outcome.
+    pub fn record_feedback(&self, model: &str, outcome: &'static str, rows: u64) {
+        if rows > 0 {
+            self.inner
+                .feedback
+                .with_label_values(&[model, outcome])
+                .inc_by(rows);
+        }
+    }
+
+    /// Publishes a version's live quality.
+    pub fn set_quality(&self, model: &str, version: u64, report: &serde_json::Value) {
+        let v = version.to_string();
+        for (group, metrics) in [
+            (
+                "classification",
+                &["accuracy", "precision", "recall", "f1", "roc_auc"][..],
+            ),
+            ("regression", &["mae", "rmse"][..]),
+        ] {
+            for metric in metrics {
+                if let Some(x) = report[group][metric].as_f64() {
+                    self.inner
+                        .quality
+                        .with_label_values(&[model, &v, metric])
+                        .set(x);
+                }
+            }
+        }
     }
 
     /// Counts a connection opened (`+1`) or closed (`-1`). Deltas, not values: concurrent

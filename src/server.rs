@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use crate::config::ServerConfig;
 use crate::http::{self, AppState, BodyBudget};
 use crate::metrics::Metrics;
+use crate::monitor::MonitorHub;
 use crate::offload::Offload;
 use crate::repository::Repository;
 use crate::rollout::{Rollout, Rules};
@@ -45,12 +46,14 @@ impl RunningServer {
             Arc::clone(&rules) as Arc<dyn DeploymentRules>,
             offload.clone(),
         ));
+        let monitors = Arc::new(MonitorHub::new(config.monitor.clone(), metrics.clone()));
         let repository = Arc::new(Repository::new(
             config.model_repository.clone(),
             Arc::clone(&router),
             metrics.clone(),
             config.load.clone(),
             config.state_dir.join("uploads"),
+            Arc::clone(&monitors),
         ));
         let body_budget =
             BodyBudget::new(config.connections.max_buffered_body_bytes, metrics.clone());
@@ -68,6 +71,7 @@ impl RunningServer {
             metrics,
             body_budget,
             offload,
+            monitors,
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
         });
@@ -112,6 +116,9 @@ impl RunningServer {
         let _ = self.task.await;
         let _ = self.stop.send(true);
         let _ = self.background.await;
+        // The log writers seal their segments: a clean shutdown flushes every record.
+        let monitors = Arc::clone(&self.state.monitors);
+        let _ = tokio::task::spawn_blocking(move || monitors.shutdown()).await;
     }
 
     /// A handle that asks the server to shut down.

@@ -5,5 +5,6 @@ mod server;
 
 pub use cairn_core::config::*;
 pub use server::{
-    ConnectionLimits, LoadCheck, LoadLimits, ServerConfig, ServerSettings, DEFAULT_MAX_BODY_BYTES,
+    ConnectionLimits, LoadCheck, LoadLimits, MonitorSettings, ServerConfig, ServerSettings,
+    WhenFull, DEFAULT_MAX_BODY_BYTES,
 };

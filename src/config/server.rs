@@ -114,6 +114,83 @@ pub struct ServerSettings {
     /// fails to load. [default: 300]
     #[arg(long, env = "CAIRN_MODEL_LOAD_TIMEOUT_S", value_name = "SECONDS")]
     pub model_load_timeout_s: Option<u64>,
+
+    /// Directory of the prediction log, one subdirectory per monitored model (predictions,
+    /// feedback, drift reports). [default: <state_dir>/predictions]
+    #[arg(long, env = "CAIRN_PREDICTION_LOG_DIR", value_name = "DIR")]
+    pub prediction_log_dir: Option<PathBuf>,
+
+    /// Logged records reach disk (synced) within this many milliseconds; 0 syncs after every
+    /// batch the writer takes. A crash loses at most this much. [default: 1000]
+    #[arg(long, env = "CAIRN_PREDICTION_LOG_FSYNC_MS", value_name = "MS")]
+    pub prediction_log_fsync_ms: Option<u64>,
+
+    /// An open log segment is sealed to Parquet once it holds this many bytes.
+    /// [default: 67108864]
+    #[arg(long, env = "CAIRN_PREDICTION_LOG_SEGMENT_BYTES", value_name = "BYTES")]
+    pub prediction_log_segment_bytes: Option<u64>,
+
+    /// ... or once it has been open this many seconds. [default: 3600]
+    #[arg(
+        long,
+        env = "CAIRN_PREDICTION_LOG_SEGMENT_AGE_S",
+        value_name = "SECONDS"
+    )]
+    pub prediction_log_segment_age_s: Option<u64>,
+
+    /// Per model, sealed segments beyond this many bytes are deleted, oldest first; 0 keeps
+    /// them all. [default: 1073741824]
+    #[arg(
+        long,
+        env = "CAIRN_PREDICTION_LOG_RETENTION_BYTES",
+        value_name = "BYTES"
+    )]
+    pub prediction_log_retention_bytes: Option<u64>,
+
+    /// Sealed segments older than this many seconds are deleted; 0 keeps them. [default: 604800]
+    #[arg(
+        long,
+        env = "CAIRN_PREDICTION_LOG_RETENTION_AGE_S",
+        value_name = "SECONDS"
+    )]
+    pub prediction_log_retention_age_s: Option<u64>,
+
+    /// Requests waiting for a model's log writer; beyond, `prediction_log_when_full` applies.
+    /// [default: 8192]
+    #[arg(long, env = "CAIRN_PREDICTION_LOG_QUEUE", value_name = "REQUESTS")]
+    pub prediction_log_queue: Option<usize>,
+
+    /// Bytes of tensor data the waiting requests may hold, per model. [default: 67108864]
+    #[arg(long, env = "CAIRN_PREDICTION_LOG_QUEUE_BYTES", value_name = "BYTES")]
+    pub prediction_log_queue_bytes: Option<usize>,
+
+    /// When the writer falls behind: `drop` the record and count it
+    /// (`cairn_prediction_log_dropped_total`), or `block` the request until there is room
+    /// (at most `prediction_log_block_ms`, then drop). [default: drop]
+    #[arg(
+        long,
+        env = "CAIRN_PREDICTION_LOG_WHEN_FULL",
+        value_name = "drop|block"
+    )]
+    pub prediction_log_when_full: Option<WhenFull>,
+
+    /// The longest a request waits for room in the log with `block`. [default: 1000]
+    #[arg(long, env = "CAIRN_PREDICTION_LOG_BLOCK_MS", value_name = "MS")]
+    pub prediction_log_block_ms: Option<u64>,
+
+    /// Recent predictions kept in memory per model for matching feedback; feedback for older
+    /// ones is stored but counted as unknown. [default: 100000]
+    #[arg(long, env = "CAIRN_FEEDBACK_INDEX_ROWS", value_name = "ROWS")]
+    pub feedback_index_rows: Option<usize>,
+}
+
+/// What the prediction log does when its writer falls behind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    #[default]
+    Drop,
+    Block,
 }
 
 impl ServerSettings {
@@ -151,6 +228,17 @@ impl ServerSettings {
             body_read_timeout_s,
             model_load_memory_bytes,
             model_load_timeout_s,
+            prediction_log_dir,
+            prediction_log_fsync_ms,
+            prediction_log_segment_bytes,
+            prediction_log_segment_age_s,
+            prediction_log_retention_bytes,
+            prediction_log_retention_age_s,
+            prediction_log_queue,
+            prediction_log_queue_bytes,
+            prediction_log_when_full,
+            prediction_log_block_ms,
+            feedback_index_rows,
         )
     }
 }
@@ -173,6 +261,42 @@ pub struct ServerConfig {
     pub protect_inference: bool,
     pub connections: ConnectionLimits,
     pub load: LoadLimits,
+    pub monitor: MonitorSettings,
+}
+
+/// The prediction log's server-wide settings; what each model logs is its `[monitoring]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MonitorSettings {
+    pub dir: PathBuf,
+    /// Records reach disk within this long; zero: after every batch.
+    pub fsync: Duration,
+    pub segment_max_bytes: u64,
+    pub segment_max_age: Duration,
+    pub retention_max_bytes: Option<u64>,
+    pub retention_max_age: Option<Duration>,
+    pub queue: usize,
+    pub queue_bytes: usize,
+    pub when_full: WhenFull,
+    pub block: Duration,
+    pub feedback_index_rows: usize,
+}
+
+impl MonitorSettings {
+    pub fn defaults(state_dir: &Path) -> MonitorSettings {
+        MonitorSettings {
+            dir: state_dir.join("predictions"),
+            fsync: Duration::from_millis(1000),
+            segment_max_bytes: 64 << 20,
+            segment_max_age: Duration::from_secs(3600),
+            retention_max_bytes: Some(1 << 30),
+            retention_max_age: Some(Duration::from_secs(7 * 24 * 3600)),
+            queue: 8192,
+            queue_bytes: 64 << 20,
+            when_full: WhenFull::Drop,
+            block: Duration::from_millis(1000),
+            feedback_index_rows: 100_000,
+        }
+    }
 }
 
 /// What one client, or all of them together, may hold of the server's connections and memory.
@@ -325,11 +449,61 @@ impl ServerConfig {
         let model_repository = s
             .model_repository
             .unwrap_or_else(|| PathBuf::from("models"));
+        let state_dir = s
+            .state_dir
+            .unwrap_or_else(|| model_repository.join(".cairn"));
+        let d = MonitorSettings::defaults(&state_dir);
+        let positive = |key: &str, v: Option<u64>, default: u64| match v {
+            Some(0) => Err(invalid(key, "must be at least 1".into())),
+            Some(v) => Ok(v),
+            None => Ok(default),
+        };
+        let monitor = MonitorSettings {
+            dir: s.prediction_log_dir.unwrap_or(d.dir),
+            fsync: s
+                .prediction_log_fsync_ms
+                .map_or(d.fsync, Duration::from_millis),
+            segment_max_bytes: positive(
+                "prediction_log_segment_bytes",
+                s.prediction_log_segment_bytes,
+                d.segment_max_bytes,
+            )?,
+            segment_max_age: Duration::from_secs(positive(
+                "prediction_log_segment_age_s",
+                s.prediction_log_segment_age_s,
+                d.segment_max_age.as_secs(),
+            )?),
+            retention_max_bytes: match s.prediction_log_retention_bytes {
+                Some(0) => None,
+                Some(v) => Some(v),
+                None => d.retention_max_bytes,
+            },
+            retention_max_age: match s.prediction_log_retention_age_s {
+                Some(0) => None,
+                Some(v) => Some(Duration::from_secs(v)),
+                None => d.retention_max_age,
+            },
+            queue: match s.prediction_log_queue {
+                Some(0) => {
+                    return Err(invalid("prediction_log_queue", "must be at least 1".into()))
+                }
+                Some(n) => n,
+                None => d.queue,
+            },
+            queue_bytes: s.prediction_log_queue_bytes.unwrap_or(d.queue_bytes),
+            when_full: s.prediction_log_when_full.unwrap_or(d.when_full),
+            block: s
+                .prediction_log_block_ms
+                .map_or(d.block, Duration::from_millis),
+            feedback_index_rows: match s.feedback_index_rows {
+                Some(0) => return Err(invalid("feedback_index_rows", "must be at least 1".into())),
+                Some(n) => n,
+                None => d.feedback_index_rows,
+            },
+        };
         Ok(ServerConfig {
             listen: s.listen.unwrap_or_else(|| "0.0.0.0:8000".into()),
-            state_dir: s
-                .state_dir
-                .unwrap_or_else(|| model_repository.join(".cairn")),
+            state_dir,
             model_repository,
             max_body_bytes,
             shutdown_timeout: Duration::from_secs(s.shutdown_timeout_s.unwrap_or(30)),
@@ -349,6 +523,7 @@ impl ServerConfig {
                     timeout: load_timeout,
                 }),
             },
+            monitor,
         })
     }
 
@@ -370,6 +545,7 @@ impl ServerConfig {
                 max_sample_bytes: DEFAULT_MAX_BODY_BYTES,
                 check: None,
             },
+            monitor: MonitorSettings::defaults(&dir.join(".cairn")),
         }
     }
 

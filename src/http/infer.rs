@@ -13,6 +13,9 @@ use crate::protocol::{self, InferResponse, ResponseOutput, HEADER_CONTENT_LENGTH
 /// request cannot stall the other connections served by the same runtime worker.
 const INLINE_LIMIT: usize = 256 << 10;
 
+/// The response header that carries the request's id (also in the body's `id`).
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
 pub async fn infer(
     state: &AppState,
     model: &str,
@@ -38,7 +41,7 @@ pub async fn infer(
         bytes: body,
         reservation: _held,
     } = state.read_body(&parts, incoming).await?;
-    let request = if body.len() > INLINE_LIMIT {
+    let mut request = if body.len() > INLINE_LIMIT {
         state
             .offload
             .run(move || protocol::decode_request(body, header_len))
@@ -46,7 +49,13 @@ pub async fn infer(
     } else {
         protocol::decode_request(body, header_len)?
     };
-    let id = request.id.clone();
+    // Every inference has an id, so a caller can send feedback for it later: the client's, or
+    // one made here (UUID v7: unique, and sortable by time).
+    let id = request
+        .id
+        .get_or_insert_with(|| uuid::Uuid::now_v7().to_string())
+        .clone();
+    let id_header = http::HeaderValue::from_str(&id).ok();
     let result = state
         .router
         .infer(model, version, request, &parts.headers)
@@ -67,7 +76,7 @@ pub async fn infer(
         let response = InferResponse {
             model_name: &result.version.model,
             model_version: result.version.version.to_string(),
-            id: id.as_deref(),
+            id: Some(id.as_str()),
             outputs: result
                 .picked()
                 .map(|(name, tensor, binary)| ResponseOutput {
@@ -85,6 +94,9 @@ pub async fn infer(
         encode()
     };
     let mut builder = Response::builder().status(StatusCode::OK);
+    if let Some(value) = id_header {
+        builder = builder.header(REQUEST_ID_HEADER, value);
+    }
     builder = match encoded.header_len {
         Some(len) => builder
             .header(header::CONTENT_TYPE, "application/octet-stream")

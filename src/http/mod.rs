@@ -10,6 +10,7 @@ mod deployment;
 mod error;
 mod infer;
 mod models;
+mod monitoring;
 mod repository;
 mod routes;
 
@@ -28,6 +29,7 @@ pub use error::ApiError;
 
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
+use crate::monitor::MonitorHub;
 use crate::offload::Offload;
 use crate::repository::Repository;
 use crate::rollout::Rollout;
@@ -44,6 +46,8 @@ pub struct AppState {
     pub body_budget: Arc<BodyBudget>,
     /// The blocking-pool share of request-path work (large decodes and encodes, inflation).
     pub offload: Offload,
+    /// Every monitored model's prediction log, drift and quality.
+    pub monitors: Arc<MonitorHub>,
     /// Set once the startup load has finished.
     pub ready: AtomicBool,
     /// Set when shutdown begins, so readiness turns false while requests drain.

@@ -11,7 +11,9 @@ use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
-use super::{deployment, empty_response, infer, json_response, models, repository, AppState};
+use super::{
+    deployment, empty_response, infer, json_response, models, monitoring, repository, AppState,
+};
 
 type Reply = Result<Response<Full<Bytes>>, ApiError>;
 
@@ -35,6 +37,9 @@ enum Route {
     RepositoryRescan,
     RepositoryLoad,
     RepositoryUnload,
+    Feedback,
+    Drift,
+    Quality,
 }
 
 impl Route {
@@ -54,6 +59,7 @@ impl Route {
             | Route::RepositoryRescan
             | Route::RepositoryLoad
             | Route::RepositoryUnload => "repository",
+            Route::Feedback | Route::Drift | Route::Quality => "monitoring",
         }
     }
 
@@ -61,6 +67,7 @@ impl Route {
     fn allowed(self) -> &'static str {
         match self {
             Route::Infer
+            | Route::Feedback
             | Route::DeploymentAction
             | Route::RepositoryRescan
             | Route::RepositoryLoad
@@ -88,7 +95,7 @@ impl Route {
             | Route::RepositoryRescan
             | Route::RepositoryLoad
             | Route::RepositoryUnload => true,
-            Route::Infer => protect_inference,
+            Route::Infer | Route::Feedback => protect_inference,
             _ => false,
         }
     }
@@ -115,6 +122,8 @@ fn table() -> &'static matchit::Router<Route> {
             ("/config", Route::ModelConfig),
             ("/stats", Route::ModelStats),
             ("/infer", Route::Infer),
+            ("/drift", Route::Drift),
+            ("/quality", Route::Quality),
         ] {
             add(&format!("/v2/models/{{model}}{suffix}"), route);
             add(
@@ -122,6 +131,7 @@ fn table() -> &'static matchit::Router<Route> {
                 route,
             );
         }
+        add("/v2/models/{model}/feedback", Route::Feedback);
         add("/v2/models/{model}/deployment", Route::Deployment);
         add(
             "/v2/models/{model}/deployment/{action}",
@@ -200,6 +210,9 @@ pub async fn dispatch(state: &AppState, req: Request<Incoming>) -> (&'static str
         }
         Route::RepositoryLoad => repository::load(state, &model, req).await,
         Route::RepositoryUnload => repository::unload(state, &model, req).await,
+        Route::Feedback => monitoring::feedback(state, &model, req).await,
+        Route::Drift => monitoring::drift(state, &model, version, req.uri().query()),
+        Route::Quality => monitoring::quality(state, &model, version),
     };
     (endpoint, reply)
 }

@@ -95,6 +95,8 @@ pub struct LoadedVersion {
     pub scheduler: Scheduler,
     pub metrics: VersionMetrics,
     pub path: PathBuf,
+    /// The version's prediction log and drift watch, when its `[monitoring]` is on.
+    pub monitor: Option<Arc<crate::monitor::VersionMonitor>>,
 }
 
 impl LoadedVersion {
@@ -151,6 +153,7 @@ impl LoadedVersion {
             scheduler,
             metrics,
             path: path.to_path_buf(),
+            monitor: None,
         })
     }
 }

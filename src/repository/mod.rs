@@ -19,6 +19,7 @@ use std::time::Instant;
 use crate::config::{LoadLimits, ModelConfig};
 use crate::metrics::Metrics;
 use crate::model::{LoadError, LoadedVersion};
+use crate::monitor::MonitorHub;
 use crate::routing::{ModelRoute, Router};
 
 pub use scan::{DirSignature, Fingerprint};
@@ -108,6 +109,8 @@ pub struct Repository {
     limits: LoadLimits,
     /// Where uploaded files are kept while they serve.
     uploads: PathBuf,
+    /// Each loaded version is attached to its model's monitor (when its `[monitoring]` is on).
+    monitors: Arc<MonitorHub>,
     status: Mutex<BTreeMap<String, ModelStatus>>,
     /// Serializes load and unload operations, as Triton does. Held by the operation's own task,
     /// never by a request handler, so a client that goes away changes nothing.
@@ -126,6 +129,7 @@ impl Repository {
         metrics: Metrics,
         limits: LoadLimits,
         uploads: PathBuf,
+        monitors: Arc<MonitorHub>,
     ) -> Repository {
         Repository {
             root,
@@ -133,6 +137,7 @@ impl Repository {
             metrics,
             limits,
             uploads,
+            monitors,
             status: Mutex::new(BTreeMap::new()),
             ops: tokio::sync::Mutex::new(()),
             waiting: std::sync::atomic::AtomicUsize::new(0),
@@ -542,6 +547,7 @@ impl Repository {
             let metrics = self.metrics.clone();
             let model = name.to_string();
             let limits = self.limits.clone();
+            let monitors = Arc::clone(&self.monitors);
             tasks.spawn_blocking(move || {
                 let started = Instant::now();
                 let result = if path.is_file() {
@@ -549,10 +555,17 @@ impl Repository {
                         &model,
                         v,
                         &path,
-                        config,
+                        Arc::clone(&config),
                         metrics.version(&model, v),
                         &limits,
                     )
+                    .and_then(|mut version| {
+                        let dir = path.parent().unwrap_or(&path);
+                        version.monitor = monitors
+                            .attach(&model, v, &config, &version.io, dir)
+                            .map_err(LoadError::Interface)?;
+                        Ok(version)
+                    })
                 } else {
                     Err(LoadError::MissingFile(path.display().to_string()))
                 };

@@ -27,8 +27,11 @@ pub use tracker::{ArmSnapshot, ArmStats, ShadowSnapshot, ShadowStats, Tracker};
 use crate::batching::SchedulerError;
 use crate::config::RolloutConfig;
 use crate::metrics::FailureReason;
+use cairn_monitor::log::{Arm as LogArm, RequestRecord};
+
 use crate::model::LoadedVersion;
 pub use crate::model::{InvalidRequest, OutputPick};
+use crate::monitor::VersionMonitor;
 use crate::offload::Offload;
 use crate::request::InferRequest;
 use crate::tensor::Tensor;
@@ -275,7 +278,25 @@ impl Router {
         let started = Instant::now();
         let plan = self.plan(model, version, keys)?;
         let shadow = plan.shadow.as_ref().zip(plan.trial.as_ref());
-        let outcome = run(&plan.target, request, shadow, &self.offload).await;
+        // Whether this request is logged is decided once, by the answering version's sampling.
+        let logged = plan
+            .target
+            .monitor
+            .as_ref()
+            .filter(|m| m.sampled())
+            .map(|m| Logged {
+                monitor: Arc::clone(m),
+                id: Arc::from(request.id.as_deref().unwrap_or_default()),
+                time_us: now_us(),
+            });
+        let (outcome, inputs) = run(
+            &plan.target,
+            request,
+            shadow,
+            &self.offload,
+            logged.as_ref(),
+        )
+        .await;
         let took = started.elapsed();
         if let Some(trial) = &plan.trial {
             let server_side_ok = !matches!(outcome, Err(InferError::Scheduler(_)));
@@ -286,6 +307,32 @@ impl Router {
                 Arm::Candidate => trial.candidate.record(server_side_ok, took),
                 Arm::Direct => {}
             }
+        }
+        if let (Some(logged), Some((inputs, rows))) = (logged, inputs) {
+            let (status, outputs) = match &outcome {
+                Ok((outputs, _)) => ("ok", served(&plan.target, outputs)),
+                Err(e) => (failure_reason(e).label(), Vec::new()),
+            };
+            let named = !matches!(version, None | Some(""));
+            let arm = match plan.arm {
+                _ if named => LogArm::Direct,
+                Arm::Candidate => LogArm::Canary,
+                Arm::Stable | Arm::Direct => LogArm::Stable,
+            };
+            logged
+                .monitor
+                .log(RequestRecord {
+                    id: logged.id,
+                    time_us: logged.time_us,
+                    version: plan.target.version,
+                    arm,
+                    latency_us: took.as_micros() as u64,
+                    status,
+                    rows,
+                    inputs,
+                    outputs,
+                })
+                .await;
         }
         match outcome {
             Ok((outputs, picks)) => {
@@ -353,18 +400,55 @@ async fn run(
     request: InferRequest,
     shadow: Option<(&Arc<LoadedVersion>, &Arc<Tracker>)>,
     offload: &Offload,
-) -> Result<(Vec<Tensor>, Vec<OutputPick>), InferError> {
-    let (validated, picks) = target.io.validate(request)?;
+    logged: Option<&Logged>,
+) -> (Outcome, Option<(Vec<Tensor>, usize)>) {
+    let (validated, picks) = match target.io.validate(request) {
+        Ok(v) => v,
+        Err(e) => return (Err(e.into()), None),
+    };
+    // A logged request keeps its inputs (shared buffers) for the record.
+    let inputs = logged.map(|_| (validated.inputs.clone(), validated.rows));
     let shadow_tx = shadow.and_then(|(candidate, tracker)| {
-        shadow::start(target, candidate, &validated, tracker, offload)
+        shadow::start(target, candidate, &validated, tracker, offload, logged)
     });
-    let ticket = target.scheduler.submit(validated)?;
-    let outputs = ticket.wait().await?;
+    let ticket = match target.scheduler.submit(validated) {
+        Ok(t) => t,
+        Err(e) => return (Err(e.into()), inputs),
+    };
+    let outputs = match ticket.wait().await {
+        Ok(o) => o,
+        Err(e) => return (Err(e.into()), inputs),
+    };
     if let Some(tx) = shadow_tx {
         // Cloning tensors shares their buffers.
         let _ = tx.send(outputs.clone());
     }
-    Ok((outputs, picks))
+    (Ok((outputs, picks)), inputs)
+}
+
+type Outcome = Result<(Vec<Tensor>, Vec<OutputPick>), InferError>;
+
+/// A request being logged: where to, its id and when it arrived.
+pub(crate) struct Logged {
+    pub monitor: Arc<VersionMonitor>,
+    pub id: Arc<str>,
+    pub time_us: i64,
+}
+
+/// The served outputs, in the version's output order, out of the engine's outputs.
+pub(crate) fn served(version: &LoadedVersion, outputs: &[Tensor]) -> Vec<Tensor> {
+    version
+        .io
+        .output_index
+        .iter()
+        .filter_map(|&i| outputs.get(i).cloned())
+        .collect()
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 fn resolve_in(

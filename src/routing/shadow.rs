@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use super::Tracker;
+use cairn_monitor::log::{Arm as LogArm, RequestRecord};
+
+use super::{Logged, Tracker};
 use crate::batching::ValidatedRequest;
 use crate::model::LoadedVersion;
 use crate::offload::Offload;
@@ -25,6 +27,7 @@ pub(super) fn start(
     request: &ValidatedRequest,
     tracker: &Arc<Tracker>,
     offload: &Offload,
+    logged: Option<&Logged>,
 ) -> Option<oneshot::Sender<Vec<Tensor>>> {
     tracker.shadow.record_sent();
     if candidate.io.inputs != stable.io.inputs {
@@ -47,11 +50,44 @@ pub(super) fn start(
         Arc::clone(tracker),
         offload.clone(),
     );
+    // The candidate's copy is logged (marked as a shadow) when the request is and the
+    // candidate logs too.
+    let log = logged.zip(candidate.monitor.clone()).map(|(l, monitor)| {
+        (
+            monitor,
+            Arc::clone(&l.id),
+            l.time_us,
+            request.inputs.clone(),
+            request.rows,
+        )
+    });
     tokio::spawn(async move {
         let shadow_outputs = ticket.wait().await;
         tracker
             .candidate
             .record(shadow_outputs.is_ok(), started.elapsed());
+        if let Some((monitor, id, time_us, inputs, rows)) = log {
+            let (status, outputs) = match &shadow_outputs {
+                Ok(outputs) => ("ok", super::served(&candidate, outputs)),
+                Err(e) => (
+                    super::failure_reason(&super::InferError::Scheduler(e.clone())).label(),
+                    Vec::new(),
+                ),
+            };
+            monitor
+                .log(RequestRecord {
+                    id,
+                    time_us,
+                    version: candidate.version,
+                    arm: LogArm::Shadow,
+                    latency_us: started.elapsed().as_micros() as u64,
+                    status,
+                    rows,
+                    inputs,
+                    outputs,
+                })
+                .await;
+        }
         let Ok(shadow_outputs) = shadow_outputs else {
             tracker.shadow.record_error();
             return;

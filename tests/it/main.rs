@@ -4,6 +4,7 @@
 //! - `batching`: dynamic batching, overload, cancellation, statistics and metrics.
 //! - `rollout`: hot reload, publishing, deployments and their transitions under load.
 //! - `hostile`: hostile input, one test per known attack.
+//! - `monitoring`: the prediction log, drift, feedback and quality.
 //! - `cli`: the `cairn` binary as a user runs it.
 //! - `engine_conformance`: every engine against onnxruntime's recorded outputs.
 //! - `decoder_props`: property tests of the decoders and config parsers, with the counting
@@ -16,4 +17,5 @@ mod decoder_props;
 mod engine_conformance;
 mod hostile;
 mod http_api;
+mod monitoring;
 mod rollout;

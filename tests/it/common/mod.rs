@@ -179,6 +179,13 @@ impl TestServer {
             .unwrap_or(0.0)
     }
 
+    /// Shuts the server down and keeps its repository (and state directory) for inspection.
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await;
+        }
+    }
+
     pub async fn shutdown(mut self) {
         if let Some(server) = self.server.take() {
             server.shutdown().await;

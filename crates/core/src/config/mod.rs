@@ -6,8 +6,8 @@ pub mod model;
 use std::path::PathBuf;
 
 pub use model::{
-    DynamicBatching, EngineConfig, EngineKind, ModelConfig, OnNewVersion, QueuePolicy,
-    RolloutConfig, TensorConfig, VersionPolicy, Warmup,
+    DynamicBatching, EngineConfig, EngineKind, ModelConfig, MonitoringConfig, OnNewVersion,
+    QueuePolicy, RolloutConfig, TensorConfig, ThresholdError, Thresholds, VersionPolicy, Warmup,
 };
 
 /// A configuration file that cannot be used. Messages name the file, the key and the reason.

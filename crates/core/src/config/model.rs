@@ -70,6 +70,229 @@ pub struct ModelConfig {
     /// How new versions reach traffic, and when a candidate is promoted or rolled back.
     #[serde(default)]
     pub rollout: RolloutConfig,
+    /// The prediction log, drift windows and live quality.
+    #[serde(default)]
+    pub monitoring: MonitoringConfig,
+}
+
+/// `[monitoring]`: what of a model's traffic is logged and how it is watched.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitoringConfig {
+    /// Log predictions and watch drift. Off by default: logging costs disk and a little CPU.
+    pub enabled: bool,
+    /// Share of requests logged (0 to 1), spread evenly over the traffic.
+    pub sample_rate: f64,
+    /// Inputs whose values are logged and watched; empty means every input.
+    pub inputs: Vec<String>,
+    /// Outputs logged and watched; empty means every output.
+    pub outputs: Vec<String>,
+    /// Names of the input features, in order (the elements of the logged inputs, row by row);
+    /// empty: the names of `baseline.json`, or `<input>[i]` (one feature per one-column input).
+    pub features: Vec<String>,
+    /// Features compared as categories (BYTES inputs always are).
+    pub categorical: Vec<String>,
+    /// Features (and outputs) that get Prometheus gauges; the report holds them all.
+    pub max_metric_features: u32,
+    /// A drift window closes after this many logged rows...
+    pub window_rows: u64,
+    /// ... or after this many seconds, when set (0: by rows only).
+    pub window_seconds: u64,
+    /// Without a `baseline.json`, take the baseline from the first this many logged rows of each
+    /// version (0: no baseline, no drift report).
+    pub baseline_rows: u64,
+    /// The output that holds the prediction feedback is compared with; absent: the first
+    /// integer or string output (a class label), else the first one-column float output.
+    pub prediction: Option<String>,
+    /// The output with class scores, for ROC AUC of a binary classifier (its column 1).
+    pub score: Option<String>,
+    /// Feedback rows per quality window.
+    pub quality_window_rows: u64,
+    /// When a feature counts as drifted.
+    pub thresholds: Thresholds,
+}
+
+impl Default for MonitoringConfig {
+    fn default() -> Self {
+        MonitoringConfig {
+            enabled: false,
+            sample_rate: 1.0,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            features: Vec::new(),
+            categorical: Vec::new(),
+            max_metric_features: 32,
+            window_rows: 1000,
+            window_seconds: 0,
+            baseline_rows: 0,
+            prediction: None,
+            score: None,
+            quality_window_rows: 1000,
+            thresholds: Thresholds::default(),
+        }
+    }
+}
+
+/// The most rows a drift window may hold: a window is kept in memory until it closes.
+pub const MAX_WINDOW_ROWS: u64 = 1_000_000;
+
+/// When a feature counts as drifted. Read from a model's `config.toml`
+/// (`[monitoring.thresholds]`); every field has a default, and a threshold is turned off by
+/// leaving it out (for those off by default) or setting it to `false`.
+///
+/// Why these defaults: the two hypothesis tests — KS for numeric features, chi-squared for
+/// categorical ones — carry the false-positive control. Each is run at `alpha / m`, `m` being the
+/// number of features and outputs compared (Bonferroni), so the chance that a window drawn from
+/// the baseline's distribution flags *any* feature through a test is at most `alpha` (1% by
+/// default), however many features a model has. PSI > 0.2 is the usual rule of thumb for a
+/// significant population shift; unlike a p-value it does not shrink with sample size, so it also
+/// bounds what large windows flag to shifts big enough to matter. The other statistics are
+/// descriptive, with no scale that fits every feature, so they are off until a model sets them.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Thresholds {
+    /// PSI above this is a violation. Default 0.2.
+    #[serde(deserialize_with = "threshold")]
+    pub psi: Option<f64>,
+    /// Family-wise significance of the KS and chi-squared tests: a test is violated when its
+    /// p-value is below `alpha / m`. Default 0.01.
+    pub alpha: f64,
+    /// Jensen–Shannon distance (base 2, in [0, 1]) above this. Default off.
+    #[serde(deserialize_with = "threshold")]
+    pub js: Option<f64>,
+    /// Wasserstein distance over the baseline's standard deviation above this. Default off.
+    #[serde(deserialize_with = "threshold")]
+    pub wasserstein_norm: Option<f64>,
+    /// Share of window values outside the baseline's [min, max] above this. Default off.
+    #[serde(deserialize_with = "threshold")]
+    pub out_of_range_rate: Option<f64>,
+    /// Share of window rows in categories the baseline never saw above this. Default off.
+    #[serde(deserialize_with = "threshold")]
+    pub unseen_rate: Option<f64>,
+    /// Window missing rate minus baseline missing rate above this. Default off.
+    #[serde(deserialize_with = "threshold")]
+    pub missing_rate_increase: Option<f64>,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            psi: Some(0.2),
+            alpha: 0.01,
+            js: None,
+            wasserstein_norm: None,
+            out_of_range_rate: None,
+            unseen_rate: None,
+            missing_rate_increase: None,
+        }
+    }
+}
+
+/// A threshold: a number, or `false`/`null` for off (TOML has no null).
+fn threshold<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<f64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Value {
+        Number(f64),
+        Switch(bool),
+    }
+    match Option::<Value>::deserialize(deserializer)? {
+        None | Some(Value::Switch(false)) => Ok(None),
+        Some(Value::Number(v)) => Ok(Some(v)),
+        Some(Value::Switch(true)) => Err(serde::de::Error::custom(
+            "a threshold is a number, or false to turn it off",
+        )),
+    }
+}
+
+/// A threshold that makes no sense.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ThresholdError {
+    #[error("alpha must be in (0, 1], not {0}")]
+    Alpha(f64),
+    #[error("threshold `{name}` must be a finite number >= 0, not {value}")]
+    Threshold { name: &'static str, value: f64 },
+}
+
+impl Thresholds {
+    /// Checks that `alpha` is in (0, 1] and every threshold set is finite and non-negative.
+    /// [`drift`] accepts any value (a NaN threshold is never violated); this is for config
+    /// loading.
+    pub fn validate(&self) -> Result<(), ThresholdError> {
+        if !(self.alpha > 0.0 && self.alpha <= 1.0) {
+            return Err(ThresholdError::Alpha(self.alpha));
+        }
+        let named = [
+            ("psi", self.psi),
+            ("js", self.js),
+            ("wasserstein_norm", self.wasserstein_norm),
+            ("out_of_range_rate", self.out_of_range_rate),
+            ("unseen_rate", self.unseen_rate),
+            ("missing_rate_increase", self.missing_rate_increase),
+        ];
+        for (name, value) in named {
+            if let Some(value) = value.filter(|v| !(v.is_finite() && *v >= 0.0)) {
+                return Err(ThresholdError::Threshold { name, value });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl MonitoringConfig {
+    /// Checks ranges; the error names the key under `monitoring`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let fail = |key: &str, reason: String| Err((format!("monitoring.{key}"), reason));
+        if !(0.0..=1.0).contains(&self.sample_rate) {
+            return fail(
+                "sample_rate",
+                format!("{} is not between 0 and 1", self.sample_rate),
+            );
+        }
+        if self.window_rows == 0 || self.window_rows > MAX_WINDOW_ROWS {
+            return fail(
+                "window_rows",
+                format!(
+                    "{} is not between 1 and {MAX_WINDOW_ROWS}",
+                    self.window_rows
+                ),
+            );
+        }
+        if self.baseline_rows > MAX_WINDOW_ROWS {
+            return fail(
+                "baseline_rows",
+                format!(
+                    "{} exceeds the limit of {MAX_WINDOW_ROWS}",
+                    self.baseline_rows
+                ),
+            );
+        }
+        if self.quality_window_rows == 0 || self.quality_window_rows > MAX_WINDOW_ROWS {
+            return fail(
+                "quality_window_rows",
+                format!(
+                    "{} is not between 1 and {MAX_WINDOW_ROWS}",
+                    self.quality_window_rows
+                ),
+            );
+        }
+        if let Err(e) = self.thresholds.validate() {
+            let key = match &e {
+                ThresholdError::Alpha(_) => "alpha",
+                ThresholdError::Threshold { name, .. } => name,
+            };
+            return fail(&format!("thresholds.{key}"), e.to_string());
+        }
+        for (i, name) in self.features.iter().enumerate() {
+            if name.is_empty() || self.features[..i].contains(name) {
+                return fail(
+                    &format!("features[{i}]"),
+                    format!("'{name}' is empty or listed twice"),
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Warm-up requests: V2 JSON request bodies, each a file looked up in the version directory,
@@ -344,6 +567,7 @@ impl Default for ModelConfig {
             queue: None,
             warmup: None,
             rollout: RolloutConfig::default(),
+            monitoring: MonitoringConfig::default(),
         }
     }
 }
@@ -524,6 +748,7 @@ impl ModelConfig {
             }
         }
         self.rollout.validate()?;
+        self.monitoring.validate()?;
         if let Some(db) = &self.dynamic_batching {
             if self.max_batch_size == 0 {
                 return fail(
@@ -685,6 +910,12 @@ mod tests {
             ("[engine]\nkind = \"cuda\"", "unknown variant `cuda`"),
             ("[engine]\nthreads = 4", "engine.threads: 4 threads"),
             ("[engine]\ndevice = 0", "unknown field `device`"),
+            ("[monitoring]\nsample_rate = 2.0", "monitoring.sample_rate: 2 is not between"),
+            ("[monitoring]\nwindow_rows = 0", "monitoring.window_rows"),
+            ("[monitoring]\nbogus = 1", "unknown field `bogus`"),
+            ("[monitoring.thresholds]\nalpha = 0.0", "monitoring.thresholds.alpha"),
+            ("[monitoring.thresholds]\npsi = -1.0", "monitoring.thresholds.psi"),
+            ("[monitoring]\nfeatures = [\"a\", \"a\"]", "monitoring.features[1]"),
         ];
         for (text, expected) in cases {
             let err = parse(text).unwrap_err();

@@ -1,0 +1,421 @@
+//! Appending record batches to a directory of segments: the open Arrow IPC stream, its rotation
+//! and sealing to Parquet, syncing, recovery after a crash, and retention.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use arrow_array::RecordBatch;
+use arrow_ipc::writer::StreamWriter;
+use arrow_schema::SchemaRef;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+
+use super::read::read_stream;
+use super::LogError;
+
+/// When appended batches are synced to disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fsync {
+    /// After every append: nothing acknowledged by `append` is lost to a crash.
+    EveryAppend,
+    /// At most this long after an append (on the next `tick` or `append`): a crash loses at most
+    /// this much of the most recent records.
+    Interval(Duration),
+}
+
+/// How segments rotate and how long they are kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogOptions {
+    /// An open segment is sealed once it holds this many bytes.
+    pub segment_max_bytes: u64,
+    /// ... or once it has been open this long.
+    pub segment_max_age: Duration,
+    /// Sealed segments beyond this many bytes in the directory are deleted, oldest first.
+    pub retention_max_bytes: Option<u64>,
+    /// Sealed segments older than this are deleted.
+    pub retention_max_age: Option<Duration>,
+    pub fsync: Fsync,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            segment_max_bytes: 64 << 20,
+            segment_max_age: Duration::from_secs(3600),
+            retention_max_bytes: Some(1 << 30),
+            retention_max_age: Some(Duration::from_secs(7 * 24 * 3600)),
+            fsync: Fsync::Interval(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// What opening the log found and repaired.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Open segments left by an earlier run, sealed now.
+    pub recovered_segments: usize,
+    /// Rows they held.
+    pub recovered_rows: usize,
+    /// Segments whose last message was torn (cut by a crash); the complete ones before it were
+    /// kept.
+    pub torn_tails: usize,
+}
+
+/// A directory of segments of one schema at a time.
+pub struct SegmentLog {
+    dir: PathBuf,
+    options: LogOptions,
+    schema: SchemaRef,
+    open: Option<Open>,
+    next_seq: u64,
+    /// Appended since the last sync.
+    dirty: bool,
+    last_sync: Instant,
+}
+
+struct Open {
+    path: PathBuf,
+    writer: StreamWriter<Counting>,
+    opened: Instant,
+}
+
+/// A file that counts what is written to it.
+struct Counting {
+    file: File,
+    written: u64,
+}
+
+impl Write for Counting {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+const OPEN_EXT: &str = "arrows";
+const SEALED_EXT: &str = "parquet";
+
+impl SegmentLog {
+    /// Opens (creating) the directory, seals any open segment an earlier run left, applies
+    /// retention. Blocking.
+    pub fn open(
+        dir: &Path,
+        schema: SchemaRef,
+        options: LogOptions,
+    ) -> Result<(SegmentLog, RecoveryReport), LogError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let mut report = RecoveryReport::default();
+        let mut next_seq = 0;
+        for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+            let path = entry.map_err(io(dir))?.path();
+            if let Some(seq) = segment_seq(&path) {
+                next_seq = next_seq.max(seq + 1);
+            }
+            match path.extension().and_then(|e| e.to_str()) {
+                Some(OPEN_EXT) => {
+                    let sealed = seal(&path)?;
+                    report.recovered_segments += 1;
+                    report.recovered_rows += sealed.rows;
+                    if sealed.torn {
+                        report.torn_tails += 1;
+                        tracing::warn!(segment = %path.display(), rows = sealed.rows,
+                            "prediction log: a torn tail (cut by a crash) was skipped; the complete records before it were kept");
+                    }
+                }
+                Some("tmp") => {
+                    // A seal interrupted by a crash: the open segment it came from is still there.
+                    let _ = std::fs::remove_file(&path);
+                }
+                _ => {}
+            }
+        }
+        let mut log = SegmentLog {
+            dir: dir.to_path_buf(),
+            options,
+            schema,
+            open: None,
+            next_seq,
+            dirty: false,
+            last_sync: Instant::now(),
+        };
+        log.apply_retention()?;
+        Ok((log, report))
+    }
+
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Changes the schema of what follows; an open segment of the old one is sealed first.
+    pub fn set_schema(&mut self, schema: SchemaRef) -> Result<(), LogError> {
+        if schema != self.schema {
+            self.rotate()?;
+            self.schema = schema;
+        }
+        Ok(())
+    }
+
+    /// Appends one batch (of the current schema), syncing as the policy says and rotating when
+    /// the segment is full. Blocking.
+    pub fn append(&mut self, batch: &RecordBatch) -> Result<(), LogError> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        if self.open.is_none() {
+            self.open = Some(self.create_segment()?);
+        }
+        let open = self.open.as_mut().expect("a segment was opened above");
+        let path = open.path.clone();
+        open.writer.write(batch).map_err(arrow(&path))?;
+        open.writer.flush().map_err(arrow(&path))?;
+        self.dirty = true;
+        match self.options.fsync {
+            Fsync::EveryAppend => self.sync()?,
+            Fsync::Interval(_) => self.sync_if_due()?,
+        }
+        if self.open_bytes() >= self.options.segment_max_bytes {
+            self.rotate()?;
+        }
+        Ok(())
+    }
+
+    /// Time-based duties: the fsync interval and the segment age. Call it regularly (the writer
+    /// thread does, at least once per fsync interval).
+    pub fn tick(&mut self) -> Result<(), LogError> {
+        self.sync_if_due()?;
+        let too_old = self
+            .open
+            .as_ref()
+            .is_some_and(|o| o.opened.elapsed() >= self.options.segment_max_age);
+        if too_old {
+            self.rotate()?;
+        }
+        Ok(())
+    }
+
+    /// Syncs what was appended.
+    pub fn sync(&mut self) -> Result<(), LogError> {
+        if let Some(open) = &mut self.open {
+            open.writer
+                .get_mut()
+                .file
+                .sync_data()
+                .map_err(io(&open.path))?;
+        }
+        self.dirty = false;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// Seals the open segment, if any, and applies retention.
+    pub fn rotate(&mut self) -> Result<(), LogError> {
+        let Some(mut open) = self.open.take() else {
+            return Ok(());
+        };
+        open.writer.finish().map_err(arrow(&open.path))?;
+        open.writer
+            .get_mut()
+            .file
+            .sync_data()
+            .map_err(io(&open.path))?;
+        self.dirty = false;
+        let path = open.path.clone();
+        drop(open);
+        seal(&path)?;
+        self.apply_retention()
+    }
+
+    /// Seals everything: after a clean close every record is in a sealed segment.
+    pub fn close(mut self) -> Result<(), LogError> {
+        self.rotate()
+    }
+
+    /// Bytes in the directory's segments, the open one included.
+    pub fn bytes_on_disk(&self) -> u64 {
+        segments(&self.dir)
+            .map(|list| list.iter().map(|s| s.bytes).sum())
+            .unwrap_or(0)
+    }
+
+    /// Seconds since the oldest unsynced append (0 when everything is synced): how far the log
+    /// lags behind what it was given.
+    pub fn unsynced_for(&self) -> Duration {
+        if self.dirty {
+            self.last_sync.elapsed()
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn sync_if_due(&mut self) -> Result<(), LogError> {
+        if let Fsync::Interval(every) = self.options.fsync {
+            if self.dirty && self.last_sync.elapsed() >= every {
+                self.sync()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn open_bytes(&self) -> u64 {
+        self.open.as_ref().map_or(0, |o| o.writer.get_ref().written)
+    }
+
+    fn create_segment(&mut self) -> Result<Open, LogError> {
+        let start_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let path = self
+            .dir
+            .join(format!("{start_ms:013}-{:06}.{OPEN_EXT}", self.next_seq));
+        self.next_seq += 1;
+        let file = File::create(&path).map_err(io(&path))?;
+        let writer = StreamWriter::try_new(Counting { file, written: 0 }, &self.schema)
+            .map_err(arrow(&path))?;
+        sync_dir(&self.dir);
+        self.last_sync = Instant::now();
+        Ok(Open {
+            path,
+            writer,
+            opened: Instant::now(),
+        })
+    }
+
+    fn apply_retention(&mut self) -> Result<(), LogError> {
+        let (max_bytes, max_age) = (
+            self.options.retention_max_bytes,
+            self.options.retention_max_age,
+        );
+        if max_bytes.is_none() && max_age.is_none() {
+            return Ok(());
+        }
+        let list = segments(&self.dir)?;
+        let mut total: u64 = list.iter().map(|s| s.bytes).sum();
+        let now = SystemTime::now();
+        for s in list.iter().filter(|s| s.sealed) {
+            let too_big = max_bytes.is_some_and(|m| total > m);
+            let too_old =
+                max_age.is_some_and(|m| now.duration_since(s.modified).is_ok_and(|age| age > m));
+            if !(too_big || too_old) {
+                continue;
+            }
+            std::fs::remove_file(&s.path).map_err(io(&s.path))?;
+            total = total.saturating_sub(s.bytes);
+            tracing::info!(segment = %s.path.display(), bytes = s.bytes,
+                reason = if too_old { "age" } else { "size" }, "prediction log: segment deleted by retention");
+        }
+        Ok(())
+    }
+}
+
+/// A segment file, oldest first by name.
+struct Segment {
+    path: PathBuf,
+    bytes: u64,
+    modified: SystemTime,
+    sealed: bool,
+}
+
+fn segments(dir: &Path) -> Result<Vec<Segment>, LogError> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let entry = entry.map_err(io(dir))?;
+        let path = entry.path();
+        let sealed = match path.extension().and_then(|e| e.to_str()) {
+            Some(SEALED_EXT) => true,
+            Some(OPEN_EXT) => false,
+            _ => continue,
+        };
+        let meta = entry.metadata().map_err(io(&path))?;
+        out.push(Segment {
+            bytes: meta.len(),
+            modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            sealed,
+            path,
+        });
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+/// The sequence number in a segment's name, `<start>-<seq>.<ext>`.
+fn segment_seq(path: &Path) -> Option<u64> {
+    let stem = path.file_name()?.to_str()?.split('.').next()?;
+    stem.split_once('-')?.1.parse().ok()
+}
+
+/// What sealing one open segment found.
+struct Sealed {
+    rows: usize,
+    torn: bool,
+}
+
+/// Rewrites an open segment as Parquet (temporary file, sync, rename, sync) and removes it. A
+/// segment with no complete batch is only removed.
+fn seal(open: &Path) -> Result<Sealed, LogError> {
+    let (batches, torn) = read_stream(open)?;
+    let rows = batches.iter().map(RecordBatch::num_rows).sum();
+    if let Some(first) = batches.first() {
+        let sealed = open.with_extension(SEALED_EXT);
+        let tmp = open.with_extension("parquet.tmp");
+        let file = File::create(&tmp).map_err(io(&tmp))?;
+        let properties = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build();
+        let mut writer = ArrowWriter::try_new(file, first.schema(), Some(properties))
+            .map_err(parquet_err(&tmp))?;
+        for batch in &batches {
+            if batch.schema() != first.schema() {
+                // One segment holds one schema; a mismatch means a corrupt file, keep what fits.
+                break;
+            }
+            writer.write(batch).map_err(parquet_err(&tmp))?;
+        }
+        let file = writer.into_inner().map_err(parquet_err(&tmp))?;
+        file.sync_all().map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &sealed).map_err(io(&sealed))?;
+    }
+    std::fs::remove_file(open).map_err(io(open))?;
+    if let Some(dir) = open.parent() {
+        sync_dir(dir);
+    }
+    Ok(Sealed { rows, torn })
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> LogError + '_ {
+    move |source| LogError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn arrow(path: &Path) -> impl Fn(arrow_schema::ArrowError) -> LogError + '_ {
+    move |source| LogError::Arrow {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn parquet_err(path: &Path) -> impl Fn(parquet::errors::ParquetError) -> LogError + '_ {
+    move |source| LogError::Parquet {
+        path: path.to_path_buf(),
+        source,
+    }
+}

@@ -1,0 +1,442 @@
+//! A drift report: a window of live rows compared, feature by feature, with a [`Baseline`].
+//!
+//! [`drift`] computes, for every feature and output present on both sides with the same kind:
+//!
+//! - numeric: PSI and Jensen–Shannon over the baseline's ten quantile bins (its `edges` and
+//!   `proportions`), two-sample KS and the Wasserstein distance against the baseline's `sample`
+//!   (raw, and over the baseline's standard deviation), the out-of-range rate against the
+//!   baseline's min/max, and the missing rates;
+//! - categorical: PSI and Jensen–Shannon over the category proportions, the chi-squared test of
+//!   the 2×k table of counts, the unseen rate and the unseen/vanished categories, and the missing
+//!   rates.
+//!
+//! As in the baseline, a numeric window value is valid when it is finite; NaN and ±infinity are
+//! missing. A column shorter than the window's longest counts its missing tail as missing.
+//!
+//! The report serializes to:
+//!
+//! ```json
+//! {"rows": 500,
+//!  "features": {"<name>": {"kind": "numeric", "psi": 0.03, "js": 0.05,
+//!                          "ks": {"statistic": 0.04, "pvalue": 0.41},
+//!                          "wasserstein": 0.02, "wasserstein_norm": 0.02,
+//!                          "missing_rate_baseline": 0.0, "missing_rate_window": 0.0,
+//!                          "out_of_range_rate": 0.0, "drifted": false, "violations": []},
+//!               "<name>": {"kind": "categorical", "psi": 0.01, "js": 0.03,
+//!                          "chi2": {"statistic": 1.2, "dof": 2, "pvalue": 0.55},
+//!                          "missing_rate_baseline": 0.0, "missing_rate_window": 0.0,
+//!                          "unseen_rate": 0.0, "unseen": [], "vanished": [],
+//!                          "drifted": false, "violations": []}},
+//!  "outputs": {...},
+//!  "drifted": ["<feature or output names that drifted>"],
+//!  "missing_in_baseline": ["<names in the window only>"],
+//!  "missing_in_window": ["<names in the baseline only>"],
+//!  "thresholds": {"psi": 0.2, "alpha": 0.01, "js": null, ..., "comparisons": 5,
+//!                 "alpha_corrected": 0.002}}
+//! ```
+//!
+//! Keys that do not apply to a kind are left out; a statistic that applies but is undefined for
+//! this window (say, KS when the window has no valid value) is `null`. A feature whose kind
+//! differs between the baseline and the window is not compared: its entry is
+//! `{"kind": <the baseline's kind>, "error": "...", "drifted": false, "violations": []}`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::baseline::{Baseline, CategoricalBaseline, FeatureBaseline, NumericBaseline};
+use crate::column::{Column, Columns, FeatureKind};
+use crate::stats::{self, Chi2Test, KsTest, SortedValues};
+
+pub use cairn_core::config::{ThresholdError, Thresholds};
+
+/// The thresholds a report applied, with the Bonferroni-corrected significance.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct AppliedThresholds {
+    #[serde(flatten)]
+    pub thresholds: Thresholds,
+    /// `m`: the features and outputs compared (present on both sides with the same kind).
+    pub comparisons: usize,
+    /// `alpha / m` (`alpha` itself when nothing was compared).
+    pub alpha_corrected: f64,
+}
+
+/// A statistic that can put a feature over its threshold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Statistic {
+    Psi,
+    Js,
+    Ks,
+    Chi2,
+    WassersteinNorm,
+    OutOfRangeRate,
+    UnseenRate,
+    MissingRateIncrease,
+}
+
+/// One feature's (or output's) comparison.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FeatureDrift {
+    pub kind: FeatureKind,
+    #[serde(flatten)]
+    pub comparison: Comparison,
+    /// Whether any enabled statistic is violated.
+    pub drifted: bool,
+    /// The violated statistics.
+    pub violations: Vec<Statistic>,
+}
+
+/// The statistics of one feature, by kind.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Comparison {
+    Numeric(NumericDrift),
+    Categorical(CategoricalDrift),
+    /// The feature could not be compared (its kind differs between baseline and window).
+    Error {
+        error: String,
+    },
+}
+
+/// A numeric feature's statistics; `None` (null) where undefined for this window.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NumericDrift {
+    pub psi: Option<f64>,
+    pub js: Option<f64>,
+    pub ks: Option<KsTest>,
+    pub wasserstein: Option<f64>,
+    pub wasserstein_norm: Option<f64>,
+    pub missing_rate_baseline: Option<f64>,
+    pub missing_rate_window: Option<f64>,
+    pub out_of_range_rate: Option<f64>,
+}
+
+/// A categorical feature's statistics; `None` (null) where undefined for this window.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CategoricalDrift {
+    pub psi: Option<f64>,
+    pub js: Option<f64>,
+    pub chi2: Option<Chi2Test>,
+    pub missing_rate_baseline: Option<f64>,
+    pub missing_rate_window: Option<f64>,
+    pub unseen_rate: Option<f64>,
+    pub unseen: Vec<String>,
+    pub vanished: Vec<String>,
+}
+
+/// A window compared with a baseline (see the module documentation for the JSON).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DriftReport {
+    /// Rows in the window (its longest column).
+    pub rows: u64,
+    pub features: BTreeMap<String, FeatureDrift>,
+    pub outputs: BTreeMap<String, FeatureDrift>,
+    /// Names of the features, then the outputs, that drifted.
+    pub drifted: Vec<String>,
+    /// Names (features, then outputs) in the window but not the baseline: not compared.
+    pub missing_in_baseline: Vec<String>,
+    /// Names (features, then outputs) in the baseline but not the window: not compared.
+    pub missing_in_window: Vec<String>,
+    pub thresholds: AppliedThresholds,
+}
+
+/// Compares a window with a baseline. Never panics: a feature that cannot be compared is listed
+/// or reported as an error entry. A window name given twice keeps its last column.
+pub fn drift(
+    baseline: &Baseline,
+    features: &Columns,
+    outputs: &Columns,
+    thresholds: &Thresholds,
+) -> DriftReport {
+    let rows = features
+        .iter()
+        .chain(outputs.iter())
+        .map(|(_, c)| c.len())
+        .max()
+        .unwrap_or(0);
+    let feature_pairs = pair_up(&baseline.features, features);
+    let output_pairs = pair_up(&baseline.outputs, outputs);
+    let comparisons = feature_pairs.compared + output_pairs.compared;
+    let alpha_corrected = if comparisons > 0 {
+        thresholds.alpha / comparisons as f64
+    } else {
+        thresholds.alpha
+    };
+    let limits = Limits {
+        thresholds,
+        alpha_corrected,
+    };
+    let compare_all = |pairs: &Pairs| -> BTreeMap<String, FeatureDrift> {
+        pairs
+            .both
+            .iter()
+            .map(|(name, (b, w))| (name.to_string(), compare(b, w, rows, &limits)))
+            .collect()
+    };
+    let features = compare_all(&feature_pairs);
+    let outputs = compare_all(&output_pairs);
+    let drifted = features
+        .iter()
+        .chain(outputs.iter())
+        .filter(|(_, d)| d.drifted)
+        .map(|(name, _)| name.clone())
+        .collect();
+    let concat = |a: &[&str], b: &[&str]| a.iter().chain(b).map(|s| s.to_string()).collect();
+    DriftReport {
+        rows: rows as u64,
+        drifted,
+        missing_in_baseline: concat(&feature_pairs.window_only, &output_pairs.window_only),
+        missing_in_window: concat(&feature_pairs.baseline_only, &output_pairs.baseline_only),
+        features,
+        outputs,
+        thresholds: AppliedThresholds {
+            thresholds: *thresholds,
+            comparisons,
+            alpha_corrected,
+        },
+    }
+}
+
+/// The baseline's and the window's columns of one section, matched by name.
+struct Pairs<'a> {
+    both: BTreeMap<&'a str, (&'a FeatureBaseline, &'a Column)>,
+    /// Pairs of the same kind: the `m` of the Bonferroni correction.
+    compared: usize,
+    baseline_only: Vec<&'a str>,
+    window_only: Vec<&'a str>,
+}
+
+fn pair_up<'a>(baseline: &'a BTreeMap<String, FeatureBaseline>, window: &'a Columns) -> Pairs<'a> {
+    let window: BTreeMap<&str, &Column> = window.iter().map(|(n, c)| (n.as_str(), c)).collect();
+    let mut both = BTreeMap::new();
+    let mut window_only = Vec::new();
+    for (&name, &column) in &window {
+        match baseline.get(name) {
+            Some(b) => {
+                both.insert(name, (b, column));
+            }
+            None => window_only.push(name),
+        }
+    }
+    let in_window: BTreeSet<&str> = window.keys().copied().collect();
+    let baseline_only = baseline
+        .keys()
+        .map(String::as_str)
+        .filter(|n| !in_window.contains(n))
+        .collect();
+    let compared = both.values().filter(|(b, w)| b.kind() == w.kind()).count();
+    Pairs {
+        both,
+        compared,
+        baseline_only,
+        window_only,
+    }
+}
+
+/// The thresholds with the corrected significance.
+struct Limits<'a> {
+    thresholds: &'a Thresholds,
+    alpha_corrected: f64,
+}
+
+impl Limits<'_> {
+    /// Whether a statistic exceeds its threshold; never when either is unset or NaN.
+    fn above(value: Option<f64>, threshold: Option<f64>) -> bool {
+        matches!((value, threshold), (Some(v), Some(t)) if v > t)
+    }
+
+    /// Whether a test's p-value is below the corrected significance.
+    fn significant(&self, pvalue: Option<f64>) -> bool {
+        pvalue.is_some_and(|p| p < self.alpha_corrected)
+    }
+
+    /// Whether the missing rate rose by more than its threshold.
+    fn missing_increase(&self, baseline: Option<f64>, window: Option<f64>) -> bool {
+        let increase = baseline.zip(window).map(|(b, w)| w - b);
+        Self::above(increase, self.thresholds.missing_rate_increase)
+    }
+}
+
+fn compare(
+    baseline: &FeatureBaseline,
+    column: &Column,
+    rows: usize,
+    limits: &Limits,
+) -> FeatureDrift {
+    let (comparison, violations) = match (baseline, column) {
+        (FeatureBaseline::Numeric(b), Column::Numeric(values)) => {
+            let drift = compare_numeric(b, values, rows);
+            let violations = numeric_violations(&drift, limits);
+            (Comparison::Numeric(drift), violations)
+        }
+        (FeatureBaseline::Categorical(b), Column::Categorical(values)) => {
+            let drift = compare_categorical(b, values, rows);
+            let violations = categorical_violations(&drift, limits);
+            (Comparison::Categorical(drift), violations)
+        }
+        (b, w) => {
+            let error = format!(
+                "the baseline's feature is {}, the window's is {}",
+                kind_name(b.kind()),
+                kind_name(w.kind())
+            );
+            (Comparison::Error { error }, Vec::new())
+        }
+    };
+    FeatureDrift {
+        kind: baseline.kind(),
+        comparison,
+        drifted: !violations.is_empty(),
+        violations,
+    }
+}
+
+fn kind_name(kind: FeatureKind) -> &'static str {
+    match kind {
+        FeatureKind::Numeric => "numeric",
+        FeatureKind::Categorical => "categorical",
+    }
+}
+
+/// A baseline's missing values over its rows; `None` when it had none.
+fn missing_rate(count: u64, missing: u64) -> Option<f64> {
+    let rows = count.saturating_add(missing);
+    (rows > 0).then(|| missing as f64 / rows as f64)
+}
+
+/// Missing values (counting a short column's tail) over the window's rows.
+fn window_missing_rate(valid: usize, rows: usize) -> Option<f64> {
+    (rows > 0).then(|| rows.saturating_sub(valid) as f64 / rows as f64)
+}
+
+fn compare_numeric(baseline: &NumericBaseline, values: &[f64], rows: usize) -> NumericDrift {
+    let window = SortedValues::from_vec(values.iter().copied().filter(|v| v.is_finite()).collect());
+    let window_proportions = stats::bin_proportions(&baseline.edges, &window);
+    let proportions = |f: fn(&[f64], &[f64]) -> Option<f64>| {
+        window_proportions
+            .as_deref()
+            .and_then(|w| f(&baseline.proportions, w))
+    };
+    let sample = SortedValues::new(&baseline.sample);
+    let wasserstein = stats::wasserstein(&sample, &window);
+    let out_of_range_rate = baseline
+        .min
+        .zip(baseline.max)
+        .and_then(|(min, max)| stats::out_of_range_rate(&window, min, max));
+    NumericDrift {
+        psi: proportions(stats::psi),
+        js: proportions(stats::js_distance),
+        ks: stats::ks_2samp(&sample, &window),
+        wasserstein,
+        wasserstein_norm: stats::wasserstein_normalized(wasserstein, baseline.std),
+        missing_rate_baseline: missing_rate(baseline.count, baseline.missing),
+        missing_rate_window: window_missing_rate(window.len(), rows),
+        out_of_range_rate,
+    }
+}
+
+fn compare_categorical(
+    baseline: &CategoricalBaseline,
+    values: &[Option<String>],
+    rows: usize,
+) -> CategoricalDrift {
+    let window = stats::category_counts(values);
+    let proportions = stats::category_proportions(&baseline.frequencies, &window.counts);
+    let unseen = stats::unseen(&baseline.frequencies, &window.counts);
+    CategoricalDrift {
+        psi: proportions.as_ref().and_then(|(b, w)| stats::psi(b, w)),
+        js: proportions
+            .as_ref()
+            .and_then(|(b, w)| stats::js_distance(b, w)),
+        chi2: stats::chi2_contingency(&baseline.frequencies, &window.counts),
+        missing_rate_baseline: missing_rate(baseline.count, baseline.missing),
+        missing_rate_window: window_missing_rate(window.valid() as usize, rows),
+        unseen_rate: unseen.rate,
+        unseen: unseen.unseen,
+        vanished: unseen.vanished,
+    }
+}
+
+fn numeric_violations(d: &NumericDrift, limits: &Limits) -> Vec<Statistic> {
+    let t = limits.thresholds;
+    let checks = [
+        (Statistic::Psi, Limits::above(d.psi, t.psi)),
+        (Statistic::Js, Limits::above(d.js, t.js)),
+        (Statistic::Ks, limits.significant(d.ks.map(|k| k.pvalue))),
+        (
+            Statistic::WassersteinNorm,
+            Limits::above(d.wasserstein_norm, t.wasserstein_norm),
+        ),
+        (
+            Statistic::OutOfRangeRate,
+            Limits::above(d.out_of_range_rate, t.out_of_range_rate),
+        ),
+        (
+            Statistic::MissingRateIncrease,
+            limits.missing_increase(d.missing_rate_baseline, d.missing_rate_window),
+        ),
+    ];
+    violated(checks)
+}
+
+fn categorical_violations(d: &CategoricalDrift, limits: &Limits) -> Vec<Statistic> {
+    let t = limits.thresholds;
+    let checks = [
+        (Statistic::Psi, Limits::above(d.psi, t.psi)),
+        (Statistic::Js, Limits::above(d.js, t.js)),
+        (
+            Statistic::Chi2,
+            limits.significant(d.chi2.map(|c| c.pvalue)),
+        ),
+        (
+            Statistic::UnseenRate,
+            Limits::above(d.unseen_rate, t.unseen_rate),
+        ),
+        (
+            Statistic::MissingRateIncrease,
+            limits.missing_increase(d.missing_rate_baseline, d.missing_rate_window),
+        ),
+    ];
+    violated(checks)
+}
+
+fn violated<const N: usize>(checks: [(Statistic, bool); N]) -> Vec<Statistic> {
+    checks
+        .into_iter()
+        .filter(|&(_, hit)| hit)
+        .map(|(s, _)| s)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_default_and_switch_off() {
+        let t: Thresholds = serde_json::from_str("{}").unwrap();
+        assert_eq!(t, Thresholds::default());
+        let t: Thresholds = serde_json::from_str(r#"{"psi": false, "js": 0.1}"#).unwrap();
+        assert_eq!((t.psi, t.js), (None, Some(0.1)));
+        let t: Thresholds = serde_json::from_str(r#"{"psi": null, "alpha": 0.05}"#).unwrap();
+        assert_eq!((t.psi, t.alpha), (None, 0.05));
+        assert!(serde_json::from_str::<Thresholds>(r#"{"psi": true}"#).is_err());
+        assert!(serde_json::from_str::<Thresholds>(r#"{"psy": 0.1}"#).is_err());
+    }
+
+    #[test]
+    fn thresholds_validate() {
+        assert_eq!(Thresholds::default().validate(), Ok(()));
+        let bad = Thresholds {
+            alpha: 0.0,
+            ..Thresholds::default()
+        };
+        assert_eq!(bad.validate(), Err(ThresholdError::Alpha(0.0)));
+        let bad = Thresholds {
+            js: Some(-1.0),
+            ..Thresholds::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

@@ -1,0 +1,112 @@
+//! Live drift windows: one version's rows gathered as feature and output columns until the
+//! window closes, by row count or by time. A plain struct fed records; the thread around it
+//! decides when to ask.
+
+use std::time::{Duration, Instant};
+
+use crate::column::{Column, Columns, FeatureKind};
+use crate::log::{PredictionLayout, RequestRecord};
+
+/// The rows of an open window.
+pub struct Window {
+    features: Columns,
+    outputs: Columns,
+    rows: usize,
+    from_us: i64,
+    to_us: i64,
+    opened: Instant,
+}
+
+/// A closed window's data, ready to compare with the baseline.
+pub struct ClosedWindow {
+    pub features: Columns,
+    pub outputs: Columns,
+    pub rows: usize,
+    /// Microseconds since the Unix epoch of the first and last request in it.
+    pub from_us: i64,
+    pub to_us: i64,
+}
+
+impl Window {
+    pub fn new(layout: &PredictionLayout) -> Window {
+        let empty = |kind: FeatureKind| match kind {
+            FeatureKind::Numeric => Column::Numeric(Vec::new()),
+            FeatureKind::Categorical => Column::Categorical(Vec::new()),
+        };
+        Window {
+            features: layout
+                .features()
+                .map(|c| (c.name.clone(), empty(c.kind)))
+                .collect(),
+            outputs: layout
+                .outputs()
+                .map(|c| (c.name.clone(), empty(c.kind)))
+                .collect(),
+            rows: 0,
+            from_us: 0,
+            to_us: 0,
+            opened: Instant::now(),
+        }
+    }
+
+    /// Adds every row of `record` (laid out by `layout`, the one the window was made for).
+    pub fn push(&mut self, layout: &PredictionLayout, record: &RequestRecord) {
+        if self.rows == 0 {
+            self.from_us = record.time_us;
+            self.opened = Instant::now();
+        }
+        self.to_us = self.to_us.max(record.time_us);
+        for row in 0..record.rows {
+            let (mut f, mut o) = (self.features.iter_mut(), self.outputs.iter_mut());
+            for column in &layout.columns {
+                let target = if column.is_input() {
+                    f.next()
+                } else {
+                    o.next()
+                };
+                if let Some((_, values)) = target {
+                    PredictionLayout::value(column, record, row).push_into(values);
+                }
+            }
+        }
+        self.rows += record.rows;
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Whether the window has `rows` rows, or has been open `seconds` (when not 0) with at least
+    /// one row.
+    pub fn due(&self, rows: u64, seconds: u64) -> bool {
+        self.rows as u64 >= rows
+            || (seconds > 0
+                && self.rows > 0
+                && self.opened.elapsed() >= Duration::from_secs(seconds))
+    }
+
+    /// Closes the window; it starts empty again.
+    pub fn take(&mut self) -> ClosedWindow {
+        let clear = |columns: &mut Columns| -> Columns {
+            columns
+                .iter_mut()
+                .map(|(name, c)| {
+                    let empty = match c {
+                        Column::Numeric(_) => Column::Numeric(Vec::new()),
+                        Column::Categorical(_) => Column::Categorical(Vec::new()),
+                    };
+                    (name.clone(), std::mem::replace(c, empty))
+                })
+                .collect()
+        };
+        let closed = ClosedWindow {
+            features: clear(&mut self.features),
+            outputs: clear(&mut self.outputs),
+            rows: self.rows,
+            from_us: self.from_us,
+            to_us: self.to_us,
+        };
+        self.rows = 0;
+        closed
+    }
+}

@@ -1,0 +1,186 @@
+//! Monitoring endpoints: ground-truth feedback, the drift reports and live quality of a model.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::{json_response, AppState};
+use crate::monitor::{FeedbackItem, ModelMonitor};
+
+type Reply = Result<Response<Full<Bytes>>, ApiError>;
+
+/// Most feedback rows in one call.
+pub const MAX_FEEDBACK_ROWS: usize = 100_000;
+
+/// One feedback row as sent: `{"id", "row"?, "label"? | "target"?, "time"?}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedbackRow {
+    id: String,
+    #[serde(default)]
+    row: u32,
+    #[serde(default)]
+    label: Option<Value>,
+    #[serde(default)]
+    target: Option<f64>,
+    /// Seconds since the Unix epoch, when the truth was observed.
+    #[serde(default)]
+    time: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum FeedbackBody {
+    Wrapped { feedback: Vec<FeedbackRow> },
+    List(Vec<FeedbackRow>),
+}
+
+/// `POST /v2/models/{m}/feedback`: labels or target values for earlier request ids (and
+/// rows). Stored durably before the answer, which says how many matched a recent prediction
+/// and which ids are unknown.
+pub async fn feedback(state: &AppState, model: &str, req: Request<Incoming>) -> Reply {
+    let monitor = monitor_of(state, model)?;
+    let (parts, incoming) = req.into_parts();
+    let body = state.read_body(&parts, incoming).await?;
+    let parsed: FeedbackBody = serde_json::from_slice(&body.bytes).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "feedback must be {{\"feedback\": [{{\"id\", \"row\", \"label\" or \"target\"}}]}}: {e}"
+        ))
+    })?;
+    let rows = match parsed {
+        FeedbackBody::Wrapped { feedback } | FeedbackBody::List(feedback) => feedback,
+    };
+    if rows.len() > MAX_FEEDBACK_ROWS {
+        return Err(ApiError::BadRequest(format!(
+            "{} feedback rows in one call, more than the limit of {MAX_FEEDBACK_ROWS}",
+            rows.len()
+        )));
+    }
+    let mut items = Vec::with_capacity(rows.len());
+    for (i, r) in rows.into_iter().enumerate() {
+        let label = match r.label {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s),
+            Some(Value::Bool(b)) => Some((b as u8).to_string()),
+            Some(Value::Number(n)) => Some(match n.as_i64() {
+                Some(i) => i.to_string(),
+                None => n.to_string(),
+            }),
+            Some(other) => {
+                return Err(ApiError::BadRequest(format!(
+                    "feedback[{i}].label must be a string, number or boolean, got {other}"
+                )))
+            }
+        };
+        if label.is_none() && r.target.is_none() {
+            return Err(ApiError::BadRequest(format!(
+                "feedback[{i}] has neither 'label' nor 'target'"
+            )));
+        }
+        if r.id.is_empty() {
+            return Err(ApiError::BadRequest(format!("feedback[{i}].id is empty")));
+        }
+        items.push(FeedbackItem {
+            id: r.id,
+            row: r.row,
+            label,
+            target: r.target,
+            time_us: r.time.filter(|t| t.is_finite()).map(|t| (t * 1e6) as i64),
+        });
+    }
+    let answer = monitor.feedback(items).await.map_err(ApiError::Busy)?;
+    Ok(json_response(&answer))
+}
+
+/// `GET /v2/models/{m}[/versions/{v}]/drift[?limit=N]`: the latest closed windows' reports
+/// (one by default), per version, with where each version's baseline came from.
+pub fn drift(state: &AppState, model: &str, version: Option<&str>, query: Option<&str>) -> Reply {
+    let monitor = monitor_of(state, model)?;
+    let version = parse_version(model, version)?;
+    let limit = limit(query)?;
+    let reports = monitor.drift(version, limit);
+    let baselines = monitor.baselines();
+    let versions: BTreeMap<String, Value> = reports
+        .into_iter()
+        .map(|(v, list)| {
+            (
+                v.to_string(),
+                json!({"baseline": baselines.get(&v), "reports": list}),
+            )
+        })
+        .collect();
+    Ok(json_response(
+        &json!({"model": model, "versions": versions}),
+    ))
+}
+
+/// `GET /v2/models/{m}[/versions/{v}]/quality`: live quality from feedback, per version: the
+/// closed windows and the one filling.
+pub fn quality(state: &AppState, model: &str, version: Option<&str>) -> Reply {
+    let monitor = monitor_of(state, model)?;
+    let version = parse_version(model, version)?;
+    let versions: BTreeMap<String, Value> = monitor
+        .quality(version)
+        .into_iter()
+        .map(|(v, q)| {
+            (
+                v.to_string(),
+                serde_json::to_value(q).unwrap_or(Value::Null),
+            )
+        })
+        .collect();
+    Ok(json_response(
+        &json!({"model": model, "versions": versions}),
+    ))
+}
+
+fn monitor_of(state: &AppState, model: &str) -> Result<std::sync::Arc<ModelMonitor>, ApiError> {
+    state
+        .router
+        .resolve(model, None)
+        .map(|_| ())
+        .or_else(|e| match e {
+            crate::routing::RouteError::NotReady { .. } => Ok(()),
+            other => Err(ApiError::from(other)),
+        })?;
+    state.monitors.get(model).ok_or_else(|| {
+        ApiError::NotMonitored(format!(
+            "model '{model}' is not monitored: set [monitoring] enabled = true in its config.toml"
+        ))
+    })
+}
+
+fn parse_version(model: &str, version: Option<&str>) -> Result<Option<u64>, ApiError> {
+    version
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::from(crate::routing::RouteError::UnknownVersion {
+                    model: model.to_string(),
+                    version: v.to_string(),
+                })
+            })
+        })
+        .transpose()
+}
+
+/// `limit=N` of a query string (1 by default, at most the reports kept).
+fn limit(query: Option<&str>) -> Result<usize, ApiError> {
+    let Some(query) = query else {
+        return Ok(1);
+    };
+    for pair in query.split('&') {
+        if let Some(v) = pair.strip_prefix("limit=") {
+            let n: usize = v
+                .parse()
+                .map_err(|_| ApiError::BadRequest(format!("limit must be a number, got '{v}'")))?;
+            return Ok(n.clamp(1, crate::monitor::REPORTS_KEPT));
+        }
+    }
+    Ok(1)
+}

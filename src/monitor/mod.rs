@@ -1,0 +1,340 @@
+//! The server's side of monitoring: one writer thread per monitored model, fed by the request
+//! path through a bounded channel, that logs predictions, keeps drift windows and live quality,
+//! stores feedback, and publishes reports for the HTTP handlers to read.
+//!
+//! The request path pays only for the records it sends: sampling is one atomic increment, a
+//! record holds the request's tensors by reference (no copy), and `try_send` never waits (the
+//! `block` policy waits at most `prediction_log_block_ms`). Everything else — reading values out
+//! of tensors, Arrow building, disk writes, statistics — happens on the writer thread.
+
+mod quality;
+mod writer;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+pub use cairn_monitor::feedback::FeedbackItem;
+use cairn_monitor::log::{
+    derive_layout, LayoutRequest, PredictionLayout, RequestRecord, TensorInfo,
+};
+
+use crate::config::{ModelConfig, MonitorSettings, MonitoringConfig, WhenFull};
+use crate::metrics::Metrics;
+use crate::model::ModelIo;
+
+/// Every monitored model's writer, by name.
+pub struct MonitorHub {
+    settings: MonitorSettings,
+    metrics: Metrics,
+    models: Mutex<HashMap<String, Arc<ModelMonitor>>>,
+}
+
+/// One model's writer and what it publishes.
+pub struct ModelMonitor {
+    name: String,
+    tx: mpsc::Sender<Msg>,
+    /// Tensor bytes held by records in the channel.
+    queued_bytes: AtomicUsize,
+    settings: MonitorSettings,
+    metrics: Metrics,
+    pub(crate) published: RwLock<Published>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// What one version logs, and how it samples. Held by the loaded version; the request path asks
+/// it whether to log and hands it records.
+pub struct VersionMonitor {
+    pub model: Arc<ModelMonitor>,
+    pub version: u64,
+    pub layout: Arc<PredictionLayout>,
+    sample_rate: f64,
+    picks: AtomicU64,
+}
+
+/// Messages to a writer thread.
+pub(crate) enum Msg {
+    Version(Box<VersionSetup>),
+    Record(RequestRecord),
+    Feedback(
+        Vec<FeedbackItem>,
+        oneshot::Sender<Result<FeedbackAnswer, String>>,
+    ),
+    Stop,
+}
+
+/// A version as its writer needs it.
+pub(crate) struct VersionSetup {
+    pub version: u64,
+    pub layout: Arc<PredictionLayout>,
+    pub config: MonitoringConfig,
+    /// The version directory, where `baseline.json` lives.
+    pub dir: std::path::PathBuf,
+}
+
+/// The answer to a feedback call.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct FeedbackAnswer {
+    pub received: usize,
+    pub matched: usize,
+    pub duplicates: usize,
+    /// Ids with no recent prediction (first 100); stored all the same.
+    pub unknown: Vec<String>,
+    pub unknown_count: usize,
+}
+
+/// Reports the writer publishes, per version.
+#[derive(Default)]
+pub(crate) struct Published {
+    pub drift: BTreeMap<u64, VecDeque<serde_json::Value>>,
+    pub quality: BTreeMap<u64, QualityState>,
+    pub baselines: BTreeMap<u64, String>,
+}
+
+/// A version's quality: the closed windows and the one filling.
+#[derive(Clone, Default, Serialize)]
+pub(crate) struct QualityState {
+    pub windows: VecDeque<serde_json::Value>,
+    pub current: Option<serde_json::Value>,
+}
+
+/// Drift reports and quality windows kept per version, in memory and on disk.
+pub const REPORTS_KEPT: usize = 200;
+
+impl MonitorHub {
+    pub fn new(settings: MonitorSettings, metrics: Metrics) -> MonitorHub {
+        MonitorHub {
+            settings,
+            metrics,
+            models: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The monitor of a loaded version, starting its model's writer on first use; `None` when
+    /// the version's `[monitoring]` is off or nothing of it can be logged. Blocking (the writer
+    /// opens its directory): call it where the version is loaded.
+    pub fn attach(
+        &self,
+        model: &str,
+        version: u64,
+        config: &ModelConfig,
+        io: &ModelIo,
+        version_dir: &Path,
+    ) -> Result<Option<Arc<VersionMonitor>>, String> {
+        let m = &config.monitoring;
+        if !m.enabled {
+            return Ok(None);
+        }
+        let layout = layout_of(io, m)?;
+        if layout.columns.is_empty() {
+            tracing::warn!(
+                model,
+                version,
+                "monitoring is on but no input or output can be logged"
+            );
+        }
+        let monitor = self.model(model)?;
+        let layout = Arc::new(layout);
+        let setup = VersionSetup {
+            version,
+            layout: Arc::clone(&layout),
+            config: m.clone(),
+            dir: version_dir.to_path_buf(),
+        };
+        // The writer learns of the version before any of its records.
+        monitor
+            .tx
+            .blocking_send(Msg::Version(Box::new(setup)))
+            .map_err(|_| format!("the prediction log writer of '{model}' stopped"))?;
+        Ok(Some(Arc::new(VersionMonitor {
+            model: monitor,
+            version,
+            layout,
+            sample_rate: m.sample_rate,
+            picks: AtomicU64::new(0),
+        })))
+    }
+
+    /// The monitor of a model, if it has one.
+    pub fn get(&self, model: &str) -> Option<Arc<ModelMonitor>> {
+        self.models.lock().get(model).cloned()
+    }
+
+    /// Stops every writer; each seals its open segments (a clean shutdown flushes everything).
+    /// Blocking.
+    pub fn shutdown(&self) {
+        let models: Vec<Arc<ModelMonitor>> = self.models.lock().drain().map(|(_, m)| m).collect();
+        for m in &models {
+            let _ = m.tx.try_send(Msg::Stop).or_else(|e| match e {
+                mpsc::error::TrySendError::Full(msg) => m.tx.blocking_send(msg).map_err(|_| ()),
+                mpsc::error::TrySendError::Closed(_) => Ok(()),
+            });
+        }
+        for m in models {
+            if let Some(thread) = m.thread.lock().take() {
+                let _ = thread.join();
+            }
+        }
+    }
+
+    fn model(&self, name: &str) -> Result<Arc<ModelMonitor>, String> {
+        let mut models = self.models.lock();
+        if let Some(m) = models.get(name) {
+            return Ok(Arc::clone(m));
+        }
+        let (tx, rx) = mpsc::channel(self.settings.queue);
+        let monitor = Arc::new(ModelMonitor {
+            name: name.to_string(),
+            tx,
+            queued_bytes: AtomicUsize::new(0),
+            settings: self.settings.clone(),
+            metrics: self.metrics.clone(),
+            published: RwLock::new(Published::default()),
+            thread: Mutex::new(None),
+        });
+        let thread = writer::spawn(Arc::clone(&monitor), rx)?;
+        *monitor.thread.lock() = Some(thread);
+        models.insert(name.to_string(), Arc::clone(&monitor));
+        Ok(monitor)
+    }
+}
+
+impl ModelMonitor {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Stores feedback durably and matches it with recent predictions.
+    pub async fn feedback(&self, items: Vec<FeedbackItem>) -> Result<FeedbackAnswer, String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send_timeout(
+                Msg::Feedback(items, tx),
+                self.settings.block.max(std::time::Duration::from_secs(5)),
+            )
+            .await
+            .map_err(|_| "the prediction log writer is busy or stopped; retry later".to_string())?;
+        rx.await
+            .map_err(|_| "the prediction log writer stopped".to_string())?
+    }
+
+    /// The latest drift reports of every version (or one), newest last.
+    pub fn drift(
+        &self,
+        version: Option<u64>,
+        limit: usize,
+    ) -> BTreeMap<u64, Vec<serde_json::Value>> {
+        let published = self.published.read();
+        published
+            .drift
+            .iter()
+            .filter(|(v, _)| version.is_none_or(|want| want == **v))
+            .map(|(v, reports)| {
+                let skip = reports.len().saturating_sub(limit);
+                (*v, reports.iter().skip(skip).cloned().collect())
+            })
+            .collect()
+    }
+
+    /// Live quality of every version (or one).
+    pub(crate) fn quality(&self, version: Option<u64>) -> BTreeMap<u64, QualityState> {
+        self.published
+            .read()
+            .quality
+            .iter()
+            .filter(|(v, _)| version.is_none_or(|want| want == **v))
+            .map(|(v, q)| (*v, q.clone()))
+            .collect()
+    }
+
+    /// Where each version's baseline came from, or why it has none.
+    pub fn baselines(&self) -> BTreeMap<u64, String> {
+        self.published.read().baselines.clone()
+    }
+}
+
+impl VersionMonitor {
+    /// Whether this request is logged: `sample_rate` of the requests, spread evenly (a
+    /// low-discrepancy sequence, as the canary split).
+    pub fn sampled(&self) -> bool {
+        if self.sample_rate >= 1.0 {
+            return true;
+        }
+        if self.sample_rate <= 0.0 {
+            return false;
+        }
+        let n = self.picks.fetch_add(1, Ordering::Relaxed);
+        let u = (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as f64 / (1u64 << 53) as f64;
+        u < self.sample_rate
+    }
+
+    /// Hands a record to the writer. Never waits under `drop`; waits at most the configured
+    /// time under `block`. A record that does not fit is counted as dropped.
+    pub async fn log(&self, record: RequestRecord) {
+        let m = &self.model;
+        let bytes = record.data_bytes();
+        let held = m.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+        if held + bytes > m.settings.queue_bytes {
+            m.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            m.metrics.record_log_dropped(&m.name, "queue_bytes");
+            return;
+        }
+        let sent = match m.settings.when_full {
+            WhenFull::Drop => m.tx.try_send(Msg::Record(record)).map_err(|_| ()),
+            WhenFull::Block => {
+                m.tx.send_timeout(Msg::Record(record), m.settings.block)
+                    .await
+                    .map_err(|_| ())
+            }
+        };
+        if sent.is_err() {
+            m.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            m.metrics.record_log_dropped(&m.name, "queue_full");
+        }
+    }
+}
+
+/// The logged columns of a version, from its served interface and `[monitoring]`.
+fn layout_of(io: &ModelIo, m: &MonitoringConfig) -> Result<PredictionLayout, String> {
+    let batching = io.max_batch_size > 0;
+    let info = |specs: &[crate::model::IoSpec]| -> Vec<TensorInfo> {
+        specs
+            .iter()
+            .map(|s| {
+                let dims = if batching {
+                    s.dims.clone()
+                } else {
+                    io.full_dims(s)
+                };
+                let per_row = dims
+                    .iter()
+                    .try_fold(1usize, |acc, &d| usize::try_from(d).ok().map(|d| acc * d));
+                TensorInfo {
+                    name: s.name.clone(),
+                    dtype: s.dtype,
+                    per_row,
+                }
+            })
+            .collect()
+    };
+    let (layout, notes) = derive_layout(
+        &info(&io.inputs),
+        &info(&io.outputs),
+        &LayoutRequest {
+            inputs: &m.inputs,
+            outputs: &m.outputs,
+            features: &m.features,
+            categorical: &m.categorical,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    for note in notes {
+        tracing::warn!("monitoring: {note}");
+    }
+    Ok(layout)
+}

@@ -1,0 +1,681 @@
+//! One model's writer thread: it owns the model's prediction and feedback logs, its drift
+//! windows and quality windows, and publishes reports. Records arrive through the bounded
+//! channel; batches reach disk (synced) within the configured interval.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{json, Value as Json};
+use tokio::sync::mpsc;
+
+use cairn_monitor::baseline::{Baseline, BaselineOptions};
+use cairn_monitor::feedback::{self, FeedbackItem, Match, Predicted, PredictionIndex};
+use cairn_monitor::log::{
+    Fsync, LogOptions, LoggedColumn, PredictionBatch, PredictionLayout, RequestRecord, SegmentLog,
+    Value,
+};
+use cairn_monitor::window::{ClosedWindow, Window};
+
+use super::{FeedbackAnswer, ModelMonitor, Msg, QualityState, VersionSetup, REPORTS_KEPT};
+use crate::config::MonitoringConfig;
+
+/// Rows gathered before a batch is written even if the interval has not passed.
+const BATCH_ROWS: usize = 4096;
+
+pub(super) fn spawn(
+    monitor: Arc<ModelMonitor>,
+    rx: mpsc::Receiver<Msg>,
+) -> Result<std::thread::JoinHandle<()>, String> {
+    let dir = monitor.settings.dir.join(&monitor.name);
+    let options = LogOptions {
+        segment_max_bytes: monitor.settings.segment_max_bytes,
+        segment_max_age: monitor.settings.segment_max_age,
+        retention_max_bytes: monitor.settings.retention_max_bytes,
+        retention_max_age: monitor.settings.retention_max_age,
+        // The writer batches and syncs each batch it writes: the interval is its cadence.
+        fsync: Fsync::EveryAppend,
+    };
+    let empty = Arc::new(PredictionLayout::new(Vec::new()));
+    let (predictions, recovered) = SegmentLog::open(
+        &dir.join("predictions"),
+        Arc::clone(empty.schema()),
+        options.clone(),
+    )
+    .map_err(|e| format!("cannot open the prediction log: {e}"))?;
+    if recovered.recovered_segments > 0 {
+        tracing::info!(model = %monitor.name, segments = recovered.recovered_segments,
+            rows = recovered.recovered_rows, torn = recovered.torn_tails,
+            "prediction log: segments left by an earlier run were sealed");
+    }
+    let (feedback, _) = SegmentLog::open(&dir.join("feedback"), feedback::schema(), options)
+        .map_err(|e| format!("cannot open the feedback log: {e}"))?;
+    let reports = dir.join("reports");
+    std::fs::create_dir_all(&reports).map_err(|e| format!("{}: {e}", reports.display()))?;
+    let index_rows = monitor.settings.feedback_index_rows;
+    let writer = Writer {
+        batch: PredictionBatch::new((*empty).clone()),
+        batch_layout: empty,
+        batch_since: None,
+        predictions,
+        feedback,
+        versions: HashMap::new(),
+        index: PredictionIndex::new(index_rows),
+        reports,
+        baselines: dir.join("baselines"),
+        monitor: Arc::clone(&monitor),
+    };
+    std::thread::Builder::new()
+        .name(format!("log-{}", monitor.name))
+        .spawn(move || writer.run(rx))
+        .map_err(|e| format!("cannot start the prediction log writer: {e}"))
+}
+
+struct Writer {
+    monitor: Arc<ModelMonitor>,
+    predictions: SegmentLog,
+    feedback: SegmentLog,
+    batch: PredictionBatch,
+    batch_layout: Arc<PredictionLayout>,
+    /// When the oldest unwritten row arrived.
+    batch_since: Option<Instant>,
+    versions: HashMap<u64, VersionState>,
+    index: PredictionIndex,
+    reports: PathBuf,
+    baselines: PathBuf,
+}
+
+struct VersionState {
+    layout: Arc<PredictionLayout>,
+    config: MonitoringConfig,
+    window: Window,
+    baseline: Option<Baseline>,
+    /// Without `baseline.json`: the first rows, until `baseline_rows` are in.
+    first_rows: Option<Window>,
+    prediction: Option<LoggedColumn>,
+    score: Option<LoggedColumn>,
+    quality: QualityWindow,
+}
+
+/// Matched feedback of one version, until the window is full.
+#[derive(Default)]
+struct QualityWindow {
+    truth: Vec<String>,
+    predicted: Vec<String>,
+    scores: Vec<Option<f64>>,
+    targets: Vec<f64>,
+    values: Vec<f64>,
+    from_us: i64,
+    to_us: i64,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(model = %self.monitor.name, error = %e, "prediction log writer cannot start");
+                return;
+            }
+        };
+        let cadence = (self.monitor.settings.fsync / 2).max(Duration::from_millis(1));
+        let immediate = self.monitor.settings.fsync.is_zero();
+        runtime.block_on(async {
+            loop {
+                let wait = match self.batch_since {
+                    Some(since) if !immediate => cadence.saturating_sub(since.elapsed()),
+                    _ => cadence.max(Duration::from_millis(200)),
+                };
+                let msg = tokio::time::timeout(wait, rx.recv()).await;
+                match msg {
+                    Ok(Some(Msg::Stop)) | Ok(None) => break,
+                    Ok(Some(msg)) => self.handle(msg),
+                    Err(_) => {}
+                }
+                // Under `fsync = 0` every batch the writer takes is written at once: when the
+                // channel is momentarily empty.
+                let due = self.batch.len() >= BATCH_ROWS
+                    || self.batch_since.is_some_and(|s| s.elapsed() >= cadence)
+                    || (immediate && rx.is_empty());
+                if due {
+                    self.flush();
+                }
+                self.tick();
+            }
+        });
+        self.flush();
+        if let Err(e) = self.predictions.rotate() {
+            tracing::error!(model = %self.monitor.name, error = %e, "prediction log not sealed");
+        }
+        let _ = self.feedback.rotate();
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Version(setup) => self.add_version(*setup),
+            Msg::Record(record) => {
+                self.monitor
+                    .queued_bytes
+                    .fetch_sub(record.data_bytes(), Ordering::AcqRel);
+                self.record(record);
+            }
+            Msg::Feedback(items, reply) => {
+                let _ = reply.send(self.feedback(items));
+            }
+            Msg::Stop => {}
+        }
+    }
+
+    fn add_version(&mut self, setup: VersionSetup) {
+        let VersionSetup {
+            version,
+            layout,
+            config,
+            dir,
+        } = setup;
+        let (baseline, source) = load_baseline(&dir, &self.baselines, version);
+        self.monitor
+            .published
+            .write()
+            .baselines
+            .insert(version, source);
+        let first_rows =
+            (baseline.is_none() && config.baseline_rows > 0).then(|| Window::new(&layout));
+        let prediction = prediction_column(&layout, &config);
+        let score = score_column(&layout, &config);
+        self.versions.insert(
+            version,
+            VersionState {
+                window: Window::new(&layout),
+                layout,
+                config,
+                baseline,
+                first_rows,
+                prediction,
+                score,
+                quality: QualityWindow::default(),
+            },
+        );
+    }
+
+    fn record(&mut self, record: RequestRecord) {
+        let Some(state) = self.versions.get_mut(&record.version) else {
+            return;
+        };
+        if !Arc::ptr_eq(&state.layout, &self.batch_layout) {
+            let layout = Arc::clone(&state.layout);
+            self.switch_layout(layout);
+        }
+        let state = self
+            .versions
+            .get_mut(&record.version)
+            .expect("the version was found above");
+        self.batch.push(&record);
+        self.batch_since.get_or_insert_with(Instant::now);
+        self.monitor
+            .metrics
+            .record_log_rows(&self.monitor.name, record.rows as u64);
+        if record.status != "ok" {
+            return;
+        }
+        // What the caller got is what feedback is compared with; a shadow's copy is not it.
+        if record.arm != cairn_monitor::log::Arm::Shadow {
+            for row in 0..record.rows {
+                let predicted = Predicted {
+                    version: record.version,
+                    label: state
+                        .prediction
+                        .as_ref()
+                        .filter(|c| c.kind == cairn_monitor::column::FeatureKind::Categorical)
+                        .and_then(|c| text(PredictionLayout::value(c, &record, row))),
+                    value: state
+                        .prediction
+                        .as_ref()
+                        .filter(|c| c.kind == cairn_monitor::column::FeatureKind::Numeric)
+                        .and_then(|c| number(PredictionLayout::value(c, &record, row))),
+                    score: state
+                        .score
+                        .as_ref()
+                        .and_then(|c| number(PredictionLayout::value(c, &record, row))),
+                };
+                self.index.insert(&record.id, row as u32, predicted);
+            }
+        }
+        if let Some(first) = &mut state.first_rows {
+            first.push(&state.layout, &record);
+            if first.rows() as u64 >= state.config.baseline_rows {
+                let closed = first.take();
+                let baseline = Baseline::from_columns(
+                    &closed.features,
+                    &closed.outputs,
+                    &BaselineOptions::default(),
+                );
+                save_baseline(&self.baselines, record.version, &baseline);
+                self.monitor.published.write().baselines.insert(
+                    record.version,
+                    format!("the first {} logged rows", closed.rows),
+                );
+                state.baseline = Some(baseline);
+                state.first_rows = None;
+            }
+            return;
+        }
+        state.window.push(&state.layout, &record);
+        if state
+            .window
+            .due(state.config.window_rows, state.config.window_seconds)
+        {
+            self.close_window(record.version);
+        }
+    }
+
+    /// Time-driven duties: windows that closed by age, segment age, lag and size gauges.
+    fn tick(&mut self) {
+        let due: Vec<u64> = self
+            .versions
+            .iter()
+            .filter(|(_, s)| {
+                s.config.window_seconds > 0
+                    && s.window.due(s.config.window_rows, s.config.window_seconds)
+            })
+            .map(|(v, _)| *v)
+            .collect();
+        for v in due {
+            self.close_window(v);
+        }
+        if let Err(e) = self.predictions.tick() {
+            tracing::error!(model = %self.monitor.name, error = %e, "prediction log");
+        }
+        let lag = self.batch_since.map_or(Duration::ZERO, |s| s.elapsed());
+        self.monitor.metrics.set_log_state(
+            &self.monitor.name,
+            lag,
+            self.predictions.bytes_on_disk(),
+        );
+    }
+
+    fn switch_layout(&mut self, layout: Arc<PredictionLayout>) {
+        self.flush();
+        if let Err(e) = self.predictions.set_schema(Arc::clone(layout.schema())) {
+            tracing::error!(model = %self.monitor.name, error = %e, "prediction log");
+        }
+        self.batch = PredictionBatch::new((*layout).clone());
+        self.batch_layout = layout;
+    }
+
+    /// Writes and syncs the rows gathered.
+    fn flush(&mut self) {
+        self.batch_since = None;
+        let Some(batch) = self.batch.finish() else {
+            return;
+        };
+        if let Err(e) = self.predictions.append(&batch) {
+            tracing::error!(model = %self.monitor.name, error = %e, rows = batch.num_rows(),
+                "prediction log: records not written");
+            self.monitor.metrics.record_log_dropped_rows(
+                &self.monitor.name,
+                "write_error",
+                batch.num_rows() as u64,
+            );
+        }
+    }
+
+    fn close_window(&mut self, version: u64) {
+        let Some(state) = self.versions.get_mut(&version) else {
+            return;
+        };
+        let closed = state.window.take();
+        let Some(baseline) = &state.baseline else {
+            return;
+        };
+        let started = Instant::now();
+        let report = drift_report(
+            &self.monitor.name,
+            version,
+            baseline,
+            &closed,
+            &state.config,
+        );
+        tracing::debug!(model = %self.monitor.name, version, rows = closed.rows,
+            took_ms = started.elapsed().as_millis() as u64, "drift window closed");
+        self.monitor.metrics.record_drift_window(
+            &self.monitor.name,
+            version,
+            &report,
+            state.config.max_metric_features as usize,
+        );
+        store_report(&self.reports, "drift", version, closed.to_us, &report);
+        let mut published = self.monitor.published.write();
+        let kept = published.drift.entry(version).or_default();
+        kept.push_back(report);
+        while kept.len() > REPORTS_KEPT {
+            kept.pop_front();
+        }
+    }
+
+    fn feedback(&mut self, items: Vec<FeedbackItem>) -> Result<FeedbackAnswer, String> {
+        let received_us = now_us();
+        // Stored (and synced) before anything is answered: acknowledged feedback is never lost.
+        self.feedback
+            .append(&feedback::batch(&items, received_us))
+            .map_err(|e| format!("feedback not stored: {e}"))?;
+        let mut answer = FeedbackAnswer {
+            received: items.len(),
+            ..FeedbackAnswer::default()
+        };
+        let mut touched = Vec::new();
+        for item in &items {
+            match self.index.answer(&item.id, item.row) {
+                Match::Matched(predicted) => {
+                    answer.matched += 1;
+                    if let Some(state) = self.versions.get_mut(&predicted.version) {
+                        state
+                            .quality
+                            .push(item, &predicted, item.time_us.unwrap_or(received_us));
+                        touched.push(predicted.version);
+                    }
+                }
+                Match::Duplicate => answer.duplicates += 1,
+                Match::Unknown => {
+                    answer.unknown_count += 1;
+                    if answer.unknown.len() < 100 && !answer.unknown.contains(&item.id) {
+                        answer.unknown.push(item.id.clone());
+                    }
+                }
+            }
+        }
+        let name = &self.monitor.name;
+        self.monitor
+            .metrics
+            .record_feedback(name, "matched", answer.matched as u64);
+        self.monitor
+            .metrics
+            .record_feedback(name, "duplicate", answer.duplicates as u64);
+        self.monitor
+            .metrics
+            .record_feedback(name, "unknown", answer.unknown_count as u64);
+        touched.sort_unstable();
+        touched.dedup();
+        for version in touched {
+            self.publish_quality(version);
+        }
+        Ok(answer)
+    }
+
+    fn publish_quality(&mut self, version: u64) {
+        let Some(state) = self.versions.get_mut(&version) else {
+            return;
+        };
+        let full = state.quality.len() as u64 >= state.config.quality_window_rows;
+        let report = state.quality.report(&self.monitor.name, version);
+        self.monitor
+            .metrics
+            .set_quality(&self.monitor.name, version, &report);
+        let mut published = self.monitor.published.write();
+        let q: &mut QualityState = published.quality.entry(version).or_default();
+        if full {
+            store_report(
+                &self.reports,
+                "quality",
+                version,
+                state.quality.to_us,
+                &report,
+            );
+            q.windows.push_back(report);
+            while q.windows.len() > REPORTS_KEPT {
+                q.windows.pop_front();
+            }
+            q.current = None;
+            state.quality = QualityWindow::default();
+        } else {
+            q.current = Some(report);
+        }
+    }
+}
+
+impl QualityWindow {
+    fn len(&self) -> usize {
+        self.truth.len() + self.targets.len()
+    }
+
+    fn push(&mut self, item: &FeedbackItem, predicted: &Predicted, at_us: i64) {
+        if self.len() == 0 {
+            self.from_us = at_us;
+        }
+        self.to_us = self.to_us.max(at_us);
+        match (&item.label, &predicted.label, item.target, predicted.value) {
+            (Some(truth), Some(label), _, _) => {
+                self.truth.push(truth.clone());
+                self.predicted.push(label.clone());
+                self.scores.push(predicted.score);
+            }
+            (_, _, Some(target), Some(value)) => {
+                self.targets.push(target);
+                self.values.push(value);
+            }
+            _ => {}
+        }
+    }
+
+    fn report(&self, model: &str, version: u64) -> Json {
+        let mut out = json!({
+            "model": model,
+            "version": version,
+            "from": micros_to_rfc3339(self.from_us),
+            "to": micros_to_rfc3339(self.to_us),
+        });
+        if !self.truth.is_empty() {
+            out["classification"] =
+                super::quality::classification(&self.truth, &self.predicted, &self.scores);
+        }
+        if !self.targets.is_empty() {
+            out["regression"] = super::quality::regression(&self.targets, &self.values);
+        }
+        out["rows"] = json!(self.len());
+        out
+    }
+}
+
+fn text(v: Value) -> Option<String> {
+    match v {
+        Value::Text(s) => Some(s),
+        Value::Integer(i) => Some(i.to_string()),
+        Value::Number(x) if x.is_finite() && x.fract() == 0.0 => Some(format!("{}", x as i64)),
+        Value::Number(x) if x.is_finite() => Some(format!("{x}")),
+        _ => None,
+    }
+}
+
+fn number(v: Value) -> Option<f64> {
+    match v {
+        Value::Number(x) => Some(x),
+        Value::Integer(i) => Some(i as f64),
+        _ => None,
+    }
+}
+
+/// The column feedback is compared with: `[monitoring] prediction`, else the first one-column
+/// label output, else the first one-column numeric output.
+fn prediction_column(layout: &PredictionLayout, config: &MonitoringConfig) -> Option<LoggedColumn> {
+    let one_column = |c: &&LoggedColumn| !c.name.ends_with(']');
+    match &config.prediction {
+        Some(name) => {
+            let wanted = format!("output.{name}");
+            layout.outputs().find(|c| c.name == wanted).cloned()
+        }
+        None => layout
+            .outputs()
+            .filter(one_column)
+            .find(|c| c.kind == cairn_monitor::column::FeatureKind::Categorical)
+            .or_else(|| layout.outputs().find(one_column))
+            .cloned(),
+    }
+}
+
+/// The positive-class score for ROC AUC: `[monitoring] score`'s column 1, else the second
+/// column of the first two-column float output (a binary classifier's probabilities).
+fn score_column(layout: &PredictionLayout, config: &MonitoringConfig) -> Option<LoggedColumn> {
+    match &config.score {
+        Some(name) => {
+            let two = format!("output.{name}[1]");
+            let one = format!("output.{name}");
+            layout
+                .outputs()
+                .find(|c| c.name == two || c.name == one)
+                .cloned()
+        }
+        None => {
+            let names: Vec<&str> = layout.outputs().map(|c| c.name.as_str()).collect();
+            layout
+                .outputs()
+                .filter(|c| c.kind == cairn_monitor::column::FeatureKind::Numeric)
+                .find(|c| {
+                    c.name.ends_with("[1]")
+                        && names.contains(&c.name.replace("[1]", "[0]").as_str())
+                        && !names.contains(&c.name.replace("[1]", "[2]").as_str())
+                })
+                .cloned()
+        }
+    }
+}
+
+/// The version's baseline: `baseline.json` in its directory, else one taken earlier from its
+/// first logged rows. Returns where it came from, or why there is none.
+fn load_baseline(version_dir: &Path, saved: &Path, version: u64) -> (Option<Baseline>, String) {
+    for (path, source) in [
+        (version_dir.join("baseline.json"), "baseline.json"),
+        (
+            saved.join(format!("{version}.json")),
+            "the first logged rows (saved)",
+        ),
+    ] {
+        match cairn_core::bounded::read_to_string(&path, 256 << 20) {
+            Ok(text) => match Baseline::from_json(&text) {
+                Ok(b) => return (Some(b), source.to_string()),
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "baseline not usable");
+                    return (None, format!("{}: {e}", path.display()));
+                }
+            },
+            Err(_) => continue,
+        }
+    }
+    (
+        None,
+        "none: add baseline.json or set monitoring.baseline_rows".into(),
+    )
+}
+
+fn save_baseline(dir: &Path, version: u64, baseline: &Baseline) {
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let tmp = tempfile::NamedTempFile::new_in(dir)?;
+        let text = baseline
+            .to_json()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+        std::fs::write(tmp.path(), text)?;
+        tmp.persist(dir.join(format!("{version}.json")))
+            .map_err(|e| e.error)?;
+        Ok(())
+    };
+    if let Err(e) = write() {
+        tracing::error!(dir = %dir.display(), error = %e, "baseline from logged rows not saved");
+    }
+}
+
+fn drift_report(
+    model: &str,
+    version: u64,
+    baseline: &Baseline,
+    closed: &ClosedWindow,
+    config: &MonitoringConfig,
+) -> Json {
+    let thresholds = config.thresholds;
+    let report =
+        cairn_monitor::report::drift(baseline, &closed.features, &closed.outputs, &thresholds);
+    let mut out = serde_json::to_value(&report).unwrap_or_else(|_| json!({}));
+    if let Json::Object(map) = &mut out {
+        map.insert("model".into(), json!(model));
+        map.insert("version".into(), json!(version));
+        map.insert("from".into(), json!(micros_to_rfc3339(closed.from_us)));
+        map.insert("to".into(), json!(micros_to_rfc3339(closed.to_us)));
+    }
+    out
+}
+
+/// Keeps a report on disk, the newest [`REPORTS_KEPT`] of its kind and version.
+fn store_report(dir: &Path, kind: &str, version: u64, at_us: i64, report: &Json) {
+    let path = dir.join(format!("{kind}-{version}-{at_us:016}.json"));
+    if let Err(e) = std::fs::write(&path, report.to_string()) {
+        tracing::error!(path = %path.display(), error = %e, "report not stored");
+        return;
+    }
+    let prefix = format!("{kind}-{version}-");
+    let mut kept: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(&prefix))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    kept.sort();
+    let excess = kept.len().saturating_sub(REPORTS_KEPT);
+    for old in kept.into_iter().take(excess) {
+        let _ = std::fs::remove_file(old);
+    }
+}
+
+pub(super) fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// RFC 3339 in UTC with microseconds, without a date library: days from the civil calendar.
+pub(crate) fn micros_to_rfc3339(us: i64) -> String {
+    let secs = us.div_euclid(1_000_000);
+    let micros = us.rem_euclid(1_000_000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    // Howard Hinnant's days-to-civil.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = if month <= 2 { y + 1 } else { y };
+    format!("{year:04}-{month:02}-{d:02}T{h:02}:{m:02}:{s:02}.{micros:06}Z")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::micros_to_rfc3339;
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(micros_to_rfc3339(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            micros_to_rfc3339(1_796_166_458_013_123),
+            "2026-12-01T23:07:38.013123Z"
+        );
+        assert_eq!(
+            micros_to_rfc3339(951_782_400_000_000),
+            "2000-02-29T00:00:00.000000Z"
+        );
+    }
+}
