@@ -144,6 +144,14 @@ version_policy = { latest = { num_versions = 2 } }
 
 [dynamic_batching]
 max_queue_delay_us = 100
+
+# Prediction log, drift and live quality (see README, "Monitoring"). Each version's baseline is
+# baseline.json beside its model, made from train.csv by `cairn baseline`.
+[monitoring]
+enabled = true
+features = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+window_rows = 200
+quality_window_rows = 100
 """,
     "tabular-small": """\
 # Binary MLP classifier (32 -> 64 -> 2) on a synthetic tabular data set.
@@ -254,6 +262,18 @@ def sample_request(x: np.ndarray) -> str:
     return json.dumps(body, separators=(",", ":")) + "\n"
 
 
+IRIS_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+
+
+def write_training_csv(split: Split, path: Path) -> None:
+    """The training rows, for `cairn baseline`: the features as the model saw them (float32)
+    and the true class as `output.label`, the prediction distribution a good model has."""
+    lines = [",".join(IRIS_FEATURES + ["output.label"])]
+    for row, label in zip(split.x_train, split.y_train):
+        lines.append(",".join([repr(float(v)) for v in row] + [str(int(label))]))
+    path.write_text("\n".join(lines) + "\n")
+
+
 def main() -> None:
     for name, text in CONFIGS.items():
         (HERE / name).mkdir(parents=True, exist_ok=True)
@@ -271,6 +291,9 @@ def main() -> None:
         model_path = out_dir / "model.onnx"
         model_path.write_bytes(model.SerializeToString())
         (out_dir / "sample.json").write_text(sample_request(split.x_test[:SAMPLE_ROWS]))
+
+        if spec.name == "iris" and spec.version == 1:
+            write_training_csv(split, HERE / "iris" / "train.csv")
 
         accuracy = clf.score(split.x_test, split.y_test)
         print(

@@ -10,6 +10,7 @@ pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod monitor;
+pub mod offline;
 pub mod offload;
 pub mod protocol;
 pub mod repository;

@@ -31,6 +31,11 @@ enum Command {
     /// (the server runs it for every load; the job arrives on standard input).
     #[command(name = "check-load", hide = true)]
     CheckLoad,
+    /// Summarizes training or reference data into a `baseline.json` for drift monitoring.
+    Baseline(Box<cairn::offline::BaselineArgs>),
+    /// Compares a window of data (a file, or a model's prediction log) with a baseline: the
+    /// same drift report the server makes on live windows, as JSON or a self-contained HTML page.
+    Drift(Box<cairn::offline::DriftArgs>),
 }
 
 fn main() -> ExitCode {
@@ -76,6 +81,21 @@ fn main() -> ExitCode {
             }
         },
         Command::CheckLoad => cairn::model::load_check::child_main(),
+        Command::Baseline(args) => offline(cairn::offline::baseline(&args)),
+        Command::Drift(args) => offline(cairn::offline::drift(&args)),
+    }
+}
+
+/// Exit status of an offline command: 0, 3 when asked to fail on drift and it drifted, 1 on an
+/// error.
+fn offline(result: Result<cairn::offline::Outcome, cairn::offline::OfflineError>) -> ExitCode {
+    match result {
+        Ok(cairn::offline::Outcome::Done) => ExitCode::SUCCESS,
+        Ok(cairn::offline::Outcome::Drifted) => ExitCode::from(3),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

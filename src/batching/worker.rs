@@ -105,12 +105,14 @@ impl Worker {
                     if spin {
                         spin = false;
                         let seen = shared.submitted.load(Ordering::Relaxed);
-                        let arrived = parking_lot::MutexGuard::unlocked(&mut state, || {
+                        parking_lot::MutexGuard::unlocked(&mut state, || {
                             spin_for_work(&shared.submitted, seen, SPIN_FOR_WORK)
                         });
-                        if arrived {
-                            continue;
-                        }
+                        // Look again under the lock whether the spin saw a job or not: one
+                        // submitted after its last look, while this worker was not yet counted
+                        // as waiting, was queued without a wake-up, and sleeping now would
+                        // leave it there until the next request came.
+                        continue;
                     }
                     state.waiting_workers += 1;
                     shared.ready.wait(&mut state);

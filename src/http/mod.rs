@@ -11,6 +11,7 @@ mod error;
 mod infer;
 mod models;
 mod monitoring;
+mod pages;
 mod repository;
 mod routes;
 

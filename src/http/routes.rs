@@ -1,4 +1,5 @@
-//! Path and method dispatch for the V2 API, Triton's extensions and `/metrics`: one `matchit`
+//! Path and method dispatch for the V2 API, Triton's extensions, `/metrics` and the HTML pages
+//! (`/` and each model's drift report): one `matchit`
 //! table from path patterns to [`Route`]s, built once, then a method check per route.
 
 use std::borrow::Cow;
@@ -12,7 +13,8 @@ use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use super::{
-    deployment, empty_response, infer, json_response, models, monitoring, repository, AppState,
+    deployment, empty_response, infer, json_response, models, monitoring, pages, repository,
+    AppState,
 };
 
 type Reply = Result<Response<Full<Bytes>>, ApiError>;
@@ -40,6 +42,10 @@ enum Route {
     Feedback,
     Drift,
     Quality,
+    /// The HTML status page at `/`.
+    Status,
+    /// A model's drift report as an HTML page.
+    DriftReport,
 }
 
 impl Route {
@@ -59,7 +65,13 @@ impl Route {
             | Route::RepositoryRescan
             | Route::RepositoryLoad
             | Route::RepositoryUnload => "repository",
-            Route::Feedback | Route::Drift | Route::Quality => "monitoring",
+            // The pages show monitoring (and status) data; a label of their own would need a
+            // series of its own in `HTTP_ENDPOINTS`.
+            Route::Feedback
+            | Route::Drift
+            | Route::Quality
+            | Route::Status
+            | Route::DriftReport => "monitoring",
         }
     }
 
@@ -110,6 +122,7 @@ fn table() -> &'static matchit::Router<Route> {
             t.insert(path, route)
                 .expect("route patterns do not conflict");
         };
+        add("/", Route::Status);
         add("/v2", Route::ServerMetadata);
         add("/v2/health/live", Route::Live);
         add("/v2/health/ready", Route::Ready);
@@ -124,6 +137,7 @@ fn table() -> &'static matchit::Router<Route> {
             ("/infer", Route::Infer),
             ("/drift", Route::Drift),
             ("/quality", Route::Quality),
+            ("/drift/report", Route::DriftReport),
         ] {
             add(&format!("/v2/models/{{model}}{suffix}"), route);
             add(
@@ -213,6 +227,10 @@ pub async fn dispatch(state: &AppState, req: Request<Incoming>) -> (&'static str
         Route::Feedback => monitoring::feedback(state, &model, req).await,
         Route::Drift => monitoring::drift(state, &model, version, req.uri().query()),
         Route::Quality => monitoring::quality(state, &model, version),
+        // The page is public; what it shows of deployments needs the admin token, as
+        // `GET /v2/deployments` does.
+        Route::Status => pages::status(state, authorize(state, req.headers()).is_ok()),
+        Route::DriftReport => pages::drift_report(state, &model, version).await,
     };
     (endpoint, reply)
 }
@@ -287,6 +305,12 @@ mod tests {
             ("/v2/models/my%20model/ready", Route::ModelReady),
             ("/v2/models/iris/deployment/canary", Route::DeploymentAction),
             ("/v2/repository/models/iris/unload", Route::RepositoryUnload),
+            ("/", Route::Status),
+            ("/v2/models/iris/drift/report", Route::DriftReport),
+            (
+                "/v2/models/iris/versions/2/drift/report",
+                Route::DriftReport,
+            ),
         ];
         for (path, route) in cases {
             assert_eq!(*table().at(path).unwrap().value, route, "{path}");
@@ -296,6 +320,8 @@ mod tests {
             "/v2/models",
             "/v3",
             "/v2/models/iris/versions/2/x",
+            "/v2/models/iris/drift/x",
+            "/index.html",
         ] {
             assert!(table().at(path).is_err(), "{path}");
         }
@@ -304,6 +330,18 @@ mod tests {
             .unwrap();
         assert_eq!(decode(found.params.get("model").unwrap()), "my model");
         assert_eq!(found.params.get("version"), Some("3"));
+    }
+
+    #[test]
+    fn page_routes_count_under_a_known_endpoint() {
+        for route in [Route::Status, Route::DriftReport] {
+            assert!(
+                crate::metrics::HTTP_ENDPOINTS[..crate::metrics::HTTP_ENDPOINTS.len() - 1]
+                    .contains(&route.endpoint())
+            );
+            assert!(route.accepts(&Method::GET) && route.accepts(&Method::HEAD));
+            assert!(!route.guarded(true));
+        }
     }
 
     #[test]

@@ -55,7 +55,10 @@ pub(super) fn spawn(
     let reports = dir.join("reports");
     std::fs::create_dir_all(&reports).map_err(|e| format!("{}: {e}", reports.display()))?;
     let index_rows = monitor.settings.feedback_index_rows;
+    let comparer = Comparer::spawn(Arc::clone(&monitor), reports.clone())?;
     let writer = Writer {
+        comparer: Some(comparer),
+        reports,
         batch: PredictionBatch::new((*empty).clone()),
         batch_layout: empty,
         batch_since: None,
@@ -63,7 +66,6 @@ pub(super) fn spawn(
         feedback,
         versions: HashMap::new(),
         index: PredictionIndex::new(index_rows),
-        reports,
         baselines: dir.join("baselines"),
         monitor: Arc::clone(&monitor),
     };
@@ -85,13 +87,15 @@ struct Writer {
     index: PredictionIndex,
     reports: PathBuf,
     baselines: PathBuf,
+    /// Where closed drift windows go to be compared; `None` once stopped.
+    comparer: Option<Comparer>,
 }
 
 struct VersionState {
     layout: Arc<PredictionLayout>,
     config: MonitoringConfig,
     window: Window,
-    baseline: Option<Baseline>,
+    baseline: Option<Arc<Baseline>>,
     /// Without `baseline.json`: the first rows, until `baseline_rows` are in.
     first_rows: Option<Window>,
     prediction: Option<LoggedColumn>,
@@ -153,6 +157,9 @@ impl Writer {
             tracing::error!(model = %self.monitor.name, error = %e, "prediction log not sealed");
         }
         let _ = self.feedback.rotate();
+        if let Some(comparer) = self.comparer.take() {
+            comparer.finish();
+        }
     }
 
     fn handle(&mut self, msg: Msg) {
@@ -194,7 +201,7 @@ impl Writer {
                 window: Window::new(&layout),
                 layout,
                 config,
-                baseline,
+                baseline: baseline.map(Arc::new),
                 first_rows,
                 prediction,
                 score,
@@ -260,7 +267,7 @@ impl Writer {
                     record.version,
                     format!("the first {} logged rows", closed.rows),
                 );
-                state.baseline = Some(baseline);
+                state.baseline = Some(Arc::new(baseline));
                 state.first_rows = None;
             }
             return;
@@ -333,28 +340,14 @@ impl Writer {
         let Some(baseline) = &state.baseline else {
             return;
         };
-        let started = Instant::now();
-        let report = drift_report(
-            &self.monitor.name,
+        let job = Comparison {
             version,
-            baseline,
-            &closed,
-            &state.config,
-        );
-        tracing::debug!(model = %self.monitor.name, version, rows = closed.rows,
-            took_ms = started.elapsed().as_millis() as u64, "drift window closed");
-        self.monitor.metrics.record_drift_window(
-            &self.monitor.name,
-            version,
-            &report,
-            state.config.max_metric_features as usize,
-        );
-        store_report(&self.reports, "drift", version, closed.to_us, &report);
-        let mut published = self.monitor.published.write();
-        let kept = published.drift.entry(version).or_default();
-        kept.push_back(report);
-        while kept.len() > REPORTS_KEPT {
-            kept.pop_front();
+            baseline: Arc::clone(baseline),
+            closed,
+            config: state.config.clone(),
+        };
+        if let Some(comparer) = &self.comparer {
+            comparer.send(job);
         }
     }
 
@@ -378,6 +371,10 @@ impl Writer {
                             .quality
                             .push(item, &predicted, item.time_us.unwrap_or(received_us));
                         touched.push(predicted.version);
+                        // A window closes at its size, however many rows one call brings.
+                        if state.quality.len() as u64 >= state.config.quality_window_rows {
+                            self.publish_quality(predicted.version);
+                        }
                     }
                 }
                 Match::Duplicate => answer.duplicates += 1,
@@ -402,7 +399,13 @@ impl Writer {
         touched.sort_unstable();
         touched.dedup();
         for version in touched {
-            self.publish_quality(version);
+            if self
+                .versions
+                .get(&version)
+                .is_some_and(|s| s.quality.len() > 0)
+            {
+                self.publish_quality(version);
+            }
         }
         Ok(answer)
     }
@@ -588,6 +591,79 @@ fn save_baseline(dir: &Path, version: u64, baseline: &Baseline) {
     }
 }
 
+/// A closed window on its way to be compared with its baseline.
+struct Comparison {
+    version: u64,
+    baseline: Arc<Baseline>,
+    closed: cairn_monitor::window::ClosedWindow,
+    config: MonitoringConfig,
+}
+
+/// Comparisons waiting for the model's comparer thread. A window of 10,000 rows × 32 features
+/// takes a while to compare (see benches/README.md); on its own thread it never holds up the
+/// writer, and with two waiting the writer waits for room rather than lose a window's report.
+const COMPARISONS_WAITING: usize = 2;
+
+/// The thread that compares a model's closed drift windows with their baselines and publishes
+/// the reports: in memory, on disk and in Prometheus.
+struct Comparer {
+    tx: std::sync::mpsc::SyncSender<Comparison>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Comparer {
+    fn spawn(monitor: Arc<ModelMonitor>, reports: PathBuf) -> Result<Comparer, String> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Comparison>(COMPARISONS_WAITING);
+        let thread = std::thread::Builder::new()
+            .name(format!("drift-{}", monitor.name))
+            .spawn(move || {
+                for job in rx {
+                    compare(&monitor, &reports, job);
+                }
+            })
+            .map_err(|e| format!("cannot start the drift comparer: {e}"))?;
+        Ok(Comparer { tx, thread })
+    }
+
+    fn send(&self, job: Comparison) {
+        if self.tx.send(job).is_err() {
+            tracing::error!("the drift comparer stopped; a window's report is lost");
+        }
+    }
+
+    /// Compares what is waiting, then stops.
+    fn finish(self) {
+        drop(self.tx);
+        let _ = self.thread.join();
+    }
+}
+
+fn compare(monitor: &ModelMonitor, reports: &Path, job: Comparison) {
+    let Comparison {
+        version,
+        baseline,
+        closed,
+        config,
+    } = job;
+    let started = Instant::now();
+    let report = drift_report(&monitor.name, version, &baseline, &closed, &config);
+    tracing::debug!(model = %monitor.name, version, rows = closed.rows,
+        took_ms = started.elapsed().as_millis() as u64, "drift window compared");
+    monitor.metrics.record_drift_window(
+        &monitor.name,
+        version,
+        &report,
+        config.max_metric_features as usize,
+    );
+    store_report(reports, "drift", version, closed.to_us, &report);
+    let mut published = monitor.published.write();
+    let kept = published.drift.entry(version).or_default();
+    kept.push_back(report);
+    while kept.len() > REPORTS_KEPT {
+        kept.pop_front();
+    }
+}
+
 fn drift_report(
     model: &str,
     version: u64,
@@ -641,25 +717,11 @@ pub(super) fn now_us() -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
-/// RFC 3339 in UTC with microseconds, without a date library: days from the civil calendar.
+/// RFC 3339 in UTC with microseconds; times before the epoch (a clock set wrong) read as the
+/// epoch.
 pub(crate) fn micros_to_rfc3339(us: i64) -> String {
-    let secs = us.div_euclid(1_000_000);
-    let micros = us.rem_euclid(1_000_000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    // Howard Hinnant's days-to-civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = if month <= 2 { y + 1 } else { y };
-    format!("{year:04}-{month:02}-{d:02}T{h:02}:{m:02}:{s:02}.{micros:06}Z")
+    let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(us.max(0) as u64);
+    humantime::format_rfc3339_micros(at).to_string()
 }
 
 #[cfg(test)]

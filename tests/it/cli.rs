@@ -15,14 +15,14 @@ use hyper_util::rt::TokioExecutor;
 
 use common::Repo;
 
-struct Spawned {
-    child: Child,
-    base: String,
-    stderr: std::sync::mpsc::Receiver<String>,
+pub(crate) struct Spawned {
+    pub(crate) child: Child,
+    pub(crate) base: String,
+    pub(crate) stderr: std::sync::mpsc::Receiver<String>,
 }
 
 /// Starts the binary and reads its first log line, which must carry the address.
-fn spawn(args: &[&str], env: &[(&str, &str)]) -> Spawned {
+pub(crate) fn spawn(args: &[&str], env: &[(&str, &str)]) -> Spawned {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
     cmd.args(args);
     spawn_command(cmd, env)
@@ -101,7 +101,7 @@ async fn get_status(base: &str, path: &str) -> StatusCode {
         .unwrap_or(StatusCode::BAD_GATEWAY)
 }
 
-async fn wait_ready(base: &str) {
+pub(crate) async fn wait_ready(base: &str) {
     for _ in 0..1200 {
         if get_status(base, "/v2/health/ready").await == StatusCode::OK {
             return;

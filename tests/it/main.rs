@@ -6,6 +6,7 @@
 //! - `hostile`: hostile input, one test per known attack.
 //! - `monitoring`: the prediction log, drift, feedback and quality.
 //! - `cli`: the `cairn` binary as a user runs it.
+//! - `offline`: `cairn baseline` and `cairn drift` on files.
 //! - `engine_conformance`: every engine against onnxruntime's recorded outputs.
 //! - `decoder_props`: property tests of the decoders and config parsers, with the counting
 //!   allocator that this binary installs.
@@ -18,4 +19,6 @@ mod engine_conformance;
 mod hostile;
 mod http_api;
 mod monitoring;
+mod offline;
+mod pages;
 mod rollout;

@@ -11,7 +11,9 @@ use arrow_array::{
 use http::StatusCode;
 use serde_json::{json, Value};
 
+use crate::cli::{spawn, wait_ready};
 use crate::common::{Repo, TestServer};
+use crate::offline::{cairn, Normal};
 use cairn::config::ServerConfig;
 
 /// iris (v1 logistic regression, v2 MLP) with monitoring on.
@@ -217,7 +219,12 @@ async fn every_row_is_logged_with_its_id_version_and_arm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logging_is_off_by_default_and_sampled_when_asked() {
-    let s = TestServer::start_with(Repo::with(&["iris"]), fast).await;
+    let repo = Repo::with(&["iris"]);
+    repo.write(
+        "iris/config.toml",
+        b"max_batch_size = 64\nversion_policy = { all = {} }\n",
+    );
+    let s = TestServer::start_with(repo, fast).await;
     for _ in 0..5 {
         let r = s
             .post_json("/v2/models/iris/infer", &body(None, &rows(1, 0)))
@@ -341,4 +348,372 @@ async fn a_writer_that_falls_behind_drops_and_counts_or_holds_the_request() {
             assert_eq!(dropped, 0.0, "backpressure holds requests instead");
         }
     }
+}
+
+/// iris's four features in the baseline: N(mean, sd) each.
+const IRIS_MEANS: [f64; 4] = [5.8, 3.0, 3.7, 1.2];
+const IRIS_SDS: [f64; 4] = [0.8, 0.4, 1.7, 0.7];
+const IRIS_FEATURES: [&str; 4] = ["sepal_length", "sepal_width", "petal_length", "petal_width"];
+
+/// Rows drawn from the baseline's distribution, with petal_length moved by `shift` of its sd.
+fn iris_draws(rng: &mut Normal, n: usize, shift: f64) -> Vec<[f32; 4]> {
+    (0..n)
+        .map(|_| {
+            let mut row = [0f32; 4];
+            for (j, x) in row.iter_mut().enumerate() {
+                let moved = if j == 2 { shift } else { 0.0 };
+                *x = (IRIS_MEANS[j] + IRIS_SDS[j] * (rng.sample() + moved)) as f32;
+            }
+            row
+        })
+        .collect()
+}
+
+/// `cairn baseline` on 3,000 baseline rows, written into iris version 1.
+fn write_iris_baseline(repo: &Repo) {
+    let mut rng = Normal::new(1);
+    let mut csv = IRIS_FEATURES.join(",") + "\n";
+    for row in iris_draws(&mut rng, 3000, 0.0) {
+        let cells: Vec<String> = row.iter().map(|x| x.to_string()).collect();
+        csv += &(cells.join(",") + "\n");
+    }
+    let data = repo.path().join("train.csv");
+    std::fs::write(&data, csv).unwrap();
+    let (code, _, stderr) = cairn(&[
+        "baseline",
+        "--data",
+        data.to_str().unwrap(),
+        "--model-dir",
+        repo.path().join("iris/1").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+}
+
+/// The version's drift reports, waiting until `n` windows have closed.
+async fn drift_reports(s: &TestServer, version: u64, n: usize) -> Vec<Value> {
+    for _ in 0..600 {
+        let r = s
+            .get(&format!(
+                "/v2/models/iris/versions/{version}/drift?limit=1000"
+            ))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.error());
+        let reports = r.json()["versions"][version.to_string()]["reports"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if reports.len() >= n {
+            return reports;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{n} drift windows never closed");
+}
+
+/// Unshifted windows after the shifted one; with 4 features at a family-wise alpha of 0.01, at
+/// most 2 of 50 may flag (a true rate of 1% gives 3 or more with probability 1.4%; the data are
+/// drawn from a fixed seed, so the outcome is the same on every run).
+const CONTROL_WINDOWS: usize = 50;
+const ALLOWED_FALSE_WINDOWS: usize = 2;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_is_raised_on_the_shifted_feature_only_and_the_offline_report_agrees() {
+    let repo = iris("window_rows = 200");
+    write_iris_baseline(&repo);
+    let mut s = TestServer::start_with(repo, fast).await;
+    let mut rng = Normal::new(7);
+    for window in 0..=CONTROL_WINDOWS {
+        let shift = if window == 0 { 0.5 } else { 0.0 };
+        for _ in 0..4 {
+            let rows = iris_draws(&mut rng, 50, shift);
+            let r = s
+                .post_json("/v2/models/iris/versions/1/infer", &body(None, &rows))
+                .await;
+            assert_eq!(r.status, StatusCode::OK);
+        }
+    }
+    let reports = drift_reports(&s, 1, CONTROL_WINDOWS + 1).await;
+    let r = s.get("/v2/models/iris/versions/1/drift").await.json();
+    assert_eq!(r["versions"]["1"]["baseline"], "baseline.json");
+    assert_eq!(
+        r["versions"]["1"]["reports"].as_array().unwrap().len(),
+        1,
+        "latest only"
+    );
+
+    let shifted = &reports[0];
+    assert_eq!(shifted["rows"], 200);
+    let petal = &shifted["features"]["petal_length"];
+    assert_eq!(petal["drifted"], true, "{petal}");
+    let violations = petal["violations"].as_array().unwrap();
+    assert!(violations.contains(&json!("ks")), "{violations:?}");
+    for control in ["sepal_length", "sepal_width", "petal_width"] {
+        assert_eq!(
+            shifted["features"][control]["drifted"], false,
+            "{control}: {}",
+            shifted["features"][control]
+        );
+    }
+    let false_windows = reports[1..]
+        .iter()
+        .filter(|r| !r["drifted"].as_array().unwrap().is_empty())
+        .count();
+    assert!(
+        false_windows <= ALLOWED_FALSE_WINDOWS,
+        "{false_windows} of {CONTROL_WINDOWS} unshifted windows flagged"
+    );
+    // Prometheus carries the windows and the last statistics.
+    let windows = s
+        .metric("cairn_drift_windows_total{model=\"iris\",version=\"1\"}")
+        .await;
+    assert_eq!(windows, (CONTROL_WINDOWS + 1) as f64);
+    assert!(
+        s.metric(
+            "cairn_drift_violations_total{feature=\"petal_length\",model=\"iris\",version=\"1\"}"
+        )
+        .await
+            >= 1.0
+    );
+    s.stop().await;
+
+    // The same rows from the log on disk give the same statistics.
+    let from = shifted["from"].as_str().unwrap();
+    let to = humantime::parse_rfc3339(shifted["to"].as_str().unwrap()).unwrap()
+        + Duration::from_micros(1);
+    let to = humantime::format_rfc3339_micros(to).to_string();
+    let baseline = s.repo.path().join("iris/1/baseline.json");
+    let log = s.repo.path().join(".cairn/predictions/iris");
+    let (code, stdout, stderr) = cairn(&[
+        "drift",
+        "--baseline",
+        baseline.to_str().unwrap(),
+        "--window",
+        log.to_str().unwrap(),
+        "--version",
+        "1",
+        "--from",
+        from,
+        "--to",
+        &to,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let offline: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(offline["rows"], 200);
+    for f in IRIS_FEATURES {
+        for path in ["/psi", "/js", "/ks/statistic", "/ks/pvalue", "/wasserstein"] {
+            let live = shifted["features"][f]
+                .pointer(path)
+                .unwrap()
+                .as_f64()
+                .unwrap();
+            let file = offline["features"][f]
+                .pointer(path)
+                .unwrap()
+                .as_f64()
+                .unwrap();
+            assert!(
+                (live - file).abs() <= 1e-12 * live.abs().max(1e-300),
+                "{f}{path}: live {live}, offline {file}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_joins_matched_unknown_duplicate_and_late() {
+    let mut s = TestServer::start_with(
+        iris("quality_window_rows = 1000000\nprediction = \"label\""),
+        fast,
+    )
+    .await;
+    let mut predicted = Vec::new();
+    for i in 0..20 {
+        let id = format!("q{i}");
+        let r = s
+            .post_json(
+                "/v2/models/iris/versions/1/infer",
+                &body(Some(&id), &rows(2, i)),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+        let out = r.json();
+        let labels = out["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["name"] == "label")
+            .unwrap()["data"]
+            .clone();
+        for (row, label) in labels.as_array().unwrap().iter().enumerate() {
+            predicted.push((id.clone(), row, label.as_i64().unwrap()));
+        }
+    }
+    // Truth: right for even ids, class (p + 1) % 3 for odd ones.
+    let truth = |i: usize, p: i64| if i % 2 == 0 { p } else { (p + 1) % 3 };
+    let feedback: Vec<Value> = predicted
+        .iter()
+        .enumerate()
+        .map(|(k, (id, row, p))| json!({"id": id, "row": row, "label": truth(k / 2, *p)}))
+        .collect();
+    let r = s
+        .post_json(
+            "/v2/models/iris/feedback",
+            &json!({ "feedback": feedback[..30] }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.error());
+    let a = r.json();
+    assert_eq!(a["matched"], 30, "{a}");
+    assert_eq!(a["unknown_count"], 0, "{a}");
+    // The rest later, one row twice, and ids the server never answered.
+    let mut more: Vec<Value> = feedback[30..].to_vec();
+    more.push(feedback[3].clone());
+    more.push(json!({"id": "never-sent", "label": 1}));
+    more.push(json!({"id": "q1", "row": 7, "label": 1}));
+    let r = s.post_json("/v2/models/iris/feedback", &json!(more)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.error());
+    let a = r.json();
+    assert_eq!(a["matched"], 10, "{a}");
+    assert_eq!(a["duplicates"], 1, "{a}");
+    assert_eq!(a["unknown_count"], 2, "{a}");
+    let unknown: Vec<String> = a["unknown"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert!(unknown.contains(&"never-sent".to_string()), "{a}");
+    assert!(unknown.iter().any(|u| u.starts_with("q1")), "{a}");
+    // Bad feedback changes nothing.
+    let r = s
+        .post_json("/v2/models/iris/feedback", &json!([{"id": "q2"}]))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        s.metric("cairn_feedback_total{model=\"iris\",outcome=\"unknown\"}")
+            .await,
+        2.0
+    );
+    // Quality: half the requests right.
+    let q = s.get("/v2/models/iris/quality").await.json();
+    let current = &q["versions"]["1"]["current"];
+    assert_eq!(current["rows"], 40, "{q}");
+    let accuracy = current["classification"]["accuracy"].as_f64().unwrap();
+    assert!((accuracy - 0.5).abs() < 1e-12, "{q}");
+    assert_eq!(
+        s.metric("cairn_quality{metric=\"accuracy\",model=\"iris\",version=\"1\"}")
+            .await,
+        0.5
+    );
+    s.stop().await;
+    // Stored durably beside the log, for the offline join.
+    let dir = s.repo.path().join(".cairn/predictions/iris/feedback");
+    let (batches, _) = cairn_monitor::log::read_dir(&dir).unwrap();
+    let stored: usize = batches.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(
+        stored,
+        30 + 10 + 3,
+        "every row accepted is stored, matched or not"
+    );
+}
+
+/// A server process killed with SIGKILL while under load, again and again: every request
+/// answered more than the fsync interval before the kill is in the log exactly once, and every
+/// file reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_nothing_older_than_the_fsync_interval() {
+    const KILLS: usize = 20;
+    const FSYNC_MS: u64 = 100;
+    let repo = iris("");
+    let config = crate::common::root().join("configs/server.toml");
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let mut must_have: Vec<(String, usize)> = Vec::new();
+    for kill in 0..KILLS {
+        let server = spawn(
+            &[
+                "serve",
+                "--config",
+                config.to_str().unwrap(),
+                "--model-repository",
+                repo.path().to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--prediction-log-fsync-ms",
+                &FSYNC_MS.to_string(),
+                "--prediction-log-when-full",
+                "block",
+                "--prediction-log-block-ms",
+                "60000",
+            ],
+            &[],
+        );
+        wait_ready(&server.base).await;
+        let acked = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for task in 0..4 {
+            let (client, base, acked) = (client.clone(), server.base.clone(), acked.clone());
+            tasks.push(tokio::spawn(async move {
+                for n in 0.. {
+                    let id = format!("k{kill}-{task}-{n}");
+                    let count = 1 + (n % 4);
+                    let payload = serde_json::to_vec(&body(Some(&id), &rows(count, n))).unwrap();
+                    let req = http::Request::post(format!("{base}/v2/models/iris/infer"))
+                        .body(http_body_util::Full::new(bytes::Bytes::from(payload)))
+                        .unwrap();
+                    match client.request(req).await {
+                        Ok(r) if r.status() == StatusCode::OK => {
+                            acked.lock().push((id, count, std::time::Instant::now()))
+                        }
+                        _ => break,
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(300 + 37 * kill as u64)).await;
+        let mut server = server;
+        let killed_at = std::time::Instant::now();
+        server.child.kill().unwrap();
+        server.child.wait().unwrap();
+        for t in tasks {
+            let _ = t.await;
+        }
+        let old_enough = killed_at - Duration::from_millis(FSYNC_MS);
+        let acked = acked.lock();
+        assert!(acked.len() > 10, "load ran before kill {kill}");
+        must_have.extend(
+            acked
+                .iter()
+                .filter(|(_, _, at)| *at < old_enough)
+                .map(|(id, rows, _)| (id.clone(), *rows)),
+        );
+    }
+    // A last clean start recovers the torn segments and a clean stop seals them.
+    let mut s = TestServer::start_with(Repo { dir: repo.dir }, fast).await;
+    s.stop().await;
+    let log = read_log(&s, "iris");
+    let mut seen: BTreeMap<(String, u64), usize> = BTreeMap::new();
+    for r in &log {
+        *seen
+            .entry((
+                r["request_id"].as_str().unwrap().to_string(),
+                r["row"].as_u64().unwrap(),
+            ))
+            .or_default() += 1;
+        assert_eq!(r["status"], "ok");
+        assert!(r["sepal_length"].as_f64().unwrap().is_finite(), "{r:?}");
+    }
+    let duplicated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(duplicated.is_empty(), "duplicated records: {duplicated:?}");
+    let lost: Vec<_> = must_have
+        .iter()
+        .filter(|(id, rows)| (0..*rows as u64).any(|row| !seen.contains_key(&(id.clone(), row))))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} requests older than the fsync interval lost, e.g. {:?}",
+        lost.len(),
+        must_have.len(),
+        &lost[..lost.len().min(5)]
+    );
 }

@@ -11,6 +11,7 @@
 //! - [`window`]: live drift windows of one version's rows.
 //! - [`feedback`]: ground truth as stored, and the index of recent predictions it is matched to.
 //! - [`dataset`]: columns read from CSV, Parquet or a prediction log, for offline reports.
+//! - [`html`]: a drift report as one self-contained HTML page (inline CSS and SVG, no script).
 //!
 //! Nothing here knows HTTP, routing or an engine; the server feeds records in and asks for reports.
 
@@ -18,6 +19,7 @@ pub mod baseline;
 pub mod column;
 pub mod dataset;
 pub mod feedback;
+pub mod html;
 pub mod log;
 pub mod quality;
 pub mod report;

@@ -21,12 +21,16 @@
 //!                          "ks": {"statistic": 0.04, "pvalue": 0.41},
 //!                          "wasserstein": 0.02, "wasserstein_norm": 0.02,
 //!                          "missing_rate_baseline": 0.0, "missing_rate_window": 0.0,
-//!                          "out_of_range_rate": 0.0, "drifted": false, "violations": []},
+//!                          "out_of_range_rate": 0.0, "drifted": false, "violations": [],
+//!                          "histogram": {"edges": [9 numbers], "baseline": [10 numbers],
+//!                                        "window": [10 numbers]}},
 //!               "<name>": {"kind": "categorical", "psi": 0.01, "js": 0.03,
 //!                          "chi2": {"statistic": 1.2, "dof": 2, "pvalue": 0.55},
 //!                          "missing_rate_baseline": 0.0, "missing_rate_window": 0.0,
 //!                          "unseen_rate": 0.0, "unseen": [], "vanished": [],
-//!                          "drifted": false, "violations": []}},
+//!                          "drifted": false, "violations": [],
+//!                          "histogram": {"categories": ["a", "b"], "baseline": [0.6, 0.4],
+//!                                        "window": [0.5, 0.5]}}},
 //!  "outputs": {...},
 //!  "drifted": ["<feature or output names that drifted>"],
 //!  "missing_in_baseline": ["<names in the window only>"],
@@ -35,10 +39,19 @@
 //!                 "alpha_corrected": 0.002}}
 //! ```
 //!
+//! `histogram` holds what a chart of the feature draws: the very proportions PSI and
+//! Jensen–Shannon compared. A numeric feature's bins are the baseline's ten quantile bins: bin `i`
+//! holds values `v` with `edges[i-1] <= v < edges[i]`, the first bin is open below and the last
+//! open above. A categorical feature's categories are the sorted union of both sides; past
+//! [`MAX_HISTOGRAM_CATEGORIES`] the most frequent ones are kept and the rest summed under
+//! `"rest": {"categories": <how many>, "baseline": p, "window": p}`. A side without valid values
+//! has `null` proportions.
+//!
 //! Keys that do not apply to a kind are left out; a statistic that applies but is undefined for
 //! this window (say, KS when the window has no valid value) is `null`. A feature whose kind
 //! differs between the baseline and the window is not compared: its entry is
-//! `{"kind": <the baseline's kind>, "error": "...", "drifted": false, "violations": []}`.
+//! `{"kind": <the baseline's kind>, "error": "...", "drifted": false, "violations": []}`, with no
+//! histogram.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -85,6 +98,44 @@ pub struct FeatureDrift {
     pub drifted: bool,
     /// The violated statistics.
     pub violations: Vec<Statistic>,
+    /// The proportions compared, for charts; `None` for a feature that could not be compared.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub histogram: Option<Histogram>,
+}
+
+/// The most categories a histogram lists one by one. A categorical feature may have thousands
+/// (identifiers, free text): every report kept in memory and every chart would grow with them,
+/// while a chart of more bars than this is unreadable anyway.
+pub const MAX_HISTOGRAM_CATEGORIES: usize = 40;
+
+/// One feature's distribution on both sides, as PSI and Jensen–Shannon compared it. A side is
+/// `None` when it has no valid values (or, numeric, when the baseline has no bins).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Histogram {
+    Numeric {
+        /// The baseline's nine inner edges; the outer two bins are open-ended.
+        edges: Vec<f64>,
+        baseline: Option<Vec<f64>>,
+        window: Option<Vec<f64>>,
+    },
+    Categorical {
+        /// Sorted; the most frequent [`MAX_HISTOGRAM_CATEGORIES`] when there are more.
+        categories: Vec<String>,
+        baseline: Option<Vec<f64>>,
+        window: Option<Vec<f64>>,
+        /// The categories left out, summed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rest: Option<RestOfCategories>,
+    },
+}
+
+/// The categories a histogram leaves out, and their summed proportions.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RestOfCategories {
+    pub categories: usize,
+    pub baseline: Option<f64>,
+    pub window: Option<f64>,
 }
 
 /// The statistics of one feature, by kind.
@@ -264,16 +315,16 @@ fn compare(
     rows: usize,
     limits: &Limits,
 ) -> FeatureDrift {
-    let (comparison, violations) = match (baseline, column) {
+    let (comparison, violations, histogram) = match (baseline, column) {
         (FeatureBaseline::Numeric(b), Column::Numeric(values)) => {
-            let drift = compare_numeric(b, values, rows);
+            let (drift, histogram) = compare_numeric(b, values, rows);
             let violations = numeric_violations(&drift, limits);
-            (Comparison::Numeric(drift), violations)
+            (Comparison::Numeric(drift), violations, Some(histogram))
         }
         (FeatureBaseline::Categorical(b), Column::Categorical(values)) => {
-            let drift = compare_categorical(b, values, rows);
+            let (drift, histogram) = compare_categorical(b, values, rows);
             let violations = categorical_violations(&drift, limits);
-            (Comparison::Categorical(drift), violations)
+            (Comparison::Categorical(drift), violations, Some(histogram))
         }
         (b, w) => {
             let error = format!(
@@ -281,7 +332,7 @@ fn compare(
                 kind_name(b.kind()),
                 kind_name(w.kind())
             );
-            (Comparison::Error { error }, Vec::new())
+            (Comparison::Error { error }, Vec::new(), None)
         }
     };
     FeatureDrift {
@@ -289,6 +340,7 @@ fn compare(
         comparison,
         drifted: !violations.is_empty(),
         violations,
+        histogram,
     }
 }
 
@@ -310,7 +362,11 @@ fn window_missing_rate(valid: usize, rows: usize) -> Option<f64> {
     (rows > 0).then(|| rows.saturating_sub(valid) as f64 / rows as f64)
 }
 
-fn compare_numeric(baseline: &NumericBaseline, values: &[f64], rows: usize) -> NumericDrift {
+fn compare_numeric(
+    baseline: &NumericBaseline,
+    values: &[f64],
+    rows: usize,
+) -> (NumericDrift, Histogram) {
     let window = SortedValues::from_vec(values.iter().copied().filter(|v| v.is_finite()).collect());
     let window_proportions = stats::bin_proportions(&baseline.edges, &window);
     let proportions = |f: fn(&[f64], &[f64]) -> Option<f64>| {
@@ -324,7 +380,7 @@ fn compare_numeric(baseline: &NumericBaseline, values: &[f64], rows: usize) -> N
         .min
         .zip(baseline.max)
         .and_then(|(min, max)| stats::out_of_range_rate(&window, min, max));
-    NumericDrift {
+    let drift = NumericDrift {
         psi: proportions(stats::psi),
         js: proportions(stats::js_distance),
         ks: stats::ks_2samp(&sample, &window),
@@ -333,18 +389,27 @@ fn compare_numeric(baseline: &NumericBaseline, values: &[f64], rows: usize) -> N
         missing_rate_baseline: missing_rate(baseline.count, baseline.missing),
         missing_rate_window: window_missing_rate(window.len(), rows),
         out_of_range_rate,
-    }
+    };
+    // A baseline without values has no bins: there is nothing to draw either side against.
+    let binned =
+        !baseline.proportions.is_empty() && baseline.proportions.len() == baseline.edges.len() + 1;
+    let histogram = Histogram::Numeric {
+        edges: baseline.edges.clone(),
+        baseline: binned.then(|| baseline.proportions.clone()),
+        window: window_proportions.filter(|_| binned),
+    };
+    (drift, histogram)
 }
 
 fn compare_categorical(
     baseline: &CategoricalBaseline,
     values: &[Option<String>],
     rows: usize,
-) -> CategoricalDrift {
+) -> (CategoricalDrift, Histogram) {
     let window = stats::category_counts(values);
     let proportions = stats::category_proportions(&baseline.frequencies, &window.counts);
     let unseen = stats::unseen(&baseline.frequencies, &window.counts);
-    CategoricalDrift {
+    let drift = CategoricalDrift {
         psi: proportions.as_ref().and_then(|(b, w)| stats::psi(b, w)),
         js: proportions
             .as_ref()
@@ -355,7 +420,82 @@ fn compare_categorical(
         unseen_rate: unseen.rate,
         unseen: unseen.unseen,
         vanished: unseen.vanished,
+    };
+    let histogram = category_histogram(&baseline.frequencies, &window.counts, proportions);
+    (drift, histogram)
+}
+
+/// The categorical histogram over the sorted union of categories with a count, the order
+/// [`stats::category_proportions`] uses. When both sides have values its proportions are the
+/// ones PSI compared; otherwise the side with values gets its own (`count / total`).
+fn category_histogram(
+    baseline: &BTreeMap<String, u64>,
+    window: &BTreeMap<String, u64>,
+    compared: Option<(Vec<f64>, Vec<f64>)>,
+) -> Histogram {
+    let union: BTreeSet<&String> = baseline
+        .iter()
+        .chain(window.iter())
+        .filter(|(_, &count)| count > 0)
+        .map(|(category, _)| category)
+        .collect();
+    let categories: Vec<&String> = union.into_iter().collect();
+    let (b, w) = match compared {
+        Some((b, w)) => (Some(b), Some(w)),
+        None => (
+            own_proportions(baseline, &categories),
+            own_proportions(window, &categories),
+        ),
+    };
+    if categories.len() <= MAX_HISTOGRAM_CATEGORIES {
+        return Histogram::Categorical {
+            categories: categories.into_iter().cloned().collect(),
+            baseline: b,
+            window: w,
+            rest: None,
+        };
     }
+    // Keep the categories that weigh most on either side; ties go to the earlier name.
+    let at = |side: &Option<Vec<f64>>, i: usize| {
+        side.as_ref().and_then(|p| p.get(i).copied()).unwrap_or(0.0)
+    };
+    let mut order: Vec<usize> = (0..categories.len()).collect();
+    order.sort_by(|&i, &j| {
+        let weight = |k| at(&b, k).max(at(&w, k));
+        weight(j).total_cmp(&weight(i)).then(i.cmp(&j))
+    });
+    let mut kept: Vec<usize> = order[..MAX_HISTOGRAM_CATEGORIES].to_vec();
+    kept.sort_unstable();
+    let left_out = &order[MAX_HISTOGRAM_CATEGORIES..];
+    let pick = |side: &Option<Vec<f64>>| {
+        side.as_ref()
+            .map(|_| kept.iter().map(|&i| at(side, i)).collect())
+    };
+    let rest_of = |side: &Option<Vec<f64>>| {
+        side.as_ref().map(|_| {
+            stats::sum::pairwise_sum(&left_out.iter().map(|&i| at(side, i)).collect::<Vec<_>>())
+        })
+    };
+    Histogram::Categorical {
+        categories: kept.iter().map(|&i| categories[i].clone()).collect(),
+        baseline: pick(&b),
+        window: pick(&w),
+        rest: Some(RestOfCategories {
+            categories: left_out.len(),
+            baseline: rest_of(&b),
+            window: rest_of(&w),
+        }),
+    }
+}
+
+/// One side's proportions over `categories`; `None` when it has no values.
+fn own_proportions(counts: &BTreeMap<String, u64>, categories: &[&String]) -> Option<Vec<f64>> {
+    let counts: Vec<f64> = categories
+        .iter()
+        .map(|c| counts.get(*c).copied().unwrap_or(0) as f64)
+        .collect();
+    let total = stats::sum::pairwise_sum(&counts);
+    (total > 0.0).then(|| counts.iter().map(|&c| c / total).collect())
 }
 
 fn numeric_violations(d: &NumericDrift, limits: &Limits) -> Vec<Statistic> {

@@ -3,7 +3,10 @@
 
 use cairn_monitor::baseline::{Baseline, BaselineOptions};
 use cairn_monitor::column::{Column, Columns};
-use cairn_monitor::report::{drift, Comparison, Statistic, Thresholds};
+use cairn_monitor::report::{
+    drift, Comparison, Histogram, Statistic, Thresholds, MAX_HISTOGRAM_CATEGORIES,
+};
+use cairn_monitor::stats;
 use serde_json::{json, Value};
 
 /// A small seeded normal generator (SplitMix64 + Box–Muller), so the simulation is reproducible.
@@ -181,6 +184,7 @@ fn report_json_has_the_documented_shape() {
         num_keys,
         [
             "drifted",
+            "histogram",
             "js",
             "kind",
             "ks",
@@ -206,6 +210,7 @@ fn report_json_has_the_documented_shape() {
         [
             "chi2",
             "drifted",
+            "histogram",
             "js",
             "kind",
             "missing_rate_baseline",
@@ -229,6 +234,7 @@ fn report_json_has_the_documented_shape() {
     assert!(flip["error"].as_str().unwrap().contains("categorical"));
     assert_eq!(flip["drifted"], false);
     assert!(flip.get("psi").is_none());
+    assert!(flip.get("histogram").is_none());
     assert_eq!(value["outputs"]["score"]["kind"], "numeric");
     assert_eq!(value["missing_in_baseline"], json!(["new"]));
     assert_eq!(value["missing_in_window"], json!(["gone"]));
@@ -320,4 +326,116 @@ fn a_window_without_valid_values_has_undefined_statistics() {
     let value = serde_json::to_value(&report).unwrap();
     assert_eq!(value["features"]["num"]["ks"], Value::Null);
     assert!(report.drifted.is_empty());
+}
+
+#[test]
+fn histograms_hold_the_proportions_psi_compared() {
+    let baseline = mixed_baseline();
+    let (features, outputs) = mixed_window(1.0);
+    let report = drift(&baseline, &features, &outputs, &Thresholds::default());
+    let value = serde_json::to_value(&report).unwrap();
+
+    // Numeric: the baseline's edges and proportions, the window's share of each bin.
+    let num = &report.features["num"];
+    let Some(Histogram::Numeric {
+        edges,
+        baseline: Some(b),
+        window: Some(w),
+    }) = &num.histogram
+    else {
+        panic!("numeric histogram expected: {:?}", num.histogram);
+    };
+    let cairn_monitor::baseline::FeatureBaseline::Numeric(nb) = &baseline.features["num"] else {
+        panic!("numeric baseline expected");
+    };
+    assert_eq!(edges, &nb.edges);
+    assert_eq!(b, &nb.proportions);
+    assert_eq!((edges.len(), b.len(), w.len()), (9, 10, 10));
+    assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+    let Comparison::Numeric(d) = &num.comparison else {
+        panic!("numeric expected");
+    };
+    assert_eq!(stats::psi(b, w), d.psi);
+    assert_eq!(stats::js_distance(b, w), d.js);
+    let h = &value["features"]["num"]["histogram"];
+    assert_eq!(h["edges"].as_array().unwrap().len(), 9);
+    assert_eq!(h["window"].as_array().unwrap().len(), 10);
+
+    // Categorical: the sorted union, each side over its own valid values.
+    let cat = &report.features["cat"];
+    let Comparison::Categorical(d) = &cat.comparison else {
+        panic!("categorical expected");
+    };
+    let h = &value["features"]["cat"]["histogram"];
+    assert_eq!(h["categories"], json!(["a", "b", "c", "d"]));
+    assert_eq!(h["baseline"], json!([0.5, 0.25, 0.25, 0.0]));
+    let third = 1.0 / 3.0;
+    assert_eq!(h["window"], json!([third, third, 0.0, third]));
+    assert!(h.get("rest").is_none());
+    let Some(Histogram::Categorical {
+        baseline: Some(b),
+        window: Some(w),
+        ..
+    }) = &cat.histogram
+    else {
+        panic!("categorical histogram expected");
+    };
+    assert_eq!(stats::psi(b, w), d.psi);
+
+    // A window without valid values draws the baseline alone.
+    let empty: Columns = vec![
+        numeric("num", vec![f64::NAN; 4]),
+        categorical("cat", &[""; 4]),
+    ];
+    let value = serde_json::to_value(drift(
+        &baseline,
+        &empty,
+        &Vec::new(),
+        &Thresholds::default(),
+    ))
+    .unwrap();
+    let h = &value["features"]["num"]["histogram"];
+    assert_eq!(h["window"], Value::Null);
+    assert_eq!(h["baseline"].as_array().unwrap().len(), 10);
+    let h = &value["features"]["cat"]["histogram"];
+    assert_eq!(h["categories"], json!(["a", "b", "c"]));
+    assert_eq!(h["baseline"], json!([0.5, 0.25, 0.25]));
+    assert_eq!(h["window"], Value::Null);
+}
+
+#[test]
+fn a_histogram_of_many_categories_keeps_the_heaviest_and_sums_the_rest() {
+    // 60 baseline categories; "k00".."k09" are ten times as frequent as the rest.
+    let mut values: Vec<String> = Vec::new();
+    for k in 0..60 {
+        let times = if k < 10 { 10 } else { 1 };
+        values.extend(std::iter::repeat_n(format!("k{k:02}"), times));
+    }
+    let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+    let baseline = Baseline::from_columns(
+        &vec![categorical("c", &refs)],
+        &Vec::new(),
+        &BaselineOptions::default(),
+    );
+    let window: Columns = vec![categorical("c", &["k00", "new"])];
+    let report = drift(&baseline, &window, &Vec::new(), &Thresholds::default());
+    let Some(Histogram::Categorical {
+        categories,
+        baseline: Some(b),
+        window: Some(w),
+        rest: Some(rest),
+    }) = &report.features["c"].histogram
+    else {
+        panic!("a bounded histogram expected");
+    };
+    assert_eq!(categories.len(), MAX_HISTOGRAM_CATEGORIES);
+    assert_eq!(rest.categories, 61 - MAX_HISTOGRAM_CATEGORIES);
+    assert!(categories.windows(2).all(|p| p[0] < p[1]), "sorted");
+    for heavy in ["k00", "k09", "new"] {
+        assert!(categories.iter().any(|c| c == heavy), "{heavy} kept");
+    }
+    let total_b = b.iter().sum::<f64>() + rest.baseline.unwrap();
+    let total_w = w.iter().sum::<f64>() + rest.window.unwrap();
+    assert!((total_b - 1.0).abs() < 1e-12 && (total_w - 1.0).abs() < 1e-12);
+    assert_eq!(rest.window, Some(0.0));
 }

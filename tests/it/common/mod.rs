@@ -79,6 +79,9 @@ pub fn copy_dir(src: &Path, dst: &Path) {
 }
 
 /// The real server, in this process, on a free port.
+/// The longest any test waits for one answer; far beyond what any request here takes.
+pub const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 pub struct TestServer {
     pub server: Option<RunningServer>,
     pub base: String,
@@ -147,10 +150,18 @@ impl TestServer {
             req = req.header(*k, *v);
         }
         let req = req.body(Full::new(body.into())).unwrap();
-        let resp = self.client.request(req).await.expect("request is answered");
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        // A server that never answers fails the test with the request named, instead of
+        // hanging it.
+        let answer = async {
+            let resp = self.client.request(req).await.expect("request is answered");
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, headers, body)
+        };
+        let (status, headers, body) = tokio::time::timeout(ANSWER_TIMEOUT, answer)
+            .await
+            .unwrap_or_else(|_| panic!("no answer to {path} within {ANSWER_TIMEOUT:?}"));
         Reply {
             status,
             headers,

@@ -88,7 +88,8 @@ pub struct MonitoringConfig {
     /// Outputs logged and watched; empty means every output.
     pub outputs: Vec<String>,
     /// Names of the input features, in order (the elements of the logged inputs, row by row);
-    /// empty: the names of `baseline.json`, or `<input>[i]` (one feature per one-column input).
+    /// empty: `<input>[i]`, or the input's name for a one-column input. A `baseline.json` must
+    /// use the same names.
     pub features: Vec<String>,
     /// Features compared as categories (BYTES inputs always are).
     pub categorical: Vec<String>,

@@ -1,0 +1,1458 @@
+//! The drift report as one self-contained HTML page: inline CSS and inline SVG, no script, no
+//! font, stylesheet or image fetched from anywhere.
+//!
+//! Why so strict: the page is read on machines that may be offline (an air-gapped cluster, a
+//! laptop on a plane with a report file), in browsers that may run no JavaScript (locked-down
+//! consoles, mail clients, archived copies). Everything is drawn at render time, here, and what
+//! a chart shows is also in a table, so nothing depends on colour, hover or script.
+//!
+//! [`drift_page`] takes the report as JSON — the shape [`crate::report`] documents, with the
+//! `model`, `version`, `from` and `to` keys the server adds — because the live server keeps its
+//! reports as JSON and an offline report may come from a file. Every key is optional: what is
+//! missing or of the wrong type is shown as missing, never a panic. Every string from the report
+//! (feature and category names come from users) is escaped; numbers are formatted here.
+//!
+//! [`page`] and [`escape`] are the skeleton and the escaping the server's other pages share.
+
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+/// Appends formatted text to a `String` (which cannot fail).
+macro_rules! w {
+    ($out:expr, $($arg:tt)*) => {{
+        let _ = write!($out, $($arg)*);
+    }};
+}
+
+/// The most features and outputs drawn one by one; a page of thousands of charts helps nobody
+/// and costs the server its size. The rest are listed by name.
+pub const MAX_FEATURES_DRAWN: usize = 500;
+
+/// The most names shown in a list (unseen categories, not compared features) before "and N more".
+const MAX_LIST: usize = 20;
+
+/// Characters of a category kept under a bar; the full name is in the bar's tooltip and table.
+const MAX_LABEL_CHARS: usize = 14;
+
+/// HTML-escapes text for element content and quoted attribute values.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            // Control characters other than whitespace have no business in a page.
+            c if c.is_control() && !matches!(c, '\n' | '\t') => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The shared style: system fonts only, so nothing is fetched.
+const STYLE: &str = "\
+:root{color-scheme:light}\
+*{box-sizing:border-box}\
+body{margin:0;background:#f4f5f7;color:#1d2433;font:14px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,'DejaVu Sans',sans-serif}\
+header{background:#1d2433;color:#fff;padding:14px 24px}\
+header h1{margin:0;font-size:20px;overflow-wrap:anywhere}\
+header p{margin:4px 0 0;color:#c9d1dd}\
+header a{color:#fff}\
+main{padding:16px 24px;max-width:1280px}\
+section,article{background:#fff;border:1px solid #d5dae1;border-radius:6px;padding:12px 16px;margin:0 0 16px}\
+article.drifted{border-left:6px solid #c62828}\
+h2{font-size:17px;margin:0 0 10px}\
+h3{font-size:15px;margin:0 0 8px;overflow-wrap:anywhere}\
+table{border-collapse:collapse;margin:4px 0}\
+th,td{padding:3px 10px 3px 6px;border-bottom:1px solid #e3e6ea;text-align:left;vertical-align:top}\
+th{background:#eef1f4;font-weight:600}\
+td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}\
+tr.violated td{background:#fde0de}\
+tr.violated td.status{color:#9b1c1c;font-weight:700}\
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:700;vertical-align:middle}\
+.badge.bad{background:#c62828;color:#fff}\
+.badge.good{background:#2e7d32;color:#fff}\
+.badge.info{background:#607d8b;color:#fff}\
+.banner{padding:8px 12px;border-radius:4px;font-weight:700;margin:0 0 10px}\
+.banner.bad{background:#fde0de;color:#8e1b1b;border:1px solid #e6a19b}\
+.banner.good{background:#e2f3e4;color:#1e5b22;border:1px solid #9fceA4}\
+.banner.info{background:#eceff1;color:#37474f;border:1px solid #cfd8dc}\
+.grid{display:flex;flex-wrap:wrap;gap:12px 24px;align-items:flex-start}\
+.legend{margin:0 0 4px;font-size:12px}\
+.swatch{display:inline-block;width:12px;height:12px;border:1px solid #333;vertical-align:-2px;margin:0 4px 0 10px}\
+.muted{color:#5f6b7a}\
+.name{overflow-wrap:anywhere}\
+dl{display:grid;grid-template-columns:max-content auto;gap:2px 16px;margin:0 0 8px}\
+dt{font-weight:600}dd{margin:0;overflow-wrap:anywhere}\
+details{margin:6px 0 0}summary{cursor:pointer;color:#37474f}\
+svg{display:block;max-width:100%;height:auto}\
+svg text{font:11px system-ui,'DejaVu Sans',sans-serif;fill:#1d2433}\
+a{color:#1a56a8}\
+";
+
+/// A whole page: doctype, head with the shared style, and `body` (already HTML) under a header
+/// of `title` and `subtitle` (text, escaped here).
+pub fn page(title: &str, subtitle: &str, body: &str) -> String {
+    let mut out = String::with_capacity(body.len() + STYLE.len() + 512);
+    w!(
+        out,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{title}</title><style>{STYLE}</style></head>\n<body><header><h1>{title}</h1>",
+        title = escape(title)
+    );
+    if !subtitle.is_empty() {
+        w!(out, "<p>{}</p>", escape(subtitle));
+    }
+    out.push_str("</header>\n<main>\n");
+    out.push_str(body);
+    out.push_str("</main></body></html>\n");
+    out
+}
+
+/// The drift report page: a summary, live quality over time, then per feature and output the
+/// baseline-against-window histogram and the statistics with their thresholds. `report` is
+/// `None` before a window has closed; `quality` is the quality windows, oldest first (one with
+/// `"filling": true` is still filling).
+pub fn drift_page(title: &str, report: Option<&Value>, quality: &[Value]) -> String {
+    let subtitle = report.map(window_line).unwrap_or_default();
+    page(title, &subtitle, &drift_body(report, quality))
+}
+
+/// The page's content without the skeleton, for pages that add their own navigation.
+pub fn drift_body(report: Option<&Value>, quality: &[Value]) -> String {
+    let mut out = String::new();
+    match report {
+        Some(report) if report.is_object() => {
+            summary(&mut out, report);
+            quality_section(&mut out, quality);
+            let thresholds = field(report, "thresholds");
+            let mut drawn = 0usize;
+            for (section, heading) in [("features", "Features"), ("outputs", "Outputs")] {
+                features_section(&mut out, report, thresholds, section, heading, &mut drawn);
+            }
+        }
+        _ => {
+            out.push_str(
+                "<section><div class=\"banner info\">No drift window has closed yet.</div>\
+                 <p>A report appears here when the first window of logged rows closes \
+                 (after <code>window_rows</code> rows or <code>window_seconds</code> seconds) \
+                 and the version has a baseline.</p></section>\n",
+            );
+            quality_section(&mut out, quality);
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON access: everything optional.
+
+fn field<'a>(v: &'a Value, key: &str) -> &'a Value {
+    v.get(key).unwrap_or(&Value::Null)
+}
+
+/// A finite number.
+fn number(v: &Value) -> Option<f64> {
+    v.as_f64().filter(|x| x.is_finite())
+}
+
+fn text(v: &Value) -> Option<&str> {
+    v.as_str()
+}
+
+/// The strings of an array (other elements skipped).
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// The finite numbers of an array, or `None` if it is not an array of numbers.
+fn numbers(v: &Value) -> Option<Vec<f64>> {
+    v.as_array()?
+        .iter()
+        .map(|x| number(x).or_else(|| x.is_null().then_some(0.0)))
+        .collect()
+}
+
+/// "model m · version v · window from … to …", from what the report has (a page's subtitle).
+pub fn window_line(report: &Value) -> String {
+    let mut parts = Vec::new();
+    if let Some(m) = text(field(report, "model")) {
+        parts.push(format!("model {m}"));
+    }
+    match field(report, "version") {
+        Value::Number(n) => parts.push(format!("version {n}")),
+        Value::String(s) => parts.push(format!("version {s}")),
+        _ => {}
+    }
+    if let (Some(from), Some(to)) = (text(field(report, "from")), text(field(report, "to"))) {
+        parts.push(format!("window {from} to {to}"));
+    }
+    parts.join(" · ")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Number formatting.
+
+/// Four significant digits, exponent notation for very small or large magnitudes.
+fn fmt_num(x: f64) -> String {
+    if x.is_nan() {
+        return "NaN".into();
+    }
+    if x.is_infinite() {
+        return if x > 0.0 {
+            "∞".into()
+        } else {
+            "−∞".into()
+        };
+    }
+    if x == 0.0 {
+        return "0".into();
+    }
+    let a = x.abs();
+    if !(1e-3..1e6).contains(&a) {
+        let s = format!("{x:.3e}");
+        return match s.split_once('e') {
+            Some((mantissa, exp)) => format!("{}e{exp}", trim_zeros(mantissa)),
+            None => s,
+        };
+    }
+    let decimals = (3 - a.log10().floor() as i32).clamp(0, 6) as usize;
+    trim_zeros(&format!("{x:.decimals$}")).to_string()
+}
+
+fn trim_zeros(s: &str) -> &str {
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        s
+    }
+}
+
+fn fmt_pct(x: f64) -> String {
+    if x.is_finite() {
+        let pct = x * 100.0;
+        if pct != 0.0 && pct.abs() < 0.01 {
+            format!("{}%", fmt_num(pct))
+        } else {
+            format!("{pct:.2}%")
+        }
+    } else {
+        fmt_num(x)
+    }
+}
+
+fn opt(x: Option<f64>, f: fn(f64) -> String) -> String {
+    x.map_or_else(|| "undefined".to_string(), f)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Summary.
+
+fn summary(out: &mut String, report: &Value) {
+    let drifted = strings(field(report, "drifted"));
+    let thresholds = field(report, "thresholds");
+    let compared = number(field(thresholds, "comparisons")).map(|c| c as u64);
+    out.push_str("<section id=\"summary\"><h2>Summary</h2>\n");
+    let what = match compared {
+        Some(m) => format!("{} of the {m} features and outputs compared", drifted.len()),
+        None => format!("{} features or outputs", drifted.len()),
+    };
+    if drifted.is_empty() {
+        let of = compared.map_or(String::new(), |m| format!(" ({m} compared)"));
+        w!(
+            out,
+            "<div class=\"banner good\">✓ NO DRIFT: no feature or output is over a threshold{of}.</div>"
+        );
+    } else {
+        w!(
+            out,
+            "<div class=\"banner bad\">⚠ DRIFT: {what} over a threshold.</div>"
+        );
+    }
+    out.push_str("<dl>");
+    if let Some(m) = text(field(report, "model")) {
+        w!(out, "<dt>Model</dt><dd>{}</dd>", escape(m));
+    }
+    match field(report, "version") {
+        Value::Number(n) => w!(out, "<dt>Version</dt><dd>{n}</dd>"),
+        Value::String(s) => w!(out, "<dt>Version</dt><dd>{}</dd>", escape(s)),
+        _ => {}
+    }
+    match number(field(report, "rows")) {
+        Some(rows) => w!(out, "<dt>Rows in window</dt><dd>{}</dd>", rows as u64),
+        None => out.push_str("<dt>Rows in window</dt><dd>unknown</dd>"),
+    }
+    let from = text(field(report, "from")).unwrap_or("unknown");
+    let to = text(field(report, "to")).unwrap_or("unknown");
+    w!(
+        out,
+        "<dt>Window</dt><dd>{} to {}</dd>",
+        escape(from),
+        escape(to)
+    );
+    out.push_str("<dt>Drifted</dt><dd>");
+    if drifted.is_empty() {
+        out.push_str("none");
+    } else {
+        let links: Vec<String> = drifted
+            .iter()
+            .map(|name| match anchor_of(report, name) {
+                Some(id) => format!("<a href=\"#{id}\">{}</a>", escape(name)),
+                None => escape(name),
+            })
+            .collect();
+        list_into(out, &links);
+    }
+    out.push_str("</dd>");
+    for (key, label) in [
+        ("missing_in_baseline", "In the window only (not compared)"),
+        ("missing_in_window", "In the baseline only (not compared)"),
+    ] {
+        let names = strings(field(report, key));
+        if !names.is_empty() {
+            let names: Vec<String> = names.iter().map(|n| escape(n)).collect();
+            w!(out, "<dt>{label}</dt><dd>");
+            list_into(out, &names);
+            out.push_str("</dd>");
+        }
+    }
+    out.push_str("</dl>\n");
+    thresholds_table(out, thresholds);
+    out.push_str("</section>\n");
+}
+
+/// A comma-separated list of (already escaped) items, the first [`MAX_LIST`] of them.
+fn list_into(out: &mut String, items: &[String]) {
+    let shown = items.len().min(MAX_LIST);
+    out.push_str(&items[..shown].join(", "));
+    if items.len() > shown {
+        w!(out, " and {} more", items.len() - shown);
+    }
+}
+
+/// The id of a feature's section, by its position (names may hold anything).
+fn anchor_of(report: &Value, name: &str) -> Option<String> {
+    for (section, prefix) in [("features", "feature"), ("outputs", "output")] {
+        if let Some(map) = field(report, section).as_object() {
+            if let Some(i) = map.keys().position(|k| k == name) {
+                return (i < MAX_FEATURES_DRAWN).then(|| format!("{prefix}-{i}"));
+            }
+        }
+    }
+    None
+}
+
+fn thresholds_table(out: &mut String, t: &Value) {
+    if !t.is_object() {
+        return;
+    }
+    out.push_str(
+        "<details><summary>Thresholds applied</summary><table><tr><th>Statistic</th>\
+         <th>Violated when</th></tr>",
+    );
+    let alpha = number(field(t, "alpha"));
+    let corrected = number(field(t, "alpha_corrected"));
+    let m = number(field(t, "comparisons"));
+    let rows: [(&str, String); 7] = [
+        ("PSI", gt(number(field(t, "psi")), fmt_num)),
+        (
+            "KS, chi-squared",
+            match (alpha, corrected) {
+                (Some(a), Some(c)) => format!(
+                    "p-value &lt; {} (alpha {} over {} comparisons, Bonferroni)",
+                    fmt_num(c),
+                    fmt_num(a),
+                    m.map_or("?".into(), fmt_num)
+                ),
+                _ => "unknown".into(),
+            },
+        ),
+        ("Jensen–Shannon", gt(number(field(t, "js")), fmt_num)),
+        (
+            "Wasserstein / baseline std",
+            gt(number(field(t, "wasserstein_norm")), fmt_num),
+        ),
+        (
+            "Out-of-range rate",
+            gt(number(field(t, "out_of_range_rate")), fmt_pct),
+        ),
+        ("Unseen rate", gt(number(field(t, "unseen_rate")), fmt_pct)),
+        (
+            "Missing-rate increase",
+            gt(number(field(t, "missing_rate_increase")), fmt_pct),
+        ),
+    ];
+    for (name, rule) in rows {
+        w!(out, "<tr><td>{name}</td><td>{rule}</td></tr>");
+    }
+    out.push_str("</table></details>\n");
+}
+
+fn gt(threshold: Option<f64>, f: fn(f64) -> String) -> String {
+    threshold.map_or_else(|| "off".to_string(), |t| format!("&gt; {}", f(t)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Features.
+
+fn features_section(
+    out: &mut String,
+    report: &Value,
+    thresholds: &Value,
+    section: &str,
+    heading: &str,
+    drawn: &mut usize,
+) {
+    let Some(map) = field(report, section).as_object() else {
+        return;
+    };
+    if map.is_empty() {
+        return;
+    }
+    let prefix = if section == "features" {
+        "feature"
+    } else {
+        "output"
+    };
+    w!(out, "<h2>{heading} ({})</h2>\n", map.len());
+    let mut skipped = Vec::new();
+    for (i, (name, feature)) in map.iter().enumerate() {
+        if i >= MAX_FEATURES_DRAWN || *drawn >= MAX_FEATURES_DRAWN {
+            skipped.push(escape(name));
+            continue;
+        }
+        *drawn += 1;
+        feature_article(out, &format!("{prefix}-{i}"), name, feature, thresholds);
+    }
+    if !skipped.is_empty() {
+        w!(
+            out,
+            "<section><p>{} more not drawn (at most {MAX_FEATURES_DRAWN} per page): ",
+            skipped.len()
+        );
+        list_into(out, &skipped);
+        out.push_str("</p></section>\n");
+    }
+}
+
+fn feature_article(out: &mut String, id: &str, name: &str, f: &Value, thresholds: &Value) {
+    let drifted = field(f, "drifted").as_bool().unwrap_or(false);
+    let kind = text(field(f, "kind")).unwrap_or("unknown");
+    w!(
+        out,
+        "<article id=\"{id}\"{}><h3><span class=\"name\">{}</span> <span class=\"muted\">({})</span> ",
+        if drifted { " class=\"drifted\"" } else { "" },
+        escape(name),
+        escape(kind)
+    );
+    if let Some(error) = text(field(f, "error")) {
+        w!(
+            out,
+            "<span class=\"badge info\">NOT COMPARED</span></h3><p>{}</p></article>\n",
+            escape(error)
+        );
+        return;
+    }
+    if drifted {
+        out.push_str("<span class=\"badge bad\">DRIFTED</span>");
+    } else {
+        out.push_str("<span class=\"badge good\">OK</span>");
+    }
+    out.push_str("</h3><div class=\"grid\"><div>");
+    histogram(out, name, field(f, "histogram"));
+    out.push_str("</div><div>");
+    let violations = strings(field(f, "violations"));
+    stats_table(out, kind, f, thresholds, &violations);
+    out.push_str("</div></div></article>\n");
+}
+
+/// One row of a statistics table.
+struct StatRow {
+    name: &'static str,
+    value: String,
+    threshold: String,
+    status: Status,
+}
+
+enum Status {
+    Violated,
+    Ok,
+    /// No threshold applies (descriptive, or switched off).
+    NotChecked,
+    /// The statistic is undefined for this window.
+    Undefined,
+}
+
+impl StatRow {
+    fn new(
+        name: &'static str,
+        value: Option<f64>,
+        shown: String,
+        threshold: Option<String>,
+        key: &str,
+        violations: &[&str],
+    ) -> StatRow {
+        let status = if violations.contains(&key) {
+            Status::Violated
+        } else if value.is_none() {
+            Status::Undefined
+        } else if threshold.is_some() {
+            Status::Ok
+        } else {
+            Status::NotChecked
+        };
+        StatRow {
+            name,
+            value: shown,
+            threshold: threshold.unwrap_or_else(|| "off".into()),
+            status,
+        }
+    }
+}
+
+fn stats_table(out: &mut String, kind: &str, f: &Value, t: &Value, violations: &[&str]) {
+    let alpha = number(field(t, "alpha_corrected"));
+    let p_rule = alpha.map(|a| format!("p &lt; {}", fmt_num(a)));
+    let above = |key: &str, pct: bool| {
+        number(field(t, key)).map(|x| format!("&gt; {}", if pct { fmt_pct(x) } else { fmt_num(x) }))
+    };
+    let value = |key: &str| number(field(f, key));
+    let mut rows = vec![
+        StatRow::new(
+            "PSI",
+            value("psi"),
+            opt(value("psi"), fmt_num),
+            above("psi", false),
+            "psi",
+            violations,
+        ),
+        StatRow::new(
+            "Jensen–Shannon distance",
+            value("js"),
+            opt(value("js"), fmt_num),
+            above("js", false),
+            "js",
+            violations,
+        ),
+    ];
+    if kind == "categorical" {
+        let chi2 = field(f, "chi2");
+        let p = number(field(chi2, "pvalue"));
+        let shown = match (number(field(chi2, "statistic")), p) {
+            (Some(s), Some(p)) => format!(
+                "χ² {} (dof {}), p {}",
+                fmt_num(s),
+                number(field(chi2, "dof")).map_or("?".into(), fmt_num),
+                fmt_num(p)
+            ),
+            _ => "undefined".into(),
+        };
+        rows.push(StatRow::new(
+            "Chi-squared test",
+            p,
+            shown,
+            p_rule,
+            "chi2",
+            violations,
+        ));
+        rows.push(StatRow::new(
+            "Unseen rate",
+            value("unseen_rate"),
+            opt(value("unseen_rate"), fmt_pct),
+            above("unseen_rate", true),
+            "unseen_rate",
+            violations,
+        ));
+    } else {
+        let ks = field(f, "ks");
+        let p = number(field(ks, "pvalue"));
+        let shown = match (number(field(ks, "statistic")), p) {
+            (Some(d), Some(p)) => format!("D {}, p {}", fmt_num(d), fmt_num(p)),
+            _ => "undefined".into(),
+        };
+        rows.push(StatRow::new(
+            "Kolmogorov–Smirnov test",
+            p,
+            shown,
+            p_rule,
+            "ks",
+            violations,
+        ));
+        rows.push(StatRow::new(
+            "Wasserstein distance",
+            value("wasserstein"),
+            opt(value("wasserstein"), fmt_num),
+            None,
+            "",
+            violations,
+        ));
+        rows.push(StatRow::new(
+            "Wasserstein / baseline std",
+            value("wasserstein_norm"),
+            opt(value("wasserstein_norm"), fmt_num),
+            above("wasserstein_norm", false),
+            "wasserstein_norm",
+            violations,
+        ));
+        rows.push(StatRow::new(
+            "Out-of-range rate",
+            value("out_of_range_rate"),
+            opt(value("out_of_range_rate"), fmt_pct),
+            above("out_of_range_rate", true),
+            "out_of_range_rate",
+            violations,
+        ));
+    }
+    let (mb, mw) = (value("missing_rate_baseline"), value("missing_rate_window"));
+    let increase = mb.zip(mw).map(|(b, w)| w - b);
+    rows.push(StatRow::new(
+        "Missing rate",
+        increase,
+        format!("{} → {}", opt(mb, fmt_pct), opt(mw, fmt_pct)),
+        number(field(t, "missing_rate_increase")).map(|x| format!("increase &gt; {}", fmt_pct(x))),
+        "missing_rate_increase",
+        violations,
+    ));
+    out.push_str(
+        "<table><tr><th>Statistic</th><th>Value</th><th>Threshold</th><th>Status</th></tr>",
+    );
+    for row in rows {
+        let (class, status) = match row.status {
+            Status::Violated => (" class=\"violated\"", "✗ VIOLATED"),
+            Status::Ok => ("", "✓ ok"),
+            Status::NotChecked => ("", "not checked"),
+            Status::Undefined => ("", "undefined"),
+        };
+        // `value` and `threshold` are built here from numbers and fixed text.
+        w!(
+            out,
+            "<tr{class}><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
+             <td class=\"status\">{status}</td></tr>",
+            row.name,
+            row.value,
+            row.threshold
+        );
+    }
+    out.push_str("</table>");
+    if kind == "categorical" {
+        for (key, label) in [
+            ("unseen", "Unseen categories"),
+            ("vanished", "Vanished categories"),
+        ] {
+            let names = strings(field(f, key));
+            if !names.is_empty() {
+                let names: Vec<String> = names.iter().map(|n| escape(n)).collect();
+                w!(out, "<p><strong>{label}</strong> ({}): ", names.len());
+                list_into(out, &names);
+                out.push_str("</p>");
+            }
+        }
+    }
+    // Also unknown statistics violated (from a newer report) are not lost.
+    let known = [
+        "psi",
+        "js",
+        "ks",
+        "chi2",
+        "wasserstein_norm",
+        "out_of_range_rate",
+        "unseen_rate",
+        "missing_rate_increase",
+    ];
+    let other: Vec<String> = violations
+        .iter()
+        .filter(|v| !known.contains(v))
+        .map(|v| escape(v))
+        .collect();
+    if !other.is_empty() {
+        out.push_str("<p><strong>Also violated:</strong> ");
+        list_into(out, &other);
+        out.push_str("</p>");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Histograms.
+
+const BASELINE_FILL: &str = "#8fa8c8";
+const BASELINE_STROKE: &str = "#3f5a80";
+const WINDOW_FILL: &str = "#e07b39";
+const WINDOW_STROKE: &str = "#8a3f10";
+
+/// The histogram of one feature: an SVG chart, baseline bar left of window bar in each bin,
+/// and the same numbers in a table.
+fn histogram(out: &mut String, name: &str, h: &Value) {
+    let baseline = numbers(field(h, "baseline"));
+    let window = numbers(field(h, "window"));
+    // Bins: numeric from the edges, categorical from the categories (plus the rest).
+    let (labels, edges): (Vec<String>, Option<Vec<f64>>) = if let Some(edges) = h.get("edges") {
+        let Some(edges) = numbers(edges) else {
+            out.push_str("<p class=\"muted\">No histogram in this report.</p>");
+            return;
+        };
+        let labels = bin_labels(&edges);
+        (labels, Some(edges))
+    } else if let Some(categories) = h.get("categories") {
+        (
+            strings(categories).iter().map(|s| s.to_string()).collect(),
+            None,
+        )
+    } else {
+        out.push_str("<p class=\"muted\">No histogram in this report.</p>");
+        return;
+    };
+    let mut labels = labels;
+    let mut baseline = baseline;
+    let mut window = window;
+    let rest = field(h, "rest");
+    if let Some(count) = number(field(rest, "categories")) {
+        labels.push(format!("{} other categories", count as u64));
+        let push = |side: &mut Option<Vec<f64>>, key: &str| {
+            if let Some(p) = side {
+                p.push(number(field(rest, key)).unwrap_or(0.0));
+            }
+        };
+        push(&mut baseline, "baseline");
+        push(&mut window, "window");
+    }
+    let n = labels.len();
+    // A side whose length does not fit the bins is not drawn (a malformed report).
+    let baseline = baseline.filter(|p| p.len() == n);
+    let window = window.filter(|p| p.len() == n);
+    if n == 0 || (baseline.is_none() && window.is_none()) {
+        out.push_str("<p class=\"muted\">No values on either side to draw.</p>");
+        return;
+    }
+    w!(
+        out,
+        "<p class=\"legend\"><span class=\"swatch\" style=\"background:{BASELINE_FILL}\"></span>\
+         baseline (left bar){}<span class=\"swatch\" style=\"background:{WINDOW_FILL}\"></span>\
+         window (right bar){}</p>",
+        if baseline.is_none() {
+            ": no values"
+        } else {
+            ""
+        },
+        if window.is_none() { ": no values" } else { "" },
+    );
+    bar_chart(
+        out,
+        name,
+        &labels,
+        edges.as_deref(),
+        baseline.as_deref(),
+        window.as_deref(),
+    );
+    // The same numbers, readable without the chart.
+    out.push_str(
+        "<details><summary>Bin proportions</summary><table><tr><th>Bin</th>\
+         <th>Baseline</th><th>Window</th></tr>",
+    );
+    let cell = |side: &Option<Vec<f64>>, i: usize| {
+        side.as_ref()
+            .and_then(|p| p.get(i).copied())
+            .map_or("—".to_string(), fmt_pct)
+    };
+    for (i, label) in labels.iter().enumerate() {
+        w!(
+            out,
+            "<tr><td class=\"name\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+            escape(label),
+            cell(&baseline, i),
+            cell(&window, i)
+        );
+    }
+    out.push_str("</table></details>");
+}
+
+/// Numeric bin names: `< e0`, `[e0, e1)`, …, `≥ e8`.
+fn bin_labels(edges: &[f64]) -> Vec<String> {
+    if edges.is_empty() {
+        return vec!["all values".into()];
+    }
+    let mut labels = Vec::with_capacity(edges.len() + 1);
+    labels.push(format!("< {}", fmt_num(edges[0])));
+    for pair in edges.windows(2) {
+        labels.push(format!("[{}, {})", fmt_num(pair[0]), fmt_num(pair[1])));
+    }
+    if let Some(last) = edges.last() {
+        labels.push(format!("≥ {}", fmt_num(*last)));
+    }
+    labels
+}
+
+/// `text` cut to [`MAX_LABEL_CHARS`] characters, with an ellipsis when cut.
+fn shorten(text: &str) -> String {
+    if text.chars().count() <= MAX_LABEL_CHARS {
+        text.to_string()
+    } else {
+        let cut: String = text.chars().take(MAX_LABEL_CHARS - 1).collect();
+        format!("{cut}…")
+    }
+}
+
+/// A proportion axis top: the smallest of a few round values that holds `max`.
+fn axis_top(max: f64) -> f64 {
+    const STEPS: [f64; 9] = [0.02, 0.04, 0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0];
+    STEPS
+        .iter()
+        .copied()
+        .find(|&s| s >= max)
+        .unwrap_or(max.max(1.0))
+}
+
+fn bar_chart(
+    out: &mut String,
+    name: &str,
+    labels: &[String],
+    edges: Option<&[f64]>,
+    baseline: Option<&[f64]>,
+    window: Option<&[f64]>,
+) {
+    const W: f64 = 520.0;
+    const H: f64 = 260.0;
+    const LEFT: f64 = 52.0;
+    const RIGHT: f64 = 10.0;
+    const TOP: f64 = 12.0;
+    const BOTTOM: f64 = 78.0;
+    let plot_w = W - LEFT - RIGHT;
+    let plot_h = H - TOP - BOTTOM;
+    let n = labels.len().max(1);
+    let gw = plot_w / n as f64;
+    let max = baseline
+        .into_iter()
+        .chain(window)
+        .flatten()
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, f64::max);
+    let top = axis_top(max);
+    w!(
+        out,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" \
+         role=\"img\" aria-label=\"Histogram of {}: baseline and window proportions per bin\">",
+        escape(name)
+    );
+    w!(
+        out,
+        "<rect x=\"0\" y=\"0\" width=\"{W}\" height=\"{H}\" fill=\"#ffffff\"/>"
+    );
+    // Grid and y axis in percent.
+    for k in 0..=4 {
+        let v = top * k as f64 / 4.0;
+        let y = TOP + plot_h - plot_h * k as f64 / 4.0;
+        w!(
+            out,
+            "<line x1=\"{LEFT}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#e1e5ea\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+            W - RIGHT,
+            LEFT - 4.0,
+            y + 4.0,
+            fmt_axis_pct(v)
+        );
+    }
+    let height = |v: f64| {
+        let h = (v / top * plot_h).clamp(0.0, plot_h);
+        if v > 0.0 {
+            h.max(1.0)
+        } else {
+            h
+        }
+    };
+    for (i, label) in labels.iter().enumerate() {
+        let gx = LEFT + gw * i as f64;
+        let bar_w = (gw * 0.38).max(1.0);
+        for (side, values, x, fill, stroke) in [
+            (
+                "baseline",
+                baseline,
+                gx + gw * 0.1,
+                BASELINE_FILL,
+                BASELINE_STROKE,
+            ),
+            ("window", window, gx + gw * 0.52, WINDOW_FILL, WINDOW_STROKE),
+        ] {
+            let Some(v) = values.and_then(|p| p.get(i)).copied() else {
+                continue;
+            };
+            let h = height(v);
+            w!(
+                out,
+                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{bar_w:.1}\" height=\"{h:.1}\" fill=\"{fill}\" \
+                 stroke=\"{stroke}\" stroke-width=\"0.8\"><title>{}: {side} {}</title></rect>",
+                TOP + plot_h - h,
+                escape(label),
+                fmt_pct(v)
+            );
+        }
+        if edges.is_none() {
+            // Categories: a label under each bin.
+            let x = gx + gw / 2.0;
+            let y = TOP + plot_h + 12.0;
+            w!(
+                out,
+                "<text x=\"{x:.1}\" y=\"{y:.1}\" text-anchor=\"end\" transform=\"rotate(-40 {x:.1} {y:.1})\">{}</text>",
+                escape(&shorten(label))
+            );
+        }
+    }
+    if let Some(edges) = edges {
+        // Numeric: each edge at the boundary between its two bins.
+        for (i, e) in edges.iter().enumerate() {
+            let x = LEFT + gw * (i + 1) as f64;
+            let y = TOP + plot_h + 12.0;
+            w!(
+                out,
+                "<line x1=\"{x:.1}\" y1=\"{:.1}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#555\"/>\
+                 <text x=\"{x:.1}\" y=\"{y:.1}\" text-anchor=\"end\" transform=\"rotate(-40 {x:.1} {y:.1})\">{}</text>",
+                TOP + plot_h,
+                TOP + plot_h + 4.0,
+                escape(&fmt_num(*e))
+            );
+        }
+        w!(
+            out,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#5f6b7a\">bins: the baseline's deciles (outer bins open-ended)</text>",
+            LEFT + plot_w / 2.0,
+            H - 4.0
+        );
+    }
+    w!(
+        out,
+        "<line x1=\"{LEFT}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"#333\"/>\
+         <line x1=\"{LEFT}\" y1=\"{TOP}\" x2=\"{LEFT}\" y2=\"{:.1}\" stroke=\"#333\"/></svg>",
+        TOP + plot_h,
+        W - RIGHT,
+        TOP + plot_h,
+        TOP + plot_h
+    );
+}
+
+fn fmt_axis_pct(v: f64) -> String {
+    let pct = v * 100.0;
+    if (pct - pct.round()).abs() < 1e-9 {
+        format!("{pct:.0}%")
+    } else {
+        format!("{}%", fmt_num(pct))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Live quality.
+
+/// A quality metric: its key in a window's JSON, its group and how it is drawn.
+struct Metric {
+    group: &'static str,
+    key: &'static str,
+    label: &'static str,
+}
+
+const METRICS: [Metric; 7] = [
+    Metric {
+        group: "classification",
+        key: "accuracy",
+        label: "accuracy",
+    },
+    Metric {
+        group: "classification",
+        key: "precision",
+        label: "precision (macro)",
+    },
+    Metric {
+        group: "classification",
+        key: "recall",
+        label: "recall (macro)",
+    },
+    Metric {
+        group: "classification",
+        key: "f1",
+        label: "F1 (macro)",
+    },
+    Metric {
+        group: "classification",
+        key: "roc_auc",
+        label: "ROC AUC",
+    },
+    Metric {
+        group: "regression",
+        key: "mae",
+        label: "MAE",
+    },
+    Metric {
+        group: "regression",
+        key: "rmse",
+        label: "RMSE",
+    },
+];
+
+/// Colours, and the marker and dash each series also differs by (not colour alone).
+const SERIES: [(&str, &str, &str); 5] = [
+    ("#1f5fa8", "circle", ""),
+    ("#c0392b", "square", "6 3"),
+    ("#2e7d32", "triangle", "2 3"),
+    ("#7b3fa0", "diamond", "9 3 2 3"),
+    ("#8d5a2b", "cross", "1 3"),
+];
+
+fn quality_section(out: &mut String, windows: &[Value]) {
+    out.push_str("<section id=\"quality\"><h2>Live quality</h2>\n");
+    if windows.is_empty() {
+        out.push_str(
+            "<p class=\"muted\">No feedback matched yet: quality appears once ground truth \
+             arrives through <code>POST /v2/models/{model}/feedback</code>.</p></section>\n",
+        );
+        return;
+    }
+    let labels: Vec<String> = windows
+        .iter()
+        .map(|q| short_time(text(field(q, "to")).unwrap_or("?")))
+        .collect();
+    for group in ["classification", "regression"] {
+        let series: Vec<(&Metric, Vec<Option<f64>>)> = METRICS
+            .iter()
+            .filter(|m| m.group == group)
+            .map(|m| {
+                let values = windows
+                    .iter()
+                    .map(|q| number(field(field(q, group), m.key)))
+                    .collect::<Vec<_>>();
+                (m, values)
+            })
+            .filter(|(_, values)| values.iter().any(Option::is_some))
+            .collect();
+        if series.is_empty() {
+            continue;
+        }
+        let top = if group == "classification" {
+            1.0
+        } else {
+            let max = series
+                .iter()
+                .flat_map(|(_, v)| v.iter().flatten())
+                .copied()
+                .fold(0.0f64, f64::max);
+            nice_ceiling(max)
+        };
+        w!(out, "<h3>{}</h3>", escape(&capitalize(group)));
+        line_chart(out, group, &labels, &series, top);
+    }
+    quality_table(out, windows);
+    out.push_str("</section>\n");
+}
+
+fn capitalize(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) => c.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// `2026-12-01T23:07:38.013123Z` → `12-01 23:07:38`; anything else as given.
+fn short_time(t: &str) -> String {
+    match (t.get(5..10), t.get(11..19)) {
+        (Some(day), Some(time)) if t.len() >= 19 => format!("{day} {time}"),
+        _ => t.to_string(),
+    }
+}
+
+/// A round axis top at or above `max` (1, 2 or 5 times a power of ten).
+fn nice_ceiling(max: f64) -> f64 {
+    if !(max.is_finite() && max > 0.0) {
+        return 1.0;
+    }
+    let power = 10f64.powf(max.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * power)
+        .find(|&v| v >= max)
+        .unwrap_or(max)
+}
+
+fn line_chart(
+    out: &mut String,
+    group: &str,
+    labels: &[String],
+    series: &[(&Metric, Vec<Option<f64>>)],
+    top: f64,
+) {
+    const W: f64 = 760.0;
+    const H: f64 = 270.0;
+    const LEFT: f64 = 84.0;
+    const RIGHT: f64 = 16.0;
+    const TOP: f64 = 12.0;
+    const BOTTOM: f64 = 92.0;
+    let plot_w = W - LEFT - RIGHT;
+    let plot_h = H - TOP - BOTTOM;
+    let n = labels.len();
+    // Points stay clear of the y axis and its labels.
+    const PAD: f64 = 14.0;
+    let x_of = |i: usize| {
+        if n <= 1 {
+            LEFT + plot_w / 2.0
+        } else {
+            LEFT + PAD + (plot_w - 2.0 * PAD) * i as f64 / (n - 1) as f64
+        }
+    };
+    let y_of = |v: f64| TOP + plot_h - (v / top).clamp(0.0, 1.0) * plot_h;
+    w!(
+        out,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" \
+         role=\"img\" aria-label=\"{} quality per window, oldest first\">\
+         <rect x=\"0\" y=\"0\" width=\"{W}\" height=\"{H}\" fill=\"#ffffff\"/>",
+        escape(group)
+    );
+    for k in 0..=4 {
+        let v = top * k as f64 / 4.0;
+        let y = y_of(v);
+        w!(
+            out,
+            "<line x1=\"{LEFT}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#e1e5ea\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+            W - RIGHT,
+            LEFT - 4.0,
+            y + 4.0,
+            fmt_num(v)
+        );
+    }
+    // At most about a dozen time labels, evenly spread.
+    let every = n.div_ceil(12).max(1);
+    for (i, label) in labels.iter().enumerate() {
+        if i % every != 0 && i + 1 != n {
+            continue;
+        }
+        let x = x_of(i);
+        let y = TOP + plot_h + 12.0;
+        w!(
+            out,
+            "<text x=\"{x:.1}\" y=\"{y:.1}\" text-anchor=\"end\" transform=\"rotate(-35 {x:.1} {y:.1})\">{}</text>",
+            escape(label)
+        );
+    }
+    for (k, (metric, values)) in series.iter().enumerate() {
+        let (colour, marker, dash) = SERIES[k % SERIES.len()];
+        let dash_attr = if dash.is_empty() {
+            String::new()
+        } else {
+            format!(" stroke-dasharray=\"{dash}\"")
+        };
+        // A line through consecutive defined points; a gap breaks it.
+        let mut path = String::new();
+        let mut pen_down = false;
+        for (i, v) in values.iter().enumerate() {
+            match v {
+                Some(v) => {
+                    w!(
+                        path,
+                        "{}{:.1} {:.1} ",
+                        if pen_down { "L" } else { "M" },
+                        x_of(i),
+                        y_of(*v)
+                    );
+                    pen_down = true;
+                }
+                None => pen_down = false,
+            }
+        }
+        w!(
+            out,
+            "<path d=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\"{dash_attr}/>",
+            path.trim_end()
+        );
+        for (i, v) in values.iter().enumerate() {
+            if let Some(v) = v {
+                marker_svg(out, marker, colour, x_of(i), y_of(*v));
+                // The value on hover.
+                w!(
+                    out,
+                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"6\" fill=\"transparent\"><title>{} {}: {}</title></circle>",
+                    x_of(i),
+                    y_of(*v),
+                    metric.label,
+                    escape(labels.get(i).map_or("", String::as_str)),
+                    fmt_num(*v)
+                );
+            }
+        }
+        // Legend: a short line with the marker, then the name.
+        let lx = LEFT + (k % 4) as f64 * 170.0;
+        let ly = H - 28.0 + (k / 4) as f64 * 16.0;
+        w!(
+            out,
+            "<line x1=\"{lx:.1}\" y1=\"{ly:.1}\" x2=\"{:.1}\" y2=\"{ly:.1}\" stroke=\"{colour}\" stroke-width=\"2\"{dash_attr}/>",
+            lx + 28.0
+        );
+        marker_svg(out, marker, colour, lx + 14.0, ly);
+        w!(
+            out,
+            "<text x=\"{:.1}\" y=\"{:.1}\">{}</text>",
+            lx + 34.0,
+            ly + 4.0,
+            metric.label
+        );
+    }
+    w!(
+        out,
+        "<line x1=\"{LEFT}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"#333\"/>\
+         <line x1=\"{LEFT}\" y1=\"{TOP}\" x2=\"{LEFT}\" y2=\"{:.1}\" stroke=\"#333\"/></svg>",
+        TOP + plot_h,
+        W - RIGHT,
+        TOP + plot_h,
+        TOP + plot_h
+    );
+}
+
+fn marker_svg(out: &mut String, marker: &str, colour: &str, x: f64, y: f64) {
+    match marker {
+        "square" => w!(
+            out,
+            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"7\" height=\"7\" fill=\"{colour}\"/>",
+            x - 3.5,
+            y - 3.5
+        ),
+        "triangle" => w!(
+            out,
+            "<path d=\"M{x:.1} {:.1} L{:.1} {:.1} L{:.1} {:.1} Z\" fill=\"{colour}\"/>",
+            y - 4.5,
+            x + 4.5,
+            y + 3.5,
+            x - 4.5,
+            y + 3.5
+        ),
+        "diamond" => w!(
+            out,
+            "<path d=\"M{x:.1} {:.1} L{:.1} {y:.1} L{x:.1} {:.1} L{:.1} {y:.1} Z\" fill=\"{colour}\"/>",
+            y - 5.0,
+            x + 5.0,
+            y + 5.0,
+            x - 5.0
+        ),
+        "cross" => w!(
+            out,
+            "<path d=\"M{:.1} {:.1} L{:.1} {:.1} M{:.1} {:.1} L{:.1} {:.1}\" stroke=\"{colour}\" stroke-width=\"2\"/>",
+            x - 4.0,
+            y - 4.0,
+            x + 4.0,
+            y + 4.0,
+            x - 4.0,
+            y + 4.0,
+            x + 4.0,
+            y - 4.0
+        ),
+        _ => w!(
+            out,
+            "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"4\" fill=\"{colour}\"/>"
+        ),
+    }
+}
+
+fn quality_table(out: &mut String, windows: &[Value]) {
+    let shown: Vec<&Metric> = METRICS
+        .iter()
+        .filter(|m| {
+            windows
+                .iter()
+                .any(|q| number(field(field(q, m.group), m.key)).is_some())
+        })
+        .collect();
+    out.push_str(
+        "<details open><summary>Quality windows</summary><table><tr><th>From</th><th>To</th>\
+         <th>Rows</th>",
+    );
+    for m in &shown {
+        w!(out, "<th>{}</th>", m.label);
+    }
+    out.push_str("<th>Note</th></tr>");
+    // Newest first: the one a reader looks for.
+    for q in windows.iter().rev() {
+        w!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td>",
+            escape(text(field(q, "from")).unwrap_or("?")),
+            escape(text(field(q, "to")).unwrap_or("?")),
+            number(field(q, "rows")).map_or("?".into(), |r| (r as u64).to_string())
+        );
+        for m in &shown {
+            w!(
+                out,
+                "<td class=\"n\">{}</td>",
+                number(field(field(q, m.group), m.key)).map_or("—".into(), fmt_num)
+            );
+        }
+        let mut notes = Vec::new();
+        if field(q, "filling").as_bool() == Some(true) {
+            notes.push("still filling".to_string());
+        }
+        for group in ["classification", "regression"] {
+            if let Some(e) = text(field(field(q, group), "error")) {
+                notes.push(escape(e));
+            }
+        }
+        w!(out, "<td>{}</td></tr>", notes.join("; "));
+    }
+    out.push_str("</table></details>\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn report() -> Value {
+        json!({
+            "model": "iris<b>",
+            "version": 2,
+            "from": "2026-01-01T00:00:00.000000Z",
+            "to": "2026-01-01T00:05:00.000000Z",
+            "rows": 200,
+            "drifted": ["<script>alert(1)</script>"],
+            "missing_in_baseline": [],
+            "missing_in_window": ["gone & lost"],
+            "features": {
+                "<script>alert(1)</script>": {
+                    "kind": "numeric", "psi": 0.9, "js": 0.4,
+                    "ks": {"statistic": 0.5, "pvalue": 1e-20},
+                    "wasserstein": 1.5, "wasserstein_norm": 1.2,
+                    "missing_rate_baseline": 0.0, "missing_rate_window": 0.0,
+                    "out_of_range_rate": 0.1, "drifted": true, "violations": ["psi", "ks"],
+                    "histogram": {"edges": [1, 2, 3, 4, 5, 6, 7, 8, 9],
+                                  "baseline": [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1],
+                                  "window": [0, 0, 0, 0, 0, 0.1, 0.1, 0.2, 0.3, 0.3]}
+                },
+                "colour": {
+                    "kind": "categorical", "psi": 0.01, "js": 0.02,
+                    "chi2": {"statistic": 1.0, "dof": 1, "pvalue": 0.3},
+                    "missing_rate_baseline": 0.0, "missing_rate_window": 0.0,
+                    "unseen_rate": 0.0, "unseen": [], "vanished": ["\"quoted\""],
+                    "drifted": false, "violations": [],
+                    "histogram": {"categories": ["a'b", "<c>"], "baseline": [0.5, 0.5],
+                                  "window": [0.4, 0.6]}
+                },
+                "flip": {"kind": "numeric", "error": "kinds <differ>", "drifted": false,
+                         "violations": []}
+            },
+            "outputs": {},
+            "thresholds": {"psi": 0.2, "alpha": 0.01, "js": null, "comparisons": 2,
+                           "alpha_corrected": 0.005}
+        })
+    }
+
+    fn quality() -> Vec<Value> {
+        vec![
+            json!({"from": "2026-01-01T00:00:00.000000Z", "to": "2026-01-01T00:01:00.000000Z",
+                   "rows": 100, "classification": {"accuracy": 0.9, "precision": 0.8,
+                   "recall": 0.85, "f1": 0.82, "roc_auc": null}}),
+            json!({"from": "2026-01-01T00:01:00.000000Z", "to": "2026-01-01T00:02:00.000000Z",
+                   "rows": 40, "filling": true, "classification": {"accuracy": 0.7,
+                   "precision": 0.6, "recall": 0.65, "f1": 0.62, "roc_auc": null}}),
+        ]
+    }
+
+    #[test]
+    fn escapes_every_special_character() {
+        assert_eq!(
+            escape("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+        assert_eq!(escape("a\u{0}b\nc"), "a\u{fffd}b\nc");
+        let html = drift_page("t", Some(&report()), &quality());
+        assert!(!html.contains("<script>alert"), "a name is escaped");
+        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(html.contains("iris&lt;b&gt;"));
+        assert!(html.contains("a&#39;b") && html.contains("&lt;c&gt;"));
+        assert!(html.contains("&quot;quoted&quot;"));
+        assert!(html.contains("kinds &lt;differ&gt;"));
+        assert!(html.contains("gone &amp; lost"));
+    }
+
+    #[test]
+    fn no_script_and_nothing_fetched() {
+        for html in [
+            drift_page("t", Some(&report()), &quality()),
+            drift_page("t", None, &[]),
+            drift_page("<script>", Some(&json!({})), &[json!(null), json!("x")]),
+        ] {
+            let lower = html.to_ascii_lowercase();
+            assert!(!lower.contains("<script"), "no script");
+            assert!(!lower.contains("javascript:"));
+            // The SVG namespace is a name, not a fetch; nothing else may point anywhere.
+            let without_ns = lower.replace("xmlns=\"http://www.w3.org/2000/svg\"", "");
+            assert!(!without_ns.contains("http://"), "no http reference");
+            assert!(!without_ns.contains("https://"), "no https reference");
+            assert!(!lower.contains("<link") && !lower.contains("@import"));
+            assert!(!lower.contains("url("), "no CSS fetch");
+            assert!(!lower.contains("<img"));
+            assert!(lower.starts_with("<!doctype html>"));
+        }
+    }
+
+    #[test]
+    fn violated_statistics_are_marked_in_words() {
+        let html = drift_page("t", Some(&report()), &quality());
+        // PSI and KS of the drifted feature: the row class and the word.
+        assert_eq!(html.matches("<tr class=\"violated\">").count(), 2);
+        assert_eq!(html.matches("✗ VIOLATED").count(), 2);
+        let psi_row = html
+            .split("<tr")
+            .find(|row| row.contains("violated") && row.contains("PSI"))
+            .expect("the PSI row is marked");
+        assert!(psi_row.contains("0.9") && psi_row.contains("&gt; 0.2"));
+        assert!(html.contains("DRIFTED") && html.contains("⚠ DRIFT"));
+        assert!(html.contains("NOT COMPARED"));
+        // Each drawn histogram: an SVG with both sides' bars.
+        assert_eq!(
+            html.matches("<svg").count(),
+            2 + 1,
+            "two histograms, one quality chart"
+        );
+        assert!(html.contains("still filling"));
+    }
+
+    #[test]
+    fn a_page_before_any_window_says_so() {
+        let html = drift_page("iris", None, &quality());
+        assert!(html.contains("No drift window has closed yet"));
+        assert!(html.contains("Live quality"));
+        let html = drift_page("iris", Some(&json!([1, 2])), &[]);
+        assert!(html.contains("No drift window has closed yet"));
+    }
+
+    #[test]
+    fn malformed_reports_render_without_panicking() {
+        let odd = [
+            json!({"features": {"x": {"histogram": {"edges": [1], "baseline": [0.5], "window": "no"}}}}),
+            json!({"features": {"x": {"kind": 3, "histogram": {"categories": [], "baseline": []}}}}),
+            json!({"features": {"x": null, "y": {"violations": [1, "psi"], "psi": "a"}}}),
+            json!({"features": [], "thresholds": {"alpha": "x"}, "drifted": "all"}),
+            json!({"features": {"x": {"histogram": {"categories": ["a"], "baseline": [1e308],
+                   "window": [-1.0], "rest": {"categories": 5, "baseline": null}}}}}),
+        ];
+        for r in &odd {
+            let html = drift_page("t", Some(r), &[json!({"regression": {"mae": 1e300}})]);
+            assert!(html.ends_with("</html>\n"));
+        }
+    }
+
+    #[test]
+    fn numbers_are_short() {
+        assert_eq!(fmt_num(0.123456), "0.1235");
+        assert_eq!(fmt_num(12.0), "12");
+        assert_eq!(fmt_num(1e-20), "1e-20");
+        assert_eq!(fmt_num(2.5e-7), "2.5e-7");
+        assert_eq!(fmt_num(123456.0), "123456");
+        assert_eq!(fmt_num(f64::INFINITY), "∞");
+        assert_eq!(fmt_pct(0.25), "25.00%");
+        assert_eq!(short_time("2026-12-01T23:07:38.013123Z"), "12-01 23:07:38");
+        assert_eq!(short_time("x"), "x");
+        assert_eq!(shorten("abcdefghijklmnopqrstuvwxyz").chars().count(), 14);
+        assert_eq!(nice_ceiling(0.37), 0.5);
+        assert_eq!(axis_top(0.31), 0.4);
+    }
+}

@@ -1,0 +1,361 @@
+//! Pages for people, in a browser: the status page at `/` and the live drift report of a model.
+//!
+//! Both are self-contained HTML (inline CSS and SVG, no script), drawn by
+//! `cairn_monitor::html`, so they work offline and with JavaScript off. A strict
+//! `Content-Security-Policy` makes the browser enforce it: nothing is fetched and no script runs,
+//! whatever a report holds.
+//!
+//! The status page shows what the public endpoints already show (models, versions, readiness
+//! and why a version is not ready); deployments are management data, behind the admin token
+//! like `GET /v2/deployments`, so without it the page says where to find them instead.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cairn_monitor::html;
+use http::{header, Response, StatusCode};
+use http_body_util::Full;
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use serde_json::Value;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::monitor::ModelMonitor;
+use crate::rollout::DeploymentView;
+use crate::routing::RouteError;
+
+type Reply = Result<Response<Full<Bytes>>, ApiError>;
+
+/// Reports with more features and outputs than this are drawn on the blocking pool: a page is
+/// linear in them, and a model with thousands of features would hold a runtime thread.
+const INLINE_FEATURES: usize = 64;
+
+/// The browser may load nothing and run nothing: only the page's own inline style.
+const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; \
+                   base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+fn html_response(body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+        .header(header::CONTENT_SECURITY_POLICY, CSP)
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        // Live state: a cached copy would show a stale window as current.
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static headers are valid")
+}
+
+/// A path segment for a link: every byte but letters and digits percent-encoded.
+fn segment(name: &str) -> String {
+    utf8_percent_encode(name, NON_ALPHANUMERIC).to_string()
+}
+
+/// `GET /`: every model the server routes, its versions and their state, its deployment (with
+/// the admin token, or when none is configured) and a link to its drift report if monitored.
+pub fn status(state: &AppState, authorized: bool) -> Reply {
+    let table = state.router.snapshot();
+    let mut names: Vec<&String> = table.models.keys().collect();
+    names.sort();
+    let deployments: Option<HashMap<String, DeploymentView>> = authorized.then(|| {
+        state
+            .rollout
+            .views()
+            .into_iter()
+            .map(|v| (v.model.clone(), v))
+            .collect()
+    });
+    let server_state = if state.is_ready() {
+        "ready"
+    } else if state.stopping.load(std::sync::atomic::Ordering::Acquire) {
+        "shutting down"
+    } else {
+        "loading the model repository"
+    };
+    let mut body = String::new();
+    body.push_str("<section><h2>Models</h2>");
+    if names.is_empty() {
+        body.push_str("<p class=\"muted\">No model is loaded.</p>");
+    } else {
+        body.push_str(
+            "<table><tr><th>Model</th><th>Versions and state</th><th>Deployment</th>\
+             <th>Monitoring</th></tr>",
+        );
+        for name in names {
+            let Some(route) = table.models.get(name) else {
+                continue;
+            };
+            let link = segment(name);
+            body.push_str(&format!(
+                "<tr><td class=\"name\"><a href=\"/v2/models/{link}\">{}</a></td><td>",
+                html::escape(name)
+            ));
+            version_list(&mut body, route);
+            body.push_str("</td><td>");
+            match &deployments {
+                Some(views) => match views.get(name.as_str()) {
+                    Some(view) => deployment_cell(&mut body, view),
+                    None => body.push_str("<span class=\"muted\">none</span>"),
+                },
+                None => body.push_str(
+                    "<span class=\"muted\">needs the admin token \
+                     (<code>GET /v2/models/{m}/deployment</code>)</span>",
+                ),
+            }
+            body.push_str("</td><td>");
+            if state.monitors.get(name).is_some() {
+                body.push_str(&format!(
+                    "<a href=\"/v2/models/{link}/drift/report\">drift report</a> \
+                     <span class=\"muted\">(JSON: <a href=\"/v2/models/{link}/drift\">drift</a>, \
+                     <a href=\"/v2/models/{link}/quality\">quality</a>)</span>"
+                ));
+            } else {
+                body.push_str("<span class=\"muted\">off</span>");
+            }
+            body.push_str("</td></tr>");
+        }
+        body.push_str("</table>");
+    }
+    body.push_str(
+        "</section><section><h2>Endpoints</h2><p>\
+         <a href=\"/v2\">server metadata</a> · <a href=\"/v2/health/ready\">readiness</a> · \
+         <a href=\"/v2/models/stats\">statistics</a> · <a href=\"/metrics\">metrics</a> · \
+         <a href=\"/v2/deployments\">deployments</a> (admin)</p></section>\n",
+    );
+    let subtitle = format!(
+        "{} {} · {server_state}",
+        env!("CARGO_PKG_NAME"),
+        env!("CARGO_PKG_VERSION")
+    );
+    Ok(html_response(html::page(
+        "Model server status",
+        &subtitle,
+        &body,
+    )))
+}
+
+/// Each version with its state: ready, or unavailable with the reason.
+fn version_list(out: &mut String, route: &crate::routing::ModelRoute) {
+    let mut states: BTreeMap<u64, Option<&str>> = BTreeMap::new();
+    for v in route.versions.keys() {
+        states.insert(*v, None);
+    }
+    for (v, reason) in &route.failed {
+        states.entry(*v).or_insert(Some(reason));
+    }
+    if states.is_empty() {
+        let reason = route.reason.as_deref().unwrap_or("no version is loaded");
+        out.push_str(&format!(
+            "<span class=\"badge bad\">UNAVAILABLE</span> {}",
+            html::escape(reason)
+        ));
+        return;
+    }
+    out.push_str("<ul style=\"margin:0;padding-left:18px\">");
+    for (v, reason) in states {
+        match reason {
+            None => out.push_str(&format!(
+                "<li>version {v} <span class=\"badge good\">READY</span></li>"
+            )),
+            Some(reason) => out.push_str(&format!(
+                "<li>version {v} <span class=\"badge bad\">UNAVAILABLE</span> {}</li>",
+                html::escape(reason)
+            )),
+        }
+    }
+    out.push_str("</ul>");
+    if let Some(reason) = &route.reason {
+        out.push_str(&format!("<p class=\"muted\">{}</p>", html::escape(reason)));
+    }
+}
+
+/// Stable version, and the candidate with its mode and weight.
+fn deployment_cell(out: &mut String, view: &DeploymentView) {
+    match view.stable {
+        Some(v) => out.push_str(&format!(
+            "stable: version {v}{}",
+            if view.stable_pinned {
+                " (pinned)"
+            } else {
+                " (highest ready)"
+            }
+        )),
+        None => out.push_str("stable: none"),
+    }
+    match &view.candidate {
+        Some(c) => {
+            let weight = c
+                .weight
+                .map(|w| format!(", weight {:.1}%", w * 100.0))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "<br>candidate: version {} ({}{weight})",
+                c.version,
+                html::escape(c.mode)
+            ));
+        }
+        None => out.push_str("<br><span class=\"muted\">no candidate</span>"),
+    }
+}
+
+/// `GET /v2/models/{m}[/versions/{v}]/drift/report`: the latest closed window's report of the
+/// newest version that has one (or of the version named), with that version's live quality.
+/// 404 when the model is not monitored; a page saying so when no window has closed yet.
+pub async fn drift_report(state: &AppState, model: &str, version: Option<&str>) -> Reply {
+    let monitor = monitor_of(state, model)?;
+    let wanted = parse_version(model, version)?;
+    let reports = monitor.drift(None, 1);
+    if let Some(v) = wanted {
+        let known = reports.contains_key(&v)
+            || monitor.baselines().contains_key(&v)
+            || state
+                .router
+                .snapshot()
+                .models
+                .get(model)
+                .is_some_and(|r| r.versions.contains_key(&v) || r.failed.contains_key(&v));
+        if !known {
+            return Err(RouteError::UnknownVersion {
+                model: model.to_string(),
+                version: v.to_string(),
+            }
+            .into());
+        }
+    }
+    let latest = |v: &u64| reports.get(v).and_then(|list| list.last()).cloned();
+    let (shown, report) = match wanted {
+        Some(v) => (Some(v), latest(&v)),
+        None => match reports
+            .iter()
+            .rev()
+            .find_map(|(v, list)| list.last().map(|r| (*v, r.clone())))
+        {
+            Some((v, r)) => (Some(v), Some(r)),
+            None => (monitor.baselines().keys().next_back().copied(), None),
+        },
+    };
+    let quality = shown
+        .map(|v| quality_windows(&monitor, v))
+        .unwrap_or_default();
+    let nav = navigation(&monitor, model, shown, &reports);
+    let title = match shown {
+        Some(v) => format!("Drift report: {model}, version {v}"),
+        None => format!("Drift report: {model}"),
+    };
+    let large = report.as_ref().is_some_and(|r| {
+        ["features", "outputs"]
+            .iter()
+            .filter_map(|k| r.get(*k).and_then(Value::as_object))
+            .map(|m| m.len())
+            .sum::<usize>()
+            > INLINE_FEATURES
+    });
+    let render = move || {
+        let subtitle = report.as_ref().map(html::window_line).unwrap_or_default();
+        let body = nav + &html::drift_body(report.as_ref(), &quality);
+        html::page(&title, &subtitle, &body)
+    };
+    let page = if large {
+        state.offload.run(render).await?
+    } else {
+        render()
+    };
+    Ok(html_response(page))
+}
+
+/// A version's quality windows, oldest first, the one still filling last and marked so.
+fn quality_windows(monitor: &ModelMonitor, version: u64) -> Vec<Value> {
+    let Some(q) = monitor.quality(Some(version)).remove(&version) else {
+        return Vec::new();
+    };
+    let mut windows: Vec<Value> = q.windows.into_iter().collect();
+    if let Some(mut current) = q.current {
+        if let Value::Object(map) = &mut current {
+            map.insert("filling".into(), Value::Bool(true));
+        }
+        windows.push(current);
+    }
+    windows
+}
+
+/// Links back to the status page, to the other versions' reports and to the JSON, and where
+/// the version's baseline came from.
+fn navigation(
+    monitor: &ModelMonitor,
+    model: &str,
+    shown: Option<u64>,
+    reports: &BTreeMap<u64, Vec<Value>>,
+) -> String {
+    let link = segment(model);
+    let mut out = String::from("<section><p><a href=\"/\">All models</a>");
+    let versions: Vec<u64> = reports
+        .iter()
+        .filter(|(_, list)| !list.is_empty())
+        .map(|(v, _)| *v)
+        .collect();
+    if versions.len() > 1 || (versions.len() == 1 && shown != versions.first().copied()) {
+        out.push_str(" · reports of version ");
+        for v in versions {
+            if Some(v) == shown {
+                out.push_str(&format!("<strong>{v}</strong> "));
+            } else {
+                out.push_str(&format!(
+                    "<a href=\"/v2/models/{link}/versions/{v}/drift/report\">{v}</a> "
+                ));
+            }
+        }
+    }
+    out.push_str(&format!(
+        " · JSON: <a href=\"/v2/models/{link}/drift\">drift</a>, \
+         <a href=\"/v2/models/{link}/quality\">quality</a></p>"
+    ));
+    if let Some(v) = shown {
+        if let Some(source) = monitor.baselines().get(&v) {
+            out.push_str(&format!(
+                "<p>Baseline of version {v}: {}</p>",
+                html::escape(source)
+            ));
+        }
+    }
+    out.push_str("</section>\n");
+    out
+}
+
+/// The model's monitor: 404 for an unknown model (a known one that is not ready still has its
+/// reports) and for one that is not monitored.
+fn monitor_of(state: &AppState, model: &str) -> Result<Arc<ModelMonitor>, ApiError> {
+    match state.router.resolve(model, None) {
+        Ok(_) | Err(RouteError::NotReady { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    state.monitors.get(model).ok_or_else(|| {
+        ApiError::NotMonitored(format!(
+            "model '{model}' is not monitored: set [monitoring] enabled = true in its config.toml"
+        ))
+    })
+}
+
+fn parse_version(model: &str, version: Option<&str>) -> Result<Option<u64>, ApiError> {
+    version
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::from(RouteError::UnknownVersion {
+                    model: model.to_string(),
+                    version: v.to_string(),
+                })
+            })
+        })
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_encode_names() {
+        assert_eq!(segment("iris"), "iris");
+        assert_eq!(segment("a b/\"<"), "a%20b%2F%22%3C");
+    }
+}
