@@ -113,6 +113,7 @@ struct Families {
     log_lag: GaugeVec,
     log_bytes: IntGaugeVec,
     drift_windows: IntCounterVec,
+    drift_skipped: IntCounterVec,
     drift_statistic: GaugeVec,
     drift_violations: IntCounterVec,
     feedback: IntCounterVec,
@@ -259,6 +260,12 @@ impl Metrics {
             drift_windows: counter(
                 "drift_windows_total",
                 "Drift windows closed and compared with the version's baseline.",
+                VERSION_LABELS,
+            ),
+            drift_skipped: counter(
+                "drift_windows_skipped_total",
+                "Drift windows closed while the comparer was still busy with earlier ones, and \
+                 not compared (their rows are in the log).",
                 VERSION_LABELS,
             ),
             drift_statistic: gauge(
@@ -592,6 +599,14 @@ impl Metrics {
                 }
             }
         }
+    }
+
+    /// Counts a drift window skipped because the comparer was busy.
+    pub fn record_drift_skipped(&self, model: &str, version: u64) {
+        self.inner
+            .drift_skipped
+            .with_label_values(&[model, &version.to_string()])
+            .inc();
     }
 
     /// Counts feedback rows by outcome.

@@ -99,19 +99,22 @@ pub async fn feedback(state: &AppState, model: &str, req: Request<Incoming>) -> 
 }
 
 /// `GET /v2/models/{m}[/versions/{v}]/drift[?limit=N]`: the latest closed windows' reports
-/// (one by default), per version, with where each version's baseline came from.
+/// (one by default), per version, with where each version's baseline came from and its live
+/// quality (as `/quality` answers it).
 pub fn drift(state: &AppState, model: &str, version: Option<&str>, query: Option<&str>) -> Reply {
     let monitor = monitor_of(state, model)?;
     let version = parse_version(model, version)?;
     let limit = limit(query)?;
     let reports = monitor.drift(version, limit);
     let baselines = monitor.baselines();
+    let quality = monitor.quality(version);
     let versions: BTreeMap<String, Value> = reports
         .into_iter()
         .map(|(v, list)| {
+            let q = quality.get(&v).and_then(|q| serde_json::to_value(q).ok());
             (
                 v.to_string(),
-                json!({"baseline": baselines.get(&v), "reports": list}),
+                json!({"baseline": baselines.get(&v), "reports": list, "quality": q}),
             )
         })
         .collect();
@@ -140,7 +143,12 @@ pub fn quality(state: &AppState, model: &str, version: Option<&str>) -> Reply {
     ))
 }
 
-fn monitor_of(state: &AppState, model: &str) -> Result<std::sync::Arc<ModelMonitor>, ApiError> {
+/// The model's monitor: 404 for an unknown model (a known one that is not ready still has its
+/// reports) and for one that is not monitored.
+pub(super) fn monitor_of(
+    state: &AppState,
+    model: &str,
+) -> Result<std::sync::Arc<ModelMonitor>, ApiError> {
     state
         .router
         .resolve(model, None)
@@ -156,7 +164,7 @@ fn monitor_of(state: &AppState, model: &str) -> Result<std::sync::Arc<ModelMonit
     })
 }
 
-fn parse_version(model: &str, version: Option<&str>) -> Result<Option<u64>, ApiError> {
+pub(super) fn parse_version(model: &str, version: Option<&str>) -> Result<Option<u64>, ApiError> {
     version
         .map(|v| {
             v.parse::<u64>().map_err(|_| {

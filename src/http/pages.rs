@@ -10,7 +10,6 @@
 //! like `GET /v2/deployments`, so without it the page says where to find them instead.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 
 use bytes::Bytes;
 use cairn_monitor::html;
@@ -203,8 +202,8 @@ fn deployment_cell(out: &mut String, view: &DeploymentView) {
 /// newest version that has one (or of the version named), with that version's live quality.
 /// 404 when the model is not monitored; a page saying so when no window has closed yet.
 pub async fn drift_report(state: &AppState, model: &str, version: Option<&str>) -> Reply {
-    let monitor = monitor_of(state, model)?;
-    let wanted = parse_version(model, version)?;
+    let monitor = super::monitoring::monitor_of(state, model)?;
+    let wanted = super::monitoring::parse_version(model, version)?;
     let reports = monitor.drift(None, 1);
     if let Some(v) = wanted {
         let known = reports.contains_key(&v)
@@ -320,33 +319,6 @@ fn navigation(
     }
     out.push_str("</section>\n");
     out
-}
-
-/// The model's monitor: 404 for an unknown model (a known one that is not ready still has its
-/// reports) and for one that is not monitored.
-fn monitor_of(state: &AppState, model: &str) -> Result<Arc<ModelMonitor>, ApiError> {
-    match state.router.resolve(model, None) {
-        Ok(_) | Err(RouteError::NotReady { .. }) => {}
-        Err(e) => return Err(e.into()),
-    }
-    state.monitors.get(model).ok_or_else(|| {
-        ApiError::NotMonitored(format!(
-            "model '{model}' is not monitored: set [monitoring] enabled = true in its config.toml"
-        ))
-    })
-}
-
-fn parse_version(model: &str, version: Option<&str>) -> Result<Option<u64>, ApiError> {
-    version
-        .map(|v| {
-            v.parse::<u64>().map_err(|_| {
-                ApiError::from(RouteError::UnknownVersion {
-                    model: model.to_string(),
-                    version: v.to_string(),
-                })
-            })
-        })
-        .transpose()
 }
 
 #[cfg(test)]

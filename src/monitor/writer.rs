@@ -25,6 +25,15 @@ use crate::config::MonitoringConfig;
 /// Rows gathered before a batch is written even if the interval has not passed.
 const BATCH_ROWS: usize = 4096;
 
+/// The writer's first look after finding its channel empty, and its longest wait between looks
+/// (which is also the longest a feedback call or a shutdown waits for it to notice).
+const POLL_MIN: Duration = Duration::from_millis(1);
+const POLL_MAX: Duration = Duration::from_millis(20);
+
+/// How often the time-driven duties run (windows closed by age, segment age, the lag and size
+/// gauges): often enough for every interval a user can set, seldom enough to cost nothing.
+const TICK: Duration = Duration::from_millis(100);
+
 pub(super) fn spawn(
     monitor: Arc<ModelMonitor>,
     rx: mpsc::Receiver<Msg>,
@@ -129,17 +138,34 @@ impl Writer {
         };
         let cadence = (self.monitor.settings.fsync / 2).max(Duration::from_millis(1));
         let immediate = self.monitor.settings.fsync.is_zero();
+        let mut last_tick = Instant::now();
         runtime.block_on(async {
-            loop {
-                let wait = match self.batch_since {
-                    Some(since) if !immediate => cadence.saturating_sub(since.elapsed()),
-                    _ => cadence.max(Duration::from_millis(200)),
-                };
-                let msg = tokio::time::timeout(wait, rx.recv()).await;
-                match msg {
-                    Ok(Some(Msg::Stop)) | Ok(None) => break,
-                    Ok(Some(msg)) => self.handle(msg),
-                    Err(_) => {}
+            let mut idle_poll = POLL_MIN;
+            'run: loop {
+                // Take what is waiting. The writer polls rather than waits on the channel, so a
+                // request that logs never pays for waking it (a system call per record under
+                // load); when a look finds nothing, the next one comes later, up to POLL_MAX.
+                let mut took = 0;
+                while took < BATCH_ROWS {
+                    match rx.try_recv() {
+                        Ok(Msg::Stop) => break 'run,
+                        Ok(msg) => {
+                            self.handle(msg);
+                            took += 1;
+                        }
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => break 'run,
+                    }
+                }
+                if took == 0 {
+                    let until_flush = match self.batch_since {
+                        Some(since) if !immediate => cadence.saturating_sub(since.elapsed()),
+                        _ => POLL_MAX,
+                    };
+                    tokio::time::sleep(idle_poll.min(until_flush)).await;
+                    idle_poll = (idle_poll * 2).min(POLL_MAX);
+                } else {
+                    idle_poll = POLL_MIN;
                 }
                 // Under `fsync = 0` every batch the writer takes is written at once: when the
                 // channel is momentarily empty.
@@ -149,7 +175,10 @@ impl Writer {
                 if due {
                     self.flush();
                 }
-                self.tick();
+                if last_tick.elapsed() >= TICK {
+                    last_tick = Instant::now();
+                    self.tick();
+                }
             }
         });
         self.flush();
@@ -272,6 +301,10 @@ impl Writer {
             }
             return;
         }
+        if state.baseline.is_none() {
+            // Nothing to compare a window with, ever: keep no window.
+            return;
+        }
         state.window.push(&state.layout, &record);
         if state
             .window
@@ -347,7 +380,7 @@ impl Writer {
             config: state.config.clone(),
         };
         if let Some(comparer) = &self.comparer {
-            comparer.send(job);
+            comparer.send(job, &self.monitor);
         }
     }
 
@@ -600,9 +633,9 @@ struct Comparison {
 }
 
 /// Comparisons waiting for the model's comparer thread. A window of 10,000 rows × 32 features
-/// takes a while to compare (see benches/README.md); on its own thread it never holds up the
-/// writer, and with two waiting the writer waits for room rather than lose a window's report.
-const COMPARISONS_WAITING: usize = 2;
+/// takes 50–500 ms to compare (benches/README.md); on its own thread it never holds up the
+/// writer, and beyond four waiting a window is skipped and counted.
+const COMPARISONS_WAITING: usize = 4;
 
 /// The thread that compares a model's closed drift windows with their baselines and publishes
 /// the reports: in memory, on disk and in Prometheus.
@@ -617,6 +650,7 @@ impl Comparer {
         let thread = std::thread::Builder::new()
             .name(format!("drift-{}", monitor.name))
             .spawn(move || {
+                lower_priority();
                 for job in rx {
                     compare(&monitor, &reports, job);
                 }
@@ -625,9 +659,22 @@ impl Comparer {
         Ok(Comparer { tx, thread })
     }
 
-    fn send(&self, job: Comparison) {
-        if self.tx.send(job).is_err() {
-            tracing::error!("the drift comparer stopped; a window's report is lost");
+    /// Hands a closed window over, or skips it when the comparer is still busy with earlier
+    /// ones: the records are in the log either way (and `cairn drift --from --to` compares any
+    /// span of it), whereas holding up the writer would lose records.
+    fn send(&self, job: Comparison, monitor: &ModelMonitor) {
+        let version = job.version;
+        match self.tx.try_send(job) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                monitor.metrics.record_drift_skipped(&monitor.name, version);
+                tracing::warn!(model = %monitor.name, version,
+                    "drift window not compared: the comparer is still busy with earlier ones \
+                     (raise monitoring.window_rows)");
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                tracing::error!(model = %monitor.name, "the drift comparer stopped");
+            }
         }
     }
 
@@ -635,6 +682,17 @@ impl Comparer {
     fn finish(self) {
         drop(self.tx);
         let _ = self.thread.join();
+    }
+}
+
+/// Drift comparisons are background work: on a machine whose cores the request path needs,
+/// the scheduler should give them only what is left over.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority with PRIO_PROCESS and who = 0 changes the calling thread's nice value
+    // (Linux threads are scheduled as tasks); it reads and writes no memory of ours.
+    unsafe {
+        let _ = libc::setpriority(libc::PRIO_PROCESS, 0, 10);
     }
 }
 
