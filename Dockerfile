@@ -2,6 +2,7 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+COPY crates ./crates
 COPY src ./src
 COPY benches ./benches
 RUN cargo build --release --locked --bin cairn
@@ -14,7 +15,8 @@ COPY --from=build /src/target/release/cairn /usr/local/bin/cairn
 COPY models /opt/cairn/models
 COPY configs /opt/cairn/configs
 WORKDIR /opt/cairn
-# Deployment state (pinned versions, candidates) survives restarts here.
+# Deployment state (pinned versions, candidates) and the prediction log (predictions,
+# feedback, drift reports) survive restarts here.
 ENV CAIRN_STATE_DIR=/var/lib/cairn
 VOLUME /var/lib/cairn
 USER cairn
