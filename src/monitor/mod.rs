@@ -130,7 +130,20 @@ impl MonitorHub {
         if !m.enabled {
             return Ok(None);
         }
-        let layout = layout_of(io, m)?;
+        let named = if m.features.is_empty() {
+            baseline_feature_order(version_dir)
+        } else {
+            Vec::new()
+        };
+        let layout = match layout_of(io, m, &named) {
+            Ok(layout) => layout,
+            Err(e) if !named.is_empty() => {
+                tracing::warn!(model, version, error = %e,
+                    "monitoring: the feature names of baseline.json do not fit the inputs; derived names are used");
+                layout_of(io, m, &[])?
+            }
+            Err(e) => return Err(e),
+        };
         if layout.columns.is_empty() {
             tracing::warn!(
                 model,
@@ -299,8 +312,31 @@ impl VersionMonitor {
     }
 }
 
-/// The logged columns of a version, from its served interface and `[monitoring]`.
-fn layout_of(io: &ModelIo, m: &MonitoringConfig) -> Result<PredictionLayout, String> {
+/// The largest `baseline.json` read for its feature names (a baseline keeps at most 10,000
+/// values per feature by default).
+const MAX_BASELINE_BYTES: u64 = 256 << 20;
+
+/// The feature names, in input order, of the version's `baseline.json`; empty when it has none
+/// (or none is readable: the writer reports that when it loads the baseline).
+fn baseline_feature_order(version_dir: &Path) -> Vec<String> {
+    let path = version_dir.join("baseline.json");
+    if !path.exists() {
+        return Vec::new();
+    }
+    cairn_core::bounded::read_to_string(&path, MAX_BASELINE_BYTES)
+        .ok()
+        .and_then(|text| cairn_monitor::baseline::Baseline::from_json(&text).ok())
+        .map(|b| b.feature_order)
+        .unwrap_or_default()
+}
+
+/// The logged columns of a version, from its served interface and `[monitoring]`; `named` are
+/// feature names from the baseline, used when `[monitoring]` names none.
+fn layout_of(
+    io: &ModelIo,
+    m: &MonitoringConfig,
+    named: &[String],
+) -> Result<PredictionLayout, String> {
     let batching = io.max_batch_size > 0;
     let info = |specs: &[crate::model::IoSpec]| -> Vec<TensorInfo> {
         specs
@@ -328,7 +364,11 @@ fn layout_of(io: &ModelIo, m: &MonitoringConfig) -> Result<PredictionLayout, Str
         &LayoutRequest {
             inputs: &m.inputs,
             outputs: &m.outputs,
-            features: &m.features,
+            features: if m.features.is_empty() {
+                named
+            } else {
+                &m.features
+            },
             categorical: &m.categorical,
         },
     )

@@ -733,3 +733,36 @@ async fn sigkill_under_load_loses_nothing_older_than_the_fsync_interval() {
         &lost[..lost.len().min(5)]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feature_names_come_from_the_baseline_when_the_config_names_none() {
+    let repo = Repo::with(&["iris"]);
+    repo.write(
+        "iris/config.toml",
+        b"max_batch_size = 64\nversion_policy = { specific = { versions = [1] } }\n\
+          [monitoring]\nenabled = true\nwindow_rows = 50\n",
+    );
+    write_iris_baseline(&repo);
+    let mut s = TestServer::start_with(repo, fast).await;
+    let mut rng = Normal::new(3);
+    let r = s
+        .post_json(
+            "/v2/models/iris/versions/1/infer",
+            &body(None, &iris_draws(&mut rng, 50, 0.0)),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let reports = drift_reports(&s, 1, 1).await;
+    let names: Vec<&String> = reports[0]["features"].as_object().unwrap().keys().collect();
+    assert_eq!(names.len(), 4, "{names:?}");
+    for f in IRIS_FEATURES {
+        assert!(
+            reports[0]["features"][f].is_object(),
+            "{f} compared: {names:?}"
+        );
+    }
+    s.stop().await;
+    let log = read_log(&s, "iris");
+    assert_eq!(log.len(), 50);
+    assert!(log[0].contains_key("petal_length") && !log[0].contains_key("input[2]"));
+}

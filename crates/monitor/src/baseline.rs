@@ -8,9 +8,14 @@
 //!   "format": 1,
 //!   "rows": 150,
 //!   "features": { "<name>": <FeatureBaseline>, ... },
-//!   "outputs":  { "<name>": <FeatureBaseline>, ... }
+//!   "outputs":  { "<name>": <FeatureBaseline>, ... },
+//!   "feature_order": ["<name>", ...]
 //! }
 //! ```
+//!
+//! `feature_order` (optional) lists the features in the order of the data's columns: the order
+//! in which a model's input holds them. A monitored model whose `config.toml` names no features
+//! takes their names from it.
 //!
 //! `rows` is the number of rows summarized. Features and outputs are objects keyed by column name
 //! (written sorted by name). A `FeatureBaseline` is one of:
@@ -70,6 +75,9 @@ pub struct Baseline {
     pub rows: u64,
     pub features: BTreeMap<String, FeatureBaseline>,
     pub outputs: BTreeMap<String, FeatureBaseline>,
+    /// The features in the data's column order (optional; see the module documentation).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feature_order: Vec<String>,
 }
 
 /// One feature's (or output's) summary, tagged by `kind`.
@@ -194,11 +202,18 @@ impl Baseline {
                 .map(|(name, column)| (name.clone(), summarize(column, rows, options)))
                 .collect()
         };
+        let mut feature_order: Vec<String> = Vec::new();
+        for (name, _) in features {
+            if !feature_order.contains(name) {
+                feature_order.push(name.clone());
+            }
+        }
         Baseline {
             format: FORMAT,
             rows: rows as u64,
             features: summarize_all(features),
             outputs: summarize_all(outputs),
+            feature_order,
         }
     }
 
@@ -233,6 +248,29 @@ impl Baseline {
             return Err(BaselineError::UnsupportedFormat {
                 found: self.format.to_string(),
             });
+        }
+        if !self.feature_order.is_empty() {
+            let mut seen = std::collections::BTreeSet::new();
+            for name in &self.feature_order {
+                if !self.features.contains_key(name) || !seen.insert(name) {
+                    return Err(BaselineError::Inconsistent {
+                        section: "feature_order",
+                        name: name.clone(),
+                        problem: "is not a feature, or is listed twice".into(),
+                    });
+                }
+            }
+            if seen.len() != self.features.len() {
+                return Err(BaselineError::Inconsistent {
+                    section: "feature_order",
+                    name: String::new(),
+                    problem: format!(
+                        "lists {} of the {} features",
+                        seen.len(),
+                        self.features.len()
+                    ),
+                });
+            }
         }
         for (section, map) in [("feature", &self.features), ("output", &self.outputs)] {
             for (name, feature) in map {

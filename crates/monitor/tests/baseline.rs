@@ -72,7 +72,10 @@ fn json_has_the_documented_schema() {
         k.sort();
         k
     };
-    assert_eq!(keys(&value), ["features", "format", "outputs", "rows"]);
+    assert_eq!(
+        keys(&value),
+        ["feature_order", "features", "format", "outputs", "rows"]
+    );
     assert_eq!(value["format"], 1);
     assert_eq!(value["rows"], 150);
     let age = &value["features"]["age"];
@@ -369,4 +372,25 @@ fn empty_input_gives_an_empty_consistent_baseline() {
         &BaselineOptions::default(),
     );
     assert_eq!(Baseline::from_json(&b.to_json().unwrap()).unwrap(), b);
+}
+
+#[test]
+fn feature_order_keeps_the_data_order_and_must_name_every_feature() {
+    let baseline = example();
+    let mut names: Vec<&String> = baseline.features.keys().collect();
+    names.sort();
+    let mut order: Vec<&String> = baseline.feature_order.iter().collect();
+    order.sort();
+    assert_eq!(order, names, "every feature, once");
+    let mut bad = baseline.clone();
+    bad.feature_order.pop();
+    assert!(bad.to_json().is_err(), "a missing feature");
+    let mut bad = baseline.clone();
+    bad.feature_order.push("nope".into());
+    assert!(bad.to_json().is_err(), "an unknown one");
+    // Optional: a file without it (written by another tool) still reads.
+    let mut value: Value = serde_json::from_str(&baseline.to_json().unwrap()).unwrap();
+    value.as_object_mut().unwrap().remove("feature_order");
+    let read = Baseline::from_json(&value.to_string()).unwrap();
+    assert!(read.feature_order.is_empty());
 }

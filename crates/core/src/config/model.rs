@@ -88,8 +88,8 @@ pub struct MonitoringConfig {
     /// Outputs logged and watched; empty means every output.
     pub outputs: Vec<String>,
     /// Names of the input features, in order (the elements of the logged inputs, row by row);
-    /// empty: `<input>[i]`, or the input's name for a one-column input. A `baseline.json` must
-    /// use the same names.
+    /// empty: the version's `baseline.json` names them (its `feature_order`), else `<input>[i]`,
+    /// or the input's name for a one-column input.
     pub features: Vec<String>,
     /// Features compared as categories (BYTES inputs always are).
     pub categorical: Vec<String>,
