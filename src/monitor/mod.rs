@@ -10,6 +10,8 @@
 mod quality;
 mod writer;
 
+pub(crate) use writer::now_us;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -769,7 +769,8 @@ fn store_report(dir: &Path, kind: &str, version: u64, at_us: i64, report: &Json)
     }
 }
 
-pub(super) fn now_us() -> i64 {
+/// Now, in microseconds since the Unix epoch: the time of log records and reports.
+pub(crate) fn now_us() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as i64)

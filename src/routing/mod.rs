@@ -287,7 +287,7 @@ impl Router {
             .map(|m| Logged {
                 monitor: Arc::clone(m),
                 id: Arc::from(request.id.as_deref().unwrap_or_default()),
-                time_us: now_us(),
+                time_us: crate::monitor::now_us(),
             });
         let (outcome, inputs) = run(
             &plan.target,
@@ -443,12 +443,6 @@ pub(crate) fn served(version: &LoadedVersion, outputs: &[Tensor]) -> Vec<Tensor>
         .iter()
         .filter_map(|&i| outputs.get(i).cloned())
         .collect()
-}
-
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
 }
 
 fn resolve_in(

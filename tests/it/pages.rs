@@ -136,7 +136,7 @@ async fn the_status_page_and_the_live_drift_report() {
             item
         })
         .collect();
-    // A window closes at the end of the call that fills it: 20, then 10.
+    // A quality window closes at its size (20): one closed, 10 rows filling.
     for part in [&feedback[..20], &feedback[20..]] {
         let r = s
             .post_json("/v2/models/iris/feedback", &json!({ "feedback": part }))
@@ -144,6 +144,15 @@ async fn the_status_page_and_the_live_drift_report() {
         assert_eq!(r.status, StatusCode::OK, "{}", r.error());
         assert_eq!(r.json()["matched"], part.len());
     }
+    // The drift JSON carries the version's live quality beside its reports.
+    let drift = s.get("/v2/models/iris/versions/2/drift").await.json();
+    let quality = &drift["versions"]["2"]["quality"];
+    assert_eq!(
+        quality["windows"].as_array().map(Vec::len),
+        Some(1),
+        "{drift}"
+    );
+    assert_eq!(quality["current"]["rows"], 10, "{drift}");
 
     let html = page(&s.get("/v2/models/iris/drift/report").await);
     for f in FEATURES {
