@@ -17,3 +17,4 @@ pub mod repository;
 pub mod rollout;
 pub mod routing;
 pub mod server;
+pub mod training;

@@ -36,6 +36,11 @@ enum Command {
     /// Compares a window of data (a file, or a model's prediction log) with a baseline: the
     /// same drift report the server makes on live windows, as JSON or a self-contained HTML page.
     Drift(Box<cairn::offline::DriftArgs>),
+    /// Trains a model version from a training config (`configs/train/`): data prep, trials,
+    /// ONNX export with the prep inside, a gate against the serving version, then publishes it.
+    Train(Box<cairn::training::TrainArgs>),
+    /// The runs store: `list`, `show <id>`, `compare <id> <id>...`.
+    Runs(Box<cairn::training::RunsArgs>),
 }
 
 fn main() -> ExitCode {
@@ -83,6 +88,17 @@ fn main() -> ExitCode {
         Command::CheckLoad => cairn::model::load_check::child_main(),
         Command::Baseline(args) => offline(cairn::offline::baseline(&args)),
         Command::Drift(args) => offline(cairn::offline::drift(&args)),
+        Command::Train(args) => train(&args),
+        Command::Runs(args) => match cairn::training::runs(&args) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -92,6 +108,35 @@ fn offline(result: Result<cairn::offline::Outcome, cairn::offline::OfflineError>
     match result {
         Ok(cairn::offline::Outcome::Done) => ExitCode::SUCCESS,
         Ok(cairn::offline::Outcome::Drifted) => ExitCode::from(3),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `cairn train`: 0 when a version was published (or, with `--no-publish`, passed the gate), 4
+/// when the gate refused it, 1 on an error.
+fn train(args: &cairn::training::TrainArgs) -> ExitCode {
+    let bars = cairn::training::Bars::new(args.quiet);
+    let result = cairn::training::train(&args.config, !args.no_publish, &bars);
+    drop(bars);
+    match result {
+        Ok(r) => {
+            let repo = r.outcome.record.config["output"]["repository"]
+                .as_str()
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            print!(
+                "{}",
+                cairn::training::summary(&r.outcome.record, r.published, &repo)
+            );
+            if r.outcome.passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(4)
+            }
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

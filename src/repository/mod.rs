@@ -24,6 +24,30 @@ use crate::routing::{ModelRoute, Router};
 
 pub use scan::{DirSignature, Fingerprint};
 
+/// Publishes a version into a repository directory no server holds (the `cairn train` command):
+/// staged, checked by loading, then renamed into place, as [`Repository::publish`] does. A server
+/// polling that directory picks the version up like any other. Blocking.
+pub fn publish_offline(
+    root: &std::path::Path,
+    model: &str,
+    version: Option<u64>,
+    files: &[(String, Vec<u8>)],
+    config: Option<ModelConfig>,
+) -> Result<u64, RepositoryError> {
+    let limits = crate::config::LoadLimits {
+        max_sample_bytes: 64 << 20,
+        check: None,
+    };
+    scan::stage_version(root, model, version, files, config, &limits)
+}
+
+/// The version numbers present in a model directory, ascending.
+pub fn versions_in(model_dir: &std::path::Path) -> Vec<u64> {
+    let mut v = scan::version_dirs(model_dir).unwrap_or_default();
+    v.sort_unstable();
+    v
+}
+
 /// A version's or model's state as the repository index reports it (Triton's names).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LoadState {

@@ -7,6 +7,7 @@
 //! - `monitoring`: the prediction log, drift, feedback and quality.
 //! - `cli`: the `cairn` binary as a user runs it.
 //! - `offline`: `cairn baseline` and `cairn drift` on files.
+//! - `training`: `cairn train` and `cairn runs`, and a trained version served.
 //! - `engine_conformance`: every engine against onnxruntime's recorded outputs.
 //! - `decoder_props`: property tests of the decoders and config parsers, with the counting
 //!   allocator that this binary installs.
@@ -22,3 +23,4 @@ mod monitoring;
 mod offline;
 mod pages;
 mod rollout;
+mod training;

@@ -22,9 +22,9 @@ mod read;
 mod segment;
 
 pub use prediction::{
-    derive_layout, Arm, ColumnSource, LayoutError, LayoutRequest, LoggedColumn, PredictionBatch,
-    PredictionLayout, RequestRecord, Status, TensorInfo, Value, ValueKind, MAX_LOGGED_COLUMNS,
-    META_COLUMNS,
+    derive_layout, format_number, Arm, ColumnSource, LayoutError, LayoutRequest, LoggedColumn,
+    PredictionBatch, PredictionLayout, RequestRecord, Status, TensorInfo, Value, ValueKind,
+    MAX_LOGGED_COLUMNS, META_COLUMNS,
 };
 pub use read::{read_dir, ReadReport};
 pub use segment::{Fsync, LogOptions, RecoveryReport, SegmentLog};

@@ -219,7 +219,7 @@ impl Value {
 }
 
 /// A category made from a number: integers without a fraction, as a label reads.
-fn format_number(x: f64) -> String {
+pub fn format_number(x: f64) -> String {
     if x.fract() == 0.0 && x.abs() < 1e15 {
         format!("{}", x as i64)
     } else {
