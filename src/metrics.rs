@@ -23,7 +23,7 @@ use prometheus::{
 pub const NAMESPACE: &str = "cairn";
 
 /// Endpoint groups of `cairn_http_requests_total`; the last one takes everything else.
-pub const HTTP_ENDPOINTS: [&str; 12] = [
+pub const HTTP_ENDPOINTS: [&str; 13] = [
     "infer",
     "monitoring",
     "health",
@@ -35,6 +35,7 @@ pub const HTTP_ENDPOINTS: [&str; 12] = [
     "metrics",
     "repository",
     "deployment",
+    "training",
     "unknown",
 ];
 
@@ -118,6 +119,10 @@ struct Families {
     drift_violations: IntCounterVec,
     feedback: IntCounterVec,
     quality: GaugeVec,
+    training_jobs: IntCounterVec,
+    training_running: IntGauge,
+    training_duration: GaugeVec,
+    retrain_decisions: IntCounterVec,
     open_connections: IntGauge,
     refused_connections: IntCounter,
     accept_errors: IntCounter,
@@ -291,6 +296,27 @@ impl Metrics {
                 "Live quality of the version's current feedback window: accuracy, precision, \
                  recall, f1, roc_auc, mae, rmse.",
                 &["model", "version", "metric"],
+            ),
+            training_jobs: counter(
+                "training_jobs_total",
+                "Training jobs finished, by trigger (manual, auto) and outcome: published, \
+                 passed (the gate; publishing off), refused (by the gate), failed.",
+                &["model", "trigger", "outcome"],
+            ),
+            training_running: int_gauge_one(
+                "training_jobs_running",
+                "Training jobs running now.",
+            ),
+            training_duration: gauge(
+                "training_last_duration_seconds",
+                "Seconds the model's last finished training job took.",
+                &["model"],
+            ),
+            retrain_decisions: counter(
+                "retrain_decisions_total",
+                "Automatic retraining, per drift window that completed a streak: started, or \
+                 why not (cooldown, daily_cap, labels, busy, candidate, error).",
+                &["model", "decision"],
             ),
             started: Instant::now(),
             open_connections: int_gauge_one(
@@ -617,6 +643,31 @@ impl Metrics {
                 .with_label_values(&[model, outcome])
                 .inc_by(rows);
         }
+    }
+
+    /// A training job finished.
+    pub fn record_training_job(&self, model: &str, trigger: &str, outcome: &str, seconds: f64) {
+        self.inner
+            .training_jobs
+            .with_label_values(&[model, trigger, outcome])
+            .inc();
+        self.inner
+            .training_duration
+            .with_label_values(&[model])
+            .set(seconds);
+    }
+
+    /// Training jobs running now.
+    pub fn set_training_running(&self, running: usize) {
+        self.inner.training_running.set(running as i64);
+    }
+
+    /// One automatic-retraining decision.
+    pub fn record_retrain_decision(&self, model: &str, decision: &str) {
+        self.inner
+            .retrain_decisions
+            .with_label_values(&[model, decision])
+            .inc();
     }
 
     /// Publishes a version's live quality.

@@ -63,6 +63,21 @@ impl RunningServer {
             metrics.clone(),
             config.state_dir.clone(),
         ));
+        let training = crate::training::jobs::Jobs::new(
+            config.training.clone(),
+            config.monitor.dir.clone(),
+            config.model_repository.clone(),
+            Arc::clone(&repository),
+            Arc::clone(&router),
+            metrics.clone(),
+            tokio::runtime::Handle::current(),
+        );
+        let retrainer = crate::training::retrain::Retrainer::new(
+            Arc::clone(&router),
+            Arc::clone(&monitors),
+            Arc::clone(&training),
+            metrics.clone(),
+        );
         let state = Arc::new(AppState {
             config,
             router,
@@ -72,6 +87,8 @@ impl RunningServer {
             body_budget,
             offload,
             monitors,
+            training,
+            retrainer,
             ready: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
         });
@@ -116,6 +133,10 @@ impl RunningServer {
         let _ = self.task.await;
         let _ = self.stop.send(true);
         let _ = self.background.await;
+        // Running training jobs stop at their next epoch and publish nothing.
+        let training = Arc::clone(&self.state.training);
+        let wait = self.state.config.shutdown_timeout;
+        let _ = tokio::task::spawn_blocking(move || training.shutdown(wait)).await;
         // The log writers seal their segments: a clean shutdown flushes every record.
         let monitors = Arc::clone(&self.state.monitors);
         let _ = tokio::task::spawn_blocking(move || monitors.shutdown()).await;
@@ -139,6 +160,8 @@ async fn background(state: Arc<AppState>, mut stopped: watch::Receiver<bool>) {
         }
         let restore = Arc::clone(&state.rollout);
         let _ = tokio::task::spawn_blocking(move || restore.restore()).await;
+        let training = Arc::clone(&state.training);
+        let _ = tokio::task::spawn_blocking(move || training.recover()).await;
     };
     tokio::select! {
         () = startup => {}
@@ -161,5 +184,6 @@ async fn background(state: Arc<AppState>, mut stopped: watch::Receiver<bool>) {
                 .await;
         }
     };
-    tokio::join!(evaluator, poller);
+    let retrainer = Arc::clone(&state.retrainer).run(stopped.clone());
+    tokio::join!(evaluator, poller, retrainer);
 }

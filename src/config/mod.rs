@@ -6,5 +6,5 @@ mod server;
 pub use cairn_core::config::*;
 pub use server::{
     ConnectionLimits, LoadCheck, LoadLimits, MonitorSettings, ServerConfig, ServerSettings,
-    WhenFull, DEFAULT_MAX_BODY_BYTES,
+    TrainingSettings, WhenFull, DEFAULT_MAX_BODY_BYTES,
 };

@@ -182,6 +182,15 @@ pub struct ServerSettings {
     /// ones is stored but counted as unknown. [default: 100000]
     #[arg(long, env = "CAIRN_FEEDBACK_INDEX_ROWS", value_name = "ROWS")]
     pub feedback_index_rows: Option<usize>,
+
+    /// Directory of the training configs, `<model>.toml` each (`POST /v2/models/{m}/train` and
+    /// `[retrain]` use them). [default: configs/train]
+    #[arg(long, env = "CAIRN_TRAIN_CONFIG_DIR", value_name = "DIR")]
+    pub train_config_dir: Option<PathBuf>,
+
+    /// Training jobs that may run at once, over all models (one per model). [default: 1]
+    #[arg(long, env = "CAIRN_MAX_TRAINING_JOBS", value_name = "JOBS")]
+    pub max_training_jobs: Option<usize>,
 }
 
 /// What the prediction log does when its writer falls behind.
@@ -239,6 +248,8 @@ impl ServerSettings {
             prediction_log_when_full,
             prediction_log_block_ms,
             feedback_index_rows,
+            train_config_dir,
+            max_training_jobs,
         )
     }
 }
@@ -262,6 +273,28 @@ pub struct ServerConfig {
     pub connections: ConnectionLimits,
     pub load: LoadLimits,
     pub monitor: MonitorSettings,
+    pub training: TrainingSettings,
+}
+
+/// Training jobs the server runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrainingSettings {
+    /// `<model>.toml` per model.
+    pub config_dir: PathBuf,
+    /// Jobs running at once, over all models.
+    pub max_jobs: usize,
+    /// The runs store (`<state_dir>/runs`).
+    pub runs_dir: PathBuf,
+}
+
+impl TrainingSettings {
+    pub fn defaults(state_dir: &Path) -> TrainingSettings {
+        TrainingSettings {
+            config_dir: PathBuf::from("configs/train"),
+            max_jobs: 1,
+            runs_dir: state_dir.join("runs"),
+        }
+    }
 }
 
 /// The prediction log's server-wide settings; what each model logs is its `[monitoring]`.
@@ -501,6 +534,18 @@ impl ServerConfig {
                 None => d.feedback_index_rows,
             },
         };
+        let training = TrainingSettings {
+            config_dir: s
+                .train_config_dir
+                .unwrap_or_else(|| PathBuf::from("configs/train")),
+            max_jobs: match s.max_training_jobs {
+                Some(0) => return Err(invalid("max_training_jobs", "must be at least 1".into())),
+                Some(n) if n > 64 => return Err(invalid("max_training_jobs", "at most 64".into())),
+                Some(n) => n,
+                None => 1,
+            },
+            runs_dir: state_dir.join("runs"),
+        };
         Ok(ServerConfig {
             listen: s.listen.unwrap_or_else(|| "0.0.0.0:8000".into()),
             state_dir,
@@ -524,6 +569,7 @@ impl ServerConfig {
                 }),
             },
             monitor,
+            training,
         })
     }
 
@@ -546,6 +592,7 @@ impl ServerConfig {
                 check: None,
             },
             monitor: MonitorSettings::defaults(&dir.join(".cairn")),
+            training: TrainingSettings::defaults(&dir.join(".cairn")),
         }
     }
 

@@ -50,6 +50,8 @@ pub enum ApiError {
     Repository(#[from] RepositoryError),
     #[error(transparent)]
     Rollout(#[from] RolloutError),
+    #[error(transparent)]
+    Training(#[from] crate::training::jobs::JobError),
 }
 
 impl From<crate::offload::OffloadError> for ApiError {
@@ -109,6 +111,15 @@ impl ApiError {
                 RolloutError::NoCandidate(_) => StatusCode::CONFLICT,
                 RolloutError::BadRequest(_) => StatusCode::BAD_REQUEST,
             },
+            ApiError::Training(e) => {
+                use crate::training::jobs::JobError;
+                match e {
+                    JobError::UnknownModel(_) | JobError::UnknownJob(_) => StatusCode::NOT_FOUND,
+                    JobError::Conflict(_) => StatusCode::CONFLICT,
+                    JobError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+                    JobError::Config(_) => StatusCode::BAD_REQUEST,
+                }
+            }
         }
     }
 

@@ -14,6 +14,7 @@ mod monitoring;
 mod pages;
 mod repository;
 mod routes;
+mod training;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,6 +50,9 @@ pub struct AppState {
     pub offload: Offload,
     /// Every monitored model's prediction log, drift and quality.
     pub monitors: Arc<MonitorHub>,
+    /// Training jobs, and the automatic retraining policy that starts some of them.
+    pub training: Arc<crate::training::jobs::Jobs>,
+    pub retrainer: Arc<crate::training::retrain::Retrainer>,
     /// Set once the startup load has finished.
     pub ready: AtomicBool,
     /// Set when shutdown begins, so readiness turns false while requests drain.

@@ -95,7 +95,41 @@ pub async fn feedback(state: &AppState, model: &str, req: Request<Incoming>) -> 
         });
     }
     let answer = monitor.feedback(items).await.map_err(ApiError::Busy)?;
+    record_trial_labels(state, model, &answer.outcomes);
     Ok(json_response(&answer))
+}
+
+/// Counts labelled rows into the running canary's trial, per arm, for its live-quality
+/// criterion. Rows of other versions (an earlier stable, a named version) are not its trial.
+fn record_trial_labels(state: &AppState, model: &str, outcomes: &[(u64, bool)]) {
+    if outcomes.is_empty() {
+        return;
+    }
+    let table = state.router.snapshot();
+    let Some(route) = table.models.get(model) else {
+        return;
+    };
+    let Some(candidate) = &route.deployment.candidate else {
+        return;
+    };
+    let stable = route.stable().map(|s| s.version);
+    let count = |version: u64| {
+        let rows: Vec<bool> = outcomes
+            .iter()
+            .filter(|(v, _)| *v == version)
+            .map(|(_, ok)| *ok)
+            .collect();
+        (
+            rows.len() as u64,
+            rows.iter().filter(|ok| **ok).count() as u64,
+        )
+    };
+    let (n, right) = count(candidate.version);
+    candidate.tracker.candidate.record_labels(n, right);
+    if let Some(s) = stable.filter(|s| *s != candidate.version) {
+        let (n, right) = count(s);
+        candidate.tracker.stable.record_labels(n, right);
+    }
 }
 
 /// `GET /v2/models/{m}[/versions/{v}]/drift[?limit=N]`: the latest closed windows' reports

@@ -116,8 +116,12 @@ pub fn status(state: &AppState, authorized: bool) -> Reply {
         }
         body.push_str("</table>");
     }
+    body.push_str("</section>");
+    if authorized {
+        training_section(&mut body, state);
+    }
     body.push_str(
-        "</section><section><h2>Endpoints</h2><p>\
+        "<section><h2>Endpoints</h2><p>\
          <a href=\"/v2\">server metadata</a> · <a href=\"/v2/health/ready\">readiness</a> · \
          <a href=\"/v2/models/stats\">statistics</a> · <a href=\"/metrics\">metrics</a> · \
          <a href=\"/v2/deployments\">deployments</a> (admin)</p></section>\n",
@@ -132,6 +136,76 @@ pub fn status(state: &AppState, authorized: bool) -> Reply {
         &subtitle,
         &body,
     )))
+}
+
+/// Training jobs (newest first) and each model's retraining state; shown with the admin token,
+/// as `GET /v2/training/jobs` is.
+fn training_section(out: &mut String, state: &AppState) {
+    let jobs = state.training.list();
+    let retrain = state.retrainer.states();
+    if jobs.is_empty() && retrain.is_empty() {
+        return;
+    }
+    out.push_str("<section><h2>Training</h2>");
+    if !retrain.is_empty() {
+        out.push_str(
+            "<table><tr><th>Model</th><th>Drift streak</th><th>Labelled rows</th>\
+             <th>Started (24 h)</th><th>Last decision</th></tr>",
+        );
+        for (model, r) in &retrain {
+            out.push_str(&format!(
+                "<tr><td class=\"name\">{}</td><td>{} of {}</td><td>{} of {}</td><td>{} of {}</td><td>{}</td></tr>",
+                html::escape(model),
+                r.consecutive,
+                r.needed,
+                r.labelled_since,
+                r.min_labelled_rows,
+                r.started_last_24h,
+                r.max_per_day,
+                html::escape(r.last_decision.as_deref().unwrap_or("none yet")),
+            ));
+        }
+        out.push_str("</table>");
+    }
+    if !jobs.is_empty() {
+        out.push_str(
+            "<table><tr><th>Job</th><th>Model</th><th>Trigger</th><th>State</th>\
+             <th>Progress</th><th>Test</th><th>Gate</th><th>Version</th></tr>",
+        );
+        for j in jobs.iter().rev().take(20) {
+            let test = j
+                .test
+                .as_ref()
+                .and_then(|t| {
+                    t.accuracy
+                        .map(|a| format!("accuracy {a:.4}"))
+                        .or(t.rmse.map(|r| format!("rmse {r:.4}")))
+                })
+                .unwrap_or_default();
+            let gate = j
+                .gate
+                .as_ref()
+                .map(|g| g.reason.clone())
+                .or(j.error.clone())
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "<tr><td><a href=\"/v2/training/jobs/{id}\">{id}</a></td><td>{}</td><td>{:?}</td>\
+                 <td>{:?}</td><td>{} · trials {}/{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                html::escape(&j.model),
+                j.trigger,
+                j.state,
+                html::escape(&j.progress.stage),
+                j.progress.trials_done,
+                j.progress.trials,
+                html::escape(&test),
+                html::escape(&gate),
+                j.version.map_or(String::new(), |v| v.to_string()),
+                id = html::escape(&j.id),
+            ));
+        }
+        out.push_str("</table>");
+    }
+    out.push_str("</section>");
 }
 
 /// Each version with its state: ready, or unavailable with the reason.

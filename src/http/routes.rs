@@ -14,7 +14,7 @@ use subtle::ConstantTimeEq;
 use super::error::ApiError;
 use super::{
     deployment, empty_response, infer, json_response, models, monitoring, pages, repository,
-    AppState,
+    training, AppState,
 };
 
 type Reply = Result<Response<Full<Bytes>>, ApiError>;
@@ -46,6 +46,9 @@ enum Route {
     Status,
     /// A model's drift report as an HTML page.
     DriftReport,
+    Train,
+    TrainingJobs,
+    TrainingJob,
 }
 
 impl Route {
@@ -72,6 +75,7 @@ impl Route {
             | Route::Quality
             | Route::Status
             | Route::DriftReport => "monitoring",
+            Route::Train | Route::TrainingJobs | Route::TrainingJob => "training",
         }
     }
 
@@ -80,6 +84,7 @@ impl Route {
         match self {
             Route::Infer
             | Route::Feedback
+            | Route::Train
             | Route::DeploymentAction
             | Route::RepositoryRescan
             | Route::RepositoryLoad
@@ -106,7 +111,10 @@ impl Route {
             | Route::RepositoryIndex
             | Route::RepositoryRescan
             | Route::RepositoryLoad
-            | Route::RepositoryUnload => true,
+            | Route::RepositoryUnload
+            | Route::Train
+            | Route::TrainingJobs
+            | Route::TrainingJob => true,
             Route::Infer | Route::Feedback => protect_inference,
             _ => false,
         }
@@ -146,6 +154,9 @@ fn table() -> &'static matchit::Router<Route> {
             );
         }
         add("/v2/models/{model}/feedback", Route::Feedback);
+        add("/v2/models/{model}/train", Route::Train);
+        add("/v2/training/jobs", Route::TrainingJobs);
+        add("/v2/training/jobs/{action}", Route::TrainingJob);
         add("/v2/models/{model}/deployment", Route::Deployment);
         add(
             "/v2/models/{model}/deployment/{action}",
@@ -231,6 +242,9 @@ pub async fn dispatch(state: &AppState, req: Request<Incoming>) -> (&'static str
         // `GET /v2/deployments` does.
         Route::Status => pages::status(state, authorize(state, req.headers()).is_ok()),
         Route::DriftReport => pages::drift_report(state, &model, version).await,
+        Route::Train => training::start(state, &model, req).await,
+        Route::TrainingJobs => training::list(state),
+        Route::TrainingJob => training::get(state, &action.unwrap_or_default()),
     };
     (endpoint, reply)
 }

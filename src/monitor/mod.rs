@@ -47,6 +47,8 @@ pub struct ModelMonitor {
     metrics: Metrics,
     pub(crate) published: RwLock<Published>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Rows matched with feedback since the server started (retraining counts them).
+    pub(crate) labelled: std::sync::atomic::AtomicU64,
 }
 
 /// What one version logs, and how it samples. Held by the loaded version; the request path asks
@@ -88,6 +90,10 @@ pub struct FeedbackAnswer {
     /// Ids with no recent prediction (first 100); stored all the same.
     pub unknown: Vec<String>,
     pub unknown_count: usize,
+    /// Each matched classification row: the version that answered it and whether its label
+    /// was right (for a canary's live-quality criterion).
+    #[serde(skip)]
+    pub outcomes: Vec<(u64, bool)>,
 }
 
 /// Reports the writer publishes, per version.
@@ -211,6 +217,7 @@ impl MonitorHub {
             metrics: self.metrics.clone(),
             published: RwLock::new(Published::default()),
             thread: Mutex::new(None),
+            labelled: std::sync::atomic::AtomicU64::new(0),
         });
         let thread = writer::spawn(Arc::clone(&monitor), rx)?;
         *monitor.thread.lock() = Some(thread);
@@ -265,6 +272,11 @@ impl ModelMonitor {
             .filter(|(v, _)| version.is_none_or(|want| want == **v))
             .map(|(v, q)| (*v, q.clone()))
             .collect()
+    }
+
+    /// Rows matched with feedback since the server started.
+    pub fn labelled_rows(&self) -> u64 {
+        self.labelled.load(Ordering::Relaxed)
     }
 
     /// Where each version's baseline came from, or why it has none.

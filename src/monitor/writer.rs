@@ -399,6 +399,9 @@ impl Writer {
             match self.index.answer(&item.id, item.row) {
                 Match::Matched(predicted) => {
                     answer.matched += 1;
+                    if let (Some(truth), Some(said)) = (&item.label, &predicted.label) {
+                        answer.outcomes.push((predicted.version, truth == said));
+                    }
                     if let Some(state) = self.versions.get_mut(&predicted.version) {
                         state
                             .quality
@@ -420,6 +423,9 @@ impl Writer {
             }
         }
         let name = &self.monitor.name;
+        self.monitor
+            .labelled
+            .fetch_add(answer.matched as u64, std::sync::atomic::Ordering::Relaxed);
         self.monitor
             .metrics
             .record_feedback(name, "matched", answer.matched as u64);

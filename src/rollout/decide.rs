@@ -79,6 +79,27 @@ pub fn decide(
             }
         }
     }
+    // Live quality: the candidate's accuracy on rows with feedback, against the stable
+    // version's over the same trial.
+    let mut quality_note = String::new();
+    let mut waiting_for_labels = false;
+    if let (false, Some(max_drop)) = (shadow_mode, c.max_accuracy_drop) {
+        match (candidate.accuracy(), stable.accuracy()) {
+            (Some(ca), Some(sa))
+                if candidate.labelled >= c.min_labelled && stable.labelled >= c.min_labelled =>
+            {
+                quality_note = format!(", accuracy {ca:.4} against stable {sa:.4}");
+                if ca < sa - max_drop {
+                    misses.push(format!(
+                        "accuracy {ca:.4} on {} labelled rows is more than max_accuracy_drop \
+                         {max_drop} below the stable version's {sa:.4} on {}",
+                        candidate.labelled, stable.labelled
+                    ));
+                }
+            }
+            _ => waiting_for_labels = true,
+        }
+    }
     if !misses.is_empty() {
         return if c.auto_rollback {
             Decision::Rollback(misses.join("; "))
@@ -86,9 +107,13 @@ pub fn decide(
             Decision::Wait
         };
     }
+    if waiting_for_labels {
+        return Decision::Wait;
+    }
     if c.auto_promote {
         Decision::Promote(format!(
-            "{trial} {} met every criterion: error rate {error_rate:.4}{latency}{agreement_note}",
+            "{trial} {} met every criterion: error rate {error_rate:.4}{latency}{agreement_note}\
+             {quality_note}",
             if shadow_mode {
                 "comparisons"
             } else {
@@ -110,6 +135,7 @@ mod tests {
             errors,
             p50_us: Some(p99 / 2.0),
             p99_us: Some(p99),
+            ..ArmSnapshot::default()
         }
     }
 
@@ -201,5 +227,39 @@ mod tests {
             decide(&c, false, &arm(900, 0, 100.0), &arm(100, 0, 100.0), &none),
             Decision::Wait
         );
+    }
+
+    #[test]
+    fn live_accuracy_waits_for_labels_then_promotes_or_rolls_back() {
+        let c = RolloutConfig {
+            min_requests: 100,
+            max_accuracy_drop: Some(0.05),
+            min_labelled: 50,
+            ..RolloutConfig::default()
+        };
+        let none = ShadowSnapshot::default();
+        let labelled = |mut a: ArmSnapshot, n: u64, right: u64| {
+            a.labelled = n;
+            a.correct = right;
+            a
+        };
+        let stable = labelled(arm(900, 0, 100.0), 400, 300);
+        // Enough requests but too few labels: wait.
+        let few = labelled(arm(100, 0, 100.0), 10, 10);
+        assert_eq!(decide(&c, false, &stable, &few, &none), Decision::Wait);
+        // Within the margin (0.72 against 0.75): promote, saying so.
+        let near = labelled(arm(100, 0, 100.0), 50, 36);
+        match decide(&c, false, &stable, &near, &none) {
+            Decision::Promote(r) => {
+                assert!(r.contains("accuracy 0.7200 against stable 0.7500"), "{r}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Worse by more than the margin: roll back.
+        let worse = labelled(arm(100, 0, 100.0), 50, 30);
+        match decide(&c, false, &stable, &worse, &none) {
+            Decision::Rollback(r) => assert!(r.contains("max_accuracy_drop"), "{r}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -23,6 +23,10 @@ pub struct ArmStats {
     requests: AtomicU64,
     errors: AtomicU64,
     latency: [AtomicU64; BUCKETS],
+    /// Rows of this arm's answers that feedback has labelled since the trial began, and how
+    /// many of those the arm got right (live quality, recorded by the feedback handler).
+    labelled: AtomicU64,
+    correct: AtomicU64,
 }
 
 impl Default for ArmStats {
@@ -31,6 +35,8 @@ impl Default for ArmStats {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             latency: std::array::from_fn(|_| AtomicU64::new(0)),
+            labelled: AtomicU64::new(0),
+            correct: AtomicU64::new(0),
         }
     }
 }
@@ -47,6 +53,12 @@ impl ArmStats {
         self.latency[bucket(took)].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts labelled rows of this arm's answers: `correct` of `labelled` were right.
+    pub fn record_labels(&self, labelled: u64, correct: u64) {
+        self.labelled.fetch_add(labelled, Ordering::Relaxed);
+        self.correct.fetch_add(correct, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> ArmSnapshot {
         let counts: Vec<u64> = self
             .latency
@@ -58,6 +70,8 @@ impl ArmStats {
             errors: self.errors.load(Ordering::Relaxed),
             p99_us: quantile(&counts, 0.99),
             p50_us: quantile(&counts, 0.50),
+            labelled: self.labelled.load(Ordering::Relaxed),
+            correct: self.correct.load(Ordering::Relaxed),
         }
     }
 }
@@ -128,6 +142,15 @@ pub struct ArmSnapshot {
     pub errors: u64,
     pub p50_us: Option<f64>,
     pub p99_us: Option<f64>,
+    pub labelled: u64,
+    pub correct: u64,
+}
+
+impl ArmSnapshot {
+    /// Accuracy on the labelled rows; `None` before any.
+    pub fn accuracy(&self) -> Option<f64> {
+        (self.labelled > 0).then(|| self.correct as f64 / self.labelled as f64)
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]

@@ -187,3 +187,179 @@ fn a_refused_or_failed_run_leaves_the_repository_untouched() {
         .unwrap();
     assert_eq!(statuses, vec!["refused", "failed"]);
 }
+
+/// Polls a job until it leaves `running`.
+async fn finished(server: &TestServer, id: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let reply = server.get(&format!("/v2/training/jobs/{id}")).await;
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let job = reply.json();
+        if job["state"] != "running" {
+            return job;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {id} never finished: {job}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_job_over_http_trains_gates_and_publishes_one_per_model() {
+    let repo = Repo::with(&["iris"]);
+    repo.add_as("iris", "flowers");
+    let configs = tempfile::tempdir().unwrap();
+    let runs = tempfile::tempdir().unwrap();
+    std::fs::write(
+        configs.path().join("iris.toml"),
+        iris_config(Path::new("ignored"), runs.path(), ""),
+    )
+    .unwrap();
+    std::fs::write(
+        configs.path().join("flowers.toml"),
+        iris_config(Path::new("ignored"), runs.path(), "")
+            .replace("model = \"iris\"", "model = \"flowers\""),
+    )
+    .unwrap();
+    let dir = configs.path().to_path_buf();
+    let server = TestServer::start_with(repo, |c| {
+        c.training.config_dir = dir;
+        c.admin_token = Some("sesame".into());
+    })
+    .await;
+    let auth = |path: &str| (path.to_string(), vec![("authorization", "Bearer sesame")]);
+    // The admin token guards it.
+    let reply = server.post("/v2/models/iris/train", "").await;
+    assert_eq!(reply.status, 401, "{}", reply.error());
+    let (path, headers) = auth("/v2/models/iris/train");
+    let reply = server
+        .request(http::Method::POST, &path, &headers, "")
+        .await;
+    assert_eq!(
+        reply.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let job = reply.json();
+    assert_eq!(job["state"], "running");
+    assert_eq!(job["trigger"], "manual");
+    let id = job["id"].as_str().unwrap().to_string();
+    // One per model; and one in all (max_training_jobs = 1 by default).
+    let again = server
+        .request(http::Method::POST, &path, &headers, "")
+        .await;
+    assert_eq!(again.status, 409, "{}", again.error());
+    let other = server
+        .request(http::Method::POST, "/v2/models/flowers/train", &headers, "")
+        .await;
+    assert_eq!(other.status, 503, "{}", other.error());
+    let unknown = server
+        .request(http::Method::POST, "/v2/models/nope/train", &headers, "")
+        .await;
+    assert_eq!(unknown.status, 404, "{}", unknown.error());
+
+    let job = server_job(&server, &id, &headers).await;
+    assert_eq!(job["state"], "published", "{job}");
+    assert_eq!(job["version"], 3);
+    assert_eq!(job["gate"]["passed"], true);
+    assert!(job["test"]["accuracy"].as_f64().unwrap() > 0.8, "{job}");
+    assert_eq!(job["progress"]["trials_done"], 4);
+    // Published through the repository: loaded and ready.
+    let ready = server.get("/v2/models/iris/versions/3/ready").await;
+    assert_eq!(ready.status, 200);
+    let list = server
+        .request(http::Method::GET, "/v2/training/jobs", &headers, "")
+        .await
+        .json();
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 1);
+    assert!(server.metric("cairn_training_jobs_total{model=\"iris\",outcome=\"published\",trigger=\"manual\"}").await == 1.0);
+}
+
+async fn server_job(server: &TestServer, id: &str, headers: &[(&str, &str)]) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let reply = server
+            .request(
+                http::Method::GET,
+                &format!("/v2/training/jobs/{id}"),
+                headers,
+                "",
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let job = reply.json();
+        if job["state"] != "running" {
+            return job;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {id} never finished: {job}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_failed_job_is_reported_and_leaves_the_repository_untouched() {
+    let repo = Repo::with(&["iris"]);
+    let configs = tempfile::tempdir().unwrap();
+    let runs = tempfile::tempdir().unwrap();
+    let before = versions(&repo.path().join("iris"));
+    let root = repo.path().to_path_buf();
+    let dir = configs.path().to_path_buf();
+    let server = TestServer::start_with(repo, |c| c.training.config_dir = dir).await;
+    // No config: 400 naming the file.
+    let reply = server.post("/v2/models/iris/train", "").await;
+    assert_eq!(reply.status, 400);
+    assert!(reply.error().contains("iris.toml"), "{}", reply.error());
+    // A config whose data is gone: the job starts, fails, and says why.
+    std::fs::write(
+        configs.path().join("iris.toml"),
+        iris_config(Path::new("ignored"), runs.path(), "").replace("train.csv", "gone.csv"),
+    )
+    .unwrap();
+    let reply = server.post("/v2/models/iris/train", "").await;
+    assert_eq!(
+        reply.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let id = reply.json()["id"].as_str().unwrap().to_string();
+    let job = finished(&server, &id).await;
+    assert_eq!(job["state"], "failed");
+    assert!(job["error"].as_str().unwrap().contains("gone.csv"), "{job}");
+    assert_eq!(versions(&root.join("iris")), before);
+    let staging = root.join(".staging");
+    assert!(!staging.exists() || versions(&staging).is_empty());
+    assert_eq!(
+        server.get("/v2/models/iris/versions/3/ready").await.status,
+        404
+    );
+    // A wrong key: 400 naming the file and the key, and no job.
+    std::fs::write(
+        configs.path().join("iris.toml"),
+        iris_config(Path::new("ignored"), runs.path(), "").replace("epochs = 200", "epochs = 0"),
+    )
+    .unwrap();
+    let reply = server.post("/v2/models/iris/train", "").await;
+    assert_eq!(reply.status, 400);
+    assert!(
+        reply.error().contains("key 'trainer.epochs'"),
+        "{}",
+        reply.error()
+    );
+}

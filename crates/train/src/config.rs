@@ -76,8 +76,10 @@ pub struct DataConfig {
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSource {
-    /// The log directory (the server's `log_dir`), holding `<model>/predictions` and `/feedback`.
-    pub dir: PathBuf,
+    /// The log directory (the server's `prediction_log_dir`), holding `<model>/predictions` and
+    /// `<model>/feedback`; a job the server runs uses the server's when left out.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
     /// Whose log; the config's `model` when left out.
     #[serde(default)]
     pub model: Option<String>,
@@ -502,8 +504,11 @@ impl TrainConfig {
             );
         }
         match s.method {
-            SplitMethod::Time if d.time_column.is_none() => {
-                return bad("split.method", "'time' needs data.time_column".into())
+            SplitMethod::Time if d.time_column.is_none() && d.log.is_none() => {
+                return bad(
+                    "split.method",
+                    "'time' needs data.time_column (a log source uses the prediction time)".into(),
+                )
             }
             SplitMethod::Column if s.column.is_none() => {
                 return bad("split.column", "method 'column' needs the column".into())

@@ -288,7 +288,13 @@ fn from_log(
     classify: bool,
 ) -> Result<Frame, DataError> {
     let model = log.model.as_deref().unwrap_or(model);
-    let dir = log.dir.join(model);
+    let dir = log
+        .dir
+        .as_ref()
+        .ok_or_else(|| {
+            DataError::Read("data.log.dir: the prediction log directory is needed".into())
+        })?
+        .join(model);
     let bound = |key: &str, v: &Option<String>| -> Result<Option<i64>, DataError> {
         v.as_deref()
             .map(|s| {

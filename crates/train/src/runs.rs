@@ -215,19 +215,21 @@ impl Store {
     }
 }
 
-/// A run id that sorts by time: `20261202-051502-iris-3fa2`.
+/// A run id that sorts by time, to the millisecond: `20261202-051502.187-iris-3fa2`.
 pub fn new_id(model: &str, seed: u64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    let stamp = humantime::format_rfc3339_seconds(
-        std::time::UNIX_EPOCH + std::time::Duration::from_secs(now.as_secs()),
-    )
-    .to_string();
-    // 2026-12-02T05:15:02Z -> 20261202-051502
-    let compact: String = stamp.chars().filter(|c| c.is_ascii_digit()).collect();
+    let stamp = humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + now).to_string();
+    // 2026-12-02T05:15:02.187Z -> 20261202-051502.187
+    let digits: String = stamp.chars().filter(|c| c.is_ascii_digit()).collect();
     let tail = crate::rng::Rng::derive(now.as_nanos() as u64, seed).next_u64() & 0xffff;
-    format!("{}-{}-{model}-{tail:04x}", &compact[..8], &compact[8..14])
+    format!(
+        "{}-{}.{}-{model}-{tail:04x}",
+        &digits[..8],
+        &digits[8..14],
+        &digits[14..17]
+    )
 }
 
 /// Now, RFC 3339.

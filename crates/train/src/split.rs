@@ -69,9 +69,11 @@ pub fn split(
                     Some("train") => s.train.push(i),
                     Some("validation" | "valid" | "val") => s.validation.push(i),
                     Some("test") => s.test.push(i),
-                    other => return Err(format!(
+                    other => {
+                        return Err(format!(
                         "split column: row {i} holds {other:?}; expected train, validation or test"
-                    )),
+                    ))
+                    }
                 }
             }
         }

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 pub use model::{
     DynamicBatching, EngineConfig, EngineKind, ModelConfig, MonitoringConfig, OnNewVersion,
-    QueuePolicy, RolloutConfig, TensorConfig, ThresholdError, Thresholds, VersionPolicy, Warmup,
+    QueuePolicy, RetrainConfig, RolloutConfig, TensorConfig, ThresholdError, Thresholds,
+    VersionPolicy, Warmup, DRIFT_STATISTICS,
 };
 
 /// A configuration file that cannot be used. Messages name the file, the key and the reason.

@@ -73,6 +73,100 @@ pub struct ModelConfig {
     /// The prediction log, drift windows and live quality.
     #[serde(default)]
     pub monitoring: MonitoringConfig,
+    /// Retraining when drift persists.
+    #[serde(default, skip_serializing_if = "RetrainConfig::is_off")]
+    pub retrain: RetrainConfig,
+}
+
+/// `[retrain]`: when drift violations persist for `consecutive_windows` windows of the stable
+/// version and at least `min_labelled_rows` rows have feedback since the last training, the
+/// server trains on the most recent labelled rows, gates, publishes, and the new version reaches
+/// traffic as `[rollout]` says (a canary whose criteria may include live accuracy).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrainConfig {
+    pub enabled: bool,
+    /// The training config; default `<train_config_dir>/<model>.toml`.
+    pub config: Option<String>,
+    /// Consecutive drift windows with a counted violation before retraining.
+    pub consecutive_windows: u32,
+    /// Features (or `output.<name>`) whose violations count; empty: every one.
+    pub features: Vec<String>,
+    /// Statistics whose violations count (`ks`, `psi`, `chi2`, ...); empty: every one.
+    pub statistics: Vec<String>,
+    /// Rows with feedback since the last training, at least.
+    pub min_labelled_rows: u64,
+    /// Train on at most this many of the most recent labelled rows.
+    pub recent_rows: u64,
+    /// Seconds between the starts of two automatic trainings.
+    pub cooldown_s: u64,
+    /// Automatic trainings started in any 24 hours, at most.
+    pub max_per_day: u32,
+}
+
+impl Default for RetrainConfig {
+    fn default() -> Self {
+        RetrainConfig {
+            enabled: false,
+            config: None,
+            consecutive_windows: 3,
+            features: Vec::new(),
+            statistics: Vec::new(),
+            min_labelled_rows: 500,
+            recent_rows: 5000,
+            cooldown_s: 3600,
+            max_per_day: 4,
+        }
+    }
+}
+
+/// The statistics `[retrain] statistics` may name.
+pub const DRIFT_STATISTICS: [&str; 8] = [
+    "psi",
+    "js",
+    "ks",
+    "chi2",
+    "wasserstein_norm",
+    "out_of_range_rate",
+    "unseen_rate",
+    "missing_rate_increase",
+];
+
+impl RetrainConfig {
+    fn is_off(&self) -> bool {
+        *self == RetrainConfig::default()
+    }
+
+    /// Checks ranges; the error names the key under `retrain`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let fail = |key: &str, reason: String| Err((format!("retrain.{key}"), reason));
+        if self.consecutive_windows == 0 {
+            return fail("consecutive_windows", "must be at least 1".into());
+        }
+        if self.recent_rows == 0 || self.recent_rows > 20_000_000 {
+            return fail("recent_rows", "must be 1 to 20000000".into());
+        }
+        if self.max_per_day == 0 {
+            return fail(
+                "max_per_day",
+                "must be at least 1 (or set enabled = false)".into(),
+            );
+        }
+        for s in &self.statistics {
+            if !DRIFT_STATISTICS.contains(&s.as_str()) {
+                return fail(
+                    "statistics",
+                    format!("'{s}' is not one of {}", DRIFT_STATISTICS.join(", ")),
+                );
+            }
+        }
+        if let Some(c) = &self.config {
+            if c.is_empty() {
+                return fail("config", "is empty".into());
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[monitoring]`: what of a model's traffic is logged and how it is watched.
@@ -345,6 +439,11 @@ pub struct RolloutConfig {
     pub auto_promote: bool,
     /// Roll back a candidate that misses one.
     pub auto_rollback: bool,
+    /// Live quality (canary): the candidate's accuracy on rows with feedback may fall at most
+    /// this far below the stable version's over the same trial; absent means not checked.
+    pub max_accuracy_drop: Option<f64>,
+    /// Labelled candidate rows (and as many stable ones) needed before accuracy decides.
+    pub min_labelled: u64,
 }
 
 impl Default for RolloutConfig {
@@ -360,6 +459,8 @@ impl Default for RolloutConfig {
             max_mean_abs_diff: None,
             auto_promote: true,
             auto_rollback: true,
+            max_accuracy_drop: None,
+            min_labelled: 100,
         }
     }
 }
@@ -396,6 +497,12 @@ impl RolloutConfig {
         }
         if self.min_requests == 0 {
             return Err(("rollout.min_requests".into(), "must be at least 1".into()));
+        }
+        if let Some(d) = self.max_accuracy_drop {
+            fraction("max_accuracy_drop", d)?;
+        }
+        if self.min_labelled == 0 {
+            return Err(("rollout.min_labelled".into(), "must be at least 1".into()));
         }
         if let Some(h) = &self.sticky_header {
             if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
@@ -569,6 +676,7 @@ impl Default for ModelConfig {
             warmup: None,
             rollout: RolloutConfig::default(),
             monitoring: MonitoringConfig::default(),
+            retrain: RetrainConfig::default(),
         }
     }
 }
@@ -750,6 +858,14 @@ impl ModelConfig {
         }
         self.rollout.validate()?;
         self.monitoring.validate()?;
+        self.retrain.validate()?;
+        if self.retrain.enabled && !self.monitoring.enabled {
+            return Err((
+                "retrain.enabled".into(),
+                "retraining needs [monitoring] enabled: drift and feedback come from the log"
+                    .into(),
+            ));
+        }
         if let Some(db) = &self.dynamic_batching {
             if self.max_batch_size == 0 {
                 return fail(

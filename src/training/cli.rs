@@ -162,7 +162,7 @@ fn publish_version(
 }
 
 /// The `config.toml` of a model that has none: batched, monitored on the trained features.
-fn new_model_config(config: &TrainConfig, run: &str) -> Result<ModelConfig, String> {
+pub(crate) fn new_model_config(config: &TrainConfig, run: &str) -> Result<ModelConfig, String> {
     let quote = |v: &[String]| {
         v.iter()
             .map(|s| format!("{s:?}"))
@@ -368,7 +368,7 @@ pub fn runs(args: &RunsArgs) -> Result<String, String> {
         RunsCommand::List { model } => {
             let runs = store.list().map_err(|e| e.to_string())?;
             let mut s = format!(
-                "{:<34} {:<10} {:<9} {:<13} {:>10} {:>8}  {}\n",
+                "{:<38} {:<10} {:<9} {:<13} {:>10} {:>8}  {}\n",
                 "RUN", "MODEL", "STATUS", "TRAINER", "TEST", "VERSION", "GATE"
             );
             for r in runs
@@ -391,7 +391,7 @@ pub fn runs(args: &RunsArgs) -> Result<String, String> {
                     .unwrap_or("-");
                 let _ = writeln!(
                     s,
-                    "{:<34} {:<10} {:<9} {:<13} {:>10} {:>8}  {}",
+                    "{:<38} {:<10} {:<9} {:<13} {:>10} {:>8}  {}",
                     r.id,
                     r.model,
                     r.status,

@@ -1,0 +1,385 @@
+//! Automatic retraining: a model's `[retrain]` policy, applied to every drift window of its
+//! stable version as the monitor publishes it. When violations that count (the configured
+//! features and statistics) persist for `consecutive_windows` windows and at least
+//! `min_labelled_rows` rows have had feedback since the last training, a job trains on the most
+//! recent labelled rows; the gate, the publish and the canary (whose criteria may include live
+//! accuracy) do the rest. A cooldown and a daily cap bound how often; every decision is logged,
+//! counted in `cairn_retrain_decisions_total` and shown by `GET /v2/training/jobs` and the
+//! status page.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::jobs::{JobError, Jobs, Trigger};
+use crate::config::RetrainConfig;
+use crate::metrics::Metrics;
+use crate::monitor::MonitorHub;
+use crate::routing::Router;
+
+/// How often the policy looks for new windows.
+pub const PERIOD: Duration = Duration::from_secs(1);
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// One model's retraining state, as the API shows it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RetrainState {
+    /// Consecutive windows of the stable version with a counted violation.
+    pub consecutive: u32,
+    pub needed: u32,
+    /// Rows with feedback since the last automatic training (or since the server started).
+    pub labelled_since: u64,
+    pub min_labelled_rows: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_started: Option<String>,
+    pub started_last_24h: usize,
+    pub max_per_day: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_decision: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_job: Option<String>,
+    #[serde(skip)]
+    version: u64,
+    /// The `to` of the last window looked at.
+    #[serde(skip)]
+    seen_to: Option<String>,
+    #[serde(skip)]
+    labelled_at_start: u64,
+    #[serde(skip)]
+    starts: VecDeque<SystemTime>,
+}
+
+/// What the policy says once a streak is long enough.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Start,
+    /// Not now: the metric label and the reason.
+    Hold(&'static str, String),
+}
+
+/// The policy, as a pure function of the state (for the tests: cooldown and the daily cap).
+pub fn verdict(
+    config: &RetrainConfig,
+    state: &RetrainState,
+    now: SystemTime,
+    job_running: bool,
+    candidate_on_trial: bool,
+) -> Verdict {
+    if job_running {
+        return Verdict::Hold("busy", "a training job of this model is running".into());
+    }
+    if candidate_on_trial {
+        return Verdict::Hold(
+            "candidate",
+            "a candidate is on trial; its rollout decides first".into(),
+        );
+    }
+    if state.labelled_since < config.min_labelled_rows {
+        return Verdict::Hold(
+            "labels",
+            format!(
+                "{} rows with feedback since the last training, fewer than min_labelled_rows {}",
+                state.labelled_since, config.min_labelled_rows
+            ),
+        );
+    }
+    if let Some(last) = state.starts.back() {
+        let since = now.duration_since(*last).unwrap_or_default();
+        if since < Duration::from_secs(config.cooldown_s) {
+            return Verdict::Hold(
+                "cooldown",
+                format!(
+                    "the last training started {} s ago; cooldown_s is {}",
+                    since.as_secs(),
+                    config.cooldown_s
+                ),
+            );
+        }
+    }
+    let today = state
+        .starts
+        .iter()
+        .filter(|t| now.duration_since(**t).unwrap_or_default() < DAY)
+        .count();
+    if today >= config.max_per_day as usize {
+        return Verdict::Hold(
+            "daily_cap",
+            format!(
+                "{today} trainings started in the last 24 hours; max_per_day is {}",
+                config.max_per_day
+            ),
+        );
+    }
+    Verdict::Start
+}
+
+/// Whether a drift report has a violation that counts.
+pub fn counts(report: &Value, config: &RetrainConfig) -> Vec<String> {
+    let mut hits = Vec::new();
+    for group in ["features", "outputs"] {
+        let Some(map) = report.get(group).and_then(Value::as_object) else {
+            continue;
+        };
+        for (name, drift) in map {
+            if !config.features.is_empty() && !config.features.contains(name) {
+                continue;
+            }
+            let violations: Vec<&str> = drift
+                .get("violations")
+                .and_then(Value::as_array)
+                .map(|v| v.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let counted: Vec<&str> = violations
+                .into_iter()
+                .filter(|s| {
+                    config.statistics.is_empty() || config.statistics.iter().any(|c| c == s)
+                })
+                .collect();
+            if !counted.is_empty() {
+                hits.push(format!("{name} ({})", counted.join(", ")));
+            }
+        }
+    }
+    hits
+}
+
+/// The policy of every model with `[retrain] enabled`.
+pub struct Retrainer {
+    router: Arc<Router>,
+    monitors: Arc<MonitorHub>,
+    jobs: Arc<Jobs>,
+    metrics: Metrics,
+    states: Mutex<BTreeMap<String, RetrainState>>,
+}
+
+impl Retrainer {
+    pub fn new(
+        router: Arc<Router>,
+        monitors: Arc<MonitorHub>,
+        jobs: Arc<Jobs>,
+        metrics: Metrics,
+    ) -> Arc<Retrainer> {
+        Arc::new(Retrainer {
+            router,
+            monitors,
+            jobs,
+            metrics,
+            states: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Every watched model's state.
+    pub fn states(&self) -> BTreeMap<String, RetrainState> {
+        self.states.lock().clone()
+    }
+
+    /// Looks at new windows every `PERIOD` until `stop`.
+    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(PERIOD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            let me = Arc::clone(&self);
+            // Starting a job reads its config file: off the runtime's workers.
+            let _ = tokio::task::spawn_blocking(move || me.step(SystemTime::now())).await;
+        }
+    }
+
+    /// One look at every model.
+    pub fn step(&self, now: SystemTime) {
+        let table = self.router.snapshot();
+        let mut states = self.states.lock();
+        states.retain(|m, _| {
+            table
+                .models
+                .get(m)
+                .and_then(|r| r.stable())
+                .is_some_and(|s| s.config.retrain.enabled)
+        });
+        for (model, route) in &table.models {
+            let Some(stable) = route.stable() else {
+                continue;
+            };
+            let config = &stable.config.retrain;
+            if !config.enabled {
+                continue;
+            }
+            let Some(monitor) = self.monitors.get(model) else {
+                continue;
+            };
+            let labelled = monitor.labelled_rows();
+            let state = states.entry(model.clone()).or_default();
+            state.needed = config.consecutive_windows;
+            state.min_labelled_rows = config.min_labelled_rows;
+            state.max_per_day = config.max_per_day;
+            state.labelled_since = labelled.saturating_sub(state.labelled_at_start);
+            state.started_last_24h = state
+                .starts
+                .iter()
+                .filter(|t| now.duration_since(**t).unwrap_or_default() < DAY)
+                .count();
+            if state.version != stable.version {
+                // A new stable version: its own windows count from zero.
+                state.version = stable.version;
+                state.consecutive = 0;
+            }
+            let reports = monitor
+                .drift(Some(stable.version), usize::MAX)
+                .remove(&stable.version)
+                .unwrap_or_default();
+            let fresh: Vec<&Value> = reports
+                .iter()
+                .filter(|r| {
+                    let to = r.get("to").and_then(Value::as_str);
+                    state
+                        .seen_to
+                        .as_deref()
+                        .is_none_or(|seen| to.is_some_and(|t| t > seen))
+                })
+                .collect();
+            for report in fresh {
+                state.seen_to = report.get("to").and_then(Value::as_str).map(str::to_string);
+                let hits = counts(report, config);
+                if hits.is_empty() {
+                    state.consecutive = 0;
+                    continue;
+                }
+                state.consecutive += 1;
+                if state.consecutive < config.consecutive_windows {
+                    continue;
+                }
+                let reason = format!(
+                    "drift in {} consecutive windows of version {} (last: {}); {} labelled rows",
+                    state.consecutive,
+                    stable.version,
+                    hits.join("; "),
+                    state.labelled_since
+                );
+                let candidate = route.deployment.candidate.is_some();
+                match verdict(config, state, now, self.jobs.running_for(model), candidate) {
+                    Verdict::Hold(label, why) => {
+                        self.metrics.record_retrain_decision(model, label);
+                        tracing::info!(model = %model, decision = label, "retraining held: {why}");
+                        state.last_decision = Some(format!("held ({label}): {why}"));
+                    }
+                    Verdict::Start => match self.jobs.start(
+                        model,
+                        Trigger::Auto,
+                        &reason,
+                        Some(config.recent_rows),
+                    ) {
+                        Ok(job) => {
+                            self.metrics.record_retrain_decision(model, "started");
+                            tracing::info!(model = %model, job = %job.id, "retraining started: {reason}");
+                            state.consecutive = 0;
+                            state.starts.push_back(now);
+                            while state.starts.len() > 64 {
+                                state.starts.pop_front();
+                            }
+                            state.labelled_at_start = labelled;
+                            state.labelled_since = 0;
+                            state.last_started =
+                                Some(humantime::format_rfc3339_seconds(now).to_string());
+                            state.last_job = Some(job.id);
+                            state.last_decision = Some(format!("started: {reason}"));
+                        }
+                        Err(e) => {
+                            let label = match e {
+                                JobError::Busy(_) | JobError::Conflict(_) => "busy",
+                                _ => "error",
+                            };
+                            self.metrics.record_retrain_decision(model, label);
+                            tracing::warn!(model = %model, error = %e, "retraining could not start");
+                            state.last_decision = Some(format!("could not start: {e}"));
+                        }
+                    },
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config() -> RetrainConfig {
+        RetrainConfig {
+            enabled: true,
+            min_labelled_rows: 100,
+            cooldown_s: 600,
+            max_per_day: 2,
+            ..RetrainConfig::default()
+        }
+    }
+
+    #[test]
+    fn cooldown_and_the_daily_cap_hold_a_retrain() {
+        let c = config();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut s = RetrainState {
+            labelled_since: 50,
+            ..RetrainState::default()
+        };
+        assert!(matches!(
+            verdict(&c, &s, t0, false, false),
+            Verdict::Hold("labels", _)
+        ));
+        s.labelled_since = 100;
+        assert_eq!(verdict(&c, &s, t0, false, false), Verdict::Start);
+        assert!(matches!(
+            verdict(&c, &s, t0, true, false),
+            Verdict::Hold("busy", _)
+        ));
+        assert!(matches!(
+            verdict(&c, &s, t0, false, true),
+            Verdict::Hold("candidate", _)
+        ));
+        s.starts.push_back(t0);
+        let later = |secs| t0 + Duration::from_secs(secs);
+        assert!(matches!(
+            verdict(&c, &s, later(599), false, false),
+            Verdict::Hold("cooldown", _)
+        ));
+        assert_eq!(verdict(&c, &s, later(600), false, false), Verdict::Start);
+        s.starts.push_back(later(600));
+        // Two starts within 24 hours: the cap holds, whatever the cooldown says.
+        assert!(matches!(
+            verdict(&c, &s, later(5000), false, false),
+            Verdict::Hold("daily_cap", _)
+        ));
+        // A day after the first, one slot is free again.
+        assert_eq!(
+            verdict(&c, &s, later(24 * 3600), false, false),
+            Verdict::Start
+        );
+    }
+
+    #[test]
+    fn only_configured_features_and_statistics_count() {
+        let report = json!({
+            "features": {
+                "a": {"violations": ["ks", "psi"]},
+                "b": {"violations": ["missing_rate_increase"]},
+                "c": {"violations": []},
+            },
+            "outputs": {"output.label": {"violations": ["chi2"]}},
+        });
+        let mut c = config();
+        assert_eq!(counts(&report, &c).len(), 3);
+        c.features = vec!["b".into(), "c".into()];
+        assert_eq!(counts(&report, &c), vec!["b (missing_rate_increase)"]);
+        c.features.clear();
+        c.statistics = vec!["ks".into(), "chi2".into()];
+        assert_eq!(counts(&report, &c), vec!["a (ks)", "output.label (chi2)"]);
+    }
+}
