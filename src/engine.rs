@@ -6,11 +6,99 @@ use std::sync::Arc;
 
 pub use cairn_core::engine::*;
 
-/// Builds the engine `options.kind` names.
+/// Builds the engine `options.kind` names. `auto` takes the first that can: onnxruntime when
+/// its library loads, else tract (the CUDA engine is not in this build). With
+/// `fallback_to_cpu`, a kind that cannot take the model gives way to tract, with a log line;
+/// the engine's `info()` then says tract, which is how the caller counts the fallback.
 pub fn load(path: &Path, options: &LoadOptions) -> Result<Arc<dyn Engine>, EngineError> {
-    match options.kind {
-        EngineKind::Tract => Ok(Arc::new(cairn_engine_tract::TractEngine::load(
-            path, options,
-        )?)),
+    let chosen = match options.kind {
+        EngineKind::Auto if ort_available() => EngineKind::Ort,
+        EngineKind::Auto => EngineKind::Tract,
+        kind => kind,
+    };
+    match load_kind(chosen, path, options) {
+        Err(e) if options.fallback_to_cpu && chosen != EngineKind::Tract => {
+            tracing::warn!(path = %path.display(), engine = chosen.as_str(), error = %e,
+                "the engine cannot take the model; falling back to the CPU engine (tract)");
+            load_kind(EngineKind::Tract, path, options)
+        }
+        other => other,
+    }
+}
+
+fn load_kind(
+    kind: EngineKind,
+    path: &Path,
+    options: &LoadOptions,
+) -> Result<Arc<dyn Engine>, EngineError> {
+    match kind {
+        EngineKind::Tract | EngineKind::Auto => Ok(Arc::new(
+            cairn_engine_tract::TractEngine::load(path, options)?,
+        )),
+        EngineKind::Ort => load_ort(path, options),
+        EngineKind::Cuda => Err(EngineError::Unsupported(
+            "this build has no CUDA engine (engine kind 'cuda'); use 'ort' or 'tract', or \
+             fallback = \"cpu\""
+                .into(),
+        )),
+    }
+}
+
+#[cfg(feature = "ort")]
+fn load_ort(path: &Path, options: &LoadOptions) -> Result<Arc<dyn Engine>, EngineError> {
+    Ok(Arc::new(cairn_engine_ort::OrtEngine::load(path, options)?))
+}
+
+#[cfg(not(feature = "ort"))]
+fn load_ort(_path: &Path, _options: &LoadOptions) -> Result<Arc<dyn Engine>, EngineError> {
+    Err(EngineError::Unsupported(
+        "this build has no onnxruntime engine (built without the 'ort' feature)".into(),
+    ))
+}
+
+/// Whether onnxruntime's library loads in this process.
+pub fn ort_available() -> bool {
+    #[cfg(feature = "ort")]
+    {
+        cairn_engine_ort::available()
+    }
+    #[cfg(not(feature = "ort"))]
+    {
+        false
+    }
+}
+
+/// Says at start which engine libraries this process found (and where), or why not.
+pub fn log_libraries() {
+    #[cfg(feature = "ort")]
+    match cairn_engine_ort::runtime() {
+        Ok(path) => tracing::info!(library = %path.display(), "onnxruntime engine available"),
+        Err(e) => tracing::info!("onnxruntime engine not available: {e}"),
+    }
+    #[cfg(not(feature = "ort"))]
+    tracing::info!("onnxruntime engine not in this build");
+    tracing::info!("CUDA engine not in this build");
+}
+
+/// Names the onnxruntime library (the `onnxruntime_library` setting).
+pub fn set_onnxruntime_library(path: std::path::PathBuf) {
+    #[cfg(feature = "ort")]
+    cairn_engine_ort::set_library(path);
+    #[cfg(not(feature = "ort"))]
+    let _ = path;
+}
+
+/// Environment a checked-load child needs to find the same engine libraries as this process.
+pub fn child_environment() -> Vec<(&'static str, std::ffi::OsString)> {
+    #[cfg(feature = "ort")]
+    {
+        vec![(
+            cairn_engine_ort::LIBRARY_ENV,
+            cairn_engine_ort::library_path().into_os_string(),
+        )]
+    }
+    #[cfg(not(feature = "ort"))]
+    {
+        Vec::new()
     }
 }

@@ -163,6 +163,9 @@ fn serve(config_path: PathBuf, flags: ServerSettings, sources: Sources) -> Resul
     let config = ServerConfig::from_settings(flags.or(file), &config_path, exe)
         .map_err(|e| e.to_string())?;
     cairn::http::raise_fd_limit();
+    if let Some(library) = &config.onnxruntime_library {
+        cairn::engine::set_onnxruntime_library(library.clone());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.http_threads)
         .thread_name("http")
@@ -197,6 +200,7 @@ fn serve(config_path: PathBuf, flags: ServerSettings, sources: Sources) -> Resul
             model_load_timeout_s = config.load.check.as_ref().map_or(0, |c| c.timeout.as_secs()),
             "effective settings"
         );
+        cairn::engine::log_libraries();
         let stopper = server.stopper();
         tokio::spawn(async move {
             shutdown_signal().await;

@@ -120,6 +120,7 @@ struct Families {
     feedback: IntCounterVec,
     quality: GaugeVec,
     training_jobs: IntCounterVec,
+    engine_fallbacks: IntCounterVec,
     training_running: IntGauge,
     training_duration: GaugeVec,
     retrain_decisions: IntCounterVec,
@@ -302,6 +303,12 @@ impl Metrics {
                 "Training jobs finished, by trigger (manual, auto) and outcome: published, \
                  passed (the gate; publishing off), refused (by the gate), failed.",
                 &["model", "trigger", "outcome"],
+            ),
+            engine_fallbacks: counter(
+                "engine_fallbacks_total",
+                "Versions loaded on the CPU engine (tract) because the engine their config names \
+                 could not take them (`[engine] fallback = \"cpu\"`).",
+                &["model", "engine"],
             ),
             training_running: int_gauge_one(
                 "training_jobs_running",
@@ -766,6 +773,15 @@ pub struct BatchTimings {
 }
 
 impl VersionMetrics {
+    /// Counts a load that fell back from `engine` to the CPU engine.
+    pub fn record_engine_fallback(&self, engine: &str) {
+        self.inner
+            .families
+            .engine_fallbacks
+            .with_label_values(&[self.inner.model.as_str(), engine])
+            .inc();
+    }
+
     pub fn record_success(&self, took: Duration) {
         let i = &self.inner;
         i.success.inc();

@@ -191,6 +191,12 @@ pub struct ServerSettings {
     /// Training jobs that may run at once, over all models (one per model). [default: 1]
     #[arg(long, env = "CAIRN_MAX_TRAINING_JOBS", value_name = "JOBS")]
     pub max_training_jobs: Option<usize>,
+
+    /// The onnxruntime library for `[engine] kind = "ort"` (and `auto`), e.g. the PyPI wheel's
+    /// `.../site-packages/onnxruntime/capi/libonnxruntime.so.1.x`. [default: ORT_DYLIB_PATH, else
+    /// libonnxruntime.so.1 on the loader's path]
+    #[arg(long, env = "CAIRN_ONNXRUNTIME_LIBRARY", value_name = "FILE")]
+    pub onnxruntime_library: Option<PathBuf>,
 }
 
 /// What the prediction log does when its writer falls behind.
@@ -250,6 +256,7 @@ impl ServerSettings {
             feedback_index_rows,
             train_config_dir,
             max_training_jobs,
+            onnxruntime_library,
         )
     }
 }
@@ -274,6 +281,8 @@ pub struct ServerConfig {
     pub load: LoadLimits,
     pub monitor: MonitorSettings,
     pub training: TrainingSettings,
+    /// `onnxruntime_library`, when set.
+    pub onnxruntime_library: Option<PathBuf>,
 }
 
 /// Training jobs the server runs.
@@ -570,6 +579,7 @@ impl ServerConfig {
             },
             monitor,
             training,
+            onnxruntime_library: s.onnxruntime_library,
         })
     }
 
@@ -593,6 +603,7 @@ impl ServerConfig {
             },
             monitor: MonitorSettings::defaults(&dir.join(".cairn")),
             training: TrainingSettings::defaults(&dir.join(".cairn")),
+            onnxruntime_library: None,
         }
     }
 

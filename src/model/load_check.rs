@@ -69,6 +69,7 @@ fn run_child(
         .arg(SUBCOMMAND)
         .env("RUST_BACKTRACE", "0")
         .env_remove("RUST_LOG")
+        .envs(crate::engine::child_environment())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use crate::batching::{BatchPolicy, Scheduler, SchedulerSettings};
 use crate::config::{LoadLimits, ModelConfig, TensorConfig};
-use crate::engine::{self, Engine, EngineError, EngineInfo, LoadOptions, Signature, TensorSpec};
+use crate::engine::{
+    self, Engine, EngineError, EngineInfo, EngineKind, LoadOptions, Signature, TensorSpec,
+};
 use crate::metrics::VersionMetrics;
 use crate::tensor::{DataType, Tensor, TensorData};
 
@@ -114,6 +116,16 @@ impl LoadedVersion {
             load_check::run(check, path, &config, limits.max_sample_bytes)?;
         }
         let (engine, io) = prepare_guarded(path, &config, limits.max_sample_bytes, None)?;
+        let asked = config.engine.kind;
+        if matches!(asked, EngineKind::Ort | EngineKind::Cuda) && engine.info().backend == "tract" {
+            tracing::warn!(
+                model,
+                version,
+                engine = asked.as_str(),
+                "loaded on the CPU engine (tract) instead"
+            );
+            metrics.record_engine_fallback(asked.as_str());
+        }
         let queue = config.queue_policy();
         let batching_config = config.dynamic_batching.as_ref();
         let settings = SchedulerSettings {
@@ -195,6 +207,7 @@ fn prepare(
                 (t.name.clone(), dims)
             })
             .collect(),
+        fallback_to_cpu: config.engine.fallback == crate::config::Fallback::Cpu,
     };
     let engine = engine::load(path, &options)?;
     let io = reconcile(config, engine.signature()).map_err(LoadError::Interface)?;

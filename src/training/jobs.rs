@@ -338,7 +338,10 @@ impl Jobs {
         let file = config_path.display().to_string();
         let thread = std::thread::Builder::new()
             .name(format!("cairn-train-{model}"))
-            .spawn(move || me.run(job, config, file, serving))
+            .spawn(move || {
+                cairn_train::pipeline::lower_priority();
+                me.run(job, config, file, serving)
+            })
             .map_err(|e| JobError::Busy(format!("cannot start a training thread: {e}")))?;
         let mut threads = self.threads.lock();
         threads.retain(|t| !t.is_finished());

@@ -4,9 +4,10 @@ Run: python tests/compat/check_training.py [path/to/cairn]   (default: target/re
 
 1. A generated table (numeric features with missing values, a categorical code with rare and
    unseen codes, a class and a value target) is trained three ways by `cairn train`: an MLP
-   classifier (3 classes), a binary logistic regression with balanced class weights and an MLP
-   regressor, each into a new model (so `config.toml` is written too); and the shipped iris
-   config retrains iris into a copy of the repository.
+   classifier (3 classes), a binary logistic regression with balanced class weights, an MLP
+   regressor and a linear regression (from the same table as Parquet, constant imputation), each
+   into a new model (so `config.toml` is written too); and the shipped iris config retrains iris
+   into a copy of the repository.
 2. Every exported model passes `onnx.checker.check_model(full_check=True)`.
 3. The server serves each new version; its answers (over tritonclient, binary tensors, NaN rows
    and unseen codes included) equal onnxruntime's on the same file within 1e-5, labels exactly.
@@ -144,15 +145,23 @@ def main():
         shutil.copytree(os.path.join(ROOT, "models", "iris"), os.path.join(repo, "iris"))
         data = os.path.join(work, "table.csv")
         write_table(data, 3000, 1)
+        # The same table as Parquet: a file source of the other kind.
+        parquet = os.path.join(work, "table.parquet")
+        import pandas as pd
+        pd.read_csv(data).to_parquet(parquet)
         cases = [
-            ("toy_mlp", "cls", "mlp", ""),
-            ("toy_bin", "binary", "logistic", 'class_weight = "balanced"'),
-            ("toy_reg", "value", "mlp_regressor", ""),
+            ("toy_mlp", "cls", "mlp", "", data),
+            ("toy_bin", "binary", "logistic", 'class_weight = "balanced"', data),
+            ("toy_reg", "value", "mlp_regressor", "", data),
+            ("toy_lin", "value", "linear", 'impute = "constant"\nfill_value = 0.0', parquet),
         ]
-        for model, target, kind, extra in cases:
+        for model, target, kind, extra, source in cases:
             path = os.path.join(work, f"{model}.toml")
+            text = config(model, source, target, kind, repo, runs, extra)
+            if "impute = \"constant\"" in extra:
+                text = text.replace('impute = "median"\n', "")
             with open(path, "w") as f:
-                f.write(config(model, data, target, kind, repo, runs, extra))
+                f.write(text)
             out = train(path)
             print(out.stdout)
             check(os.path.isfile(os.path.join(repo, model, "config.toml")), f"{model}: no config.toml written")
@@ -167,9 +176,9 @@ def main():
         print(train(iris_path).stdout)
         server = Server(repo, state)
         try:
-            server.wait_ready(["toy_mlp", "toy_bin", "toy_reg", "iris"])
+            server.wait_ready(["toy_mlp", "toy_bin", "toy_reg", "toy_lin", "iris"])
             x = probe_rows(500, 2)
-            for model, _, _, _ in cases:
+            for model, _, _, _, _ in cases:
                 compare(server, model, 1, os.path.join(repo, model, "1", "model.onnx"), x)
             iris_x = np.random.default_rng(3).uniform(0, 7, size=(200, 4)).astype(np.float32)
             iris_x[::9, 2] = np.nan
@@ -179,7 +188,7 @@ def main():
         listing = subprocess.run([BINARY, "runs", "--runs-dir", runs, "list"], capture_output=True, text=True)
         print(listing.stdout)
         ids = [line.split()[0] for line in listing.stdout.splitlines()[1:]]
-        check(len(ids) == 4, f"runs list shows {len(ids)} runs, not 4")
+        check(len(ids) == 5, f"runs list shows {len(ids)} runs, not 5")
         shown = subprocess.run([BINARY, "runs", "--runs-dir", runs, "show", ids[0]], capture_output=True, text=True)
         record = json.loads(shown.stdout)
         check(record["status"] == "succeeded" and len(record["trials"]) == 3, "runs show: wrong record")

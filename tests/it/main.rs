@@ -17,6 +17,7 @@ mod cli;
 mod common;
 mod decoder_props;
 mod engine_conformance;
+mod engines;
 mod hostile;
 mod http_api;
 mod monitoring;

@@ -319,8 +319,30 @@ async fn a_failed_job_is_reported_and_leaves_the_repository_untouched() {
     let runs = tempfile::tempdir().unwrap();
     let before = versions(&repo.path().join("iris"));
     let root = repo.path().to_path_buf();
+    // A run the previous process left running: reported failed after the restart.
+    let interrupted = root.join(".cairn/runs/20261201-101010.000-iris-0001");
+    std::fs::create_dir_all(&interrupted).unwrap();
+    std::fs::write(
+        interrupted.join("run.json"),
+        r#"{"id": "20261201-101010.000-iris-0001", "model": "iris", "status": "running",
+            "config_file": "configs/train/iris.toml", "config": {}, "seed": 1,
+            "started": "2026-12-01T10:10:10Z"}"#,
+    )
+    .unwrap();
     let dir = configs.path().to_path_buf();
     let server = TestServer::start_with(repo, |c| c.training.config_dir = dir).await;
+    let old = finished(&server, "20261201-101010.000-iris-0001").await;
+    assert_eq!(old["state"], "failed");
+    assert!(
+        old["error"]
+            .as_str()
+            .unwrap()
+            .contains("stopped during the run"),
+        "{old}"
+    );
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(interrupted.join("run.json")).unwrap()).unwrap();
+    assert_eq!(record["status"], "failed");
     // No config: 400 naming the file.
     let reply = server.post("/v2/models/iris/train", "").await;
     assert_eq!(reply.status, 400);

@@ -35,6 +35,8 @@ pub struct LoadOptions {
     /// Shapes the configuration pins for inputs whose model dims are unknown or variable: name and
     /// full dims (-1 stays variable).
     pub input_dims: Vec<(String, Vec<i64>)>,
+    /// Load with the CPU engine (tract) when `kind` cannot take the model.
+    pub fallback_to_cpu: bool,
 }
 
 impl Default for LoadOptions {
@@ -44,6 +46,7 @@ impl Default for LoadOptions {
             threads: 1,
             batch_dim: false,
             input_dims: Vec::new(),
+            fallback_to_cpu: false,
         }
     }
 }

@@ -20,6 +20,42 @@ pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The onnxruntime library the tests use: `ORT_DYLIB_PATH`, else the one the onnxruntime wheel
+/// installed into `.venv` (as `.ci/run` makes it). Named to the engine once; `None` when there
+/// is none, and then a test of the ort engine says it is skipped, unless `CAIRN_REQUIRE_ORT` is
+/// set (CI), where it fails.
+pub fn ort_library() -> Option<PathBuf> {
+    static FOUND: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            let found = std::env::var_os("ORT_DYLIB_PATH")
+                .map(PathBuf::from)
+                .or_else(|| {
+                    let lib = root().join(".venv/lib");
+                    std::fs::read_dir(&lib).ok()?.flatten().find_map(|py| {
+                        let capi = py.path().join("site-packages/onnxruntime/capi");
+                        std::fs::read_dir(capi)
+                            .ok()?
+                            .flatten()
+                            .map(|e| e.path())
+                            .find(|p| {
+                                p.file_name()
+                                    .and_then(|n| n.to_str())
+                                    .is_some_and(|n| n.starts_with("libonnxruntime.so."))
+                            })
+                    })
+                });
+            if let Some(path) = &found {
+                cairn::engine::set_onnxruntime_library(path.clone());
+            }
+            if found.is_none() && std::env::var_os("CAIRN_REQUIRE_ORT").is_some() {
+                panic!("CAIRN_REQUIRE_ORT is set but no onnxruntime library was found");
+            }
+            found
+        })
+        .clone()
+}
+
 /// A temporary repository holding copies of the named models. A name is looked up in
 /// `tests/models/` first, then in `models/`.
 pub struct Repo {

@@ -532,6 +532,11 @@ pub struct EngineConfig {
     /// Threads one engine call may use. Parallelism across requests comes from `instances`.
     #[serde(default = "one")]
     pub threads: NonZeroU32,
+    /// When the chosen engine cannot take the model (its library is missing, an operator it
+    /// lacks): `refuse` the load with the reason, or fall back to the `cpu` engine (tract) with a
+    /// log line and `cairn_engine_fallbacks_total`.
+    #[serde(default, skip_serializing_if = "Fallback::is_refuse")]
+    pub fallback: Fallback,
 }
 
 impl Default for EngineConfig {
@@ -539,7 +544,23 @@ impl Default for EngineConfig {
         EngineConfig {
             kind: EngineKind::default(),
             threads: one(),
+            fallback: Fallback::default(),
         }
+    }
+}
+
+/// What happens when a model's engine cannot take it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fallback {
+    #[default]
+    Refuse,
+    Cpu,
+}
+
+impl Fallback {
+    fn is_refuse(&self) -> bool {
+        *self == Fallback::Refuse
     }
 }
 
@@ -550,15 +571,25 @@ pub enum EngineKind {
     /// The pure-Rust CPU engine (tract), nothing to download.
     #[default]
     Tract,
+    /// onnxruntime, its library loaded at run time (`onnxruntime_library`).
+    Ort,
+    /// The native CUDA engine.
+    Cuda,
+    /// CUDA when a GPU is present and the model fits it, else onnxruntime when its library
+    /// loads, else tract.
+    Auto,
 }
 
 impl EngineKind {
-    /// Every kind this build has (the conformance suite runs each).
-    pub const ALL: [EngineKind; 1] = [EngineKind::Tract];
+    /// Every concrete kind (the conformance suite runs each that this machine can).
+    pub const ALL: [EngineKind; 3] = [EngineKind::Tract, EngineKind::Ort, EngineKind::Cuda];
 
     pub fn as_str(self) -> &'static str {
         match self {
             EngineKind::Tract => "tract",
+            EngineKind::Ort => "ort",
+            EngineKind::Cuda => "cuda",
+            EngineKind::Auto => "auto",
         }
     }
 }
@@ -786,7 +817,13 @@ impl ModelConfig {
                     ),
                 )
             }
-            EngineKind::Tract => {}
+            _ => {}
+        }
+        if self.engine.threads.get() > 256 {
+            return fail(
+                "engine.threads",
+                format!("{} exceeds 256", self.engine.threads),
+            );
         }
         if self.instances.get() > MAX_INSTANCES {
             return fail(
@@ -1024,7 +1061,9 @@ mod tests {
                 "warmup.count: 1000000000 exceeds the limit of 1000",
             ),
             ("instances = 100000", "instances: 100000 exceeds the limit of 256"),
-            ("[engine]\nkind = \"cuda\"", "unknown variant `cuda`"),
+            ("[engine]\nkind = \"gpu\"", "unknown variant `gpu`"),
+            ("[engine]\nfallback = \"maybe\"", "unknown variant `maybe`"),
+            ("[engine]\nkind = \"ort\"\nthreads = 1000", "engine.threads: 1000 exceeds 256"),
             ("[engine]\nthreads = 4", "engine.threads: 4 threads"),
             ("[engine]\ndevice = 0", "unknown field `device`"),
             ("[monitoring]\nsample_rate = 2.0", "monitoring.sample_rate: 2 is not between"),

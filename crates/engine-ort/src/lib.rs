@@ -1,0 +1,417 @@
+//! The onnxruntime engine, through `ort` with the library loaded at run time.
+//!
+//! Where the library comes from: [`set_library`] (the server's `onnxruntime_library` setting; the
+//! server hands the same path to its checked-load children through `ORT_DYLIB_PATH`), else
+//! `ORT_DYLIB_PATH`, else `libonnxruntime.so.1` on the loader's search path. A missing or unloadable library
+//! is a load error for the model that asked for this engine, with the path tried; it never
+//! panics and never affects a model on another engine. The environment is created once per
+//! process; each worker gets its own `ort::Session` (a run needs it exclusively).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use cairn_core::engine::{
+    BatchInput, Device, Engine, EngineError, EngineInfo, LoadOptions, Session, Signature,
+    TensorSpec,
+};
+use cairn_core::tensor::{DataType, Tensor as HostTensor, TensorData};
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session as OrtSession;
+use ort::value::{DynValue, Tensor as OrtTensor, TensorElementType, ValueType};
+
+/// The library the process loaded and its environment (or why it could not), decided once.
+static RUNTIME: OnceLock<Result<(PathBuf, ort::environment::Environment), String>> =
+    OnceLock::new();
+
+/// The environment variable naming the library file.
+pub const LIBRARY_ENV: &str = "ORT_DYLIB_PATH";
+
+static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
+
+/// Names the library file, before the first model loads on this engine. Returns false when a
+/// library was already named (the first one stays).
+pub fn set_library(path: PathBuf) -> bool {
+    LIBRARY.set(path).is_ok()
+}
+
+/// The library file this process uses.
+pub fn library_path() -> PathBuf {
+    LIBRARY
+        .get()
+        .cloned()
+        .or_else(|| std::env::var_os(LIBRARY_ENV).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("libonnxruntime.so.1"))
+}
+
+/// Loads the library and creates the environment, once. The error says which file was tried.
+pub fn runtime() -> Result<&'static Path, String> {
+    environment().map(|(path, _)| path.as_path())
+}
+
+fn environment() -> Result<&'static (PathBuf, ort::environment::Environment), String> {
+    RUNTIME
+        .get_or_init(|| {
+            let path = library_path();
+            // The file must exist when a path is given: dlopen's own message is less clear.
+            if path.components().count() > 1 && !path.exists() {
+                return Err(format!(
+                    "onnxruntime library {} does not exist (set onnxruntime_library)",
+                    path.display()
+                ));
+            }
+            let builder = ort::init_from(&path).map_err(|e| {
+                format!(
+                    "cannot load the onnxruntime library {}: {e} (set onnxruntime_library; the \
+                     onnxruntime wheel from PyPI ships one in onnxruntime/capi/)",
+                    path.display()
+                )
+            })?;
+            let env = builder
+                .with_name("cairn")
+                .with_telemetry(false)
+                .build()
+                .map_err(|e| format!("cannot start onnxruntime ({}): {e}", path.display()))?;
+            Ok((path, env))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// Whether this process can use the engine (for `auto`).
+pub fn available() -> bool {
+    runtime().is_ok()
+}
+
+/// A loaded model: its path and settings (each worker opens its own session from them) and
+/// the signature read from the first session.
+pub struct OrtEngine {
+    path: PathBuf,
+    threads: usize,
+    signature: Signature,
+    input_types: Vec<DataType>,
+    /// The session made at load (its checks are the load's), handed to the first worker.
+    first: std::sync::Mutex<Option<OrtSession>>,
+}
+
+fn load_err(path: &Path, e: impl std::fmt::Display) -> EngineError {
+    EngineError::Load {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+fn open(path: &Path, threads: usize) -> Result<OrtSession, EngineError> {
+    let (_, env) = environment().map_err(|e| load_err(path, e))?;
+    let fail = |e: &dyn std::fmt::Display| load_err(path, e);
+    let builder = OrtSession::builder(env).map_err(|e| fail(&e))?;
+    let builder = builder
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(|e| fail(&e))?;
+    let builder = builder
+        .with_intra_threads(threads.max(1))
+        .map_err(|e| fail(&e))?;
+    let mut builder = builder.with_inter_threads(1).map_err(|e| fail(&e))?;
+    builder.commit_from_file(path).map_err(|e| fail(&e))
+}
+
+impl OrtEngine {
+    pub fn load(path: &Path, options: &LoadOptions) -> Result<OrtEngine, EngineError> {
+        let session = open(path, options.threads)?;
+        let mut inputs = Vec::new();
+        let mut input_types = Vec::new();
+        for outlet in session.inputs() {
+            let (dtype, dims) = spec_of(outlet.name(), outlet.dtype())?;
+            let mut dims = dims;
+            if let Some((_, pinned)) = options.input_dims.iter().find(|(n, _)| n == outlet.name()) {
+                for (d, p) in dims.iter_mut().zip(pinned) {
+                    if *d < 0 && *p > 0 {
+                        *d = *p;
+                    }
+                }
+            }
+            if options.batch_dim {
+                match dims.first() {
+                    Some(&d) if d > 0 => {
+                        return Err(load_err(
+                            path,
+                            format!(
+                                "input '{}' has a fixed first dimension of {d}, but \
+                                 max_batch_size > 0 needs a variable batch dimension",
+                                outlet.name()
+                            ),
+                        ))
+                    }
+                    None => {
+                        return Err(load_err(
+                            path,
+                            format!(
+                                "input '{}' is a scalar and has no batch dimension",
+                                outlet.name()
+                            ),
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+            input_types.push(dtype);
+            inputs.push(TensorSpec {
+                name: outlet.name().to_string(),
+                dtype,
+                dims,
+            });
+        }
+        let mut outputs = Vec::new();
+        for outlet in session.outputs() {
+            let (dtype, dims) = spec_of(outlet.name(), outlet.dtype())?;
+            outputs.push(TensorSpec {
+                name: outlet.name().to_string(),
+                dtype,
+                dims,
+            });
+        }
+        Ok(OrtEngine {
+            path: path.to_path_buf(),
+            threads: options.threads.max(1),
+            signature: Signature { inputs, outputs },
+            input_types,
+            first: std::sync::Mutex::new(Some(session)),
+        })
+    }
+}
+
+fn spec_of(name: &str, ty: &ValueType) -> Result<(DataType, Vec<i64>), EngineError> {
+    match ty {
+        ValueType::Tensor { ty, shape, .. } => {
+            let dtype = host_type(*ty).ok_or_else(|| {
+                EngineError::Unsupported(format!("tensor '{name}' of type {ty:?}"))
+            })?;
+            Ok((dtype, shape.iter().copied().collect()))
+        }
+        other => Err(EngineError::Unsupported(format!(
+            "'{name}' is not a tensor ({other:?}); sequences and maps are not served"
+        ))),
+    }
+}
+
+fn host_type(t: TensorElementType) -> Option<DataType> {
+    Some(match t {
+        TensorElementType::Bool => DataType::Bool,
+        TensorElementType::Uint8 => DataType::Uint8,
+        TensorElementType::Uint16 => DataType::Uint16,
+        TensorElementType::Uint32 => DataType::Uint32,
+        TensorElementType::Uint64 => DataType::Uint64,
+        TensorElementType::Int8 => DataType::Int8,
+        TensorElementType::Int16 => DataType::Int16,
+        TensorElementType::Int32 => DataType::Int32,
+        TensorElementType::Int64 => DataType::Int64,
+        TensorElementType::Float32 => DataType::Fp32,
+        TensorElementType::Float64 => DataType::Fp64,
+        TensorElementType::String => DataType::Bytes,
+        _ => return None,
+    })
+}
+
+impl Engine for OrtEngine {
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn info(&self) -> EngineInfo {
+        EngineInfo {
+            platform: "onnxruntime_onnx",
+            backend: "onnxruntime",
+            device: Device::Cpu,
+            threads: self.threads,
+        }
+    }
+
+    fn new_session(&self) -> Result<Box<dyn Session>, EngineError> {
+        let first = self.first.lock().ok().and_then(|mut f| f.take());
+        let session = match first {
+            Some(s) => s,
+            None => open(&self.path, self.threads)?,
+        };
+        Ok(Box::new(OrtWorker {
+            session,
+            input_names: self
+                .signature
+                .inputs
+                .iter()
+                .map(|t| t.name.clone())
+                .collect(),
+            input_types: self.input_types.clone(),
+            output_types: self.signature.outputs.iter().map(|t| t.dtype).collect(),
+            pending: Vec::new(),
+        }))
+    }
+}
+
+struct OrtWorker {
+    session: OrtSession,
+    input_names: Vec<String>,
+    input_types: Vec<DataType>,
+    output_types: Vec<DataType>,
+    pending: Vec<DynValue>,
+}
+
+fn run_err(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Run(e.to_string())
+}
+
+/// The parts of a fixed-size input, concatenated.
+fn gather_fixed(input: &BatchInput<'_>) -> Result<Vec<u8>, EngineError> {
+    let mut out = Vec::new();
+    for part in &input.parts {
+        match &part.data {
+            TensorData::Fixed(b) => out.extend_from_slice(b),
+            TensorData::Bytes(_) => return Err(run_err("a fixed-size input holds BYTES data")),
+        }
+    }
+    Ok(out)
+}
+
+macro_rules! typed_value {
+    ($bytes:expr, $shape:expr, $t:ty) => {{
+        let size = std::mem::size_of::<$t>();
+        let values: Vec<$t> = $bytes
+            .chunks_exact(size)
+            .map(|c| <$t>::from_le_bytes(c.try_into().expect("chunks_exact")))
+            .collect();
+        OrtTensor::from_array(($shape, values)).map(|t| t.into_dyn())
+    }};
+}
+
+fn to_value(input: &BatchInput<'_>, dtype: DataType) -> Result<DynValue, EngineError> {
+    let shape: Vec<i64> = input.shape.iter().map(|d| *d as i64).collect();
+    let expected: usize = input.shape.iter().product();
+    if dtype == DataType::Bytes {
+        let mut strings = Vec::with_capacity(expected);
+        for part in &input.parts {
+            let TensorData::Bytes(items) = &part.data else {
+                return Err(run_err("a BYTES input holds fixed-size data"));
+            };
+            for item in items {
+                strings.push(
+                    std::str::from_utf8(item)
+                        .map_err(|_| run_err("a BYTES element is not UTF-8, which this model's string input needs"))?
+                        .to_string(),
+                );
+            }
+        }
+        return OrtTensor::from_string_array((shape, strings.as_slice()))
+            .map(|t| t.into_dyn())
+            .map_err(run_err);
+    }
+    let bytes = gather_fixed(input)?;
+    let size = dtype.size().unwrap_or(1);
+    if bytes.len() != expected * size {
+        return Err(run_err(format!(
+            "batch input holds {} bytes but its shape {:?} needs {}",
+            bytes.len(),
+            input.shape,
+            expected * size
+        )));
+    }
+    let value = match dtype {
+        DataType::Bool => {
+            let values: Vec<bool> = bytes.iter().map(|b| *b != 0).collect();
+            OrtTensor::from_array((shape, values)).map(|t| t.into_dyn())
+        }
+        DataType::Uint8 => OrtTensor::from_array((shape, bytes)).map(|t| t.into_dyn()),
+        DataType::Int8 => typed_value!(bytes, shape, i8),
+        DataType::Uint16 => typed_value!(bytes, shape, u16),
+        DataType::Int16 => typed_value!(bytes, shape, i16),
+        DataType::Uint32 => typed_value!(bytes, shape, u32),
+        DataType::Int32 => typed_value!(bytes, shape, i32),
+        DataType::Uint64 => typed_value!(bytes, shape, u64),
+        DataType::Int64 => typed_value!(bytes, shape, i64),
+        DataType::Fp32 => typed_value!(bytes, shape, f32),
+        DataType::Fp64 => typed_value!(bytes, shape, f64),
+        other => {
+            return Err(EngineError::Unsupported(format!(
+                "an input of type {other}"
+            )))
+        }
+    };
+    value.map_err(run_err)
+}
+
+macro_rules! fixed_output {
+    ($value:expr, $t:ty, $dtype:expr) => {{
+        let (shape, data) = $value.try_extract_tensor::<$t>().map_err(run_err)?;
+        let mut bytes = Vec::with_capacity(std::mem::size_of_val(data));
+        for v in data {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        (
+            shape.iter().map(|d| *d as usize).collect::<Vec<_>>(),
+            TensorData::Fixed(Bytes::from(bytes)),
+        )
+    }};
+}
+
+fn from_value(value: &DynValue, dtype: DataType) -> Result<HostTensor, EngineError> {
+    let (shape, data) = match dtype {
+        DataType::Bytes => {
+            let (shape, strings) = value.try_extract_strings().map_err(run_err)?;
+            (
+                shape.iter().map(|d| *d as usize).collect(),
+                TensorData::Bytes(strings.into_iter().map(Bytes::from).collect()),
+            )
+        }
+        DataType::Bool => {
+            let (shape, data) = value.try_extract_tensor::<bool>().map_err(run_err)?;
+            (
+                shape.iter().map(|d| *d as usize).collect(),
+                TensorData::Fixed(Bytes::from(
+                    data.iter().map(|b| *b as u8).collect::<Vec<u8>>(),
+                )),
+            )
+        }
+        DataType::Uint8 => fixed_output!(value, u8, dtype),
+        DataType::Int8 => fixed_output!(value, i8, dtype),
+        DataType::Uint16 => fixed_output!(value, u16, dtype),
+        DataType::Int16 => fixed_output!(value, i16, dtype),
+        DataType::Uint32 => fixed_output!(value, u32, dtype),
+        DataType::Int32 => fixed_output!(value, i32, dtype),
+        DataType::Uint64 => fixed_output!(value, u64, dtype),
+        DataType::Int64 => fixed_output!(value, i64, dtype),
+        DataType::Fp32 => fixed_output!(value, f32, dtype),
+        DataType::Fp64 => fixed_output!(value, f64, dtype),
+        other => {
+            return Err(EngineError::Unsupported(format!(
+                "an output of type {other}"
+            )))
+        }
+    };
+    HostTensor::new(dtype, shape, data).map_err(run_err)
+}
+
+impl Session for OrtWorker {
+    fn set_inputs(&mut self, inputs: &[BatchInput<'_>]) -> Result<(), EngineError> {
+        if inputs.len() != self.input_types.len() {
+            return Err(run_err(format!(
+                "the model has {} inputs, {} were given",
+                self.input_types.len(),
+                inputs.len()
+            )));
+        }
+        self.pending.clear();
+        for (input, &dtype) in inputs.iter().zip(&self.input_types) {
+            self.pending.push(to_value(input, dtype)?);
+        }
+        Ok(())
+    }
+
+    fn run(&mut self) -> Result<Vec<HostTensor>, EngineError> {
+        let values = std::mem::take(&mut self.pending);
+        let named: Vec<(String, DynValue)> = self.input_names.iter().cloned().zip(values).collect();
+        let outputs = self.session.run(named).map_err(run_err)?;
+        outputs
+            .values()
+            .zip(&self.output_types)
+            .map(|(v, &dtype)| from_value(&v, dtype))
+            .collect()
+    }
+}
