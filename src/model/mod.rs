@@ -208,6 +208,15 @@ fn prepare(
             })
             .collect(),
         fallback_to_cpu: config.engine.fallback == crate::config::Fallback::Cpu,
+        providers: config.engine.providers.clone(),
+        devices: config.engine.devices.clone(),
+        precision: config.engine.precision,
+        cache_dir: config
+            .engine
+            .cache_dir
+            .as_ref()
+            .map(std::path::PathBuf::from),
+        max_batch: config.max_batch_size as usize,
     };
     let engine = engine::load(path, &options)?;
     let io = reconcile(config, engine.signature()).map_err(LoadError::Interface)?;

@@ -6,6 +6,7 @@ use crate::common;
 use bytes::Bytes;
 use serde_json::Value;
 
+use cairn::config::Provider;
 use cairn::engine::{self, BatchInput, EngineKind, LoadOptions};
 use cairn::tensor::{DataType, Tensor, TensorData};
 
@@ -252,5 +253,21 @@ fn engine_choice_fallback_and_a_missing_library() {
     if common::ort_library().is_some() {
         let ort = engine::load(&path, &options(EngineKind::Ort, false)).unwrap();
         assert_eq!(ort.info().platform, "onnxruntime_onnx");
+        assert_eq!(ort.info().device, cairn::engine::Device::Cpu);
+        // The CPU wheel has no CUDA provider: asking for it is this model's load error, never a
+        // silent CPU run; with fallback it runs on tract, and says so.
+        for provider in [Provider::Cuda, Provider::Tensorrt] {
+            let gpu = |fallback_to_cpu| LoadOptions {
+                providers: vec![provider, Provider::Cpu],
+                max_batch: 64,
+                ..options(EngineKind::Ort, fallback_to_cpu)
+            };
+            let e = engine::load(&path, &gpu(false)).err().unwrap();
+            assert!(e.to_string().contains("execution providers"), "{e}");
+            assert_eq!(
+                engine::load(&path, &gpu(true)).unwrap().info().backend,
+                "tract"
+            );
+        }
     }
 }

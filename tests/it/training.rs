@@ -190,25 +190,7 @@ fn a_refused_or_failed_run_leaves_the_repository_untouched() {
 
 /// Polls a job until it leaves `running`.
 async fn finished(server: &TestServer, id: &str) -> Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let reply = server.get(&format!("/v2/training/jobs/{id}")).await;
-        assert_eq!(
-            reply.status,
-            200,
-            "{}",
-            String::from_utf8_lossy(&reply.body)
-        );
-        let job = reply.json();
-        if job["state"] != "running" {
-            return job;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "job {id} never finished: {job}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    server_job(server, id, &[]).await
 }
 
 #[tokio::test]

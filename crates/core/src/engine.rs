@@ -37,6 +37,15 @@ pub struct LoadOptions {
     pub input_dims: Vec<(String, Vec<i64>)>,
     /// Load with the CPU engine (tract) when `kind` cannot take the model.
     pub fallback_to_cpu: bool,
+    /// onnxruntime's execution providers, in order; empty: the CPU.
+    pub providers: Vec<crate::config::Provider>,
+    /// GPU ids for a GPU provider.
+    pub devices: Vec<u32>,
+    pub precision: crate::config::Precision,
+    /// TensorRT's engine cache.
+    pub cache_dir: Option<std::path::PathBuf>,
+    /// The model's `max_batch_size` (TensorRT's optimisation profiles).
+    pub max_batch: usize,
 }
 
 impl Default for LoadOptions {
@@ -47,6 +56,11 @@ impl Default for LoadOptions {
             batch_dim: false,
             input_dims: Vec::new(),
             fallback_to_cpu: false,
+            providers: Vec::new(),
+            devices: Vec::new(),
+            precision: crate::config::Precision::default(),
+            cache_dir: None,
+            max_batch: 0,
         }
     }
 }

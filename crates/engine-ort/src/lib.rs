@@ -6,11 +6,16 @@
 //! is a load error for the model that asked for this engine, with the path tried; it never
 //! panics and never affects a model on another engine. The environment is created once per
 //! process; each worker gets its own `ort::Session` (a run needs it exclusively).
+//!
+//! Execution providers (`[engine] providers = ["tensorrt", "cuda", "cpu"]`) are registered in
+//! order with `error_on_failure`: a provider that cannot register is this model's load error.
+//! What the engine reports (`Device::Gpu`) follows what was asked and registered.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use bytes::Bytes;
+use cairn_core::config::{Precision, Provider};
 use cairn_core::engine::{
     BatchInput, Device, Engine, EngineError, EngineInfo, LoadOptions, Session, Signature,
     TensorSpec,
@@ -87,7 +92,8 @@ pub fn available() -> bool {
 /// the signature read from the first session.
 pub struct OrtEngine {
     path: PathBuf,
-    threads: usize,
+    settings: Settings,
+    device: Device,
     signature: Signature,
     input_types: Vec<DataType>,
     /// The session made at load (its checks are the load's), handed to the first worker.
@@ -101,10 +107,101 @@ fn load_err(path: &Path, e: impl std::fmt::Display) -> EngineError {
     }
 }
 
-fn open(path: &Path, threads: usize) -> Result<OrtSession, EngineError> {
+/// What a session is opened with.
+#[derive(Clone)]
+struct Settings {
+    threads: usize,
+    providers: Vec<Provider>,
+    device: u32,
+    precision: Precision,
+    cache_dir: Option<PathBuf>,
+    /// TensorRT optimisation profiles (min, opt, max), when every input's other dims are known.
+    profiles: Option<(String, String, String)>,
+}
+
+/// The providers to register, in order, each failing the load when it cannot register (ort
+/// falls back silently otherwise, and a model that asked for a GPU would run on the CPU unseen).
+fn providers(s: &Settings) -> Vec<ort::ep::ExecutionProviderDispatch> {
+    s.providers
+        .iter()
+        .map(|p| match p {
+            Provider::Cuda => ort::ep::CUDA::default()
+                .with_device_id(s.device as i32)
+                .with_tf32(s.precision == Precision::Tf32)
+                .build()
+                .error_on_failure(),
+            Provider::Tensorrt => {
+                let mut t = ort::ep::TensorRT::default()
+                    .with_device_id(s.device as i32)
+                    .with_fp16(s.precision == Precision::Fp16);
+                if let Some(dir) = &s.cache_dir {
+                    t = t
+                        .with_engine_cache(true)
+                        .with_engine_cache_path(dir.display());
+                }
+                if let Some((min, opt, max)) = &s.profiles {
+                    t = t
+                        .with_profile_min_shapes(min)
+                        .with_profile_opt_shapes(opt)
+                        .with_profile_max_shapes(max);
+                }
+                t.build().error_on_failure()
+            }
+            Provider::Cpu => ort::ep::CPU::default().build().error_on_failure(),
+        })
+        .collect()
+}
+
+/// `name:1x32,...` at batch 1, `max_batch`/2 and `max_batch`, for inputs whose every dimension
+/// but the first is known.
+fn profiles(inputs: &[TensorSpec], max_batch: usize) -> Option<(String, String, String)> {
+    if max_batch == 0 {
+        return None;
+    }
+    let at = |n: usize| -> Option<String> {
+        let parts: Option<Vec<String>> = inputs
+            .iter()
+            .map(|t| {
+                let rest: Option<Vec<String>> = t.dims[1..]
+                    .iter()
+                    .map(|d| (*d > 0).then(|| d.to_string()))
+                    .collect();
+                rest.map(|r| {
+                    format!(
+                        "{}:{}",
+                        t.name,
+                        std::iter::once(n.to_string())
+                            .chain(r)
+                            .collect::<Vec<_>>()
+                            .join("x")
+                    )
+                })
+            })
+            .collect();
+        parts.map(|p| p.join(","))
+    };
+    Some((at(1)?, at(max_batch.div_ceil(2))?, at(max_batch)?))
+}
+
+fn open(path: &Path, s: &Settings) -> Result<OrtSession, EngineError> {
+    let threads = s.threads;
     let (_, env) = environment().map_err(|e| load_err(path, e))?;
     let fail = |e: &dyn std::fmt::Display| load_err(path, e);
     let builder = OrtSession::builder(env).map_err(|e| fail(&e))?;
+    let builder = if s.providers.is_empty() {
+        builder
+    } else {
+        builder
+            .with_execution_providers(providers(s))
+            .map_err(|e| {
+                let names: Vec<&str> = s.providers.iter().map(|p| p.as_str()).collect();
+                fail(&format!(
+                    "cannot register the execution providers [{}] (is the GPU build of \
+                     onnxruntime, with its CUDA/TensorRT libraries, on this machine?): {e}",
+                    names.join(", ")
+                ))
+            })?
+    };
     let builder = builder
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(|e| fail(&e))?;
@@ -117,7 +214,39 @@ fn open(path: &Path, threads: usize) -> Result<OrtSession, EngineError> {
 
 impl OrtEngine {
     pub fn load(path: &Path, options: &LoadOptions) -> Result<OrtEngine, EngineError> {
-        let session = open(path, options.threads)?;
+        let mut settings = Settings {
+            threads: options.threads.max(1),
+            providers: options.providers.clone(),
+            device: options.devices.first().copied().unwrap_or(0),
+            precision: options.precision,
+            cache_dir: options.cache_dir.clone(),
+            profiles: None,
+        };
+        if options.providers.contains(&Provider::Tensorrt) {
+            // The profiles need the inputs, which only a session says: a CPU session reads them.
+            let probe = open(
+                path,
+                &Settings {
+                    providers: Vec::new(),
+                    ..settings.clone()
+                },
+            )?;
+            let specs: Vec<TensorSpec> = probe
+                .inputs()
+                .iter()
+                .filter_map(|o| {
+                    spec_of(o.name(), o.dtype())
+                        .ok()
+                        .map(|(dtype, dims)| TensorSpec {
+                            name: o.name().to_string(),
+                            dtype,
+                            dims,
+                        })
+                })
+                .collect();
+            settings.profiles = profiles(&specs, options.max_batch);
+        }
+        let session = open(path, &settings)?;
         let mut inputs = Vec::new();
         let mut input_types = Vec::new();
         for outlet in session.inputs() {
@@ -170,9 +299,18 @@ impl OrtEngine {
                 dims,
             });
         }
+        let gpu = settings
+            .providers
+            .iter()
+            .any(|p| matches!(p, Provider::Cuda | Provider::Tensorrt));
         Ok(OrtEngine {
             path: path.to_path_buf(),
-            threads: options.threads.max(1),
+            device: if gpu {
+                Device::Gpu(vec![settings.device])
+            } else {
+                Device::Cpu
+            },
+            settings,
             signature: Signature { inputs, outputs },
             input_types,
             first: std::sync::Mutex::new(Some(session)),
@@ -221,8 +359,8 @@ impl Engine for OrtEngine {
         EngineInfo {
             platform: "onnxruntime_onnx",
             backend: "onnxruntime",
-            device: Device::Cpu,
-            threads: self.threads,
+            device: self.device.clone(),
+            threads: self.settings.threads,
         }
     }
 
@@ -230,7 +368,7 @@ impl Engine for OrtEngine {
         let first = self.first.lock().ok().and_then(|mut f| f.take());
         let session = match first {
             Some(s) => s,
-            None => open(&self.path, self.threads)?,
+            None => open(&self.path, &self.settings)?,
         };
         Ok(Box::new(OrtWorker {
             session,
@@ -413,5 +551,29 @@ impl Session for OrtWorker {
             .zip(&self.output_types)
             .map(|(v, &dtype)| from_value(&v, dtype))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensorrt_profiles_span_the_batch_sizes() {
+        let spec = |name: &str, dims: Vec<i64>| TensorSpec {
+            name: name.into(),
+            dtype: DataType::Fp32,
+            dims,
+        };
+        let p = profiles(
+            &[spec("input", vec![-1, 32]), spec("mask", vec![-1, 4, 2])],
+            64,
+        )
+        .unwrap();
+        assert_eq!(p.0, "input:1x32,mask:1x4x2");
+        assert_eq!(p.1, "input:32x32,mask:32x4x2");
+        assert_eq!(p.2, "input:64x32,mask:64x4x2");
+        assert_eq!(profiles(&[spec("input", vec![-1, -1])], 64), None);
+        assert_eq!(profiles(&[spec("input", vec![-1, 32])], 0), None);
     }
 }

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 pub use model::{
     DynamicBatching, EngineConfig, EngineKind, Fallback, ModelConfig, MonitoringConfig,
-    OnNewVersion, QueuePolicy, RetrainConfig, RolloutConfig, TensorConfig, ThresholdError,
-    Thresholds, VersionPolicy, Warmup, DRIFT_STATISTICS,
+    OnNewVersion, Precision, Provider, QueuePolicy, RetrainConfig, RolloutConfig, TensorConfig,
+    ThresholdError, Thresholds, VersionPolicy, Warmup, DRIFT_STATISTICS,
 };
 
 /// A configuration file that cannot be used. Messages name the file, the key and the reason.

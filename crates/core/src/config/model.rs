@@ -537,6 +537,55 @@ pub struct EngineConfig {
     /// log line and `cairn_engine_fallbacks_total`.
     #[serde(default, skip_serializing_if = "Fallback::is_refuse")]
     pub fallback: Fallback,
+    /// onnxruntime's execution providers, tried in order (`["tensorrt", "cuda", "cpu"]`);
+    /// empty: the CPU. A provider that cannot be registered (its library or the GPU missing) is
+    /// a load error for this model, never a silent fall back to the CPU.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub providers: Vec<Provider>,
+    /// GPU ids a GPU provider runs on (the first is used by each instance).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<u32>,
+    /// GPU arithmetic: `fp32`, `tf32` (CUDA) or `fp16` (TensorRT).
+    #[serde(default, skip_serializing_if = "Precision::is_fp32")]
+    pub precision: Precision,
+    /// Where TensorRT keeps its built engines between loads; absent: no cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<String>,
+}
+
+/// An onnxruntime execution provider.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    Tensorrt,
+    Cuda,
+    Cpu,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Tensorrt => "tensorrt",
+            Provider::Cuda => "cuda",
+            Provider::Cpu => "cpu",
+        }
+    }
+}
+
+/// GPU arithmetic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Tf32,
+    Fp16,
+}
+
+impl Precision {
+    fn is_fp32(&self) -> bool {
+        *self == Precision::Fp32
+    }
 }
 
 impl Default for EngineConfig {
@@ -545,6 +594,10 @@ impl Default for EngineConfig {
             kind: EngineKind::default(),
             threads: one(),
             fallback: Fallback::default(),
+            providers: Vec::new(),
+            devices: Vec::new(),
+            precision: Precision::default(),
+            cache_dir: None,
         }
     }
 }
@@ -819,6 +872,33 @@ impl ModelConfig {
             }
             _ => {}
         }
+        let e = &self.engine;
+        if !e.providers.is_empty() && !matches!(e.kind, EngineKind::Ort | EngineKind::Auto) {
+            return fail(
+                "engine.providers",
+                format!("providers are onnxruntime's; kind is '{}'", e.kind.as_str()),
+            );
+        }
+        for (i, p) in e.providers.iter().enumerate() {
+            if e.providers[..i].contains(p) {
+                return fail(
+                    "engine.providers",
+                    format!("'{}' is listed twice", p.as_str()),
+                );
+            }
+        }
+        if e.devices.len() > 64 || e.devices.iter().any(|d| *d > 1024) {
+            return fail("engine.devices", "at most 64 ids, each at most 1024".into());
+        }
+        if e.precision == Precision::Fp16 && !e.providers.contains(&Provider::Tensorrt) {
+            return fail(
+                "engine.precision",
+                "fp16 needs the tensorrt provider".into(),
+            );
+        }
+        if e.precision == Precision::Tf32 && !e.providers.contains(&Provider::Cuda) {
+            return fail("engine.precision", "tf32 needs the cuda provider".into());
+        }
         if self.engine.threads.get() > 256 {
             return fail(
                 "engine.threads",
@@ -1064,6 +1144,10 @@ mod tests {
             ("[engine]\nkind = \"gpu\"", "unknown variant `gpu`"),
             ("[engine]\nfallback = \"maybe\"", "unknown variant `maybe`"),
             ("[engine]\nkind = \"ort\"\nthreads = 1000", "engine.threads: 1000 exceeds 256"),
+            ("[engine]\nproviders = [\"cuda\"]", "engine.providers: providers are onnxruntime's"),
+            ("[engine]\nkind = \"ort\"\nproviders = [\"cuda\", \"cuda\"]", "listed twice"),
+            ("[engine]\nkind = \"ort\"\nprecision = \"fp16\"", "fp16 needs the tensorrt provider"),
+            ("[engine]\nkind = \"ort\"\nproviders = [\"rocm\"]", "unknown variant `rocm`"),
             ("[engine]\nthreads = 4", "engine.threads: 4 threads"),
             ("[engine]\ndevice = 0", "unknown field `device`"),
             ("[monitoring]\nsample_rate = 2.0", "monitoring.sample_rate: 2 is not between"),
