@@ -871,9 +871,26 @@ fn json_bytes(v: &Value) -> Bytes {
 }
 
 /// While draining, readiness is the protocol's "false" (400 with the reason) and the answer tells
-/// an HTTP/1.1 client to close.
+/// an HTTP/1.1 client to close. The drain closes a connection idle for half a second; on a
+/// loaded machine the client can be starved that long between two requests, so an attempt
+/// whose connection closed before any 400 is made again (three at most).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_is_400_while_shutting_down() {
+    for attempt in 0..3 {
+        if let Some(text) = readiness_while_draining().await {
+            assert!(text.starts_with("http/1.1 400"), "{text}");
+            assert!(text.contains("connection: close"), "{text}");
+            assert!(text.contains("shutting down"), "{text}");
+            return;
+        }
+        eprintln!("attempt {attempt}: the connection closed before a 400; again");
+    }
+    panic!("no attempt saw readiness answer 400 while draining");
+}
+
+/// The first non-200 readiness answer during a drain, lower-cased; `None` when the connection
+/// closed first.
+async fn readiness_while_draining() -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = TestServer::start(Repo::with(&["simple"])).await;
     let addr = s.base.trim_start_matches("http://").to_string();
@@ -886,22 +903,26 @@ async fn readiness_is_400_while_shutting_down() {
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
     let server = s.server.take().unwrap();
     let stopping = tokio::spawn(server.shutdown());
-    let mut answer = Vec::new();
+    let mut answer = None;
     for _ in 0..200 {
-        conn.write_all(b"GET /v2/health/ready HTTP/1.1\r\nhost: x\r\n\r\n")
+        if conn
+            .write_all(b"GET /v2/health/ready HTTP/1.1\r\nhost: x\r\n\r\n")
             .await
-            .unwrap();
-        let n = conn.read(&mut buf).await.unwrap();
-        answer = buf[..n].to_vec();
-        if answer.starts_with(b"HTTP/1.1 400") {
+            .is_err()
+        {
+            break;
+        }
+        let n = match conn.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if !buf[..n].starts_with(b"HTTP/1.1 200") {
+            answer = Some(String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase());
             break;
         }
     }
-    let text = String::from_utf8_lossy(&answer).to_ascii_lowercase();
-    assert!(text.starts_with("http/1.1 400"), "{text}");
-    assert!(text.contains("connection: close"), "{text}");
-    assert!(text.contains("shutting down"), "{text}");
     stopping.await.unwrap();
+    answer
 }
 
 /// After shutdown nothing keeps the loaded versions alive: the evaluator and the poller stop
