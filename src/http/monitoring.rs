@@ -114,15 +114,12 @@ fn record_trial_labels(state: &AppState, model: &str, outcomes: &[(u64, bool)]) 
     };
     let stable = route.stable().map(|s| s.version);
     let count = |version: u64| {
-        let rows: Vec<bool> = outcomes
+        outcomes
             .iter()
             .filter(|(v, _)| *v == version)
-            .map(|(_, ok)| *ok)
-            .collect();
-        (
-            rows.len() as u64,
-            rows.iter().filter(|ok| **ok).count() as u64,
-        )
+            .fold((0u64, 0u64), |(n, right), (_, ok)| {
+                (n + 1, right + u64::from(*ok))
+            })
     };
     let (n, right) = count(candidate.version);
     candidate.tracker.candidate.record_labels(n, right);

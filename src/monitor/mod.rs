@@ -48,7 +48,7 @@ pub struct ModelMonitor {
     pub(crate) published: RwLock<Published>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Rows matched with feedback since the server started (retraining counts them).
-    pub(crate) labelled: std::sync::atomic::AtomicU64,
+    pub(crate) labelled: AtomicU64,
 }
 
 /// What one version logs, and how it samples. Held by the loaded version; the request path asks
@@ -217,7 +217,7 @@ impl MonitorHub {
             metrics: self.metrics.clone(),
             published: RwLock::new(Published::default()),
             thread: Mutex::new(None),
-            labelled: std::sync::atomic::AtomicU64::new(0),
+            labelled: AtomicU64::new(0),
         });
         let thread = writer::spawn(Arc::clone(&monitor), rx)?;
         *monitor.thread.lock() = Some(thread);

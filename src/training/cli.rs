@@ -78,20 +78,23 @@ pub fn train(
         progress,
     )
     .map_err(|e| e.to_string())?;
-    let store = Store::new(&config.output.runs_dir);
     let mut published = None;
     if outcome.passed && publish && config.output.publish {
-        match publish_version(&config, &model_dir, &mut outcome) {
-            Ok(v) => published = Some(v),
-            Err(e) => {
-                outcome.record.status = "failed".into();
-                outcome.record.error = Some(format!("publish: {e}"));
-                outcome.record.published_version = None;
-                store.save(&outcome.record).map_err(|e| e.to_string())?;
-                return Err(format!("run {}: cannot publish: {e}", outcome.record.id));
-            }
+        let result =
+            super::publish::next_version(&config, &model_dir, &mut outcome).and_then(|next| {
+                crate::repository::publish_offline(
+                    &config.output.repository,
+                    &config.model,
+                    Some(next.version),
+                    &next.files,
+                    next.config,
+                )
+                .map_err(|e| e.to_string())
+            });
+        match result {
+            Ok(v) => published = Some(super::publish::recorded(&config, &outcome, v)?),
+            Err(e) => return Err(super::publish::failed(&config, &mut outcome, &e)),
         }
-        store.save(&outcome.record).map_err(|e| e.to_string())?;
     }
     Ok(TrainResult { outcome, published })
 }
@@ -115,68 +118,6 @@ fn serving_version(model_dir: &Path) -> Option<Serving> {
             version,
             model_file,
         })
-}
-
-fn publish_version(
-    config: &TrainConfig,
-    model_dir: &Path,
-    outcome: &mut Outcome,
-) -> Result<u64, String> {
-    let present = crate::repository::versions_in(model_dir);
-    let version = present.last().map_or(1, |v| v + 1);
-    let has_config = model_dir.join("config.toml").is_file();
-    let model_config = if has_config {
-        None
-    } else {
-        Some(new_model_config(config, &outcome.record.id)?)
-    };
-    let filename = model_config
-        .as_ref()
-        .map(|c| c.default_model_filename.clone())
-        .or_else(|| {
-            ModelConfig::load(model_dir, &config.model)
-                .ok()
-                .map(|c| c.default_model_filename)
-        })
-        .unwrap_or_else(|| "model.onnx".into());
-    outcome.record.published_version = Some(version);
-    let run_json = serde_json::to_vec_pretty(&outcome.record).map_err(|e| e.to_string())?;
-    let files = vec![
-        (filename, outcome.model_onnx.clone()),
-        (
-            "baseline.json".to_string(),
-            outcome.baseline_json.clone().into_bytes(),
-        ),
-        ("run.json".to_string(), run_json),
-    ];
-    let published = crate::repository::publish_offline(
-        &config.output.repository,
-        &config.model,
-        Some(version),
-        &files,
-        model_config,
-    )
-    .map_err(|e| e.to_string())?;
-    tracing::info!(model = %config.model, version = published, run = %outcome.record.id, "published a trained version");
-    Ok(published)
-}
-
-/// The `config.toml` of a model that has none: batched, monitored on the trained features.
-pub(crate) fn new_model_config(config: &TrainConfig, run: &str) -> Result<ModelConfig, String> {
-    let quote = |v: &[String]| {
-        v.iter()
-            .map(|s| format!("{s:?}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let text = format!(
-        "# Written by cairn train (run {run}).\nbackend = \"onnx\"\nmax_batch_size = 64\n\n\
-         [dynamic_batching]\nmax_queue_delay_us = 100\n\n\
-         [monitoring]\nenabled = true\nfeatures = [{}]\ncategorical = [{}]\n",
-        quote(&config.data.features),
-        quote(&config.data.categorical)
-    );
-    toml::from_str(&text).map_err(|e| format!("the new config.toml does not parse: {e}"))
 }
 
 /// Progress bars: one for the trials, one per trial running its epochs.

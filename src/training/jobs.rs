@@ -20,7 +20,7 @@ use cairn_train::{Serving, TrainConfig};
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::config::{ModelConfig, TrainingSettings};
+use crate::config::TrainingSettings;
 use crate::metrics::Metrics;
 use crate::repository::Repository;
 use crate::routing::Router;
@@ -381,13 +381,7 @@ impl Jobs {
                             job.view.lock().version = Some(v);
                             Ok((JobState::Published, outcome.record))
                         }
-                        Err(e) => {
-                            outcome.record.status = "failed".into();
-                            outcome.record.error = Some(format!("publish: {e}"));
-                            outcome.record.published_version = None;
-                            let _ = Store::new(&config.output.runs_dir).save(&outcome.record);
-                            Err(format!("run {}: cannot publish: {e}", outcome.record.id))
-                        }
+                        Err(e) => Err(super::publish::failed(&config, &mut outcome, &e)),
                     }
                 }
             }
@@ -435,43 +429,17 @@ impl Jobs {
         outcome: &mut cairn_train::Outcome,
     ) -> Result<u64, String> {
         let model_dir = self.repository_root.join(&config.model);
-        let version = crate::repository::versions_in(&model_dir)
-            .last()
-            .map_or(1, |v| v + 1);
-        let has_config = model_dir.join("config.toml").is_file();
-        let new_config = if has_config {
-            None
-        } else {
-            Some(super::cli::new_model_config(config, &outcome.record.id)?)
-        };
-        let filename = match &new_config {
-            Some(c) => c.default_model_filename.clone(),
-            None => ModelConfig::load(&model_dir, &config.model)
-                .map(|c| c.default_model_filename)
-                .map_err(|e| e.to_string())?,
-        };
-        outcome.record.published_version = Some(version);
-        let run_json = serde_json::to_vec_pretty(&outcome.record).map_err(|e| e.to_string())?;
-        let files = vec![
-            (filename, outcome.model_onnx.clone()),
-            (
-                "baseline.json".to_string(),
-                outcome.baseline_json.clone().into_bytes(),
-            ),
-            ("run.json".to_string(), run_json),
-        ];
-        let published = self
+        let next = super::publish::next_version(config, &model_dir, outcome)?;
+        let version = self
             .runtime
-            .block_on(
-                self.repository
-                    .publish(&config.model, Some(version), files, new_config),
-            )
+            .block_on(self.repository.publish(
+                &config.model,
+                Some(next.version),
+                next.files,
+                next.config,
+            ))
             .map_err(|e| e.to_string())?;
-        Store::new(&config.output.runs_dir)
-            .save(&outcome.record)
-            .map_err(|e| e.to_string())?;
-        tracing::info!(model = %config.model, version = published, run = %outcome.record.id, "published a trained version");
-        Ok(published)
+        super::publish::recorded(config, outcome, version)
     }
 
     /// Cancels running jobs (they stop at their next epoch, publishing nothing) and waits for

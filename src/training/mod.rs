@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod jobs;
+mod publish;
 pub mod retrain;
 
 pub use cli::{runs, summary, train, Bars, RunsArgs, RunsCommand, TrainArgs, TrainResult};

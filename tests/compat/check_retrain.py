@@ -33,18 +33,10 @@ import onnxruntime as ort
 from vega_datasets import data as vega
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from check_monitoring import BINARY, Server  # noqa: E402
+from check_monitoring import BINARY, FAILURES, Server, check  # noqa: E402
 
 FEATURES = ["precipitation", "temp_max", "temp_min", "wind"]
 CLASSES = {"drizzle": 0, "fog": 1, "rain": 2, "snow": 3, "sun": 4}
-FAILURES = []
-
-
-def check(ok, message):
-    if not ok:
-        FAILURES.append(message)
-        print(f"FAIL: {message}", flush=True)
-    return ok
 
 
 MODEL_CONFIG = f"""# The weather model: monitored, retrained on drift, new versions canaried.
@@ -225,7 +217,7 @@ def main():
             print(f"  day {i:4d} (+{t:5.1f} s): {h.get('action')} {h.get('trigger')} v{h.get('version')} — {h.get('reason', '')[:160]}")
         if first_promotion:
             print(f"first promotion after {first_promotion[0]} days of traffic, {first_promotion[1]:.1f} s after the shift's first request")
-        print(f"v1 accuracy: 2012 test split {auto and ''}see run; 2013-2015 first 120 days {v1_right[first_window].mean():.3f}")
+        print(f"v1 accuracy on 2013-2015's first 120 days {v1_right[first_window].mean():.3f}")
         print(f"live accuracy after the first promotion {live_after:.3f}; v1 on the same days {v1_after:.3f}")
         print(f"live accuracy over all 2013-2015 traffic {correct.mean():.3f}; v1 alone {v1_right.mean():.3f}")
         check(live_after >= v1_after + 0.1,

@@ -30,17 +30,9 @@ import onnxruntime as ort
 import tritonclient.http as httpclient
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from check_monitoring import BINARY, ROOT, Server  # noqa: E402
+from check_monitoring import BINARY, FAILURES, ROOT, Server, check  # noqa: E402
 
 TOL = 1e-5
-FAILURES = []
-
-
-def check(ok, message):
-    if not ok:
-        FAILURES.append(message)
-        print(f"FAIL: {message}", flush=True)
-    return ok
 
 
 def write_table(path, rows, seed):

@@ -30,14 +30,8 @@ fn with_engine(repo: &Repo, model: &str, engine: &str) {
     std::fs::write(&path, format!("{text}\n[engine]\n{engine}\n")).unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_onnxruntime_fails_that_model_only_or_falls_back() {
-    let repo = Repo::with(&["tabular-small"]);
-    repo.add_as("tabular-small", "on-ort");
-    repo.add_as("tabular-small", "may-fall-back");
-    with_engine(&repo, "on-ort", "kind = \"ort\"");
-    with_engine(&repo, "may-fall-back", "kind = \"ort\"\nfallback = \"cpu\"");
-    let state = tempfile::tempdir().unwrap();
+/// The binary serving `repo` with `library` as its onnxruntime library, ready.
+async fn serve(repo: &Repo, state: &std::path::Path, library: &str) -> crate::cli::Spawned {
     let server = spawn(
         &[
             "serve",
@@ -46,13 +40,25 @@ async fn a_missing_onnxruntime_fails_that_model_only_or_falls_back() {
             "--model-repository",
             repo.path().to_str().unwrap(),
             "--state-dir",
-            state.path().to_str().unwrap(),
+            state.to_str().unwrap(),
             "--onnxruntime-library",
-            "/nonexistent/libonnxruntime.so.1",
+            library,
         ],
         &[],
     );
     wait_ready(&server.base).await;
+    server
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_onnxruntime_fails_that_model_only_or_falls_back() {
+    let repo = Repo::with(&["tabular-small"]);
+    repo.add_as("tabular-small", "on-ort");
+    repo.add_as("tabular-small", "may-fall-back");
+    with_engine(&repo, "on-ort", "kind = \"ort\"");
+    with_engine(&repo, "may-fall-back", "kind = \"ort\"\nfallback = \"cpu\"");
+    let state = tempfile::tempdir().unwrap();
+    let server = serve(&repo, state.path(), "/nonexistent/libonnxruntime.so.1").await;
     let (status, _) = get(&server.base, "/v2/models/tabular-small/ready").await;
     assert_eq!(status, 200, "a model on tract serves");
     let (status, body) = get(&server.base, "/v2/models/on-ort/ready").await;
@@ -103,21 +109,7 @@ async fn a_model_on_onnxruntime_says_so_and_answers_as_tract_does() {
     repo.add_as("iris", "iris-ort");
     with_engine(&repo, "iris-ort", "kind = \"ort\"");
     let state = tempfile::tempdir().unwrap();
-    let server = spawn(
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--model-repository",
-            repo.path().to_str().unwrap(),
-            "--state-dir",
-            state.path().to_str().unwrap(),
-            "--onnxruntime-library",
-            library.to_str().unwrap(),
-        ],
-        &[],
-    );
-    wait_ready(&server.base).await;
+    let server = serve(&repo, state.path(), library.to_str().unwrap()).await;
     let (_, meta) = get(&server.base, "/v2/models/iris-ort").await;
     assert_eq!(meta["platform"], "onnxruntime_onnx", "{meta}");
     let (_, config) = get(&server.base, "/v2/models/iris-ort/config").await;

@@ -372,12 +372,6 @@ impl Engine for OrtEngine {
         };
         Ok(Box::new(OrtWorker {
             session,
-            input_names: self
-                .signature
-                .inputs
-                .iter()
-                .map(|t| t.name.clone())
-                .collect(),
             input_types: self.input_types.clone(),
             output_types: self.signature.outputs.iter().map(|t| t.dtype).collect(),
             pending: Vec::new(),
@@ -387,7 +381,6 @@ impl Engine for OrtEngine {
 
 struct OrtWorker {
     session: OrtSession,
-    input_names: Vec<String>,
     input_types: Vec<DataType>,
     output_types: Vec<DataType>,
     pending: Vec<DynValue>,
@@ -397,25 +390,38 @@ fn run_err(e: impl std::fmt::Display) -> EngineError {
     EngineError::Run(e.to_string())
 }
 
-/// The parts of a fixed-size input, concatenated.
-fn gather_fixed(input: &BatchInput<'_>) -> Result<Vec<u8>, EngineError> {
-    let mut out = Vec::new();
+/// The byte buffers of a fixed-size input's parts, their lengths checked against the shape.
+fn fixed_parts<'a>(input: &'a BatchInput<'_>, size: usize) -> Result<Vec<&'a [u8]>, EngineError> {
+    let mut parts = Vec::with_capacity(input.parts.len());
     for part in &input.parts {
         match &part.data {
-            TensorData::Fixed(b) => out.extend_from_slice(b),
+            TensorData::Fixed(b) => parts.push(b.as_ref()),
             TensorData::Bytes(_) => return Err(run_err("a fixed-size input holds BYTES data")),
         }
     }
-    Ok(out)
+    let given: usize = parts.iter().map(|p| p.len()).sum();
+    let needed = input.shape.iter().product::<usize>() * size;
+    if given != needed {
+        return Err(run_err(format!(
+            "batch input holds {given} bytes but its shape {:?} needs {needed}",
+            input.shape
+        )));
+    }
+    Ok(parts)
 }
 
+/// The parts' elements decoded straight into the tensor's own buffer: one copy per batch.
 macro_rules! typed_value {
-    ($bytes:expr, $shape:expr, $t:ty) => {{
+    ($parts:expr, $shape:expr, $t:ty) => {{
         let size = std::mem::size_of::<$t>();
-        let values: Vec<$t> = $bytes
-            .chunks_exact(size)
-            .map(|c| <$t>::from_le_bytes(c.try_into().expect("chunks_exact")))
-            .collect();
+        let mut values: Vec<$t> =
+            Vec::with_capacity($parts.iter().map(|p| p.len()).sum::<usize>() / size);
+        for part in $parts {
+            values.extend(
+                part.chunks_exact(size)
+                    .map(|c| <$t>::from_le_bytes(c.try_into().expect("chunks_exact"))),
+            );
+        }
         OrtTensor::from_array(($shape, values)).map(|t| t.into_dyn())
     }};
 }
@@ -441,31 +447,26 @@ fn to_value(input: &BatchInput<'_>, dtype: DataType) -> Result<DynValue, EngineE
             .map(|t| t.into_dyn())
             .map_err(run_err);
     }
-    let bytes = gather_fixed(input)?;
-    let size = dtype.size().unwrap_or(1);
-    if bytes.len() != expected * size {
-        return Err(run_err(format!(
-            "batch input holds {} bytes but its shape {:?} needs {}",
-            bytes.len(),
-            input.shape,
-            expected * size
-        )));
-    }
+    let parts = fixed_parts(input, dtype.size().unwrap_or(1))?;
     let value = match dtype {
         DataType::Bool => {
-            let values: Vec<bool> = bytes.iter().map(|b| *b != 0).collect();
+            // A Rust bool must be 0 or 1; binary requests may carry any byte.
+            let values: Vec<bool> = parts
+                .iter()
+                .flat_map(|p| p.iter().map(|b| *b != 0))
+                .collect();
             OrtTensor::from_array((shape, values)).map(|t| t.into_dyn())
         }
-        DataType::Uint8 => OrtTensor::from_array((shape, bytes)).map(|t| t.into_dyn()),
-        DataType::Int8 => typed_value!(bytes, shape, i8),
-        DataType::Uint16 => typed_value!(bytes, shape, u16),
-        DataType::Int16 => typed_value!(bytes, shape, i16),
-        DataType::Uint32 => typed_value!(bytes, shape, u32),
-        DataType::Int32 => typed_value!(bytes, shape, i32),
-        DataType::Uint64 => typed_value!(bytes, shape, u64),
-        DataType::Int64 => typed_value!(bytes, shape, i64),
-        DataType::Fp32 => typed_value!(bytes, shape, f32),
-        DataType::Fp64 => typed_value!(bytes, shape, f64),
+        DataType::Uint8 => OrtTensor::from_array((shape, parts.concat())).map(|t| t.into_dyn()),
+        DataType::Int8 => typed_value!(&parts, shape, i8),
+        DataType::Uint16 => typed_value!(&parts, shape, u16),
+        DataType::Int16 => typed_value!(&parts, shape, i16),
+        DataType::Uint32 => typed_value!(&parts, shape, u32),
+        DataType::Int32 => typed_value!(&parts, shape, i32),
+        DataType::Uint64 => typed_value!(&parts, shape, u64),
+        DataType::Int64 => typed_value!(&parts, shape, i64),
+        DataType::Fp32 => typed_value!(&parts, shape, f32),
+        DataType::Fp64 => typed_value!(&parts, shape, f64),
         other => {
             return Err(EngineError::Unsupported(format!(
                 "an input of type {other}"
@@ -543,9 +544,12 @@ impl Session for OrtWorker {
     }
 
     fn run(&mut self) -> Result<Vec<HostTensor>, EngineError> {
-        let values = std::mem::take(&mut self.pending);
-        let named: Vec<(String, DynValue)> = self.input_names.iter().cloned().zip(values).collect();
-        let outputs = self.session.run(named).map_err(run_err)?;
+        // In the session's input order: no names to copy per batch.
+        let values: Vec<ort::session::SessionInputValue<'_>> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .map(Into::into)
+            .collect();
+        let outputs = self.session.run(values.as_slice()).map_err(run_err)?;
         outputs
             .values()
             .zip(&self.output_types)

@@ -24,94 +24,116 @@ pub struct Predictions {
     pub values: Vec<f64>,
 }
 
-/// Runs the model at `path` on `x` (row-major `[rows, width]`, FP32).
-pub fn predict(
-    path: &Path,
-    x: &[f32],
+/// A model file loaded for scoring, with the outputs that carry labels, probabilities or values.
+pub struct Scorer {
+    engine: TractEngine,
     width: usize,
     classify: bool,
-) -> Result<Predictions, String> {
-    let options = LoadOptions {
-        batch_dim: true,
-        ..LoadOptions::default()
-    };
-    let engine = TractEngine::load(path, &options).map_err(|e| e.to_string())?;
-    let sig = engine.signature().clone();
-    if sig.inputs.len() != 1 || sig.inputs[0].dtype != DataType::Fp32 {
-        return Err(format!(
-            "{}: the model does not take one FP32 input, so it cannot be scored on these features",
-            path.display()
-        ));
-    }
-    if let Some(&w) = sig.inputs[0].dims.get(1) {
-        if w >= 0 && w as usize != width {
+    label_at: Option<usize>,
+    prob_at: Option<usize>,
+    value_at: Option<usize>,
+}
+
+impl Scorer {
+    /// Loads the model at `path` to score rows of `width` FP32 features, once for every set.
+    pub fn load(path: &Path, width: usize, classify: bool) -> Result<Scorer, String> {
+        let options = LoadOptions {
+            batch_dim: true,
+            ..LoadOptions::default()
+        };
+        let engine = TractEngine::load(path, &options).map_err(|e| e.to_string())?;
+        let sig = engine.signature();
+        if sig.inputs.len() != 1 || sig.inputs[0].dtype != DataType::Fp32 {
             return Err(format!(
-                "{}: the model takes {w} features, the data has {width}",
+                "{}: the model does not take one FP32 input, so it cannot be scored on these features",
                 path.display()
             ));
         }
-    }
-    let find =
-        |pick: &dyn Fn(&cairn_core::engine::TensorSpec) -> bool| sig.outputs.iter().position(pick);
-    let label_at = find(&|t| t.name == "label").or_else(|| {
-        find(&|t| matches!(t.dtype, DataType::Int64 | DataType::Int32 | DataType::Bytes))
-    });
-    let prob_at = find(&|t| t.name == "probabilities")
-        .or_else(|| find(&|t| t.dtype == DataType::Fp32 && t.dims.len() == 2));
-    let value_at = find(&|t| t.name == "variable").or_else(|| find(&|t| t.dtype == DataType::Fp32));
-    if classify && label_at.is_none() && prob_at.is_none() {
-        return Err(format!(
-            "{}: the model has no label or probabilities output",
-            path.display()
-        ));
-    }
-    if !classify && value_at.is_none() {
-        return Err(format!("{}: the model has no FP32 output", path.display()));
-    }
-    let mut session = engine.new_session().map_err(|e| e.to_string())?;
-    let mut out = Predictions::default();
-    let rows = x.len() / width.max(1);
-    let mut probs = Vec::new();
-    let mut classes = 0;
-    for start in (0..rows).step_by(CHUNK) {
-        let n = CHUNK.min(rows - start);
-        let t = Tensor::from_values(vec![n, width], &x[start * width..(start + n) * width])
-            .map_err(|e| e.to_string())?;
-        session
-            .set_inputs(&[BatchInput {
-                shape: vec![n, width],
-                parts: vec![&t],
-            }])
-            .map_err(|e| e.to_string())?;
-        let outputs = session.run().map_err(|e| e.to_string())?;
-        if classify {
-            if let Some(p) = prob_at {
-                let t = &outputs[p];
-                classes = t.shape.get(1).copied().unwrap_or(1);
-                probs.extend(t.to_values::<f32>().ok_or("probabilities are not FP32")?);
+        if let Some(&w) = sig.inputs[0].dims.get(1) {
+            if w >= 0 && w as usize != width {
+                return Err(format!(
+                    "{}: the model takes {w} features, the data has {width}",
+                    path.display()
+                ));
             }
-            match label_at {
-                Some(l) => out.labels.extend(labels_of(&outputs[l])?),
-                None => {
-                    let chunk = &probs[probs.len() - n * classes..];
-                    out.labels
-                        .extend(chunk.chunks(classes).map(|r| argmax(r).to_string()));
-                }
-            }
-        } else {
-            let t = &outputs[value_at.unwrap_or(0)];
-            out.values.extend(
-                t.to_values::<f32>()
-                    .ok_or("the value is not FP32")?
-                    .iter()
-                    .map(|v| *v as f64),
-            );
         }
+        let find = |pick: &dyn Fn(&cairn_core::engine::TensorSpec) -> bool| {
+            sig.outputs.iter().position(pick)
+        };
+        let label_at = find(&|t| t.name == "label").or_else(|| {
+            find(&|t| matches!(t.dtype, DataType::Int64 | DataType::Int32 | DataType::Bytes))
+        });
+        let prob_at = find(&|t| t.name == "probabilities")
+            .or_else(|| find(&|t| t.dtype == DataType::Fp32 && t.dims.len() == 2));
+        let value_at =
+            find(&|t| t.name == "variable").or_else(|| find(&|t| t.dtype == DataType::Fp32));
+        if classify && label_at.is_none() && prob_at.is_none() {
+            return Err(format!(
+                "{}: the model has no label or probabilities output",
+                path.display()
+            ));
+        }
+        if !classify && value_at.is_none() {
+            return Err(format!("{}: the model has no FP32 output", path.display()));
+        }
+        Ok(Scorer {
+            engine,
+            width,
+            classify,
+            label_at,
+            prob_at,
+            value_at,
+        })
     }
-    if classify && prob_at.is_some() {
-        out.probabilities = Some((classes, probs));
+
+    /// The model's answers for `x` (row-major `[rows, width]`).
+    pub fn predict(&self, x: &[f32]) -> Result<Predictions, String> {
+        let width = self.width;
+        let mut session = self.engine.new_session().map_err(|e| e.to_string())?;
+        let mut out = Predictions::default();
+        let rows = x.len() / width.max(1);
+        let mut probs = Vec::new();
+        let mut classes = 0;
+        for start in (0..rows).step_by(CHUNK) {
+            let n = CHUNK.min(rows - start);
+            let t = Tensor::from_values(vec![n, width], &x[start * width..(start + n) * width])
+                .map_err(|e| e.to_string())?;
+            session
+                .set_inputs(&[BatchInput {
+                    shape: vec![n, width],
+                    parts: vec![&t],
+                }])
+                .map_err(|e| e.to_string())?;
+            let outputs = session.run().map_err(|e| e.to_string())?;
+            if self.classify {
+                if let Some(p) = self.prob_at {
+                    let t = &outputs[p];
+                    classes = t.shape.get(1).copied().unwrap_or(1);
+                    probs.extend(t.to_values::<f32>().ok_or("probabilities are not FP32")?);
+                }
+                match self.label_at {
+                    Some(l) => out.labels.extend(labels_of(&outputs[l])?),
+                    None => {
+                        let chunk = &probs[probs.len() - n * classes..];
+                        out.labels
+                            .extend(chunk.chunks(classes).map(|r| argmax(r).to_string()));
+                    }
+                }
+            } else {
+                let t = &outputs[self.value_at.unwrap_or(0)];
+                out.values.extend(
+                    t.to_values::<f32>()
+                        .ok_or("the value is not FP32")?
+                        .iter()
+                        .map(|v| *v as f64),
+                );
+            }
+        }
+        if self.classify && self.prob_at.is_some() {
+            out.probabilities = Some((classes, probs));
+        }
+        Ok(out)
     }
-    Ok(out)
 }
 
 fn labels_of(t: &Tensor) -> Result<Vec<String>, String> {

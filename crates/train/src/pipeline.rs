@@ -301,8 +301,11 @@ fn run_inner(
             .flat_map(|&i| frame.row(i).iter().map(|v| *v as f32))
             .collect()
     };
+    let exported_model = eval::Scorer::load(&model_path, frame.width(), classify)
+        .map_err(|e| fail(format!("the exported model does not load: {e}")))?;
     let predict = |rows: &[usize]| {
-        eval::predict(&model_path, &raw(rows), frame.width(), classify)
+        exported_model
+            .predict(&raw(rows))
             .map_err(|e| fail(format!("the exported model does not run: {e}")))
     };
     let score = |rows: &[usize], p: &Predictions| -> Scores {
@@ -355,7 +358,9 @@ fn run_inner(
     let (serving_value, serving_version, reason_if_unscored) = match serving {
         None => (None, None, None),
         Some(s) => {
-            match eval::predict(&s.model_file, &raw(&splits.test), frame.width(), classify) {
+            match eval::Scorer::load(&s.model_file, frame.width(), classify)
+                .and_then(|m| m.predict(&raw(&splits.test)))
+            {
                 Ok(p) => (score(&splits.test, &p).get(metric), Some(s.version), None),
                 Err(e) => (None, Some(s.version), Some(e)),
             }
