@@ -112,6 +112,7 @@ struct Families {
     log_rows: IntCounterVec,
     log_dropped: IntCounterVec,
     log_lag: GaugeVec,
+    log_synced: GaugeVec,
     log_bytes: IntGaugeVec,
     drift_windows: IntCounterVec,
     drift_skipped: IntCounterVec,
@@ -255,7 +256,14 @@ impl Metrics {
             ),
             log_lag: gauge(
                 "prediction_log_lag_seconds",
-                "Age of the oldest record the writer holds and has not yet written.",
+                "How far the prediction log is behind: seconds since the synced watermark \
+                 (cairn_prediction_log_synced_timestamp_seconds).",
+                &["model"],
+            ),
+            log_synced: gauge(
+                "prediction_log_synced_timestamp_seconds",
+                "Unix time before which every record handed to the prediction log is synced to \
+                 disk (or counted as dropped): what a crash can no longer lose.",
                 &["model"],
             ),
             log_bytes: int_gauge(
@@ -573,11 +581,15 @@ impl Metrics {
     }
 
     /// Publishes how far a model's log writer lags and how much it holds on disk.
-    pub fn set_log_state(&self, model: &str, lag: Duration, bytes: u64) {
+    pub fn set_log_state(&self, model: &str, synced_us: i64, now_us: i64, bytes: u64) {
         self.inner
             .log_lag
             .with_label_values(&[model])
-            .set(lag.as_secs_f64());
+            .set(now_us.saturating_sub(synced_us).max(0) as f64 / 1e6);
+        self.inner
+            .log_synced
+            .with_label_values(&[model])
+            .set(synced_us as f64 / 1e6);
         self.inner
             .log_bytes
             .with_label_values(&[model])

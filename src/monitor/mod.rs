@@ -14,7 +14,7 @@ pub(crate) use writer::now_us;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -43,12 +43,22 @@ pub struct ModelMonitor {
     tx: mpsc::Sender<Msg>,
     /// Tensor bytes held by records in the channel.
     queued_bytes: AtomicUsize,
+    /// Microseconds since the epoch before which every record handed to the writer is synced
+    /// to disk (or counted as dropped): what a crash can no longer lose.
+    synced_through_us: AtomicI64,
     settings: MonitorSettings,
     metrics: Metrics,
     pub(crate) published: RwLock<Published>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Rows matched with feedback since the server started (retraining counts them).
     pub(crate) labelled: AtomicU64,
+}
+
+impl ModelMonitor {
+    /// Moves the synced watermark forward (never back).
+    fn synced_through(&self, us: i64) {
+        self.synced_through_us.fetch_max(us, Ordering::AcqRel);
+    }
 }
 
 /// What one version logs, and how it samples. Held by the loaded version; the request path asks
@@ -213,6 +223,7 @@ impl MonitorHub {
             name: name.to_string(),
             tx,
             queued_bytes: AtomicUsize::new(0),
+            synced_through_us: AtomicI64::new(now_us()),
             settings: self.settings.clone(),
             metrics: self.metrics.clone(),
             published: RwLock::new(Published::default()),

@@ -71,6 +71,7 @@ pub(super) fn spawn(
         batch: PredictionBatch::new((*empty).clone()),
         batch_layout: empty,
         batch_since: None,
+        drained_through_us: now_us(),
         predictions,
         feedback,
         versions: HashMap::new(),
@@ -92,6 +93,10 @@ struct Writer {
     batch_layout: Arc<PredictionLayout>,
     /// When the oldest unwritten row arrived.
     batch_since: Option<Instant>,
+    /// A time before which every record handed to the channel is in `batch` or on disk: the
+    /// start of the last look that emptied the channel. It becomes the synced watermark once
+    /// `batch` is written.
+    drained_through_us: i64,
     versions: HashMap<u64, VersionState>,
     index: PredictionIndex,
     reports: PathBuf,
@@ -145,6 +150,9 @@ impl Writer {
                 // Take what is waiting. The writer polls rather than waits on the channel, so a
                 // request that logs never pays for waking it (a system call per record under
                 // load); when a look finds nothing, the next one comes later, up to POLL_MAX.
+                // Everything sent before the look began is taken once the look finds the
+                // channel empty (it is first in, first out).
+                let look_began = now_us();
                 let mut took = 0;
                 while took < BATCH_ROWS {
                     match rx.try_recv() {
@@ -153,7 +161,13 @@ impl Writer {
                             self.handle(msg);
                             took += 1;
                         }
-                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Empty) => {
+                            self.drained_through_us = look_began;
+                            if self.batch.is_empty() {
+                                self.monitor.synced_through(look_began);
+                            }
+                            break;
+                        }
                         Err(mpsc::error::TryRecvError::Disconnected) => break 'run,
                     }
                 }
@@ -331,10 +345,11 @@ impl Writer {
         if let Err(e) = self.predictions.tick() {
             tracing::error!(model = %self.monitor.name, error = %e, "prediction log");
         }
-        let lag = self.batch_since.map_or(Duration::ZERO, |s| s.elapsed());
+        let synced = self.monitor.synced_through_us.load(Ordering::Acquire);
         self.monitor.metrics.set_log_state(
             &self.monitor.name,
-            lag,
+            synced,
+            now_us(),
             self.predictions.bytes_on_disk(),
         );
     }
@@ -354,14 +369,17 @@ impl Writer {
         let Some(batch) = self.batch.finish() else {
             return;
         };
-        if let Err(e) = self.predictions.append(&batch) {
-            tracing::error!(model = %self.monitor.name, error = %e, rows = batch.num_rows(),
-                "prediction log: records not written");
-            self.monitor.metrics.record_log_dropped_rows(
-                &self.monitor.name,
-                "write_error",
-                batch.num_rows() as u64,
-            );
+        match self.predictions.append(&batch) {
+            Ok(()) => self.monitor.synced_through(self.drained_through_us),
+            Err(e) => {
+                tracing::error!(model = %self.monitor.name, error = %e, rows = batch.num_rows(),
+                    "prediction log: records not written");
+                self.monitor.metrics.record_log_dropped_rows(
+                    &self.monitor.name,
+                    "write_error",
+                    batch.num_rows() as u64,
+                );
+            }
         }
     }
 
