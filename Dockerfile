@@ -24,7 +24,7 @@ ENV CAIRN_STATE_DIR=/var/lib/cairn
 # CAIRN_ONNXRUNTIME_LIBRARY naming it; without it those models fail to load, the rest serve.
 VOLUME /var/lib/cairn
 USER cairn
-EXPOSE 8000
+EXPOSE 8000 8001
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["cairn"]
 CMD ["serve"]

@@ -108,6 +108,7 @@ struct Families {
     /// `cairn_http_requests_total`, resolved once: one row per entry of `HTTP_ENDPOINTS`, one
     /// counter per status class.
     http_requests: Vec<[IntCounter; 4]>,
+    grpc_requests: IntCounterVec,
     transitions: IntCounterVec,
     log_rows: IntCounterVec,
     log_dropped: IntCounterVec,
@@ -435,6 +436,11 @@ impl Metrics {
                     .map(|e| STATUS_CLASSES.map(|c| vec.with_label_values(&[e, c])))
                     .collect()
             },
+            grpc_requests: counter(
+                "grpc_requests_total",
+                "gRPC calls by method and status code (OK, INVALID_ARGUMENT, NOT_FOUND, ...).",
+                &["method", "code"],
+            ),
             transitions: counter(
                 "rollout_transitions_total",
                 "Deployment transitions by action (canary, shadow, weight, promote, rollback, \
@@ -548,6 +554,14 @@ impl Metrics {
 
     /// Counts one HTTP request by endpoint group (one of `HTTP_ENDPOINTS`, else `unknown`) and
     /// status class. No label lookup: the series were resolved at start.
+    /// One gRPC call: `method` is one of the service's (a fixed set), `code` one of gRPC's 17.
+    pub fn record_grpc(&self, method: &'static str, code: &'static str) {
+        self.inner
+            .grpc_requests
+            .with_label_values(&[method, code])
+            .inc();
+    }
+
     pub fn record_http(&self, endpoint: &str, status: u16) {
         let class = match status {
             200..=299 => 0,

@@ -25,6 +25,8 @@ const ROLLOUT_PERIOD: std::time::Duration = std::time::Duration::from_millis(100
 /// A server that is accepting connections.
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// The gRPC service's address; `None` when `grpc_listen` is off.
+    pub grpc_addr: Option<SocketAddr>,
     pub state: Arc<AppState>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -39,6 +41,20 @@ impl RunningServer {
         let listener = TcpListener::bind(&config.listen).await?;
         let addr = listener.local_addr()?;
         tracing::info!("listening on http://{addr}");
+        let grpc_listener = match &config.grpc_listen {
+            None => None,
+            Some(grpc) => {
+                let listener = TcpListener::bind(grpc)
+                    .await
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("gRPC on {grpc}: {e}")))?;
+                tracing::info!("gRPC listening on {}", listener.local_addr()?);
+                Some(listener)
+            }
+        };
+        let grpc_addr = grpc_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
         let metrics = Metrics::new();
         let rules = Arc::new(Rules::new(metrics.clone()));
         let offload = Offload::with_default_slots();
@@ -95,15 +111,34 @@ impl RunningServer {
         let (stop, stopped) = watch::channel(false);
         let serve_state = Arc::clone(&state);
         let mut serve_stop = stopped.clone();
+        let grpc_task = grpc_listener.map(|listener| {
+            let state = Arc::clone(&state);
+            let mut stop = stopped.clone();
+            tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                crate::grpc::serve(listener, state, shutdown).await;
+            })
+        });
         let task = tokio::spawn(async move {
             let shutdown = async move {
                 let _ = serve_stop.wait_for(|s| *s).await;
             };
-            http::serve(listener, serve_state, shutdown).await;
+            let http = http::serve(listener, serve_state, shutdown);
+            match grpc_task {
+                // Both fronts stop together: whichever the stop reaches first, the server is
+                // done only when both have drained.
+                Some(grpc) => {
+                    let (_, _) = tokio::join!(http, grpc);
+                }
+                None => http.await,
+            }
         });
         let background = tokio::spawn(background(Arc::clone(&state), stopped));
         Ok(RunningServer {
             addr,
+            grpc_addr,
             state,
             stop,
             task,

@@ -18,6 +18,12 @@ pub struct ServerSettings {
     #[arg(long, env = "CAIRN_LISTEN", value_name = "ADDR:PORT")]
     pub listen: Option<String>,
 
+    /// Address of the gRPC V2 service (`inference.GRPCInferenceService`), `host:port`, or `off`.
+    /// Port 0 picks a free port, printed in a log line that names gRPC.
+    /// [default: the `listen` host on port 8001; port 0 when `listen` has port 0]
+    #[arg(long, env = "CAIRN_GRPC_LISTEN", value_name = "ADDR:PORT|off")]
+    pub grpc_listen: Option<String>,
+
     /// Directory holding `<model>/config.toml` and `<model>/<version>/model.onnx`.
     /// [default: models]
     #[arg(long, env = "CAIRN_MODEL_REPOSITORY", value_name = "DIR")]
@@ -227,6 +233,7 @@ impl ServerSettings {
         }
         layered!(
             listen,
+            grpc_listen,
             model_repository,
             max_body_bytes,
             shutdown_timeout_s,
@@ -261,6 +268,20 @@ impl ServerSettings {
     }
 }
 
+/// Triton's gRPC port.
+const DEFAULT_GRPC_PORT: u16 = 8001;
+
+/// The gRPC address when none is set: the HTTP host on Triton's gRPC port, or on a free port
+/// when the HTTP port is itself picked freely (so servers started side by side on port 0 never
+/// collide on 8001).
+fn default_grpc_listen(listen: &str) -> String {
+    match listen.rsplit_once(':') {
+        Some((host, "0")) => format!("{host}:0"),
+        Some((host, _)) => format!("{host}:{DEFAULT_GRPC_PORT}"),
+        None => format!("{listen}:{DEFAULT_GRPC_PORT}"),
+    }
+}
+
 /// Default of `max_body_bytes`.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
 
@@ -268,6 +289,8 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub listen: String,
+    /// `None`: no gRPC service.
+    pub grpc_listen: Option<String>,
     pub model_repository: PathBuf,
     pub max_body_bytes: usize,
     pub shutdown_timeout: Duration,
@@ -555,8 +578,21 @@ impl ServerConfig {
             },
             runs_dir: state_dir.join("runs"),
         };
+        let listen = s.listen.unwrap_or_else(|| "0.0.0.0:8000".into());
+        let grpc_listen = match s.grpc_listen.as_deref().map(str::trim) {
+            Some("off") => None,
+            Some("") => {
+                return Err(invalid(
+                    "grpc_listen",
+                    "is empty (use \"off\" to turn gRPC off)".into(),
+                ))
+            }
+            Some(addr) => Some(addr.to_string()),
+            None => Some(default_grpc_listen(&listen)),
+        };
         Ok(ServerConfig {
-            listen: s.listen.unwrap_or_else(|| "0.0.0.0:8000".into()),
+            listen,
+            grpc_listen,
             state_dir,
             model_repository,
             max_body_bytes,
@@ -588,6 +624,7 @@ impl ServerConfig {
     pub fn for_repository(dir: &Path) -> ServerConfig {
         ServerConfig {
             listen: "127.0.0.1:0".into(),
+            grpc_listen: Some("127.0.0.1:0".into()),
             model_repository: dir.to_path_buf(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             shutdown_timeout: Duration::from_secs(30),
@@ -657,6 +694,32 @@ mod tests {
         assert_eq!(c.max_body_bytes, 2048);
         assert_eq!(c.model_repository, PathBuf::from("repo"));
         assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(c.grpc_listen.as_deref(), Some("127.0.0.1:0"));
+    }
+
+    #[test]
+    fn grpc_follows_the_http_host_on_port_8001_or_is_off() {
+        let config = |listen: Option<&str>, grpc: Option<&str>| {
+            let s = ServerSettings {
+                listen: listen.map(String::from),
+                grpc_listen: grpc.map(String::from),
+                ..Default::default()
+            };
+            ServerConfig::from_settings(s, Path::new("x.toml"), None).map(|c| c.grpc_listen)
+        };
+        assert_eq!(config(None, None).unwrap().as_deref(), Some("0.0.0.0:8001"));
+        assert_eq!(
+            config(Some("[::1]:9000"), None).unwrap().as_deref(),
+            Some("[::1]:8001")
+        );
+        assert_eq!(
+            config(Some("127.0.0.1:9000"), Some("127.0.0.1:7001"))
+                .unwrap()
+                .as_deref(),
+            Some("127.0.0.1:7001")
+        );
+        assert_eq!(config(None, Some("off")).unwrap(), None);
+        assert!(config(None, Some(" ")).is_err());
     }
 
     #[test]

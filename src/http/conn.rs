@@ -124,13 +124,51 @@ fn effective_max_connections(configured: usize) -> usize {
     configured
 }
 
-/// Accepts connections until `shutdown` resolves, then drains them for up to the configured
-/// grace period.
+/// What a listener speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 and h2c on one port: the V2 REST API.
+    Http,
+    /// HTTP/2 only: gRPC.
+    Grpc,
+}
+
+/// Accepts HTTP connections until `shutdown` resolves, then drains them for up to the
+/// configured grace period.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()>,
 ) {
+    let handler = Arc::clone(&state);
+    serve_connections(listener, state, shutdown, Protocol::Http, move |activity| {
+        let state = Arc::clone(&handler);
+        hyper::service::service_fn(move |req| {
+            super::handle(Arc::clone(&state), Arc::clone(&activity), req)
+        })
+    })
+    .await
+}
+
+/// The accept loop every listener shares: the connection limit, the idle and header
+/// watchdogs, and the drain on shutdown. `make_service` builds one connection's service, given
+/// the activity it must report its requests to.
+pub async fn serve_connections<S, B>(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()>,
+    protocol: Protocol,
+    make_service: impl Fn(Arc<Activity>) -> S,
+) where
+    S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let limits = state.config.connections.clone();
     let max_connections = effective_max_connections(limits.max_connections);
     let builder = {
@@ -139,9 +177,16 @@ pub async fn serve(
         b.http2()
             .max_concurrent_streams(1024)
             .max_header_list_size(MAX_HEAD_BYTES as u32);
+        if protocol == Protocol::Grpc {
+            b = b.http2_only();
+        }
         b
     };
-    let refusal = refusal_response(max_connections);
+    // An HTTP client is told why; a gRPC client (HTTP/2 from its first byte) is closed on.
+    let refusal = match protocol {
+        Protocol::Http => refusal_response(max_connections),
+        Protocol::Grpc => Vec::new(),
+    };
     let (open_tx, mut open_rx) = watch::channel(0usize);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut refused_log = Throttle::new(LOG_PERIOD);
@@ -172,18 +217,17 @@ pub async fn serve(
                     "connection refused: the server holds max_connections"
                 );
             }
-            let _ = stream.try_write(&refusal);
+            if !refusal.is_empty() {
+                let _ = stream.try_write(&refusal);
+            }
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let activity = Arc::new(Activity::default());
-        let service = {
-            let state = Arc::clone(&state);
-            let activity = Arc::clone(&activity);
-            hyper::service::service_fn(move |req| {
-                super::handle(Arc::clone(&state), Arc::clone(&activity), req)
-            })
-        };
+        let activity = Arc::new(Activity {
+            http2: AtomicBool::new(protocol == Protocol::Grpc),
+            ..Activity::default()
+        });
+        let service = make_service(Arc::clone(&activity));
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();

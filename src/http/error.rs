@@ -123,6 +123,29 @@ impl ApiError {
         }
     }
 
+    /// The gRPC status code of each error, derived from its HTTP status so that both front
+    /// ends always agree (the mapping of gRPC's HTTP guidance, and Triton's choices).
+    pub fn grpc_code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self.status() {
+            StatusCode::BAD_REQUEST | StatusCode::UNSUPPORTED_MEDIA_TYPE => Code::InvalidArgument,
+            StatusCode::NOT_FOUND => Code::NotFound,
+            StatusCode::CONFLICT => Code::FailedPrecondition,
+            StatusCode::UNAUTHORIZED => Code::Unauthenticated,
+            StatusCode::FORBIDDEN => Code::PermissionDenied,
+            StatusCode::PAYLOAD_TOO_LARGE => Code::ResourceExhausted,
+            StatusCode::REQUEST_TIMEOUT | StatusCode::GATEWAY_TIMEOUT => Code::DeadlineExceeded,
+            StatusCode::SERVICE_UNAVAILABLE => Code::Unavailable,
+            StatusCode::METHOD_NOT_ALLOWED => Code::Unimplemented,
+            _ => Code::Internal,
+        }
+    }
+
+    /// The error as a gRPC status: its code and the same message an HTTP client reads.
+    pub fn into_status(self) -> tonic::Status {
+        tonic::Status::new(self.grpc_code(), self.to_string())
+    }
+
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let status = self.status();
         let body = serde_json::to_vec(&serde_json::json!({ "error": self.to_string() }))

@@ -28,6 +28,10 @@ use hyper::body::Incoming;
 pub use body::BodyBudget;
 pub use conn::{raise_fd_limit, serve, MAX_HEAD_BYTES};
 pub use error::ApiError;
+// The gRPC front end shares the accept loop, the views and the admin check.
+pub(crate) use conn::{serve_connections, Activity, Protocol};
+pub(crate) use models::{loaded_versions, stats_versions, EXTENSIONS};
+pub(crate) use routes::check_bearer;
 
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;

@@ -32,12 +32,7 @@ pub fn server_metadata(_state: &AppState) -> Reply {
 
 pub fn metadata(state: &AppState, model: &str, version: Option<&str>) -> Reply {
     let loaded = state.router.resolve(model, version)?;
-    let table = state.router.snapshot();
-    let versions: Vec<String> = table
-        .models
-        .get(model)
-        .map(|r| r.versions.keys().map(u64::to_string).collect())
-        .unwrap_or_default();
+    let versions = loaded_versions(state, model);
     let io = &loaded.io;
     let tensors = |specs: &[IoSpec]| -> Vec<Value> {
         specs
@@ -54,6 +49,17 @@ pub fn metadata(state: &AppState, model: &str, version: Option<&str>) -> Reply {
         "inputs": tensors(&io.inputs),
         "outputs": tensors(&io.outputs),
     })))
+}
+
+/// The loaded versions of a model, as the metadata lists them.
+pub(crate) fn loaded_versions(state: &AppState, model: &str) -> Vec<String> {
+    state
+        .router
+        .snapshot()
+        .models
+        .get(model)
+        .map(|r| r.versions.keys().map(u64::to_string).collect())
+        .unwrap_or_default()
 }
 
 /// 200 when ready; a known model or version that is not ready is the probe's "false", 400 with
@@ -146,6 +152,18 @@ fn triton_config(v: &LoadedVersion) -> Value {
 
 /// Triton's statistics extension: every ready version of one model, or of all models.
 pub fn stats(state: &AppState, model: Option<&str>, version: Option<&str>) -> Reply {
+    let versions = stats_versions(state, model, version)?;
+    let model_stats: Vec<Value> = versions.iter().map(|v| version_stats(v)).collect();
+    Ok(json_response(&json!({ "model_stats": model_stats })))
+}
+
+/// The versions a statistics request covers: one, every loaded version of one model, or of
+/// every model (by name). Both front ends answer from it.
+pub(crate) fn stats_versions(
+    state: &AppState,
+    model: Option<&str>,
+    version: Option<&str>,
+) -> Result<Vec<std::sync::Arc<LoadedVersion>>, ApiError> {
     let table = state.router.snapshot();
     let mut versions = Vec::new();
     match (model, version) {
@@ -165,8 +183,7 @@ pub fn stats(state: &AppState, model: Option<&str>, version: Option<&str>) -> Re
             }
         }
     }
-    let model_stats: Vec<Value> = versions.iter().map(|v| version_stats(v)).collect();
-    Ok(json_response(&json!({ "model_stats": model_stats })))
+    Ok(versions)
 }
 
 fn version_stats(v: &LoadedVersion) -> Value {

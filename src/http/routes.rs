@@ -266,17 +266,24 @@ fn readiness(state: &AppState) -> Reply {
 /// Management endpoints need the admin bearer token when one is configured: none given is 401,
 /// a wrong one 403.
 fn authorize(state: &AppState, headers: &http::HeaderMap) -> Result<(), ApiError> {
+    check_bearer(
+        state,
+        headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
+    )
+}
+
+/// Checks an `Authorization` value (an HTTP header or gRPC metadata) against the admin token.
+pub(crate) fn check_bearer(state: &AppState, value: Option<&[u8]>) -> Result<(), ApiError> {
     let Some(token) = &state.config.admin_token else {
         return Ok(());
     };
-    let Some(value) = headers.get(header::AUTHORIZATION) else {
+    let Some(value) = value else {
         return Err(ApiError::Unauthorized(
             "this endpoint needs 'Authorization: Bearer <admin token>'".into(),
         ));
     };
     // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
-    let given = value
-        .to_str()
+    let given = std::str::from_utf8(value)
         .ok()
         .map(str::trim)
         .and_then(|v| v.split_once(' '))

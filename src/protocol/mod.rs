@@ -12,7 +12,13 @@ mod response;
 
 use crate::tensor::{Tensor, TensorError};
 
+pub use data::parse_binary_bytes;
 pub use request::decode_request;
+
+/// What one request may hold, whatever its wire (the gRPC service checks the same bounds).
+pub mod limits {
+    pub use super::bounded::{MAX_PARAMETERS, MAX_RANK, MAX_TENSORS};
+}
 pub use response::{encode_response, EncodedResponse};
 
 /// The header that carries the length of the JSON part of a binary-extension body.
@@ -76,4 +82,8 @@ pub enum ProtocolError {
     Classification(String),
     #[error("request has no inputs")]
     NoInputs,
+    #[error("raw_input_contents has {raw} entries for {inputs} inputs; it needs one per input")]
+    RawInputCount { raw: usize, inputs: usize },
+    #[error("request has more {what} than the limit of {limit}")]
+    TooMany { what: &'static str, limit: usize },
 }

@@ -234,8 +234,11 @@ impl Rollout {
         })
     }
 
-    /// The deployment of one model, as the control API reports it.
+    /// The deployment of one model, as the control API reports it. Read under the lock every
+    /// transition holds from its routing update to its history entry, so a view never shows a
+    /// change without the transition that made it.
     pub fn view(&self, model: &str) -> Result<DeploymentView, RolloutError> {
+        let _ops = self.persisted();
         let table = self.router.snapshot();
         let route = table
             .models
@@ -246,6 +249,7 @@ impl Rollout {
 
     /// Every model's deployment, by name.
     pub fn views(&self) -> Vec<DeploymentView> {
+        let _ops = self.persisted();
         let table = self.router.snapshot();
         let mut names: Vec<&String> = table.models.keys().collect();
         names.sort();

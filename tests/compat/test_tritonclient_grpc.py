@@ -1,0 +1,321 @@
+"""Compatibility test: Triton's official gRPC client (`tritonclient[grpc]` from PyPI) against
+the real cairn binary, RPC by RPC. Every inference is compared with onnxruntime on the same
+inputs; errors must come back with the gRPC status a Triton client expects.
+
+Run: python tests/compat/test_tritonclient_grpc.py [path/to/cairn]   (default: target/release/cairn)
+"""
+
+import json
+import os
+import queue
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import tritonclient.grpc as grpcclient
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BINARY = os.path.join(ROOT, "target", "release", "cairn")
+MODELS = {
+    "iris": os.path.join(ROOT, "models", "iris"),
+    "tabular-small": os.path.join(ROOT, "models", "tabular-small"),
+    "simple": os.path.join(ROOT, "tests", "models", "simple"),
+    "dtypes": os.path.join(ROOT, "tests", "models", "dtypes"),
+    "strings": os.path.join(ROOT, "tests", "models", "strings"),
+}
+TOKEN = "grpc-compat-token"
+
+
+class Server:
+    """The binary on free ports; the log names both addresses."""
+
+    def __init__(self, repo, *args):
+        env = dict(os.environ, NO_COLOR="1", RUST_LOG="info", CAIRN_ADMIN_TOKEN=TOKEN)
+        self.proc = subprocess.Popen(
+            [BINARY, "serve", "--listen", "127.0.0.1:0", "--model-repository", repo, *args],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            env=env,
+            text=True,
+        )
+        self.url = self.grpc = None
+        for _ in range(50):
+            line = re.sub(r"\x1b\[[0-9;]*m", "", self.proc.stderr.readline())
+            if m := re.search(r"listening on http://(\S+)", line):
+                self.url = m.group(1)
+            if m := re.search(r"gRPC listening on (\S+)", line):
+                self.grpc = m.group(1)
+            if self.url and self.grpc:
+                break
+        if not (self.url and self.grpc):
+            self.proc.kill()
+            raise RuntimeError("the server did not log both addresses")
+        threading.Thread(target=self.proc.stderr.read, daemon=True).start()
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+def reference(model_dir, version, inputs):
+    session = ort.InferenceSession(
+        os.path.join(model_dir, str(version), "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, inputs)))
+
+
+def inputs_for(metadata, arrays):
+    tensors = []
+    for spec in metadata.inputs:
+        array = arrays[spec.name]
+        tensor = grpcclient.InferInput(spec.name, list(array.shape), np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array)
+        tensors.append(tensor)
+    return tensors
+
+
+class TritonGrpcCompat(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.repo = tempfile.mkdtemp(prefix="cairn-grpc-compat-")
+        for name, src in MODELS.items():
+            shutil.copytree(src, os.path.join(cls.repo, name))
+        cls.server = Server(cls.repo)
+        cls.client = grpcclient.InferenceServerClient(url=cls.server.grpc)
+        cls.admin = [("authorization", f"Bearer {TOKEN}")]
+        deadline = time.time() + 120
+        while not cls.client.is_server_ready():
+            if time.time() > deadline:
+                raise RuntimeError("server never became ready")
+            time.sleep(0.05)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+        cls.server.stop()
+        shutil.rmtree(cls.repo, ignore_errors=True)
+
+    def check_result(self, model, version, arrays, result):
+        expected = reference(MODELS[model], version, arrays)
+        for name, want in expected.items():
+            got = result.as_numpy(name)
+            self.assertIsNotNone(got, f"{model}: output {name} missing")
+            self.assertEqual(tuple(got.shape), tuple(want.shape), f"{model}:{name} shape")
+            if want.dtype.kind == "f":
+                np.testing.assert_allclose(got, want, rtol=0, atol=1e-5, err_msg=f"{model}:{name}")
+            elif want.dtype == object:
+                got_list = [g.decode() if isinstance(g, bytes) else g for g in got.flatten()]
+                self.assertEqual(got_list, list(want.flatten()), f"{model}:{name}")
+            else:
+                np.testing.assert_array_equal(got, want, err_msg=f"{model}:{name}")
+
+    def test_health(self):
+        self.assertTrue(self.client.is_server_live())
+        self.assertTrue(self.client.is_server_ready())
+        self.assertTrue(self.client.is_model_ready("iris"))
+        self.assertTrue(self.client.is_model_ready("iris", model_version="1"))
+        self.assertFalse(self.client.is_model_ready("no-such-model"))
+        self.assertFalse(self.client.is_model_ready("iris", model_version="99"))
+
+    def test_metadata_and_config(self):
+        meta = self.client.get_server_metadata()
+        self.assertEqual(meta.name, "cairn")
+        self.assertIn("model_repository", meta.extensions)
+        model = self.client.get_model_metadata("tabular-small")
+        self.assertEqual(model.name, "tabular-small")
+        self.assertEqual(model.inputs[0].name, "input")
+        self.assertEqual(model.inputs[0].datatype, "FP32")
+        self.assertEqual(list(model.inputs[0].shape), [-1, 32])
+        self.assertIn("1", model.versions)
+        # The JSON form the client offers must equal what the HTTP endpoint serves.
+        config = self.client.get_model_config("tabular-small", as_json=True)["config"]
+        self.assertEqual(int(config["max_batch_size"]), 64)
+        self.assertEqual(config["input"][0]["data_type"], "TYPE_FP32")
+        self.assertEqual([int(d) for d in config["input"][0]["dims"]], [32])
+        self.assertIn("dynamic_batching", config)
+        with self.assertRaises(InferenceServerException) as ctx:
+            self.client.get_model_metadata("no-such-model")
+        self.assertEqual(ctx.exception.status(), "StatusCode.NOT_FOUND")
+
+    def test_raw_inference_equals_onnxruntime(self):
+        rng = np.random.default_rng(0)
+        cases = [
+            ("iris", 1, {"input": rng.normal(5, 1.5, (5, 4)).astype(np.float32)}),
+            ("iris", 2, {"input": rng.normal(5, 1.5, (3, 4)).astype(np.float32)}),
+            ("tabular-small", 1, {"input": rng.normal(0, 1, (7, 32)).astype(np.float32)}),
+            (
+                "simple",
+                1,
+                {
+                    "INPUT0": rng.integers(-1000, 1000, (2, 16)).astype(np.int32),
+                    "INPUT1": rng.integers(-1000, 1000, (2, 16)).astype(np.int32),
+                },
+            ),
+            (
+                "dtypes",
+                1,
+                {
+                    "f64": rng.normal(0, 1e3, (3, 3)).astype(np.float64),
+                    "i64": rng.integers(-(2**40), 2**40, (3, 2)).astype(np.int64),
+                    "flag": rng.integers(0, 2, (3, 2)).astype(bool),
+                    "f32": rng.normal(0, 1, (3, 4)).astype(np.float32),
+                    "i32": rng.integers(-1000, 1000, (3, 1)).astype(np.int32),
+                },
+            ),
+            ("strings", 1, {"text": np.array([["héllo"], [""], ["a b"]], dtype=object)}),
+        ]
+        for model, version, arrays in cases:
+            with self.subTest(model=model, version=version):
+                metadata = self.client.get_model_metadata(model, model_version=str(version))
+                outputs = [grpcclient.InferRequestedOutput(o.name) for o in metadata.outputs]
+                result = self.client.infer(
+                    model,
+                    inputs_for(metadata, arrays),
+                    model_version=str(version),
+                    outputs=outputs,
+                    request_id="grpc-1",
+                )
+                self.assertEqual(result.get_response().id, "grpc-1")
+                self.assertEqual(result.get_response().model_version, str(version))
+                self.assertEqual(len(result.get_response().raw_output_contents), len(outputs))
+                self.check_result(model, version, arrays, result)
+
+    def test_typed_contents_equal_onnxruntime(self):
+        # The client only sends raw contents; the protocol also allows typed ones.
+        data = np.random.default_rng(3).normal(0, 1, (2, 32)).astype(np.float32)
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(self.server.grpc))
+        request = service_pb2.ModelInferRequest(model_name="tabular-small")
+        tensor = request.inputs.add(name="input", datatype="FP32", shape=[2, 32])
+        tensor.contents.fp32_contents.extend(data.flatten().tolist())
+        response = stub.ModelInfer(request)
+        names = [o.name for o in response.outputs]
+        want = reference(MODELS["tabular-small"], 1, {"input": data})
+        probabilities = np.frombuffer(
+            response.raw_output_contents[names.index("probabilities")], dtype=np.float32
+        ).reshape(2, -1)
+        np.testing.assert_allclose(probabilities, want["probabilities"], atol=1e-5)
+        self.assertTrue(response.id, "every inference gets an id")
+        tensor.contents.int_contents.append(1)
+        with self.assertRaises(grpc.RpcError) as ctx:
+            stub.ModelInfer(request)
+        self.assertEqual(ctx.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("fp32_contents", ctx.exception.details())
+
+    def test_async_and_streaming_inference(self):
+        data = np.random.default_rng(2).normal(0, 1, (1, 32)).astype(np.float32)
+        tensor = grpcclient.InferInput("input", [1, 32], "FP32")
+        tensor.set_data_from_numpy(data)
+        want = reference(MODELS["tabular-small"], 1, {"input": data})["probabilities"]
+        done = queue.Queue()
+        for _ in range(16):
+            self.client.async_infer("tabular-small", [tensor], callback=lambda result, error: done.put((result, error)))
+        for _ in range(16):
+            result, error = done.get(timeout=60)
+            self.assertIsNone(error)
+            np.testing.assert_allclose(result.as_numpy("probabilities"), want, atol=1e-5)
+
+        streamed = queue.Queue()
+        client = grpcclient.InferenceServerClient(url=self.server.grpc)
+        client.start_stream(callback=lambda result, error: streamed.put((result, error)))
+        for n in range(8):
+            client.async_stream_infer("tabular-small", [tensor], request_id=f"s{n}")
+        wrong = grpcclient.InferInput("input", [1, 4], "FP32")
+        wrong.set_data_from_numpy(np.zeros((1, 4), dtype=np.float32))
+        client.async_stream_infer("tabular-small", [wrong], request_id="bad")
+        ids, errors = set(), []
+        for _ in range(9):
+            result, error = streamed.get(timeout=60)
+            if error is not None:
+                errors.append(str(error))
+            else:
+                ids.add(result.get_response().id)
+                np.testing.assert_allclose(result.as_numpy("probabilities"), want, atol=1e-5)
+        client.stop_stream()
+        client.close()
+        self.assertEqual(ids, {f"s{n}" for n in range(8)})
+        self.assertEqual(len(errors), 1, errors)
+        self.assertIn("shape", errors[0])
+
+    def test_errors_carry_the_right_status(self):
+        tensor = grpcclient.InferInput("input", [1, 4], "FP32")
+        tensor.set_data_from_numpy(np.zeros((1, 4), dtype=np.float32))
+        with self.assertRaises(InferenceServerException) as ctx:
+            self.client.infer("no-such-model", [tensor])
+        self.assertIn("unknown model", str(ctx.exception))
+        self.assertEqual(ctx.exception.status(), "StatusCode.NOT_FOUND")
+        wrong = grpcclient.InferInput("input", [1, 4], "FP64")
+        wrong.set_data_from_numpy(np.zeros((1, 4), dtype=np.float64))
+        with self.assertRaises(InferenceServerException) as ctx:
+            self.client.infer("iris", [wrong])
+        self.assertIn("FP64", str(ctx.exception))
+        self.assertEqual(ctx.exception.status(), "StatusCode.INVALID_ARGUMENT")
+        with self.assertRaises(InferenceServerException) as ctx:
+            self.client.infer("iris", [tensor], model_version="99")
+        self.assertEqual(ctx.exception.status(), "StatusCode.NOT_FOUND")
+        # A message over max_body_bytes (64 MiB by default) is refused, not buffered.
+        big = grpcclient.InferInput("input", [1 << 22, 4], "FP32")
+        big.set_data_from_numpy(np.zeros((1 << 22, 4), dtype=np.float32))
+        with self.assertRaises(InferenceServerException) as ctx:
+            self.client.infer("iris", [big])
+        self.assertEqual(ctx.exception.status(), "StatusCode.RESOURCE_EXHAUSTED")
+        self.assertIn("limit", str(ctx.exception))
+        # Shared memory is not offered: those RPCs are unimplemented, not failing.
+        with self.assertRaises(InferenceServerException) as ctx:
+            self.client.get_system_shared_memory_status()
+        self.assertEqual(ctx.exception.status(), "StatusCode.UNIMPLEMENTED")
+        # The server still serves after all of it.
+        self.assertTrue(self.client.is_server_ready())
+
+    def test_repository_and_statistics(self):
+        with self.assertRaises(InferenceServerException) as ctx:
+            self.client.get_model_repository_index()
+        self.assertEqual(ctx.exception.status(), "StatusCode.UNAUTHENTICATED")
+        with self.assertRaises(InferenceServerException) as ctx:
+            self.client.unload_model("simple", headers={"authorization": "Bearer wrong"})
+        self.assertEqual(ctx.exception.status(), "StatusCode.PERMISSION_DENIED")
+        headers = dict(self.admin)
+        index = self.client.get_model_repository_index(headers=headers)
+        self.assertIn("iris", {row.name for row in index.models})
+        self.client.unload_model("simple", headers=headers)
+        self.assertFalse(self.client.is_model_ready("simple"))
+        self.client.load_model("simple", headers=headers)
+        self.assertTrue(self.client.is_model_ready("simple"))
+        with self.assertRaises(InferenceServerException) as ctx:
+            self.client.load_model("no-such-model", headers=headers)
+        self.assertIn("no-such-model", str(ctx.exception))
+        # A load with a configuration and a file, as Triton's clients send them.
+        with open(os.path.join(MODELS["iris"], "1", "model.onnx"), "rb") as f:
+            onnx = f.read()
+        config = json.dumps({"max_batch_size": 8})
+        self.client.load_model("uploaded", headers=headers, config=config, files={"file:1/model.onnx": onnx})
+        self.assertTrue(self.client.is_model_ready("uploaded"))
+        self.assertEqual(int(self.client.get_model_config("uploaded", as_json=True)["config"]["max_batch_size"]), 8)
+        stats = self.client.get_inference_statistics("tabular-small")
+        self.assertEqual(stats.model_stats[0].name, "tabular-small")
+        self.assertGreater(stats.model_stats[0].inference_stats.success.count, 0)
+        everything = self.client.get_inference_statistics()
+        self.assertIn("iris", {s.name for s in everything.model_stats})
+
+    def test_metrics_count_grpc_calls(self):
+        import urllib.request
+
+        self.client.is_server_live()
+        text = urllib.request.urlopen(f"http://{self.server.url}/metrics", timeout=30).read().decode()
+        self.assertRegex(text, r'cairn_grpc_requests_total\{code="OK",method="ServerLive"\} [1-9]')
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and not sys.argv[1].startswith("-"):
+        BINARY = os.path.abspath(sys.argv.pop(1))
+    unittest.main(verbosity=2)
