@@ -18,4 +18,5 @@ pub mod repository;
 pub mod rollout;
 pub mod routing;
 pub mod server;
+pub mod tls;
 pub mod training;

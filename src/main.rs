@@ -175,7 +175,11 @@ fn serve(config_path: PathBuf, flags: ServerSettings, sources: Sources) -> Resul
     runtime.block_on(async move {
         let server = RunningServer::start(config.clone())
             .await
-            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+            .map_err(|e| match e.kind() {
+                // Settings that cannot be served (the TLS files): the error names the file.
+                std::io::ErrorKind::InvalidInput => format!("cannot start: {e}"),
+                _ => format!("cannot listen on {}: {e}", config.listen),
+            })?;
         if sources.token_in_argv {
             tracing::warn!(
                 "the admin token given with --admin-token is visible to every local user in the \

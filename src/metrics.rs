@@ -109,6 +109,8 @@ struct Families {
     /// counter per status class.
     http_requests: Vec<[IntCounter; 4]>,
     grpc_requests: IntCounterVec,
+    tls_reloads: IntCounterVec,
+    tls_handshake_failures: IntCounterVec,
     transitions: IntCounterVec,
     log_rows: IntCounterVec,
     log_dropped: IntCounterVec,
@@ -441,6 +443,18 @@ impl Metrics {
                 "gRPC calls by method and status code (OK, INVALID_ARGUMENT, NOT_FOUND, ...).",
                 &["method", "code"],
             ),
+            tls_reloads: counter(
+                "tls_reloads_total",
+                "Changes to the TLS files seen while serving, by result: ok (served from the next \
+                 handshake) or error (the previous certificate keeps serving).",
+                &["result"],
+            ),
+            tls_handshake_failures: counter(
+                "tls_handshake_failures_total",
+                "TLS handshakes that failed or timed out (no client certificate under mutual TLS, \
+                 a plain-text client, a stalled one), by listener: http or grpc.",
+                &["listener"],
+            ),
             transitions: counter(
                 "rollout_transitions_total",
                 "Deployment transitions by action (canary, shadow, weight, promote, rollback, \
@@ -552,8 +566,6 @@ impl Metrics {
         }
     }
 
-    /// Counts one HTTP request by endpoint group (one of `HTTP_ENDPOINTS`, else `unknown`) and
-    /// status class. No label lookup: the series were resolved at start.
     /// One gRPC call: `method` is one of the service's (a fixed set), `code` one of gRPC's 17.
     pub fn record_grpc(&self, method: &'static str, code: &'static str) {
         self.inner
@@ -562,6 +574,19 @@ impl Metrics {
             .inc();
     }
 
+    pub fn record_tls_reload(&self, result: &'static str) {
+        self.inner.tls_reloads.with_label_values(&[result]).inc();
+    }
+
+    pub fn record_tls_handshake_failure(&self, listener: &'static str) {
+        self.inner
+            .tls_handshake_failures
+            .with_label_values(&[listener])
+            .inc();
+    }
+
+    /// Counts one HTTP request by endpoint group (one of `HTTP_ENDPOINTS`, else `unknown`) and
+    /// status class. No label lookup: the series were resolved at start.
     pub fn record_http(&self, endpoint: &str, status: u16) {
         let class = match status {
             200..=299 => 0,

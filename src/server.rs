@@ -18,6 +18,7 @@ use crate::offload::Offload;
 use crate::repository::Repository;
 use crate::rollout::{Rollout, Rules};
 use crate::routing::{DeploymentRules, Router};
+use crate::tls::Tls;
 
 /// How often rollout criteria are evaluated and the deployment state saved.
 const ROLLOUT_PERIOD: std::time::Duration = std::time::Duration::from_millis(100);
@@ -38,16 +39,29 @@ impl RunningServer {
     /// Binds and starts serving at once; models load in the background and readiness turns true
     /// when they are done (`/v2/health/ready`).
     pub async fn start(config: ServerConfig) -> std::io::Result<RunningServer> {
+        // TLS is built before anything binds: a wrong file fails the start, naming it.
+        let tls_for = |protocol: http::Protocol| -> std::io::Result<Option<Arc<Tls>>> {
+            config
+                .tls
+                .clone()
+                .map(|files| Tls::load(files, protocol.alpn()))
+                .transpose()
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))
+        };
+        let http_tls = tls_for(http::Protocol::Http)?;
+        let grpc_tls = tls_for(http::Protocol::Grpc)?;
         let listener = TcpListener::bind(&config.listen).await?;
         let addr = listener.local_addr()?;
-        tracing::info!("listening on http://{addr}");
+        let scheme = if http_tls.is_some() { "https" } else { "http" };
+        tracing::info!("listening on {scheme}://{addr}");
         let grpc_listener = match &config.grpc_listen {
             None => None,
             Some(grpc) => {
                 let listener = TcpListener::bind(grpc)
                     .await
                     .map_err(|e| std::io::Error::new(e.kind(), format!("gRPC on {grpc}: {e}")))?;
-                tracing::info!("gRPC listening on {}", listener.local_addr()?);
+                let tls = if grpc_tls.is_some() { " (TLS)" } else { "" };
+                tracing::info!("gRPC listening on {}{tls}", listener.local_addr()?);
                 Some(listener)
             }
         };
@@ -111,6 +125,12 @@ impl RunningServer {
         let (stop, stopped) = watch::channel(false);
         let serve_state = Arc::clone(&state);
         let mut serve_stop = stopped.clone();
+        let watched: Vec<Arc<Tls>> = http_tls.iter().chain(&grpc_tls).cloned().collect();
+        tokio::spawn(crate::tls::watch(
+            watched,
+            state.metrics.clone(),
+            stopped.clone(),
+        ));
         let grpc_task = grpc_listener.map(|listener| {
             let state = Arc::clone(&state);
             let mut stop = stopped.clone();
@@ -118,14 +138,14 @@ impl RunningServer {
                 let shutdown = async move {
                     let _ = stop.wait_for(|s| *s).await;
                 };
-                crate::grpc::serve(listener, state, shutdown).await;
+                crate::grpc::serve(listener, state, shutdown, grpc_tls).await;
             })
         });
         let task = tokio::spawn(async move {
             let shutdown = async move {
                 let _ = serve_stop.wait_for(|s| *s).await;
             };
-            let http = http::serve(listener, serve_state, shutdown);
+            let http = http::serve(listener, serve_state, shutdown, http_tls);
             match grpc_task {
                 // Both fronts stop together: whichever the stop reaches first, the server is
                 // done only when both have drained.

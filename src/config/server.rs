@@ -24,6 +24,21 @@ pub struct ServerSettings {
     #[arg(long, env = "CAIRN_GRPC_LISTEN", value_name = "ADDR:PORT|off")]
     pub grpc_listen: Option<String>,
 
+    /// PEM certificate chain (leaf first) for TLS on both the HTTP and the gRPC port; with
+    /// `tls_key_file`. Unset, both serve plain text. The files are watched: a rotated
+    /// certificate is served from the next handshake, without a restart.
+    #[arg(long, env = "CAIRN_TLS_CERT_FILE", value_name = "FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert_file`.
+    #[arg(long, env = "CAIRN_TLS_KEY_FILE", value_name = "FILE")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// PEM CA certificates for mutual TLS: clients must present a certificate one of them
+    /// signed, or the handshake fails. Needs `tls_cert_file`.
+    #[arg(long, env = "CAIRN_TLS_CLIENT_CA_FILE", value_name = "FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
+
     /// Directory holding `<model>/config.toml` and `<model>/<version>/model.onnx`.
     /// [default: models]
     #[arg(long, env = "CAIRN_MODEL_REPOSITORY", value_name = "DIR")]
@@ -234,6 +249,9 @@ impl ServerSettings {
         layered!(
             listen,
             grpc_listen,
+            tls_cert_file,
+            tls_key_file,
+            tls_client_ca_file,
             model_repository,
             max_body_bytes,
             shutdown_timeout_s,
@@ -291,6 +309,8 @@ pub struct ServerConfig {
     pub listen: String,
     /// `None`: no gRPC service.
     pub grpc_listen: Option<String>,
+    /// `None`: plain text.
+    pub tls: Option<crate::tls::TlsFiles>,
     pub model_repository: PathBuf,
     pub max_body_bytes: usize,
     pub shutdown_timeout: Duration,
@@ -590,9 +610,36 @@ impl ServerConfig {
             Some(addr) => Some(addr.to_string()),
             None => Some(default_grpc_listen(&listen)),
         };
+        let tls = match (s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), client_ca) => Some(crate::tls::TlsFiles {
+                cert,
+                key,
+                client_ca,
+            }),
+            (None, None, Some(_)) => {
+                return Err(invalid(
+                    "tls_client_ca_file",
+                    "needs tls_cert_file and tls_key_file: mutual TLS is TLS first".into(),
+                ))
+            }
+            (Some(_), None, _) => {
+                return Err(invalid(
+                    "tls_key_file",
+                    "is unset while tls_cert_file is set".into(),
+                ))
+            }
+            (None, Some(_), _) => {
+                return Err(invalid(
+                    "tls_cert_file",
+                    "is unset while tls_key_file is set".into(),
+                ))
+            }
+        };
         Ok(ServerConfig {
             listen,
             grpc_listen,
+            tls,
             state_dir,
             model_repository,
             max_body_bytes,
@@ -625,6 +672,7 @@ impl ServerConfig {
         ServerConfig {
             listen: "127.0.0.1:0".into(),
             grpc_listen: Some("127.0.0.1:0".into()),
+            tls: None,
             model_repository: dir.to_path_buf(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             shutdown_timeout: Duration::from_secs(30),

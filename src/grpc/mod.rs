@@ -35,6 +35,7 @@ pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()>,
+    tls: Option<Arc<crate::tls::Tls>>,
 ) {
     let service = GrpcInferenceServiceServer::new(Api {
         state: Arc::clone(&state),
@@ -42,12 +43,17 @@ pub async fn serve(
     // A message is bounded as an HTTP body is; responses are as large as the model makes them.
     .max_decoding_message_size(state.config.max_body_bytes)
     .max_encoding_message_size(usize::MAX);
-    rest::serve_connections(listener, state, shutdown, Protocol::Grpc, move |activity| {
-        Tracked {
+    rest::serve_connections(
+        listener,
+        state,
+        shutdown,
+        Protocol::Grpc,
+        tls,
+        move |activity| Tracked {
             inner: service.clone(),
             activity,
-        }
-    })
+        },
+    )
     .await
 }
 

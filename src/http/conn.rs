@@ -14,14 +14,19 @@
 //! the moment of the signal is answered, never cut off.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+
+use crate::tls::Tls;
 
 use super::AppState;
 
@@ -133,20 +138,110 @@ pub enum Protocol {
     Grpc,
 }
 
+impl Protocol {
+    /// The listener's label in metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Grpc => "grpc",
+        }
+    }
+
+    /// What the listener offers in ALPN under TLS.
+    pub fn alpn(self) -> &'static [&'static [u8]] {
+        match self {
+            Protocol::Http => &[b"h2", b"http/1.1"],
+            Protocol::Grpc => &[b"h2"],
+        }
+    }
+}
+
+/// A connection's byte stream: plain TCP or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// Accepts HTTP connections until `shutdown` resolves, then drains them for up to the
 /// configured grace period.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()>,
+    tls: Option<Arc<Tls>>,
 ) {
     let handler = Arc::clone(&state);
-    serve_connections(listener, state, shutdown, Protocol::Http, move |activity| {
-        let state = Arc::clone(&handler);
-        hyper::service::service_fn(move |req| {
-            super::handle(Arc::clone(&state), Arc::clone(&activity), req)
-        })
-    })
+    serve_connections(
+        listener,
+        state,
+        shutdown,
+        Protocol::Http,
+        tls,
+        move |activity| {
+            let state = Arc::clone(&handler);
+            hyper::service::service_fn(move |req| {
+                super::handle(Arc::clone(&state), Arc::clone(&activity), req)
+            })
+        },
+    )
     .await
 }
 
@@ -158,6 +253,7 @@ pub async fn serve_connections<S, B>(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()>,
     protocol: Protocol,
+    tls: Option<Arc<Tls>>,
     make_service: impl Fn(Arc<Activity>) -> S,
 ) where
     S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
@@ -180,7 +276,7 @@ pub async fn serve_connections<S, B>(
         if protocol == Protocol::Grpc {
             b = b.http2_only();
         }
-        b
+        Arc::new(b)
     };
     // An HTTP client is told why; a gRPC client (HTTP/2 from its first byte) is closed on.
     let refusal = match protocol {
@@ -228,9 +324,6 @@ pub async fn serve_connections<S, B>(
             ..Activity::default()
         });
         let service = make_service(Arc::clone(&activity));
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
         let open = OpenGuard::new(open_tx.clone(), state.metrics.clone());
         let mut watchdog = Watchdog::new(
             activity,
@@ -238,8 +331,37 @@ pub async fn serve_connections<S, B>(
             limits.header_read_timeout,
             limits.keep_alive_timeout,
         );
+        let (builder, tls, metrics) = (Arc::clone(&builder), tls.clone(), state.metrics.clone());
+        let handshake_window = limits.header_read_timeout;
         tokio::spawn(async move {
             let _open = open;
+            // The handshake runs on the connection's task, within the header-read window, so
+            // a client that never finishes it holds nothing past that window.
+            let io = match tls {
+                None => Stream::Plain(stream),
+                Some(tls) => {
+                    match tokio::time::timeout(handshake_window, tls.acceptor().accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls_stream)) => Stream::Tls(Box::new(tls_stream)),
+                        Ok(Err(e)) => {
+                            metrics.record_tls_handshake_failure(protocol.label());
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            metrics.record_tls_handshake_failure(protocol.label());
+                            tracing::debug!(
+                                "TLS handshake did not finish within the header-read timeout"
+                            );
+                            return;
+                        }
+                    }
+                }
+            };
+            let conn = builder
+                .serve_connection(TokioIo::new(io), service)
+                .into_owned();
             tokio::pin!(conn);
             loop {
                 let tick = watchdog.tick();

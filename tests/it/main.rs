@@ -9,6 +9,7 @@
 //! - `offline`: `cairn baseline` and `cairn drift` on files.
 //! - `training`: `cairn train` and `cairn runs`, and a trained version served.
 //! - `engine_conformance`: every engine against onnxruntime's recorded outputs.
+//! - `tls`: HTTPS and gRPC over TLS, mutual TLS, certificate rotation.
 //! - `decoder_props`: property tests of the decoders and config parsers, with the counting
 //!   allocator that this binary installs.
 
@@ -24,4 +25,5 @@ mod monitoring;
 mod offline;
 mod pages;
 mod rollout;
+mod tls;
 mod training;
