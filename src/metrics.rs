@@ -110,6 +110,8 @@ struct Families {
     http_requests: Vec<[IntCounter; 4]>,
     grpc_requests: IntCounterVec,
     tls_reloads: IntCounterVec,
+    repository_syncs: IntCounterVec,
+    shared_state: IntCounterVec,
     tls_handshake_failures: IntCounterVec,
     transitions: IntCounterVec,
     log_rows: IntCounterVec,
@@ -443,6 +445,17 @@ impl Metrics {
                 "gRPC calls by method and status code (OK, INVALID_ARGUMENT, NOT_FOUND, ...).",
                 &["method", "code"],
             ),
+            shared_state: counter(
+                "deployment_state_syncs_total",
+                "Looks at the deployment state shared by replicas, by result: ok, conflict (another \
+                 replica wrote first; retried) or error.",
+                &["result"],
+            ),
+            repository_syncs: counter(
+                "repository_syncs_total",
+                "Syncs of the repository mirror from its object store, by result (ok, error).",
+                &["result"],
+            ),
             tls_reloads: counter(
                 "tls_reloads_total",
                 "Changes to the TLS files seen while serving, by result: ok (served from the next \
@@ -571,6 +584,17 @@ impl Metrics {
         self.inner
             .grpc_requests
             .with_label_values(&[method, code])
+            .inc();
+    }
+
+    pub fn record_shared_state(&self, result: &'static str) {
+        self.inner.shared_state.with_label_values(&[result]).inc();
+    }
+
+    pub fn record_repository_sync(&self, result: &'static str) {
+        self.inner
+            .repository_syncs
+            .with_label_values(&[result])
             .inc();
     }
 

@@ -15,6 +15,7 @@ use crate::http::{self, AppState, BodyBudget};
 use crate::metrics::Metrics;
 use crate::monitor::MonitorHub;
 use crate::offload::Offload;
+use crate::repository::remote::RemoteRepository;
 use crate::repository::Repository;
 use crate::rollout::{Rollout, Rules};
 use crate::routing::{DeploymentRules, Router};
@@ -22,6 +23,9 @@ use crate::tls::Tls;
 
 /// How often rollout criteria are evaluated and the deployment state saved.
 const ROLLOUT_PERIOD: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// How often the shared deployment state is looked at when the repository is not polled.
+const SHARED_STATE_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A server that is accepting connections.
 pub struct RunningServer {
@@ -49,6 +53,19 @@ impl RunningServer {
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))
         };
         let http_tls = tls_for(http::Protocol::Http)?;
+        // An object store that cannot be listed fails the start, saying why and what to set.
+        let remote = match &config.remote_repository {
+            None => None,
+            Some(url) => {
+                let invalid = |e: crate::repository::remote::RemoteError| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
+                };
+                let remote = RemoteRepository::open(url, config.model_repository.clone())
+                    .map_err(invalid)?;
+                remote.check().await.map_err(invalid)?;
+                Some(remote)
+            }
+        };
         let grpc_tls = tls_for(http::Protocol::Grpc)?;
         let listener = TcpListener::bind(&config.listen).await?;
         let addr = listener.local_addr()?;
@@ -77,22 +94,33 @@ impl RunningServer {
             offload.clone(),
         ));
         let monitors = Arc::new(MonitorHub::new(config.monitor.clone(), metrics.clone()));
-        let repository = Arc::new(Repository::new(
+        let mut repository = Repository::new(
             config.model_repository.clone(),
             Arc::clone(&router),
             metrics.clone(),
             config.load.clone(),
             config.state_dir.join("uploads"),
             Arc::clone(&monitors),
-        ));
+        );
+        if let (Some(url), Some(remote)) = (&config.remote_repository, remote) {
+            repository = repository.with_remote(Arc::new(remote));
+            tracing::info!(url = %url, mirror = %config.model_repository.display(), "model repository in an object store");
+        }
+        let repository = Arc::new(repository);
         let body_budget =
             BodyBudget::new(config.connections.max_buffered_body_bytes, metrics.clone());
-        let rollout = Arc::new(Rollout::new(
+        let mut rollout = Rollout::new(
             Arc::clone(&router),
             rules,
             metrics.clone(),
             config.state_dir.clone(),
-        ));
+        );
+        if let Some(url) = &config.deployment_state {
+            let shared = crate::rollout::shared::SharedState::open(url)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            rollout = rollout.with_shared(shared);
+        }
+        let rollout = Arc::new(rollout);
         let training = crate::training::jobs::Jobs::new(
             config.training.clone(),
             config.monitor.dir.clone(),
@@ -240,5 +268,12 @@ async fn background(state: Arc<AppState>, mut stopped: watch::Receiver<bool>) {
         }
     };
     let retrainer = Arc::clone(&state.retrainer).run(stopped.clone());
-    tokio::join!(evaluator, poller, retrainer);
+    let shared = Arc::clone(&state.rollout).follow_shared(
+        state
+            .config
+            .repository_poll_interval
+            .unwrap_or(SHARED_STATE_PERIOD),
+        stopped.clone(),
+    );
+    tokio::join!(evaluator, poller, retrainer, shared);
 }

@@ -24,6 +24,12 @@ pub const RELOAD_PERIOD: Duration = Duration::from_secs(2);
 /// A PEM file of certificates or a key is a few kilobytes; anything this large is a wrong path.
 const MAX_PEM_BYTES: u64 = 1 << 20;
 
+/// Makes ring the process's rustls provider, for the clients that take the process default
+/// (the object-store client). Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The files TLS is built from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsFiles {

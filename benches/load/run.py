@@ -248,16 +248,20 @@ def instances(model: str) -> int:
     return int(m.group(1)) if m else 1
 
 
-def perf_analyzer(pa, addr: str, model: str, concurrency: int, binary: bool) -> dict:
+def perf_analyzer(pa, addr: str, model: str, concurrency: int, binary: bool,
+                  protocol: str = "http", window_ms: int = 4000) -> dict:
+    """`addr` is the address of `protocol`'s port; `binary` applies to HTTP only (gRPC always
+    carries raw tensor bytes)."""
     binary_path, env = pa
     fmt = "binary" if binary else "json"
-    cmd = [str(binary_path), "-m", model, "-i", "http", "-u", addr, "-b", "1",
-           "--concurrency-range", str(concurrency), "--input-data", "random", "-p", "4000",
+    cmd = [str(binary_path), "-m", model, "-i", protocol, "-u", addr, "-b", "1",
+           "--concurrency-range", str(concurrency), "--input-data", "random", "-p", str(window_ms),
            "--max-trials", "3", "--stability-percentage", "1000",
-           "--input-tensor-format", fmt, "--output-tensor-format", fmt,
            # Asynchronous requests: in its synchronous mode this perf_analyzer build never
            # finishes a measurement at concurrency 64.
            "--async"]
+    if protocol == "http":
+        cmd += ["--input-tensor-format", fmt, "--output-tensor-format", fmt]
     started = time.time()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)

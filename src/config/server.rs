@@ -24,6 +24,12 @@ pub struct ServerSettings {
     #[arg(long, env = "CAIRN_GRPC_LISTEN", value_name = "ADDR:PORT|off")]
     pub grpc_listen: Option<String>,
 
+    /// Object-store prefix (`s3://bucket/state`) where replicas share the deployments: a change
+    /// made through any replica is written there (a conditional put) and applied by the others
+    /// within `repository_poll_interval_s` (10 s when unset). Unset, each server keeps its own.
+    #[arg(long, env = "CAIRN_DEPLOYMENT_STATE", value_name = "URL")]
+    pub deployment_state: Option<String>,
+
     /// PEM certificate chain (leaf first) for TLS on both the HTTP and the gRPC port; with
     /// `tls_key_file`. Unset, both serve plain text. The files are watched: a rotated
     /// certificate is served from the next handshake, without a restart.
@@ -249,6 +255,7 @@ impl ServerSettings {
         layered!(
             listen,
             grpc_listen,
+            deployment_state,
             tls_cert_file,
             tls_key_file,
             tls_client_ca_file,
@@ -311,6 +318,10 @@ pub struct ServerConfig {
     pub grpc_listen: Option<String>,
     /// `None`: plain text.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// The object-store URL the repository mirrors; `model_repository` is then the mirror.
+    pub remote_repository: Option<String>,
+    /// The object-store prefix of the deployments shared by replicas.
+    pub deployment_state: Option<String>,
     pub model_repository: PathBuf,
     pub max_body_bytes: usize,
     pub shutdown_timeout: Duration,
@@ -531,12 +542,22 @@ impl ServerConfig {
             s.model_load_timeout_s,
             Duration::from_secs(300),
         )?;
-        let model_repository = s
+        let named = s
             .model_repository
             .unwrap_or_else(|| PathBuf::from("models"));
-        let state_dir = s
-            .state_dir
-            .unwrap_or_else(|| model_repository.join(".cairn"));
+        // An object-store URL: the repository served is its mirror under the state directory.
+        let remote_repository = named
+            .to_str()
+            .filter(|r| crate::repository::remote::is_url(r))
+            .map(|r| r.to_string());
+        let state_dir = s.state_dir.unwrap_or_else(|| match &remote_repository {
+            Some(_) => PathBuf::from(".cairn"),
+            None => named.join(".cairn"),
+        });
+        let model_repository = match &remote_repository {
+            Some(_) => state_dir.join("repository"),
+            None => named,
+        };
         let d = MonitorSettings::defaults(&state_dir);
         let positive = |key: &str, v: Option<u64>, default: u64| match v {
             Some(0) => Err(invalid(key, "must be at least 1".into())),
@@ -645,10 +666,21 @@ impl ServerConfig {
             max_body_bytes,
             shutdown_timeout: Duration::from_secs(s.shutdown_timeout_s.unwrap_or(30)),
             http_threads,
-            repository_poll_interval: s
-                .repository_poll_interval_s
-                .filter(|&s| s > 0)
-                .map(Duration::from_secs),
+            // An object store is polled by listing, every 10 s unless told otherwise.
+            repository_poll_interval: match (s.repository_poll_interval_s, &remote_repository) {
+                (None, Some(_)) => Some(Duration::from_secs(10)),
+                (v, _) => v.filter(|&s| s > 0).map(Duration::from_secs),
+            },
+            remote_repository,
+            deployment_state: match s.deployment_state {
+                Some(url) if !crate::repository::remote::is_url(&url) => {
+                    return Err(invalid(
+                        "deployment_state",
+                        format!("'{url}' is not an object-store URL (s3://bucket/prefix, ...)"),
+                    ))
+                }
+                other => other,
+            },
             admin_token,
             protect_inference: s.protect_inference.unwrap_or(false),
             connections,
@@ -673,6 +705,8 @@ impl ServerConfig {
             listen: "127.0.0.1:0".into(),
             grpc_listen: Some("127.0.0.1:0".into()),
             tls: None,
+            remote_repository: None,
+            deployment_state: None,
             model_repository: dir.to_path_buf(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             shutdown_timeout: Duration::from_secs(30),

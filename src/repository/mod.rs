@@ -7,6 +7,7 @@
 //! stays untouched. Operations run one at a time; the status they leave behind feeds the
 //! repository index, metadata and metrics.
 
+pub mod remote;
 mod scan;
 
 use std::collections::BTreeMap;
@@ -144,6 +145,9 @@ pub struct Repository {
     /// Models whose directory the poller saw change, with what it saw: a change is acted on only
     /// once the next poll sees the same, so a version still being copied is never loaded.
     settling: Mutex<BTreeMap<String, DirSignature>>,
+    /// The object store `root` mirrors, when the repository lives in one: synced before every
+    /// scan (startup, poll, rescan).
+    remote: Option<Arc<remote::RemoteRepository>>,
 }
 
 impl Repository {
@@ -166,6 +170,46 @@ impl Repository {
             ops: tokio::sync::Mutex::new(()),
             waiting: std::sync::atomic::AtomicUsize::new(0),
             settling: Mutex::new(BTreeMap::new()),
+            remote: None,
+        }
+    }
+
+    /// Serves the mirror of an object store (its `mirror()` must be this repository's root).
+    pub fn with_remote(mut self, remote: Arc<remote::RemoteRepository>) -> Repository {
+        self.remote = Some(remote);
+        self
+    }
+
+    /// Brings the mirror up to the object store, if there is one. A failure is logged and
+    /// counted; what the mirror holds keeps serving.
+    async fn sync_remote(&self) {
+        let Some(remote) = &self.remote else {
+            return;
+        };
+        match remote.sync().await {
+            Ok(report) => {
+                self.metrics.record_repository_sync("ok");
+                if report.changed() {
+                    tracing::info!(
+                        url = remote.url(),
+                        versions_downloaded = report.downloaded_versions,
+                        versions_removed = report.removed_versions,
+                        files = report.downloaded_files,
+                        "repository mirror updated"
+                    );
+                }
+                if report.incomplete_versions > 0 {
+                    tracing::debug!(
+                        url = remote.url(),
+                        incomplete = report.incomplete_versions,
+                        "versions without their model file are not mirrored yet"
+                    );
+                }
+            }
+            Err(e) => {
+                self.metrics.record_repository_sync("error");
+                tracing::error!(error = %e, "cannot sync the repository from its object store; serving what the mirror holds");
+            }
         }
     }
 
@@ -181,6 +225,7 @@ impl Repository {
 
     /// Loads every model in the repository; one that fails is reported and the others load.
     pub async fn load_all(&self) -> Result<(), RepositoryError> {
+        self.sync_remote().await;
         let names = scan::model_names(&self.root).map_err(|e| {
             RepositoryError::Io(format!("cannot read {}: {e}", self.root.display()))
         })?;
@@ -300,6 +345,7 @@ impl Repository {
     /// `settle`: act on a changed model only once two consecutive scans saw it the same (the
     /// poller); an explicit rescan acts on the directory as it is.
     async fn rescan_now(&self, settle: bool) -> Vec<String> {
+        self.sync_remote().await;
         let root = self.root.clone();
         let listing = blocking(move || scan::listing(&root)).await;
         let listing = match listing {

@@ -9,6 +9,7 @@
 
 mod decide;
 mod rules;
+pub mod shared;
 mod state;
 mod view;
 
@@ -46,6 +47,10 @@ pub struct Rollout {
     state_file: PathBuf,
     /// Serializes control operations with the evaluator and the state file.
     ops: parking_lot::Mutex<Persisted>,
+    /// The state shared with other replicas, when there is one, and what was last synced
+    /// with it.
+    shared: Option<Arc<shared::SharedState>>,
+    synced: parking_lot::Mutex<Option<StateFile>>,
 }
 
 /// What the state file holds, as far as this process knows.
@@ -83,7 +88,131 @@ impl Rollout {
                 file: FileState::NotRestored,
                 carried: Default::default(),
             }),
+            shared: None,
+            synced: parking_lot::Mutex::new(None),
         }
+    }
+
+    /// Shares the deployments with the other replicas through `shared`.
+    pub fn with_shared(mut self, shared: shared::SharedState) -> Rollout {
+        self.shared = Some(Arc::new(shared));
+        self
+    }
+
+    /// Syncs with the shared state at once and then every `period`, until `stop`.
+    pub async fn follow_shared(
+        self: Arc<Self>,
+        period: Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        tracing::info!(url = shared.url(), "deployments shared with other replicas");
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            if let Err(e) = self.sync_shared(&shared).await {
+                self.metrics.record_shared_state("error");
+                tracing::warn!(error = %e, "cannot sync the shared deployment state; the next look retries");
+            }
+        }
+    }
+
+    /// One look at the shared state: another replica's changes are applied here, this one's
+    /// written there (see `shared`).
+    async fn sync_shared(self: &Arc<Self>, shared: &shared::SharedState) -> Result<(), String> {
+        let remote = shared.read().await?;
+        let local = {
+            let persisted = self.persisted();
+            if matches!(persisted.file, FileState::NotRestored) {
+                return Ok(()); // the repository is still loading
+            }
+            self.current_state(&persisted.carried)
+        };
+        let (remote_state, version) = match remote {
+            Some(r) => (r.state, Some(r.version)),
+            None => (StateFile::default(), None),
+        };
+        // The first look takes the store's state as the last synced one: what the other
+        // replicas agreed on wins over this one's file.
+        let synced = self.synced.lock().clone().unwrap_or_else(|| match version {
+            Some(_) => remote_state.clone(),
+            None => StateFile::default(),
+        });
+        let merged = shared::merge(&remote_state, &synced, &local);
+        if merged != local {
+            let me = Arc::clone(self);
+            let (target, url) = (merged.clone(), shared.url().to_string());
+            tokio::task::spawn_blocking(move || me.apply_shared(&target, &local, &url))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        if merged == remote_state && version.is_some() {
+            *self.synced.lock() = Some(remote_state);
+            self.metrics.record_shared_state("ok");
+            return Ok(());
+        }
+        match shared.put(&merged, version).await? {
+            shared::Put::Written(_) => {
+                *self.synced.lock() = Some(merged);
+                self.metrics.record_shared_state("ok");
+            }
+            // Another replica wrote first: what it wrote is synced, this replica's own changes
+            // still differ from it and go in at the next look.
+            shared::Put::Lost => {
+                *self.synced.lock() = Some(remote_state);
+                self.metrics.record_shared_state("conflict");
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the models of `target` that differ from `local`. Blocking (the state file).
+    fn apply_shared(&self, target: &StateFile, local: &StateFile, url: &str) {
+        {
+            let mut ops = self.persisted();
+            let models: std::collections::BTreeSet<&String> =
+                target.models.keys().chain(local.models.keys()).collect();
+            for model in models {
+                let wanted = target.models.get(model).cloned().unwrap_or_default();
+                if local.models.get(model).cloned().unwrap_or_default() == wanted {
+                    continue;
+                }
+                if !self.router.snapshot().models.contains_key(model.as_str()) {
+                    ops.carried.insert(model.clone(), wanted);
+                    continue;
+                }
+                let version = self.router.update(model, |route| {
+                    route.deployment.stable =
+                        wanted.stable.filter(|v| route.versions.contains_key(v));
+                    route.deployment.candidate = wanted
+                        .candidate
+                        .as_ref()
+                        .and_then(|c| candidate_from(route, c));
+                    route
+                        .deployment
+                        .candidate
+                        .as_ref()
+                        .map(|c| c.version)
+                        .or(route.deployment.stable)
+                });
+                self.rules.record(
+                    model,
+                    Transition::now(
+                        Action::Restore,
+                        Trigger::Replica,
+                        version,
+                        format!("another replica's change, from {url}"),
+                    ),
+                );
+            }
+        }
+        self.persist_if_changed();
     }
 
     /// Starts a canary or shadow trial of `version`, replacing any candidate. `criteria` default
@@ -367,19 +496,10 @@ impl Rollout {
                     }
                 }
                 if let Some(c) = &saved.candidate {
-                    let Some(loaded) = route.versions.get(&c.version) else {
-                        tracing::warn!(model = %model, version = c.version, "saved candidate is not ready; dropped");
-                        return;
-                    };
-                    let mode = match c.mode {
-                        SavedMode::Shadow => CandidateMode::Shadow,
-                        SavedMode::Canary => CandidateMode::Canary {
-                            weight: c.weight.clamp(0.0, 1.0),
-                            sticky_header: c.sticky_header.clone(),
-                        },
-                    };
-                    let criteria = c.criteria.clone().unwrap_or_else(|| loaded.config.rollout.clone());
-                    route.deployment.candidate = Some(Candidate::new(c.version, mode, criteria));
+                    match candidate_from(route, c) {
+                        Some(candidate) => route.deployment.candidate = Some(candidate),
+                        None => tracing::warn!(model = %model, version = c.version, "saved candidate is not ready; dropped"),
+                    }
                 }
             });
             let route = self
@@ -505,6 +625,23 @@ impl Rollout {
             Err(e) => tracing::error!(error = %e, "deployment state not saved"),
         }
     }
+}
+
+/// A saved candidate as a running one, if its version is ready.
+fn candidate_from(route: &ModelRoute, c: &state::CandidateState) -> Option<Candidate> {
+    let loaded = route.versions.get(&c.version)?;
+    let mode = match c.mode {
+        SavedMode::Shadow => CandidateMode::Shadow,
+        SavedMode::Canary => CandidateMode::Canary {
+            weight: c.weight.clamp(0.0, 1.0),
+            sticky_header: c.sticky_header.clone(),
+        },
+    };
+    let criteria = c
+        .criteria
+        .clone()
+        .unwrap_or_else(|| loaded.config.rollout.clone());
+    Some(Candidate::new(c.version, mode, criteria))
 }
 
 fn check_weight(weight: f64) -> Result<(), RolloutError> {

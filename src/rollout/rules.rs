@@ -39,6 +39,8 @@ pub enum Trigger {
     Reload,
     /// The state file, at start.
     Restore,
+    /// Another replica's change, read from the shared state.
+    Replica,
 }
 
 impl Action {
@@ -74,6 +76,7 @@ impl Trigger {
             Trigger::Auto => "auto",
             Trigger::Reload => "reload",
             Trigger::Restore => "restore",
+            Trigger::Replica => "replica",
         }
     }
 }
