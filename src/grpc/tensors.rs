@@ -287,12 +287,9 @@ fn from_contents(
 pub fn raw_output(tensor: &Tensor) -> Bytes {
     match &tensor.data {
         TensorData::Fixed(bytes) => bytes.clone(),
-        TensorData::Bytes(items) => {
+        TensorData::Bytes(_) => {
             let mut out = Vec::with_capacity(tensor.binary_size());
-            for item in items {
-                out.extend_from_slice(&(item.len() as u32).to_le_bytes());
-                out.extend_from_slice(item);
-            }
+            crate::protocol::write_binary(tensor, &mut out);
             Bytes::from(out)
         }
     }

@@ -19,7 +19,7 @@ pub use request::decode_request;
 pub mod limits {
     pub use super::bounded::{MAX_PARAMETERS, MAX_RANK, MAX_TENSORS};
 }
-pub use response::{encode_response, EncodedResponse};
+pub use response::{encode_response, write_binary, EncodedResponse};
 
 /// The header that carries the length of the JSON part of a binary-extension body.
 pub const HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";

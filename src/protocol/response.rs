@@ -36,19 +36,25 @@ pub fn encode_response(response: &InferResponse<'_>) -> EncodedResponse {
     let mut any_binary = false;
     for output in response.outputs.iter().filter(|o| is_binary(o)) {
         any_binary = true;
-        match &output.tensor.data {
-            TensorData::Fixed(bytes) => body.extend_from_slice(bytes),
-            TensorData::Bytes(items) => {
-                for item in items {
-                    body.extend_from_slice(&(item.len() as u32).to_le_bytes());
-                    body.extend_from_slice(item);
-                }
-            }
-        }
+        write_binary(output.tensor, &mut body);
     }
     EncodedResponse {
         body,
         header_len: any_binary.then_some(header_len),
+    }
+}
+
+/// Appends a tensor in the V2 binary layout: fixed-size data as it is, each BYTES element
+/// behind its 4-byte little-endian length. The gRPC front end's raw contents use it too.
+pub fn write_binary(tensor: &Tensor, out: &mut Vec<u8>) {
+    match &tensor.data {
+        TensorData::Fixed(bytes) => out.extend_from_slice(bytes),
+        TensorData::Bytes(items) => {
+            for item in items {
+                out.extend_from_slice(&(item.len() as u32).to_le_bytes());
+                out.extend_from_slice(item);
+            }
+        }
     }
 }
 

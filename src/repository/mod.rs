@@ -8,7 +8,7 @@
 //! repository index, metadata and metrics.
 
 pub mod remote;
-mod scan;
+pub(crate) mod scan;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

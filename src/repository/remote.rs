@@ -101,25 +101,13 @@ impl RemoteRepository {
     /// Builds the client from the URL and the environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`, as
     /// each store's own tools read them); nothing is contacted yet.
     pub fn open(url: &str, mirror: PathBuf) -> Result<RemoteRepository, RemoteError> {
-        crate::tls::install_crypto_provider();
-        let parsed = url::Url::parse(url).map_err(|e| RemoteError::Url {
+        let (store, prefix) = open_store(url, "300s").map_err(|reason| RemoteError::Url {
             url: url.into(),
-            reason: e.to_string(),
+            reason,
         })?;
-        // Our own bounds first; the environment may override them.
-        let mut options: Vec<(String, String)> = vec![
-            ("connect_timeout".into(), "10s".into()),
-            ("timeout".into(), "300s".into()),
-        ];
-        options.extend(std::env::vars().map(|(k, v)| (k.to_ascii_lowercase(), v)));
-        let (store, prefix) =
-            object_store::parse_url_opts(&parsed, options).map_err(|e| RemoteError::Url {
-                url: url.into(),
-                reason: e.to_string(),
-            })?;
         Ok(RemoteRepository {
             url: url.trim_end_matches('/').to_string(),
-            store: Arc::from(store),
+            store,
             prefix,
             mirror,
             syncing: tokio::sync::Mutex::new(()),
@@ -299,7 +287,7 @@ impl RemoteRepository {
                 )));
             }
             let entry = models.entry(model.to_string()).or_default();
-            match (version_number(second), parts.next()) {
+            match (super::scan::parse_version(second), parts.next()) {
                 (Some(v), Some(file)) if safe_path(file) => {
                     entry
                         .versions
@@ -478,6 +466,23 @@ impl RemoteRepository {
     }
 }
 
+/// A store client for `url` and the path it names, configured from the environment (`AWS_*`,
+/// `GOOGLE_*`, `AZURE_*`, as each store's own tools read them) over our own connect and request
+/// timeouts. Nothing is contacted yet. The repository mirror and the shared deployment state
+/// both open their store here.
+pub fn open_store(url: &str, timeout: &str) -> Result<(Arc<dyn ObjectStore>, StorePath), String> {
+    crate::tls::install_crypto_provider();
+    let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
+    let mut options: Vec<(String, String)> = vec![
+        ("connect_timeout".into(), "10s".into()),
+        ("timeout".into(), timeout.into()),
+    ];
+    options.extend(std::env::vars().map(|(k, v)| (k.to_ascii_lowercase(), v)));
+    let (store, prefix) =
+        object_store::parse_url_opts(&parsed, options).map_err(|e| e.to_string())?;
+    Ok((Arc::from(store), prefix))
+}
+
 /// `location` below `prefix`, as `a/b/c`.
 fn relative(prefix: &StorePath, location: &StorePath) -> Option<String> {
     let parts: Vec<String> = location
@@ -485,15 +490,6 @@ fn relative(prefix: &StorePath, location: &StorePath) -> Option<String> {
         .map(|p| p.as_ref().to_string())
         .collect();
     (!parts.is_empty()).then(|| parts.join("/"))
-}
-
-/// A version directory name: a positive integer.
-fn version_number(name: &str) -> Option<u64> {
-    name.bytes()
-        .all(|b| b.is_ascii_digit())
-        .then(|| name.parse::<u64>().ok())
-        .flatten()
-        .filter(|&v| v > 0)
 }
 
 /// A relative path with plain components only: nothing hidden, nothing climbing out.
@@ -582,9 +578,9 @@ mod tests {
         assert!(!safe_path("../x"));
         assert!(!safe_path(".hidden"));
         assert!(!safe_path("a//b"));
-        assert_eq!(version_number("3"), Some(3));
-        assert_eq!(version_number("0"), None);
-        assert_eq!(version_number("v1"), None);
+        assert_eq!(crate::repository::scan::parse_version("3"), Some(3));
+        assert_eq!(crate::repository::scan::parse_version("0"), None);
+        assert_eq!(crate::repository::scan::parse_version("v1"), None);
     }
 
     #[test]

@@ -33,18 +33,21 @@ pub fn version_dirs(model_dir: &Path) -> io::Result<Vec<u64>> {
         if !entry.file_type()?.is_dir() {
             continue;
         }
-        let parsed = entry.file_name().to_str().and_then(|n| {
-            n.bytes()
-                .all(|b| b.is_ascii_digit())
-                .then(|| n.parse::<u64>().ok())
-                .flatten()
-        });
-        if let Some(v) = parsed.filter(|&v| v > 0) {
+        if let Some(v) = entry.file_name().to_str().and_then(parse_version) {
             versions.push(v);
         }
     }
     versions.sort_unstable();
     Ok(versions)
+}
+
+/// A version directory's name as its number: a positive integer in plain digits.
+pub fn parse_version(name: &str) -> Option<u64> {
+    name.bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| name.parse::<u64>().ok())
+        .flatten()
+        .filter(|&v| v > 0)
 }
 
 /// A model name must be one plain path component.

@@ -39,18 +39,11 @@ pub enum Put {
 impl SharedState {
     /// `url` names a prefix (`s3://bucket/state`); the state is its `deployments.json`.
     pub fn open(url: &str) -> Result<SharedState, String> {
-        crate::tls::install_crypto_provider();
-        let parsed = url::Url::parse(url).map_err(|e| format!("'{url}': {e}"))?;
-        let mut options: Vec<(String, String)> = vec![
-            ("connect_timeout".into(), "10s".into()),
-            ("timeout".into(), "60s".into()),
-        ];
-        options.extend(std::env::vars().map(|(k, v)| (k.to_ascii_lowercase(), v)));
-        let (store, prefix) =
-            object_store::parse_url_opts(&parsed, options).map_err(|e| format!("'{url}': {e}"))?;
+        let (store, prefix) = crate::repository::remote::open_store(url, "60s")
+            .map_err(|e| format!("'{url}': {e}"))?;
         Ok(SharedState {
             url: format!("{}/deployments.json", url.trim_end_matches('/')),
-            store: Arc::from(store),
+            store,
             path: prefix.child("deployments.json"),
         })
     }
