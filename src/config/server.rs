@@ -45,9 +45,11 @@ pub struct ServerSettings {
     #[arg(long, env = "CAIRN_TLS_CLIENT_CA_FILE", value_name = "FILE")]
     pub tls_client_ca_file: Option<PathBuf>,
 
-    /// Directory holding `<model>/config.toml` and `<model>/<version>/model.onnx`.
+    /// Directory holding `<model>/config.toml` and `<model>/<version>/model.onnx`, or an
+    /// object-store URL laid out the same way (`s3://bucket/prefix`, `gs://`, `az://`,
+    /// `file://`), mirrored under `state_dir` and listed every `repository_poll_interval_s`.
     /// [default: models]
-    #[arg(long, env = "CAIRN_MODEL_REPOSITORY", value_name = "DIR")]
+    #[arg(long, env = "CAIRN_MODEL_REPOSITORY", value_name = "DIR|URL")]
     pub model_repository: Option<PathBuf>,
 
     /// Largest request body accepted, in bytes, after decompression; larger ones get 413.
@@ -66,12 +68,13 @@ pub struct ServerSettings {
     pub http_threads: Option<usize>,
 
     /// Seconds between rescans of the repository for new, changed or removed models and
-    /// versions; 0 turns polling off (loads then happen only through the API). [default: 0]
+    /// versions; 0 turns polling off (loads then happen only through the API).
+    /// [default: 0; 10 when the repository is an object store]
     #[arg(long, env = "CAIRN_REPOSITORY_POLL_INTERVAL_S", value_name = "SECONDS")]
     pub repository_poll_interval_s: Option<u64>,
 
-    /// Directory for state that must survive a restart (deployments).
-    /// [default: <model_repository>/.cairn]
+    /// Directory for state that must survive a restart (deployments; an object-store
+    /// repository's mirror). [default: <model_repository>/.cairn; .cairn for an object store]
     #[arg(long, env = "CAIRN_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 

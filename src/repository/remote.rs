@@ -156,9 +156,26 @@ impl RemoteRepository {
             }
             _ => "",
         };
+        // Without keys the S3 client asks the instance metadata service; where there is none,
+        // its failure hides the real cause, which is the missing keys.
+        let missing = self.url.starts_with("s3://")
+            && reason.contains("/latest/api/token")
+            && [
+                "AWS_ACCESS_KEY_ID",
+                "AWS_WEB_IDENTITY_TOKEN_FILE",
+                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+            ]
+            .iter()
+            .all(|k| std::env::var_os(k).is_none());
+        let cause = if missing {
+            "no credentials: AWS_ACCESS_KEY_ID is not set and the instance metadata service did not \
+             answer; "
+        } else {
+            ""
+        };
         RemoteError::Store {
             url: self.url.clone(),
-            reason: format!("{reason}{hint}"),
+            reason: format!("{cause}{}{hint}", one_line(&reason)),
         }
     }
 
@@ -483,6 +500,34 @@ pub fn open_store(url: &str, timeout: &str) -> Result<(Arc<dyn ObjectStore>, Sto
     Ok((Arc::from(store), prefix))
 }
 
+/// A store's error on one line: an S3-style XML error body (`<Error><Code>NoSuchBucket</Code>
+/// <Message>...`) is reduced to its code and message, so that the start's refusal reads as one
+/// sentence in a log line instead of a pasted document.
+fn one_line(reason: &str) -> String {
+    let tag = |name: &str| {
+        let open = format!("<{name}>");
+        let start = reason.find(&open)? + open.len();
+        let end = start + reason[start..].find(&format!("</{name}>"))?;
+        let text = reason[start..end].trim();
+        let text = text
+            .strip_prefix("<![CDATA[")
+            .and_then(|t| t.strip_suffix("]]>"))
+            .unwrap_or(text);
+        Some(text.to_string())
+    };
+    let text = match (
+        reason.find("<?xml").or_else(|| reason.find("<Error>")),
+        tag("Code"),
+    ) {
+        (Some(at), Some(code)) => {
+            let message = tag("Message").map(|m| format!(": {m}")).unwrap_or_default();
+            format!("{}{code}{message}", &reason[..at])
+        }
+        _ => reason.to_string(),
+    };
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// `location` below `prefix`, as `a/b/c`.
 fn relative(prefix: &StorePath, location: &StorePath) -> Option<String> {
     let parts: Vec<String> = location
@@ -589,5 +634,20 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("nope://x/y"), "{e}");
+    }
+
+    #[test]
+    fn a_store_error_body_reads_as_one_line() {
+        let raw = "Error performing GET http://h/b?list-type=2 in 119ms - Server returned non-2xx \
+                   status code: 404 Not Found: <?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error>\n    \
+                   <Code>NoSuchBucket</Code>\n    <Message><![CDATA[The specified bucket does not \
+                   exist]]></Message>\n    <BucketName>b</BucketName>\n</Error>";
+        assert_eq!(
+            one_line(raw),
+            "Error performing GET http://h/b?list-type=2 in 119ms - Server returned non-2xx \
+             status code: 404 Not Found: NoSuchBucket: The specified bucket does not exist"
+        );
+        assert_eq!(one_line("no answer\n  at all"), "no answer at all");
+        assert_eq!(one_line("<Error>unclosed"), "<Error>unclosed");
     }
 }

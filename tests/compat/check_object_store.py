@@ -1,0 +1,424 @@
+"""The object-store model repository and the deployment state shared by replicas, against a real
+S3-compatible server (moto in server mode, on 127.0.0.1).
+
+Run: python tests/compat/check_object_store.py [path/to/cairn]   (default: target/release/cairn;
+needs `moto[server]` and boto3, tests/compat/requirements.txt).
+
+1. Refused starts: without credentials, and with a bucket that does not exist, the server exits
+   at once with a reason that names the store, instead of serving an empty repository.
+2. `--model-repository s3://models/repo`: the server loads what the bucket holds and serves it
+   while a client sends requests without a pause, through all of what follows (no request may
+   fail):
+   - a half-uploaded version (its other files, not yet its model file) is never loaded, however
+     many polls see it; once its model file arrives it is loaded;
+   - a changed object (a model file overwritten: a new ETag) is downloaded and served;
+   - a version deleted from the store is unloaded.
+3. Two servers with the same `--deployment-state s3://state/shared`: changes made through each
+   at the same moment (a canary on one model through the first, a pinned stable version on
+   another through the second) both reach both servers; a weight changed through the second and
+   a rollback through the first follow; the second server's routing sends canary traffic to the
+   version chosen through the first.
+
+Every failure is collected; the script exits non-zero listing them all.
+"""
+
+import http.client
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import boto3
+from moto.server import ThreadedMotoServer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BINARY = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else os.path.join(ROOT, "target", "release", "cairn")
+MODELS = os.path.join(ROOT, "models")
+POLL_S = 1
+# Generous: a poll is 1 s, but the CI machine has two cores shared with the client threads.
+CHANGE_TIMEOUT_S = 30
+# The half-uploaded version must stay unloaded across at least this many polls.
+HALF_UPLOAD_POLLS = 4
+TOTAL_TIMEOUT_S = 420
+
+FAILURES = []
+
+
+def check(ok, message):
+    if not ok:
+        FAILURES.append(message)
+        print(f"FAIL: {message}", flush=True)
+    return ok
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One cairn process; its log is kept, its HTTP address read from the first log line."""
+
+    def __init__(self, name, args, env):
+        self.name = name
+        self.log = []
+        self.address = None
+        self.found = threading.Event()
+        self.proc = subprocess.Popen([BINARY, "serve", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            line = re.sub(r"\x1b\[[0-9;]*m", "", line)
+            self.log.append(line)
+            m = re.search(r"listening on http://(\S+)", line)
+            if m and not self.address:
+                self.address = m.group(1)
+                self.found.set()
+        self.found.set()
+
+    def request(self, method, path, body=None):
+        host, port = self.address.rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        try:
+            data = None if body is None else json.dumps(body).encode()
+            conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+            r = conn.getresponse()
+            text = r.read().decode(errors="replace")
+            try:
+                return r.status, json.loads(text)
+            except ValueError:
+                return r.status, text
+        finally:
+            conn.close()
+
+    def started(self, timeout=60):
+        self.found.wait(timeout)
+        return self.address is not None
+
+    def ready(self, model, version):
+        try:
+            return self.request("GET", f"/v2/models/{model}/versions/{version}/ready")[0] == 200
+        except OSError:
+            return False
+
+    def metric(self, name, labels):
+        status, text = self.request("GET", "/metrics")
+        total = 0.0
+        for line in text.splitlines() if status == 200 else []:
+            if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def deployment(self, model):
+        status, body = self.request("GET", f"/v2/models/{model}/deployment")
+        return body if status == 200 else {}
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def dump(self):
+        print(f"--- {self.name} log (last 40 lines)")
+        print("".join(self.log[-40:]), end="")
+
+
+def wait_for(condition, timeout=CHANGE_TIMEOUT_S):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+def sample(model):
+    with open(os.path.join(MODELS, model, "1", "sample.json")) as f:
+        return json.load(f)
+
+
+class Load(threading.Thread):
+    """Requests without a pause and without a version (the deployment's route); every answer that
+    is not a 200 is kept."""
+
+    def __init__(self, server, model):
+        super().__init__(daemon=True)
+        self.server, self.model, self.body = server, model, sample(model)
+        self.stopping = threading.Event()
+        self.sent = 0
+        self.failures = []
+
+    def run(self):
+        while not self.stopping.is_set():
+            try:
+                status, body = self.server.request("POST", f"/v2/models/{self.model}/infer", self.body)
+            except OSError as e:
+                status, body = None, str(e)
+            self.sent += 1
+            if status != 200:
+                self.failures.append((status, str(body)[:200]))
+
+    def finish(self):
+        self.stopping.set()
+        self.join(60)
+
+
+def refused_starts(env, work):
+    print("== refused starts")
+    no_credentials = {k: v for k, v in env.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    # With no keys the S3 client asks the instance metadata service: pointed at a closed local
+    # port so the check reaches nothing beyond 127.0.0.1.
+    no_credentials["AWS_METADATA_ENDPOINT"] = f"http://127.0.0.1:{free_port()}"
+    cases = [
+        ("no credentials", no_credentials, "s3://models/repo", "no credentials"),
+        ("a bucket that does not exist", env, "s3://no-such-bucket/repo", "NoSuchBucket"),
+    ]
+    for label, case_env, url, expect in cases:
+        t0 = time.time()
+        s = Server(label, ["--model-repository", url, "--listen", "127.0.0.1:0", "--grpc-listen", "off",
+                           "--state-dir", os.path.join(work, "refused")], case_env)
+        try:
+            code = s.proc.wait(90)
+        except subprocess.TimeoutExpired:
+            code = None
+        took = time.time() - t0
+        s.stop()
+        log = "".join(s.log)
+        last = log.strip().splitlines()[-1] if log.strip() else ""
+        print(f"  {label}: exit {code} after {took:.1f} s: {last}")
+        if not check(code not in (None, 0) and s.address is None, f"{label}: the server did not refuse to start (exit {code})"):
+            s.dump()
+        check("cannot start" in log and url in log, f"{label}: the reason does not name {url}: {last!r}")
+        check(expect in log, f"{label}: the reason does not say {expect!r}: {last!r}")
+
+
+def upload(s3, model, files):
+    """Uploads models/<model>/<file> to s3://models/repo/<model>/<file>, in the order given."""
+    for name in files:
+        local = os.path.join(MODELS, model, *(name.split("/")))
+        s3.upload_file(local, "models", f"repo/{model}/{name}")
+
+
+def repository_versions(server, model):
+    status, body = server.request("POST", "/v2/repository/index", {})
+    if status != 200:
+        return set()
+    return {e.get("version") for e in body if e.get("name") == model and e.get("state") == "READY"}
+
+
+def infer_version(server, model, version):
+    status, body = server.request("POST", f"/v2/models/{model}/versions/{version}/infer", sample(model))
+    if status != 200:
+        return status, None
+    return status, [o["data"] for o in body["outputs"]]
+
+
+def repository(s3, env, work):
+    print("== s3://models/repo: load, a half-uploaded version, a changed object, a deletion")
+    upload(s3, "iris", ["config.toml", "1/model.onnx", "1/baseline.json", "1/sample.json"])
+    # tabular-small as shipped serves its highest version only; here both, so that a replica
+    # can pin the lower one.
+    with open(os.path.join(MODELS, "tabular-small", "config.toml")) as f:
+        config = 'version_policy = { all = {} }\n' + f.read()
+    s3.put_object(Bucket="models", Key="repo/tabular-small/config.toml", Body=config.encode())
+    upload(s3, "tabular-small", ["1/model.onnx", "1/sample.json"])
+    state_dir = os.path.join(work, "one")
+    s = Server("server one", ["--model-repository", "s3://models/repo", "--listen", "127.0.0.1:0",
+                              "--grpc-listen", "off", "--state-dir", state_dir,
+                              "--repository-poll-interval-s", str(POLL_S),
+                              "--deployment-state", "s3://state/shared"], env)
+    if not check(s.started() and wait_for(lambda: s.ready("iris", 1) and s.ready("tabular-small", 1)),
+                 "server one did not serve iris 1 and tabular-small 1 from the bucket"):
+        s.dump()
+        return s
+    status, outputs = infer_version(s, "iris", 1)
+    check(status == 200 and outputs, f"iris 1 from the bucket answered {status}")
+    v1_outputs = outputs
+    mirror = os.path.join(state_dir, "repository")
+    check(os.path.isfile(os.path.join(mirror, "iris", "1", "model.onnx")), "no local mirror of iris 1 under the state dir")
+
+    load = Load(s, "iris")
+    load.start()
+
+    # A half-uploaded version: everything but the model file.
+    upload(s3, "iris", ["2/baseline.json", "2/sample.json"])
+    syncs = s.metric("cairn_repository_syncs_total", {"result": "ok"})
+    wait_for(lambda: s.metric("cairn_repository_syncs_total", {"result": "ok"}) >= syncs + HALF_UPLOAD_POLLS, 60)
+    polls = s.metric("cairn_repository_syncs_total", {"result": "ok"}) - syncs
+    print(f"  half-uploaded iris 2: {polls:.0f} polls since")
+    check(polls >= HALF_UPLOAD_POLLS, f"only {polls:.0f} repository syncs counted in a minute at a {POLL_S} s poll")
+    check(not s.ready("iris", 2), "a half-uploaded version (no model file yet) was loaded")
+    check(2 not in repository_versions(s, "iris") and "2" not in repository_versions(s, "iris"),
+          "a half-uploaded version is in the repository index as ready")
+    check(not os.path.exists(os.path.join(mirror, "iris", "2")), "a half-uploaded version was mirrored")
+
+    # Its model file arrives: the version is complete.
+    upload(s3, "iris", ["2/model.onnx"])
+    check(wait_for(lambda: s.ready("iris", 2)), "iris 2 was not loaded after its model file was uploaded")
+    check(os.path.isfile(os.path.join(mirror, "iris", "2", "baseline.json")), "iris 2 was mirrored without its other files")
+    status, v2_outputs = infer_version(s, "iris", 2)
+    check(status == 200 and v2_outputs, f"iris 2 answered {status}")
+    check(v2_outputs != v1_outputs, "iris 1 and 2 answer alike: the changed-object check would prove nothing")
+
+    # A changed object: version 1's model file overwritten with version 2's (a new ETag).
+    s3.upload_file(os.path.join(MODELS, "iris", "2", "model.onnx"), "models", "repo/iris/1/model.onnx")
+    check(wait_for(lambda: infer_version(s, "iris", 1)[1] == v2_outputs),
+          "iris 1 still serves the old model file after the object changed")
+
+    # A deletion: version 2 leaves the store, and the server.
+    s3.delete_objects(Bucket="models", Delete={"Objects": [{"Key": f"repo/iris/2/{n}"} for n in
+                                                           ("model.onnx", "baseline.json", "sample.json")]})
+    check(wait_for(lambda: not s.ready("iris", 2)), "iris 2 is still served after it was deleted from the store")
+    check(wait_for(lambda: not os.path.exists(os.path.join(mirror, "iris", "2"))), "iris 2 is still in the mirror after its deletion")
+
+    # Back to two versions of each model for the replicas.
+    s3.upload_file(os.path.join(MODELS, "iris", "1", "model.onnx"), "models", "repo/iris/1/model.onnx")
+    upload(s3, "iris", ["2/baseline.json", "2/sample.json", "2/model.onnx"])
+    s3.upload_file(os.path.join(MODELS, "tabular-small", "1", "model.onnx"), "models", "repo/tabular-small/2/model.onnx")
+    check(wait_for(lambda: s.ready("iris", 2) and s.ready("tabular-small", 2) and infer_version(s, "iris", 1)[1] == v1_outputs),
+          "server one did not come back to iris 1, 2 and tabular-small 2")
+
+    load.finish()
+    print(f"  {load.sent} requests while the bucket changed, {len(load.failures)} failed")
+    check(load.sent > 0 and not load.failures, f"requests failed while the bucket changed: {load.failures[:5]}")
+    errors = s.metric("cairn_repository_syncs_total", {"result": "error"})
+    check(errors == 0, f"{errors:.0f} repository syncs failed")
+    return s
+
+
+def replicas(one, s3, env, work):
+    print("== two servers sharing s3://state/shared")
+    two = Server("server two", ["--model-repository", "s3://models/repo", "--listen", "127.0.0.1:0",
+                                "--grpc-listen", "off", "--state-dir", os.path.join(work, "two"),
+                                "--repository-poll-interval-s", str(POLL_S),
+                                "--deployment-state", "s3://state/shared"], env)
+    if not check(two.started() and wait_for(lambda: two.ready("iris", 2) and two.ready("tabular-small", 2)),
+                 "server two did not serve iris 2 and tabular-small 2"):
+        two.dump()
+        return two
+
+    # At the same moment: a canary of iris 1 through server one, tabular-small pinned to 1
+    # through server two. The conditional put makes the later writer merge, not overwrite.
+    never = {"min_requests": 1_000_000_000}
+    answers = {}
+
+    def post(name, server, path, body):
+        answers[name] = server.request("POST", path, body)
+
+    threads = [
+        threading.Thread(target=post, args=("canary", one, "/v2/models/iris/deployment/canary",
+                                            {"version": 1, "weight": 0.3, "criteria": never})),
+        threading.Thread(target=post, args=("stable", two, "/v2/models/tabular-small/deployment/stable",
+                                            {"version": 1})),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    check(answers.get("canary", (None,))[0] == 200, f"canary through server one: {answers.get('canary')}")
+    check(answers.get("stable", (None,))[0] == 200, f"stable through server two: {answers.get('stable')}")
+
+    def canary(server, weight):
+        c = server.deployment("iris").get("candidate") or {}
+        return c.get("version") == 1 and c.get("mode") == "canary" and c.get("weight") == weight
+
+    def pinned(server):
+        d = server.deployment("tabular-small")
+        return d.get("stable") == 1 and d.get("stable_pinned") is True
+
+    t0 = time.time()
+    check(wait_for(lambda: canary(two, 0.3)), f"server two never showed the canary started through server one: {two.deployment('iris')}")
+    check(wait_for(lambda: pinned(one)), f"server one never showed the stable version pinned through server two: {one.deployment('tabular-small')}")
+    check(canary(one, 0.3) and pinned(two), "a replica lost its own change to the other's write")
+    print(f"  both changes on both servers {time.time() - t0:.1f} s after they were made")
+
+    # Server two's routing follows the canary: some of its requests are answered by iris 1.
+    two.request("POST", "/v2/models/iris/deployment/weight", {"weight": 0.6})
+    check(wait_for(lambda: canary(one, 0.6)), f"server one did not follow the weight set through server two: {one.deployment('iris')}")
+    versions = {}
+    for _ in range(60):
+        status, body = two.request("POST", "/v2/models/iris/infer", sample("iris"))
+        if status == 200:
+            versions[body.get("model_version")] = versions.get(body.get("model_version"), 0) + 1
+    print(f"  server two answered iris by version: {versions}")
+    check(versions.get("1", 0) > 0 and versions.get("2", 0) > 0, f"server two does not route the shared canary: {versions}")
+
+    status, _ = one.request("POST", "/v2/models/iris/deployment/rollback", {"reason": "check"})
+    check(status == 200, f"rollback through server one answered {status}")
+    check(wait_for(lambda: two.deployment("iris").get("candidate") is None),
+          f"server two kept the candidate rolled back through server one: {two.deployment('iris')}")
+
+    stored = json.loads(s3.get_object(Bucket="state", Key="shared/deployments.json")["Body"].read())
+    text = json.dumps(stored)
+    check("iris" in text and "tabular-small" in text, f"the shared state lacks a model: {text[:300]}")
+    for server in (one, two):
+        errors = server.metric("cairn_deployment_state_syncs_total", {"result": "error"})
+        check(errors == 0, f"{server.name}: {errors:.0f} deployment-state syncs failed")
+    return two
+
+
+def main():
+    if not os.path.isfile(BINARY):
+        sys.exit(f"no binary at {BINARY}")
+    signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError(f"ran past {TOTAL_TIMEOUT_S} s")))
+    signal.alarm(TOTAL_TIMEOUT_S)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    moto.start()
+    host, port = moto.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    print(f"moto S3 on {endpoint}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAIRN_", "AWS_"))}
+    env.update({
+        "AWS_ACCESS_KEY_ID": "cairn-check",
+        "AWS_SECRET_ACCESS_KEY": "cairn-check-secret",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT": endpoint,
+        "AWS_ALLOW_HTTP": "true",
+    })
+    s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+    s3.create_bucket(Bucket="models")
+    s3.create_bucket(Bucket="state")
+    work = tempfile.mkdtemp(prefix="cairn-object-store-")
+    servers = []
+    try:
+        refused_starts(env, work)
+        one = repository(s3, env, work)
+        servers.append(one)
+        if not FAILURES:
+            servers.append(replicas(one, s3, env, work))
+    finally:
+        for s in servers:
+            code = s.stop()
+            check(code == 0, f"{s.name} exited {code} on SIGTERM")
+            if FAILURES:
+                s.dump()
+        moto.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    if FAILURES:
+        print(f"{len(FAILURES)} failures:")
+        for f in FAILURES:
+            print(f"  - {f}")
+        sys.exit(1)
+    print("object store: all checks passed")
+
+
+if __name__ == "__main__":
+    main()
