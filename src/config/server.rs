@@ -682,6 +682,18 @@ impl ServerConfig {
                         format!("'{url}' is not an object-store URL (s3://bucket/prefix, ...)"),
                     ))
                 }
+                // The local file system store has no compare-and-swap on an existing object:
+                // two replicas would overwrite each other's changes.
+                Some(url) if url.starts_with("file:") => {
+                    return Err(invalid(
+                        "deployment_state",
+                        format!(
+                            "'{url}': a file:// store cannot replace an object conditionally, \
+                             so replicas would overwrite each other; use s3://, gs:// or az:// \
+                             (unset, the server keeps its deployments in state_dir)"
+                        ),
+                    ))
+                }
                 other => other,
             },
             admin_token,
@@ -805,6 +817,35 @@ mod tests {
         );
         assert_eq!(config(None, Some("off")).unwrap(), None);
         assert!(config(None, Some(" ")).is_err());
+    }
+
+    #[test]
+    fn an_object_store_repository_is_mirrored_and_polled_and_state_needs_conditional_puts() {
+        let s = ServerSettings {
+            model_repository: Some("s3://models/prod".into()),
+            ..Default::default()
+        };
+        let c = ServerConfig::from_settings(s, Path::new("x"), None).unwrap();
+        assert_eq!(c.remote_repository.as_deref(), Some("s3://models/prod"));
+        assert_eq!(c.state_dir, PathBuf::from(".cairn"));
+        assert_eq!(c.model_repository, PathBuf::from(".cairn/repository"));
+        assert_eq!(c.repository_poll_interval, Some(Duration::from_secs(10)));
+        let state = |url: &str| ServerSettings {
+            deployment_state: Some(url.into()),
+            ..Default::default()
+        };
+        let c = ServerConfig::from_settings(state("s3://b/state"), Path::new("x"), None).unwrap();
+        assert_eq!(c.deployment_state.as_deref(), Some("s3://b/state"));
+        for bad in ["file:///tmp/state", "state-dir"] {
+            let err = ServerConfig::from_settings(state(bad), Path::new("x"), None)
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"));
+            let text = err.to_string();
+            assert!(
+                text.contains("deployment_state") && text.contains(bad),
+                "{text}"
+            );
+        }
     }
 
     #[test]

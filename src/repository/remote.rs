@@ -126,6 +126,17 @@ impl RemoteRepository {
     /// One listing, to fail the start at once when the store cannot be read (no credentials,
     /// no bucket, no network), with the reason and what to set.
     pub async fn check(&self) -> Result<(), RemoteError> {
+        // A local store lists a missing directory as empty; like a missing bucket, it is a
+        // mistake of the URL, not an empty repository.
+        if let Some(dir) = url::Url::parse(&self.url)
+            .ok()
+            .filter(|u| u.scheme() == "file")
+            .and_then(|u| u.to_file_path().ok())
+        {
+            if !tokio::fs::metadata(&dir).await.is_ok_and(|m| m.is_dir()) {
+                return Err(self.store_error(format!("{} is not a directory", dir.display())));
+            }
+        }
         let first = async {
             let mut listing = self.store.list(Some(&self.prefix));
             match listing.next().await {

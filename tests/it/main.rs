@@ -10,6 +10,7 @@
 //! - `training`: `cairn train` and `cairn runs`, and a trained version served.
 //! - `engine_conformance`: every engine against onnxruntime's recorded outputs.
 //! - `tls`: HTTPS and gRPC over TLS, mutual TLS, certificate rotation.
+//! - `object_store`: a `file://` object-store repository: mirror, complete versions, deletion.
 //! - `decoder_props`: property tests of the decoders and config parsers, with the counting
 //!   allocator that this binary installs.
 
@@ -22,6 +23,7 @@ mod engines;
 mod hostile;
 mod http_api;
 mod monitoring;
+mod object_store;
 mod offline;
 mod pages;
 mod rollout;
