@@ -2,7 +2,8 @@
 Prometheus scraping a live server.
 
 Run: python tests/compat/check_grafana.py [path/to/cairn]   (default: target/release/cairn;
-`prometheus` and `promtool` on PATH, Debian package `prometheus`). Standard library only.
+`prometheus` and `promtool` on PATH, Debian package `prometheus`; numpy and tritonclient.grpc
+for the gRPC load).
 
 1. The dashboard's structure: unique panel ids, grid positions inside 24 columns that do not
    overlap, the datasource variable on every panel and target, a refId and an expr on every
@@ -17,7 +18,8 @@ Run: python tests/compat/check_grafana.py [path/to/cairn]   (default: target/rel
    finished before the load starts.
 4. Load from a few threads for the whole check: iris rows shifted on petal_length (drift), good
    and wrong-shape requests to the other models (failure series), feedback for iris with unknown
-   and duplicate rows (feedback and quality series).
+   and duplicate rows (feedback and quality series), and gRPC calls with Triton's client (the
+   gRPC series, an unknown model among them).
 5. Prometheus (scrape interval 1 s) scrapes the server; once it holds enough samples for the
    rate windows, every target expr, with `$__rate_interval` = 15s and the variables at their
    defaults (`$model` = All = `.*`), must return a series with a finite value. Each expr is then
@@ -211,7 +213,7 @@ class Server:
     def __init__(self, cwd, repo, state, train_configs):
         self.log = []
         self.proc = subprocess.Popen(
-            [BINARY, "serve", "--listen", "127.0.0.1:0", "--model-repository", repo,
+            [BINARY, "serve", "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--model-repository", repo,
              "--state-dir", state, "--train-config-dir", train_configs,
              # A 64-row iris request (2304 bytes of tensors) never fits, a single row (36)
              # does while the writer keeps up: drops by queue_bytes, and still the rows drift
@@ -235,6 +237,17 @@ class Server:
     def _read_log(self):
         for line in self.proc.stderr:
             self.log.append(re.sub(r"\x1b\[[0-9;]*m", "", line))
+
+    def grpc_address(self, timeout=30):
+        """The gRPC port, from the log line that names it."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            for line in list(self.log):
+                m = re.search(r"gRPC listening on (\S+)", line)
+                if m:
+                    return m.group(1)
+            time.sleep(0.1)
+        return None
 
     def call(self, method, path, body=None):
         """One request on this thread's keep-alive connection: (status, parsed body). A
@@ -436,6 +449,7 @@ class Load:
                         for m in ("tabular-small", "mlp-large", "tabular-fallback")}
         self.threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(threads)]
         self.threads.append(threading.Thread(target=self._feedback, daemon=True))
+        self.threads.append(threading.Thread(target=self._grpc, daemon=True))
         for t in self.threads:
             t.start()
 
@@ -494,6 +508,39 @@ class Load:
             feedback.append(feedback[0])
             self._send("iris feedback", "/v2/models/iris/feedback", {"feedback": feedback}, 200)
             sent += 1
+
+    def _grpc(self):
+        """A few gRPC calls a second with Triton's client, for the gRPC panel: health, metadata,
+        an inference and a call for a model that does not exist (NOT_FOUND)."""
+        import numpy as np
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        address = self.server.grpc_address()
+        if address is None:
+            with self.lock:
+                self.errors.append("no 'gRPC listening on' line in the server's log")
+            return
+        client = grpcclient.InferenceServerClient(address)
+        rows = np.array([self.rows[0][0]], dtype=np.float32)
+        try:
+            while not self.stop_event.wait(0.2):
+                try:
+                    client.is_server_live()
+                    client.get_model_metadata("iris")
+                    inputs = [grpcclient.InferInput("input", list(rows.shape), "FP32")]
+                    inputs[0].set_data_from_numpy(rows)
+                    client.infer("iris", inputs)
+                    self._count("grpc", "OK", "OK")
+                except InferenceServerException as e:
+                    self._count("grpc", e.status(), "OK")
+                try:
+                    client.get_model_metadata("no-such-model")
+                    self._count("grpc unknown model", "OK", "StatusCode.NOT_FOUND")
+                except InferenceServerException as e:
+                    self._count("grpc unknown model", e.status(), "StatusCode.NOT_FOUND")
+        finally:
+            client.close()
 
     def stop(self):
         self.stop_event.set()
