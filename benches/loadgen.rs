@@ -6,7 +6,7 @@
 //! cargo bench --bench loadgen -- http --url http://127.0.0.1:8000/v2/models/m/infer \
 //!     --body req.json [--header-len N] --concurrency 64 --duration 10 --warmup 2
 //! cargo bench --bench loadgen -- floor --model models/mlp-large/1/model.onnx --width 256 \
-//!     --batch 64 --threads 2 --duration 5
+//!     --batch 64 --threads 2 --duration 5 [--engine tract|ort|cuda|auto]
 //! ```
 //!
 //! `http` keeps `concurrency` HTTP/1.1 keep-alive connections busy from one thread (so its CPU
@@ -68,7 +68,17 @@ fn main() {
             let batch = num("--batch", 1.0) as usize;
             let threads = num("--threads", 1.0) as usize;
             let duration = Duration::from_secs_f64(num("--duration", 5.0));
-            println!("{}", floor(&model, width, batch, threads, duration));
+            let kind = match opt("--engine").as_deref().unwrap_or("tract") {
+                "tract" => cairn::config::EngineKind::Tract,
+                "ort" => cairn::config::EngineKind::Ort,
+                "cuda" => cairn::config::EngineKind::Cuda,
+                "auto" => cairn::config::EngineKind::Auto,
+                other => {
+                    eprintln!("unknown engine {other} (tract, ort, cuda, auto)");
+                    std::process::exit(2);
+                }
+            };
+            println!("{}", floor(&model, kind, width, batch, threads, duration));
         }
         other => {
             eprintln!("unknown mode {other}");
@@ -217,6 +227,7 @@ async fn http_load(load: HttpLoad) -> serde_json::Value {
 
 fn floor(
     model: &std::path::Path,
+    kind: cairn::config::EngineKind,
     width: usize,
     batch: usize,
     threads: usize,
@@ -227,7 +238,9 @@ fn floor(
     let engine = engine::load(
         model,
         &LoadOptions {
+            kind,
             batch_dim: true,
+            max_batch: batch,
             ..LoadOptions::default()
         },
     )
@@ -268,7 +281,10 @@ fn floor(
     let mut times: Vec<u32> = results.into_iter().flat_map(|r| r.1).collect();
     times.sort_unstable();
     let p50_us = times.get(times.len() / 2).copied().unwrap_or(0) as f64 / 1000.0;
+    let p99_us = times.get(times.len() * 99 / 100).copied().unwrap_or(0) as f64 / 1000.0;
     serde_json::json!({
+        "engine": engine.info().backend,
+        "call_p99_us": p99_us,
         "batch": batch,
         "threads": threads,
         "rows_per_s": (calls * batch as u64) as f64 / duration.as_secs_f64(),

@@ -6,12 +6,14 @@ use std::sync::Arc;
 
 pub use cairn_core::engine::*;
 
-/// Builds the engine `options.kind` names. `auto` takes the first that can: onnxruntime when
-/// its library loads, else tract (the CUDA engine is not in this build). With
+/// Builds the engine `options.kind` names. `auto` takes the first that can: the CUDA engine
+/// when a GPU is there and the model is in its subset, else onnxruntime when its library loads,
+/// else tract. With
 /// `fallback_to_cpu`, a kind that cannot take the model gives way to tract, with a log line;
 /// the engine's `info()` then says tract, which is how the caller counts the fallback.
 pub fn load(path: &Path, options: &LoadOptions) -> Result<Arc<dyn Engine>, EngineError> {
     let chosen = match options.kind {
+        EngineKind::Auto if cuda_takes(path, options) => EngineKind::Cuda,
         EngineKind::Auto if ort_available() => EngineKind::Ort,
         EngineKind::Auto => EngineKind::Tract,
         kind => kind,
@@ -36,11 +38,36 @@ fn load_kind(
             cairn_engine_tract::TractEngine::load(path, options)?,
         )),
         EngineKind::Ort => load_ort(path, options),
-        EngineKind::Cuda => Err(EngineError::Unsupported(
-            "this build has no CUDA engine (engine kind 'cuda'); use 'ort' or 'tract', or \
-             fallback = \"cpu\""
-                .into(),
-        )),
+        EngineKind::Cuda => load_cuda(path, options),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn load_cuda(path: &Path, options: &LoadOptions) -> Result<Arc<dyn Engine>, EngineError> {
+    Ok(Arc::new(cairn_engine_cuda::CudaEngine::load(
+        path, options,
+    )?))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn load_cuda(_path: &Path, _options: &LoadOptions) -> Result<Arc<dyn Engine>, EngineError> {
+    Err(EngineError::Unsupported(
+        "this build has no CUDA engine (built without the 'cuda' feature); use 'ort' or 'tract', \
+         or fallback = \"cpu\""
+            .into(),
+    ))
+}
+
+/// Whether `auto` should take the CUDA engine: a GPU is there and the model is in its subset.
+fn cuda_takes(path: &Path, options: &LoadOptions) -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        cairn_engine_cuda::available() && cairn_engine_cuda::takes(path, options).is_ok()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (path, options);
+        false
     }
 }
 
@@ -77,6 +104,17 @@ pub fn log_libraries() {
     }
     #[cfg(not(feature = "ort"))]
     tracing::info!("onnxruntime engine not in this build");
+    #[cfg(feature = "cuda")]
+    match cairn_engine_cuda::gpus() {
+        Ok(gpus) => {
+            for g in gpus {
+                tracing::info!(gpu = g.ordinal, name = %g.name, memory_bytes = g.memory_bytes,
+                    "CUDA engine available");
+            }
+        }
+        Err(e) => tracing::info!("CUDA engine not available: {e}"),
+    }
+    #[cfg(not(feature = "cuda"))]
     tracing::info!("CUDA engine not in this build");
 }
 

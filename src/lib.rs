@@ -17,6 +17,8 @@ pub mod protocol;
 pub mod repository;
 pub mod rollout;
 pub mod routing;
+#[cfg(feature = "cuda")]
+pub mod selftest;
 pub mod server;
 pub mod tls;
 pub mod training;

@@ -41,6 +41,10 @@ enum Command {
     Train(Box<cairn::training::TrainArgs>),
     /// The runs store: `list`, `show <id>`, `compare <id> <id>...`.
     Runs(Box<cairn::training::RunsArgs>),
+    /// On a GPU host: the GPU engines against the CPU on the shipped models (one-screen report;
+    /// exit 2 when there is no GPU to test); `--bench` adds rows/s and p50/p99 per engine.
+    #[cfg(feature = "cuda")]
+    Selftest(Box<cairn::selftest::SelftestArgs>),
 }
 
 fn main() -> ExitCode {
@@ -89,6 +93,16 @@ fn main() -> ExitCode {
         Command::Baseline(args) => offline(cairn::offline::baseline(&args)),
         Command::Drift(args) => offline(cairn::offline::drift(&args)),
         Command::Train(args) => train(&args),
+        #[cfg(feature = "cuda")]
+        Command::Selftest(args) => {
+            let (report, outcome) = cairn::selftest::run(&args);
+            print!("{report}");
+            match outcome {
+                cairn::selftest::Outcome::Passed => ExitCode::SUCCESS,
+                cairn::selftest::Outcome::Failed => ExitCode::FAILURE,
+                cairn::selftest::Outcome::NoGpu => ExitCode::from(2),
+            }
+        }
         Command::Runs(args) => match cairn::training::runs(&args) {
             Ok(text) => {
                 print!("{text}");

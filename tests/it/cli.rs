@@ -539,3 +539,24 @@ async fn protect_inference_is_a_flag_and_the_token_comes_from_a_file() {
         "{log:?}"
     );
 }
+
+#[test]
+fn selftest_without_a_gpu_says_what_is_missing_and_exits_2() {
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["selftest"])
+        .current_dir(common::root())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if cairn_engine_cuda::available() {
+        // A GPU host: the shipped models must pass.
+        assert!(out.status.success(), "{stdout}");
+        assert!(stdout.contains("cuda fp32"), "{stdout}");
+    } else {
+        assert_eq!(out.status.code(), Some(2), "{stdout}");
+        assert!(
+            stdout.starts_with("no GPU to test: not found: libcuda"),
+            "{stdout}"
+        );
+    }
+}

@@ -235,16 +235,34 @@ fn engine_choice_fallback_and_a_missing_library() {
         fallback_to_cpu,
         ..LoadOptions::default()
     };
-    // CUDA is not in this build: refused with the reason, or tract with fallback.
-    let e = engine::load(&path, &options(EngineKind::Cuda, false))
+    // Without a GPU the CUDA engine refuses with what is missing, or tract with fallback; on
+    // a GPU host it loads and says which device it runs on.
+    match engine::load(&path, &options(EngineKind::Cuda, false)) {
+        Err(e) => {
+            assert!(
+                e.to_string()
+                    .contains("no GPU for the CUDA engine: not found: libcuda"),
+                "{e}"
+            );
+            let fell = engine::load(&path, &options(EngineKind::Cuda, true)).unwrap();
+            assert_eq!(fell.info().backend, "tract");
+        }
+        Ok(cuda) => assert_eq!(cuda.info().device.triton_kind(), "KIND_GPU"),
+    }
+    // A model outside the CUDA engine's subset names the node either way.
+    let iris1 = common::root().join("models/iris/1/model.onnx");
+    let e = engine::load(&iris1, &options(EngineKind::Cuda, false))
         .err()
         .unwrap();
-    assert!(e.to_string().contains("no CUDA engine"), "{e}");
-    let fell = engine::load(&path, &options(EngineKind::Cuda, true)).unwrap();
+    assert!(e.to_string().contains("LinearClassifier"), "{e}");
+    let fell = engine::load(&iris1, &options(EngineKind::Cuda, true)).unwrap();
     assert_eq!(fell.info().backend, "tract");
-    // auto: ort when its library loads, else tract; what it says about itself is what ran.
+    // auto: CUDA on a GPU, else ort when its library loads, else tract; what it says about
+    // itself is what ran.
     let auto = engine::load(&path, &options(EngineKind::Auto, false)).unwrap();
-    let want = if common::ort_library().is_some() {
+    let want = if cairn_engine_cuda::available() {
+        "cuda"
+    } else if common::ort_library().is_some() {
         "onnxruntime"
     } else {
         "tract"
