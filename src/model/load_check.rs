@@ -137,9 +137,10 @@ pub fn child_main() -> ExitCode {
     }
     // A panic is reported in the verdict, not as a backtrace on stderr.
     std::panic::set_hook(Box::new(|_| {}));
+    let config = on_the_cpu(job.config);
     let result = super::prepare_guarded(
         &job.model_file,
-        &job.config,
+        &config,
         job.max_sample_bytes,
         Some(job.memory_bytes),
     );
@@ -154,6 +155,26 @@ pub fn child_main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(_) => ExitCode::FAILURE,
     }
+}
+
+/// A GPU engine cannot start under the address-space limit (the CUDA driver reserves far more
+/// virtual memory than any budget), so the child checks a GPU model on tract: the same file
+/// parsed, optimised and warmed up on the CPU. The GPU load itself then runs in the server.
+fn on_the_cpu(mut config: ModelConfig) -> ModelConfig {
+    use crate::config::{EngineKind, Precision, Provider};
+    let e = &mut config.engine;
+    let gpu_provider = e
+        .providers
+        .iter()
+        .any(|p| matches!(p, Provider::Cuda | Provider::Tensorrt));
+    if e.kind == EngineKind::Cuda || (e.kind == EngineKind::Ort && gpu_provider) {
+        e.kind = EngineKind::Tract;
+        e.providers.clear();
+        e.devices.clear();
+        e.precision = Precision::Fp32;
+        e.cache_dir = None;
+    }
+    config
 }
 
 /// Why a child that gave no verdict ended, in words an operator can act on.
@@ -231,4 +252,35 @@ fn limit_address_space(bytes: u64) -> std::io::Result<()> {
 #[cfg(not(unix))]
 fn limit_address_space(_bytes: u64) -> std::io::Result<()> {
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{EngineKind, Provider};
+
+    fn config(toml_text: &str) -> ModelConfig {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("m")).unwrap();
+        std::fs::write(dir.path().join("m/config.toml"), toml_text).unwrap();
+        ModelConfig::load(&dir.path().join("m"), "m").unwrap()
+    }
+
+    #[test]
+    fn gpu_engines_are_checked_on_the_cpu_and_cpu_engines_as_they_are() {
+        let c = on_the_cpu(config(
+            "[engine]\nkind = \"cuda\"\nprecision = \"tf32\"\ndevices = [1]\n",
+        ));
+        assert_eq!(c.engine.kind, EngineKind::Tract);
+        assert!(c.engine.devices.is_empty());
+        let c = on_the_cpu(config(
+            "[engine]\nkind = \"ort\"\nproviders = [\"cuda\", \"cpu\"]\n",
+        ));
+        assert_eq!(c.engine.kind, EngineKind::Tract);
+        let c = on_the_cpu(config("[engine]\nkind = \"ort\"\nthreads = 2\n"));
+        assert_eq!(c.engine.kind, EngineKind::Ort);
+        assert_eq!(c.engine.providers, Vec::<Provider>::new());
+        let c = on_the_cpu(config("[engine]\nkind = \"auto\"\n"));
+        assert_eq!(c.engine.kind, EngineKind::Auto);
+    }
 }

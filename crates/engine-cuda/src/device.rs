@@ -98,7 +98,7 @@ extern "C" __global__ void softmax_rows(const float* x, float* y, int width, int
     if (r >= rows) return;
     const float* xr = x + (long long)r * width;
     float* yr = y + (long long)r * width;
-    float mx = -INFINITY;
+    float mx = __int_as_float(0xff800000);  // -inf, without a host header
     for (int j = 0; j < width; j++) mx = fmaxf(mx, xr[j]);
     float sum = 0.0f;
     for (int j = 0; j < width; j++) { float e = expf(xr[j] - mx); yr[j] = e; sum += e; }
@@ -260,6 +260,13 @@ impl DeviceSession {
             ));
         }
         let cap = rows.next_power_of_two().min(MAX_ROWS);
+        // Kernel grids and cuBLAS dimensions are 32-bit: no buffer may hold more elements.
+        let widest = self.plan.buffers.iter().map(|b| b.width).max().unwrap_or(1);
+        if cap.saturating_mul(widest) > i32::MAX as usize {
+            return Err(format!(
+                "a batch of {rows} rows of {widest} values is beyond the CUDA engine's 32-bit sizes"
+            ));
+        }
         let mut slots = Vec::with_capacity(self.plan.memory.slot_row_bytes.len());
         for &row_bytes in &self.plan.memory.slot_row_bytes {
             slots.push(
@@ -305,6 +312,11 @@ impl DeviceSession {
     /// Copies the staged inputs up, runs the device steps, copies back what the host needs,
     /// and runs the host steps. Outputs in plan order.
     pub fn run(&mut self) -> Result<Vec<HostValue>, String> {
+        // cuBLAS and the launches use the context current on this (engine worker) thread.
+        self.model
+            .ctx
+            .bind_to_thread()
+            .map_err(|e| err("context")(&e))?;
         let rows = self.rows;
         let plan = Arc::clone(&self.plan);
         for (i, input) in plan.inputs.iter().enumerate() {
@@ -360,6 +372,10 @@ impl DeviceSession {
     /// Seconds per batch of `rows` rows for the plan's GEMMs alone (cuBLAS, no epilogues, no
     /// copies), over `iterations` runs: what the engine's floor is read against.
     pub fn time_gemms(&mut self, rows: usize, iterations: usize) -> Result<f64, String> {
+        self.model
+            .ctx
+            .bind_to_thread()
+            .map_err(|e| err("context")(&e))?;
         self.reserve(rows)?;
         self.rows = rows;
         let plan = Arc::clone(&self.plan);

@@ -896,8 +896,15 @@ impl ModelConfig {
                 "fp16 needs the tensorrt provider".into(),
             );
         }
-        if e.precision == Precision::Tf32 && !e.providers.contains(&Provider::Cuda) {
-            return fail("engine.precision", "tf32 needs the cuda provider".into());
+        if e.precision == Precision::Tf32
+            && e.kind != EngineKind::Cuda
+            && e.kind != EngineKind::Auto
+            && !e.providers.contains(&Provider::Cuda)
+        {
+            return fail(
+                "engine.precision",
+                "tf32 needs kind = \"cuda\" or the cuda provider".into(),
+            );
         }
         if self.engine.threads.get() > 256 {
             return fail(
@@ -1145,6 +1152,7 @@ mod tests {
             ("[engine]\nfallback = \"maybe\"", "unknown variant `maybe`"),
             ("[engine]\nkind = \"ort\"\nthreads = 1000", "engine.threads: 1000 exceeds 256"),
             ("[engine]\nproviders = [\"cuda\"]", "engine.providers: providers are onnxruntime's"),
+            ("[engine]\nkind = \"tract\"\nprecision = \"tf32\"", "tf32 needs kind = \"cuda\""),
             ("[engine]\nkind = \"ort\"\nproviders = [\"cuda\", \"cuda\"]", "listed twice"),
             ("[engine]\nkind = \"ort\"\nprecision = \"fp16\"", "fp16 needs the tensorrt provider"),
             ("[engine]\nkind = \"ort\"\nproviders = [\"rocm\"]", "unknown variant `rocm`"),
