@@ -593,11 +593,26 @@ impl Compiler {
 
     /// The last step, when it wrote `buffer` and nothing but this node reads its value: a
     /// fusion may then change it in place.
-    fn fusable(&mut self, node: &pb::NodeProto, buffer: usize) -> Option<&mut Step> {
-        let name = node.input.iter().find(
-            |i| matches!(self.values.get(*i), Some(Value::Dyn { buffer: b, .. }) if *b == buffer),
-        )?;
-        if self.readers.get(name).copied().unwrap_or(0) != 1 {
+    /// A node fused into the step before it no longer reads that step's value as a separate
+    /// reader: its reads leave the count, so the fused result can fuse again.
+    fn absorbed(&mut self, node: &pb::NodeProto) {
+        for name in &node.input {
+            if let Some(r) = self.readers.get_mut(name) {
+                *r = r.saturating_sub(1);
+            }
+        }
+    }
+
+    fn fusable(&mut self, buffer: usize) -> Option<&mut Step> {
+        // Every name seen so far for the buffer (Identity, Reshape and Cast alias it): their
+        // readers together must be this node alone. Later aliases can only come from readers.
+        let readers: usize = self
+            .values
+            .iter()
+            .filter(|(_, v)| matches!(v, Value::Dyn { buffer: b, .. } if *b == buffer))
+            .map(|(name, _)| self.readers.get(name).copied().unwrap_or(0))
+            .sum();
+        if readers != 1 {
             return None;
         }
         self.steps.last_mut().filter(|s| s.writes() == buffer)
@@ -650,9 +665,10 @@ impl Compiler {
                 if let Some(Step::Gemm {
                     act: a @ Activation::None,
                     ..
-                }) = self.fusable(node, x)
+                }) = self.fusable(x)
                 {
                     *a = act;
+                    self.absorbed(node);
                     self.define(node, x, false);
                 } else {
                     let out = self.buffer(self.buffers[x].width, Elem::F32, Place::Device);
@@ -805,7 +821,10 @@ impl Compiler {
         let bias = match node.input.get(2).filter(|n| !n.is_empty()) {
             Some(name) => match self.value(node, name)? {
                 Value::Const(c) => {
-                    Some(row_vector(node, &c, m)?.iter().map(|v| v * beta).collect())
+                    let v = row_vector(node, &c, m)?;
+                    // One value broadcast: one per column, as the epilogue reads them.
+                    let v = if v.len() == 1 { vec![v[0]; m] } else { v };
+                    Some(v.iter().map(|x| x * beta).collect())
                 }
                 Value::Dyn { .. } => return Err(unsupported(node, "a computed bias")),
             },
@@ -860,9 +879,10 @@ impl Compiler {
                 bias: bias @ None,
                 act: Activation::None,
                 ..
-            }) = self.fusable(node, x)
+            }) = self.fusable(x)
             {
                 *bias = Some(offset);
+                self.absorbed(node);
                 self.define(node, x, false);
                 return Ok(());
             }
@@ -1136,4 +1156,149 @@ fn buffer_plan(
         slot_row_bytes,
         copied_back,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pb::tensor_shape_proto::{dimension, Dimension};
+
+    fn weight(name: &str, dims: &[i64], values: &[f32]) -> pb::TensorProto {
+        pb::TensorProto {
+            name: name.into(),
+            dims: dims.to_vec(),
+            data_type: 1,
+            float_data: values.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn node(op: &str, inputs: &[&str], output: &str) -> pb::NodeProto {
+        pb::NodeProto {
+            op_type: op.into(),
+            name: output.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            ..Default::default()
+        }
+    }
+
+    fn value(name: &str, width: Option<i64>) -> pb::ValueInfoProto {
+        let dim = |v: Option<i64>| Dimension {
+            value: Some(match v {
+                Some(v) => dimension::Value::DimValue(v),
+                None => dimension::Value::DimParam("N".into()),
+            }),
+            ..Default::default()
+        };
+        pb::ValueInfoProto {
+            name: name.into(),
+            r#type: Some(pb::TypeProto {
+                value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                    elem_type: 1,
+                    shape: Some(pb::TensorShapeProto {
+                        dim: vec![dim(None), dim(width)],
+                    }),
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn model(
+        nodes: Vec<pb::NodeProto>,
+        init: Vec<pb::TensorProto>,
+        outputs: &[&str],
+    ) -> pb::ModelProto {
+        pb::ModelProto {
+            graph: Some(pb::GraphProto {
+                node: nodes,
+                initializer: init,
+                input: vec![value("x", Some(2))],
+                output: outputs.iter().map(|o| value(o, None)).collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    const W: [f32; 6] = [1.0, -2.0, 0.5, 3.0, 1.0, -1.0];
+
+    #[test]
+    fn a_value_read_under_another_name_is_not_fused_over() {
+        // h is an output through an Identity and the input of a Relu: the Relu may not run in
+        // the GEMM's epilogue, or the output would lose its negative values.
+        let m = model(
+            vec![
+                node("MatMul", &["x", "w"], "h"),
+                node("Identity", &["h"], "h_out"),
+                node("Relu", &["h"], "r"),
+            ],
+            vec![weight("w", &[2, 3], &W)],
+            &["h_out", "r"],
+        );
+        let plan = Plan::compile(&m, &[]).unwrap();
+        assert_eq!(plan.op_list(), ["gemm[2x3]", "relu"]);
+        let out = plan.run_host(&[&[1.0, 1.0]], 1).unwrap();
+        assert_eq!(out[0], HostValue::F32(vec![4.0, -1.0, -0.5]));
+        assert_eq!(out[1], HostValue::F32(vec![4.0, 0.0, 0.0]));
+    }
+
+    #[test]
+    fn a_scalar_gemm_bias_is_broadcast_and_alpha_beta_transb_fold_into_the_weights() {
+        let mut gemm = node("Gemm", &["x", "wt", "c"], "y");
+        gemm.attribute = vec![
+            pb::AttributeProto {
+                name: "transB".into(),
+                i: 1,
+                ..Default::default()
+            },
+            pb::AttributeProto {
+                name: "alpha".into(),
+                f: 2.0,
+                ..Default::default()
+            },
+            pb::AttributeProto {
+                name: "beta".into(),
+                f: 0.5,
+                ..Default::default()
+            },
+        ];
+        // wt is W transposed: [3, 2].
+        let wt = [1.0, 3.0, -2.0, 1.0, 0.5, -1.0];
+        let m = model(
+            vec![gemm, node("Sigmoid", &["y"], "p")],
+            vec![weight("wt", &[3, 2], &wt), weight("c", &[], &[4.0])],
+            &["p"],
+        );
+        let plan = Plan::compile(&m, &[]).unwrap();
+        assert_eq!(plan.op_list(), ["gemm[2x3]+bias+sigmoid"]);
+        let out = plan.run_host(&[&[1.0, 1.0]], 1).unwrap();
+        let want: Vec<f32> = [4.0f32, -1.0, -0.5]
+            .iter()
+            .map(|v| activate(Activation::Sigmoid, 2.0 * v + 2.0))
+            .collect();
+        assert_eq!(out[0], HostValue::F32(want));
+    }
+
+    #[test]
+    fn a_computed_weight_or_a_wide_reshape_is_refused_by_name() {
+        let m = model(vec![node("MatMul", &["x", "x"], "y")], vec![], &["y"]);
+        let err = Plan::compile(&m, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("node 'y' (MatMul): a product of two computed values"),
+            "{err}"
+        );
+        let shape = pb::TensorProto {
+            name: "s".into(),
+            dims: vec![1],
+            data_type: 7,
+            int64_data: vec![-1],
+            ..Default::default()
+        };
+        let m = model(vec![node("Reshape", &["x", "s"], "y")], vec![shape], &["y"]);
+        let err = Plan::compile(&m, &[]).unwrap_err().to_string();
+        assert!(err.contains("a reshape of [rows, 2] to [-1]"), "{err}");
+    }
 }
