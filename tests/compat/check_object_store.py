@@ -13,7 +13,8 @@ needs `moto[server]` and boto3, tests/compat/requirements.txt).
      many polls see it; once its model file arrives it is loaded;
    - a changed object (a model file overwritten: a new ETag) is downloaded and served;
    - a version deleted from the store is unloaded.
-3. Two servers with the same `--deployment-state s3://state/shared`: changes made through each
+3. The S3 server refuses stale conditional puts (what the replicas' merge relies on). Two
+   servers with the same `--deployment-state s3://state/shared`: changes made through each
    at the same moment (a canary on one model through the first, a pinned stable version on
    another through the second) both reach both servers; a weight changed through the second and
    a rollback through the first follow; the second server's routing sends canary traffic to the
@@ -373,6 +374,23 @@ def replicas(one, s3, env, work):
     return two
 
 
+def conditional_puts(s3):
+    """The replicas' merge relies on the store refusing a stale conditional put: check that this
+    server does, so that the replica check below proves something."""
+    from botocore.exceptions import ClientError
+
+    first = s3.put_object(Bucket="state", Key="probe", Body=b"1", IfNoneMatch="*")["ETag"]
+    s3.put_object(Bucket="state", Key="probe", Body=b"2", IfMatch=first)
+    for label, extra in [("a create over an existing object", {"IfNoneMatch": "*"}),
+                         ("a put naming a stale ETag", {"IfMatch": first})]:
+        try:
+            s3.put_object(Bucket="state", Key="probe", Body=b"3", **extra)
+            check(False, f"the S3 server accepted {label}: conditional puts are not enforced")
+        except ClientError as e:
+            check(e.response["Error"]["Code"] == "PreconditionFailed", f"{label}: {e}")
+    s3.delete_object(Bucket="state", Key="probe")
+
+
 def main():
     if not os.path.isfile(BINARY):
         sys.exit(f"no binary at {BINARY}")
@@ -396,6 +414,7 @@ def main():
                       aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
     s3.create_bucket(Bucket="models")
     s3.create_bucket(Bucket="state")
+    conditional_puts(s3)
     work = tempfile.mkdtemp(prefix="cairn-object-store-")
     servers = []
     try:
