@@ -326,23 +326,13 @@ fn bench(
         }
     }
     // The plan's GEMMs alone, at the largest batch: what the floor is read against.
-    let gemm_only = load(
-        path,
-        EngineKind::Cuda,
-        Vec::new(),
-        Precision::Fp32,
-        args.device,
-    )
-    .ok()
-    .and_then(|_| {
-        let options = LoadOptions {
-            kind: EngineKind::Cuda,
-            batch_dim: true,
-            devices: vec![args.device],
-            ..LoadOptions::default()
-        };
-        cairn_engine_cuda::CudaEngine::load(path, &options).ok()
-    });
+    let options = LoadOptions {
+        kind: EngineKind::Cuda,
+        batch_dim: true,
+        devices: vec![args.device],
+        ..LoadOptions::default()
+    };
+    let gemm_only = cairn_engine_cuda::CudaEngine::load(path, &options).ok();
     if let Some(cuda) = gemm_only {
         let rows = 8192;
         match cuda.gemm_seconds(rows, 50) {

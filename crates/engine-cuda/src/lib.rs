@@ -92,10 +92,6 @@ impl CudaEngine {
         DeviceSession::new(Arc::clone(&self.model), Arc::clone(&self.plan))
     }
 
-    pub fn plan(&self) -> &Plan {
-        &self.plan
-    }
-
     /// The GPU this version runs on.
     pub fn gpu(&self) -> &GpuInfo {
         &self.model.gpu

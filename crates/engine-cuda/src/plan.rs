@@ -323,11 +323,6 @@ impl Plan {
         self.steps.iter().map(Step::label).collect()
     }
 
-    /// Device bytes per batch row for the slots (inputs included).
-    pub fn device_row_bytes(&self) -> usize {
-        self.memory.slot_row_bytes.iter().sum()
-    }
-
     /// Weights and biases the device holds for the version.
     pub fn weight_bytes(&self) -> usize {
         self.steps
