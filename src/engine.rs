@@ -105,6 +105,16 @@ pub fn log_libraries() {
     #[cfg(not(feature = "ort"))]
     tracing::info!("onnxruntime engine not in this build");
     #[cfg(feature = "cuda")]
+    {
+        let preloaded = cairn_engine_cuda::libraries::preload();
+        for (what, file) in &preloaded.opened {
+            tracing::info!(library = %file.display(), "{what} opened from cuda_library_path");
+        }
+        for (what, why) in &preloaded.not_opened {
+            tracing::info!("{what} not opened from cuda_library_path: {why}");
+        }
+    }
+    #[cfg(feature = "cuda")]
     match cairn_engine_cuda::gpus() {
         Ok(gpus) => {
             for g in gpus {
@@ -116,6 +126,15 @@ pub fn log_libraries() {
     }
     #[cfg(not(feature = "cuda"))]
     tracing::info!("CUDA engine not in this build");
+}
+
+/// Names the directories the CUDA engine's libraries are opened from (`cuda_library_path`),
+/// before the first GPU lookup.
+pub fn set_cuda_library_path(dirs: &str) {
+    #[cfg(feature = "cuda")]
+    cairn_engine_cuda::libraries::set_library_path(cairn_engine_cuda::libraries::split_path(dirs));
+    #[cfg(not(feature = "cuda"))]
+    let _ = dirs;
 }
 
 /// Names the onnxruntime library (the `onnxruntime_library` setting).

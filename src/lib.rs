@@ -5,6 +5,7 @@ pub use cairn_core::{bounded, request, tensor};
 pub mod batching;
 pub mod config;
 pub mod engine;
+pub mod gpu_telemetry;
 pub mod grpc;
 pub mod http;
 pub mod memory;

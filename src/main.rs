@@ -180,6 +180,9 @@ fn serve(config_path: PathBuf, flags: ServerSettings, sources: Sources) -> Resul
     if let Some(library) = &config.onnxruntime_library {
         cairn::engine::set_onnxruntime_library(library.clone());
     }
+    if let Some(dirs) = &config.cuda_library_path {
+        cairn::engine::set_cuda_library_path(dirs);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.http_threads)
         .thread_name("http")

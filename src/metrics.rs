@@ -136,6 +136,11 @@ struct Families {
     buffered_body_bytes: IntGauge,
     candidate_weight: GaugeVec,
     shadow_agreement: GaugeVec,
+    gpu_copied: IntCounterVec,
+    gpu_kernel: HistogramVec,
+    gpu_utilization: GaugeVec,
+    gpu_memory_used: IntGaugeVec,
+    gpu_memory_total: IntGaugeVec,
     /// Live `VersionMetrics` per (model, version): a reloaded version shares its series with the
     /// instance it replaces, so the series leave only when the last one is dropped.
     live: Mutex<BTreeMap<(String, u64), usize>>,
@@ -484,6 +489,33 @@ impl Metrics {
                 "Share of shadow-compared rows whose top class matched the stable version's.",
                 &["model"],
             ),
+            gpu_copied: counter(
+                "gpu_copied_bytes_total",
+                "Bytes a GPU engine copied between host and device, by direction (to_device, \
+                 from_device).",
+                &["model", "version", "direction"],
+            ),
+            gpu_kernel: histogram(
+                "gpu_kernel_duration_seconds",
+                "Time a GPU engine's kernels took per batch (CUDA events around the device \
+                 steps, copies excluded).",
+                LATENCY_BUCKETS,
+            ),
+            gpu_utilization: gauge(
+                "gpu_utilization_ratio",
+                "Share of NVML's last sample period in which a kernel ran on the GPU.",
+                &["gpu", "name"],
+            ),
+            gpu_memory_used: int_gauge(
+                "gpu_memory_used_bytes",
+                "GPU memory allocated (NVML), by every process on the GPU.",
+                &["gpu"],
+            ),
+            gpu_memory_total: int_gauge(
+                "gpu_memory_total_bytes",
+                "GPU memory installed (NVML).",
+                &["gpu"],
+            ),
             live: Mutex::new(BTreeMap::new()),
             registry,
         };
@@ -522,6 +554,7 @@ impl Metrics {
                 queue_depth: f.queue_depth.with_label_values(&labels),
                 pending: f.pending.with_label_values(&labels),
                 stats: VersionStats::default(),
+                device: std::sync::OnceLock::new(),
                 families: Arc::clone(&self.inner),
             }),
         }
@@ -607,6 +640,21 @@ impl Metrics {
             .tls_handshake_failures
             .with_label_values(&[listener])
             .inc();
+    }
+
+    /// One GPU's NVML reading.
+    pub fn set_gpu(&self, s: &crate::gpu_telemetry::GpuSample) {
+        let gpu = s.index.to_string();
+        let f = &self.inner;
+        f.gpu_utilization
+            .with_label_values(&[gpu.as_str(), s.name.as_str()])
+            .set(s.utilization);
+        f.gpu_memory_used
+            .with_label_values(&[gpu.as_str()])
+            .set(s.memory_used_bytes as i64);
+        f.gpu_memory_total
+            .with_label_values(&[gpu.as_str()])
+            .set(s.memory_total_bytes as i64);
     }
 
     /// Counts one HTTP request by endpoint group (one of `HTTP_ENDPOINTS`, else `unknown`) and
@@ -835,7 +883,15 @@ struct VersionInner {
     queue_depth: IntGauge,
     pending: IntGauge,
     stats: VersionStats,
+    /// The GPU series, resolved on the first batch a GPU engine reports (CPU versions have none).
+    device: std::sync::OnceLock<DeviceSeries>,
     families: Arc<Families>,
+}
+
+struct DeviceSeries {
+    to_device: IntCounter,
+    from_device: IntCounter,
+    kernel: Histogram,
 }
 
 /// Timings of one executed batch.
@@ -889,6 +945,29 @@ impl VersionMetrics {
         i.compute_infer.observe(t.compute_infer.as_secs_f64());
         i.compute_output.observe(t.compute_output.as_secs_f64());
         i.stats.record_batch(t);
+    }
+
+    /// A GPU engine's work for one batch.
+    pub fn record_device_work(&self, w: crate::engine::DeviceWork) {
+        let i = &self.inner;
+        let d = i.device.get_or_init(|| {
+            let f = &i.families;
+            let v = i.version.to_string();
+            let series = |direction: &str| {
+                f.gpu_copied
+                    .with_label_values(&[i.model.as_str(), v.as_str(), direction])
+            };
+            DeviceSeries {
+                to_device: series("to_device"),
+                from_device: series("from_device"),
+                kernel: f
+                    .gpu_kernel
+                    .with_label_values(&[i.model.as_str(), v.as_str()]),
+            }
+        });
+        d.to_device.inc_by(w.bytes_to_device);
+        d.from_device.inc_by(w.bytes_from_device);
+        d.kernel.observe(w.kernel_seconds);
     }
 
     pub fn set_queue_depth(&self, depth: usize) {
@@ -945,6 +1024,14 @@ impl Drop for VersionInner {
         }
         for vec in [&f.queue_depth, &f.pending] {
             let _ = vec.remove_label_values(&labels);
+        }
+        if self.device.get().is_some() {
+            for direction in ["to_device", "from_device"] {
+                let _ =
+                    f.gpu_copied
+                        .remove_label_values(&[self.model.as_str(), v.as_str(), direction]);
+            }
+            let _ = f.gpu_kernel.remove_label_values(&labels);
         }
     }
 }
@@ -1095,5 +1182,39 @@ mod tests {
         let text = String::from_utf8(metrics.render()).unwrap();
         assert!(!text.contains("cairn_request_success_total{model=\"m\""));
         assert!(text.contains("cairn_model_ready{model=\"m\",version=\"3\"} 1"));
+    }
+
+    #[test]
+    fn gpu_series_appear_with_the_first_device_batch_and_leave_with_the_version() {
+        let metrics = Metrics::new();
+        let cpu = metrics.version("cpu", 1);
+        cpu.record_batch(BatchTimings {
+            rows: 1,
+            compute_input: Duration::ZERO,
+            compute_infer: Duration::ZERO,
+            compute_output: Duration::ZERO,
+        });
+        let gpu = metrics.version("g", 2);
+        for _ in 0..2 {
+            gpu.record_device_work(crate::engine::DeviceWork {
+                bytes_to_device: 1024,
+                bytes_from_device: 40,
+                kernel_seconds: 0.0003,
+            });
+        }
+        let text = String::from_utf8(metrics.render()).unwrap();
+        for needle in [
+            "cairn_gpu_copied_bytes_total{direction=\"to_device\",model=\"g\",version=\"2\"} 2048",
+            "cairn_gpu_copied_bytes_total{direction=\"from_device\",model=\"g\",version=\"2\"} 80",
+            "cairn_gpu_kernel_duration_seconds_bucket{model=\"g\",version=\"2\",le=\"0.0005\"} 2",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        assert!(
+            !text.contains("cairn_gpu_copied_bytes_total{direction=\"to_device\",model=\"cpu\"")
+        );
+        drop(gpu);
+        let text = String::from_utf8(metrics.render()).unwrap();
+        assert!(!text.contains("cairn_gpu_"), "{text}");
     }
 }

@@ -275,5 +275,10 @@ async fn background(state: Arc<AppState>, mut stopped: watch::Receiver<bool>) {
             .unwrap_or(SHARED_STATE_PERIOD),
         stopped.clone(),
     );
-    tokio::join!(evaluator, poller, retrainer, shared);
+    let gpus = crate::gpu_telemetry::run(
+        state.metrics.clone(),
+        crate::gpu_telemetry::PERIOD,
+        stopped.clone(),
+    );
+    tokio::join!(evaluator, poller, retrainer, shared, gpus);
 }

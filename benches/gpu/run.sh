@@ -13,6 +13,7 @@
 #      alone at 8192 rows (the figure the engine floor is read against);
 #   2. the in-process floor of mlp-large (256 -> 1024 -> 1024 -> 10) per engine at the same
 #      batch sizes (loadgen floor);
+#      with the CUDA engine's graphs on and off (CAIRN_CUDA_GRAPHS=off);
 #   3. the server on mlp-large with `[engine] kind = "cuda"` (max_batch_size 1024) under HTTP
 #      load at concurrency 64 and 256 (loadgen http, binary tensors off: the JSON sample).
 # onnxruntime points need ORT_DYLIB_PATH naming a libonnxruntime (onnxruntime-gpu for its CUDA
@@ -46,6 +47,17 @@ for tool in cairn loadgen; do
   fi
 done
 
+# cuBLAS and NVRTC from pip's nvidia-* wheels, where a Python environment has them and
+# CAIRN_CUDA_LIBRARY_PATH does not already say where they are.
+if [ -z "${CAIRN_CUDA_LIBRARY_PATH:-}" ]; then
+  for py in .venv/bin/python python3; do
+    site=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' 2>/dev/null) || continue
+    [ -d "$site/nvidia" ] && CAIRN_CUDA_LIBRARY_PATH="${CAIRN_CUDA_LIBRARY_PATH:+$CAIRN_CUDA_LIBRARY_PATH:}$site/nvidia"
+  done
+  export CAIRN_CUDA_LIBRARY_PATH
+fi
+echo "CUDA libraries from: ${CAIRN_CUDA_LIBRARY_PATH:-the dynamic loader path}"
+
 OUT=${OUT:-benches/results}
 mkdir -p "$OUT"
 SECONDS_PER_POINT=${SECONDS_PER_POINT:-2}
@@ -66,6 +78,12 @@ for engine in cuda tract ort; do
       --duration "$SECONDS_PER_POINT" --engine "$engine" 2>/dev/null | tee -a "$OUT/gpu-floors.txt" ||
       echo "{\"engine\": \"$engine\", \"batch\": $batch, \"error\": \"did not load\"}" | tee -a "$OUT/gpu-floors.txt"
   done
+done
+# The same CUDA floors with the steps launched one by one: what the captured graphs save.
+for batch in 1 64 1024 8192; do
+  CAIRN_CUDA_GRAPHS=off "$BIN/loadgen" floor --model "$MODEL" --width 256 --batch "$batch" --threads 1 \
+    --duration "$SECONDS_PER_POINT" --engine cuda 2>/dev/null | sed 's/"engine":"cuda"/"engine":"cuda, no graphs"/' |
+    tee -a "$OUT/gpu-floors.txt" || true
 done
 
 echo "== 3. the server on the GPU under HTTP load"
@@ -100,5 +118,5 @@ for c in 64 256; do
     --body models/mlp-large/1/sample.json --concurrency "$c" --duration 10 --warmup 2 |
     tee -a "$OUT/gpu-http.txt"
 done
-curl -s "http://$addr/metrics" | grep -E '^cairn_(inference_rows_total|execution_total)' | tee -a "$OUT/gpu-http.txt"
+curl -s "http://$addr/metrics" | grep -E '^cairn_(inference_rows_total|execution_total|gpu_)' | tee -a "$OUT/gpu-http.txt"
 echo "== done: $OUT/gpu-*.txt"

@@ -176,6 +176,9 @@ impl Worker {
                     compute_infer: finished - computing,
                     compute_output: finished.elapsed(),
                 });
+                if let Some(work) = self.session.device_work() {
+                    metrics.record_device_work(work);
+                }
                 for (job, reply) in jobs.into_iter().zip(replies) {
                     if job.reply.send(reply).is_err() {
                         metrics.record_failure(FailureReason::Canceled, Duration::ZERO);

@@ -227,6 +227,13 @@ pub struct ServerSettings {
     /// libonnxruntime.so.1 on the loader's path]
     #[arg(long, env = "CAIRN_ONNXRUNTIME_LIBRARY", value_name = "FILE")]
     pub onnxruntime_library: Option<PathBuf>,
+
+    /// Directories, `:`-separated, holding CUDA 13's cuBLAS and NVRTC for the CUDA engine when
+    /// they are on no loader path, e.g. a Python environment's `site-packages/nvidia` (pip's
+    /// nvidia-* wheels); each is searched itself and in its `*/lib`, `*/*/lib`. Logged at start.
+    /// [default: none: the loader's path only]
+    #[arg(long, env = "CAIRN_CUDA_LIBRARY_PATH", value_name = "DIRS")]
+    pub cuda_library_path: Option<String>,
 }
 
 /// What the prediction log does when its writer falls behind.
@@ -292,6 +299,7 @@ impl ServerSettings {
             train_config_dir,
             max_training_jobs,
             onnxruntime_library,
+            cuda_library_path,
         )
     }
 }
@@ -340,6 +348,8 @@ pub struct ServerConfig {
     pub training: TrainingSettings,
     /// `onnxruntime_library`, when set.
     pub onnxruntime_library: Option<PathBuf>,
+    /// `cuda_library_path`, when set (`:`-separated directories).
+    pub cuda_library_path: Option<String>,
 }
 
 /// Training jobs the server runs.
@@ -710,6 +720,7 @@ impl ServerConfig {
             monitor,
             training,
             onnxruntime_library: s.onnxruntime_library,
+            cuda_library_path: s.cuda_library_path,
         })
     }
 
@@ -738,6 +749,7 @@ impl ServerConfig {
             monitor: MonitorSettings::defaults(&dir.join(".cairn")),
             training: TrainingSettings::defaults(&dir.join(".cairn")),
             onnxruntime_library: None,
+            cuda_library_path: None,
         }
     }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 use crate::batching::{BatchPolicy, Scheduler, SchedulerSettings};
 use crate::config::{LoadLimits, ModelConfig, TensorConfig};
 use crate::engine::{
-    self, Engine, EngineError, EngineInfo, EngineKind, LoadOptions, Signature, TensorSpec,
+    self, Device, Engine, EngineError, EngineInfo, EngineKind, LoadOptions, Signature, TensorSpec,
 };
 use crate::metrics::VersionMetrics;
 use crate::tensor::{DataType, Tensor, TensorData};
@@ -150,7 +150,12 @@ impl LoadedVersion {
                     batching_config.map_or(0, |b| b.max_queue_delay_us),
                 ),
             },
-            instances: config.instances.get() as usize,
+            // Like Triton's instance_group: `instances` on each GPU the engine runs on.
+            instances: config.instances.get() as usize
+                * match &engine.info().device {
+                    Device::Gpu(ids) => ids.len().max(1),
+                    Device::Cpu => 1,
+                },
             max_queue_size: queue.max_queue_size.get() as usize,
             default_timeout: (queue.default_timeout_us > 0)
                 .then(|| Duration::from_micros(queue.default_timeout_us)),

@@ -117,6 +117,19 @@ pub trait Session: Send {
     fn set_inputs(&mut self, inputs: &[BatchInput<'_>]) -> Result<(), EngineError>;
     /// Computes the batch last set; outputs in signature order.
     fn run(&mut self) -> Result<Vec<Tensor>, EngineError>;
+    /// What the last `run` did on a device, for engines that have one (GPU metrics).
+    fn device_work(&self) -> Option<DeviceWork> {
+        None
+    }
+}
+
+/// One batch's work on a GPU: what crossed the bus and how long the device computed.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DeviceWork {
+    pub bytes_to_device: u64,
+    pub bytes_from_device: u64,
+    /// From the first kernel to the last (CUDA events), copies excluded.
+    pub kernel_seconds: f64,
 }
 
 /// Why a model did not load or a batch did not run. `Clone`, so one failed batch can answer every

@@ -13,9 +13,13 @@ use std::sync::Arc;
 
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::cublas::CudaBlas;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use cairn_core::engine::DeviceWork;
+use cudarc::driver::sys::{CUevent_flags, CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig,
-    PinnedHostSlice, PushKernelArg,
+    CudaContext, CudaEvent, CudaFunction, CudaGraph, CudaModule, CudaSlice, CudaStream, DevicePtr,
+    LaunchConfig, PinnedHostSlice, PushKernelArg,
 };
 
 use crate::plan::{Activation, Elem, HostValue, Place, Plan, Step};
@@ -28,8 +32,10 @@ pub struct GpuInfo {
     pub memory_bytes: u64,
 }
 
-/// The libraries a run needs, looked for by name (their SONAMEs), without loading CUDA.
+/// The libraries a run needs, looked for by name (their SONAMEs), without loading CUDA; those
+/// in the configured directories ([`crate::libraries`]) are opened first.
 pub fn missing_libraries() -> Vec<&'static str> {
+    crate::libraries::preload();
     let mut missing = Vec::new();
     // SAFETY: each only tries to open the library by name and closes it again.
     unsafe {
@@ -50,7 +56,13 @@ pub fn missing_libraries() -> Vec<&'static str> {
 pub fn discover() -> Result<Vec<GpuInfo>, String> {
     let missing = missing_libraries();
     if !missing.is_empty() {
-        return Err(format!("not found: {}", missing.join(", ")));
+        let hint = if missing.iter().any(|m| !m.starts_with("libcuda")) {
+            " (pip's nvidia-cublas and nvidia-cuda-nvrtc CUDA 13 wheels have them: name their \
+             directory in cuda_library_path)"
+        } else {
+            ""
+        };
+        return Err(format!("not found: {}{hint}", missing.join(", ")));
     }
     let count = CudaContext::device_count().map_err(|e| format!("the CUDA driver: {e}"))?;
     let mut gpus = Vec::new();
@@ -121,6 +133,27 @@ extern "C" __global__ void argmax_rows(const float* x, long long* y, int width, 
 }
 "#;
 
+/// The kernels' entry points, as [`KERNELS`] names them.
+pub const KERNEL_NAMES: [&str; 6] = [
+    "bias_act",
+    "affine",
+    "activation",
+    "softmax_rows",
+    "concat_part",
+    "argmax_rows",
+];
+
+/// The kernels compiled to PTX by NVRTC: needs NVRTC only, no driver and no GPU, so the kernel
+/// source is checked wherever NVRTC is found.
+pub fn compile_kernels() -> Result<cudarc::nvrtc::Ptx, String> {
+    crate::libraries::preload();
+    // SAFETY: only opens the library by name and closes it again.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err("not found: libnvrtc.so (NVRTC)".into());
+    }
+    cudarc::nvrtc::compile_ptx(KERNELS).map_err(|e| err("NVRTC")(&e))
+}
+
 /// Most rows one batch may have on the device: the slots are sized by it.
 pub const MAX_ROWS: usize = 1 << 20;
 
@@ -147,12 +180,23 @@ enum StepWeights {
     None,
 }
 
+/// Batches of up to this many rows run as a captured CUDA graph (one per power-of-two bucket);
+/// larger ones launch step by step.
+pub const GRAPH_MAX_ROWS: usize = 1 << 16;
+
+/// cuBLAS's workspace per session, set by hand so that GEMMs captured in a graph never allocate
+/// (32 MiB: what NVIDIA recommends for Hopper).
+const CUBLAS_WORKSPACE_BYTES: usize = 32 << 20;
+
 /// One version on one GPU.
 pub struct DeviceModel {
     ctx: Arc<CudaContext>,
     kernels: Kernels,
     weights: Vec<StepWeights>,
     tf32: bool,
+    /// Whether sessions run captured graphs: off with `CAIRN_CUDA_GRAPHS=off`, or once a capture
+    /// failed or a graph disagreed with the step-by-step launches at load.
+    graphs: AtomicBool,
     pub gpu: GpuInfo,
 }
 
@@ -168,7 +212,12 @@ impl DeviceModel {
             .find(|g| g.ordinal == ordinal)
             .ok_or_else(|| format!("no GPU {ordinal} on this host"))?;
         let ctx = CudaContext::new(ordinal as usize).map_err(|e| err("context")(&e))?;
-        let ptx = cudarc::nvrtc::compile_ptx(KERNELS).map_err(|e| err("NVRTC")(&e))?;
+        // Each session works on one stream of its own, and the weights are synchronised before
+        // any session reads them: cudarc's per-slice events would only cost time, and events
+        // recorded outside a graph capture cannot be waited on inside one.
+        // SAFETY: set before any slice of this context exists.
+        unsafe { ctx.disable_event_tracking() };
+        let ptx = compile_kernels()?;
         let module = ctx.load_module(ptx).map_err(|e| err("kernels")(&e))?;
         let f = |name: &str| module.load_function(name).map_err(|e| err(name)(&e));
         let kernels = Kernels {
@@ -197,13 +246,31 @@ impl DeviceModel {
             });
         }
         stream.synchronize().map_err(|e| err("weights")(&e))?;
+        let graphs = !matches!(
+            std::env::var("CAIRN_CUDA_GRAPHS").as_deref(),
+            Ok("off" | "0" | "false")
+        );
         Ok(DeviceModel {
             ctx,
             kernels,
             weights,
             tf32,
+            graphs: AtomicBool::new(graphs),
             gpu,
         })
+    }
+
+    /// Whether batches run as captured graphs.
+    pub fn graphs(&self) -> bool {
+        self.graphs.load(Ordering::Relaxed)
+    }
+
+    /// Stops every session of this version using graphs, saying why once.
+    pub fn stop_graphs(&self, why: &str) {
+        if self.graphs.swap(false, Ordering::Relaxed) {
+            tracing::warn!(gpu = self.gpu.ordinal, reason = %why,
+                "CUDA graphs off for this version; its steps are launched one by one");
+        }
     }
 }
 
@@ -218,6 +285,30 @@ pub struct DeviceSession {
     slots: Vec<CudaSlice<u8>>,
     staging: Vec<PinnedHostSlice<f32>>,
     rows: usize,
+    /// Keeps cuBLAS off its own allocations (graph capture); alive as long as the handle.
+    _workspace: CudaSlice<u8>,
+    /// The captured steps per power-of-two bucket (index: log2 of the bucket's rows), valid
+    /// while the slots are not reallocated.
+    graphs: Vec<Option<OwnedGraph>>,
+    /// Around the device steps: the kernel time of a batch.
+    started: CudaEvent,
+    finished: CudaEvent,
+    last: DeviceWork,
+}
+
+/// A graph one session owns alone.
+struct OwnedGraph(CudaGraph);
+
+// SAFETY: CUDA graphs are not internally synchronised, so no two threads may use one at once.
+// An OwnedGraph is never shared: its session holds it and uses it from the one thread that runs
+// the session at a time (a session moves to its engine worker; `Session` takes `&mut self`).
+unsafe impl Send for OwnedGraph {}
+
+impl Drop for DeviceSession {
+    fn drop(&mut self) {
+        // Nothing may still run on the stream when its slots, graphs and workspace are freed.
+        let _ = self.stream.synchronize();
+    }
 }
 
 impl DeviceSession {
@@ -235,6 +326,26 @@ impl DeviceSession {
                 .map_err(|e| err("cuBLAS TF32")(&e))?;
             }
         }
+        let workspace = stream
+            .alloc_zeros::<u8>(CUBLAS_WORKSPACE_BYTES)
+            .map_err(|e| err("cuBLAS workspace")(&e))?;
+        {
+            let (wp, _sync) = workspace.device_ptr(&stream);
+            // SAFETY: the workspace outlives the handle (both are fields; it is dropped after
+            // the stream is synchronised) and is used by nothing else.
+            unsafe {
+                cudarc::cublas::sys::cublasSetWorkspace_v2(
+                    *blas.handle(),
+                    wp as *mut std::ffi::c_void,
+                    CUBLAS_WORKSPACE_BYTES,
+                )
+                .result()
+                .map_err(|e| err("cuBLAS workspace")(&e))?;
+            }
+        }
+        let timing = Some(CUevent_flags::CU_EVENT_DEFAULT);
+        let started = model.ctx.new_event(timing).map_err(|e| err("event")(&e))?;
+        let finished = model.ctx.new_event(timing).map_err(|e| err("event")(&e))?;
         let mut s = DeviceSession {
             model,
             plan,
@@ -244,9 +355,69 @@ impl DeviceSession {
             slots: Vec::new(),
             staging: Vec::new(),
             rows: 0,
+            _workspace: workspace,
+            graphs: Vec::new(),
+            started,
+            finished,
+            last: DeviceWork::default(),
         };
         s.reserve(1)?;
         Ok(s)
+    }
+
+    /// Captures the graphs of every bucket up to `rows` (at load, off the request path).
+    pub fn capture_up_to(&mut self, rows: usize) -> Result<(), String> {
+        let rows = rows.clamp(1, GRAPH_MAX_ROWS);
+        self.reserve(rows)?;
+        let mut bucket = 1;
+        while bucket <= rows.next_power_of_two() && self.model.graphs() {
+            self.graph(bucket)?;
+            bucket *= 2;
+        }
+        Ok(())
+    }
+
+    /// The graph of `bucket` rows, captured on first use. Err: capture does not work here,
+    /// and the caller launches step by step.
+    fn graph(&mut self, bucket: usize) -> Result<&CudaGraph, String> {
+        let at = bucket.trailing_zeros() as usize;
+        if self.graphs.len() <= at {
+            self.graphs.resize_with(at + 1, || None);
+        }
+        if self.graphs[at].is_none() {
+            let graph = self.capture(bucket)?;
+            self.graphs[at] = Some(OwnedGraph(graph));
+        }
+        Ok(&self.graphs[at].as_ref().expect("captured above").0)
+    }
+
+    fn capture(&self, rows: usize) -> Result<CudaGraph, String> {
+        self.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| err("graph capture")(&e))?;
+        let launched = self.launch_steps(rows);
+        // Always ends the capture, so the stream is usable again whatever happened.
+        let ended = self.stream.end_capture(CUgraphInstantiate_flags(0));
+        launched?;
+        let graph = ended
+            .map_err(|e| err("graph capture")(&e))?
+            .ok_or("graph capture: nothing was captured")?;
+        graph.upload().map_err(|e| err("graph upload")(&e))?;
+        Ok(graph)
+    }
+
+    fn launch_steps(&self, rows: usize) -> Result<(), String> {
+        for (i, step) in self.plan.steps.iter().enumerate() {
+            if step.place() == Place::Device {
+                self.launch(i, step, rows)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What the last batch did on the device.
+    pub fn last_work(&self) -> DeviceWork {
+        self.last
     }
 
     /// Grows every slot and staging buffer to hold `rows` rows.
@@ -286,6 +457,8 @@ impl DeviceSession {
                     .map_err(|e| err("pinned memory")(&e))?
             });
         }
+        // The graphs name the old slots' addresses.
+        self.graphs.clear();
         self.slots = slots;
         self.staging = staging;
         self.rows_cap = cap;
@@ -319,6 +492,7 @@ impl DeviceSession {
             .map_err(|e| err("context")(&e))?;
         let rows = self.rows;
         let plan = Arc::clone(&self.plan);
+        let mut work = DeviceWork::default();
         for (i, input) in plan.inputs.iter().enumerate() {
             let width = plan.buffers[input.buffer].width;
             let slot = plan.memory.slot_of[input.buffer].expect("inputs live on the device");
@@ -332,12 +506,15 @@ impl DeviceSession {
             self.stream
                 .memcpy_htod(&host[..rows * width], &mut dst)
                 .map_err(|e| err("copy to the GPU")(&e))?;
+            work.bytes_to_device += bytes as u64;
         }
-        for (i, step) in plan.steps.iter().enumerate() {
-            if step.place() == Place::Device {
-                self.launch(i, step, rows)?;
-            }
-        }
+        self.started
+            .record(&self.stream)
+            .map_err(|e| err("event")(&e))?;
+        self.device_steps(rows)?;
+        self.finished
+            .record(&self.stream)
+            .map_err(|e| err("event")(&e))?;
         let mut values: Vec<Option<HostValue>> = vec![None; plan.buffers.len()];
         for &b in &plan.memory.copied_back {
             let slot = plan.memory.slot_of[b].expect("copied back from the device");
@@ -351,6 +528,7 @@ impl DeviceSession {
                     self.stream
                         .memcpy_dtoh(&src, &mut host)
                         .map_err(|e| err("copy from the GPU")(&e))?;
+                    work.bytes_from_device += (n * 4) as u64;
                     HostValue::F32(host)
                 }
                 Elem::I64 => {
@@ -361,12 +539,42 @@ impl DeviceSession {
                     self.stream
                         .memcpy_dtoh(&src, &mut host)
                         .map_err(|e| err("copy from the GPU")(&e))?;
+                    work.bytes_from_device += (n * 8) as u64;
                     HostValue::I64(host)
                 }
             });
         }
         self.stream.synchronize().map_err(|e| err("the GPU")(&e))?;
+        work.kernel_seconds = self
+            .started
+            .elapsed_ms(&self.finished)
+            .map_err(|e| err("event")(&e))? as f64
+            / 1e3;
+        self.last = work;
         plan.finish_on_host(values, rows)
+    }
+
+    /// The device steps for `rows` rows: the bucket's graph (rows past `rows` in the bucket
+    /// compute on stale data no one reads: every step works row by row), else step by step.
+    fn device_steps(&mut self, rows: usize) -> Result<(), String> {
+        if self.model.graphs() && rows <= GRAPH_MAX_ROWS {
+            let bucket = rows.max(1).next_power_of_two();
+            match self.graph(bucket) {
+                Ok(graph) => {
+                    return graph.launch().map_err(|e| err("graph launch")(&e));
+                }
+                Err(e) => self.model.stop_graphs(&e),
+            }
+        }
+        self.launch_steps(rows)
+    }
+
+    /// Runs the batch last staged step by step, whatever the graphs setting (the load's check).
+    pub fn run_without_graphs(&mut self) -> Result<Vec<HostValue>, String> {
+        let saved = self.model.graphs.swap(false, Ordering::Relaxed);
+        let out = self.run();
+        self.model.graphs.store(saved, Ordering::Relaxed);
+        out
     }
 
     /// Seconds per batch of `rows` rows for the plan's GEMMs alone (cuBLAS, no epilogues, no

@@ -8,16 +8,18 @@
 //! against tract on the CPU only (`cairn selftest` checks it on a GPU).
 
 pub mod device;
+pub mod libraries;
 pub mod plan;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use cairn_core::config::Precision;
 use cairn_core::engine::{
-    BatchInput, Device, Engine, EngineError, EngineInfo, LoadOptions, Session, Signature,
-    TensorSpec,
+    BatchInput, Device, DeviceWork, Engine, EngineError, EngineInfo, LoadOptions, Session,
+    Signature, TensorSpec,
 };
 use cairn_core::tensor::{DataType, Tensor, TensorData};
 
@@ -44,8 +46,15 @@ pub fn takes(path: &Path, options: &LoadOptions) -> Result<(), String> {
 
 pub struct CudaEngine {
     plan: Arc<Plan>,
-    model: Arc<DeviceModel>,
+    /// The version on each of its GPUs (`devices`, default GPU 0).
+    models: Vec<Arc<DeviceModel>>,
+    /// Sessions go to the GPUs in turn, so `instances` per GPU run on each.
+    next: AtomicUsize,
     signature: Signature,
+    /// Each new session captures the graphs of the buckets up to this many rows before it
+    /// serves (the model's `max_batch_size`; 64 without batching); larger buckets are captured
+    /// on first use.
+    capture_rows: usize,
 }
 
 impl CudaEngine {
@@ -57,7 +66,12 @@ impl CudaEngine {
         let plan = Arc::new(
             Plan::compile_path(path, &options.input_dims).map_err(|e| load_err(e.to_string()))?,
         );
-        let ordinal = options.devices.first().copied().unwrap_or(0);
+        let mut devices = options.devices.clone();
+        if devices.is_empty() {
+            devices.push(0);
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        devices.retain(|d| seen.insert(*d));
         let tf32 = match options.precision {
             Precision::Fp32 => false,
             Precision::Tf32 => true,
@@ -70,31 +84,76 @@ impl CudaEngine {
         if let Err(reason) = gpus() {
             return Err(load_err(format!("no GPU for the CUDA engine: {reason}")));
         }
-        let model = DeviceModel::load(&plan, ordinal, tf32)
-            .map_err(|e| load_err(format!("the CUDA engine on GPU {ordinal}: {e}")))?;
+        let mut models = Vec::with_capacity(devices.len());
+        for ordinal in devices {
+            let model = DeviceModel::load(&plan, ordinal, tf32)
+                .map_err(|e| load_err(format!("the CUDA engine on GPU {ordinal}: {e}")))?;
+            models.push(Arc::new(model));
+        }
         let engine = CudaEngine {
             signature: signature(&plan),
             plan,
-            model: Arc::new(model),
+            models,
+            next: AtomicUsize::new(0),
+            capture_rows: if options.max_batch > 0 {
+                options.max_batch.min(device::GRAPH_MAX_ROWS)
+            } else {
+                64
+            },
         };
-        // Warm-up off the request path: the first kernels and copies, before the version serves.
-        let mut session = engine.session().map_err(EngineError::Run)?;
-        for i in 0..engine.plan.inputs.len() {
-            session.stage(i, 1).map_err(EngineError::Run)?.fill(0.0);
+        for model in &engine.models {
+            engine
+                .warm_up(model)
+                .map_err(|e| load_err(format!("warm-up on GPU {}: {e}", model.gpu.ordinal)))?;
         }
-        session
-            .run()
-            .map_err(|e| load_err(format!("warm-up on the GPU: {e}")))?;
         Ok(engine)
     }
 
-    fn session(&self) -> Result<DeviceSession, String> {
-        DeviceSession::new(Arc::clone(&self.model), Arc::clone(&self.plan))
+    /// Off the request path, before the version serves: the first kernels and copies, the
+    /// graphs of the buckets, and a check that a graph computes what the steps launched one by
+    /// one compute (else graphs are turned off for this version, with a log line).
+    fn warm_up(&self, model: &Arc<DeviceModel>) -> Result<(), String> {
+        let mut session = self.session_on(model)?;
+        let rows = 3;
+        for i in 0..self.plan.inputs.len() {
+            for (j, v) in session.stage(i, rows)?.iter_mut().enumerate() {
+                *v = ((j * 7 + i * 3) % 11) as f32 / 11.0 - 0.5;
+            }
+        }
+        let stepped = session.run_without_graphs()?;
+        if model.graphs() {
+            let graphed = session.run()?;
+            if let Some(why) = disagreement(&stepped, &graphed) {
+                model.stop_graphs(&why);
+            }
+        }
+        Ok(())
     }
 
-    /// The GPU this version runs on.
+    /// A session on the next GPU in turn.
+    fn session(&self) -> Result<DeviceSession, String> {
+        let at = self.next.fetch_add(1, Ordering::Relaxed) % self.models.len();
+        self.session_on(&self.models[at])
+    }
+
+    fn session_on(&self, model: &Arc<DeviceModel>) -> Result<DeviceSession, String> {
+        let mut session = DeviceSession::new(Arc::clone(model), Arc::clone(&self.plan))?;
+        if model.graphs() {
+            if let Err(e) = session.capture_up_to(self.capture_rows) {
+                model.stop_graphs(&e);
+            }
+        }
+        Ok(session)
+    }
+
+    /// Whether this version's batches run as captured CUDA graphs (on every GPU).
+    pub fn uses_graphs(&self) -> bool {
+        self.models.iter().all(|m| m.graphs())
+    }
+
+    /// The first GPU this version runs on.
     pub fn gpu(&self) -> &GpuInfo {
-        &self.model.gpu
+        &self.models[0].gpu
     }
 
     /// Seconds per batch of `rows` rows for the plan's GEMMs alone (cuBLAS only).
@@ -113,6 +172,28 @@ impl CudaEngine {
             })
             .sum()
     }
+}
+
+/// Where a graph's outputs part from the step-by-step ones (beyond 1e-5 relative), if they do.
+fn disagreement(a: &[HostValue], b: &[HostValue]) -> Option<String> {
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        let same = match (x, y) {
+            (HostValue::F32(x), HostValue::F32(y)) => {
+                x.len() == y.len()
+                    && x.iter()
+                        .zip(y)
+                        .all(|(p, q)| (p - q).abs() <= 1e-5 * p.abs().max(q.abs()).max(1.0))
+            }
+            (HostValue::I64(x), HostValue::I64(y)) => x == y,
+            _ => false,
+        };
+        if !same {
+            return Some(format!(
+                "output {i} of a captured graph differs from the steps launched one by one"
+            ));
+        }
+    }
+    None
 }
 
 /// Inputs `[-1, width]` FP32; outputs FP32 or INT64, `[-1]` when flat.
@@ -158,7 +239,7 @@ impl Engine for CudaEngine {
         EngineInfo {
             platform: "cuda_onnx",
             backend: "cuda",
-            device: Device::Gpu(vec![self.model.gpu.ordinal]),
+            device: Device::Gpu(self.models.iter().map(|m| m.gpu.ordinal).collect()),
             threads: 1,
         }
     }
@@ -211,6 +292,10 @@ impl Session for CudaSession {
         let values = self.device.run().map_err(EngineError::Run)?;
         outputs(&self.plan, values, self.rows)
     }
+
+    fn device_work(&self) -> Option<DeviceWork> {
+        Some(self.device.last_work())
+    }
 }
 
 /// The batch's parts, straight into the staging buffer (FP32, little-endian).
@@ -230,9 +315,7 @@ fn gather(input: &BatchInput<'_>, staged: &mut [f32]) -> Result<(), EngineError>
         let dst = staged
             .get_mut(at..at + n)
             .ok_or_else(|| EngineError::Run("parts hold more values than the batch".into()))?;
-        for (d, c) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
-            *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        }
+        copy_le_f32(&bytes[..n * 4], dst);
         at += n;
     }
     if at != staged.len() {
@@ -242,6 +325,22 @@ fn gather(input: &BatchInput<'_>, staged: &mut [f32]) -> Result<(), EngineError>
         )));
     }
     Ok(())
+}
+
+/// Little-endian FP32 bytes into `dst`: one memcpy on a little-endian host (every CUDA host).
+fn copy_le_f32(src: &[u8], dst: &mut [f32]) {
+    debug_assert_eq!(src.len(), dst.len() * 4);
+    if cfg!(target_endian = "little") {
+        // SAFETY: `dst` is `src.len()` bytes of plain f32s, any bit pattern of which is valid,
+        // and the two cannot overlap (one is borrowed mutably).
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr().cast::<u8>(), src.len())
+        }
+    } else {
+        for (d, c) in dst.iter_mut().zip(src.chunks_exact(4)) {
+            *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
+    }
 }
 
 /// Host values as the signature's tensors.
@@ -274,4 +373,52 @@ pub fn outputs(
                 .map_err(|e| EngineError::Run(e.to_string()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(values: &[f32]) -> Tensor {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Tensor::new(
+            DataType::Fp32,
+            vec![values.len() / 2, 2],
+            TensorData::Fixed(Bytes::from(bytes)),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn gather_copies_the_parts_in_order_and_checks_their_count() {
+        let (a, b) = (
+            part(&[1.0, -2.5, 3.0, 4.0]),
+            part(&[f32::MIN_POSITIVE, 6.0]),
+        );
+        let input = BatchInput {
+            shape: vec![3, 2],
+            parts: vec![&a, &b],
+        };
+        let mut staged = [0f32; 6];
+        gather(&input, &mut staged).unwrap();
+        assert_eq!(staged, [1.0, -2.5, 3.0, 4.0, f32::MIN_POSITIVE, 6.0]);
+        let mut short = [0f32; 4];
+        assert!(gather(&input, &mut short).is_err());
+        let mut long = [0f32; 8];
+        assert!(gather(&input, &mut long).is_err());
+    }
+
+    #[test]
+    fn a_graph_that_differs_is_named() {
+        let a = vec![HostValue::F32(vec![1.0, 2.0]), HostValue::I64(vec![1])];
+        let close = vec![
+            HostValue::F32(vec![1.0 + 1e-7, 2.0]),
+            HostValue::I64(vec![1]),
+        ];
+        assert_eq!(disagreement(&a, &close), None);
+        let far = vec![HostValue::F32(vec![1.0, 2.1]), HostValue::I64(vec![1])];
+        assert!(disagreement(&a, &far).unwrap().contains("output 0"));
+        let label = vec![HostValue::F32(vec![1.0, 2.0]), HostValue::I64(vec![0])];
+        assert!(disagreement(&a, &label).unwrap().contains("output 1"));
+    }
 }

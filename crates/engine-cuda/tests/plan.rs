@@ -289,3 +289,27 @@ fn without_a_gpu_the_engine_says_what_is_missing() {
         }
     }
 }
+
+/// The kernel source through NVRTC, which needs no GPU: wherever NVRTC is found (CI installs
+/// pip's nvidia-cuda-nvrtc wheel and names it in CAIRN_CUDA_LIBRARY_PATH, with
+/// CAIRN_REQUIRE_NVRTC=1 so a missing one fails instead of skipping).
+#[test]
+fn the_kernels_compile_with_nvrtc() {
+    match cairn_engine_cuda::device::compile_kernels() {
+        Ok(ptx) => {
+            let text = ptx.to_src();
+            for name in cairn_engine_cuda::device::KERNEL_NAMES {
+                assert!(
+                    text.contains(&format!(".entry {name}(")),
+                    "no entry point {name} in the PTX"
+                );
+            }
+        }
+        Err(e)
+            if e.starts_with("not found") && std::env::var_os("CAIRN_REQUIRE_NVRTC").is_none() =>
+        {
+            eprintln!("skipped: {e}");
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
