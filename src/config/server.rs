@@ -791,7 +791,8 @@ mod tests {
     #[test]
     fn layers_and_defaults() {
         let file: ServerSettings = toml::from_str(
-            "listen = \"127.0.0.1:9000\"\nmax_body_bytes = 2048\nmodel_repository = \"repo\"",
+            "listen = \"127.0.0.1:9000\"\nmax_body_bytes = 2048\nmodel_repository = \"repo\"\n\
+             cuda_library_path = \"/opt/venv/site-packages/nvidia:/usr/local/cuda/lib64\"",
         )
         .unwrap();
         let flags = ServerSettings {
@@ -804,6 +805,10 @@ mod tests {
         assert_eq!(c.model_repository, PathBuf::from("repo"));
         assert_eq!(c.shutdown_timeout, Duration::from_secs(30));
         assert_eq!(c.grpc_listen.as_deref(), Some("127.0.0.1:0"));
+        assert_eq!(
+            c.cuda_library_path.as_deref(),
+            Some("/opt/venv/site-packages/nvidia:/usr/local/cuda/lib64")
+        );
     }
 
     #[test]
