@@ -294,6 +294,8 @@ pub struct DeviceSession {
     started: CudaEvent,
     finished: CudaEvent,
     last: DeviceWork,
+    /// Launch step by step whatever the version's graphs setting (the load's check).
+    steps_only: bool,
 }
 
 /// A graph one session owns alone.
@@ -360,6 +362,7 @@ impl DeviceSession {
             started,
             finished,
             last: DeviceWork::default(),
+            steps_only: false,
         };
         s.reserve(1)?;
         Ok(s)
@@ -557,7 +560,7 @@ impl DeviceSession {
     /// The device steps for `rows` rows: the bucket's graph (rows past `rows` in the bucket
     /// compute on stale data no one reads: every step works row by row), else step by step.
     fn device_steps(&mut self, rows: usize) -> Result<(), String> {
-        if self.model.graphs() && rows <= GRAPH_MAX_ROWS {
+        if !self.steps_only && self.model.graphs() && rows <= GRAPH_MAX_ROWS {
             let bucket = rows.max(1).next_power_of_two();
             match self.graph(bucket) {
                 Ok(graph) => {
@@ -571,9 +574,9 @@ impl DeviceSession {
 
     /// Runs the batch last staged step by step, whatever the graphs setting (the load's check).
     pub fn run_without_graphs(&mut self) -> Result<Vec<HostValue>, String> {
-        let saved = self.model.graphs.swap(false, Ordering::Relaxed);
+        self.steps_only = true;
         let out = self.run();
-        self.model.graphs.store(saved, Ordering::Relaxed);
+        self.steps_only = false;
         out
     }
 
