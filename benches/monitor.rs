@@ -14,8 +14,8 @@ use cairn::tensor::{DataType, Tensor};
 use cairn_monitor::baseline::{Baseline, BaselineOptions};
 use cairn_monitor::column::{Column, Columns};
 use cairn_monitor::log::{
-    derive_layout, Arm, Fsync, LayoutRequest, LogOptions, PredictionBatch, RequestRecord,
-    SegmentLog, TensorInfo,
+    derive_layout, Arm, Fsync, LayoutRequest, LogOptions, PredictionBatch, PredictionLayout,
+    RequestRecord, SegmentLog, TensorInfo,
 };
 use cairn_monitor::report::{drift, Thresholds};
 
@@ -84,12 +84,20 @@ fn drift_window(c: &mut Criterion) {
     group.finish();
 }
 
-fn record(i: usize, rows: usize) -> RequestRecord {
+/// A record as the request path makes it: the values read out of its tensors.
+fn record(layout: &PredictionLayout, i: usize, rows: usize) -> RequestRecord {
     let input: Vec<f32> = (0..rows * FEATURES)
         .map(|k| ((i * 31 + k) as f32 * 0.618).sin())
         .collect();
     let labels: Vec<i64> = (0..rows).map(|r| ((i + r) % 2) as i64).collect();
     let probs: Vec<f32> = (0..rows * 2).map(|k| (k % 2) as f32 * 0.5 + 0.25).collect();
+    let inputs = [Tensor::from_values(vec![rows, FEATURES], &input).unwrap()];
+    let outputs = [
+        Tensor::from_values(vec![rows], &labels).unwrap(),
+        Tensor::from_values(vec![rows, 2], &probs).unwrap(),
+    ];
+    let mut values = layout.input_values(&inputs, rows);
+    layout.fill_outputs(&mut values, rows, |k| outputs.get(k));
     RequestRecord {
         id: Arc::from(format!("0193a1b2-c3d4-7e5f-8a9b-{i:012}")),
         time_us: 1_796_000_000_000_000 + i as i64 * 100,
@@ -98,11 +106,7 @@ fn record(i: usize, rows: usize) -> RequestRecord {
         latency_us: 250,
         status: "ok",
         rows,
-        inputs: vec![Tensor::from_values(vec![rows, FEATURES], &input).unwrap()],
-        outputs: vec![
-            Tensor::from_values(vec![rows], &labels).unwrap(),
-            Tensor::from_values(vec![rows, 2], &probs).unwrap(),
-        ],
+        values,
     }
 }
 
@@ -128,7 +132,7 @@ fn writer(c: &mut Criterion) {
     // What the writer does per batch: gather records into Arrow columns, append them to the
     // open segment, sync, and seal to Parquet when the segment is full.
     const BATCH: usize = 1024;
-    let records: Vec<RequestRecord> = (0..BATCH).map(|i| record(i, 1)).collect();
+    let records: Vec<RequestRecord> = (0..BATCH).map(|i| record(&layout, i, 1)).collect();
     let mut group = c.benchmark_group("writer");
     group.throughput(Throughput::Elements(BATCH as u64));
     for (name, fsync) in [
@@ -177,7 +181,7 @@ fn writer(c: &mut Criterion) {
     let mut batch = PredictionBatch::new(layout.clone());
     const RECORDS: usize = 100_000;
     for i in 0..RECORDS {
-        batch.push(&record(i, 1));
+        batch.push(&record(&layout, i, 1));
         if batch.len() == BATCH {
             log.append(&batch.finish().unwrap()).unwrap();
         }

@@ -190,7 +190,8 @@ pub struct ServerSettings {
     #[arg(long, env = "CAIRN_PREDICTION_LOG_QUEUE", value_name = "REQUESTS")]
     pub prediction_log_queue: Option<usize>,
 
-    /// Bytes of tensor data the waiting requests may hold, per model. [default: 67108864]
+    /// Bytes the waiting records may hold, per model (their values, 32 bytes each, plus
+    /// text): 8192 records of 500 values fit. [default: 134217728]
     #[arg(long, env = "CAIRN_PREDICTION_LOG_QUEUE_BYTES", value_name = "BYTES")]
     pub prediction_log_queue_bytes: Option<usize>,
 
@@ -400,7 +401,7 @@ impl MonitorSettings {
             retention_max_bytes: Some(1 << 30),
             retention_max_age: Some(Duration::from_secs(7 * 24 * 3600)),
             queue: 8192,
-            queue_bytes: 64 << 20,
+            queue_bytes: 128 << 20,
             when_full: WhenFull::Drop,
             block: Duration::from_millis(1000),
             feedback_index_rows: 100_000,

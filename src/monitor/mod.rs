@@ -23,12 +23,13 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use cairn_monitor::feedback::FeedbackItem;
 use cairn_monitor::log::{
-    derive_layout, LayoutRequest, PredictionLayout, RequestRecord, TensorInfo,
+    derive_layout, LayoutRequest, PredictionLayout, RequestRecord, TensorInfo, Value,
 };
 
 use crate::config::{ModelConfig, MonitorSettings, MonitoringConfig, WhenFull};
 use crate::metrics::Metrics;
 use crate::model::ModelIo;
+use cairn_core::tensor::Tensor;
 
 /// Every monitored model's writer, by name.
 pub struct MonitorHub {
@@ -41,7 +42,7 @@ pub struct MonitorHub {
 pub struct ModelMonitor {
     name: String,
     tx: mpsc::Sender<Msg>,
-    /// Tensor bytes held by records in the channel.
+    /// Bytes held by records in the channel.
     queued_bytes: AtomicUsize,
     /// Microseconds since the epoch before which every record handed to the writer is synced
     /// to disk (or counted as dropped): what a crash can no longer lose.
@@ -52,9 +53,41 @@ pub struct ModelMonitor {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Rows matched with feedback since the server started (retraining counts them).
     pub(crate) labelled: AtomicU64,
+    /// Value buffers of written records, for the request path to fill again.
+    spare: Mutex<Vec<Vec<Value>>>,
 }
 
+/// Spare value buffers kept per model, and the largest kept (in values): enough for the records
+/// of a few milliseconds under load, never more than a few MiB.
+const SPARE_BUFFERS: usize = 1024;
+const SPARE_MAX_VALUES: usize = 4096;
+
 impl ModelMonitor {
+    /// An empty buffer for a record's values. A buffer is made on the request's thread and
+    /// freed on the writer's; glibc's allocator serves that (every request, under load) through
+    /// its arena locks, so the writer hands written buffers back instead.
+    fn buffer(&self) -> Vec<Value> {
+        self.spare.lock().pop().unwrap_or_default()
+    }
+
+    /// Takes back the buffers of written records (emptied here, on the writer's thread).
+    pub(super) fn give_back(&self, buffers: &mut Vec<Vec<Value>>) {
+        for b in buffers.iter_mut() {
+            b.clear();
+        }
+        let mut spare = self.spare.lock();
+        while let Some(b) = buffers.pop() {
+            if spare.len() >= SPARE_BUFFERS {
+                break;
+            }
+            if b.capacity() <= SPARE_MAX_VALUES {
+                spare.push(b);
+            }
+        }
+        drop(spare);
+        buffers.clear();
+    }
+
     /// Moves the synced watermark forward (never back).
     fn synced_through(&self, us: i64) {
         self.synced_through_us.fetch_max(us, Ordering::AcqRel);
@@ -223,6 +256,7 @@ impl MonitorHub {
             name: name.to_string(),
             tx,
             queued_bytes: AtomicUsize::new(0),
+            spare: Mutex::new(Vec::new()),
             synced_through_us: AtomicI64::new(now_us()),
             settings: self.settings.clone(),
             metrics: self.metrics.clone(),
@@ -313,6 +347,20 @@ impl VersionMonitor {
 
     /// Hands a record to the writer. Never waits under `drop`; waits at most the configured
     /// time under `block`. A record that does not fit is counted as dropped.
+    /// A request's inputs read out for its record, or `None` (counted as dropped) when its
+    /// values alone would exceed the log's queue budget: the size is checked before anything
+    /// is allocated.
+    pub fn input_values(&self, inputs: &[Tensor], rows: usize) -> Option<Vec<Value>> {
+        let m = &self.model;
+        if self.layout.values_bytes(rows) > m.settings.queue_bytes {
+            m.metrics.record_log_dropped(&m.name, "queue_bytes");
+            return None;
+        }
+        let mut values = m.buffer();
+        self.layout.input_values_into(&mut values, inputs, rows);
+        Some(values)
+    }
+
     pub async fn log(&self, record: RequestRecord) {
         let m = &self.model;
         let bytes = record.data_bytes();

@@ -78,6 +78,7 @@ pub(super) fn spawn(
         index: PredictionIndex::new(index_rows),
         baselines: dir.join("baselines"),
         monitor: Arc::clone(&monitor),
+        spent: Vec::new(),
     };
     std::thread::Builder::new()
         .name(format!("log-{}", monitor.name))
@@ -103,6 +104,8 @@ struct Writer {
     baselines: PathBuf,
     /// Where closed drift windows go to be compared; `None` once stopped.
     comparer: Option<Comparer>,
+    /// Value buffers of the records of this look, handed back to the request path after it.
+    spent: Vec<Vec<Value>>,
 }
 
 struct VersionState {
@@ -171,6 +174,9 @@ impl Writer {
                         Err(mpsc::error::TryRecvError::Disconnected) => break 'run,
                     }
                 }
+                if !self.spent.is_empty() {
+                    self.monitor.give_back(&mut self.spent);
+                }
                 if took == 0 {
                     let until_flush = match self.batch_since {
                         Some(since) if !immediate => cadence.saturating_sub(since.elapsed()),
@@ -212,7 +218,8 @@ impl Writer {
                 self.monitor
                     .queued_bytes
                     .fetch_sub(record.data_bytes(), Ordering::AcqRel);
-                self.record(record);
+                self.record(&record);
+                self.spent.push(record.values);
             }
             Msg::Feedback(items, reply) => {
                 let _ = reply.send(self.feedback(items));
@@ -253,7 +260,7 @@ impl Writer {
         );
     }
 
-    fn record(&mut self, record: RequestRecord) {
+    fn record(&mut self, record: &RequestRecord) {
         let Some(state) = self.versions.get_mut(&record.version) else {
             return;
         };
@@ -265,7 +272,7 @@ impl Writer {
             .versions
             .get_mut(&record.version)
             .expect("the version was found above");
-        self.batch.push(&record);
+        self.batch.push(record);
         self.batch_since.get_or_insert_with(Instant::now);
         self.monitor
             .metrics
@@ -282,22 +289,22 @@ impl Writer {
                         .prediction
                         .as_ref()
                         .filter(|c| c.kind == cairn_monitor::column::FeatureKind::Categorical)
-                        .and_then(|c| text(PredictionLayout::value(c, &record, row))),
+                        .and_then(|c| text(PredictionLayout::value(c, record, row).clone())),
                     value: state
                         .prediction
                         .as_ref()
                         .filter(|c| c.kind == cairn_monitor::column::FeatureKind::Numeric)
-                        .and_then(|c| number(PredictionLayout::value(c, &record, row))),
+                        .and_then(|c| number(PredictionLayout::value(c, record, row).clone())),
                     score: state
                         .score
                         .as_ref()
-                        .and_then(|c| number(PredictionLayout::value(c, &record, row))),
+                        .and_then(|c| number(PredictionLayout::value(c, record, row).clone())),
                 };
                 self.index.insert(&record.id, row as u32, predicted);
             }
         }
         if let Some(first) = &mut state.first_rows {
-            first.push(&state.layout, &record);
+            first.push(&state.layout, record);
             if first.rows() as u64 >= state.config.baseline_rows {
                 let closed = first.take();
                 let baseline = Baseline::from_columns(
@@ -319,7 +326,7 @@ impl Writer {
             // Nothing to compare a window with, ever: keep no window.
             return;
         }
-        state.window.push(&state.layout, &record);
+        state.window.push(&state.layout, record);
         if state
             .window
             .due(state.config.window_rows, state.config.window_seconds)

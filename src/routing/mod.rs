@@ -27,7 +27,7 @@ pub use tracker::{ArmSnapshot, ArmStats, ShadowSnapshot, ShadowStats, Tracker};
 use crate::batching::SchedulerError;
 use crate::config::RolloutConfig;
 use crate::metrics::FailureReason;
-use cairn_monitor::log::{Arm as LogArm, RequestRecord};
+use cairn_monitor::log::{Arm as LogArm, RequestRecord, Value};
 
 use crate::model::LoadedVersion;
 pub use crate::model::{InvalidRequest, OutputPick};
@@ -308,10 +308,15 @@ impl Router {
                 Arm::Direct => {}
             }
         }
-        if let (Some(logged), Some((inputs, rows))) = (logged, inputs) {
-            let (status, outputs) = match &outcome {
-                Ok((outputs, _)) => ("ok", served(&plan.target, outputs)),
-                Err(e) => (failure_reason(e).label(), Vec::new()),
+        if let (Some(logged), Some((mut values, rows))) = (logged, inputs) {
+            let status = match &outcome {
+                Ok((outputs, _)) => {
+                    logged.monitor.layout.fill_outputs(&mut values, rows, |i| {
+                        served_output(&plan.target, outputs, i)
+                    });
+                    "ok"
+                }
+                Err(e) => failure_reason(e).label(),
             };
             let named = !matches!(version, None | Some(""));
             let arm = match plan.arm {
@@ -329,8 +334,7 @@ impl Router {
                     latency_us: took.as_micros() as u64,
                     status,
                     rows,
-                    inputs,
-                    outputs,
+                    values,
                 })
                 .await;
         }
@@ -401,13 +405,17 @@ async fn run(
     shadow: Option<(&Arc<LoadedVersion>, &Arc<Tracker>)>,
     offload: &Offload,
     logged: Option<&Logged>,
-) -> (Outcome, Option<(Vec<Tensor>, usize)>) {
+) -> (Outcome, Option<(Vec<Value>, usize)>) {
     let (validated, picks) = match target.io.validate(request) {
         Ok(v) => v,
         Err(e) => return (Err(e.into()), None),
     };
-    // A logged request keeps its inputs (shared buffers) for the record.
-    let inputs = logged.map(|_| (validated.inputs.clone(), validated.rows));
+    // A logged request's record gets its inputs' values now; the tensors go to the engine.
+    let inputs = logged.and_then(|l| {
+        l.monitor
+            .input_values(&validated.inputs, validated.rows)
+            .map(|values| (values, validated.rows))
+    });
     let shadow_tx = shadow.and_then(|(candidate, tracker)| {
         shadow::start(target, candidate, &validated, tracker, offload, logged)
     });
@@ -435,14 +443,13 @@ pub(crate) struct Logged {
     pub time_us: i64,
 }
 
-/// The served outputs, in the version's output order, out of the engine's outputs.
-pub(crate) fn served(version: &LoadedVersion, outputs: &[Tensor]) -> Vec<Tensor> {
-    version
-        .io
-        .output_index
-        .iter()
-        .filter_map(|&i| outputs.get(i).cloned())
-        .collect()
+/// Served output `i` (in the version's output order) out of the engine's outputs.
+pub(crate) fn served_output<'a>(
+    version: &LoadedVersion,
+    outputs: &'a [Tensor],
+    i: usize,
+) -> Option<&'a Tensor> {
+    version.io.output_index.get(i).and_then(|&j| outputs.get(j))
 }
 
 fn resolve_in(

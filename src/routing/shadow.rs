@@ -52,27 +52,26 @@ pub(super) fn start(
     );
     // The candidate's copy is logged (marked as a shadow) when the request is and the
     // candidate logs too.
-    let log = logged.zip(candidate.monitor.clone()).map(|(l, monitor)| {
-        (
-            monitor,
-            Arc::clone(&l.id),
-            l.time_us,
-            request.inputs.clone(),
-            request.rows,
-        )
-    });
+    let log = logged
+        .zip(candidate.monitor.clone())
+        .and_then(|(l, monitor)| {
+            let values = monitor.input_values(&request.inputs, request.rows)?;
+            Some((monitor, Arc::clone(&l.id), l.time_us, values, request.rows))
+        });
     tokio::spawn(async move {
         let shadow_outputs = ticket.wait().await;
         tracker
             .candidate
             .record(shadow_outputs.is_ok(), started.elapsed());
-        if let Some((monitor, id, time_us, inputs, rows)) = log {
-            let (status, outputs) = match &shadow_outputs {
-                Ok(outputs) => ("ok", super::served(&candidate, outputs)),
-                Err(e) => (
-                    super::failure_reason(&super::InferError::Scheduler(e.clone())).label(),
-                    Vec::new(),
-                ),
+        if let Some((monitor, id, time_us, mut values, rows)) = log {
+            let status = match &shadow_outputs {
+                Ok(outputs) => {
+                    monitor.layout.fill_outputs(&mut values, rows, |i| {
+                        super::served_output(&candidate, outputs, i)
+                    });
+                    "ok"
+                }
+                Err(e) => super::failure_reason(&super::InferError::Scheduler(e.clone())).label(),
             };
             monitor
                 .log(RequestRecord {
@@ -83,8 +82,7 @@ pub(super) fn start(
                     latency_us: started.elapsed().as_micros() as u64,
                     status,
                     rows,
-                    inputs,
-                    outputs,
+                    values,
                 })
                 .await;
         }

@@ -89,7 +89,9 @@ pub enum Match {
 /// The most recent predictions, by request id and row, up to a fixed number of rows.
 pub struct PredictionIndex {
     capacity: usize,
-    rows: HashMap<(Arc<str>, u32), (Predicted, bool)>,
+    /// Keyed with a fast, per-process seeded hash: ids come from callers, but a flood of
+    /// colliding ids can only slow the writer, which sheds records when its queue is full.
+    rows: HashMap<(Arc<str>, u32), (Predicted, bool), foldhash::fast::RandomState>,
     order: VecDeque<(Arc<str>, u32)>,
 }
 
@@ -97,7 +99,7 @@ impl PredictionIndex {
     pub fn new(capacity: usize) -> PredictionIndex {
         PredictionIndex {
             capacity: capacity.max(1),
-            rows: HashMap::new(),
+            rows: HashMap::default(),
             order: VecDeque::new(),
         }
     }

@@ -2,8 +2,11 @@
 //! id, time, version, arm, latency and status, then one column per logged input feature and per
 //! output element.
 //!
-//! The request path hands over a [`RequestRecord`] holding its tensors by reference (shared
-//! buffers, no copy); the values are read out into columns on the writer thread.
+//! The request path reads the logged values out of its tensors into a [`RequestRecord`]: one
+//! buffer, made and filled on the request's thread and freed on the writer's. Holding the
+//! tensors instead (shared buffers, no copy) cost more than the copy: half a dozen small
+//! allocations per request (tensor lists, shapes, shared-buffer headers) freed on another
+//! thread, which glibc's allocator serves with its arena locks.
 
 use std::sync::Arc;
 
@@ -64,20 +67,24 @@ pub struct RequestRecord {
     pub latency_us: u64,
     pub status: Status,
     pub rows: usize,
-    /// The validated inputs, in the model's input order.
-    pub inputs: Vec<Tensor>,
-    /// The outputs in the engine's order; empty when the request failed.
-    pub outputs: Vec<Tensor>,
+    /// The logged values, row by row, one per column of the version's layout (from
+    /// [`PredictionLayout::input_values`] and [`PredictionLayout::fill_outputs`]); outputs are
+    /// missing when the request failed.
+    pub values: Vec<Value>,
 }
 
 impl RequestRecord {
-    /// Bytes of tensor data the record keeps alive (what the log's queue budget counts).
+    /// Bytes the record holds (what the log's queue budget counts).
     pub fn data_bytes(&self) -> usize {
-        self.inputs
-            .iter()
-            .chain(&self.outputs)
-            .map(Tensor::binary_size)
-            .sum()
+        self.values.len() * std::mem::size_of::<Value>()
+            + self
+                .values
+                .iter()
+                .map(|v| match v {
+                    Value::Text(t) => t.len(),
+                    _ => 0,
+                })
+                .sum::<usize>()
     }
 }
 
@@ -113,6 +120,9 @@ pub struct LoggedColumn {
     /// How drift compares it.
     pub kind: FeatureKind,
     pub source: ColumnSource,
+    /// Its place in the layout (set by [`PredictionLayout::new`]): where a record keeps its
+    /// values.
+    pub position: usize,
 }
 
 impl LoggedColumn {
@@ -129,7 +139,10 @@ pub struct PredictionLayout {
 }
 
 impl PredictionLayout {
-    pub fn new(columns: Vec<LoggedColumn>) -> PredictionLayout {
+    pub fn new(mut columns: Vec<LoggedColumn>) -> PredictionLayout {
+        for (i, c) in columns.iter_mut().enumerate() {
+            c.position = i;
+        }
         let mut fields = vec![
             Field::new("request_id", ArrowType::Utf8, false),
             Field::new("row", ArrowType::UInt32, false),
@@ -171,24 +184,84 @@ impl PredictionLayout {
         self.columns.iter().filter(|c| !c.is_input())
     }
 
-    /// The value of `column` in row `row` of `record`, as drift sees it.
-    pub fn value(column: &LoggedColumn, record: &RequestRecord, row: usize) -> Value {
-        let (tensors, tensor, offset, per_row) = match column.source {
+    /// Bytes the values of a request of `rows` rows take, before any text (checked against
+    /// the log's budget before they are read out).
+    pub fn values_bytes(&self, rows: usize) -> usize {
+        rows.saturating_mul(self.columns.len())
+            .saturating_mul(std::mem::size_of::<Value>())
+    }
+
+    /// A request's logged values with its inputs read out (`inputs` in the model's input
+    /// order) and its outputs missing, until [`fill_outputs`](Self::fill_outputs).
+    pub fn input_values(&self, inputs: &[Tensor], rows: usize) -> Vec<Value> {
+        let mut values = Vec::new();
+        self.input_values_into(&mut values, inputs, rows);
+        values
+    }
+
+    /// [`input_values`](Self::input_values) into `values` (emptied first), reusing its
+    /// allocation.
+    pub fn input_values_into(&self, values: &mut Vec<Value>, inputs: &[Tensor], rows: usize) {
+        values.clear();
+        values.resize(rows * self.columns.len(), Value::Missing);
+        self.fill(values, rows, |source| match source {
             ColumnSource::Input {
                 tensor,
                 offset,
                 per_row,
-            } => (&record.inputs, tensor, offset, per_row),
+            } => Some((inputs.get(tensor), offset, per_row)),
+            ColumnSource::Output { .. } => None,
+        });
+    }
+
+    /// Reads the outputs into `values` (from [`input_values`](Self::input_values)); `output`
+    /// gives the served outputs by their place in the version's output order.
+    pub fn fill_outputs<'a>(
+        &self,
+        values: &mut [Value],
+        rows: usize,
+        output: impl Fn(usize) -> Option<&'a Tensor>,
+    ) {
+        self.fill(values, rows, |source| match source {
             ColumnSource::Output {
                 tensor,
                 offset,
                 per_row,
-            } => (&record.outputs, tensor, offset, per_row),
-        };
-        let Some(t) = tensors.get(tensor) else {
-            return Value::Missing;
-        };
-        element(t, row * per_row + offset)
+            } => Some((output(tensor), offset, per_row)),
+            ColumnSource::Input { .. } => None,
+        });
+    }
+
+    fn fill<'a>(
+        &self,
+        values: &mut [Value],
+        rows: usize,
+        source: impl Fn(ColumnSource) -> Option<(Option<&'a Tensor>, usize, usize)>,
+    ) {
+        let width = self.columns.len();
+        if width == 0 || values.len() < rows * width {
+            return;
+        }
+        for column in &self.columns {
+            let Some((tensor, offset, per_row)) = source(column.source) else {
+                continue;
+            };
+            let Some(t) = tensor else { continue };
+            for row in 0..rows {
+                values[row * width + column.position] = element(t, row * per_row + offset);
+            }
+        }
+    }
+
+    /// The value of `column` in row `row` of `record`, as drift sees it.
+    pub fn value<'r>(column: &LoggedColumn, record: &'r RequestRecord, row: usize) -> &'r Value {
+        static MISSING: Value = Value::Missing;
+        let width = record.values.len().checked_div(record.rows).unwrap_or(0);
+        record
+            .values
+            .get(row * width + column.position)
+            .filter(|_| column.position < width)
+            .unwrap_or(&MISSING)
     }
 }
 
@@ -203,15 +276,15 @@ pub enum Value {
 
 impl Value {
     /// As a drift column value: a number (NaN when missing) or a category.
-    pub fn push_into(self, column: &mut Column) {
+    pub fn push_into(&self, column: &mut Column) {
         match (column, self) {
-            (Column::Numeric(v), Value::Number(x)) => v.push(x),
-            (Column::Numeric(v), Value::Integer(x)) => v.push(x as f64),
+            (Column::Numeric(v), Value::Number(x)) => v.push(*x),
+            (Column::Numeric(v), Value::Integer(x)) => v.push(*x as f64),
             (Column::Numeric(v), _) => v.push(f64::NAN),
-            (Column::Categorical(v), Value::Text(s)) => v.push(Some(s)),
+            (Column::Categorical(v), Value::Text(s)) => v.push(Some(s.clone())),
             (Column::Categorical(v), Value::Integer(x)) => v.push(Some(x.to_string())),
             (Column::Categorical(v), Value::Number(x)) if x.is_finite() => {
-                v.push(Some(format_number(x)))
+                v.push(Some(format_number(*x)))
             }
             (Column::Categorical(v), _) => v.push(None),
         }
@@ -352,13 +425,13 @@ impl PredictionBatch {
             self.status.append_value(record.status);
             for (column, builder) in self.layout.columns.iter().zip(&mut self.values) {
                 match (PredictionLayout::value(column, record, r), builder) {
-                    (Value::Number(x), ValueBuilder::Float(b)) => b.append_value(x),
-                    (Value::Integer(x), ValueBuilder::Float(b)) => b.append_value(x as f64),
-                    (Value::Integer(x), ValueBuilder::Int(b)) => b.append_value(x),
-                    (Value::Number(x), ValueBuilder::Int(b)) => b.append_value(x as i64),
+                    (Value::Number(x), ValueBuilder::Float(b)) => b.append_value(*x),
+                    (Value::Integer(x), ValueBuilder::Float(b)) => b.append_value(*x as f64),
+                    (Value::Integer(x), ValueBuilder::Int(b)) => b.append_value(*x),
+                    (Value::Number(x), ValueBuilder::Int(b)) => b.append_value(*x as i64),
                     (Value::Text(s), ValueBuilder::Text(b)) => b.append_value(s),
                     (Value::Integer(x), ValueBuilder::Text(b)) => b.append_value(x.to_string()),
-                    (Value::Number(x), ValueBuilder::Text(b)) => b.append_value(format_number(x)),
+                    (Value::Number(x), ValueBuilder::Text(b)) => b.append_value(format_number(*x)),
                     (_, ValueBuilder::Float(b)) => b.append_null(),
                     (_, ValueBuilder::Int(b)) => b.append_null(),
                     (_, ValueBuilder::Text(b)) => b.append_null(),
@@ -533,6 +606,7 @@ pub fn derive_layout(
                 offset,
                 per_row,
             },
+            position: 0,
         });
     }
     for i in pick(outputs, request.outputs, "outputs", "outputs")? {
@@ -566,6 +640,7 @@ pub fn derive_layout(
                     offset,
                     per_row,
                 },
+                position: 0,
             });
         }
     }
@@ -577,4 +652,102 @@ pub fn derive_layout(
         columns.truncate(MAX_LOGGED_COLUMNS);
     }
     Ok((PredictionLayout::new(columns), notes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> PredictionLayout {
+        let inputs = [TensorInfo {
+            name: "x".into(),
+            dtype: DataType::Fp32,
+            per_row: Some(2),
+        }];
+        let outputs = [
+            TensorInfo {
+                name: "label".into(),
+                dtype: DataType::Int64,
+                per_row: Some(1),
+            },
+            TensorInfo {
+                name: "p".into(),
+                dtype: DataType::Fp32,
+                per_row: Some(2),
+            },
+        ];
+        derive_layout(&inputs, &outputs, &LayoutRequest::default())
+            .unwrap()
+            .0
+    }
+
+    fn record(values: Vec<Value>, rows: usize) -> RequestRecord {
+        RequestRecord {
+            id: Arc::from("r"),
+            time_us: 0,
+            version: 1,
+            arm: Arm::Stable,
+            latency_us: 1,
+            status: "ok",
+            rows,
+            values,
+        }
+    }
+
+    #[test]
+    fn values_are_read_out_row_by_row_in_column_order() {
+        let layout = layout();
+        let names: Vec<_> = layout.columns.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["x[0]", "x[1]", "output.label", "output.p[0]", "output.p[1]"]
+        );
+        let x = Tensor::from_values(vec![2, 2], &[1.0f32, 2.0, 3.0, 4.0]).unwrap();
+        let mut values = layout.input_values(&[x], 2);
+        assert_eq!(values.len(), 10);
+        // Before the outputs are in (or when the request failed), they are missing.
+        let failed = record(values.clone(), 2);
+        let label = &layout.columns[2];
+        assert_eq!(PredictionLayout::value(label, &failed, 1), &Value::Missing);
+        let labels = Tensor::from_values(vec![2], &[0i64, 1]).unwrap();
+        let p = Tensor::from_values(vec![2, 2], &[0.9f32, 0.1, 0.25, 0.75]).unwrap();
+        let outputs = [labels, p];
+        layout.fill_outputs(&mut values, 2, |i| outputs.get(i));
+        let r = record(values, 2);
+        let at = |c: usize, row: usize| PredictionLayout::value(&layout.columns[c], &r, row);
+        assert_eq!(at(0, 0), &Value::Number(1.0));
+        assert_eq!(at(1, 1), &Value::Number(4.0));
+        assert_eq!(at(2, 1), &Value::Integer(1));
+        assert_eq!(at(3, 1), &Value::Number(0.25));
+        assert_eq!(at(4, 0), &Value::Number(0.1f32 as f64));
+        // Past the record's rows, and in a record of another width: missing, never a panic.
+        assert_eq!(at(0, 2), &Value::Missing);
+        let narrow = record(vec![Value::Number(1.0)], 1);
+        assert_eq!(
+            PredictionLayout::value(&layout.columns[4], &narrow, 0),
+            &Value::Missing
+        );
+        assert_eq!(r.data_bytes(), 10 * std::mem::size_of::<Value>());
+        assert_eq!(layout.values_bytes(2), r.data_bytes());
+
+        let mut batch = PredictionBatch::new(layout.clone());
+        batch.push(&r);
+        let rb = batch.finish().unwrap();
+        assert_eq!(rb.num_rows(), 2);
+        let col = rb
+            .column_by_name("output.label")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow_array::Int64Array>()
+            .unwrap()
+            .clone();
+        assert_eq!(col.values().to_vec(), vec![0, 1]);
+    }
+
+    #[test]
+    fn a_missing_tensor_leaves_its_columns_missing() {
+        let layout = layout();
+        let values = layout.input_values(&[], 1);
+        assert!(values.iter().all(|v| *v == Value::Missing));
+    }
 }
