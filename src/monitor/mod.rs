@@ -345,8 +345,6 @@ impl VersionMonitor {
         u < self.sample_rate
     }
 
-    /// Hands a record to the writer. Never waits under `drop`; waits at most the configured
-    /// time under `block`. A record that does not fit is counted as dropped.
     /// A request's inputs read out for its record, or `None` (counted as dropped) when its
     /// values alone would exceed the log's queue budget: the size is checked before anything
     /// is allocated.
@@ -361,6 +359,8 @@ impl VersionMonitor {
         Some(values)
     }
 
+    /// Hands a record to the writer. Never waits under `drop`; waits at most the configured
+    /// time under `block`. A record that does not fit is counted as dropped.
     pub async fn log(&self, record: RequestRecord) {
         let m = &self.model;
         let bytes = record.data_bytes();
