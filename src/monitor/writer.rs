@@ -12,7 +12,9 @@ use serde_json::{json, Value as Json};
 use tokio::sync::mpsc;
 
 use cairn_monitor::baseline::{Baseline, BaselineOptions};
-use cairn_monitor::feedback::{self, FeedbackItem, Match, Predicted, PredictionIndex};
+use cairn_monitor::feedback::{
+    self, FeedbackItem, Match, Predicted, PredictionIndex, PredictionRef,
+};
 use cairn_monitor::log::{
     Fsync, LogOptions, LoggedColumn, PredictionBatch, PredictionLayout, RequestRecord, SegmentLog,
     Value,
@@ -59,6 +61,10 @@ pub(super) fn spawn(
             rows = recovered.recovered_rows, torn = recovered.torn_tails,
             "prediction log: segments left by an earlier run were sealed");
     }
+    let mut predictions = predictions;
+    predictions
+        .seal_in_background(&format!("seal-{}", monitor.name))
+        .map_err(|e| format!("cannot start the prediction log's sealer: {e}"))?;
     let (feedback, _) = SegmentLog::open(&dir.join("feedback"), feedback::schema(), options)
         .map_err(|e| format!("cannot open the feedback log: {e}"))?;
     let reports = dir.join("reports");
@@ -79,6 +85,7 @@ pub(super) fn spawn(
         baselines: dir.join("baselines"),
         monitor: Arc::clone(&monitor),
         spent: Vec::new(),
+        label: String::new(),
     };
     std::thread::Builder::new()
         .name(format!("log-{}", monitor.name))
@@ -106,6 +113,8 @@ struct Writer {
     comparer: Option<Comparer>,
     /// Value buffers of the records of this look, handed back to the request path after it.
     spent: Vec<Vec<Value>>,
+    /// A predicted class written out as text, reused from row to row.
+    label: String,
 }
 
 struct VersionState {
@@ -202,10 +211,12 @@ impl Writer {
             }
         });
         self.flush();
-        if let Err(e) = self.predictions.rotate() {
+        if let Err(e) = self.predictions.close() {
             tracing::error!(model = %self.monitor.name, error = %e, "prediction log not sealed");
         }
-        let _ = self.feedback.rotate();
+        if let Err(e) = self.feedback.close() {
+            tracing::error!(model = %self.monitor.name, error = %e, "feedback log not sealed");
+        }
         if let Some(comparer) = self.comparer.take() {
             comparer.finish();
         }
@@ -282,23 +293,27 @@ impl Writer {
         }
         // What the caller got is what feedback is compared with; a shadow's copy is not it.
         if record.arm != cairn_monitor::log::Arm::Shadow {
+            use cairn_monitor::column::FeatureKind;
+            let label = state
+                .prediction
+                .as_ref()
+                .filter(|c| c.kind == FeatureKind::Categorical);
+            let value = state
+                .prediction
+                .as_ref()
+                .filter(|c| c.kind == FeatureKind::Numeric);
             for row in 0..record.rows {
-                let predicted = Predicted {
+                let label = label.and_then(|c| {
+                    label_text(PredictionLayout::value(c, record, row), &mut self.label)
+                });
+                let predicted = PredictionRef {
                     version: record.version,
-                    label: state
-                        .prediction
-                        .as_ref()
-                        .filter(|c| c.kind == cairn_monitor::column::FeatureKind::Categorical)
-                        .and_then(|c| text(PredictionLayout::value(c, record, row).clone())),
-                    value: state
-                        .prediction
-                        .as_ref()
-                        .filter(|c| c.kind == cairn_monitor::column::FeatureKind::Numeric)
-                        .and_then(|c| number(PredictionLayout::value(c, record, row).clone())),
+                    label,
+                    value: value.and_then(|c| number(PredictionLayout::value(c, record, row))),
                     score: state
                         .score
                         .as_ref()
-                        .and_then(|c| number(PredictionLayout::value(c, record, row).clone())),
+                        .and_then(|c| number(PredictionLayout::value(c, record, row))),
                 };
                 self.index.insert(&record.id, row as u32, predicted);
             }
@@ -548,20 +563,27 @@ impl QualityWindow {
     }
 }
 
-fn text(v: Value) -> Option<String> {
+/// A predicted class as text, written into `buf` (reused from row to row) unless it is text
+/// already.
+fn label_text<'a>(v: &'a Value, buf: &'a mut String) -> Option<&'a str> {
+    use std::fmt::Write;
+    buf.clear();
     match v {
-        Value::Text(s) => Some(s),
-        Value::Integer(i) => Some(i.to_string()),
-        Value::Number(x) if x.is_finite() && x.fract() == 0.0 => Some(format!("{}", x as i64)),
-        Value::Number(x) if x.is_finite() => Some(format!("{x}")),
-        _ => None,
+        Value::Text(s) => return Some(s),
+        Value::Integer(i) => write!(buf, "{i}").ok()?,
+        Value::Number(x) if x.is_finite() && x.fract() == 0.0 => {
+            write!(buf, "{}", *x as i64).ok()?
+        }
+        Value::Number(x) if x.is_finite() => write!(buf, "{x}").ok()?,
+        _ => return None,
     }
+    Some(buf)
 }
 
-fn number(v: Value) -> Option<f64> {
+fn number(v: &Value) -> Option<f64> {
     match v {
-        Value::Number(x) => Some(x),
-        Value::Integer(i) => Some(i as f64),
+        Value::Number(x) => Some(*x),
+        Value::Integer(i) => Some(*i as f64),
         _ => None,
     }
 }
@@ -681,7 +703,8 @@ impl Comparer {
         let thread = std::thread::Builder::new()
             .name(format!("drift-{}", monitor.name))
             .spawn(move || {
-                lower_priority();
+                // Background work, like sealing: what the request path leaves over.
+                cairn_monitor::log::lower_priority();
                 for job in rx {
                     compare(&monitor, &reports, job);
                 }
@@ -713,17 +736,6 @@ impl Comparer {
     fn finish(self) {
         drop(self.tx);
         let _ = self.thread.join();
-    }
-}
-
-/// Drift comparisons are background work: on a machine whose cores the request path needs,
-/// the scheduler should give them only what is left over.
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: setpriority with PRIO_PROCESS and who = 0 changes the calling thread's nice value
-    // (Linux threads are scheduled as tasks); it reads and writes no memory of ours.
-    unsafe {
-        let _ = libc::setpriority(libc::PRIO_PROCESS, 0, 10);
     }
 }
 

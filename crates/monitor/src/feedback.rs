@@ -2,7 +2,7 @@
 //! predictions, so the join is a query away offline), and the in-memory index of recent
 //! predictions that live feedback is matched against.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use arrow_array::builder::{
@@ -76,6 +76,16 @@ pub struct Predicted {
     pub score: Option<f64>,
 }
 
+/// A prediction as it is handed to the index: borrowed, so that remembering a row allocates
+/// nothing on the writer thread.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PredictionRef<'a> {
+    pub version: u64,
+    pub label: Option<&'a str>,
+    pub value: Option<f64>,
+    pub score: Option<f64>,
+}
+
 /// How one feedback item fared.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Match {
@@ -86,58 +96,205 @@ pub enum Match {
     Unknown,
 }
 
+/// Bytes of ids and labels kept per row of capacity: the index's memory is bounded by its
+/// capacity whatever the callers' ids, and a flood of long ids only shortens what it remembers.
+pub const TEXT_PER_ROW: usize = 256;
+
 /// The most recent predictions, by request id and row, up to a fixed number of rows.
+///
+/// Every logged row passes through here on the writer thread, so it is kept flat: rows in a ring
+/// (oldest first), their ids and labels in one text buffer (the rows of one request share their
+/// id's bytes), and a table of positions in the ring. A map of owned keys cost an allocation
+/// and a free per row and was the writer's largest cost after sealing.
 pub struct PredictionIndex {
     capacity: usize,
+    text_capacity: usize,
     /// Keyed with a fast, per-process seeded hash: ids come from callers, but a flood of
     /// colliding ids can only slow the writer, which sheds records when its queue is full.
-    rows: HashMap<(Arc<str>, u32), (Predicted, bool), foldhash::fast::RandomState>,
-    order: VecDeque<(Arc<str>, u32)>,
+    hasher: foldhash::fast::RandomState,
+    /// Sequence numbers of the rows in `slots`.
+    table: hashbrown::HashTable<u64>,
+    slots: VecDeque<Slot>,
+    /// The sequence number of `slots[0]`.
+    first_seq: u64,
+    /// Ids and labels; `text[0]` is at offset `text_base` of everything ever appended.
+    text: Vec<u8>,
+    text_base: u64,
+    /// Where the newest id is, so the next rows of its request can share it.
+    last_id: Option<Span>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Span {
+    start: u64,
+    len: u32,
+}
+
+struct Slot {
+    hash: u64,
+    id: Span,
+    row: u32,
+    label: Option<Span>,
+    version: u64,
+    value: Option<f64>,
+    score: Option<f64>,
+    answered: bool,
 }
 
 impl PredictionIndex {
     pub fn new(capacity: usize) -> PredictionIndex {
+        let capacity = capacity.max(1);
         PredictionIndex {
-            capacity: capacity.max(1),
-            rows: HashMap::default(),
-            order: VecDeque::new(),
+            capacity,
+            text_capacity: capacity.saturating_mul(TEXT_PER_ROW),
+            hasher: foldhash::fast::RandomState::default(),
+            table: hashbrown::HashTable::new(),
+            slots: VecDeque::new(),
+            first_seq: 0,
+            text: Vec::new(),
+            text_base: 0,
+            last_id: None,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.slots.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.slots.is_empty()
     }
 
-    /// Remembers a prediction; the oldest goes once the index is full.
-    pub fn insert(&mut self, id: &Arc<str>, row: u32, predicted: Predicted) {
-        let key = (Arc::clone(id), row);
-        if self.rows.insert(key.clone(), (predicted, false)).is_none() {
-            self.order.push_back(key);
+    /// Bytes of ids and labels held.
+    pub fn text_bytes(&self) -> usize {
+        self.text.len()
+    }
+
+    /// Remembers a prediction; the oldest go once the index is full (by rows or by text). A row
+    /// already remembered keeps its first prediction.
+    pub fn insert(&mut self, id: &str, row: u32, predicted: PredictionRef<'_>) {
+        let hash = self.hash(id.as_bytes(), row);
+        if self.find(hash, id.as_bytes(), row).is_some() {
+            return;
         }
-        while self.rows.len() > self.capacity {
-            match self.order.pop_front() {
-                Some(old) => {
-                    self.rows.remove(&old);
-                }
-                None => break,
+        let shared = self
+            .last_id
+            .filter(|span| span.start >= self.text_base && self.bytes(*span) == id.as_bytes());
+        // Counted with the id even when it is shared: evicting may drop the bytes it shares.
+        let needed = predicted.label.map_or(0, str::len) + id.len();
+        if needed > self.text_capacity {
+            return;
+        }
+        while self.slots.len() >= self.capacity
+            || (self.text_live() + needed > self.text_capacity && !self.slots.is_empty())
+        {
+            self.evict_oldest();
+        }
+        // Evicting may have dropped the shared id's bytes.
+        let id_span = match shared.filter(|span| span.start >= self.text_base) {
+            Some(span) => span,
+            None => {
+                let span = self.append(id.as_bytes());
+                self.last_id = Some(span);
+                span
             }
-        }
+        };
+        let label = predicted.label.map(|l| self.append(l.as_bytes()));
+        let seq = self.first_seq + self.slots.len() as u64;
+        self.slots.push_back(Slot {
+            hash,
+            id: id_span,
+            row,
+            label,
+            version: predicted.version,
+            value: predicted.value,
+            score: predicted.score,
+            answered: false,
+        });
+        let (slots, first) = (&self.slots, self.first_seq);
+        self.table
+            .insert_unique(hash, seq, |s| slots[(*s - first) as usize].hash);
     }
 
     /// Matches one feedback item, marking its row answered.
     pub fn answer(&mut self, id: &str, row: u32) -> Match {
-        let key: (Arc<str>, u32) = (Arc::from(id), row);
-        match self.rows.get_mut(&key) {
-            None => Match::Unknown,
-            Some((_, true)) => Match::Duplicate,
-            Some((predicted, answered)) => {
-                *answered = true;
-                Match::Matched(predicted.clone())
+        let hash = self.hash(id.as_bytes(), row);
+        let Some(seq) = self.find(hash, id.as_bytes(), row) else {
+            return Match::Unknown;
+        };
+        let at = (seq - self.first_seq) as usize;
+        if self.slots[at].answered {
+            return Match::Duplicate;
+        }
+        self.slots[at].answered = true;
+        let slot = &self.slots[at];
+        Match::Matched(Predicted {
+            version: slot.version,
+            label: slot
+                .label
+                .map(|span| String::from_utf8_lossy(self.bytes(span)).into_owned()),
+            value: slot.value,
+            score: slot.score,
+        })
+    }
+
+    fn hash(&self, id: &[u8], row: u32) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one((id, row))
+    }
+
+    fn find(&self, hash: u64, id: &[u8], row: u32) -> Option<u64> {
+        self.table
+            .find(hash, |seq| {
+                let slot = &self.slots[(*seq - self.first_seq) as usize];
+                slot.row == row && self.bytes(slot.id) == id
+            })
+            .copied()
+    }
+
+    fn bytes(&self, span: Span) -> &[u8] {
+        let start = (span.start - self.text_base) as usize;
+        &self.text[start..start + span.len as usize]
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> Span {
+        let span = Span {
+            start: self.text_base + self.text.len() as u64,
+            len: bytes.len() as u32,
+        };
+        self.text.extend_from_slice(bytes);
+        span
+    }
+
+    /// Text still referred to: from the oldest row's id on.
+    fn text_live(&self) -> usize {
+        self.slots.front().map_or(0, |s| {
+            (self.text_base + self.text.len() as u64 - s.id.start) as usize
+        })
+    }
+
+    fn evict_oldest(&mut self) {
+        let Some(slot) = self.slots.pop_front() else {
+            return;
+        };
+        let seq = self.first_seq;
+        self.first_seq += 1;
+        if let Ok(entry) = self.table.find_entry(slot.hash, |s| *s == seq) {
+            entry.remove();
+        }
+        // Text before the oldest remaining row's id is dead; it is cut once it outweighs what
+        // lives, so each byte is moved at most once on average.
+        let live_from = match self.slots.front() {
+            Some(s) => s.id.start,
+            None => {
+                self.last_id = None;
+                self.text_base + self.text.len() as u64
             }
+        };
+        let dead = (live_from - self.text_base) as usize;
+        if dead > 0 && dead >= self.text.len() - dead {
+            self.text.drain(..dead);
+            self.text_base = live_from;
         }
     }
 }
@@ -145,33 +302,133 @@ impl PredictionIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
-    fn p(v: u64) -> Predicted {
-        Predicted {
+    fn p(v: u64) -> PredictionRef<'static> {
+        PredictionRef {
             version: v,
-            label: Some("1".into()),
+            label: Some("1"),
             value: None,
             score: Some(0.7),
+        }
+    }
+
+    fn owned(p: PredictionRef<'_>) -> Predicted {
+        Predicted {
+            version: p.version,
+            label: p.label.map(str::to_string),
+            value: p.value,
+            score: p.score,
         }
     }
 
     #[test]
     fn matches_once_and_forgets_the_oldest() {
         let mut index = PredictionIndex::new(2);
-        let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "b".into(), "c".into());
-        index.insert(&a, 0, p(1));
-        index.insert(&b, 0, p(1));
-        assert_eq!(index.answer("a", 0), Match::Matched(p(1)));
+        index.insert("a", 0, p(1));
+        index.insert("b", 0, p(1));
+        assert_eq!(index.answer("a", 0), Match::Matched(owned(p(1))));
         assert_eq!(index.answer("a", 0), Match::Duplicate);
         assert_eq!(index.answer("a", 1), Match::Unknown);
-        index.insert(&c, 0, p(2));
+        index.insert("c", 0, p(2));
         assert_eq!(index.len(), 2);
         assert_eq!(
             index.answer("a", 0),
             Match::Unknown,
             "the oldest was forgotten"
         );
-        assert_eq!(index.answer("c", 0), Match::Matched(p(2)));
+        assert_eq!(index.answer("c", 0), Match::Matched(owned(p(2))));
+    }
+
+    #[test]
+    fn a_row_inserted_twice_keeps_its_first_prediction() {
+        let mut index = PredictionIndex::new(4);
+        index.insert("a", 0, p(1));
+        index.insert("a", 0, p(2));
+        assert_eq!(index.len(), 1);
+        assert_eq!(index.answer("a", 0), Match::Matched(owned(p(1))));
+    }
+
+    /// Requests of several rows, ids of every length, labels or none, and far more rows than
+    /// the index holds: whatever it answers is what a plain map of the newest rows says.
+    #[test]
+    fn agrees_with_a_map_of_the_newest_rows() {
+        let capacity = 50;
+        let mut index = PredictionIndex::new(capacity);
+        let mut order: VecDeque<(String, u32)> = VecDeque::new();
+        let mut model: HashMap<(String, u32), (Predicted, bool)> = HashMap::new();
+        let labels = ["cat", "dog", "a-much-longer-label"];
+        let mut state = 7u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            state >> 33
+        };
+        for request in 0..2_000u64 {
+            let id = format!("{request}-{}", "x".repeat((next() % 40) as usize));
+            let rows = 1 + next() % 5;
+            for row in 0..rows as u32 {
+                let label = (next() % 4 != 0).then(|| labels[(next() % 3) as usize]);
+                let predicted = PredictionRef {
+                    version: request % 3,
+                    label,
+                    value: Some(row as f64),
+                    score: (next() % 2 == 0).then_some(0.25),
+                };
+                index.insert(&id, row, predicted);
+                order.push_back((id.clone(), row));
+                model.insert((id.clone(), row), (owned(predicted), false));
+                while order.len() > capacity {
+                    let old = order.pop_front().unwrap();
+                    model.remove(&old);
+                }
+            }
+            assert_eq!(index.len(), model.len());
+            // Ask about a recent row, a forgotten one and one never seen.
+            for back in [next() % 60, 0] {
+                let asked = request.saturating_sub(back);
+                let key = (format!("{asked}-"), (next() % 5) as u32);
+                let found = model
+                    .keys()
+                    .find(|(id, row)| id.starts_with(&key.0) && *row == key.1)
+                    .cloned();
+                match found {
+                    Some(key) => {
+                        let (predicted, answered) = model.get_mut(&key).unwrap();
+                        let want = if *answered {
+                            Match::Duplicate
+                        } else {
+                            Match::Matched(predicted.clone())
+                        };
+                        *answered = true;
+                        assert_eq!(index.answer(&key.0, key.1), want, "{key:?}");
+                    }
+                    None => {
+                        assert_eq!(index.answer(&key.0, key.1), Match::Unknown);
+                    }
+                }
+            }
+            assert!(index.text_bytes() <= 2 * capacity * TEXT_PER_ROW);
+        }
+    }
+
+    #[test]
+    fn long_ids_bound_the_bytes_kept() {
+        let capacity = 8;
+        let mut index = PredictionIndex::new(capacity);
+        let long = "y".repeat(TEXT_PER_ROW * 3);
+        for i in 0..100 {
+            let id = format!("{i}{long}");
+            index.insert(&id, 0, p(1));
+            assert!(index.text_live() <= capacity * TEXT_PER_ROW);
+            assert!(index.text_bytes() <= 2 * capacity * TEXT_PER_ROW);
+            assert_eq!(index.answer(&id, 0), Match::Matched(owned(p(1))));
+        }
+        assert!(index.len() < capacity, "long ids leave room for fewer rows");
+        let too_long = "z".repeat(capacity * TEXT_PER_ROW + 1);
+        index.insert(&too_long, 0, p(1));
+        assert_eq!(index.answer(&too_long, 0), Match::Unknown);
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub use prediction::{
     MAX_LOGGED_COLUMNS, META_COLUMNS,
 };
 pub use read::{read_dir, ReadReport};
-pub use segment::{Fsync, LogOptions, RecoveryReport, SegmentLog};
+pub use segment::{lower_priority, Fsync, LogOptions, RecoveryReport, SegmentLog};
 
 /// Why the log could not be written or read.
 #[derive(Debug, thiserror::Error)]

@@ -36,18 +36,41 @@ pub fn read_dir(dir: &Path) -> Result<(Vec<RecordBatch>, ReadReport), LogError> 
         })
         .collect();
     paths.sort();
+    // A segment being sealed is there twice for a moment: its Parquet copy holds the same rows.
+    let sealed: std::collections::HashSet<PathBuf> = paths
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .cloned()
+        .collect();
+    paths.retain(|p| {
+        p.extension().is_some_and(|e| e == "parquet")
+            || !sealed.contains(&p.with_extension("parquet"))
+    });
     let mut batches = Vec::new();
     let mut report = ReadReport::default();
     for path in paths {
         let (mut found, torn) = match path.extension().and_then(|e| e.to_str()) {
-            Some("parquet") => (read_parquet(&path)?, false),
-            _ => match read_stream(&path) {
-                Ok(read) => read,
-                // Sealed and removed between the listing and the read: its Parquet twin is next.
+            Some("parquet") => match read_parquet(&path) {
+                Ok(batches) => (batches, false),
+                // Deleted by retention between the listing and the read.
                 Err(LogError::Io { source, .. })
                     if source.kind() == std::io::ErrorKind::NotFound =>
                 {
                     continue
+                }
+                Err(e) => return Err(e),
+            },
+            _ => match read_stream(&path) {
+                Ok(read) => read,
+                // Sealed and removed between the listing and the read: its rows are in its
+                // Parquet copy now.
+                Err(LogError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    match read_parquet(&path.with_extension("parquet")) {
+                        Ok(batches) => (batches, false),
+                        Err(_) => continue,
+                    }
                 }
                 Err(e) => return Err(e),
             },

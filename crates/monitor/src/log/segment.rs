@@ -74,6 +74,18 @@ pub struct SegmentLog {
     /// Appended since the last sync.
     dirty: bool,
     last_sync: Instant,
+    /// Where closed segments go to be sealed, when sealing runs in the background.
+    sealer: Option<Sealer>,
+}
+
+/// Closed segments waiting for the sealer. Sealing one of 64 MiB takes seconds; beyond this many
+/// waiting, `rotate` seals inline (the writer slows down, nothing is lost).
+const SEALS_WAITING: usize = 4;
+
+/// The thread that rewrites closed segments as Parquet and applies retention after each.
+struct Sealer {
+    tx: std::sync::mpsc::SyncSender<PathBuf>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 struct Open {
@@ -137,7 +149,7 @@ impl SegmentLog {
                 _ => {}
             }
         }
-        let mut log = SegmentLog {
+        let log = SegmentLog {
             dir: dir.to_path_buf(),
             options,
             schema,
@@ -145,9 +157,32 @@ impl SegmentLog {
             next_seq,
             dirty: false,
             last_sync: Instant::now(),
+            sealer: None,
         };
-        log.apply_retention()?;
+        apply_retention(&log.dir, &log.options)?;
         Ok((log, report))
+    }
+
+    /// Seals closed segments on a thread of their own (at a lower priority), so that the
+    /// appender never waits for Parquet encoding: it was most of the prediction writer's time.
+    /// A segment closed while the sealer is [`SEALS_WAITING`] behind is sealed inline.
+    pub fn seal_in_background(&mut self, thread_name: &str) -> Result<(), LogError> {
+        if self.sealer.is_some() {
+            return Ok(());
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel::<PathBuf>(SEALS_WAITING);
+        let (dir, options) = (self.dir.clone(), self.options.clone());
+        let thread = std::thread::Builder::new()
+            .name(thread_name.to_string())
+            .spawn(move || {
+                lower_priority();
+                for path in rx {
+                    seal_and_retain(&path, &dir, &options);
+                }
+            })
+            .map_err(io(&self.dir))?;
+        self.sealer = Some(Sealer { tx, thread });
+        Ok(())
     }
 
     pub fn schema(&self) -> &SchemaRef {
@@ -229,13 +264,33 @@ impl SegmentLog {
         self.dirty = false;
         let path = open.path.clone();
         drop(open);
+        let path = match &self.sealer {
+            Some(sealer) => match sealer.tx.try_send(path) {
+                Ok(()) => return Ok(()),
+                Err(
+                    std::sync::mpsc::TrySendError::Full(path)
+                    | std::sync::mpsc::TrySendError::Disconnected(path),
+                ) => path,
+            },
+            None => path,
+        };
         seal(&path)?;
-        self.apply_retention()
+        apply_retention(&self.dir, &self.options)
     }
 
-    /// Seals everything: after a clean close every record is in a sealed segment.
+    /// Seals everything and waits for the sealer: after a clean close every record is in a
+    /// sealed segment.
     pub fn close(mut self) -> Result<(), LogError> {
-        self.rotate()
+        let sealed = self.rotate();
+        self.stop_sealer();
+        sealed
+    }
+
+    fn stop_sealer(&mut self) {
+        if let Some(Sealer { tx, thread }) = self.sealer.take() {
+            drop(tx);
+            let _ = thread.join();
+        }
     }
 
     /// Bytes in the directory's segments, the open one included.
@@ -291,32 +346,55 @@ impl SegmentLog {
             opened: Instant::now(),
         })
     }
+}
 
-    fn apply_retention(&mut self) -> Result<(), LogError> {
-        let (max_bytes, max_age) = (
-            self.options.retention_max_bytes,
-            self.options.retention_max_age,
-        );
-        if max_bytes.is_none() && max_age.is_none() {
-            return Ok(());
-        }
-        let list = segments(&self.dir)?;
-        let mut total: u64 = list.iter().map(|s| s.bytes).sum();
-        let now = SystemTime::now();
-        for s in list.iter().filter(|s| s.sealed) {
-            let too_big = max_bytes.is_some_and(|m| total > m);
-            let too_old =
-                max_age.is_some_and(|m| now.duration_since(s.modified).is_ok_and(|age| age > m));
-            if !(too_big || too_old) {
-                continue;
-            }
-            std::fs::remove_file(&s.path).map_err(io(&s.path))?;
-            total = total.saturating_sub(s.bytes);
-            tracing::info!(segment = %s.path.display(), bytes = s.bytes,
-                reason = if too_old { "age" } else { "size" }, "prediction log: segment deleted by retention");
-        }
-        Ok(())
+impl Drop for SegmentLog {
+    /// A log dropped without `close` still lets the sealer finish what it was given: a segment
+    /// left open is sealed at the next start either way.
+    fn drop(&mut self) {
+        self.stop_sealer();
     }
+}
+
+/// Seals one closed segment and applies retention, on the sealer thread: a failure is logged
+/// (the open segment stays, and the next start seals it).
+fn seal_and_retain(path: &Path, dir: &Path, options: &LogOptions) {
+    if let Err(e) = seal(path) {
+        tracing::error!(segment = %path.display(), error = %e,
+            "prediction log: segment not sealed; it is kept open and sealed at the next start");
+    }
+    if let Err(e) = apply_retention(dir, options) {
+        tracing::error!(dir = %dir.display(), error = %e, "prediction log: retention");
+    }
+}
+
+/// Deletes sealed segments beyond the retention limits, oldest first. It may run on the
+/// appender and the sealer at once: a segment another one deleted first is skipped.
+fn apply_retention(dir: &Path, options: &LogOptions) -> Result<(), LogError> {
+    let (max_bytes, max_age) = (options.retention_max_bytes, options.retention_max_age);
+    if max_bytes.is_none() && max_age.is_none() {
+        return Ok(());
+    }
+    let list = segments(dir)?;
+    let mut total: u64 = list.iter().map(|s| s.bytes).sum();
+    let now = SystemTime::now();
+    for s in list.iter().filter(|s| s.sealed) {
+        let too_big = max_bytes.is_some_and(|m| total > m);
+        let too_old =
+            max_age.is_some_and(|m| now.duration_since(s.modified).is_ok_and(|age| age > m));
+        if !(too_big || too_old) {
+            continue;
+        }
+        match std::fs::remove_file(&s.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(&s.path)(e)),
+        }
+        total = total.saturating_sub(s.bytes);
+        tracing::info!(segment = %s.path.display(), bytes = s.bytes,
+                reason = if too_old { "age" } else { "size" }, "prediction log: segment deleted by retention");
+    }
+    Ok(())
 }
 
 /// A segment file, oldest first by name.
@@ -337,7 +415,12 @@ fn segments(dir: &Path) -> Result<Vec<Segment>, LogError> {
             Some(OPEN_EXT) => false,
             _ => continue,
         };
-        let meta = entry.metadata().map_err(io(&path))?;
+        let meta = match entry.metadata() {
+            Ok(meta) => meta,
+            // Sealed or deleted between the listing and this look.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io(&path)(e)),
+        };
         out.push(Segment {
             bytes: meta.len(),
             modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
@@ -391,6 +474,17 @@ fn seal(open: &Path) -> Result<Sealed, LogError> {
         sync_dir(dir);
     }
     Ok(Sealed { rows, torn })
+}
+
+/// For background threads (sealing, drift comparison): on a machine whose cores the request
+/// path needs, the scheduler should give them only what is left over.
+pub fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority with PRIO_PROCESS and who = 0 changes the calling thread's nice value
+    // (Linux threads are scheduled as tasks); it reads and writes no memory of ours.
+    unsafe {
+        let _ = libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+    }
 }
 
 fn sync_dir(dir: &Path) {
