@@ -99,7 +99,7 @@ fn record(layout: &PredictionLayout, i: usize, rows: usize) -> RequestRecord {
     let mut values = layout.input_values(&inputs, rows);
     layout.fill_outputs(&mut values, rows, |k| outputs.get(k));
     RequestRecord {
-        id: Arc::from(format!("0193a1b2-c3d4-7e5f-8a9b-{i:012}")),
+        id: format!("0193a1b2-c3d4-7e5f-8a9b-{i:012}"),
         time_us: 1_796_000_000_000_000 + i as i64 * 100,
         version: 1,
         arm: Arm::Stable,

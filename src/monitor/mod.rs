@@ -53,39 +53,67 @@ pub struct ModelMonitor {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Rows matched with feedback since the server started (retraining counts them).
     pub(crate) labelled: AtomicU64,
-    /// Value buffers of written records, for the request path to fill again.
-    spare: Mutex<Vec<Vec<Value>>>,
+    /// Buffers of written records, for the request path to fill again.
+    spare: SparePool,
 }
 
-/// Spare value buffers kept per model, and the largest kept (in values): enough for the records
-/// of a few milliseconds under load, never more than a few MiB.
+/// Spare buffers kept per model, and the largest kept (in values, and bytes of id): enough for
+/// the records of a few milliseconds under load, never more than a few MiB.
 const SPARE_BUFFERS: usize = 1024;
 const SPARE_MAX_VALUES: usize = 4096;
+const SPARE_MAX_ID_BYTES: usize = 256;
 
-impl ModelMonitor {
-    /// An empty buffer for a record's values. A buffer is made on the request's thread and
-    /// freed on the writer's; glibc's allocator serves that (every request, under load) through
-    /// its arena locks, so the writer hands written buffers back instead.
-    fn buffer(&self) -> Vec<Value> {
-        self.spare.lock().pop().unwrap_or_default()
+/// What a record allocates, kept for the next one: its values and its id.
+#[derive(Debug, Default)]
+pub struct RecordBuffers {
+    pub values: Vec<Value>,
+    pub id: String,
+}
+
+/// Record buffers handed back by the writer. A buffer is made on the request's thread and freed
+/// on the writer's; glibc's allocator serves that (every request, under load) through its
+/// arena locks, so the writer hands written buffers back instead.
+#[derive(Default)]
+struct SparePool(Mutex<Vec<RecordBuffers>>);
+
+impl SparePool {
+    /// Empty buffers for a record: a spare one, or new ones.
+    fn take(&self) -> RecordBuffers {
+        self.0.lock().pop().unwrap_or_default()
     }
 
-    /// Takes back the buffers of written records (emptied here, on the writer's thread).
-    pub(super) fn give_back(&self, buffers: &mut Vec<Vec<Value>>) {
+    /// Takes back the buffers of written records (emptied here, on the writer's thread); beyond
+    /// [`SPARE_BUFFERS`], and those grown past the sizes kept, are freed. Leaves `buffers`
+    /// empty.
+    fn give_back(&self, buffers: &mut Vec<RecordBuffers>) {
+        buffers.retain(|b| {
+            b.values.capacity() <= SPARE_MAX_VALUES && b.id.capacity() <= SPARE_MAX_ID_BYTES
+        });
         for b in buffers.iter_mut() {
-            b.clear();
+            b.values.clear();
+            b.id.clear();
         }
-        let mut spare = self.spare.lock();
-        while let Some(b) = buffers.pop() {
-            if spare.len() >= SPARE_BUFFERS {
-                break;
-            }
-            if b.capacity() <= SPARE_MAX_VALUES {
-                spare.push(b);
-            }
-        }
+        let mut spare = self.0.lock();
+        let room = SPARE_BUFFERS.saturating_sub(spare.len());
+        let from = buffers.len().saturating_sub(room);
+        spare.extend(buffers.drain(from..));
         drop(spare);
         buffers.clear();
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().len()
+    }
+}
+
+impl ModelMonitor {
+    fn buffers(&self) -> RecordBuffers {
+        self.spare.take()
+    }
+
+    pub(super) fn give_back(&self, buffers: &mut Vec<RecordBuffers>) {
+        self.spare.give_back(buffers);
     }
 
     /// Moves the synced watermark forward (never back).
@@ -256,7 +284,7 @@ impl MonitorHub {
             name: name.to_string(),
             tx,
             queued_bytes: AtomicUsize::new(0),
-            spare: Mutex::new(Vec::new()),
+            spare: SparePool::default(),
             synced_through_us: AtomicI64::new(now_us()),
             settings: self.settings.clone(),
             metrics: self.metrics.clone(),
@@ -348,15 +376,17 @@ impl VersionMonitor {
     /// A request's inputs read out for its record, or `None` (counted as dropped) when its
     /// values alone would exceed the log's queue budget: the size is checked before anything
     /// is allocated.
-    pub fn input_values(&self, inputs: &[Tensor], rows: usize) -> Option<Vec<Value>> {
+    pub fn input_values(&self, id: &str, inputs: &[Tensor], rows: usize) -> Option<RecordBuffers> {
         let m = &self.model;
         if self.layout.values_bytes(rows) > m.settings.queue_bytes {
             m.metrics.record_log_dropped(&m.name, "queue_bytes");
             return None;
         }
-        let mut values = m.buffer();
-        self.layout.input_values_into(&mut values, inputs, rows);
-        Some(values)
+        let mut buffers = m.buffers();
+        self.layout
+            .input_values_into(&mut buffers.values, inputs, rows);
+        buffers.id.push_str(id);
+        Some(buffers)
     }
 
     /// Hands a record to the writer. Never waits under `drop`; waits at most the configured
@@ -450,4 +480,44 @@ fn layout_of(
         tracing::warn!("monitoring: {note}");
     }
     Ok(layout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn used(values: usize, id: &str) -> RecordBuffers {
+        RecordBuffers {
+            values: vec![Value::Missing; values],
+            id: id.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_spare_pool_keeps_emptied_buffers_within_its_caps() {
+        let pool = SparePool::default();
+        let mut spent = vec![
+            used(10, "a"),
+            used(SPARE_MAX_VALUES + 1, "too many values"),
+            used(1, &"x".repeat(SPARE_MAX_ID_BYTES + 1)),
+        ];
+        pool.give_back(&mut spent);
+        assert!(spent.is_empty());
+        assert_eq!(pool.len(), 1, "buffers grown past the caps are freed");
+        let b = pool.take();
+        assert!(b.values.is_empty() && b.id.is_empty(), "handed out empty");
+        assert!(b.values.capacity() >= 10, "with their allocation");
+        assert_eq!(pool.len(), 0);
+        assert!(
+            pool.take().values.capacity() == 0,
+            "an empty pool makes new ones"
+        );
+
+        let mut many: Vec<RecordBuffers> = (0..SPARE_BUFFERS + 10).map(|_| used(2, "id")).collect();
+        pool.give_back(&mut many);
+        assert_eq!(pool.len(), SPARE_BUFFERS);
+        let mut more = vec![used(2, "id")];
+        pool.give_back(&mut more);
+        assert_eq!(pool.len(), SPARE_BUFFERS, "never more than the cap");
+    }
 }

@@ -21,7 +21,9 @@ use cairn_monitor::log::{
 };
 use cairn_monitor::window::{ClosedWindow, Window};
 
-use super::{FeedbackAnswer, ModelMonitor, Msg, QualityState, VersionSetup, REPORTS_KEPT};
+use super::{
+    FeedbackAnswer, ModelMonitor, Msg, QualityState, RecordBuffers, VersionSetup, REPORTS_KEPT,
+};
 use crate::config::MonitoringConfig;
 
 /// Rows gathered before a batch is written even if the interval has not passed.
@@ -112,7 +114,7 @@ struct Writer {
     /// Where closed drift windows go to be compared; `None` once stopped.
     comparer: Option<Comparer>,
     /// Value buffers of the records of this look, handed back to the request path after it.
-    spent: Vec<Vec<Value>>,
+    spent: Vec<RecordBuffers>,
     /// A predicted class written out as text, reused from row to row.
     label: String,
 }
@@ -230,7 +232,8 @@ impl Writer {
                     .queued_bytes
                     .fetch_sub(record.data_bytes(), Ordering::AcqRel);
                 self.record(&record);
-                self.spent.push(record.values);
+                let RequestRecord { values, id, .. } = record;
+                self.spent.push(RecordBuffers { values, id });
             }
             Msg::Feedback(items, reply) => {
                 let _ = reply.send(self.feedback(items));

@@ -27,11 +27,11 @@ pub use tracker::{ArmSnapshot, ArmStats, ShadowSnapshot, ShadowStats, Tracker};
 use crate::batching::SchedulerError;
 use crate::config::RolloutConfig;
 use crate::metrics::FailureReason;
-use cairn_monitor::log::{Arm as LogArm, RequestRecord, Value};
+use cairn_monitor::log::{Arm as LogArm, RequestRecord};
 
 use crate::model::LoadedVersion;
 pub use crate::model::{InvalidRequest, OutputPick};
-use crate::monitor::VersionMonitor;
+use crate::monitor::{RecordBuffers, VersionMonitor};
 use crate::offload::Offload;
 use crate::request::InferRequest;
 use crate::tensor::Tensor;
@@ -272,7 +272,7 @@ impl Router {
         &self,
         model: &str,
         version: Option<&str>,
-        request: InferRequest,
+        mut request: InferRequest,
         keys: &(dyn RequestKeys + Sync),
     ) -> Result<InferResult, InferError> {
         let started = Instant::now();
@@ -286,7 +286,8 @@ impl Router {
             .filter(|m| m.sampled())
             .map(|m| Logged {
                 monitor: Arc::clone(m),
-                id: Arc::from(request.id.as_deref().unwrap_or_default()),
+                // Nothing past routing reads the id; the record takes a copy in its own buffer.
+                id: request.id.take().unwrap_or_default(),
                 time_us: crate::monitor::now_us(),
             });
         let (outcome, inputs) = run(
@@ -308,7 +309,8 @@ impl Router {
                 Arm::Direct => {}
             }
         }
-        if let (Some(logged), Some((mut values, rows))) = (logged, inputs) {
+        if let (Some(logged), Some((buffers, rows))) = (logged, inputs) {
+            let RecordBuffers { mut values, id } = buffers;
             let status = match &outcome {
                 Ok((outputs, _)) => {
                     logged.monitor.layout.fill_outputs(&mut values, rows, |i| {
@@ -327,7 +329,7 @@ impl Router {
             logged
                 .monitor
                 .log(RequestRecord {
-                    id: logged.id,
+                    id,
                     time_us: logged.time_us,
                     version: plan.target.version,
                     arm,
@@ -405,7 +407,7 @@ async fn run(
     shadow: Option<(&Arc<LoadedVersion>, &Arc<Tracker>)>,
     offload: &Offload,
     logged: Option<&Logged>,
-) -> (Outcome, Option<(Vec<Value>, usize)>) {
+) -> (Outcome, Option<(RecordBuffers, usize)>) {
     let (validated, picks) = match target.io.validate(request) {
         Ok(v) => v,
         Err(e) => return (Err(e.into()), None),
@@ -413,8 +415,8 @@ async fn run(
     // A logged request's record gets its inputs' values now; the tensors go to the engine.
     let inputs = logged.and_then(|l| {
         l.monitor
-            .input_values(&validated.inputs, validated.rows)
-            .map(|values| (values, validated.rows))
+            .input_values(&l.id, &validated.inputs, validated.rows)
+            .map(|buffers| (buffers, validated.rows))
     });
     let shadow_tx = shadow.and_then(|(candidate, tracker)| {
         shadow::start(target, candidate, &validated, tracker, offload, logged)
@@ -439,7 +441,7 @@ type Outcome = Result<(Vec<Tensor>, Vec<OutputPick>), InferError>;
 /// A request being logged: where to, its id and when it arrived.
 pub(crate) struct Logged {
     pub monitor: Arc<VersionMonitor>,
-    pub id: Arc<str>,
+    pub id: String,
     pub time_us: i64,
 }
 

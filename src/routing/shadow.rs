@@ -55,15 +55,16 @@ pub(super) fn start(
     let log = logged
         .zip(candidate.monitor.clone())
         .and_then(|(l, monitor)| {
-            let values = monitor.input_values(&request.inputs, request.rows)?;
-            Some((monitor, Arc::clone(&l.id), l.time_us, values, request.rows))
+            let buffers = monitor.input_values(&l.id, &request.inputs, request.rows)?;
+            Some((monitor, l.time_us, buffers, request.rows))
         });
     tokio::spawn(async move {
         let shadow_outputs = ticket.wait().await;
         tracker
             .candidate
             .record(shadow_outputs.is_ok(), started.elapsed());
-        if let Some((monitor, id, time_us, mut values, rows)) = log {
+        if let Some((monitor, time_us, buffers, rows)) = log {
+            let crate::monitor::RecordBuffers { mut values, id } = buffers;
             let status = match &shadow_outputs {
                 Ok(outputs) => {
                     monitor.layout.fill_outputs(&mut values, rows, |i| {

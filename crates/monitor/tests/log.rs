@@ -195,7 +195,11 @@ fn background_sealing_loses_and_repeats_nothing() {
         }
     }
     log.close().unwrap();
-    assert_eq!(files(dir.path(), "arrows"), 0, "close waited for the sealer");
+    assert_eq!(
+        files(dir.path(), "arrows"),
+        0,
+        "close waited for the sealer"
+    );
     assert!(files(dir.path(), "parquet") >= 2);
     let (batches, _) = read_dir(dir.path()).unwrap();
     assert_eq!(numbers(&batches), (0..10_000).collect::<Vec<_>>());

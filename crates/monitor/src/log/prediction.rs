@@ -59,7 +59,10 @@ pub type Status = &'static str;
 /// One request, as the request path hands it to the log.
 #[derive(Clone, Debug)]
 pub struct RequestRecord {
-    pub id: Arc<str>,
+    /// The request's id. A `String` the request path fills in a reused buffer: the record is
+    /// dropped on the writer's thread, and a fresh allocation per request freed there was the
+    /// allocator's largest cost on the request path.
+    pub id: String,
     /// Microseconds since the Unix epoch, when the request arrived.
     pub time_us: i64,
     pub version: u64,
@@ -76,7 +79,8 @@ pub struct RequestRecord {
 impl RequestRecord {
     /// Bytes the record holds (what the log's queue budget counts).
     pub fn data_bytes(&self) -> usize {
-        self.values.len() * std::mem::size_of::<Value>()
+        self.id.len()
+            + self.values.len() * std::mem::size_of::<Value>()
             + self
                 .values
                 .iter()
@@ -683,7 +687,7 @@ mod tests {
 
     fn record(values: Vec<Value>, rows: usize) -> RequestRecord {
         RequestRecord {
-            id: Arc::from("r"),
+            id: "r".into(),
             time_us: 0,
             version: 1,
             arm: Arm::Stable,
