@@ -91,9 +91,10 @@ impl Window {
             columns
                 .iter_mut()
                 .map(|(name, c)| {
+                    // The next window is likely as long: sized once, not grown row by row.
                     let empty = match c {
-                        Column::Numeric(_) => Column::Numeric(Vec::new()),
-                        Column::Categorical(_) => Column::Categorical(Vec::new()),
+                        Column::Numeric(v) => Column::Numeric(Vec::with_capacity(v.len())),
+                        Column::Categorical(v) => Column::Categorical(Vec::with_capacity(v.len())),
                     };
                     (name.clone(), std::mem::replace(c, empty))
                 })

@@ -731,8 +731,8 @@ mod tests {
             PredictionLayout::value(&layout.columns[4], &narrow, 0),
             &Value::Missing
         );
-        assert_eq!(r.data_bytes(), 10 * std::mem::size_of::<Value>());
-        assert_eq!(layout.values_bytes(2), r.data_bytes());
+        assert_eq!(r.data_bytes(), 1 + 10 * std::mem::size_of::<Value>());
+        assert_eq!(layout.values_bytes(2) + r.id.len(), r.data_bytes());
 
         let mut batch = PredictionBatch::new(layout.clone());
         batch.push(&r);
