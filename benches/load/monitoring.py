@@ -61,7 +61,7 @@ def main() -> None:
                 for variant in VARIANTS:
                     on = variant != "off"
                     repo = repo_for(work, model, variant)
-                    state = work / f"state-{model}-{pair}-{on}"
+                    state = work / f"state-{model}-{pair}-{variant}"
                     server = bench.Cairn(repo, extra=["--state-dir", str(state)])
                     try:
                         url = f"http://{server.addr}/v2/models/{model}/infer"
@@ -74,6 +74,8 @@ def main() -> None:
                         row["logged_rows"] = m.get(f'cairn_prediction_log_rows_total{{model="{model}"}}', 0)
                         row["dropped_rows"] = sum(v for k, v in m.items()
                                                   if k.startswith("cairn_prediction_log_dropped_total"))
+                        row["dropped_by_reason"] = {k: v for k, v in m.items()
+                                                    if k.startswith("cairn_prediction_log_dropped_total")}
                         row["drift_windows"] = sum(v for k, v in m.items()
                                                    if k.startswith("cairn_drift_windows_total"))
                         row["skipped_windows"] = sum(v for k, v in m.items()
