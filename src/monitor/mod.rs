@@ -135,7 +135,9 @@ pub struct VersionMonitor {
 /// Messages to a writer thread.
 pub(crate) enum Msg {
     Version(Box<VersionSetup>),
-    Record(RequestRecord),
+    /// A record and the bytes it was counted at in the queue's budget (counted once, on the
+    /// request path, and given back as counted).
+    Record(RequestRecord, usize),
     Feedback(
         Vec<FeedbackItem>,
         oneshot::Sender<Result<FeedbackAnswer, String>>,
@@ -401,9 +403,9 @@ impl VersionMonitor {
             return;
         }
         let sent = match m.settings.when_full {
-            WhenFull::Drop => m.tx.try_send(Msg::Record(record)).map_err(|_| ()),
+            WhenFull::Drop => m.tx.try_send(Msg::Record(record, bytes)).map_err(|_| ()),
             WhenFull::Block => {
-                m.tx.send_timeout(Msg::Record(record), m.settings.block)
+                m.tx.send_timeout(Msg::Record(record, bytes), m.settings.block)
                     .await
                     .map_err(|_| ())
             }

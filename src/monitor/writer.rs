@@ -88,6 +88,7 @@ pub(super) fn spawn(
         monitor: Arc::clone(&monitor),
         spent: Vec::new(),
         label: String::new(),
+        rows_taken: 0,
     };
     std::thread::Builder::new()
         .name(format!("log-{}", monitor.name))
@@ -117,6 +118,8 @@ struct Writer {
     spent: Vec<RecordBuffers>,
     /// A predicted class written out as text, reused from row to row.
     label: String,
+    /// Rows taken in this look, for the rows counter.
+    rows_taken: u64,
 }
 
 struct VersionState {
@@ -188,6 +191,13 @@ impl Writer {
                 if !self.spent.is_empty() {
                     self.monitor.give_back(&mut self.spent);
                 }
+                if self.rows_taken > 0 {
+                    // Counted per look, not per record: a labelled counter is a hash lookup.
+                    self.monitor
+                        .metrics
+                        .record_log_rows(&self.monitor.name, self.rows_taken);
+                    self.rows_taken = 0;
+                }
                 if took == 0 {
                     let until_flush = match self.batch_since {
                         Some(since) if !immediate => cadence.saturating_sub(since.elapsed()),
@@ -213,6 +223,9 @@ impl Writer {
             }
         });
         self.flush();
+        self.monitor
+            .metrics
+            .record_log_rows(&self.monitor.name, self.rows_taken);
         if let Err(e) = self.predictions.close() {
             tracing::error!(model = %self.monitor.name, error = %e, "prediction log not sealed");
         }
@@ -227,10 +240,8 @@ impl Writer {
     fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Version(setup) => self.add_version(*setup),
-            Msg::Record(record) => {
-                self.monitor
-                    .queued_bytes
-                    .fetch_sub(record.data_bytes(), Ordering::AcqRel);
+            Msg::Record(record, bytes) => {
+                self.monitor.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
                 self.record(&record);
                 let RequestRecord { values, id, .. } = record;
                 self.spent.push(RecordBuffers { values, id });
@@ -288,9 +299,7 @@ impl Writer {
             .expect("the version was found above");
         self.batch.push(record);
         self.batch_since.get_or_insert_with(Instant::now);
-        self.monitor
-            .metrics
-            .record_log_rows(&self.monitor.name, record.rows as u64);
+        self.rows_taken += record.rows as u64;
         if record.status != "ok" {
             return;
         }
