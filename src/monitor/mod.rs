@@ -108,14 +108,6 @@ impl SparePool {
 }
 
 impl ModelMonitor {
-    fn buffers(&self) -> RecordBuffers {
-        self.spare.take()
-    }
-
-    pub(super) fn give_back(&self, buffers: &mut Vec<RecordBuffers>) {
-        self.spare.give_back(buffers);
-    }
-
     /// Moves the synced watermark forward (never back).
     fn synced_through(&self, us: i64) {
         self.synced_through_us.fetch_max(us, Ordering::AcqRel);
@@ -384,7 +376,7 @@ impl VersionMonitor {
             m.metrics.record_log_dropped(&m.name, "queue_bytes");
             return None;
         }
-        let mut buffers = m.buffers();
+        let mut buffers = m.spare.take();
         self.layout
             .input_values_into(&mut buffers.values, inputs, rows);
         buffers.id.push_str(id);

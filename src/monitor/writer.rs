@@ -52,7 +52,7 @@ pub(super) fn spawn(
         fsync: Fsync::EveryAppend,
     };
     let empty = Arc::new(PredictionLayout::new(Vec::new()));
-    let (predictions, recovered) = SegmentLog::open(
+    let (mut predictions, recovered) = SegmentLog::open(
         &dir.join("predictions"),
         Arc::clone(empty.schema()),
         options.clone(),
@@ -63,7 +63,6 @@ pub(super) fn spawn(
             rows = recovered.recovered_rows, torn = recovered.torn_tails,
             "prediction log: segments left by an earlier run were sealed");
     }
-    let mut predictions = predictions;
     predictions
         .seal_in_background(&format!("seal-{}", monitor.name))
         .map_err(|e| format!("cannot start the prediction log's sealer: {e}"))?;
@@ -189,7 +188,7 @@ impl Writer {
                     }
                 }
                 if !self.spent.is_empty() {
-                    self.monitor.give_back(&mut self.spent);
+                    self.monitor.spare.give_back(&mut self.spent);
                 }
                 if self.rows_taken > 0 {
                     // Counted per look, not per record: a labelled counter is a hash lookup.

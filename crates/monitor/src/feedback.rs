@@ -166,7 +166,8 @@ impl PredictionIndex {
     }
 
     /// Bytes of ids and labels held.
-    pub fn text_bytes(&self) -> usize {
+    #[cfg(test)]
+    fn text_bytes(&self) -> usize {
         self.text.len()
     }
 

@@ -217,3 +217,31 @@ fn background_sealing_loses_and_repeats_nothing() {
     let (batches, _) = read_dir(dir.path()).unwrap();
     assert_eq!(*numbers(&batches).last().unwrap(), 9999);
 }
+
+/// A segment caught mid-seal, with its IPC stream and its Parquet copy side by side: read once.
+#[test]
+fn a_segment_in_both_forms_is_read_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options();
+    opts.segment_max_bytes = 1 << 30;
+    let (mut log, _) = SegmentLog::open(dir.path(), schema(), opts).unwrap();
+    for i in 0..4 {
+        log.append(&batch(i * 50, 50)).unwrap();
+    }
+    let open: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().and_then(|x| x.to_str()) == Some("arrows"))
+        .collect();
+    assert_eq!(open.len(), 1);
+    let stream = std::fs::read(&open[0]).unwrap();
+    log.close().unwrap();
+    std::fs::write(&open[0], stream).unwrap();
+    assert_eq!(
+        (files(dir.path(), "arrows"), files(dir.path(), "parquet")),
+        (1, 1)
+    );
+    let (batches, _) = read_dir(dir.path()).unwrap();
+    assert_eq!(numbers(&batches), (0..200).collect::<Vec<_>>());
+}
