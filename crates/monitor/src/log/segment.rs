@@ -429,6 +429,14 @@ fn segments(dir: &Path) -> Result<Vec<Segment>, LogError> {
         });
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
+    // A segment being sealed is there twice for a moment: counting both copies would make
+    // retention delete more than its limit asks (the newest sealed segment included).
+    let sealed: std::collections::HashSet<PathBuf> = out
+        .iter()
+        .filter(|s| s.sealed)
+        .map(|s| s.path.clone())
+        .collect();
+    out.retain(|s| s.sealed || !sealed.contains(&s.path.with_extension(SEALED_EXT)));
     Ok(out)
 }
 
