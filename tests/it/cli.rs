@@ -276,7 +276,9 @@ async fn in_flight_requests_finish_after_sigterm() {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(seen, 200.0, "all requests reached the server");
+    // A scrape reads the counter and the gauge one after the other, so a request finishing
+    // between the two reads is counted in both: the sum can overshoot, never undershoot.
+    assert!(seen >= 200.0, "all requests reached the server: {seen}");
     assert!(
         pending > 0.0,
         "requests are still in flight when the signal is sent"

@@ -521,3 +521,52 @@ fn parquet_err(path: &Path) -> impl Fn(parquet::errors::ParquetError) -> LogErro
         source,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, bytes: usize) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, vec![0u8; bytes]).unwrap();
+        path
+    }
+
+    /// The sealer has written `…-3.parquet` but not yet removed `…-3.arrows`. The sealed
+    /// segments fit the limit exactly, so retention must keep every one of them: counting the
+    /// IPC copy as well would delete the oldest.
+    #[test]
+    fn retention_counts_a_segment_caught_mid_seal_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let sealed: Vec<PathBuf> = (1..=3)
+            .map(|seq| write(dir.path(), &format!("100-{seq}.{SEALED_EXT}"), 4_000))
+            .collect();
+        let mid_seal = write(dir.path(), &format!("100-3.{OPEN_EXT}"), 9_000);
+        let open = write(dir.path(), &format!("100-4.{OPEN_EXT}"), 1_000);
+
+        let listed = segments(dir.path()).unwrap();
+        let names: Vec<_> = listed.iter().map(|s| s.path.clone()).collect();
+        assert_eq!(names, [&sealed[..], std::slice::from_ref(&open)].concat());
+
+        let options = LogOptions {
+            retention_max_bytes: Some(13_000),
+            retention_max_age: None,
+            ..LogOptions::default()
+        };
+        apply_retention(dir.path(), &options).unwrap();
+        for path in sealed.iter().chain([&mid_seal, &open]) {
+            assert!(path.exists(), "{} kept", path.display());
+        }
+
+        // One byte under the limit: only the oldest sealed segment goes.
+        let options = LogOptions {
+            retention_max_bytes: Some(12_999),
+            ..options
+        };
+        apply_retention(dir.path(), &options).unwrap();
+        assert!(!sealed[0].exists());
+        for path in sealed[1..].iter().chain([&mid_seal, &open]) {
+            assert!(path.exists(), "{} kept", path.display());
+        }
+    }
+}
