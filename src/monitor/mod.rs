@@ -8,6 +8,7 @@
 //! of tensors, Arrow building, disk writes, statistics — happens on the writer thread.
 
 mod quality;
+mod reports;
 mod writer;
 
 pub(crate) use writer::now_us;
