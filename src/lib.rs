@@ -21,5 +21,6 @@ pub mod routing;
 #[cfg(feature = "cuda")]
 pub mod selftest;
 pub mod server;
+pub mod throttle;
 pub mod tls;
 pub mod training;

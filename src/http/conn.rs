@@ -26,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::throttle::Throttle;
 use crate::tls::Tls;
 
 use super::AppState;
@@ -551,37 +552,6 @@ impl IdleTicks {
     }
 }
 
-/// Rate limit for warnings that an attacker could otherwise turn into a log flood.
-struct Throttle {
-    period: Duration,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl Throttle {
-    fn new(period: Duration) -> Throttle {
-        Throttle {
-            period,
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    /// `Some(events suppressed since the last line)` when a line is due.
-    fn due(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|t| now.duration_since(t) < self.period)
-        {
-            self.suppressed += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.suppressed))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -679,16 +649,6 @@ mod tests {
             steps.push(w.on_tick());
         }
         assert_eq!(steps.last(), Some(&Step::Close));
-    }
-
-    #[test]
-    fn throttled_lines_report_what_they_suppressed() {
-        let mut t = Throttle::new(Duration::from_secs(3600));
-        assert_eq!(t.due(), Some(0));
-        assert_eq!(t.due(), None);
-        assert_eq!(t.due(), None);
-        t.last = Some(Instant::now() - Duration::from_secs(7200));
-        assert_eq!(t.due(), Some(2));
     }
 
     #[test]

@@ -148,4 +148,3 @@ pub(super) fn store_report(dir: &Path, kind: &str, version: u64, at_us: i64, rep
         let _ = std::fs::remove_file(old);
     }
 }
-

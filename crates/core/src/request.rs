@@ -8,6 +8,12 @@ use bytes::Bytes;
 
 use crate::tensor::Tensor;
 
+/// The longest request id accepted, in bytes, on every front end. An id travels into the
+/// response body, the `x-request-id` header, the prediction log and the feedback index; a longer
+/// one is refused (400 / INVALID_ARGUMENT), never truncated, so the id a client sent is the id it
+/// gets back and the one its feedback must name.
+pub const MAX_ID_BYTES: usize = 1024;
+
 /// One inference request.
 #[derive(Debug)]
 pub struct InferRequest {
