@@ -134,6 +134,8 @@ struct Families {
     refused_connections: IntCounter,
     accept_errors: IntCounter,
     buffered_body_bytes: IntGauge,
+    unread_answer_bytes: IntGauge,
+    requests_refused: IntCounterVec,
     candidate_weight: GaugeVec,
     shadow_agreement: GaugeVec,
     gpu_copied: IntCounterVec,
@@ -359,6 +361,17 @@ impl Metrics {
             buffered_body_bytes: int_gauge_one(
                 "http_buffered_body_bytes",
                 "Request-body bytes held now across all connections (max_buffered_body_bytes).",
+            ),
+            unread_answer_bytes: int_gauge_one(
+                "http_unread_answer_bytes",
+                "Answer bytes produced and not yet written to their clients, across all \
+                 connections (counted in max_buffered_body_bytes with request bodies).",
+            ),
+            requests_refused: counter(
+                "http_requests_refused_total",
+                "Requests answered 503 before they ran because their connection holds too many \
+                 unread answers (connection) or the payload budget is spent (budget), by listener.",
+                &["listener", "reason"],
             ),
             uptime,
             request_success: counter(
@@ -840,6 +853,19 @@ impl Metrics {
     /// Counts request-body bytes taken (positive) or given back (negative).
     pub fn add_buffered_body_bytes(&self, delta: i64) {
         self.inner.buffered_body_bytes.add(delta);
+    }
+
+    /// Counts unread answer bytes produced (positive) or written (negative).
+    pub fn add_unread_answer_bytes(&self, delta: i64) {
+        self.inner.unread_answer_bytes.add(delta);
+    }
+
+    /// Counts a request refused at admission; `reason` is `connection` or `budget`.
+    pub fn record_request_refused(&self, listener: &'static str, reason: &'static str) {
+        self.inner
+            .requests_refused
+            .with_label_values(&[listener, reason])
+            .inc();
     }
 
     /// Renders the text exposition format.

@@ -4,10 +4,15 @@
 //! It is a second wire onto the same server: requests go through the same `routing` (rollouts,
 //! batching, logging), the same admin check and the same error type as HTTP, whose status each
 //! error's gRPC code is derived from. Connections go through the HTTP accept loop (connection
-//! limit, idle watchdog, drain on shutdown); tonic only decodes, dispatches and encodes.
+//! limit, watchdogs, admission, unread answers counted, drain on shutdown); each message is
+//! admitted by [`messages`] (size, time, budget, counts walked by [`scan`]) before tonic buffers
+//! it, and tonic only decodes, dispatches and encodes. Large requests are turned into tensors,
+//! and large results into messages, on the blocking pool, as HTTP does.
 
+mod messages;
 #[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
 pub mod proto;
+mod scan;
 mod tensors;
 mod views;
 
@@ -21,9 +26,10 @@ use tokio::sync::{mpsc, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::ModelConfig;
-use crate::http::{self as rest, Activity, ApiError, AppState, Protocol};
+use crate::http::{self as rest, ApiError, AppState, Protocol};
 use crate::repository::LoadOverride;
 use crate::routing::RequestKeys;
+use messages::{Bounds, Held, Messages};
 use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 
 /// Requests of one `ModelStreamInfer` stream in flight at once; the next waits for a slot, so a
@@ -43,25 +49,38 @@ pub async fn serve(
     // A message is bounded as an HTTP body is; responses are as large as the model makes them.
     .max_decoding_message_size(state.config.max_body_bytes)
     .max_encoding_message_size(usize::MAX);
+    let bounds = Bounds {
+        max_bytes: state.config.max_body_bytes,
+        timeout: state.config.connections.body_read_timeout,
+        budget: Arc::clone(&state.body_budget),
+    };
     rest::serve_connections(
         listener,
         state,
         shutdown,
         Protocol::Grpc,
         tls,
-        move |activity| Tracked {
+        move || Tracked {
             inner: service.clone(),
-            activity,
+            bounds: bounds.clone(),
         },
+        refusal,
     )
     .await
 }
 
-/// The tonic service as a hyper one, reporting each call to its connection's watchdog.
+/// A refusal at admission, as gRPC answers it: trailers-only, the status in the headers.
+fn refusal(e: ApiError) -> ::http::Response<StatusFixed> {
+    e.into_status()
+        .into_http::<tonic::body::Body>()
+        .map(|inner| StatusFixed { inner })
+}
+
+/// The tonic service as a hyper one, its request messages admitted on their way in.
 #[derive(Clone)]
 struct Tracked {
     inner: GrpcInferenceServiceServer<Api>,
-    activity: Arc<Activity>,
+    bounds: Bounds,
 }
 
 impl hyper::service::Service<http::Request<Incoming>> for Tracked {
@@ -71,27 +90,33 @@ impl hyper::service::Service<http::Request<Incoming>> for Tracked {
 
     fn call(&self, req: http::Request<Incoming>) -> Self::Future {
         use tonic::codegen::Service as _;
-        let in_flight = self.activity.begin(req.version());
         let mut inner = self.inner.clone();
+        let held = Held::default();
+        let (mut parts, body) = req.into_parts();
+        let body = Messages::new(body, parts.uri.path(), self.bounds.clone(), held.clone());
+        parts.extensions.insert(held);
+        let req = http::Request::from_parts(parts, body);
         Box::pin(async move {
             std::future::poll_fn(|cx| {
-                tonic::codegen::Service::<::http::Request<Incoming>>::poll_ready(&mut inner, cx)
+                tonic::codegen::Service::<::http::Request<Messages<Incoming>>>::poll_ready(
+                    &mut inner, cx,
+                )
             })
             .await?;
             let response = inner.call(req).await;
-            drop(in_flight);
             // A refusal before the handler ran is trailers-only: the status is in the headers.
             response.map(|mut r| {
-                too_large_is_resource_exhausted(r.headers_mut());
+                fix_status(r.headers_mut());
                 r.map(|body| StatusFixed { inner: body })
             })
         })
     }
 }
 
-/// gRPC's status guide names RESOURCE_EXHAUSTED for a message over the receiver's limit, and
-/// Triton's clients expect it; tonic's decoder answers OUT_OF_RANGE. The body passes through
-/// untouched except for that one status in its trailers.
+/// Two of tonic's statuses, corrected: gRPC's status guide names RESOURCE_EXHAUSTED for a
+/// message over the receiver's limit (Triton's clients expect it) where tonic's decoder answers
+/// OUT_OF_RANGE, and a message prost cannot decode is the client's error (INVALID_ARGUMENT),
+/// not INTERNAL. The body passes through untouched except for the status in its trailers.
 struct StatusFixed {
     inner: tonic::body::Body,
 }
@@ -108,7 +133,7 @@ impl http_body::Body for StatusFixed {
         if let std::task::Poll::Ready(Some(Ok(frame))) = polled {
             let mut frame = frame;
             if let Some(trailers) = frame.trailers_mut() {
-                too_large_is_resource_exhausted(trailers);
+                fix_status(trailers);
             }
             return std::task::Poll::Ready(Some(Ok(frame)));
         }
@@ -124,18 +149,25 @@ impl http_body::Body for StatusFixed {
     }
 }
 
-fn too_large_is_resource_exhausted(headers: &mut ::http::HeaderMap) {
-    let out_of_range = headers
-        .get("grpc-status")
-        .is_some_and(|v| v.as_bytes() == b"11");
-    let too_large = headers
+fn fix_status(headers: &mut ::http::HeaderMap) {
+    let Some(code) = headers.get("grpc-status").map(|v| v.as_bytes().to_vec()) else {
+        return;
+    };
+    let message = headers
         .get("grpc-message")
         .and_then(|m| m.to_str().ok())
-        .map(|m| percent_encoding::percent_decode_str(m).decode_utf8_lossy())
-        .is_some_and(|m| m.contains("message length too large"));
-    if out_of_range && too_large {
-        headers.insert("grpc-status", ::http::HeaderValue::from_static("8"));
-    }
+        .map(|m| {
+            percent_encoding::percent_decode_str(m)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .unwrap_or_default();
+    let fixed = match code.as_slice() {
+        b"11" if message.contains("message length too large") => "8",
+        b"13" if message.contains("failed to decode Protobuf message") => "3",
+        _ => return,
+    };
+    headers.insert("grpc-status", ::http::HeaderValue::from_static(fixed));
 }
 
 /// The service's state: the server's.
@@ -195,15 +227,25 @@ impl Api {
     }
 }
 
-/// One inference, from message to message.
+/// One inference, from message to message. `size` is what the message holds (its admitted
+/// bytes): a large one is turned into tensors, and a large result into a message, on the
+/// blocking pool.
 async fn infer(
     state: &AppState,
     mut message: proto::ModelInferRequest,
+    size: usize,
     keys: &Metadata,
 ) -> Result<proto::ModelInferResponse, ApiError> {
     let model = std::mem::take(&mut message.model_name);
     let named = std::mem::take(&mut message.model_version);
-    let mut request = tensors::decode(message)?;
+    let mut request = if size > rest::INLINE_LIMIT {
+        state
+            .offload
+            .run(move || tensors::decode(message))
+            .await??
+    } else {
+        tensors::decode(message)?
+    };
     // Every inference has an id, so a caller can send feedback for it later.
     let id = request
         .id
@@ -213,7 +255,15 @@ async fn infer(
         .router
         .infer(&model, version(&named), request, keys)
         .await?;
-    Ok(tensors::encode(&result, id))
+    let out: usize = result.picked().map(|(_, t, _)| t.binary_size()).sum();
+    if out > rest::INLINE_LIMIT {
+        Ok(state
+            .offload
+            .run(move || tensors::encode(&result, id))
+            .await?)
+    } else {
+        Ok(tensors::encode(&result, id))
+    }
 }
 
 type StreamResponses = Pin<
@@ -284,11 +334,14 @@ impl GrpcInferenceService for Api {
         &self,
         request: Request<proto::ModelInferRequest>,
     ) -> Result<Response<proto::ModelInferResponse>, Status> {
-        let (metadata, _, message) = request.into_parts();
+        // The message's reservation (in the extensions) is held until it is answered.
+        let (metadata, extensions, message) = request.into_parts();
+        let size = extensions.get::<Held>().map_or(0, Held::bytes);
         let result = match self.authorize_inference(&metadata) {
-            Ok(()) => infer(&self.state, message, &Metadata(metadata)).await,
+            Ok(()) => infer(&self.state, message, size, &Metadata(metadata)).await,
             Err(e) => Err(e),
         };
+        drop(extensions);
         self.finish("ModelInfer", result)
     }
 
@@ -300,7 +353,8 @@ impl GrpcInferenceService for Api {
         &self,
         request: Request<Streaming<proto::ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
-        let (metadata, _, mut inbound) = request.into_parts();
+        let (metadata, extensions, mut inbound) = request.into_parts();
+        let held = extensions.get::<Held>().cloned().unwrap_or_default();
         if let Err(e) = self.authorize_inference(&metadata) {
             let code = code_name(e.grpc_code());
             self.state.metrics.record_grpc("ModelStreamInfer", code);
@@ -320,13 +374,16 @@ impl GrpcInferenceService for Api {
                         break;
                     }
                 };
+                // Each message's reservation goes with it, held until it is answered.
+                let reservation = held.take();
+                let size = reservation.as_ref().map_or(0, |r| r.bytes());
                 let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
                     break;
                 };
                 let (state, keys, tx) = (Arc::clone(&state), Arc::clone(&keys), tx.clone());
                 tokio::spawn(async move {
                     let id = message.id.clone();
-                    let answer = match infer(&state, message, &keys).await {
+                    let answer = match infer(&state, message, size, &keys).await {
                         Ok(response) => {
                             state.metrics.record_grpc("ModelStreamInfer", "OK");
                             proto::ModelStreamInferResponse {
@@ -347,6 +404,7 @@ impl GrpcInferenceService for Api {
                             }
                         }
                     };
+                    drop(reservation);
                     let _ = tx.send(Ok(answer)).await;
                     drop(slot);
                 });
@@ -420,7 +478,8 @@ impl GrpcInferenceService for Api {
     ) -> Result<Response<proto::RepositoryModelLoadResponse>, Status> {
         let result = async {
             self.authorize(request.metadata())?;
-            let r = request.into_inner();
+            // The files' reservation is held until the load has written them.
+            let (_, _held, r) = request.into_parts();
             let with = load_override(&r.model_name, r.parameters)?;
             self.state
                 .repository

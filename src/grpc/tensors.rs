@@ -28,6 +28,7 @@ pub fn decode(message: proto::ModelInferRequest) -> Result<InferRequest, Protoco
         raw_input_contents,
         ..
     } = message;
+    crate::protocol::check_id(&id)?;
     if inputs.is_empty() {
         return Err(ProtocolError::NoInputs);
     }

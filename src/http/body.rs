@@ -2,7 +2,9 @@
 //! after decompression), the time it may take to arrive (`body_read_timeout_s`) and the bytes
 //! held by all bodies together (`max_buffered_body_bytes`, a [`BodyBudget`]). A body that would
 //! pass the shared bound is refused at once with 503 instead of waiting, so stalled uploads can
-//! never pile up memory. `gzip` and `deflate` bodies (tritonclient's
+//! never pile up memory. The same budget counts the answers a connection has produced and not
+//! yet written to its client (`http::answers`): what a slow reader holds is held from the same
+//! bound as what a slow writer does. `gzip` and `deflate` bodies (tritonclient's
 //! `request_compression_algorithm`) are inflated on the blocking pool, never on a runtime worker.
 
 use std::io::Read;
@@ -83,6 +85,30 @@ impl BodyBudget {
     fn give_back(&self, bytes: usize) {
         self.used.fetch_sub(bytes, Ordering::AcqRel);
         self.metrics.add_buffered_body_bytes(-(bytes as i64));
+    }
+
+    /// The limit, in bytes.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Whether everything the budget allows is held: new work that would add to it waits.
+    pub fn spent(&self) -> bool {
+        self.used() >= self.limit
+    }
+
+    /// Counts answer bytes produced and not yet written. An answer already made is counted even
+    /// past the limit (it exists either way); [`BodyBudget::spent`] then refuses new requests
+    /// that would make more.
+    pub fn add_answer(&self, bytes: usize) {
+        self.used.fetch_add(bytes, Ordering::AcqRel);
+        self.metrics.add_unread_answer_bytes(bytes as i64);
+    }
+
+    /// Gives back answer bytes written (or never to be written).
+    pub fn remove_answer(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+        self.metrics.add_unread_answer_bytes(-(bytes as i64));
     }
 
     fn busy(&self) -> ApiError {

@@ -2,11 +2,18 @@
 //! drained on shutdown without dropping a request that is already on the wire.
 //!
 //! Each connection runs on its own task beside a watchdog that samples its [`Activity`] (requests
-//! in flight, requests started) a few times per timeout; a connection with no request in flight
-//! and none started for a whole window is closed gracefully. The window is
-//! `header_read_timeout` until the first request head has arrived (so a client that sends only
-//! part of its headers, or nothing, is dropped) and `keep_alive_timeout` after. The request path
-//! pays two relaxed atomic increments and one decrement per request.
+//! in flight and started, bytes read and written, answers unread) a few times per timeout:
+//! - a connection with no request in flight and none started for a whole window is closed: the
+//!   window is `header_read_timeout` until the first request head has arrived (so a client that
+//!   sends only part of its headers, or nothing, is dropped) and `keep_alive_timeout` after;
+//! - an HTTP/1.1 head whose first bytes arrived between keep-alive requests must complete
+//!   within `header_read_timeout` of them too;
+//! - a connection whose client reads none of its waiting answers for `body_read_timeout` is
+//!   dropped, whatever is in flight (`answers` counts what waits).
+//!
+//! An HTTP/1.1 connection with nothing in flight is dropped rather than closed gracefully: a
+//! graceful close would wait for a half-sent head. The request path pays a few relaxed atomic
+//! operations per request and per socket read or write.
 //!
 //! On shutdown the listener closes at once. HTTP/2 connections get a GOAWAY. HTTP/1.1
 //! connections keep being served, every response now carrying `Connection: close`, and are
@@ -29,12 +36,17 @@ use tokio::sync::watch;
 use crate::throttle::Throttle;
 use crate::tls::Tls;
 
-use super::AppState;
+use super::{ApiError, AppState, BodyBudget};
 
 /// The largest request head (request line and headers) a client may send, and the most bytes
 /// hyper buffers per connection while reading one. Bounds what a connection that never finishes
 /// its headers can hold: `max_connections` × this.
 pub const MAX_HEAD_BYTES: usize = 128 << 10;
+
+/// Concurrent HTTP/2 streams per connection (gRPC calls included): enough for any client's
+/// concurrency, few enough that the answers one connection can have in the making stay small
+/// beside the payload budget.
+pub const MAX_STREAMS: u32 = 128;
 
 /// File descriptors kept for everything but client connections (model files, the state file,
 /// load-check pipes, the runtime itself).
@@ -48,12 +60,22 @@ const TICKS_PER_WINDOW: u32 = 4;
 /// At most one log line per this period for refused connections and accept errors.
 const LOG_PERIOD: Duration = Duration::from_secs(10);
 
-/// What the service and the watchdog of one connection share.
+/// What the service, the socket and the watchdog of one connection share.
 #[derive(Default)]
 pub struct Activity {
     in_flight: AtomicUsize,
     started: AtomicU64,
     http2: AtomicBool,
+    /// Bytes read from and written to the socket.
+    read: AtomicU64,
+    written: AtomicU64,
+    /// `read` when the last request ended: bytes read since, with nothing in flight, are the
+    /// start of the next HTTP/1.1 request head.
+    read_at_end: AtomicU64,
+    /// Answer bytes produced for this connection's client and not yet written to it.
+    unread: AtomicUsize,
+    /// Where unread answers are counted with every other payload; `None` in unit tests.
+    budget: Option<Arc<BodyBudget>>,
 }
 
 /// A request in flight on its connection; dropping it (also when the client went away and the
@@ -61,6 +83,13 @@ pub struct Activity {
 pub struct InFlight(Arc<Activity>);
 
 impl Activity {
+    fn new(http2: bool, budget: Arc<BodyBudget>) -> Activity {
+        let mut activity = Activity::default();
+        *activity.http2.get_mut() = http2;
+        activity.budget = Some(budget);
+        activity
+    }
+
     pub fn begin(self: &Arc<Self>, version: http::Version) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.started.fetch_add(1, Ordering::Relaxed);
@@ -69,11 +98,82 @@ impl Activity {
         }
         InFlight(Arc::clone(self))
     }
+
+    #[cfg(test)]
+    pub fn for_test(budget: Arc<BodyBudget>) -> Activity {
+        Activity::new(false, budget)
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Answer bytes produced and not yet written.
+    pub fn unread(&self) -> usize {
+        self.unread.load(Ordering::Relaxed)
+    }
+
+    /// Counts answer bytes produced (handed, or about to be handed, to the connection).
+    pub fn produced(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        self.unread.fetch_add(bytes, Ordering::AcqRel);
+        if let Some(budget) = &self.budget {
+            budget.add_answer(bytes);
+        }
+    }
+
+    /// Takes back answer bytes that will never be written (a body dropped before it was sent).
+    pub fn unproduced(&self, bytes: usize) {
+        self.release(bytes);
+    }
+
+    /// Counts bytes written to the socket: they are no longer held by the server. Frame and
+    /// header bytes are counted too, so the estimate errs towards less held, never more.
+    fn wrote(&self, bytes: usize) {
+        self.written.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.release(bytes);
+    }
+
+    fn release(&self, bytes: usize) {
+        let mut taken = 0;
+        let _ = self
+            .unread
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                taken = held.min(bytes);
+                Some(held - taken)
+            });
+        if taken > 0 {
+            if let Some(budget) = &self.budget {
+                budget.remove_answer(taken);
+            }
+        }
+    }
+
+    fn was_read(&self, bytes: usize) {
+        self.read.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        let read = self.0.read.load(Ordering::Relaxed);
+        self.0.read_at_end.store(read, Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Activity {
+    /// The connection and everything that answered on it are gone: so are its unread answers.
+    fn drop(&mut self) {
+        let held = *self.unread.get_mut();
+        if held > 0 {
+            if let Some(budget) = &self.budget {
+                budget.remove_answer(held);
+            }
+        }
     }
 }
 
@@ -221,6 +321,69 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// A connection's socket, counting what passes through it for the watchdog (a head that never
+/// completes, a client that reads nothing) and for the unread-answer count.
+struct Watched {
+    stream: Stream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            this.activity.was_read(buf.filled().len() - before);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            this.activity.wrote(n);
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = polled {
+            this.activity.wrote(n);
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
 /// Accepts HTTP connections until `shutdown` resolves, then drains them for up to the
 /// configured grace period.
 pub async fn serve(
@@ -236,33 +399,35 @@ pub async fn serve(
         shutdown,
         Protocol::Http,
         tls,
-        move |activity| {
+        move || {
             let state = Arc::clone(&handler);
-            hyper::service::service_fn(move |req| {
-                super::handle(Arc::clone(&state), Arc::clone(&activity), req)
-            })
+            hyper::service::service_fn(move |req| super::handle(Arc::clone(&state), req))
         },
+        ApiError::into_response,
     )
     .await
 }
 
-/// The accept loop every listener shares: the connection limit, the idle and header
-/// watchdogs, and the drain on shutdown. `make_service` builds one connection's service, given
-/// the activity it must report its requests to.
+/// The accept loop every listener shares: the connection limit, the idle, header and
+/// slow-reader watchdogs, admission of each request (`answers`), and the drain on shutdown.
+/// `make_service` builds one connection's service; `refuse` turns a refusal into the
+/// listener's own form of answer.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve_connections<S, B>(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()>,
     protocol: Protocol,
     tls: Option<Arc<Tls>>,
-    make_service: impl Fn(Arc<Activity>) -> S,
+    make_service: impl Fn() -> S,
+    refuse: fn(ApiError) -> http::Response<B>,
 ) where
     S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
         + Send
         + 'static,
     S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: hyper::body::Body + Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+    B: hyper::body::Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -272,7 +437,7 @@ pub async fn serve_connections<S, B>(
         let mut b = auto::Builder::new(TokioExecutor::new());
         b.http1().keep_alive(true).max_buf_size(MAX_HEAD_BYTES);
         b.http2()
-            .max_concurrent_streams(1024)
+            .max_concurrent_streams(MAX_STREAMS)
             .max_header_list_size(MAX_HEAD_BYTES as u32);
         if protocol == Protocol::Grpc {
             b = b.http2_only();
@@ -320,17 +485,27 @@ pub async fn serve_connections<S, B>(
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let activity = Arc::new(Activity {
-            http2: AtomicBool::new(protocol == Protocol::Grpc),
-            ..Activity::default()
-        });
-        let service = make_service(Arc::clone(&activity));
+        let activity = Arc::new(Activity::new(
+            protocol == Protocol::Grpc,
+            Arc::clone(&state.body_budget),
+        ));
+        let service = super::answers::Admitted {
+            inner: make_service(),
+            activity: Arc::clone(&activity),
+            budget: Arc::clone(&state.body_budget),
+            metrics: state.metrics.clone(),
+            listener: protocol.label(),
+            refuse,
+        };
         let open = OpenGuard::new(open_tx.clone(), state.metrics.clone());
         let mut watchdog = Watchdog::new(
-            activity,
+            Arc::clone(&activity),
             stop_rx.clone(),
-            limits.header_read_timeout,
-            limits.keep_alive_timeout,
+            Windows {
+                header: limits.header_read_timeout,
+                idle: limits.keep_alive_timeout,
+                send: limits.body_read_timeout,
+            },
         );
         let (builder, tls, metrics) = (Arc::clone(&builder), tls.clone(), state.metrics.clone());
         let handshake_window = limits.header_read_timeout;
@@ -360,6 +535,10 @@ pub async fn serve_connections<S, B>(
                     }
                 }
             };
+            let io = Watched {
+                stream: io,
+                activity,
+            };
             let conn = builder
                 .serve_connection(TokioIo::new(io), service)
                 .into_owned();
@@ -379,10 +558,8 @@ pub async fn serve_connections<S, B>(
                 match step {
                     Step::Wait => {}
                     Step::Close => conn.as_mut().graceful_shutdown(),
-                    Step::Drop => {
-                        tracing::debug!(
-                            "connection dropped: it did not close after a graceful shutdown"
-                        );
+                    Step::Drop(why) => {
+                        tracing::debug!(why = why.as_str(), "connection dropped");
                         return;
                     }
                 }
@@ -438,15 +615,32 @@ impl Drop for OpenGuard {
     }
 }
 
-/// Decides when a connection that stays idle is closed, and drains it on shutdown. A plain
-/// state machine fed ticks and the stop signal; the connection task carries out its steps.
+/// The windows a connection's watchdog applies.
+#[derive(Clone, Copy, Debug)]
+struct Windows {
+    /// A new connection's first request head, and any later HTTP/1.1 head once its first
+    /// bytes arrived, must be complete within this.
+    header: Duration,
+    /// A connection with nothing in flight and nothing started for this long is closed.
+    idle: Duration,
+    /// A connection holding unread answers whose client reads nothing for this long is dropped.
+    send: Duration,
+}
+
+/// Decides when a connection is closed: idle, a request head that never completes, or a client
+/// that reads none of its answers; and drains it on shutdown. A plain state machine fed ticks
+/// and the stop signal; the connection task carries out its steps.
 struct Watchdog {
     activity: Arc<Activity>,
     stop: watch::Receiver<bool>,
     stopping: bool,
-    header_window: Duration,
-    idle_window: Duration,
-    idle: IdleTicks,
+    windows: Windows,
+    /// Since when the connection has been quiet: nothing in flight, nothing started.
+    quiet: Quiet,
+    /// Since when bytes of an HTTP/1.1 head that has not completed have been waiting.
+    head_since: Option<Instant>,
+    /// Since when answers have waited with nothing written.
+    stalled: Stalled,
     closing_since: Option<Instant>,
 }
 
@@ -456,45 +650,74 @@ enum Step {
     Wait,
     /// Finish the exchange in progress, then close.
     Close,
-    /// Give up on a connection that did not close after `Close`.
-    Drop,
+    /// Close now.
+    Drop(Why),
+}
+
+/// Why a connection was dropped rather than closed gracefully.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Why {
+    /// An HTTP/1.1 connection with nothing in flight: nothing to finish (a half-sent head
+    /// included, which a graceful close would wait for).
+    NothingInFlight,
+    /// Its client read none of its answers for the send window.
+    NotReading,
+    /// It did not close within a window of its graceful close.
+    CloseTimedOut,
+}
+
+impl Why {
+    fn as_str(self) -> &'static str {
+        match self {
+            Why::NothingInFlight => "idle, or a request head not completed in time",
+            Why::NotReading => "its client read none of its answers within body_read_timeout_s",
+            Why::CloseTimedOut => "it did not close after a graceful shutdown",
+        }
+    }
 }
 
 impl Watchdog {
-    fn new(
-        activity: Arc<Activity>,
-        stop: watch::Receiver<bool>,
-        header_window: Duration,
-        idle_window: Duration,
-    ) -> Watchdog {
+    fn new(activity: Arc<Activity>, stop: watch::Receiver<bool>, windows: Windows) -> Watchdog {
         let stopping = *stop.borrow();
         Watchdog {
             activity,
             stop,
             stopping,
-            header_window,
-            idle_window,
-            idle: IdleTicks::default(),
+            windows,
+            quiet: Quiet::new(Instant::now()),
+            head_since: None,
+            stalled: Stalled::default(),
             closing_since: None,
         }
     }
 
-    /// The time to the next sample.
+    fn http2(&self) -> bool {
+        self.activity.http2.load(Ordering::Relaxed)
+    }
+
+    /// The time to the next sample: a fraction of the shortest window that applies now.
     fn tick(&self) -> Duration {
         if self.stopping {
-            DRAIN_TICK
-        } else if self.activity.started.load(Ordering::Relaxed) == 0 {
-            self.header_window / TICKS_PER_WINDOW
-        } else {
-            self.idle_window / TICKS_PER_WINDOW
+            return DRAIN_TICK;
         }
+        // An HTTP/1.1 connection may start a head at any moment, which must complete within
+        // the header window: it is sampled at that window's pace throughout.
+        let mut window = if self.activity.started.load(Ordering::Relaxed) == 0 || !self.http2() {
+            self.windows.header.min(self.windows.idle)
+        } else {
+            self.windows.idle
+        };
+        if self.activity.unread() > 0 {
+            window = window.min(self.windows.send);
+        }
+        window / TICKS_PER_WINDOW
     }
 
     fn on_stop(&mut self) -> Step {
         self.stopping = true;
-        self.idle = IdleTicks::default();
+        self.quiet = Quiet::new(Instant::now());
         // HTTP/2 has GOAWAY, which tells the client which requests were taken.
-        if self.activity.http2.load(Ordering::Relaxed) {
+        if self.http2() {
             self.close()
         } else {
             Step::Wait
@@ -502,20 +725,44 @@ impl Watchdog {
     }
 
     fn on_tick(&mut self) -> Step {
+        self.on_tick_at(Instant::now())
+    }
+
+    fn on_tick_at(&mut self, now: Instant) -> Step {
+        let a = &self.activity;
+        if self.stalled.observe(a, now) >= self.windows.send {
+            return Step::Drop(Why::NotReading);
+        }
+        let idle_h1 = !self.http2() && a.in_flight() == 0;
         if let Some(since) = self.closing_since {
             // A client that does not read its last response is not waited for.
-            return if since.elapsed() >= self.idle_window {
-                Step::Drop
+            return if idle_h1 {
+                Step::Drop(Why::NothingInFlight)
+            } else if now.duration_since(since) >= self.windows.idle {
+                Step::Drop(Why::CloseTimedOut)
             } else {
                 Step::Wait
             };
         }
-        let needed = if self.stopping {
-            DRAIN_IDLE_TICKS
+        // Bytes read since the last HTTP/1.1 request ended, with none in flight: the head of the
+        // next one, which must complete within the header window from its first bytes.
+        let head_waiting = idle_h1
+            && a.started.load(Ordering::Relaxed) > 0
+            && a.read.load(Ordering::Relaxed) > a.read_at_end.load(Ordering::Relaxed);
+        if !head_waiting {
+            self.head_since = None;
+        } else if self.head_since.get_or_insert(now).elapsed_at(now) >= self.windows.header {
+            return self.close();
+        }
+        let quiet = self.quiet.observe(a, now);
+        let window = if self.stopping {
+            DRAIN_TICK * DRAIN_IDLE_TICKS
+        } else if a.started.load(Ordering::Relaxed) == 0 {
+            self.windows.header
         } else {
-            TICKS_PER_WINDOW
+            self.windows.idle
         };
-        if self.idle.observe(&self.activity) >= needed {
+        if quiet >= window {
             self.close()
         } else {
             Step::Wait
@@ -523,6 +770,9 @@ impl Watchdog {
     }
 
     fn close(&mut self) -> Step {
+        if !self.http2() && self.activity.in_flight() == 0 {
+            return Step::Drop(Why::NothingInFlight);
+        }
         if self.closing_since.is_some() {
             return Step::Wait;
         }
@@ -531,24 +781,56 @@ impl Watchdog {
     }
 }
 
-/// Counts consecutive samples with nothing in flight and nothing started since the last one.
-#[derive(Default)]
-struct IdleTicks {
-    last_started: u64,
-    ticks: u32,
+trait ElapsedAt {
+    fn elapsed_at(&self, now: Instant) -> Duration;
 }
 
-impl IdleTicks {
-    fn observe(&mut self, activity: &Activity) -> u32 {
-        let started = activity.started.load(Ordering::Relaxed);
-        let busy = activity.in_flight.load(Ordering::Relaxed) > 0;
-        if busy || started != self.last_started {
-            self.last_started = started;
-            self.ticks = 0;
-        } else {
-            self.ticks += 1;
+impl ElapsedAt for Instant {
+    fn elapsed_at(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(*self)
+    }
+}
+
+/// How long a connection has had nothing in flight and nothing started.
+struct Quiet {
+    last_started: u64,
+    since: Instant,
+}
+
+impl Quiet {
+    fn new(now: Instant) -> Quiet {
+        Quiet {
+            last_started: 0,
+            since: now,
         }
-        self.ticks
+    }
+
+    fn observe(&mut self, activity: &Activity, now: Instant) -> Duration {
+        let started = activity.started.load(Ordering::Relaxed);
+        if activity.in_flight() > 0 || started != self.last_started {
+            self.last_started = started;
+            self.since = now;
+        }
+        now.saturating_duration_since(self.since)
+    }
+}
+
+/// How long answers have waited on a connection while nothing was written.
+#[derive(Default)]
+struct Stalled {
+    last_written: u64,
+    since: Option<Instant>,
+}
+
+impl Stalled {
+    fn observe(&mut self, activity: &Activity, now: Instant) -> Duration {
+        let written = activity.written.load(Ordering::Relaxed);
+        if activity.unread() == 0 || written != self.last_written {
+            self.last_written = written;
+            self.since = None;
+            return Duration::ZERO;
+        }
+        now.saturating_duration_since(*self.since.get_or_insert(now))
     }
 }
 
@@ -556,99 +838,166 @@ impl IdleTicks {
 mod tests {
     use super::*;
 
+    const WINDOWS: Windows = Windows {
+        header: Duration::from_secs(8),
+        idle: Duration::from_secs(40),
+        send: Duration::from_secs(20),
+    };
+
+    fn watchdog(activity: &Arc<Activity>, stop: watch::Receiver<bool>) -> Watchdog {
+        Watchdog::new(Arc::clone(activity), stop, WINDOWS)
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
     #[test]
-    fn idle_ticks_count_only_quiet_samples() {
+    fn quiet_time_restarts_with_every_request() {
         let activity = Arc::new(Activity::default());
-        let mut idle = IdleTicks::default();
-        assert_eq!(idle.observe(&activity), 1);
-        assert_eq!(idle.observe(&activity), 2);
+        let t0 = Instant::now();
+        let mut quiet = Quiet::new(t0);
+        assert_eq!(quiet.observe(&activity, t0 + secs(3)), secs(3));
         let request = activity.begin(http::Version::HTTP_11);
-        assert_eq!(idle.observe(&activity), 0);
+        assert_eq!(quiet.observe(&activity, t0 + secs(4)), Duration::ZERO);
         assert_eq!(
-            idle.observe(&activity),
-            0,
-            "a request in flight is not idle"
+            quiet.observe(&activity, t0 + secs(9)),
+            Duration::ZERO,
+            "a request in flight is not quiet"
         );
         drop(request);
-        assert_eq!(idle.observe(&activity), 1);
+        assert_eq!(quiet.observe(&activity, t0 + secs(10)), secs(1));
         drop(activity.begin(http::Version::HTTP_2));
         assert_eq!(
-            idle.observe(&activity),
-            0,
+            quiet.observe(&activity, t0 + secs(11)),
+            Duration::ZERO,
             "a request started since is activity"
         );
         assert!(activity.http2.load(Ordering::Relaxed));
     }
 
     #[test]
-    fn the_watchdog_closes_idle_connections_and_drains_on_stop() {
+    fn a_new_connection_gets_the_header_window_then_the_idle_one() {
         let activity = Arc::new(Activity::default());
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let mut w = Watchdog::new(
-            Arc::clone(&activity),
-            stop_rx,
-            Duration::from_secs(8),
-            Duration::from_secs(40),
-        );
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let mut w = watchdog(&activity, stop_rx);
+        let t0 = Instant::now();
+        assert_eq!(w.tick(), secs(2), "header window before any request");
+        assert_eq!(w.on_tick_at(t0 + secs(7)), Step::Wait);
         assert_eq!(
-            w.tick(),
-            Duration::from_secs(2),
-            "header window before any request"
+            w.on_tick_at(t0 + secs(9)),
+            Step::Drop(Why::NothingInFlight),
+            "no complete head within the header window: dropped, not closed gracefully"
         );
-        for _ in 0..TICKS_PER_WINDOW - 1 {
-            assert_eq!(w.on_tick(), Step::Wait);
-        }
-        let busy = activity.begin(http::Version::HTTP_11);
-        assert_eq!(w.on_tick(), Step::Wait);
-        assert_eq!(
-            w.tick(),
-            Duration::from_secs(10),
-            "keep-alive window after one"
-        );
-        drop(busy);
-        for _ in 0..TICKS_PER_WINDOW - 1 {
-            assert_eq!(w.on_tick(), Step::Wait);
-        }
-        assert_eq!(w.on_tick(), Step::Close);
-        assert_eq!(
-            w.on_tick(),
-            Step::Wait,
-            "closing, within the grace of one window"
-        );
-        w.closing_since = Some(Instant::now() - Duration::from_secs(41));
-        assert_eq!(w.on_tick(), Step::Drop);
 
+        let activity = Arc::new(Activity::default());
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let mut w = watchdog(&activity, stop_rx);
+        drop(activity.begin(http::Version::HTTP_11));
+        assert_eq!(w.on_tick_at(t0 + secs(1)), Step::Wait);
+        assert_eq!(
+            w.tick(),
+            secs(2),
+            "HTTP/1.1 is sampled at the header window's pace throughout"
+        );
+        assert_eq!(w.on_tick_at(t0 + secs(40)), Step::Wait);
+        assert_eq!(
+            w.on_tick_at(t0 + secs(42)),
+            Step::Drop(Why::NothingInFlight)
+        );
+    }
+
+    #[test]
+    fn a_head_started_between_keep_alive_requests_gets_the_header_window() {
+        let activity = Arc::new(Activity::default());
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let mut w = watchdog(&activity, stop_rx);
+        let t0 = Instant::now();
+        activity.was_read(100);
+        drop(activity.begin(http::Version::HTTP_11));
+        assert_eq!(
+            w.on_tick_at(t0 + secs(20)),
+            Step::Wait,
+            "idle, within keep-alive"
+        );
+        activity.was_read(10); // half of the next head
+        assert_eq!(w.on_tick_at(t0 + secs(21)), Step::Wait);
+        assert_eq!(w.on_tick_at(t0 + secs(28)), Step::Wait);
+        assert_eq!(
+            w.on_tick_at(t0 + secs(30)),
+            Step::Drop(Why::NothingInFlight),
+            "closed at the header timeout, not after the keep-alive one"
+        );
+    }
+
+    #[test]
+    fn a_client_that_reads_nothing_is_dropped_whatever_is_in_flight() {
+        let budget = BodyBudget::new(1 << 30, crate::metrics::Metrics::new());
+        let activity = Arc::new(Activity::new(true, Arc::clone(&budget)));
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let mut w = watchdog(&activity, stop_rx);
+        let t0 = Instant::now();
+        let busy = activity.begin(http::Version::HTTP_2);
+        activity.produced(1 << 20);
+        assert_eq!(budget.used(), 1 << 20);
+        assert_eq!(
+            w.tick(),
+            secs(5),
+            "the send window is the shortest that applies"
+        );
+        assert_eq!(w.on_tick_at(t0 + secs(1)), Step::Wait);
+        activity.wrote(1000);
+        assert_eq!(
+            w.on_tick_at(t0 + secs(15)),
+            Step::Wait,
+            "it reads: not stalled"
+        );
+        assert_eq!(
+            w.on_tick_at(t0 + secs(16)),
+            Step::Wait,
+            "nothing written since"
+        );
+        assert_eq!(w.on_tick_at(t0 + secs(35)), Step::Wait);
+        assert_eq!(w.on_tick_at(t0 + secs(37)), Step::Drop(Why::NotReading));
+        drop(busy);
+        drop(w);
+        drop(activity);
+        assert_eq!(
+            budget.used(),
+            0,
+            "the dropped connection gives back its answers"
+        );
+    }
+
+    #[test]
+    fn shutdown_closes_http2_at_once_and_drains_http1() {
+        let (stop_tx, _) = watch::channel(false);
         let h2 = Arc::new(Activity::default());
         drop(h2.begin(http::Version::HTTP_2));
-        let mut w = Watchdog::new(
-            Arc::clone(&h2),
-            stop_tx.subscribe(),
-            Duration::from_secs(8),
-            Duration::from_secs(40),
-        );
+        let mut w = watchdog(&h2, stop_tx.subscribe());
+        let busy = h2.begin(http::Version::HTTP_2);
         stop_tx.send(true).unwrap();
         assert_eq!(w.on_stop(), Step::Close, "HTTP/2 gets its GOAWAY at once");
+        let t0 = Instant::now();
+        assert_eq!(w.on_tick_at(t0), Step::Wait, "its streams finish");
+        assert_eq!(w.on_tick_at(t0 + secs(41)), Step::Drop(Why::CloseTimedOut));
+        drop(busy);
+
         let h1 = Arc::new(Activity::default());
-        let mut w = Watchdog::new(
-            Arc::clone(&h1),
-            stop_tx.subscribe(),
-            Duration::from_secs(8),
-            Duration::from_secs(40),
-        );
+        let mut w = watchdog(&h1, stop_tx.subscribe());
         assert!(w.stopping);
         assert_eq!(w.tick(), DRAIN_TICK);
+        drop(h1.begin(http::Version::HTTP_11));
         let busy = h1.begin(http::Version::HTTP_11);
+        let t0 = Instant::now();
         assert_eq!(
-            w.on_tick(),
+            w.on_tick_at(t0 + secs(5)),
             Step::Wait,
             "a request in flight is served while draining"
         );
         drop(busy);
-        let mut steps = Vec::new();
-        for _ in 0..DRAIN_IDLE_TICKS {
-            steps.push(w.on_tick());
-        }
-        assert_eq!(steps.last(), Some(&Step::Close));
+        assert_eq!(w.on_tick_at(t0 + secs(5)), Step::Wait);
+        assert_eq!(w.on_tick_at(t0 + secs(6)), Step::Drop(Why::NothingInFlight));
     }
 
     #[test]

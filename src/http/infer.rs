@@ -11,7 +11,7 @@ use crate::protocol::{self, InferResponse, ResponseOutput, HEADER_CONTENT_LENGTH
 
 /// Bodies (in or out) larger than this are decoded or encoded on the blocking pool, so one huge
 /// request cannot stall the other connections served by the same runtime worker.
-const INLINE_LIMIT: usize = 256 << 10;
+pub(crate) const INLINE_LIMIT: usize = 256 << 10;
 
 /// The response header that carries the request's id (also in the body's `id`).
 pub const REQUEST_ID_HEADER: &str = "x-request-id";

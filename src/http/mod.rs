@@ -4,6 +4,7 @@
 //! Handlers decode with `protocol`, call `routing` and `repository`, and encode; nothing here
 //! touches an engine or a queue directly.
 
+mod answers;
 mod body;
 mod conn;
 mod deployment;
@@ -25,11 +26,12 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-pub use body::BodyBudget;
+pub use body::{BodyBudget, Reservation};
 pub use conn::{raise_fd_limit, serve, MAX_HEAD_BYTES};
 pub use error::ApiError;
 // The gRPC front end shares the accept loop, the views and the admin check.
-pub(crate) use conn::{serve_connections, Activity, Protocol};
+pub(crate) use conn::{serve_connections, Protocol};
+pub(crate) use infer::INLINE_LIMIT;
 pub(crate) use models::{loaded_versions, stats_versions, EXTENSIONS};
 pub(crate) use routes::check_bearer;
 
@@ -95,11 +97,9 @@ impl AppState {
 
 async fn handle(
     state: Arc<AppState>,
-    activity: Arc<conn::Activity>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let version = req.version();
-    let _in_flight = activity.begin(version);
     let (endpoint, result) = routes::dispatch(&state, req).await;
     let mut response = result.unwrap_or_else(|e| {
         if e.status().is_server_error() {

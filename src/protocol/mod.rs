@@ -86,4 +86,19 @@ pub enum ProtocolError {
     RawInputCount { raw: usize, inputs: usize },
     #[error("request has more {what} than the limit of {limit}")]
     TooMany { what: &'static str, limit: usize },
+    #[error("the request id has {bytes} bytes, more than the limit of {limit}")]
+    IdTooLong { bytes: usize, limit: usize },
+}
+
+/// Refuses a request id longer than [`crate::request::MAX_ID_BYTES`]: one rule for every front
+/// end, so the id echoed in the body and in `x-request-id` is always the id sent, whole.
+pub fn check_id(id: &str) -> Result<(), ProtocolError> {
+    let limit = crate::request::MAX_ID_BYTES;
+    if id.len() > limit {
+        return Err(ProtocolError::IdTooLong {
+            bytes: id.len(),
+            limit,
+        });
+    }
+    Ok(())
 }

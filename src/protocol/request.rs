@@ -39,6 +39,9 @@ pub fn decode_request(
         });
     }
     let header: Header<'_> = serde_json::from_slice(&body[..json_len])?;
+    if let Some(id) = &header.id {
+        super::check_id(id)?;
+    }
     let mut binary = body.slice(json_len..);
 
     let mut parameters = header.parameters.unwrap_or_default();
