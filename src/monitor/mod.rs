@@ -109,6 +109,12 @@ impl SparePool {
 }
 
 impl ModelMonitor {
+    /// Counts categorical values cut as they entered a drift window.
+    fn count_truncated(&self, values: u64) {
+        self.metrics
+            .record_drift_values_truncated(&self.name, values);
+    }
+
     /// Moves the synced watermark forward (never back).
     fn synced_through(&self, us: i64) {
         self.synced_through_us.fetch_max(us, Ordering::AcqRel);

@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use serde_json::{json, Value as Json};
 
@@ -13,6 +15,7 @@ use cairn_monitor::window::ClosedWindow;
 use super::writer::micros_to_rfc3339;
 use super::{ModelMonitor, REPORTS_KEPT};
 use crate::config::MonitoringConfig;
+use crate::throttle::Throttle;
 
 /// A closed window on its way to be compared with its baseline.
 pub(super) struct Comparison {
@@ -27,11 +30,16 @@ pub(super) struct Comparison {
 /// writer, and beyond four waiting a window is skipped and counted.
 const COMPARISONS_WAITING: usize = 4;
 
+/// At most one "not compared" warning per this period: a client that keeps the comparer busy
+/// must not also flood the log.
+const SKIPPED_LOG_PERIOD: Duration = Duration::from_secs(10);
+
 /// The thread that compares a model's closed drift windows with their baselines and publishes
 /// the reports: in memory, on disk and in Prometheus.
 pub(super) struct Comparer {
     tx: std::sync::mpsc::SyncSender<Comparison>,
     thread: std::thread::JoinHandle<()>,
+    skipped_log: Mutex<Throttle>,
 }
 
 impl Comparer {
@@ -47,7 +55,11 @@ impl Comparer {
                 }
             })
             .map_err(|e| format!("cannot start the drift comparer: {e}"))?;
-        Ok(Comparer { tx, thread })
+        Ok(Comparer {
+            tx,
+            thread,
+            skipped_log: Mutex::new(Throttle::new(SKIPPED_LOG_PERIOD)),
+        })
     }
 
     /// Hands a closed window over, or skips it when the comparer is still busy with earlier
@@ -55,13 +67,17 @@ impl Comparer {
     /// span of it), whereas holding up the writer would lose records.
     pub(super) fn send(&self, job: Comparison, monitor: &ModelMonitor) {
         let version = job.version;
+        // Counted here, compared or not: the values were cut as they entered the window.
+        monitor.count_truncated(job.closed.truncated);
         match self.tx.try_send(job) {
             Ok(()) => {}
             Err(std::sync::mpsc::TrySendError::Full(_)) => {
                 monitor.metrics.record_drift_skipped(&monitor.name, version);
-                tracing::warn!(model = %monitor.name, version,
-                    "drift window not compared: the comparer is still busy with earlier ones \
-                     (raise monitoring.window_rows)");
+                if let Some(suppressed) = self.skipped_log.lock().due() {
+                    tracing::warn!(model = %monitor.name, version, suppressed,
+                        "drift window not compared: the comparer is still busy with earlier ones \
+                         (raise monitoring.window_rows)");
+                }
             }
             Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
                 tracing::error!(model = %monitor.name, "the drift comparer stopped");
