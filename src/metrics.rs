@@ -121,6 +121,7 @@ struct Families {
     log_bytes: IntGaugeVec,
     drift_windows: IntCounterVec,
     drift_skipped: IntCounterVec,
+    drift_truncated: IntCounterVec,
     drift_statistic: GaugeVec,
     drift_violations: IntCounterVec,
     feedback: IntCounterVec,
@@ -293,6 +294,16 @@ impl Metrics {
                 "Drift windows closed while the comparer was still busy with earlier ones, and \
                  not compared (their rows are in the log).",
                 VERSION_LABELS,
+            ),
+            drift_truncated: counter(
+                "drift_values_truncated_total",
+                &format!(
+                    "Categorical values cut to their first {} bytes as they entered drift \
+                     monitoring (a window or a baseline from logged rows); the log keeps them \
+                     whole.",
+                    cairn_monitor::category::MAX_CATEGORY_BYTES
+                ),
+                &["model"],
             ),
             drift_statistic: gauge(
                 "drift_statistic",
@@ -776,6 +787,16 @@ impl Metrics {
             .drift_skipped
             .with_label_values(&[model, &version.to_string()])
             .inc();
+    }
+
+    /// Counts categorical values cut as they entered a drift window.
+    pub fn record_drift_values_truncated(&self, model: &str, values: u64) {
+        if values > 0 {
+            self.inner
+                .drift_truncated
+                .with_label_values(&[model])
+                .inc_by(values);
+        }
     }
 
     /// Counts feedback rows by outcome.

@@ -131,27 +131,58 @@ fn record_trial_labels(state: &AppState, model: &str, outcomes: &[(u64, bool)]) 
 
 /// `GET /v2/models/{m}[/versions/{v}]/drift[?limit=N]`: the latest closed windows' reports
 /// (one by default), per version, with where each version's baseline came from and its live
-/// quality (as `/quality` answers it).
-pub fn drift(state: &AppState, model: &str, version: Option<&str>, query: Option<&str>) -> Reply {
+/// quality (as `/quality` answers it). Past [`INLINE_DRIFT_BYTES`] of reports, the answer is
+/// encoded on the blocking pool (503 when it is busy), never on a runtime thread.
+pub async fn drift(
+    state: &AppState,
+    model: &str,
+    version: Option<&str>,
+    query: Option<&str>,
+) -> Reply {
     let monitor = monitor_of(state, model)?;
     let version = parse_version(model, version)?;
     let limit = limit(query)?;
     let reports = monitor.drift(version, limit);
+    let bytes: usize = reports.values().flatten().map(|r| r.bytes).sum();
     let baselines = monitor.baselines();
     let quality = monitor.quality(version);
-    let versions: BTreeMap<String, Value> = reports
+    let versions: BTreeMap<String, VersionDrift> = reports
         .into_iter()
-        .map(|(v, list)| {
-            let q = quality.get(&v).and_then(|q| serde_json::to_value(q).ok());
-            (
-                v.to_string(),
-                json!({"baseline": baselines.get(&v), "reports": list, "quality": q}),
-            )
+        .map(|(v, reports)| {
+            let view = VersionDrift {
+                baseline: baselines.get(&v).cloned(),
+                quality: quality.get(&v).and_then(|q| serde_json::to_value(q).ok()),
+                reports,
+            };
+            (v.to_string(), view)
         })
         .collect();
-    Ok(json_response(
-        &json!({"model": model, "versions": versions}),
-    ))
+    let view = DriftView {
+        model: model.to_string(),
+        versions,
+    };
+    if bytes <= INLINE_DRIFT_BYTES {
+        return Ok(json_response(&view));
+    }
+    Ok(state.offload.run(move || json_response(&view)).await?)
+}
+
+/// Reports (serialized) up to which a drift answer is encoded on the runtime thread.
+const INLINE_DRIFT_BYTES: usize = 64 << 10;
+
+/// The drift answer: `{"model", "versions": {"<v>": {"baseline", "quality", "reports"}}}`; the
+/// reports are shared with the monitor, not copied.
+#[derive(serde::Serialize)]
+struct DriftView {
+    model: String,
+    versions: BTreeMap<String, VersionDrift>,
+}
+
+#[derive(serde::Serialize)]
+struct VersionDrift {
+    baseline: Option<String>,
+    quality: Option<Value>,
+    reports: Vec<crate::monitor::PublishedReport>,
 }
 
 /// `GET /v2/models/{m}[/versions/{v}]/quality`: live quality from feedback, per version: the

@@ -20,15 +20,16 @@ use serde_json::Value;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::monitor::ModelMonitor;
+use crate::monitor::{ModelMonitor, PublishedReport};
 use crate::rollout::DeploymentView;
 use crate::routing::RouteError;
 
 type Reply = Result<Response<Full<Bytes>>, ApiError>;
 
-/// Reports with more features and outputs than this are drawn on the blocking pool: a page is
-/// linear in them, and a model with thousands of features would hold a runtime thread.
-const INLINE_FEATURES: usize = 64;
+/// Reports larger than this (serialized) are drawn on the blocking pool: a page is linear in its
+/// report, and drawing one of thousands of features would hold a runtime thread. Categorical
+/// values are bounded, so a report's size follows its features; 32 KiB is some 40 numeric ones.
+const INLINE_REPORT_BYTES: usize = 32 << 10;
 
 /// The browser may load nothing and run nothing: only the page's own inline style.
 const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; \
@@ -316,17 +317,13 @@ pub async fn drift_report(state: &AppState, model: &str, version: Option<&str>) 
         Some(v) => format!("Drift report: {model}, version {v}"),
         None => format!("Drift report: {model}"),
     };
-    let large = report.as_ref().is_some_and(|r| {
-        ["features", "outputs"]
-            .iter()
-            .filter_map(|k| r.get(*k).and_then(Value::as_object))
-            .map(|m| m.len())
-            .sum::<usize>()
-            > INLINE_FEATURES
-    });
+    let large = report
+        .as_ref()
+        .is_some_and(|r| r.bytes > INLINE_REPORT_BYTES);
     let render = move || {
-        let subtitle = report.as_ref().map(html::window_line).unwrap_or_default();
-        let body = nav + &html::drift_body(report.as_ref(), &quality);
+        let report = report.as_ref().map(|r| r.json.as_ref());
+        let subtitle = report.map(html::window_line).unwrap_or_default();
+        let body = nav + &html::drift_body(report, &quality);
         html::page(&title, &subtitle, &body)
     };
     let page = if large {
@@ -358,7 +355,7 @@ fn navigation(
     monitor: &ModelMonitor,
     model: &str,
     shown: Option<u64>,
-    reports: &BTreeMap<u64, Vec<Value>>,
+    reports: &BTreeMap<u64, Vec<PublishedReport>>,
 ) -> String {
     let link = segment(model);
     let mut out = String::from("<section><p><a href=\"/\">All models</a>");

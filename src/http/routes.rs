@@ -236,7 +236,7 @@ pub async fn dispatch(state: &AppState, req: Request<Incoming>) -> (&'static str
         Route::RepositoryLoad => repository::load(state, &model, req).await,
         Route::RepositoryUnload => repository::unload(state, &model, req).await,
         Route::Feedback => monitoring::feedback(state, &model, req).await,
-        Route::Drift => monitoring::drift(state, &model, version, req.uri().query()),
+        Route::Drift => monitoring::drift(state, &model, version, req.uri().query()).await,
         Route::Quality => monitoring::quality(state, &model, version),
         // The page is public; what it shows of deployments needs the admin token, as
         // `GET /v2/deployments` does.

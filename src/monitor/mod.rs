@@ -11,6 +11,7 @@ mod quality;
 mod reports;
 mod writer;
 
+pub use reports::PublishedReport;
 pub(crate) use writer::now_us;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -109,6 +110,12 @@ impl SparePool {
 }
 
 impl ModelMonitor {
+    /// Counts categorical values cut as they entered a drift window.
+    fn count_truncated(&self, values: u64) {
+        self.metrics
+            .record_drift_values_truncated(&self.name, values);
+    }
+
     /// Moves the synced watermark forward (never back).
     fn synced_through(&self, us: i64) {
         self.synced_through_us.fetch_max(us, Ordering::AcqRel);
@@ -165,7 +172,7 @@ pub struct FeedbackAnswer {
 /// Reports the writer publishes, per version.
 #[derive(Default)]
 pub(crate) struct Published {
-    pub drift: BTreeMap<u64, VecDeque<serde_json::Value>>,
+    pub drift: reports::KeptReports,
     pub quality: BTreeMap<u64, QualityState>,
     pub baselines: BTreeMap<u64, String>,
 }
@@ -179,6 +186,15 @@ pub(crate) struct QualityState {
 
 /// Drift reports and quality windows kept per version, in memory and on disk.
 pub const REPORTS_KEPT: usize = 200;
+
+/// Bytes of drift reports (serialized) kept in memory per model, over all its versions; beyond,
+/// the oldest go first. A report of a few dozen features is tens of KiB, so this keeps the
+/// [`REPORTS_KEPT`] of each version of most models; one of thousands of features keeps fewer.
+pub const REPORT_MEMORY_BYTES: usize = 16 << 20;
+
+/// Bytes of report files (drift and quality) kept per model in `<log>/<model>/reports/`; beyond,
+/// the oldest are deleted first.
+pub const REPORT_DISK_BYTES: u64 = 64 << 20;
 
 impl MonitorHub {
     pub fn new(settings: MonitorSettings, metrics: Metrics) -> MonitorHub {
@@ -313,22 +329,10 @@ impl ModelMonitor {
             .map_err(|_| "the prediction log writer stopped".to_string())?
     }
 
-    /// The latest drift reports of every version (or one), newest last.
-    pub fn drift(
-        &self,
-        version: Option<u64>,
-        limit: usize,
-    ) -> BTreeMap<u64, Vec<serde_json::Value>> {
-        let published = self.published.read();
-        published
-            .drift
-            .iter()
-            .filter(|(v, _)| version.is_none_or(|want| want == **v))
-            .map(|(v, reports)| {
-                let skip = reports.len().saturating_sub(limit);
-                (*v, reports.iter().skip(skip).cloned().collect())
-            })
-            .collect()
+    /// The latest drift reports of every version (or one), newest last. Shared, not copied:
+    /// the lock is held only to clone their handles.
+    pub fn drift(&self, version: Option<u64>, limit: usize) -> BTreeMap<u64, Vec<PublishedReport>> {
+        self.published.read().drift.latest(version, limit)
     }
 
     /// Live quality of every version (or one).

@@ -1,18 +1,25 @@
 //! Drift reports: closed windows compared with their baselines on the model's comparer thread,
 //! and reports kept in memory, on disk and in Prometheus.
+//!
+//! What is kept is bounded in count and in bytes, in memory ([`KeptReports`]) and on disk
+//! ([`store_report`]): a report's size follows its features and, categorical values being
+//! bounded too (`cairn_monitor::category`), nothing a client sends makes it grow further.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use serde_json::{json, Value as Json};
 
 use cairn_monitor::baseline::Baseline;
 use cairn_monitor::window::ClosedWindow;
 
 use super::writer::micros_to_rfc3339;
-use super::{ModelMonitor, REPORTS_KEPT};
+use super::{ModelMonitor, REPORTS_KEPT, REPORT_DISK_BYTES, REPORT_MEMORY_BYTES};
 use crate::config::MonitoringConfig;
+use crate::throttle::Throttle;
 
 /// A closed window on its way to be compared with its baseline.
 pub(super) struct Comparison {
@@ -27,11 +34,16 @@ pub(super) struct Comparison {
 /// writer, and beyond four waiting a window is skipped and counted.
 const COMPARISONS_WAITING: usize = 4;
 
+/// At most one "not compared" warning per this period: a client that keeps the comparer busy
+/// must not also flood the log.
+const SKIPPED_LOG_PERIOD: Duration = Duration::from_secs(10);
+
 /// The thread that compares a model's closed drift windows with their baselines and publishes
 /// the reports: in memory, on disk and in Prometheus.
 pub(super) struct Comparer {
     tx: std::sync::mpsc::SyncSender<Comparison>,
     thread: std::thread::JoinHandle<()>,
+    skipped_log: Mutex<Throttle>,
 }
 
 impl Comparer {
@@ -47,7 +59,11 @@ impl Comparer {
                 }
             })
             .map_err(|e| format!("cannot start the drift comparer: {e}"))?;
-        Ok(Comparer { tx, thread })
+        Ok(Comparer {
+            tx,
+            thread,
+            skipped_log: Mutex::new(Throttle::new(SKIPPED_LOG_PERIOD)),
+        })
     }
 
     /// Hands a closed window over, or skips it when the comparer is still busy with earlier
@@ -55,13 +71,17 @@ impl Comparer {
     /// span of it), whereas holding up the writer would lose records.
     pub(super) fn send(&self, job: Comparison, monitor: &ModelMonitor) {
         let version = job.version;
+        // Counted here, compared or not: the values were cut as they entered the window.
+        monitor.count_truncated(job.closed.truncated);
         match self.tx.try_send(job) {
             Ok(()) => {}
             Err(std::sync::mpsc::TrySendError::Full(_)) => {
                 monitor.metrics.record_drift_skipped(&monitor.name, version);
-                tracing::warn!(model = %monitor.name, version,
-                    "drift window not compared: the comparer is still busy with earlier ones \
-                     (raise monitoring.window_rows)");
+                if let Some(suppressed) = self.skipped_log.lock().due() {
+                    tracing::warn!(model = %monitor.name, version, suppressed,
+                        "drift window not compared: the comparer is still busy with earlier ones \
+                         (raise monitoring.window_rows)");
+                }
             }
             Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
                 tracing::error!(model = %monitor.name, "the drift comparer stopped");
@@ -93,13 +113,13 @@ fn compare(monitor: &ModelMonitor, reports: &Path, job: Comparison) {
         &report,
         config.max_metric_features as usize,
     );
-    store_report(reports, "drift", version, closed.to_us, &report);
-    let mut published = monitor.published.write();
-    let kept = published.drift.entry(version).or_default();
-    kept.push_back(report);
-    while kept.len() > REPORTS_KEPT {
-        kept.pop_front();
-    }
+    let bytes = store_report(reports, "drift", version, closed.to_us, &report);
+    let report = PublishedReport {
+        json: Arc::new(report),
+        bytes,
+    };
+    let pushed_out = monitor.published.write().drift.push(version, report);
+    drop(pushed_out);
 }
 
 fn drift_report(
@@ -122,29 +142,310 @@ fn drift_report(
     out
 }
 
-/// Keeps a report on disk, the newest [`REPORTS_KEPT`] of its kind and version.
-pub(super) fn store_report(dir: &Path, kind: &str, version: u64, at_us: i64, report: &Json) {
-    let path = dir.join(format!("{kind}-{version}-{at_us:016}.json"));
-    if let Err(e) = std::fs::write(&path, report.to_string()) {
-        tracing::error!(path = %path.display(), error = %e, "report not stored");
-        return;
+/// A published drift report: its JSON, shared by every reader (a reader clones the `Arc`, never
+/// the report), and its size serialized, which bounds what is kept and tells a handler whether
+/// to draw or encode it off the runtime.
+#[derive(Clone, Debug)]
+pub struct PublishedReport {
+    pub json: Arc<Json>,
+    pub bytes: usize,
+}
+
+/// As its JSON.
+impl serde::Serialize for PublishedReport {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.json.serialize(serializer)
     }
-    let prefix = format!("{kind}-{version}-");
-    let mut kept: Vec<PathBuf> = std::fs::read_dir(dir)
+}
+
+/// A model's drift reports in memory, per version, oldest first: at most [`REPORTS_KEPT`] per
+/// version and [`REPORT_MEMORY_BYTES`] (serialized) over all its versions. Beyond either, the
+/// oldest go first, whatever their version; the newest report always stays.
+#[derive(Debug, Default)]
+pub(crate) struct KeptReports {
+    /// Each report with its place in publishing order.
+    versions: BTreeMap<u64, VecDeque<(u64, PublishedReport)>>,
+    bytes: usize,
+    published: u64,
+}
+
+impl KeptReports {
+    /// Keeps `report`, and hands back the reports it pushed out, for the caller to free after
+    /// it has let go of the lock around this.
+    #[must_use = "the reports pushed out are to be dropped outside the lock"]
+    pub fn push(&mut self, version: u64, report: PublishedReport) -> Vec<PublishedReport> {
+        let newest = self.published;
+        self.published += 1;
+        self.bytes += report.bytes;
+        let mut out = Vec::new();
+        let list = self.versions.entry(version).or_default();
+        list.push_back((newest, report));
+        if list.len() > REPORTS_KEPT {
+            out.extend(list.pop_front().map(|(_, old)| old));
+        }
+        self.bytes -= out.iter().map(|r| r.bytes).sum::<usize>();
+        while self.bytes > REPORT_MEMORY_BYTES {
+            let oldest = self
+                .versions
+                .iter()
+                .filter_map(|(v, list)| list.front().map(|(at, _)| (*at, *v)))
+                .filter(|(at, _)| *at != newest)
+                .min();
+            let Some((_, v)) = oldest else { break };
+            let Some(list) = self.versions.get_mut(&v) else {
+                break;
+            };
+            if let Some((_, old)) = list.pop_front() {
+                self.bytes -= old.bytes;
+                out.push(old);
+            }
+            if list.is_empty() {
+                self.versions.remove(&v);
+            }
+        }
+        out
+    }
+
+    /// The last `limit` reports of every version (or one), oldest first.
+    pub fn latest(
+        &self,
+        version: Option<u64>,
+        limit: usize,
+    ) -> BTreeMap<u64, Vec<PublishedReport>> {
+        self.versions
+            .iter()
+            .filter(|(v, _)| version.is_none_or(|want| want == **v))
+            .map(|(v, list)| {
+                let skip = list.len().saturating_sub(limit);
+                (*v, list.iter().skip(skip).map(|(_, r)| r.clone()).collect())
+            })
+            .collect()
+    }
+}
+
+/// Keeps a report on disk: the newest [`REPORTS_KEPT`] of its kind and version, and at most
+/// [`REPORT_DISK_BYTES`] in the directory, the oldest deleted first (never the one just
+/// written). Returns its size serialized.
+pub(super) fn store_report(
+    dir: &Path,
+    kind: &str,
+    version: u64,
+    at_us: i64,
+    report: &Json,
+) -> usize {
+    store_within(
+        dir,
+        &format!("{kind}-{version}-"),
+        at_us,
+        report,
+        REPORT_DISK_BYTES,
+    )
+}
+
+/// [`store_report`] with the prefix of its kind and version, under a bound of `max_bytes`.
+fn store_within(dir: &Path, prefix: &str, at_us: i64, report: &Json, max_bytes: u64) -> usize {
+    let text = report.to_string();
+    let name = format!("{prefix}{at_us:016}.json");
+    let path = dir.join(&name);
+    if let Err(e) = std::fs::write(&path, &text) {
+        tracing::error!(path = %path.display(), error = %e, "report not stored");
+        return text.len();
+    }
+    let files: Vec<ReportFile> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with(&prefix))
+                .filter_map(|e| {
+                    let name = e.file_name().into_string().ok()?;
+                    let at_us = report_time(&name)?;
+                    let bytes = e.metadata().ok()?.len();
+                    Some(ReportFile { name, at_us, bytes })
                 })
                 .collect()
         })
         .unwrap_or_default();
-    kept.sort();
-    let excess = kept.len().saturating_sub(REPORTS_KEPT);
-    for old in kept.into_iter().take(excess) {
-        let _ = std::fs::remove_file(old);
+    for old in to_delete(files, &name, prefix, max_bytes) {
+        let _ = std::fs::remove_file(dir.join(old));
+    }
+    text.len()
+}
+
+/// A report file as [`to_delete`] sees it.
+#[derive(Clone, Debug)]
+struct ReportFile {
+    name: String,
+    at_us: i64,
+    bytes: u64,
+}
+
+/// The time in a report file's name (`<kind>-<version>-<at_us>.json`); `None` for other files.
+fn report_time(name: &str) -> Option<i64> {
+    let stem = name.strip_suffix(".json")?;
+    stem.rsplit_once('-')?.1.parse().ok()
+}
+
+/// The files to delete after `written` (whose kind and version name with `prefix`) was stored:
+/// of its kind and version, all but the newest [`REPORTS_KEPT`]; then, over the directory,
+/// the oldest while more than `max_bytes` remain, never `written`.
+fn to_delete(
+    mut files: Vec<ReportFile>,
+    written: &str,
+    prefix: &str,
+    max_bytes: u64,
+) -> Vec<String> {
+    files.sort_by(|a, b| a.at_us.cmp(&b.at_us).then_with(|| a.name.cmp(&b.name)));
+    let same = files.iter().filter(|f| f.name.starts_with(prefix)).count();
+    let mut excess = same.saturating_sub(REPORTS_KEPT);
+    let mut deleted = Vec::new();
+    files.retain(|f| {
+        let drop = excess > 0 && f.name.starts_with(prefix) && f.name != written;
+        if drop {
+            excess -= 1;
+            deleted.push(f.name.clone());
+        }
+        !drop
+    });
+    let mut bytes: u64 = files.iter().map(|f| f.bytes).sum();
+    for f in &files {
+        if bytes <= max_bytes {
+            break;
+        }
+        if f.name != written {
+            bytes -= f.bytes;
+            deleted.push(f.name.clone());
+        }
+    }
+    deleted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(bytes: usize, to: usize) -> PublishedReport {
+        PublishedReport {
+            json: Arc::new(json!({ "to": to })),
+            bytes,
+        }
+    }
+
+    fn tos(kept: &KeptReports, version: u64) -> Vec<u64> {
+        kept.latest(Some(version), usize::MAX)
+            .remove(&version)
+            .unwrap_or_default()
+            .iter()
+            .map(|r| r.json["to"].as_u64().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn reports_in_memory_are_bounded_in_count_per_version() {
+        let mut kept = KeptReports::default();
+        for i in 0..REPORTS_KEPT + 5 {
+            let _ = kept.push(1, report(10, i));
+        }
+        let v1 = tos(&kept, 1);
+        assert_eq!(v1.len(), REPORTS_KEPT);
+        assert_eq!(v1.first(), Some(&5), "the oldest went first");
+        assert_eq!(kept.bytes, 10 * REPORTS_KEPT);
+        let last_two = kept.latest(None, 2);
+        assert_eq!(last_two[&1].len(), 2);
+        assert_eq!(last_two[&1][1].json["to"], REPORTS_KEPT + 4);
+    }
+
+    #[test]
+    fn reports_in_memory_are_bounded_in_bytes_oldest_first_across_versions() {
+        let mut kept = KeptReports::default();
+        let quarter = REPORT_MEMORY_BYTES / 4;
+        let _ = kept.push(1, report(quarter, 0));
+        let _ = kept.push(2, report(quarter, 1));
+        let _ = kept.push(1, report(quarter, 2));
+        let _ = kept.push(2, report(quarter, 3));
+        assert_eq!(kept.bytes, REPORT_MEMORY_BYTES, "at the bound: all kept");
+        let out = kept.push(2, report(quarter, 4));
+        assert_eq!(out.len(), 1, "handed back to be freed outside the lock");
+        assert_eq!(out[0].json["to"], 0);
+        assert_eq!(tos(&kept, 1), [2], "version 1's oldest went first");
+        assert_eq!(tos(&kept, 2), [1, 3, 4]);
+        let _ = kept.push(1, report(quarter + 1, 5));
+        assert_eq!(tos(&kept, 1), [5]);
+        assert_eq!(tos(&kept, 2), [3, 4]);
+        assert!(kept.bytes <= REPORT_MEMORY_BYTES);
+        // A report larger than the bound alone still stays, as the only one.
+        let _ = kept.push(3, report(2 * REPORT_MEMORY_BYTES, 6));
+        assert_eq!(tos(&kept, 3), [6]);
+        assert!(
+            kept.latest(Some(1), 10).is_empty(),
+            "emptied versions are gone"
+        );
+        assert!(kept.latest(Some(2), 10).is_empty());
+        assert_eq!(kept.bytes, 2 * REPORT_MEMORY_BYTES);
+        let _ = kept.push(3, report(1, 7));
+        assert_eq!(tos(&kept, 3), [7]);
+        assert_eq!(kept.bytes, 1);
+    }
+
+    fn file(name: &str, bytes: u64) -> ReportFile {
+        ReportFile {
+            name: name.to_string(),
+            at_us: report_time(name).unwrap(),
+            bytes,
+        }
+    }
+
+    #[test]
+    fn report_files_are_bounded_in_bytes_oldest_first() {
+        assert_eq!(report_time("drift-2-0000000000000042.json"), Some(42));
+        assert_eq!(report_time("notes.txt"), None);
+        let third = REPORT_DISK_BYTES / 3;
+        let files = vec![
+            file("quality-1-0000000000000003.json", third),
+            file("drift-1-0000000000000001.json", third),
+            file("drift-2-0000000000000002.json", third),
+            file("drift-1-0000000000000004.json", 10),
+        ];
+        let written = "drift-1-0000000000000004.json";
+        assert_eq!(
+            to_delete(files.clone(), written, "drift-1-", REPORT_DISK_BYTES),
+            ["drift-1-0000000000000001.json"]
+        );
+        // The one just written stays, however large.
+        let mut huge = files;
+        huge[3].bytes = 2 * REPORT_DISK_BYTES;
+        let deleted = to_delete(huge, written, "drift-1-", REPORT_DISK_BYTES);
+        assert_eq!(deleted.len(), 3);
+        assert!(!deleted.iter().any(|d| d == written));
+    }
+
+    #[test]
+    fn stored_reports_stay_within_their_bounds_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let bound = 10_000;
+        let big = json!({ "padding": "x".repeat(bound as usize / 10) });
+        for at in 0..25 {
+            store_within(dir.path(), "drift-1-", at, &big, bound);
+        }
+        let small = json!({ "rows": 1 });
+        for at in 25..25 + REPORTS_KEPT as i64 + 3 {
+            store_report(dir.path(), "quality", 1, at, &small);
+        }
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        let drift: Vec<&String> = names.iter().filter(|n| n.starts_with("drift-")).collect();
+        let quality = names.iter().filter(|n| n.starts_with("quality-")).count();
+        // Each a little over a tenth of the bound: the newest nine fit.
+        assert_eq!(drift.len(), 9, "{drift:?}");
+        assert!(names.contains(&"drift-1-0000000000000024.json".to_string()));
+        assert_eq!(
+            quality, REPORTS_KEPT,
+            "the newest of their kind and version"
+        );
+        // Under the real bound, the drift files stay beside the quality ones.
+        let bytes: u64 = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        assert!(bytes <= REPORT_DISK_BYTES, "{bytes} bytes kept");
     }
 }

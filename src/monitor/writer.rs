@@ -334,6 +334,7 @@ impl Writer {
             first.push(&state.layout, record);
             if first.rows() as u64 >= state.config.baseline_rows {
                 let closed = first.take();
+                self.monitor.count_truncated(closed.truncated);
                 let baseline = Baseline::from_columns(
                     &closed.features,
                     &closed.outputs,

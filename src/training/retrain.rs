@@ -237,6 +237,7 @@ impl Retrainer {
                 .unwrap_or_default();
             let fresh: Vec<&Value> = reports
                 .iter()
+                .map(|r| r.json.as_ref())
                 .filter(|r| {
                     let to = r.get("to").and_then(Value::as_str);
                     state

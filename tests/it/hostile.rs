@@ -639,3 +639,178 @@ async fn an_unknown_saved_mode_is_refused_at_start() {
     assert!(aside);
     s.shutdown().await;
 }
+
+// Finding: a monitored model with a BYTES input; 96 MiB of distinct 1 MiB values over a few
+// windows: every drift report kept each string whole in `unseen` and histogram labels: +565 MiB
+// RSS kept, 384 MiB of reports on disk, a 128 MiB HTML page, `/v2/health/live` slow up to 14.6 s
+// while reports rendered. Here 16 MiB of distinct 128 KiB values over a baseline and three
+// windows: on the old server each report held some 13 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distinct_huge_strings_keep_drift_reports_pages_and_memory_small() {
+    use cairn_monitor::category::{MAX_CATEGORY_BYTES, MAX_LISTED_CATEGORIES, TRUNCATION_MARK};
+    const WINDOW: usize = 32;
+    const VALUE_BYTES: usize = 128 << 10;
+    // What a report, the answer of ten of them, or the page may weigh: a few KiB per category
+    // listed, whatever the values.
+    const MAX_ANSWER_BYTES: usize = 256 << 10;
+
+    let repo = Repo::with(&["iris", "strings"]);
+    repo.write(
+        "strings/config.toml",
+        format!(
+            "max_batch_size = 8\n[monitoring]\nenabled = true\n\
+             window_rows = {WINDOW}\nbaseline_rows = {WINDOW}\n"
+        )
+        .as_bytes(),
+    );
+    let s = std::sync::Arc::new(
+        TestServer::start_with(repo, |c| c.monitor.fsync = Duration::ZERO).await,
+    );
+    // Health checks and inferences of another model all along, each answered.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (s, stop) = (std::sync::Arc::clone(&s), std::sync::Arc::clone(&stop));
+        tokio::spawn(async move {
+            let mut slowest = Duration::ZERO;
+            let mut checks = 0;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let started = Instant::now();
+                assert_serving(&s).await;
+                slowest = slowest.max(started.elapsed());
+                checks += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (checks, slowest)
+        })
+    };
+
+    // Distinct in their first bytes, then three-byte characters: the cut falls inside one.
+    let value = |i: usize| format!("{i:06}{}", "€".repeat(VALUE_BYTES / 3));
+    let rows = 4 * WINDOW;
+    for first in (0..rows).step_by(8) {
+        let data: Vec<String> = (first..first + 8).map(value).collect();
+        let r = s
+            .post_json(
+                "/v2/models/strings/infer",
+                &json!({"inputs": [{"name": "text", "shape": [8, 1], "datatype": "BYTES", "data": data}]}),
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    // The baseline, then three windows: compared, or skipped when the comparer was busy.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let answer = loop {
+        let r = s.get("/v2/models/strings/drift?limit=200").await;
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let reports = r.json()["versions"]["1"]["reports"]
+            .as_array()
+            .map_or(0, Vec::len);
+        let skipped = s
+            .metric("cairn_drift_windows_skipped_total{model=\"strings\",version=\"1\"}")
+            .await as usize;
+        if reports + skipped >= 3 {
+            break r.body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "three drift windows never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        answer.len() < MAX_ANSWER_BYTES,
+        "drift answer of {} bytes",
+        answer.len()
+    );
+    let drift: Value = serde_json::from_slice(&answer).unwrap();
+    let reports = drift["versions"]["1"]["reports"].as_array().unwrap();
+    assert!(!reports.is_empty());
+    for report in reports {
+        for name in ["text", "output.text_out"] {
+            let section = if name == "text" {
+                "features"
+            } else {
+                "outputs"
+            };
+            let f = &report[section][name];
+            assert_eq!(f["kind"], "categorical", "{f}");
+            let listed = |key: &str| -> Vec<String> {
+                f[key]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{name}.{key}: {f}"))
+                    .iter()
+                    .map(|c| c.as_str().unwrap().to_string())
+                    .collect()
+            };
+            // Every window value is new and every baseline one gone: all listed, the heaviest
+            // 20 by name, all counted.
+            assert_eq!(f["unseen_count"], WINDOW, "{name}");
+            assert_eq!(f["vanished_count"], WINDOW, "{name}");
+            assert_eq!(f["unseen_rate"], 1.0, "{name}");
+            let unseen = listed("unseen");
+            assert_eq!(unseen.len(), MAX_LISTED_CATEGORIES, "{name}");
+            let categories: Vec<String> = f["histogram"]["categories"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_str().unwrap().to_string())
+                .collect();
+            assert!(!categories.is_empty());
+            for c in unseen.iter().chain(&listed("vanished")).chain(&categories) {
+                assert!(c.len() <= MAX_CATEGORY_BYTES, "{name}: {} bytes", c.len());
+                assert!(c.ends_with(TRUNCATION_MARK), "{name}: cut and marked");
+                assert!(value(c[..6].parse().unwrap()).starts_with(c.trim_end_matches('…')));
+            }
+        }
+    }
+    // Every value of the baseline's rows and the three windows', input and output, was cut.
+    let truncated = s
+        .metric("cairn_drift_values_truncated_total{model=\"strings\"}")
+        .await;
+    assert_eq!(truncated, (2 * 4 * WINDOW) as f64);
+
+    let page = s.get("/v2/models/strings/drift/report").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        page.body.len() < MAX_ANSWER_BYTES,
+        "page of {} bytes",
+        page.body.len()
+    );
+    let html = String::from_utf8(page.body.to_vec()).unwrap();
+    assert!(html.contains(&format!("Unseen categories</strong> ({WINDOW}): ")));
+    assert!(html.contains(&format!("and {} more", WINDOW - MAX_LISTED_CATEGORIES)));
+    assert!(
+        !html.contains(&"€".repeat(MAX_CATEGORY_BYTES / 3 + 1)),
+        "no value whole"
+    );
+
+    let dir = s.repo.path().join(".cairn/predictions/strings/reports");
+    let on_disk: u64 = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(
+        on_disk < 4 * MAX_ANSWER_BYTES as u64,
+        "{on_disk} bytes of reports on disk"
+    );
+
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let (checks, slowest) = watcher.await.unwrap();
+    assert!(checks > 0);
+    // Generous for a loaded debug build: the finding's was 14.6 s.
+    assert!(
+        slowest < Duration::from_secs(5),
+        "a health check took {slowest:?}"
+    );
+    assert_serving(&s).await;
+}

@@ -44,7 +44,10 @@
 //! - With no valid values, `min`, `max`, `mean` and `std` are `null` and `edges`, `proportions`
 //!   and `sample` are empty. `mean` and `std` are also `null` if they overflow (values near
 //!   `f64::MAX`).
-//! - `frequencies` maps each category seen to its (non-zero) count; it sums to `count`.
+//! - `frequencies` maps each category seen to its (non-zero) count; it sums to `count`. Built
+//!   from columns ([`Baseline::from_columns`]), categories are bounded as a live window's are
+//!   ([`crate::category`]): cut to their first 256 bytes, and past 1,000 per feature the rarest
+//!   counted together as `"(other)"`. A file written elsewhere may hold more; it is read as is.
 //!
 //! [`Baseline::from_json`] rejects a file that breaks any of these rules, or whose `format` is not
 //! 1, with a typed [`BaselineError`]; unknown keys are rejected too, so that a misspelled key

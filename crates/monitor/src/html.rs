@@ -330,10 +330,15 @@ fn summary(out: &mut String, report: &Value) {
 
 /// A comma-separated list of (already escaped) items, the first [`MAX_LIST`] of them.
 fn list_into(out: &mut String, items: &[String]) {
+    list_of_into(out, items, items.len());
+}
+
+/// The first [`MAX_LIST`] of `items`, and how many more of `total` there are.
+fn list_of_into(out: &mut String, items: &[String], total: usize) {
     let shown = items.len().min(MAX_LIST);
     out.push_str(&items[..shown].join(", "));
-    if items.len() > shown {
-        w!(out, " and {} more", items.len() - shown);
+    if total > shown {
+        w!(out, " and {} more", total - shown);
     }
 }
 
@@ -648,9 +653,13 @@ fn stats_table(out: &mut String, kind: &str, f: &Value, t: &Value, violations: &
         ] {
             let names = strings(field(f, key));
             if !names.is_empty() {
-                let names: Vec<String> = names.iter().map(|n| escape(n)).collect();
-                w!(out, "<p><strong>{label}</strong> ({}): ", names.len());
-                list_into(out, &names);
+                // A report lists the heaviest few and counts them all (`unseen_count`); an
+                // older one lists them all.
+                let total = number(field(f, &format!("{key}_count")))
+                    .map_or(names.len(), |n| (n as usize).max(names.len()));
+                let names: Vec<String> = names.iter().take(MAX_LIST).map(|n| escape(n)).collect();
+                w!(out, "<p><strong>{label}</strong> ({total}): ");
+                list_of_into(out, &names, total);
                 out.push_str("</p>");
             }
         }
@@ -1413,6 +1422,17 @@ mod tests {
             "two histograms, one quality chart"
         );
         assert!(html.contains("still filling"));
+    }
+
+    #[test]
+    fn capped_category_lists_say_how_many_there_are_in_all() {
+        let mut r = report();
+        let listed: Vec<String> = (0..20).map(|i| format!("new{i:02}")).collect();
+        r["features"]["colour"]["unseen"] = json!(listed);
+        r["features"]["colour"]["unseen_count"] = json!(999);
+        let page = drift_page("t", Some(&r), &[]);
+        assert!(page.contains("Unseen categories</strong> (999): new00, new01"));
+        assert!(page.contains("new19 and 979 more"), "{page}");
     }
 
     #[test]

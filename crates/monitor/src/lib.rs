@@ -1,6 +1,7 @@
 //! Monitoring: what the server saw and how it compares with what the model was trained on.
 //!
 //! - [`column`]: named feature columns, the common shape of baselines, windows and logs.
+//! - [`category`]: the bounds on categorical values (their length, their number per feature).
 //! - [`stats`]: the drift statistics (PSI, Jensen–Shannon, KS, Wasserstein, chi-squared), defined
 //!   exactly as numpy/scipy compute them.
 //! - [`baseline`]: a version's training-data summary (`baseline.json`).
@@ -16,6 +17,7 @@
 //! Nothing here knows HTTP, routing or an engine; the server feeds records in and asks for reports.
 
 pub mod baseline;
+pub mod category;
 pub mod column;
 pub mod dataset;
 pub mod feedback;

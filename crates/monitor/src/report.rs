@@ -27,7 +27,8 @@
 //!               "<name>": {"kind": "categorical", "psi": 0.01, "js": 0.03,
 //!                          "chi2": {"statistic": 1.2, "dof": 2, "pvalue": 0.55},
 //!                          "missing_rate_baseline": 0.0, "missing_rate_window": 0.0,
-//!                          "unseen_rate": 0.0, "unseen": [], "vanished": [],
+//!                          "unseen_rate": 0.0, "unseen": [], "unseen_count": 0,
+//!                          "vanished": [], "vanished_count": 0,
 //!                          "drifted": false, "violations": [],
 //!                          "histogram": {"categories": ["a", "b"], "baseline": [0.6, 0.4],
 //!                                        "window": [0.5, 0.5]}}},
@@ -46,6 +47,13 @@
 //! [`MAX_HISTOGRAM_CATEGORIES`] the most frequent ones are kept and the rest summed under
 //! `"rest": {"categories": <how many>, "baseline": p, "window": p}`. A side without valid values
 //! has `null` proportions.
+//!
+//! Categorical values are bounded as [`crate::category`] says: each cut to its first 256 bytes
+//! (ending in `…`), at most 1,000 categories per feature and side (the window's named after the
+//! baseline's; the rarest beyond count as `"(other)"`), and `unseen` and `vanished` list at most
+//! 20 names each (the heaviest), with `unseen_count` and `vanished_count` saying how many there
+//! are in all. A report's size is therefore bounded by its number of features, whatever the
+//! values were.
 //!
 //! Keys that do not apply to a kind are left out; a statistic that applies but is undefined for
 //! this window (say, KS when the window has no valid value) is `null`. A feature whose kind
@@ -172,8 +180,15 @@ pub struct CategoricalDrift {
     pub missing_rate_baseline: Option<f64>,
     pub missing_rate_window: Option<f64>,
     pub unseen_rate: Option<f64>,
+    /// The unseen categories with the most rows, at most
+    /// [`MAX_LISTED_CATEGORIES`](crate::category::MAX_LISTED_CATEGORIES), sorted.
     pub unseen: Vec<String>,
+    /// All unseen categories.
+    pub unseen_count: usize,
+    /// The vanished categories with the most baseline rows, as many.
     pub vanished: Vec<String>,
+    /// All vanished categories.
+    pub vanished_count: usize,
 }
 
 /// A window compared with a baseline (see the module documentation for the JSON).
@@ -406,7 +421,7 @@ fn compare_categorical(
     values: &[Option<String>],
     rows: usize,
 ) -> (CategoricalDrift, Histogram) {
-    let window = stats::category_counts(values);
+    let window = stats::category_counts_keeping(values, &baseline.frequencies);
     let proportions = stats::category_proportions(&baseline.frequencies, &window.counts);
     let unseen = stats::unseen(&baseline.frequencies, &window.counts);
     let drift = CategoricalDrift {
@@ -419,7 +434,9 @@ fn compare_categorical(
         missing_rate_window: window_missing_rate(window.valid() as usize, rows),
         unseen_rate: unseen.rate,
         unseen: unseen.unseen,
+        unseen_count: unseen.unseen_count,
         vanished: unseen.vanished,
+        vanished_count: unseen.vanished_count,
     };
     let histogram = category_histogram(&baseline.frequencies, &window.counts, proportions);
     (drift, histogram)

@@ -1,7 +1,10 @@
 //! The drift report: its JSON shape, pairing of features, thresholds, and the false-positive
 //! control of the Bonferroni-corrected tests on simulated windows.
 
-use cairn_monitor::baseline::{Baseline, BaselineOptions};
+use cairn_monitor::baseline::{Baseline, BaselineOptions, FeatureBaseline};
+use cairn_monitor::category::{
+    MAX_CATEGORIES, MAX_CATEGORY_BYTES, MAX_LISTED_CATEGORIES, OTHER_CATEGORY, TRUNCATION_MARK,
+};
 use cairn_monitor::column::{Column, Columns};
 use cairn_monitor::report::{
     drift, Comparison, Histogram, Statistic, Thresholds, MAX_HISTOGRAM_CATEGORIES,
@@ -217,8 +220,10 @@ fn report_json_has_the_documented_shape() {
             "missing_rate_window",
             "psi",
             "unseen",
+            "unseen_count",
             "unseen_rate",
             "vanished",
+            "vanished_count",
             "violations"
         ]
     );
@@ -227,6 +232,10 @@ fn report_json_has_the_documented_shape() {
     assert_eq!(chi2_keys, ["dof", "pvalue", "statistic"]);
     assert_eq!(cat["unseen"], json!(["d"]));
     assert_eq!(cat["vanished"], json!(["c"]));
+    assert_eq!(
+        (cat["unseen_count"].as_u64(), cat["vanished_count"].as_u64()),
+        (Some(1), Some(1))
+    );
     assert_eq!(cat["unseen_rate"], 1.0 / 3.0);
     assert_eq!(cat["missing_rate_window"], 0.25);
     let flip = &value["features"]["flip"];
@@ -438,4 +447,75 @@ fn a_histogram_of_many_categories_keeps_the_heaviest_and_sums_the_rest() {
     let total_w = w.iter().sum::<f64>() + rest.window.unwrap();
     assert!((total_b - 1.0).abs() < 1e-12 && (total_w - 1.0).abs() < 1e-12);
     assert_eq!(rest.window, Some(0.0));
+}
+
+/// Every category name a report holds: histogram categories, unseen and vanished.
+fn category_names(report: &Value) -> Vec<String> {
+    let mut names = Vec::new();
+    for f in report["features"].as_object().unwrap().values() {
+        for key in ["unseen", "vanished"] {
+            names.extend(f[key].as_array().unwrap().iter().map(|v| v.to_string()));
+        }
+        names.extend(
+            f["histogram"]["categories"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string()),
+        );
+    }
+    names
+}
+
+#[test]
+fn a_report_of_huge_distinct_values_stays_small() {
+    // Each value 64 KiB, distinct in its first bytes: a baseline of 3,000 of them and a window of
+    // 3,000 others, past every cap.
+    let value = |i: usize| format!("{i:06}{}", "é".repeat(32 << 10));
+    let baseline_values: Vec<String> = (0..3000).map(value).collect();
+    let window_values: Vec<String> = (3000..6000).map(value).collect();
+    fn refs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let baseline = Baseline::from_columns(
+        &vec![categorical("c", &refs(&baseline_values))],
+        &Vec::new(),
+        &BaselineOptions::default(),
+    );
+    let FeatureBaseline::Categorical(b) = &baseline.features["c"] else {
+        panic!("categorical expected");
+    };
+    assert_eq!(b.frequencies.len(), MAX_CATEGORIES);
+    assert_eq!(
+        b.frequencies[OTHER_CATEGORY],
+        3000 - (MAX_CATEGORIES as u64 - 1)
+    );
+    assert_eq!(b.count, 3000);
+    assert!(b.frequencies.keys().all(|c| c.len() <= MAX_CATEGORY_BYTES));
+    baseline
+        .validate()
+        .expect("a capped baseline is a valid one");
+
+    let window: Columns = vec![categorical("c", &refs(&window_values))];
+    let report = drift(&baseline, &window, &Vec::new(), &Thresholds::default());
+    let json = serde_json::to_value(&report).unwrap();
+    let size = json.to_string().len();
+    assert!(size < 64 << 10, "the report is {size} bytes");
+    let c = &json["features"]["c"];
+    assert_eq!(c["unseen"].as_array().unwrap().len(), MAX_LISTED_CATEGORIES);
+    assert_eq!(
+        c["vanished"].as_array().unwrap().len(),
+        MAX_LISTED_CATEGORIES
+    );
+    // Past the cap both sides have a bucket, compared as one category: 999 named categories of
+    // each side are unseen or vanished.
+    assert_eq!(c["unseen_count"], MAX_CATEGORIES - 1);
+    assert_eq!(c["vanished_count"], MAX_CATEGORIES - 1);
+    assert_eq!(c["unseen_rate"].as_f64().unwrap(), 999.0 / 3000.0);
+    assert_eq!(c["drifted"], true);
+    for name in category_names(&json) {
+        assert!(name.len() <= MAX_CATEGORY_BYTES + 2, "{} bytes", name.len());
+    }
+    let listed = c["unseen"][0].as_str().unwrap();
+    assert!(listed.ends_with(TRUNCATION_MARK) && listed.starts_with("003000"));
 }

@@ -8,6 +8,7 @@
 //! allocations per request (tensor lists, shapes, shared-buffer headers) freed on another
 //! thread, which glibc's allocator serves with its arena locks.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use arrow_array::builder::{
@@ -17,6 +18,7 @@ use arrow_array::builder::{
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType as ArrowType, Field, Schema, SchemaRef, TimeUnit};
 
+use crate::category;
 use crate::column::{Column, FeatureKind};
 use cairn_core::tensor::{DataType, Tensor, TensorData};
 
@@ -279,19 +281,27 @@ pub enum Value {
 }
 
 impl Value {
-    /// As a drift column value: a number (NaN when missing) or a category.
-    pub fn push_into(&self, column: &mut Column) {
+    /// As a drift column value: a number (NaN when missing) or a category, cut to
+    /// [`category::MAX_CATEGORY_BYTES`]. Returns whether a text was cut: drift keeps only its
+    /// first bytes, whatever the client sent (the log keeps it whole).
+    pub fn push_into(&self, column: &mut Column) -> bool {
         match (column, self) {
             (Column::Numeric(v), Value::Number(x)) => v.push(*x),
             (Column::Numeric(v), Value::Integer(x)) => v.push(*x as f64),
             (Column::Numeric(v), _) => v.push(f64::NAN),
-            (Column::Categorical(v), Value::Text(s)) => v.push(Some(s.clone())),
+            (Column::Categorical(v), Value::Text(s)) => {
+                let category = category::bounded(s);
+                let cut = matches!(category, Cow::Owned(_));
+                v.push(Some(category.into_owned()));
+                return cut;
+            }
             (Column::Categorical(v), Value::Integer(x)) => v.push(Some(x.to_string())),
             (Column::Categorical(v), Value::Number(x)) if x.is_finite() => {
                 v.push(Some(format_number(*x)))
             }
             (Column::Categorical(v), _) => v.push(None),
         }
+        false
     }
 }
 

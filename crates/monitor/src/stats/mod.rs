@@ -40,8 +40,8 @@ mod ks;
 pub(crate) mod sum;
 
 pub use categorical::{
-    category_counts, category_proportions, chi2_contingency, unseen, CategoryCounts, Chi2Test,
-    Unseen,
+    category_counts, category_counts_keeping, category_proportions, chi2_contingency, unseen,
+    CategoryCounts, Chi2Test, Unseen,
 };
 pub use gamma::chi2_sf;
 pub use kolmogorov::kstwo_sf;
