@@ -963,3 +963,47 @@ async fn training_configs_are_read_only_inside_the_config_dir() {
     assert_serving(&s).await;
     s.shutdown().await;
 }
+
+// Finding (feedback): a feedback segment larger than the retention limit was deleted right
+// after it was written, losing acknowledged feedback; and a malformed item was answered only
+// "data did not match any variant of untagged enum FeedbackBody".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_feedback_outlives_a_tiny_retention_and_bad_items_are_named() {
+    let s = TestServer::start_with(Repo::with(&["iris"]), |c| {
+        c.monitor.segment_max_bytes = 1;
+        c.monitor.retention_max_bytes = Some(1);
+    })
+    .await;
+    for (body, expected) in [
+        (
+            r#"[{"id": "a", "label": 1, "colour": "red"}]"#,
+            "feedback[0]: unknown field 'colour'; expected id, row, label, target, time",
+        ),
+        (
+            r#"{"feedback": [{"id": "a", "label": 1}, {"id": "b"}]}"#,
+            "feedback[1]: has neither 'label' nor 'target'",
+        ),
+        (r#"{"rows": []}"#, "unknown field 'rows'; expected feedback"),
+    ] {
+        let r = s.post("/v2/models/iris/feedback", body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert!(r.error().contains(expected), "{}", r.error());
+    }
+    let dir = s.repo.path().join(".cairn/predictions/iris/feedback");
+    for round in 0..3 {
+        let id = format!("kept-{round}");
+        let r = s
+            .post_json("/v2/models/iris/feedback", &json!([{"id": id, "label": 1}]))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.error());
+        // Answered means stored: the segment just written is on disk, sealed and kept.
+        let (batches, _) = cairn_monitor::log::read_dir(&dir).unwrap();
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        assert!(
+            rows >= 1,
+            "round {round}: the acknowledged feedback was deleted"
+        );
+    }
+    assert_serving(&s).await;
+    s.shutdown().await;
+}
