@@ -79,7 +79,10 @@ fn main() -> ExitCode {
             given("config"),
             Some(ValueSource::CommandLine | ValueSource::EnvVariable)
         ),
-        token_in_argv: given("admin_token") == Some(ValueSource::CommandLine),
+        token_in_argv: ["admin_token", "feedback_token"]
+            .into_iter()
+            .filter(|name| given(name) == Some(ValueSource::CommandLine))
+            .collect(),
     };
     match cli.command {
         Command::Serve { config, settings } => match serve(config, *settings, sources) {
@@ -162,8 +165,9 @@ fn train(args: &cairn::training::TrainArgs) -> ExitCode {
 struct Sources {
     /// `--config` or `CAIRN_CONFIG` was given: the file must exist.
     config_explicit: bool,
-    /// The admin token was given on the command line, where every local user can read it.
-    token_in_argv: bool,
+    /// Tokens (`admin_token`, `feedback_token`) given on the command line, where every local
+    /// user can read them.
+    token_in_argv: Vec<&'static str>,
 }
 
 fn serve(config_path: PathBuf, flags: ServerSettings, sources: Sources) -> Result<(), String> {
@@ -197,10 +201,11 @@ fn serve(config_path: PathBuf, flags: ServerSettings, sources: Sources) -> Resul
                 std::io::ErrorKind::InvalidInput => format!("cannot start: {e}"),
                 _ => format!("cannot listen on {}: {e}", config.listen),
             })?;
-        if sources.token_in_argv {
+        for key in &sources.token_in_argv {
+            let (flag, env) = (key.replace('_', "-"), key.to_uppercase());
             tracing::warn!(
-                "the admin token given with --admin-token is visible to every local user in the \
-                 process list; use CAIRN_ADMIN_TOKEN or --admin-token-file instead"
+                "the {key} given with --{flag} is visible to every local user in the process \
+                 list; use CAIRN_{env} or --{flag}-file instead"
             );
         }
         tracing::info!(
@@ -211,6 +216,7 @@ fn serve(config_path: PathBuf, flags: ServerSettings, sources: Sources) -> Resul
             repository_poll_interval_s = config.repository_poll_interval.map_or(0, |d| d.as_secs()),
             state_dir = %config.state_dir.display(),
             admin_token = if config.admin_token.is_some() { "<set>" } else { "<unset>" },
+            feedback_token = if config.feedback_token.is_some() { "<set>" } else { "<unset>" },
             protect_inference = config.protect_inference,
             max_connections = config.connections.max_connections,
             max_buffered_body_bytes = config.connections.max_buffered_body_bytes,

@@ -119,6 +119,7 @@ struct Families {
     log_lag: GaugeVec,
     log_synced: GaugeVec,
     log_bytes: IntGaugeVec,
+    monitor_panics: IntCounterVec,
     drift_windows: IntCounterVec,
     drift_skipped: IntCounterVec,
     drift_truncated: IntCounterVec,
@@ -264,7 +265,7 @@ impl Metrics {
             log_dropped: counter(
                 "prediction_log_dropped_total",
                 "Logged rows (or requests, for a full queue) not written, by reason: queue_full, \
-                 queue_bytes, write_error.",
+                 queue_bytes, write_error, panic (held by a writer that panicked).",
                 &["model", "reason"],
             ),
             log_lag: gauge(
@@ -283,6 +284,13 @@ impl Metrics {
                 "prediction_log_bytes",
                 "Bytes of the model's prediction log segments on disk.",
                 &["model"],
+            ),
+            monitor_panics: counter(
+                "monitor_panics_total",
+                "Panics caught on a model's monitoring threads, by thread: writer (restarted \
+                 with its logs reopened), comparer (one drift window not compared), sealer (one \
+                 segment sealed at the next start).",
+                &["model", "thread"],
             ),
             drift_windows: counter(
                 "drift_windows_total",
@@ -778,6 +786,17 @@ impl Metrics {
                     }
                 }
             }
+        }
+    }
+
+    /// Counts panics caught on a model's monitoring thread `thread`: `writer`, `comparer` or
+    /// `sealer`.
+    pub fn record_monitor_panics(&self, model: &str, thread: &'static str, panics: u64) {
+        if panics > 0 {
+            self.inner
+                .monitor_panics
+                .with_label_values(&[model, thread])
+                .inc_by(panics);
         }
     }
 

@@ -95,6 +95,22 @@ pub struct ServerSettings {
     #[arg(long, env = "CAIRN_ADMIN_TOKEN_FILE", value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
 
+    /// Bearer token that may send ground truth (`POST /v2/models/{m}/feedback`), which steers
+    /// canary decisions and retraining data; the admin token is accepted there too. When any
+    /// token is set, feedback needs one of them. Give it to the systems that report outcomes,
+    /// so they need no admin rights. [default: the admin token]
+    #[arg(
+        long,
+        env = "CAIRN_FEEDBACK_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub feedback_token: Option<String>,
+
+    /// File holding the feedback token (surrounding whitespace is ignored).
+    #[arg(long, env = "CAIRN_FEEDBACK_TOKEN_FILE", value_name = "FILE")]
+    pub feedback_token_file: Option<PathBuf>,
+
     /// Require the admin token on inference too. A plain flag (`--protect-inference`); the file
     /// and the environment take true or false. [default: false]
     #[arg(
@@ -278,6 +294,8 @@ impl ServerSettings {
             state_dir,
             admin_token,
             admin_token_file,
+            feedback_token,
+            feedback_token_file,
             protect_inference,
             max_connections,
             max_buffered_body_bytes,
@@ -342,6 +360,8 @@ pub struct ServerConfig {
     pub repository_poll_interval: Option<Duration>,
     pub state_dir: PathBuf,
     pub admin_token: Option<String>,
+    /// Accepted on the feedback route besides the admin token.
+    pub feedback_token: Option<String>,
     pub protect_inference: bool,
     pub connections: ConnectionLimits,
     pub load: LoadLimits,
@@ -476,22 +496,30 @@ impl ServerConfig {
         if http_threads == 0 {
             return Err(invalid("http_threads", "must be at least 1".into()));
         }
-        let admin_token = match (s.admin_token, &s.admin_token_file) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "admin_token_file",
-                    "both admin_token and admin_token_file are set; keep one".into(),
-                ))
+        let token = |key: &str, value: Option<String>, file: &Option<PathBuf>| {
+            let token = match (value, file) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        &format!("{key}_file"),
+                        format!("both {key} and {key}_file are set; keep one"),
+                    ))
+                }
+                (Some(token), None) => Some(token),
+                (None, Some(file)) => Some(read_token_file(file).map_err(|reason| {
+                    invalid(
+                        &format!("{key}_file"),
+                        format!("{}: {reason}", file.display()),
+                    )
+                })?),
+                (None, None) => None,
+            };
+            if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+                return Err(invalid(key, "must not be empty".into()));
             }
-            (Some(token), None) => Some(token),
-            (None, Some(file)) => Some(read_token_file(file).map_err(|reason| {
-                invalid("admin_token_file", format!("{}: {reason}", file.display()))
-            })?),
-            (None, None) => None,
+            Ok(token)
         };
-        if admin_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
-            return Err(invalid("admin_token", "must not be empty".into()));
-        }
+        let admin_token = token("admin_token", s.admin_token, &s.admin_token_file)?;
+        let feedback_token = token("feedback_token", s.feedback_token, &s.feedback_token_file)?;
         if s.protect_inference == Some(true) && admin_token.is_none() {
             return Err(invalid(
                 "protect_inference",
@@ -708,6 +736,7 @@ impl ServerConfig {
                 other => other,
             },
             admin_token,
+            feedback_token,
             protect_inference: s.protect_inference.unwrap_or(false),
             connections,
             load: LoadLimits {
@@ -741,6 +770,7 @@ impl ServerConfig {
             repository_poll_interval: None,
             state_dir: dir.join(".cairn"),
             admin_token: None,
+            feedback_token: None,
             protect_inference: false,
             connections: ConnectionLimits::default(),
             load: LoadLimits {
@@ -966,5 +996,39 @@ mod tests {
         };
         let err = ServerConfig::from_settings(s, Path::new("x"), None).unwrap_err();
         assert!(err.to_string().contains("cannot read"), "{err}");
+    }
+
+    #[test]
+    fn the_feedback_token_is_set_like_the_admin_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("feedback");
+        std::fs::write(&file, "outcomes\n").unwrap();
+        let s = ServerSettings {
+            feedback_token_file: Some(file.clone()),
+            ..Default::default()
+        };
+        let c = ServerConfig::from_settings(s, Path::new("x"), None).unwrap();
+        assert_eq!(c.feedback_token.as_deref(), Some("outcomes"));
+        assert_eq!(c.admin_token, None);
+        for (settings, expected) in [
+            (
+                ServerSettings {
+                    feedback_token: Some("a".into()),
+                    feedback_token_file: Some(file),
+                    ..Default::default()
+                },
+                "key 'feedback_token_file': both feedback_token and feedback_token_file",
+            ),
+            (
+                ServerSettings {
+                    feedback_token: Some(" ".into()),
+                    ..Default::default()
+                },
+                "key 'feedback_token': must not be empty",
+            ),
+        ] {
+            let err = ServerConfig::from_settings(settings, Path::new("s.toml"), None).unwrap_err();
+            assert!(err.to_string().contains(expected), "{err}");
+        }
     }
 }

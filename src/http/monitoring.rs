@@ -6,94 +6,41 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::{json_response, AppState};
-use crate::monitor::{FeedbackItem, ModelMonitor};
+use crate::monitor::ModelMonitor;
+use crate::protocol;
 
 type Reply = Result<Response<Full<Bytes>>, ApiError>;
 
-/// Most feedback rows in one call.
-pub const MAX_FEEDBACK_ROWS: usize = 100_000;
-
-/// One feedback row as sent: `{"id", "row"?, "label"? | "target"?, "time"?}`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FeedbackRow {
-    id: String,
-    #[serde(default)]
-    row: u32,
-    #[serde(default)]
-    label: Option<Value>,
-    #[serde(default)]
-    target: Option<f64>,
-    /// Seconds since the Unix epoch, when the truth was observed.
-    #[serde(default)]
-    time: Option<f64>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum FeedbackBody {
-    Wrapped { feedback: Vec<FeedbackRow> },
-    List(Vec<FeedbackRow>),
-}
+/// Bodies larger than this are parsed on the blocking pool (as inference bodies are), so a large
+/// feedback call never stalls the other connections of its runtime worker.
+const INLINE_LIMIT: usize = 256 << 10;
 
 /// `POST /v2/models/{m}/feedback`: labels or target values for earlier request ids (and
 /// rows). Stored durably before the answer, which says how many matched a recent prediction
-/// and which ids are unknown.
+/// and which ids are unknown. The body is parsed under `protocol`'s limits (items, id and label
+/// sizes, `time` range) while it is read; the route needs the feedback or admin token when one
+/// is set (`routes.rs`).
 pub async fn feedback(state: &AppState, model: &str, req: Request<Incoming>) -> Reply {
     let monitor = monitor_of(state, model)?;
     let (parts, incoming) = req.into_parts();
-    let body = state.read_body(&parts, incoming).await?;
-    let parsed: FeedbackBody = serde_json::from_slice(&body.bytes).map_err(|e| {
-        ApiError::BadRequest(format!(
-            "feedback must be {{\"feedback\": [{{\"id\", \"row\", \"label\" or \"target\"}}]}}: {e}"
-        ))
-    })?;
-    let rows = match parsed {
-        FeedbackBody::Wrapped { feedback } | FeedbackBody::List(feedback) => feedback,
+    // The reservation lives until the body is parsed.
+    let super::body::ReadBody {
+        bytes: body,
+        reservation: _held,
+    } = state.read_body(&parts, incoming).await?;
+    let now = crate::monitor::now_us();
+    let items = if body.len() > INLINE_LIMIT {
+        state
+            .offload
+            .run(move || protocol::decode_feedback(&body, now))
+            .await??
+    } else {
+        protocol::decode_feedback(&body, now)?
     };
-    if rows.len() > MAX_FEEDBACK_ROWS {
-        return Err(ApiError::BadRequest(format!(
-            "{} feedback rows in one call, more than the limit of {MAX_FEEDBACK_ROWS}",
-            rows.len()
-        )));
-    }
-    let mut items = Vec::with_capacity(rows.len());
-    for (i, r) in rows.into_iter().enumerate() {
-        let label = match r.label {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s),
-            Some(Value::Bool(b)) => Some((b as u8).to_string()),
-            Some(Value::Number(n)) => Some(match n.as_i64() {
-                Some(i) => i.to_string(),
-                None => n.to_string(),
-            }),
-            Some(other) => {
-                return Err(ApiError::BadRequest(format!(
-                    "feedback[{i}].label must be a string, number or boolean, got {other}"
-                )))
-            }
-        };
-        if label.is_none() && r.target.is_none() {
-            return Err(ApiError::BadRequest(format!(
-                "feedback[{i}] has neither 'label' nor 'target'"
-            )));
-        }
-        if r.id.is_empty() {
-            return Err(ApiError::BadRequest(format!("feedback[{i}].id is empty")));
-        }
-        items.push(FeedbackItem {
-            id: r.id,
-            row: r.row,
-            label,
-            target: r.target,
-            time_us: r.time.filter(|t| t.is_finite()).map(|t| (t * 1e6) as i64),
-        });
-    }
     let answer = monitor.feedback(items).await.map_err(ApiError::Busy)?;
     record_trial_labels(state, model, &answer.outcomes);
     Ok(json_response(&answer))

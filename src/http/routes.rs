@@ -102,9 +102,14 @@ impl Route {
         }
     }
 
-    /// Management routes, and inference when so configured, need the admin token.
-    fn guarded(self, protect_inference: bool) -> bool {
-        match self {
+    /// Which token a route needs, when tokens are set: the admin token on management routes
+    /// (and inference when so configured); the feedback or admin token on feedback, always,
+    /// because ground truth steers canary decisions and retraining data.
+    fn guard(self, protect_inference: bool) -> Guard {
+        if self == Route::Feedback {
+            return Guard::Feedback;
+        }
+        let admin = match self {
             Route::Deployments
             | Route::Deployment
             | Route::DeploymentAction
@@ -115,10 +120,25 @@ impl Route {
             | Route::Train
             | Route::TrainingJobs
             | Route::TrainingJob => true,
-            Route::Infer | Route::Feedback => protect_inference,
+            Route::Infer => protect_inference,
             _ => false,
+        };
+        if admin {
+            Guard::Admin
+        } else {
+            Guard::Open
         }
     }
+}
+
+/// What a route needs in its `Authorization` header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Guard {
+    Open,
+    /// The admin token, when one is set.
+    Admin,
+    /// The feedback token or the admin token, when either is set.
+    Feedback,
 }
 
 /// Every path the server answers, versioned forms included.
@@ -201,10 +221,13 @@ pub async fn dispatch(state: &AppState, req: Request<Incoming>) -> (&'static str
             }),
         );
     }
-    if route.guarded(state.config.protect_inference) {
-        if let Err(e) = authorize(state, req.headers()) {
-            return (endpoint, Err(e));
-        }
+    let authorized = match route.guard(state.config.protect_inference) {
+        Guard::Open => Ok(()),
+        Guard::Admin => authorize(state, req.headers()),
+        Guard::Feedback => authorize_feedback(state, req.headers()),
+    };
+    if let Err(e) = authorized {
+        return (endpoint, Err(e));
     }
     let version = version.as_deref();
     let reply = match route {
@@ -274,13 +297,37 @@ fn authorize(state: &AppState, headers: &http::HeaderMap) -> Result<(), ApiError
 
 /// Checks an `Authorization` value (an HTTP header or gRPC metadata) against the admin token.
 pub(crate) fn check_bearer(state: &AppState, value: Option<&[u8]>) -> Result<(), ApiError> {
-    let Some(token) = &state.config.admin_token else {
+    match &state.config.admin_token {
+        None => Ok(()),
+        Some(token) => bearer(value, &[token], "admin token"),
+    }
+}
+
+/// Feedback needs the feedback token or the admin token when either is set: whoever sends
+/// labels decides a canary with a live-quality criterion and what retraining learns from.
+fn authorize_feedback(state: &AppState, headers: &http::HeaderMap) -> Result<(), ApiError> {
+    let tokens: Vec<&str> = [&state.config.feedback_token, &state.config.admin_token]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    if tokens.is_empty() {
         return Ok(());
-    };
+    }
+    bearer(
+        headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
+        &tokens,
+        "feedback token or admin token",
+    )
+}
+
+/// Checks an `Authorization` value against `tokens` (`what` names them in errors): none given
+/// is 401, another 403.
+fn bearer(value: Option<&[u8]>, tokens: &[&str], what: &str) -> Result<(), ApiError> {
     let Some(value) = value else {
-        return Err(ApiError::Unauthorized(
-            "this endpoint needs 'Authorization: Bearer <admin token>'".into(),
-        ));
+        return Err(ApiError::Unauthorized(format!(
+            "this endpoint needs 'Authorization: Bearer <{what}>'"
+        )));
     };
     // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
     let given = std::str::from_utf8(value)
@@ -290,13 +337,17 @@ pub(crate) fn check_bearer(state: &AppState, value: Option<&[u8]>) -> Result<(),
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim())
         .unwrap_or("");
-    // Compared in constant time, so timing does not reveal how much of a guess was right.
-    if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+    // Compared in constant time, with every token, so timing does not reveal how much of a
+    // guess was right, nor which token it was near.
+    let matched = tokens.iter().fold(subtle::Choice::from(0), |any, token| {
+        any | given.as_bytes().ct_eq(token.as_bytes())
+    });
+    if bool::from(matched) {
         Ok(())
     } else {
-        Err(ApiError::Forbidden(
-            "the bearer token is not the admin token".into(),
-        ))
+        Err(ApiError::Forbidden(format!(
+            "the bearer token is not the {what}"
+        )))
     }
 }
 
@@ -361,8 +412,35 @@ mod tests {
                     .contains(&route.endpoint())
             );
             assert!(route.accepts(&Method::GET) && route.accepts(&Method::HEAD));
-            assert!(!route.guarded(true));
+            assert_eq!(route.guard(true), Guard::Open);
         }
+    }
+
+    #[test]
+    fn feedback_has_its_own_guard_whatever_protects_inference() {
+        for protect in [false, true] {
+            assert_eq!(Route::Feedback.guard(protect), Guard::Feedback);
+            assert_eq!(Route::Train.guard(protect), Guard::Admin);
+        }
+        assert_eq!(Route::Infer.guard(false), Guard::Open);
+        assert_eq!(Route::Infer.guard(true), Guard::Admin);
+        let tokens = ["feed", "admin"];
+        for (value, ok) in [
+            ("Bearer feed", true),
+            ("bearer admin", true),
+            ("Bearer fee", false),
+            ("Bearer feedadmin", false),
+            ("Basic feed", false),
+        ] {
+            let got = bearer(
+                Some(value.as_bytes()),
+                &tokens,
+                "feedback token or admin token",
+            );
+            assert_eq!(got.is_ok(), ok, "{value}");
+        }
+        let err = bearer(None, &tokens, "feedback token or admin token").unwrap_err();
+        assert!(matches!(err, ApiError::Unauthorized(_)), "{err}");
     }
 
     #[test]

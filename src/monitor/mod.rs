@@ -143,9 +143,13 @@ pub(crate) enum Msg {
         oneshot::Sender<Result<FeedbackAnswer, String>>,
     ),
     Stop,
+    /// Makes the writer panic, for the tests of its restart.
+    #[cfg(test)]
+    Panic,
 }
 
-/// A version as its writer needs it.
+/// A version as its writer needs it (kept by the writer, to add it again after a restart).
+#[derive(Clone)]
 pub(crate) struct VersionSetup {
     pub version: u64,
     pub layout: Arc<PredictionLayout>,

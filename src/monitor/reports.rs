@@ -55,7 +55,21 @@ impl Comparer {
                 // Background work, like sealing: what the request path leaves over.
                 cairn_monitor::log::lower_priority();
                 for job in rx {
-                    compare(&monitor, &reports, job);
+                    // A panic costs this window's report, never the thread: the windows after
+                    // it are still compared (its rows are in the log for `cairn drift`).
+                    let (version, to_us) = (job.version, job.closed.to_us);
+                    let compared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        compare(&monitor, &reports, job)
+                    }));
+                    if let Err(panic) = compared {
+                        monitor
+                            .metrics
+                            .record_monitor_panics(&monitor.name, "comparer", 1);
+                        tracing::error!(model = %monitor.name, version,
+                            to = %micros_to_rfc3339(to_us),
+                            panic = cairn_monitor::log::panic_message(&*panic),
+                            "drift comparer panicked; this window has no report");
+                    }
                 }
             })
             .map_err(|e| format!("cannot start the drift comparer: {e}"))?;

@@ -1,6 +1,7 @@
 //! One model's writer thread: it owns the model's prediction and feedback logs, its drift
 //! windows and quality windows, and publishes reports. Records arrive through the bounded
-//! channel; batches reach disk (synced) within the configured interval.
+//! channel; batches reach disk (synced) within the configured interval. A panic never ends it:
+//! `supervise` catches it and rebuilds the writer on the same channel.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,8 +17,8 @@ use cairn_monitor::feedback::{
     self, FeedbackItem, Match, Predicted, PredictionIndex, PredictionRef,
 };
 use cairn_monitor::log::{
-    Fsync, LogOptions, LoggedColumn, PredictionBatch, PredictionLayout, RequestRecord, SegmentLog,
-    Value,
+    panic_message, Fsync, LogOptions, LoggedColumn, PredictionBatch, PredictionLayout,
+    RequestRecord, SegmentLog, Value,
 };
 use cairn_monitor::window::Window;
 
@@ -39,65 +40,137 @@ const POLL_MAX: Duration = Duration::from_millis(20);
 /// gauges): often enough for every interval a user can set, seldom enough to cost nothing.
 const TICK: Duration = Duration::from_millis(100);
 
+/// After a panic the writer is rebuilt after this long, doubling while it keeps panicking (up
+/// to `RESTART_MAX`): a record that panics it every time costs a restart per try, never a
+/// spinning thread.
+const RESTART_MIN: Duration = Duration::from_millis(10);
+const RESTART_MAX: Duration = Duration::from_secs(5);
+
+/// A writer that ran this long without a panic starts its backoff over.
+const RESTART_RESET: Duration = Duration::from_secs(60);
+
 pub(super) fn spawn(
     monitor: Arc<ModelMonitor>,
     rx: mpsc::Receiver<Msg>,
 ) -> Result<std::thread::JoinHandle<()>, String> {
-    let dir = monitor.settings.dir.join(&monitor.name);
-    let options = LogOptions {
-        segment_max_bytes: monitor.settings.segment_max_bytes,
-        segment_max_age: monitor.settings.segment_max_age,
-        retention_max_bytes: monitor.settings.retention_max_bytes,
-        retention_max_age: monitor.settings.retention_max_age,
-        // The writer batches and syncs each batch it writes: the interval is its cadence.
-        fsync: Fsync::EveryAppend,
-    };
-    let empty = Arc::new(PredictionLayout::new(Vec::new()));
-    let (mut predictions, recovered) = SegmentLog::open(
-        &dir.join("predictions"),
-        Arc::clone(empty.schema()),
-        options.clone(),
-    )
-    .map_err(|e| format!("cannot open the prediction log: {e}"))?;
-    if recovered.recovered_segments > 0 {
-        tracing::info!(model = %monitor.name, segments = recovered.recovered_segments,
-            rows = recovered.recovered_rows, torn = recovered.torn_tails,
-            "prediction log: segments left by an earlier run were sealed");
-    }
-    predictions
-        .seal_in_background(&format!("seal-{}", monitor.name))
-        .map_err(|e| format!("cannot start the prediction log's sealer: {e}"))?;
-    let (feedback, _) = SegmentLog::open(&dir.join("feedback"), feedback::schema(), options)
-        .map_err(|e| format!("cannot open the feedback log: {e}"))?;
-    let reports = dir.join("reports");
-    std::fs::create_dir_all(&reports).map_err(|e| format!("{}: {e}", reports.display()))?;
-    let index_rows = monitor.settings.feedback_index_rows;
-    let comparer = Comparer::spawn(Arc::clone(&monitor), reports.clone())?;
-    let writer = Writer {
-        comparer: Some(comparer),
-        reports,
-        batch: PredictionBatch::new((*empty).clone()),
-        batch_layout: empty,
-        batch_since: None,
-        drained_through_us: now_us(),
-        predictions,
-        feedback,
-        versions: HashMap::new(),
-        index: PredictionIndex::new(index_rows),
-        baselines: dir.join("baselines"),
-        monitor: Arc::clone(&monitor),
-        spent: Vec::new(),
-        label: String::new(),
-        rows_taken: 0,
-    };
+    let mut writer = Writer::open(&monitor)?;
+    let reports = monitor.settings.dir.join(&monitor.name).join("reports");
+    writer.comparer = Some(Comparer::spawn(Arc::clone(&monitor), reports)?);
     std::thread::Builder::new()
         .name(format!("log-{}", monitor.name))
-        .spawn(move || writer.run(rx))
+        .spawn(move || supervise(writer, rx))
         .map_err(|e| format!("cannot start the prediction log writer: {e}"))
+}
+
+/// Runs the writer until it is stopped. A panic anywhere in it (a bug, or a library's on input
+/// nobody foresaw) is caught, logged and counted; the writer is rebuilt (its logs reopened,
+/// which seals what the lost one left open, and the versions it knew added again) and goes on
+/// reading the same channel, so one bad record never ends a model's logging, drift, quality and
+/// retraining. What the lost writer held in memory goes: its unwritten rows (counted as
+/// dropped), the recent predictions feedback is matched with, the windows filling.
+fn supervise(mut writer: Writer, mut rx: mpsc::Receiver<Msg>) {
+    let monitor = Arc::clone(&writer.monitor);
+    let name = monitor.name.clone();
+    let mut backoff = RESTART_MIN;
+    // Versions a rebuilt writer adds again before it reads on. One whose setup panics is not
+    // added again (it would panic every time), the others are.
+    let mut pending: Vec<VersionSetup> = Vec::new();
+    loop {
+        let started = Instant::now();
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            while !pending.is_empty() {
+                writer.add_version(pending.remove(0));
+            }
+            writer.run(&mut rx)
+        }));
+        let panic = match ran {
+            Ok(()) => {
+                let finished =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| writer.finish()));
+                if let Err(panic) = finished {
+                    monitor.metrics.record_monitor_panics(&name, "writer", 1);
+                    tracing::error!(model = %name, panic = panic_message(&*panic),
+                        "prediction log writer panicked while closing; open segments are sealed at the next start");
+                }
+                return;
+            }
+            Err(panic) => panic,
+        };
+        monitor.metrics.record_monitor_panics(&name, "writer", 1);
+        tracing::error!(model = %name, panic = panic_message(&*panic),
+            "prediction log writer panicked; it is rebuilt and goes on");
+        if started.elapsed() >= RESTART_RESET {
+            backoff = RESTART_MIN;
+        }
+        pending.append(&mut writer.setups);
+        let comparer = writer.comparer.take();
+        monitor
+            .metrics
+            .record_log_dropped_rows(&name, "panic", writer.batch.len() as u64);
+        writer.record_sealer_panics();
+        // Dropping the logs joins the sealer; a panic there loses nothing more.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(writer)));
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(RESTART_MAX);
+        writer = loop {
+            match Writer::open(&monitor) {
+                Ok(w) => break w,
+                Err(e) => {
+                    tracing::error!(model = %name, error = %e,
+                        "prediction log writer cannot be rebuilt; retrying");
+                    if drain_while_down(&monitor, &mut rx, &mut pending, backoff) {
+                        if let Some(comparer) = comparer {
+                            comparer.finish();
+                        }
+                        return;
+                    }
+                    backoff = (backoff * 2).min(RESTART_MAX);
+                }
+            }
+        };
+        writer.comparer = comparer;
+    }
+}
+
+/// While the writer cannot be rebuilt, answers what arrives for `wait`: records are dropped
+/// and counted, feedback is refused (its caller retries), versions are remembered. Returns
+/// whether the writer was told to stop.
+fn drain_while_down(
+    monitor: &ModelMonitor,
+    rx: &mut mpsc::Receiver<Msg>,
+    known: &mut Vec<VersionSetup>,
+    wait: Duration,
+) -> bool {
+    let until = Instant::now() + wait;
+    while Instant::now() < until {
+        match rx.try_recv() {
+            Ok(Msg::Stop) | Err(mpsc::error::TryRecvError::Disconnected) => return true,
+            Ok(Msg::Version(setup)) => known.push(*setup),
+            Ok(Msg::Record(record, bytes)) => {
+                monitor.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+                monitor.metrics.record_log_dropped_rows(
+                    &monitor.name,
+                    "write_error",
+                    record.rows as u64,
+                );
+            }
+            Ok(Msg::Feedback(_, reply)) => {
+                let _ = reply.send(Err(
+                    "the prediction log cannot be opened; feedback not stored, retry later".into(),
+                ));
+            }
+            #[cfg(test)]
+            Ok(Msg::Panic) => {}
+            Err(mpsc::error::TryRecvError::Empty) => std::thread::sleep(POLL_MAX),
+        }
+    }
+    false
 }
 
 struct Writer {
     monitor: Arc<ModelMonitor>,
+    /// Every version added, as it was added: what a rebuilt writer adds again.
+    setups: Vec<VersionSetup>,
     predictions: SegmentLog,
     feedback: SegmentLog,
     batch: PredictionBatch,
@@ -147,7 +220,60 @@ struct QualityWindow {
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+    /// Opens the model's logs (sealing what an earlier run or writer left open) and its report
+    /// directory. Blocking. The comparer is set by the caller.
+    fn open(monitor: &Arc<ModelMonitor>) -> Result<Writer, String> {
+        let dir = monitor.settings.dir.join(&monitor.name);
+        let options = LogOptions {
+            segment_max_bytes: monitor.settings.segment_max_bytes,
+            segment_max_age: monitor.settings.segment_max_age,
+            retention_max_bytes: monitor.settings.retention_max_bytes,
+            retention_max_age: monitor.settings.retention_max_age,
+            // The writer batches and syncs each batch it writes: the interval is its cadence.
+            fsync: Fsync::EveryAppend,
+        };
+        let empty = Arc::new(PredictionLayout::new(Vec::new()));
+        let (mut predictions, recovered) = SegmentLog::open(
+            &dir.join("predictions"),
+            Arc::clone(empty.schema()),
+            options.clone(),
+        )
+        .map_err(|e| format!("cannot open the prediction log: {e}"))?;
+        if recovered.recovered_segments > 0 {
+            tracing::info!(model = %monitor.name, segments = recovered.recovered_segments,
+                rows = recovered.recovered_rows, torn = recovered.torn_tails,
+                "prediction log: segments left by an earlier run were sealed");
+        }
+        predictions
+            .seal_in_background(&format!("seal-{}", monitor.name))
+            .map_err(|e| format!("cannot start the prediction log's sealer: {e}"))?;
+        let (feedback, _) = SegmentLog::open(&dir.join("feedback"), feedback::schema(), options)
+            .map_err(|e| format!("cannot open the feedback log: {e}"))?;
+        let reports = dir.join("reports");
+        std::fs::create_dir_all(&reports).map_err(|e| format!("{}: {e}", reports.display()))?;
+        Ok(Writer {
+            comparer: None,
+            reports,
+            batch: PredictionBatch::new((*empty).clone()),
+            batch_layout: empty,
+            batch_since: None,
+            drained_through_us: now_us(),
+            predictions,
+            feedback,
+            versions: HashMap::new(),
+            setups: Vec::new(),
+            index: PredictionIndex::new(monitor.settings.feedback_index_rows),
+            baselines: dir.join("baselines"),
+            monitor: Arc::clone(monitor),
+            spent: Vec::new(),
+            label: String::new(),
+            rows_taken: 0,
+        })
+    }
+
+    /// Takes records, feedback and versions from the channel until told to stop (or every
+    /// sender is gone).
+    fn run(&mut self, rx: &mut mpsc::Receiver<Msg>) {
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -222,6 +348,10 @@ impl Writer {
                 }
             }
         });
+    }
+
+    /// Writes what is gathered and seals every segment: after a clean stop nothing is open.
+    fn finish(mut self) {
         self.flush();
         self.monitor
             .metrics
@@ -250,10 +380,14 @@ impl Writer {
                 let _ = reply.send(self.feedback(items));
             }
             Msg::Stop => {}
+            #[cfg(test)]
+            Msg::Panic => panic!("a panic injected by a test"),
         }
     }
 
     fn add_version(&mut self, setup: VersionSetup) {
+        // Remembered once added, for a rebuilt writer: a setup that panics is not.
+        let remembered = setup.clone();
         let VersionSetup {
             version,
             layout,
@@ -283,6 +417,8 @@ impl Writer {
                 quality: QualityWindow::default(),
             },
         );
+        self.setups.retain(|s| s.version != version);
+        self.setups.push(remembered);
     }
 
     fn record(&mut self, record: &RequestRecord) {
@@ -380,6 +516,7 @@ impl Writer {
         if let Err(e) = self.predictions.tick() {
             tracing::error!(model = %self.monitor.name, error = %e, "prediction log");
         }
+        self.record_sealer_panics();
         let synced = self.monitor.synced_through_us.load(Ordering::Acquire);
         self.monitor.metrics.set_log_state(
             &self.monitor.name,
@@ -387,6 +524,14 @@ impl Writer {
             now_us(),
             self.predictions.bytes_on_disk(),
         );
+    }
+
+    /// Counts the panics the prediction log's sealer caught since the last look.
+    fn record_sealer_panics(&self) {
+        let panics = self.predictions.sealer_panics().take();
+        self.monitor
+            .metrics
+            .record_monitor_panics(&self.monitor.name, "sealer", panics);
     }
 
     fn switch_layout(&mut self, layout: Arc<PredictionLayout>) {
@@ -697,16 +842,96 @@ pub(crate) fn now_us() -> i64 {
         .map_or(0, |d| d.as_micros() as i64)
 }
 
-/// RFC 3339 in UTC with microseconds; times before the epoch (a clock set wrong) read as the
-/// epoch.
+/// The last microsecond RFC 3339 can write (9999-12-31T23:59:59.999999Z); formatting a later
+/// time panics.
+const LAST_RFC3339_US: i64 = 253_402_300_799_999_999;
+
+/// RFC 3339 in UTC with microseconds. Never panics: times before the epoch (a clock set wrong)
+/// read as the epoch, times past year 9999 as its last microsecond.
 pub(crate) fn micros_to_rfc3339(us: i64) -> String {
-    let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(us.max(0) as u64);
+    let us = us.clamp(0, LAST_RFC3339_US) as u64;
+    let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_micros(us);
     humantime::format_rfc3339_micros(at).to_string()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::micros_to_rfc3339;
+    use super::*;
+    use crate::config::MonitorSettings;
+    use crate::metrics::Metrics;
+    use crate::monitor::MonitorHub;
+    use cairn_monitor::log::Arm;
+    use tokio::sync::oneshot;
+
+    fn record(id: &str) -> Msg {
+        Msg::Record(
+            RequestRecord {
+                id: id.to_string(),
+                time_us: now_us(),
+                version: 1,
+                arm: Arm::Direct,
+                latency_us: 1,
+                status: "ok",
+                rows: 1,
+                values: Vec::new(),
+            },
+            0,
+        )
+    }
+
+    fn feedback(monitor: &ModelMonitor, id: &str) -> FeedbackAnswer {
+        let (tx, rx) = oneshot::channel();
+        let item = FeedbackItem {
+            id: id.to_string(),
+            row: 0,
+            label: None,
+            target: Some(1.0),
+            time_us: None,
+        };
+        monitor
+            .tx
+            .blocking_send(Msg::Feedback(vec![item], tx))
+            .unwrap();
+        rx.blocking_recv().unwrap().unwrap()
+    }
+
+    /// A panic on the writer: caught, counted, and the writer rebuilt with the version it knew,
+    /// reading the same channel: a record sent after the panic is logged and matched.
+    #[test]
+    fn a_panicking_writer_is_rebuilt_and_reads_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new();
+        let mut settings = MonitorSettings::defaults(dir.path());
+        settings.fsync = Duration::ZERO;
+        let hub = MonitorHub::new(settings, metrics.clone());
+        let monitor = hub.model("m").unwrap();
+        let setup = VersionSetup {
+            version: 1,
+            layout: Arc::new(PredictionLayout::new(Vec::new())),
+            config: MonitoringConfig::default(),
+            dir: dir.path().join("m/1"),
+        };
+        let send = |msg| monitor.tx.blocking_send(msg).unwrap();
+        send(Msg::Version(Box::new(setup)));
+        send(record("before"));
+        assert_eq!(feedback(&monitor, "before").matched, 1);
+        for _ in 0..2 {
+            send(Msg::Panic);
+        }
+        send(record("after"));
+        let answer = feedback(&monitor, "after");
+        assert_eq!(answer.matched, 1, "the version was added again: {answer:?}");
+        let text = String::from_utf8(metrics.render()).unwrap();
+        assert!(
+            text.contains(r#"cairn_monitor_panics_total{model="m",thread="writer"} 2"#),
+            "{text}"
+        );
+        hub.shutdown();
+        // Both feedback calls are on disk: the lost writer's segments were sealed on reopening.
+        let (batches, _) =
+            cairn_monitor::log::read_dir(&dir.path().join("predictions/m/feedback")).unwrap();
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+    }
 
     #[test]
     fn timestamps_are_rfc3339() {
@@ -719,5 +944,10 @@ mod tests {
             micros_to_rfc3339(951_782_400_000_000),
             "2000-02-29T00:00:00.000000Z"
         );
+        // Past year 9999 (a feedback `time` of 1e12 s once panicked the writer here).
+        for far in [1_000_000_000_000_000_000, i64::MAX] {
+            assert_eq!(micros_to_rfc3339(far), "9999-12-31T23:59:59.999999Z");
+        }
+        assert_eq!(micros_to_rfc3339(-5), "1970-01-01T00:00:00.000000Z");
     }
 }

@@ -7,12 +7,14 @@
 
 mod bounded;
 mod data;
+mod feedback;
 mod request;
 mod response;
 
 use crate::tensor::{Tensor, TensorError};
 
 pub use data::parse_binary_bytes;
+pub use feedback::{decode_feedback, MAX_FEEDBACK_ROWS, MAX_LABEL_BYTES, MAX_TIME_AHEAD_S};
 pub use request::decode_request;
 
 /// What one request may hold, whatever its wire (the gRPC service checks the same bounds).
@@ -41,9 +43,13 @@ pub struct ResponseOutput<'a> {
     pub binary: bool,
 }
 
-/// Why a body is not a valid V2 request. Every variant is the client's fault (HTTP 400).
+/// Why a body is not a valid V2 request (or feedback body). Every variant is the client's fault
+/// (HTTP 400).
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
+    /// A feedback body; the message names the item and the field.
+    #[error("{0}")]
+    Feedback(String),
     #[error("malformed request JSON: {0}")]
     Json(#[from] serde_json::Error),
     #[error("request body is not UTF-8 JSON: {0}")]

@@ -248,11 +248,16 @@ impl Jobs {
             .get(model)
             .ok_or_else(|| JobError::UnknownModel(model.to_string()))?;
         let stable = route.stable().cloned();
-        let config_path = stable
+        // A model's config may come from a client (the repository load API): the file it names
+        // is read only inside the config directory, and only as a bounded regular file.
+        let config_path = match stable
             .as_ref()
-            .and_then(|s| s.config.retrain.config.clone())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| self.settings.config_dir.join(format!("{model}.toml")));
+            .and_then(|s| s.config.retrain.config.as_deref())
+        {
+            Some(given) => super::config_path::resolve(&self.settings.config_dir, given)
+                .map_err(JobError::Config)?,
+            None => self.settings.config_dir.join(format!("{model}.toml")),
+        };
         let mut config =
             TrainConfig::load(&config_path).map_err(|e| JobError::Config(e.to_string()))?;
         if config.model != model {

@@ -4,6 +4,7 @@
 //! configs, supplies the serving version for the gate and publishes what passes.
 
 pub mod cli;
+pub mod config_path;
 pub mod jobs;
 mod publish;
 pub mod retrain;

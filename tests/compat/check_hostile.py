@@ -4,9 +4,11 @@ request heads. Each probe asserts the answer, that the server stays up and serve
 well-behaved client meanwhile, and that its peak RSS grows by no more than a stated bound.
 The figures are printed as a table (benches/README.md quotes them).
 
-Run: python tests/compat/check_hostile.py [path/to/cairn]   (default: target/debug/cairn)
+Run: python tests/compat/check_hostile.py [path/to/cairn] [--measure]   (default:
+target/debug/cairn; `--measure` reports instead of failing, to measure another build)
 """
 
+from http.client import HTTPException
 import json
 import os
 import select
@@ -30,7 +32,8 @@ import h2.settings
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cairn_server import ROOT, Server  # noqa: E402
 
-BINARY = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target", "debug", "cairn")
+ARGS = [a for a in sys.argv[1:] if not a.startswith("--")]
+BINARY = ARGS[0] if ARGS else os.path.join(ROOT, "target", "debug", "cairn")
 MiB = 1 << 20
 # The server runs with these, so that the bounds below are small enough to tell apart from
 # noise (and a run takes seconds, not minutes).
@@ -43,6 +46,18 @@ KEEP_ALIVE_S = 30
 SLACK = 48 * MiB
 
 FIGURES = []
+# `--measure`: record what each probe sees without failing (to measure another build).
+STRICT = "--measure" not in sys.argv
+FAILURES = []
+
+
+def expect(condition, message):
+    if condition:
+        return
+    if STRICT:
+        raise AssertionError(message)
+    FAILURES.append(message)
+    print(f"    (expected, not seen: {message})", flush=True)
 
 
 def record(probe, **figures):
@@ -69,6 +84,9 @@ def http(server, method, path, body=None, headers=None, timeout=10):
             return r.status, r.read(), dict(r.headers)
     except urllib.error.HTTPError as e:
         return e.code, e.read(), dict(e.headers)
+    except HTTPException as e:
+        # An answer the client cannot even read (a 1 MiB header, say).
+        return 0, json.dumps({"error": f"unreadable answer: {e}"}).encode(), {}
 
 
 IRIS = {
@@ -79,12 +97,12 @@ IRIS = {
 
 
 def assert_serving(server, what):
-    assert server.alive(), f"{what}: the server died"
+    expect(server.alive(), f"{what}: the server died")
     t0 = time.time()
     status, _, _ = http(server, "GET", "/v2/health/live")
-    assert status == 200, f"{what}: live answered {status}"
+    expect(status == 200, f"{what}: live answered {status}")
     status, body, _ = http(server, "POST", "/v2/models/iris/infer", IRIS)
-    assert status == 200, f"{what}: inference answered {status}: {body[:200]}"
+    expect(status == 200, f"{what}: inference answered {status}: {body[:200]}")
     return time.time() - t0
 
 
@@ -141,6 +159,7 @@ class H2:
             self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window})
         self.flush()
         self.ended = {}  # stream id -> grpc-status / :status / "reset"
+        self.sent = 0  # DATA bytes sent
         self.read_events(0.1)
 
     def flush(self):
@@ -216,6 +235,7 @@ class H2:
             except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
                 self.ended.setdefault(sid, "closed")
                 return b""
+            self.sent += min(window, len(data))
             data = data[window:]
             self.flush()
         return data
@@ -241,9 +261,9 @@ def probe_empty_inputs(server):
         t0 = time.time()
         code, details = grpc_raw(server, "ModelInfer", message)
         took = time.time() - t0
-    assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, details)
-    assert "tensors" in details, details
-    assert p.growth < 12 * MiB + SLACK, mib(p.growth)
+    expect(code == grpc.StatusCode.INVALID_ARGUMENT, str((code, details)))
+    expect("tensors" in details, str(details))
+    expect(p.growth < 12 * MiB + SLACK, str(mib(p.growth)))
     record("gRPC ModelInfer, 12 MiB of empty inputs", answer=code.name, seconds=f"{took:.2f}",
            peak_rss_growth=mib(p.growth), bound=mib(12 * MiB + SLACK))
     assert_serving(server, "empty inputs")
@@ -251,22 +271,22 @@ def probe_empty_inputs(server):
 
 def probe_malformed(server):
     code, details = grpc_raw(server, "ModelInfer", b"\x2a\x05\x00")
-    assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, details)
+    expect(code == grpc.StatusCode.INVALID_ARGUMENT, str((code, details)))
     code, details = grpc_raw(server, "ModelInfer", b"\x1a\x02\xc3\x28")
-    assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, details)
+    expect(code == grpc.StatusCode.INVALID_ARGUMENT, str((code, details)))
     record("gRPC malformed protobuf", answer=code.name)
 
 
 def probe_long_ids(server):
     long_id = "x" * MiB
     status, body, headers = http(server, "POST", "/v2/models/iris/infer", dict(IRIS, id=long_id))
-    assert status == 400, status
-    assert "request id" in json.loads(body)["error"], body[:200]
-    assert len(headers.get("x-request-id", "")) <= 1024
+    expect(status == 400, str(status))
+    expect("request id" in json.loads(body)["error"], str(body[:200]))
+    expect(len(headers.get("x-request-id", "")) <= 1024, 'len(headers.get("x-request-id", "")) <= 1024')
     # In protobuf: field 3 (id) of 1 MiB.
     message = b"\x1a" + _varint(len(long_id)) + long_id.encode()
     code, details = grpc_raw(server, "ModelInfer", message)
-    assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, details)
+    expect(code == grpc.StatusCode.INVALID_ARGUMENT, str((code, details)))
     record("1 MiB request id (HTTP and gRPC)", http=status, grpc=code.name)
 
 
@@ -298,7 +318,6 @@ def probe_stalled_grpc_messages(server):
             opened.append((c, sid, grpc_frame(b"\x00" * int(7.5 * MiB), declared=8 * MiB)))
         # Send what flow control allows, round after round, for a few seconds.
         t0 = time.time()
-        total = sum(len(data) for _, _, data in opened)
         pending = list(opened)
         while pending and time.time() - t0 < 3:
             still = []
@@ -309,7 +328,7 @@ def probe_stalled_grpc_messages(server):
                 if rest:
                     still.append((c, sid, rest))
             pending = still
-        sent = total - sum(len(data) for _, _, data in pending)
+        sent = sum(c.sent for c in conns)
         # Then stall: nothing more is sent; every stream must end within the body timeout.
         deadline = time.time() + BODY_TIMEOUT_S + 10
         while time.time() < deadline:
@@ -322,8 +341,8 @@ def probe_stalled_grpc_messages(server):
         stalled_for = time.time() - t0
         for c in conns:
             c.close()
-    assert ended == streams, f"{ended} of {streams} streams ended: {[c.ended for c in conns]}"
-    assert p.growth < BUDGET + SLACK, mib(p.growth)
+    expect(ended == streams, f"{ended} of {streams} streams ended: {[c.ended for c in conns]}")
+    expect(p.growth < BUDGET + SLACK, str(mib(p.growth)))
     record("gRPC: 24 streams × 7.5 MiB of an 8 MiB message, then stalled", ended=f"{ended}/{streams}",
            sent=mib(sent), grpc_status=",".join(codes), seconds=f"{stalled_for:.1f}",
            peak_rss_growth=mib(p.growth), bound=mib(BUDGET + SLACK))
@@ -367,9 +386,9 @@ def probe_unread_answers(server, grpc_port=False):
         closed = sum(1 for c in conns if _closed(c.sock))
         for c in conns:
             c.close()
-    assert left == 0, f"{left} bytes of unread answers still held"
-    assert closed == connections, f"{closed} of {connections} connections were closed"
-    assert p.growth < BUDGET + SLACK, mib(p.growth)
+    expect(left == 0, f"{left} bytes of unread answers still held")
+    expect(closed == connections, f"{closed} of {connections} connections were closed")
+    expect(p.growth < BUDGET + SLACK, str(mib(p.growth)))
     what = "gRPC ModelConfig" if grpc_port else "h2c GET /metrics"
     record(f"{what}: {connections} connections × {per} streams, never read",
            unread_held=mib(held), refused=int(refused), dropped=f"{closed}/{connections}",
@@ -407,22 +426,22 @@ def probe_half_sent_heads(server):
     s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n")
     t0 = time.time()
     s.settimeout(KEEP_ALIVE_S + 10)
-    assert s.recv(4096) == b"", "the server answered a half-sent head"
+    expect(s.recv(4096) == b"", "the server answered a half-sent head")
     new_conn = time.time() - t0
     s.close()
     s = socket.create_connection((server.host, server.port))
     s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
     s.settimeout(5)
-    assert s.recv(4096).startswith(b"HTTP/1.1 200")
+    expect(s.recv(4096).startswith(b"HTTP/1.1 200"), 's.recv(4096).startswith(b"HTTP/1.1 200")')
     time.sleep(0.5)
     s.sendall(b"GET /v2/health/live HTTP/1.1\r\nHo")
     t0 = time.time()
     s.settimeout(KEEP_ALIVE_S + 10)
-    assert s.recv(4096) == b""
+    expect(s.recv(4096) == b"", 's.recv(4096) == b""')
     keep_alive = time.time() - t0
     s.close()
     for took in (new_conn, keep_alive):
-        assert took < HEADER_TIMEOUT_S * 1.5 + 1, f"closed after {new_conn:.1f} s and {keep_alive:.1f} s"
+        expect(took < HEADER_TIMEOUT_S * 1.5 + 1, f"closed after {new_conn:.1f} s and {keep_alive:.1f} s")
     record("half-sent request head", header_read_timeout=f"{HEADER_TIMEOUT_S} s",
            new_connection_closed_after=f"{new_conn:.1f} s",
            keep_alive_connection_closed_after=f"{keep_alive:.1f} s")
@@ -456,7 +475,10 @@ def main():
         print("\n| probe | figures |\n|---|---|")
         for probe, figures in FIGURES:
             print(f"| {probe} | " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in figures.items()) + " |")
-        print("\nall hostile probes passed")
+        if FAILURES:
+            print(f"\n{len(FAILURES)} expectations not met (--measure)")
+        else:
+            print("\nall hostile probes passed")
     except Exception:
         print("".join(server.log[-60:]), file=sys.stderr)
         raise

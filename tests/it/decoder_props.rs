@@ -1,7 +1,8 @@
 //! Property tests of everything that parses what a client or an operator sends: the V2 request
-//! decoders (JSON, binary extension, raw binary) and the configuration parsers. Arbitrary input
-//! never panics, and the decoders never allocate more than a small multiple of the body: a
-//! counting allocator measures the peak bytes each decode holds on its thread.
+//! decoders (JSON, binary extension, raw binary), the feedback decoder and the configuration
+//! parsers. Arbitrary input never panics, and the decoders never allocate more than a small
+//! multiple of the body: a counting allocator measures the peak bytes each decode holds on its
+//! thread.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -10,7 +11,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 
 use cairn::config::{ModelConfig, ServerConfig, ServerSettings};
-use cairn::protocol::decode_request;
+use cairn::protocol::{decode_feedback, decode_request};
 use cairn::tensor::DataType;
 
 struct Counting;
@@ -223,6 +224,56 @@ proptest! {
             prop_assert!(t.binary_size() <= max);
         }
         prop_assert!(peak <= 2 * max + (64 << 10), "{peak} > 2 × {max}");
+    }
+}
+
+/// Feedback bodies, mostly well-formed, with hostile fields, values and shapes.
+fn feedback_body() -> impl Strategy<Value = String> {
+    let value = prop_oneof![
+        element(),
+        Just("1e12".to_string()),
+        Just("-0.5".to_string()),
+        Just("4294967296".to_string()),
+        Just(format!("\"{}\"", "x".repeat(300))),
+        Just(format!("\"{}\"", "y".repeat(1100))),
+    ];
+    let field = prop::sample::select(&["id", "row", "label", "target", "time", "other"][..]);
+    let item = prop::collection::vec((field, value), 0..6).prop_map(|fields| {
+        let inner: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+        format!("{{{}}}", inner.join(","))
+    });
+    (prop::collection::vec(item, 0..40), any::<bool>(), 0usize..4).prop_map(
+        |(items, wrapped, cut)| {
+            let list = format!("[{}]", items.join(","));
+            let body = if wrapped {
+                format!(r#"{{"feedback":{list}}}"#)
+            } else {
+                list
+            };
+            // Sometimes cut short.
+            let keep = body.len() - (cut * body.len() / 8).min(body.len());
+            body[..keep].to_string()
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Feedback decodes within the same bound as requests, and what it accepts is within the
+    /// documented limits.
+    #[test]
+    fn feedback_bodies_never_panic_and_stay_bounded(body in feedback_body()) {
+        let len = body.len();
+        let now = 1_796_166_458_000_000;
+        let (result, peak) = peak_during(|| decode_feedback(body.as_bytes(), now));
+        prop_assert!(peak <= bound(len), "decoding {len} bytes held {peak} bytes");
+        for item in result.unwrap_or_default() {
+            prop_assert!(!item.id.is_empty() && item.id.len() <= cairn::request::MAX_ID_BYTES);
+            prop_assert!(item.label.as_ref().is_none_or(|l| l.len() <= cairn::protocol::MAX_LABEL_BYTES));
+            prop_assert!(item.label.is_some() || item.target.is_some());
+            prop_assert!(item.time_us.is_none_or(|t| (0..=now + 86_400_000_000).contains(&t)));
+        }
     }
 }
 

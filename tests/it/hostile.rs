@@ -814,3 +814,371 @@ async fn distinct_huge_strings_keep_drift_reports_pages_and_memory_small() {
     );
     assert_serving(&s).await;
 }
+
+/// A V2 request for iris with a request id, and the label the server predicted for it.
+async fn predict(s: &TestServer, id: &str) -> i64 {
+    let mut body = iris_rows();
+    body["id"] = json!(id);
+    let r = s.post_json("/v2/models/iris/infer", &body).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.error());
+    let out = r.json();
+    let label = out["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "label")
+        .expect("iris answers a label")["data"][0]
+        .as_i64()
+        .unwrap();
+    label
+}
+
+/// Rows in the current quality window of iris's version 2 (the stable one).
+async fn quality_rows(s: &TestServer) -> u64 {
+    let q = s.get("/v2/models/iris/quality").await.json();
+    q["versions"]["2"]["current"]["rows"].as_u64().unwrap_or(0)
+}
+
+// Finding (feedback, high): a `time` of 1e12 s for a logged row panicked the model's log
+// writer (a date past year 9999); feedback then answered 503 and logging, drift, quality and
+// retraining of the model were dead until a restart. Now the time is refused, naming the field,
+// and the model's monitoring goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feedback_time_past_year_9999_is_refused_and_monitoring_goes_on() {
+    let s =
+        TestServer::start_with(Repo::with(&["iris"]), |c| c.monitor.fsync = Duration::ZERO).await;
+    let label = predict(&s, "far-1").await;
+    for time in ["1e12", "-1", "1e300"] {
+        let body = format!(r#"[{{"id": "far-1", "label": {label}, "time": {time}}}]"#);
+        let r = s.post("/v2/models/iris/feedback", body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "time {time}");
+        let msg = r.error();
+        assert!(
+            msg.contains("feedback[0].time: expected seconds since the Unix epoch"),
+            "{msg}"
+        );
+    }
+    // The writer is alive: the same row's feedback, with a sane time, matches and counts.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let r = s
+        .post_json(
+            "/v2/models/iris/feedback",
+            &json!({"feedback": [{"id": "far-1", "label": label, "time": now}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.error());
+    assert_eq!(r.json()["matched"], 1);
+    assert_eq!(quality_rows(&s).await, 1);
+    // And so is logging: a later prediction is matched too.
+    let label = predict(&s, "far-2").await;
+    let r = s
+        .post_json(
+            "/v2/models/iris/feedback",
+            &json!([{"id": "far-2", "label": label}]),
+        )
+        .await;
+    assert_eq!(
+        r.json()["matched"],
+        1,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(quality_rows(&s).await, 2);
+    assert_eq!(
+        s.metric("cairn_monitor_panics_total{model=\"iris\",thread=\"writer\"}")
+            .await,
+        0.0
+    );
+    assert_serving(&s).await;
+    s.shutdown().await;
+}
+
+// Finding (feedback, high): two feedback bodies of 48 MiB raised the server's memory by
+// 1.99 GiB, because the row limit was checked after the whole body was decoded into
+// `serde_json::Value`s. Now the cap is checked while parsing: past it the rest is never parsed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_over_the_item_cap_is_refused_while_parsing() {
+    let s = std::sync::Arc::new(TestServer::start(Repo::with(&["iris"])).await);
+    let item = r#"{"id":"x","label":1},"#;
+    let over = format!(
+        "[{}]",
+        item.repeat(cairn::protocol::MAX_FEEDBACK_ROWS + 1)
+            .trim_end_matches(',')
+    );
+    let started = Instant::now();
+    let r = s.post("/v2/models/iris/feedback", over).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let msg = r.error();
+    assert!(
+        msg.contains("more than 100000 feedback items in one call (the limit)"),
+        "{msg}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Two bodies of 48 MiB at once, while a well-behaved client keeps inferring.
+    let big = Bytes::from(format!("[{}]", item.repeat((48 << 20) / item.len())));
+    let well_behaved = {
+        let s = std::sync::Arc::clone(&s);
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                assert_serving(&s).await;
+            }
+        })
+    };
+    let started = Instant::now();
+    let sends: Vec<_> = (0..2)
+        .map(|_| {
+            let (s, big) = (std::sync::Arc::clone(&s), big.clone());
+            tokio::spawn(async move { s.post("/v2/models/iris/feedback", big).await })
+        })
+        .collect();
+    for send in sends {
+        let r = send.await.unwrap();
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert!(r.error().contains("more than 100000 feedback items"));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    well_behaved.await.unwrap();
+    assert_serving(&s).await;
+}
+
+// Finding (feedback, medium-high): 16 calls with a 32 MiB label each kept 514 MiB, since labels
+// were stored whole in the quality window. Labels and ids are bounded now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_feedback_labels_and_ids_are_refused() {
+    let s = TestServer::start(Repo::with(&["iris"])).await;
+    let label = predict(&s, "sized").await;
+    let huge = "x".repeat(32 << 20);
+    let long_label = "y".repeat(cairn::protocol::MAX_LABEL_BYTES + 1);
+    let long_id = "i".repeat(cairn::request::MAX_ID_BYTES + 1);
+    for (body, field) in [
+        (json!([{"id": "sized", "label": huge}]), "feedback[0].label"),
+        (
+            json!([{"id": "sized", "label": long_label}]),
+            "feedback[0].label",
+        ),
+        (json!([{"id": long_id, "label": label}]), "feedback[0].id"),
+        (
+            json!({"feedback": [{"id": "sized", "label": label}, {"id": "", "target": 1.0}]}),
+            "feedback[1].id",
+        ),
+    ] {
+        let r = s.post_json("/v2/models/iris/feedback", &body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        let msg = r.error();
+        assert!(msg.starts_with(field) && msg.contains("expected"), "{msg}");
+        assert!(
+            msg.len() < 512,
+            "the value is not echoed: {} bytes",
+            msg.len()
+        );
+    }
+    // Nothing of a refused call was stored: the row still takes its first feedback.
+    let ok = "z".repeat(cairn::protocol::MAX_LABEL_BYTES);
+    let r = s
+        .post_json(
+            "/v2/models/iris/feedback",
+            &json!([{"id": "sized", "label": ok}]),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.error());
+    assert_eq!(r.json()["matched"], 1);
+    assert_serving(&s).await;
+    s.shutdown().await;
+}
+
+// Finding (auth, medium): with an admin token set, 150 inferences and one unauthenticated
+// feedback call with false labels rolled the operator's canary back within 3 s. Feedback now
+// needs the feedback token (or the admin token) whenever a token is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_needs_the_feedback_or_admin_token() {
+    let s = TestServer::start_with(Repo::with(&["iris"]), |c| {
+        c.admin_token = Some("s3cret".into());
+        c.feedback_token = Some("outcomes".into());
+    })
+    .await;
+    let label = predict(&s, "auth-1").await;
+    let body = serde_json::to_vec(&json!([{"id": "auth-1", "label": (label + 1) % 3}])).unwrap();
+    let send = |auth: Option<&'static str>| {
+        let (s, body) = (&s, body.clone());
+        async move {
+            let headers: Vec<(&str, &str)> =
+                auth.map(|a| ("authorization", a)).into_iter().collect();
+            s.request(Method::POST, "/v2/models/iris/feedback", &headers, body)
+                .await
+        }
+    };
+    let r = send(None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        r.error().contains("feedback token or admin token"),
+        "{}",
+        r.error()
+    );
+    assert_eq!(
+        send(Some("Bearer guess")).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        s.metric("cairn_feedback_total{model=\"iris\",outcome=\"matched\"}")
+            .await,
+        0.0,
+        "refused feedback is not counted"
+    );
+    let r = send(Some("Bearer outcomes")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.error());
+    assert_eq!(r.json()["matched"], 1);
+    assert_eq!(send(Some("Bearer s3cret")).await.status, StatusCode::OK);
+    // The feedback token is no admin token.
+    let r = s
+        .request(
+            Method::POST,
+            "/v2/repository/index",
+            &[("authorization", "Bearer outcomes")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_serving(&s).await;
+    s.shutdown().await;
+
+    // With only the admin token, feedback needs it.
+    let s = TestServer::start_with(Repo::with(&["iris"]), |c| {
+        c.admin_token = Some("s3cret".into());
+    })
+    .await;
+    let r = s
+        .post_json(
+            "/v2/models/iris/feedback",
+            &json!([{"id": "a", "label": 1}]),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    s.shutdown().await;
+}
+
+// Finding (management, medium): `[retrain] config = "/dev/zero"` in a model's config (the
+// repository load API is open without an admin token) was read with no size limit, 2 GiB in
+// 3 s, and the error told whether any path existed. Now the name must lie inside
+// train_config_dir, with one answer whether an outside path exists or not, and the file must
+// be a regular file of at most 1 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn training_configs_are_read_only_inside_the_config_dir() {
+    let configs = tempfile::tempdir().unwrap();
+    let dir = configs.path().to_path_buf();
+    let s = TestServer::start_with(Repo::with(&["iris"]), |c| c.training.config_dir = dir).await;
+    let fifo = configs.path().join("fifo.toml");
+    let made_fifo = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|st| st.success());
+    std::os::unix::fs::symlink("/dev/zero", configs.path().join("zero.toml")).unwrap();
+    std::fs::write(configs.path().join("big.toml"), vec![b'#'; (1 << 20) + 1]).unwrap();
+    let train_with = |config: &'static str| {
+        let s = &s;
+        async move {
+            let model = json!({"max_batch_size": 64, "retrain": {"config": config}});
+            let r = upload(s, "iris", model, &[]).await;
+            assert_eq!(
+                r.status,
+                StatusCode::OK,
+                "{}",
+                String::from_utf8_lossy(&r.body)
+            );
+            let started = Instant::now();
+            let r = s.post("/v2/models/iris/train", "").await;
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{config}: slow"
+            );
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{config}");
+            r.error()
+        }
+    };
+    // Outside: one message, the name given aside, whether the path exists or not.
+    let mut answers = Vec::new();
+    for outside in [
+        "/dev/zero",
+        "/etc/hostname",
+        "/nonexistent/x.toml",
+        "../x.toml",
+    ] {
+        let msg = train_with(outside).await;
+        assert!(
+            msg.contains("must name a file inside train_config_dir"),
+            "{msg}"
+        );
+        answers.push(msg.replace(outside, "<given>"));
+    }
+    answers.dedup();
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    // Inside: a device behind a link, a FIFO and an oversized file, refused at once.
+    let mut inside = vec![
+        ("zero.toml", "not a regular file"),
+        ("big.toml", "larger than the limit of 1048576 bytes"),
+    ];
+    if made_fifo {
+        inside.push(("fifo.toml", "not a regular file"));
+    }
+    for (name, expected) in inside {
+        let msg = train_with(name).await;
+        assert!(msg.contains(expected), "{name}: {msg}");
+    }
+    assert_serving(&s).await;
+    s.shutdown().await;
+}
+
+// Finding (feedback): a feedback segment larger than the retention limit was deleted right
+// after it was written, losing acknowledged feedback; and a malformed item was answered only
+// "data did not match any variant of untagged enum FeedbackBody".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_feedback_outlives_a_tiny_retention_and_bad_items_are_named() {
+    let s = TestServer::start_with(Repo::with(&["iris"]), |c| {
+        c.monitor.segment_max_bytes = 1;
+        c.monitor.retention_max_bytes = Some(1);
+    })
+    .await;
+    for (body, expected) in [
+        (
+            r#"[{"id": "a", "label": 1, "colour": "red"}]"#,
+            "feedback[0]: unknown field 'colour'; expected id, row, label, target, time",
+        ),
+        (
+            r#"{"feedback": [{"id": "a", "label": 1}, {"id": "b"}]}"#,
+            "feedback[1]: has neither 'label' nor 'target'",
+        ),
+        (r#"{"rows": []}"#, "unknown field 'rows'; expected feedback"),
+    ] {
+        let r = s.post("/v2/models/iris/feedback", body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert!(r.error().contains(expected), "{}", r.error());
+    }
+    let dir = s.repo.path().join(".cairn/predictions/iris/feedback");
+    for round in 0..3 {
+        let id = format!("kept-{round}");
+        let r = s
+            .post_json("/v2/models/iris/feedback", &json!([{"id": id, "label": 1}]))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.error());
+        // Answered means stored: the segment just written is on disk, sealed and kept.
+        let (batches, _) = cairn_monitor::log::read_dir(&dir).unwrap();
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        assert!(
+            rows >= 1,
+            "round {round}: the acknowledged feedback was deleted"
+        );
+    }
+    assert_serving(&s).await;
+    s.shutdown().await;
+}

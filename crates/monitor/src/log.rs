@@ -15,7 +15,9 @@
 //! their complete messages are sealed to Parquet, a torn tail is logged and skipped, never fatal.
 //!
 //! **Retention.** After each seal, the oldest sealed segments go while the directory holds more
-//! than `retention_max_bytes` or a segment is older than `retention_max_age`.
+//! than `retention_max_bytes` or a segment is older than `retention_max_age`; the newest sealed
+//! segment never goes, so what was just written (acknowledged feedback) outlives a limit smaller
+//! than one segment.
 
 mod prediction;
 mod read;
@@ -27,7 +29,9 @@ pub use prediction::{
     MAX_LOGGED_COLUMNS, META_COLUMNS,
 };
 pub use read::{read_dir, ReadReport};
-pub use segment::{lower_priority, Fsync, LogOptions, RecoveryReport, SegmentLog};
+pub use segment::{
+    lower_priority, panic_message, Fsync, LogOptions, RecoveryReport, SealerPanics, SegmentLog,
+};
 
 /// Why the log could not be written or read.
 #[derive(Debug, thiserror::Error)]

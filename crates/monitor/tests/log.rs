@@ -245,3 +245,32 @@ fn a_segment_in_both_forms_is_read_once() {
     let (batches, _) = read_dir(dir.path()).unwrap();
     assert_eq!(numbers(&batches), (0..200).collect::<Vec<_>>());
 }
+
+/// Feedback acknowledged in a segment larger than the whole retention limit: sealed and kept
+/// (the newest sealed segment is never deleted), inline and on the sealer thread alike.
+#[test]
+fn a_segment_larger_than_the_retention_limit_is_kept_once_sealed() {
+    for background in [false, true] {
+        // Every append fills a segment; the limit is one byte.
+        let tiny = || LogOptions {
+            segment_max_bytes: 1,
+            retention_max_bytes: Some(1),
+            ..options()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = SegmentLog::open(dir.path(), schema(), tiny()).unwrap();
+        if background {
+            log.seal_in_background("seal-test").unwrap();
+        }
+        log.append(&batch(0, 500)).unwrap();
+        log.close().unwrap();
+        let (batches, _) = read_dir(dir.path()).unwrap();
+        assert_eq!(numbers(&batches), (0..500).collect::<Vec<_>>());
+        // A later segment replaces it as the one kept.
+        let (mut log, _) = SegmentLog::open(dir.path(), schema(), tiny()).unwrap();
+        log.append(&batch(500, 10)).unwrap();
+        log.close().unwrap();
+        let (batches, _) = read_dir(dir.path()).unwrap();
+        assert_eq!(numbers(&batches), (500..510).collect::<Vec<_>>());
+    }
+}

@@ -367,20 +367,26 @@ impl Default for OutputConfig {
 pub const MAX_TRIALS: usize = 256;
 pub const MAX_THREADS: usize = 256;
 pub const MAX_HIDDEN: usize = 4096;
+/// The largest training config read; real ones are a few KiB.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 pub const MAX_LAYERS: usize = 8;
 pub const MAX_EPOCHS: usize = 100_000;
 pub const MAX_FEATURES: usize = 4096;
 pub const MAX_CATEGORIES: usize = 1024;
 
 impl TrainConfig {
-    /// Reads and checks a config file.
+    /// Reads and checks a config file: a regular file of at most [`MAX_CONFIG_BYTES`] (a model's
+    /// `[retrain] config` names it, and the model's config may come from a client).
     pub fn load(path: &Path) -> Result<TrainConfig, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: file.clone(),
-            key: "(file)".into(),
-            reason: format!("cannot read it: {e}"),
-        })?;
+        let text =
+            cairn_core::bounded::read_regular_to_string(path, MAX_CONFIG_BYTES).map_err(|e| {
+                ConfigError {
+                    file: file.clone(),
+                    key: "(file)".into(),
+                    reason: format!("cannot read it: {e}"),
+                }
+            })?;
         TrainConfig::parse(&text, &file)
     }
 

@@ -4,6 +4,8 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arrow_array::RecordBatch;
@@ -33,7 +35,8 @@ pub struct LogOptions {
     pub segment_max_bytes: u64,
     /// ... or once it has been open this long.
     pub segment_max_age: Duration,
-    /// Sealed segments beyond this many bytes in the directory are deleted, oldest first.
+    /// Sealed segments beyond this many bytes in the directory are deleted, oldest first; the
+    /// newest sealed segment is always kept, so the directory may exceed it by one segment.
     pub retention_max_bytes: Option<u64>,
     /// Sealed segments older than this are deleted.
     pub retention_max_age: Option<Duration>,
@@ -76,6 +79,7 @@ pub struct SegmentLog {
     last_sync: Instant,
     /// Where closed segments go to be sealed, when sealing runs in the background.
     sealer: Option<Sealer>,
+    sealer_panics: SealerPanics,
 }
 
 /// Closed segments waiting for the sealer. Sealing one of 64 MiB takes seconds; beyond this many
@@ -86,6 +90,17 @@ const SEALS_WAITING: usize = 4;
 struct Sealer {
     tx: std::sync::mpsc::SyncSender<PathBuf>,
     thread: std::thread::JoinHandle<()>,
+}
+
+/// Panics caught on a log's sealer thread, for its owner to count (this crate has no metrics).
+#[derive(Clone, Debug, Default)]
+pub struct SealerPanics(Arc<AtomicU64>);
+
+impl SealerPanics {
+    /// Panics caught since the last call.
+    pub fn take(&self) -> u64 {
+        self.0.swap(0, Ordering::Relaxed)
+    }
 }
 
 struct Open {
@@ -158,7 +173,18 @@ impl SegmentLog {
             dirty: false,
             last_sync: Instant::now(),
             sealer: None,
+            sealer_panics: SealerPanics::default(),
         };
+        if let Some(max) = log
+            .options
+            .retention_max_bytes
+            .filter(|m| *m < log.options.segment_max_bytes)
+        {
+            tracing::warn!(dir = %dir.display(), retention_max_bytes = max,
+                segment_max_bytes = log.options.segment_max_bytes,
+                "log retention is smaller than one segment: the newest sealed segment is always \
+                 kept, so the directory may hold up to one segment beyond the limit");
+        }
         apply_retention(&log.dir, &log.options)?;
         Ok((log, report))
     }
@@ -172,12 +198,13 @@ impl SegmentLog {
         }
         let (tx, rx) = std::sync::mpsc::sync_channel::<PathBuf>(SEALS_WAITING);
         let (dir, options) = (self.dir.clone(), self.options.clone());
+        let panics = self.sealer_panics.clone();
         let thread = std::thread::Builder::new()
             .name(thread_name.to_string())
             .spawn(move || {
                 lower_priority();
                 for path in rx {
-                    seal_and_retain(&path, &dir, &options);
+                    caught(&panics, &path, || seal_and_retain(&path, &dir, &options));
                 }
             })
             .map_err(io(&self.dir))?;
@@ -187,6 +214,11 @@ impl SegmentLog {
 
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
+    }
+
+    /// The panics its sealer thread caught, for the owner's metrics.
+    pub fn sealer_panics(&self) -> &SealerPanics {
+        &self.sealer_panics
     }
 
     /// Changes the schema of what follows; an open segment of the old one is sealed first.
@@ -356,6 +388,17 @@ impl Drop for SegmentLog {
     }
 }
 
+/// Runs one seal on the sealer thread. A panic (a bug, or a library's on a file it cannot
+/// handle) costs that seal, never the thread: the segment stays open on disk and is sealed at
+/// the next start, and the segments after it are still sealed.
+fn caught(panics: &SealerPanics, path: &Path, seal: impl FnOnce()) {
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(seal)) {
+        panics.0.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(segment = %path.display(), panic = panic_message(&*panic),
+            "log sealer panicked; the segment is sealed at the next start");
+    }
+}
+
 /// Seals one closed segment and applies retention, on the sealer thread: a failure is logged
 /// (the open segment stays, and the next start seals it).
 fn seal_and_retain(path: &Path, dir: &Path, options: &LogOptions) {
@@ -368,8 +411,10 @@ fn seal_and_retain(path: &Path, dir: &Path, options: &LogOptions) {
     }
 }
 
-/// Deletes sealed segments beyond the retention limits, oldest first. It may run on the
-/// appender and the sealer at once: a segment another one deleted first is skipped.
+/// Deletes sealed segments beyond the retention limits, oldest first, never the newest sealed
+/// one: what was just written (acknowledged feedback, the last records) is kept even when a
+/// single segment is larger than the limit. It may run on the appender and the sealer at once:
+/// a segment another one deleted first is skipped.
 fn apply_retention(dir: &Path, options: &LogOptions) -> Result<(), LogError> {
     let (max_bytes, max_age) = (options.retention_max_bytes, options.retention_max_age);
     if max_bytes.is_none() && max_age.is_none() {
@@ -378,7 +423,13 @@ fn apply_retention(dir: &Path, options: &LogOptions) -> Result<(), LogError> {
     let list = segments(dir)?;
     let mut total: u64 = list.iter().map(|s| s.bytes).sum();
     let now = SystemTime::now();
-    for s in list.iter().filter(|s| s.sealed) {
+    let newest_sealed = list.iter().rposition(|s| s.sealed);
+    let deletable = list
+        .iter()
+        .enumerate()
+        .filter(|(i, s)| s.sealed && Some(*i) != newest_sealed)
+        .map(|(_, s)| s);
+    for s in deletable {
         let too_big = max_bytes.is_some_and(|m| total > m);
         let too_old =
             max_age.is_some_and(|m| now.duration_since(s.modified).is_ok_and(|age| age > m));
@@ -495,6 +546,15 @@ pub fn lower_priority() {
     }
 }
 
+/// The text of a caught panic's payload (a `&str` or a `String`, as `panic!` makes them).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(a panic without a message)")
+}
+
 fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
@@ -568,5 +628,39 @@ mod tests {
         for path in sealed[1..].iter().chain([&mid_seal, &open]) {
             assert!(path.exists(), "{} kept", path.display());
         }
+    }
+
+    #[test]
+    fn a_panicking_seal_is_caught_and_counted() {
+        let panics = SealerPanics::default();
+        caught(&panics, Path::new("x.arrows"), || {
+            panic!("a seal that fails")
+        });
+        caught(&panics, Path::new("y.arrows"), || {});
+        assert_eq!(panics.take(), 1);
+        assert_eq!(panics.take(), 0, "taken once");
+        let payload: Box<dyn std::any::Any + Send> = Box::new(String::from("owned"));
+        assert_eq!(panic_message(&*payload), "owned");
+    }
+
+    /// A limit smaller than one segment: everything but the newest sealed segment goes, and the
+    /// newest stays however far beyond the limit it is (it holds what was just acknowledged).
+    #[test]
+    fn retention_never_deletes_the_newest_sealed_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = LogOptions {
+            retention_max_bytes: Some(100),
+            retention_max_age: Some(Duration::ZERO),
+            ..LogOptions::default()
+        };
+        let only = write(dir.path(), &format!("100-1.{SEALED_EXT}"), 5_000);
+        apply_retention(dir.path(), &options).unwrap();
+        assert!(only.exists(), "the only sealed segment is kept");
+
+        let newer = write(dir.path(), &format!("100-2.{SEALED_EXT}"), 5_000);
+        let open = write(dir.path(), &format!("100-3.{OPEN_EXT}"), 5_000);
+        apply_retention(dir.path(), &options).unwrap();
+        assert!(!only.exists(), "an older one goes");
+        assert!(newer.exists() && open.exists());
     }
 }
