@@ -420,6 +420,59 @@ def _metric(server, name, sum_all=False):
     return total
 
 
+def _post_raw(server, path, body, results, i):
+    results[i] = http(server, "POST", path, body, {"Content-Type": "application/json"}, timeout=60)
+
+
+def probe_feedback(server):
+    """Feedback the writer once died of, and bodies that once decoded to 21 bytes per byte."""
+    # A logged row, then a label dated past year 9999: refused, and monitoring goes on.
+    status, _, _ = http(server, "POST", "/v2/models/iris/infer", dict(IRIS, id="hostile-1"))
+    expect(status == 200, f"inference {status}")
+    status, body, _ = http(server, "POST", "/v2/models/iris/feedback",
+                           {"feedback": [{"id": "hostile-1", "label": 0, "time": 1e12}]})
+    expect(status == 400 and b"time" in body, f"time 1e12: {status} {body[:200]}")
+    time_status = status
+    status, body, _ = http(server, "POST", "/v2/models/iris/feedback",
+                           {"feedback": [{"id": "hostile-1", "label": 0}]})
+    matched = json.loads(body).get("matched") if status == 200 else None
+    expect(matched == 1, f"feedback after the bad time: {status} {body[:200]}")
+    # Two bodies of 15 MiB with more items than the cap, at once.
+    item = b'{"id":"x","label":1},'
+    big = b'{"feedback":[' + item * (15 * MiB // len(item)) + b'{"id":"x","label":1}]}'
+    results = [None, None]
+    with Peak(server) as p:
+        t0 = time.time()
+        threads = [threading.Thread(target=_post_raw, args=(server, "/v2/models/iris/feedback",
+                                                           big, results, i)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        took = time.time() - t0
+    statuses = [r[0] for r in results]
+    expect(statuses == [400, 400], f"over-cap bodies: {statuses} {results[0][1][:200]}")
+    bound = 2 * 15 * MiB + SLACK
+    expect(p.growth < bound, f"over-cap bodies grew RSS by {mib(p.growth)}")
+    record("feedback: a time of 1e12, then two 15 MiB bodies over the item cap at once",
+           time_answer=time_status, later_feedback_matched=matched, answers=statuses,
+           seconds=f"{took:.2f}", peak_rss_growth=mib(p.growth), bound=mib(bound))
+    # Sixteen labels of 4 MiB: refused, nothing kept.
+    before = server.rss()
+    label = "y" * (4 * MiB)
+    answers = set()
+    for i in range(16):
+        status, _, _ = http(server, "POST", "/v2/models/iris/feedback",
+                            {"feedback": [{"id": "hostile-1", "label": label}]})
+        answers.add(status)
+    time.sleep(0.5)
+    kept = server.rss() - before
+    expect(answers == {400}, f"oversized labels: {answers}")
+    expect(kept < 16 * MiB, f"oversized labels kept {mib(kept)}")
+    record("feedback: 16 labels of 4 MiB", answers=sorted(answers), rss_kept=mib(kept))
+    assert_serving(server, "feedback")
+
+
 def probe_half_sent_heads(server):
     """A head sent halfway, on a new connection and between keep-alive requests."""
     s = socket.create_connection((server.host, server.port))
@@ -469,6 +522,7 @@ def main():
             probe_stalled_grpc_messages,
             probe_unread_answers,
             lambda s: probe_unread_answers(s, grpc_port=True),
+            probe_feedback,
             probe_half_sent_heads,
         ):
             probe(server)
