@@ -29,7 +29,7 @@ pub struct GpuSample {
 
 /// Reads the GPUs every `period` into `metrics` until the server stops; returns at once where
 /// NVML is not there.
-pub async fn run(metrics: Metrics, period: Duration, mut stopped: watch::Receiver<bool>) {
+pub async fn run(metrics: Metrics, period: Duration, stopped: watch::Receiver<bool>) {
     let opened = tokio::task::spawn_blocking(nvml::open).await;
     let reader = match opened {
         Ok(Ok(reader)) => std::sync::Arc::new(reader),
@@ -39,18 +39,12 @@ pub async fn run(metrics: Metrics, period: Duration, mut stopped: watch::Receive
         }
         Err(_) => return,
     };
-    loop {
-        let r = std::sync::Arc::clone(&reader);
-        if let Ok(samples) = tokio::task::spawn_blocking(move || r.sample()).await {
-            for s in &samples {
-                metrics.set_gpu(s);
-            }
+    crate::periodic::every_blocking(period, crate::periodic::First::Now, stopped, move || {
+        for s in &reader.sample() {
+            metrics.set_gpu(s);
         }
-        tokio::select! {
-            _ = stopped.wait_for(|s| *s) => return,
-            () = tokio::time::sleep(period) => {}
-        }
-    }
+    })
+    .await
 }
 
 #[cfg(feature = "cuda")]

@@ -14,6 +14,7 @@ pub mod model;
 pub mod monitor;
 pub mod offline;
 pub mod offload;
+pub mod periodic;
 pub mod protocol;
 pub mod repository;
 pub mod rollout;

@@ -117,33 +117,33 @@ impl Tls {
 pub async fn watch(
     listeners: Vec<Arc<Tls>>,
     metrics: crate::metrics::Metrics,
-    mut stopped: watch::Receiver<bool>,
+    stopped: watch::Receiver<bool>,
 ) {
     if listeners.is_empty() {
         return;
     }
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(RELOAD_PERIOD) => {}
-            _ = stopped.wait_for(|s| *s) => return,
-        }
+    let step = move || {
         for tls in &listeners {
-            let tls = Arc::clone(tls);
-            let outcome = tokio::task::spawn_blocking(move || tls.reload_if_changed()).await;
-            match outcome {
-                Ok(Ok(true)) => {
+            match tls.reload_if_changed() {
+                Ok(true) => {
                     metrics.record_tls_reload("ok");
                     tracing::info!("TLS certificate reloaded");
                 }
-                Ok(Ok(false)) => {}
-                Ok(Err(e)) => {
+                Ok(false) => {}
+                Err(e) => {
                     metrics.record_tls_reload("error");
                     tracing::warn!(error = %e, "TLS files changed but do not build; the previous certificate keeps serving");
                 }
-                Err(e) => tracing::error!(error = %e, "TLS reload task failed"),
             }
         }
-    }
+    };
+    crate::periodic::every_blocking(
+        RELOAD_PERIOD,
+        crate::periodic::First::AfterPeriod,
+        stopped,
+        step,
+    )
+    .await
 }
 
 fn read_all(files: &TlsFiles) -> Result<Vec<Vec<u8>>, TlsError> {

@@ -406,21 +406,21 @@ impl Repository {
     pub async fn poll(
         self: Arc<Self>,
         period: std::time::Duration,
-        mut stop: tokio::sync::watch::Receiver<bool>,
+        stop: tokio::sync::watch::Receiver<bool>,
     ) {
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
-            let acted = self.rescan_now(true).await;
-            if !acted.is_empty() {
-                tracing::info!(models = ?acted, "repository rescan applied changes");
-            }
-        }
+        let me = &self;
+        crate::periodic::every(
+            period,
+            crate::periodic::First::AfterPeriod,
+            stop,
+            || async move {
+                let acted = me.rescan_now(true).await;
+                if !acted.is_empty() {
+                    tracing::info!(models = ?acted, "repository rescan applied changes");
+                }
+            },
+        )
+        .await
     }
 
     /// Stops serving every version of a model. In-flight requests finish on the versions they

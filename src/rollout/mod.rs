@@ -103,24 +103,21 @@ impl Rollout {
     pub async fn follow_shared(
         self: Arc<Self>,
         period: Duration,
-        mut stop: tokio::sync::watch::Receiver<bool>,
+        stop: tokio::sync::watch::Receiver<bool>,
     ) {
         let Some(shared) = self.shared.clone() else {
             return;
         };
         tracing::info!(url = shared.url(), "deployments shared with other replicas");
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
-            if let Err(e) = self.sync_shared(&shared).await {
-                self.metrics.record_shared_state("error");
+        let shared = &shared;
+        let me = &self;
+        crate::periodic::every(period, crate::periodic::First::Now, stop, || async move {
+            if let Err(e) = me.sync_shared(shared).await {
+                me.metrics.record_shared_state("error");
                 tracing::warn!(error = %e, "cannot sync the shared deployment state; the next look retries");
             }
-        }
+        })
+        .await
     }
 
     /// One look at the shared state: another replica's changes are applied here, this one's
@@ -432,23 +429,13 @@ impl Rollout {
         self.persist_if_changed();
     }
 
-    /// Runs `evaluate` every `period` until `stop` turns true.
-    pub async fn run(
-        self: Arc<Self>,
-        period: Duration,
-        mut stop: tokio::sync::watch::Receiver<bool>,
-    ) {
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
-            let me = Arc::clone(&self);
-            // The state file write blocks; keep it off the runtime's workers.
-            let _ = tokio::task::spawn_blocking(move || me.evaluate()).await;
-        }
+    /// Runs `evaluate` every `period` until `stop` turns true, on the blocking pool (the state
+    /// file write blocks).
+    pub async fn run(self: Arc<Self>, period: Duration, stop: tokio::sync::watch::Receiver<bool>) {
+        crate::periodic::every_blocking(period, crate::periodic::First::Now, stop, move || {
+            self.evaluate()
+        })
+        .await
     }
 
     /// Re-applies the persisted deployments after the repository loaded. Versions no longer

@@ -178,19 +178,13 @@ impl Retrainer {
         self.states.lock().clone()
     }
 
-    /// Looks at new windows every `PERIOD` until `stop`.
-    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(PERIOD);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
-            let me = Arc::clone(&self);
-            // Starting a job reads its config file: off the runtime's workers.
-            let _ = tokio::task::spawn_blocking(move || me.step(SystemTime::now())).await;
-        }
+    /// Looks at new windows every `PERIOD` until `stop`, on the blocking pool (starting a job
+    /// reads its config file).
+    pub async fn run(self: Arc<Self>, stop: tokio::sync::watch::Receiver<bool>) {
+        crate::periodic::every_blocking(PERIOD, crate::periodic::First::Now, stop, move || {
+            self.step(SystemTime::now())
+        })
+        .await
     }
 
     /// One look at every model.
