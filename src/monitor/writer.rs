@@ -656,9 +656,9 @@ impl Writer {
         self.monitor
             .metrics
             .set_quality(&self.monitor.name, version, &report);
-        let mut published = self.monitor.published.write();
-        let q: &mut QualityState = published.quality.entry(version).or_default();
         if full {
+            // On disk before the lock the HTTP handlers read under: locks guard memory, not
+            // disks.
             store_report(
                 &self.reports,
                 "quality",
@@ -666,6 +666,10 @@ impl Writer {
                 state.quality.to_us,
                 &report,
             );
+        }
+        let mut published = self.monitor.published.write();
+        let q: &mut QualityState = published.quality.entry(version).or_default();
+        if full {
             q.windows.push_back(report);
             while q.windows.len() > REPORTS_KEPT {
                 q.windows.pop_front();

@@ -45,8 +45,10 @@ pub struct Rollout {
     rules: Arc<Rules>,
     metrics: Metrics,
     state_file: PathBuf,
-    /// Serializes control operations with the evaluator and the state file.
+    /// Serializes control operations with the evaluator; what the state file holds.
     ops: parking_lot::Mutex<Persisted>,
+    /// Serializes writes of the state file, which happen outside `ops`.
+    writing: parking_lot::Mutex<()>,
     /// The state shared with other replicas, when there is one, and what was last synced
     /// with it.
     shared: Option<Arc<shared::SharedState>>,
@@ -88,6 +90,7 @@ impl Rollout {
                 file: FileState::NotRestored,
                 carried: Default::default(),
             }),
+            writing: parking_lot::Mutex::new(()),
             shared: None,
             synced: parking_lot::Mutex::new(None),
         }
@@ -599,16 +602,30 @@ impl Rollout {
         state
     }
 
+    /// Writes the state file if the deployments differ from what it holds. The write (and its
+    /// fsyncs, hundreds of milliseconds on a busy disk) happens outside the lock that views
+    /// and changes take: writers wait for each other, readers for nobody. Each writer takes the
+    /// state as it is when its turn comes, so the last write holds the latest state.
     fn persist_if_changed(&self) {
-        let mut persisted = self.persisted();
-        let state = self.current_state(&persisted.carried);
-        match &persisted.file {
-            FileState::NotRestored | FileState::Disabled => return,
-            FileState::Written(written) if *written == state => return,
-            FileState::Written(_) => {}
-        }
+        let _turn = self.writing.lock();
+        let state = {
+            let persisted = self.persisted();
+            let state = self.current_state(&persisted.carried);
+            match &persisted.file {
+                FileState::NotRestored | FileState::Disabled => return,
+                FileState::Written(written) if *written == state => return,
+                FileState::Written(_) => {}
+            }
+            state
+        };
         match state.write(&self.state_file) {
-            Ok(()) => persisted.file = FileState::Written(state),
+            Ok(()) => {
+                let mut persisted = self.persisted();
+                // A restore or a failure to read that happened meanwhile decides instead.
+                if matches!(persisted.file, FileState::Written(_)) {
+                    persisted.file = FileState::Written(state);
+                }
+            }
             Err(e) => tracing::error!(error = %e, "deployment state not saved"),
         }
     }
@@ -643,4 +660,39 @@ fn check_weight(weight: f64) -> Result<(), RolloutError> {
 
 fn show(v: Option<u64>) -> String {
     v.map_or_else(|| "none".to_string(), |v| v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Views never wait behind the state file's write: a write stalled on the disk (the writers'
+    /// turn held) leaves `views` and `view` answering at once.
+    #[test]
+    fn views_do_not_wait_for_a_state_file_write() {
+        let metrics = Metrics::new();
+        let rules = Arc::new(Rules::new(metrics.clone()));
+        let router = Arc::new(Router::new(
+            Arc::clone(&rules) as Arc<dyn crate::routing::DeploymentRules>,
+            crate::offload::Offload::new(2),
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let rollout = Arc::new(Rollout::new(
+            router,
+            rules,
+            metrics,
+            dir.path().to_path_buf(),
+        ));
+        let stalled = rollout.writing.lock();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = Arc::clone(&rollout);
+        std::thread::spawn(move || {
+            let views = reader.views();
+            let unknown = reader.view("m").is_err();
+            tx.send((views.len(), unknown)).unwrap();
+        });
+        let answered = rx.recv_timeout(std::time::Duration::from_secs(10));
+        drop(stalled);
+        assert_eq!(answered, Ok((0, true)), "views answered during the write");
+    }
 }
