@@ -25,6 +25,9 @@ pub enum Action {
     Stable,
     Replace,
     Restore,
+    /// A candidate taken out because its version left (unloaded, failed to reload) or became
+    /// the stable version.
+    Drop,
 }
 
 /// Who made it.
@@ -44,7 +47,7 @@ pub enum Trigger {
 }
 
 impl Action {
-    pub const ALL: [Action; 8] = [
+    pub const ALL: [Action; 9] = [
         Action::Canary,
         Action::Shadow,
         Action::Weight,
@@ -53,6 +56,7 @@ impl Action {
         Action::Stable,
         Action::Replace,
         Action::Restore,
+        Action::Drop,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +69,7 @@ impl Action {
             Action::Stable => "stable",
             Action::Replace => "replace",
             Action::Restore => "restore",
+            Action::Drop => "drop",
         }
     }
 }
@@ -159,8 +164,8 @@ impl DeploymentRules for Rules {
         if let Some(t) = on_new_version(before, after) {
             self.record(model, t);
         }
-        for note in normalize(after) {
-            tracing::info!(model, "{note}");
+        for t in normalize(after) {
+            self.record(model, t);
         }
     }
 }
@@ -210,28 +215,40 @@ fn on_new_version(before: &ModelRoute, after: &mut ModelRoute) -> Option<Transit
 }
 
 /// Keeps a deployment naming only ready versions: a pin on a version that left falls back to the
-/// highest, and a candidate that left (or became the stable version) is dropped.
-fn normalize(route: &mut ModelRoute) -> Vec<String> {
-    let mut notes = Vec::new();
+/// highest, and a candidate that left (or became the stable version) is dropped. Each is a
+/// transition of its own, recorded like any other.
+fn normalize(route: &mut ModelRoute) -> Vec<Transition> {
+    let mut done = Vec::new();
     if let Some(v) = route.deployment.stable {
         if !route.versions.contains_key(&v) {
-            notes.push(format!(
-                "stable version {v} is no longer ready; following the highest"
-            ));
             route.deployment.stable = None;
+            done.push(Transition::now(
+                Action::Stable,
+                Trigger::Reload,
+                route.stable().map(|s| s.version),
+                format!("stable version {v} is no longer ready; following the highest"),
+            ));
         }
     }
     if let Some(c) = &route.deployment.candidate {
         let stable = route.stable().map(|s| s.version);
-        if !route.versions.contains_key(&c.version) || stable == Some(c.version) {
-            notes.push(format!(
-                "candidate version {} is no longer a candidate",
-                c.version
-            ));
+        let left = !route.versions.contains_key(&c.version);
+        if left || stable == Some(c.version) {
+            let version = c.version;
             route.deployment.candidate = None;
+            done.push(Transition::now(
+                Action::Drop,
+                Trigger::Reload,
+                Some(version),
+                if left {
+                    format!("candidate version {version} is no longer ready; dropped")
+                } else {
+                    format!("candidate version {version} is now the stable version; dropped")
+                },
+            ));
         }
     }
-    notes
+    done
 }
 
 /// Milliseconds since the Unix epoch.

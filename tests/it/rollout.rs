@@ -589,6 +589,24 @@ async fn a_new_version_can_enter_as_a_canary_by_itself() {
         d["history"].as_array().unwrap().last().unwrap()["trigger"],
         "reload"
     );
+    // The candidate's version leaves: the candidate is dropped, and that is a transition like
+    // any other (history, log, counter).
+    std::fs::remove_dir_all(s.repo.path().join("iris/2")).unwrap();
+    rescan(&s).await;
+    let d = deployment(&s).await;
+    assert!(d["candidate"].is_null(), "{d}");
+    let last = d["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["action"], "drop", "{d}");
+    assert_eq!(last["trigger"], "reload");
+    assert_eq!(last["version"], 2);
+    let metrics = String::from_utf8(s.get("/metrics").await.body.to_vec()).unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("cairn_rollout_transitions_total")
+                && l.contains("action=\"drop\"")),
+        "no drop counted"
+    );
     s.shutdown().await;
 }
 
