@@ -611,14 +611,18 @@ impl Repository {
             }
         }
 
-        let mut tasks = tokio::task::JoinSet::new();
+        // One version at a time: each load may take up to `model_load_memory_bytes` (and its
+        // checked load as much again in the child), so loading a model's changed versions at
+        // once would multiply that by their number.
+        let mut loaded = BTreeMap::new();
+        let mut failed = BTreeMap::new();
         for (v, path, fingerprint) in to_load {
             let config = Arc::clone(&config);
             let metrics = self.metrics.clone();
             let model = name.to_string();
             let limits = self.limits.clone();
             let monitors = Arc::clone(&self.monitors);
-            tasks.spawn_blocking(move || {
+            let task = tokio::task::spawn_blocking(move || {
                 let started = Instant::now();
                 let result = if path.is_file() {
                     LoadedVersion::load(
@@ -644,11 +648,7 @@ impl Repository {
                 crate::memory::release_freed_memory();
                 (v, fingerprint, started.elapsed(), result)
             });
-        }
-        let mut loaded = BTreeMap::new();
-        let mut failed = BTreeMap::new();
-        while let Some(joined) = tasks.join_next().await {
-            let (v, fingerprint, took, result) = joined.map_err(|e| {
+            let (v, fingerprint, took, result) = task.await.map_err(|e| {
                 RepositoryError::Io(format!("a model load task stopped unexpectedly: {e}"))
             })?;
             match result {
