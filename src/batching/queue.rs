@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::SchedulerError;
+use crate::config::BatchShape;
 use crate::tensor::Tensor;
 
 /// A job's life, shared between the worker and the waiting request so that exactly one of them
@@ -44,8 +45,9 @@ impl Job {
 /// Batching rules of one version.
 #[derive(Clone, Debug)]
 pub struct BatchPolicy {
-    /// Largest batch in rows; 0 means each request runs alone.
-    pub max_batch_size: usize,
+    /// Rows a batch may hold; `None`: each request runs alone, with whatever batch dimension
+    /// it carries.
+    pub batch: BatchShape,
     pub preferred_batch_sizes: Vec<usize>,
     pub max_queue_delay: Duration,
 }
@@ -122,11 +124,10 @@ impl BatchQueue {
         let Some(oldest) = self.jobs.front() else {
             return Take::Empty;
         };
-        if self.policy.max_batch_size == 0 {
+        let BatchShape::Rows { max } = self.policy.batch else {
             return Take::Batch(self.split(1));
-        }
+        };
 
-        let max = self.policy.max_batch_size;
         let mut rows = 0;
         let mut count = 0;
         let mut preferred = None;
@@ -174,7 +175,7 @@ mod tests {
         fn new(max: usize, preferred: &[usize], delay_us: u64) -> Harness {
             Harness {
                 queue: BatchQueue::new(BatchPolicy {
-                    max_batch_size: max,
+                    batch: BatchShape::of(max as u32),
                     preferred_batch_sizes: preferred.to_vec(),
                     max_queue_delay: Duration::from_micros(delay_us),
                 }),

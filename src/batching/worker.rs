@@ -136,7 +136,7 @@ impl Worker {
         for job in &jobs {
             metrics.record_queue(started.saturating_duration_since(job.enqueued));
         }
-        let batching = self.shared.settings.policy.max_batch_size > 0;
+        let batching = self.shared.settings.policy.batch.is_batched();
         let rows: usize = jobs.iter().map(|j| j.rows).sum();
 
         let mut panicked = false;

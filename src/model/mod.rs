@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::batching::{BatchPolicy, Scheduler, SchedulerSettings};
-use crate::config::{LoadLimits, ModelConfig, TensorConfig};
+use crate::config::{BatchShape, LoadLimits, ModelConfig, TensorConfig};
 use crate::engine::{
     self, Device, Engine, EngineError, EngineInfo, EngineKind, LoadOptions, Signature, TensorSpec,
 };
@@ -55,8 +55,7 @@ pub struct IoSpec {
 /// The served interface of a version.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelIo {
-    /// 0: no batch dimension.
-    pub max_batch_size: usize,
+    pub batch: BatchShape,
     /// In engine signature order.
     pub inputs: Vec<IoSpec>,
     /// The outputs served, in configuration order (or signature order when not configured).
@@ -76,7 +75,7 @@ impl ModelIo {
 
     /// Full shape of a tensor as metadata reports it: a leading -1 when the model batches.
     pub fn full_dims(&self, spec: &IoSpec) -> Vec<i64> {
-        if self.max_batch_size > 0 {
+        if self.batch.is_batched() {
             std::iter::once(-1)
                 .chain(spec.dims.iter().copied())
                 .collect()
@@ -133,10 +132,10 @@ impl LoadedVersion {
             policy: BatchPolicy {
                 // Without `dynamic_batching` each request runs alone, with whatever batch
                 // dimension it carries.
-                max_batch_size: if batching_config.is_some() {
-                    config.max_batch_size as usize
+                batch: if batching_config.is_some() {
+                    config.batch()
                 } else {
-                    0
+                    BatchShape::None
                 },
                 preferred_batch_sizes: batching_config
                     .map(|b| {
@@ -195,7 +194,7 @@ fn prepare(
     config: &ModelConfig,
     max_sample_bytes: usize,
 ) -> Result<(Arc<dyn Engine>, ModelIo), LoadError> {
-    let batching = config.max_batch_size > 0;
+    let batching = config.batch().is_batched();
     let options = LoadOptions {
         kind: config.engine.kind,
         threads: config.engine.threads.get() as usize,
@@ -221,7 +220,7 @@ fn prepare(
             .cache_dir
             .as_ref()
             .map(std::path::PathBuf::from),
-        max_batch: config.max_batch_size as usize,
+        max_batch: config.batch().max_batch_size(),
     };
     let engine = engine::load(path, &options)?;
     let io = reconcile(config, engine.signature()).map_err(LoadError::Interface)?;
@@ -266,7 +265,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// Checks `config.toml`'s inputs and outputs against the model file and settles the served
 /// interface. The error names the tensor and the disagreement.
 pub fn reconcile(config: &ModelConfig, sig: &Signature) -> Result<ModelIo, String> {
-    let batching = config.max_batch_size > 0;
+    let batching = config.batch().is_batched();
     let strip = |spec: &TensorSpec| -> Result<IoSpec, String> {
         let dims = if batching {
             if spec.dims.is_empty() {
@@ -336,7 +335,7 @@ pub fn reconcile(config: &ModelConfig, sig: &Signature) -> Result<ModelIo, Strin
         (outputs, index)
     };
     Ok(ModelIo {
-        max_batch_size: config.max_batch_size as usize,
+        batch: config.batch(),
         inputs,
         outputs,
         output_index,

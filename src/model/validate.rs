@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use super::{names, IoSpec, ModelIo};
 use crate::batching::ValidatedRequest;
+use crate::config::BatchShape;
 use crate::request::{InferRequest, NamedTensor, RequestInputs};
 use crate::tensor::{DataType, Tensor, TensorData};
 
@@ -49,7 +50,7 @@ pub fn validate(
             )));
         }
     }
-    let batching = io.max_batch_size > 0;
+    let batching = io.batch.is_batched();
     let mut rows = None;
     let mut tensors = Vec::with_capacity(io.inputs.len());
     let mut named = named;
@@ -137,19 +138,19 @@ fn check_tensor(io: &ModelIo, spec: &IoSpec, tensor: &Tensor) -> Result<(), Inva
             spec.name,
             tensor.shape,
             expected,
-            if io.max_batch_size > 0 {
+            if io.batch.is_batched() {
                 ", the first dimension is the batch"
             } else {
                 ""
             }
         )));
     }
-    if io.max_batch_size > 0 {
+    if let BatchShape::Rows { max } = io.batch {
         let rows = tensor.shape[0];
-        if rows == 0 || rows > io.max_batch_size {
+        if rows == 0 || rows > max {
             return Err(InvalidRequest(format!(
-                "input '{}': batch size {rows} is not between 1 and the model's max_batch_size {}",
-                spec.name, io.max_batch_size
+                "input '{}': batch size {rows} is not between 1 and the model's max_batch_size {max}",
+                spec.name
             )));
         }
     }
@@ -166,7 +167,7 @@ fn raw_input(io: &ModelIo, body: Bytes) -> Result<NamedTensor, InvalidRequest> {
         )));
     };
     let mut dims = io.full_dims(spec);
-    if io.max_batch_size > 0 {
+    if io.batch.is_batched() {
         dims[0] = 1;
     }
     let variable: Vec<usize> = dims
@@ -242,7 +243,7 @@ mod tests {
 
     fn io() -> ModelIo {
         ModelIo {
-            max_batch_size: 4,
+            batch: BatchShape::Rows { max: 4 },
             inputs: vec![
                 IoSpec {
                     name: "a".into(),

@@ -91,7 +91,7 @@ pub fn run(
                     spec.name, out.dtype, spec.dtype
                 ));
             }
-            if io.max_batch_size > 0 && out.shape.first() != Some(&rows) {
+            if io.batch.is_batched() && out.shape.first() != Some(&rows) {
                 return Err(format!(
                     "warm-up: output '{}' has shape {:?}, which does not split into {rows} rows",
                     spec.name, out.shape

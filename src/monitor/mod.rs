@@ -443,7 +443,7 @@ fn layout_of(
     m: &MonitoringConfig,
     named: &[String],
 ) -> Result<PredictionLayout, String> {
-    let batching = io.max_batch_size > 0;
+    let batching = io.batch.is_batched();
     let info = |specs: &[crate::model::IoSpec]| -> Vec<TensorInfo> {
         specs
             .iter()

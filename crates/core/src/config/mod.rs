@@ -6,7 +6,7 @@ pub mod model;
 use std::path::PathBuf;
 
 pub use model::{
-    DynamicBatching, EngineConfig, EngineKind, Fallback, ModelConfig, MonitoringConfig,
+    BatchShape, DynamicBatching, EngineConfig, EngineKind, Fallback, ModelConfig, MonitoringConfig,
     OnNewVersion, Precision, Provider, QueuePolicy, RetrainConfig, RolloutConfig, TensorConfig,
     ThresholdError, Thresholds, VersionPolicy, Warmup, DRIFT_STATISTICS,
 };

@@ -13,6 +13,37 @@ use serde::{Deserialize, Deserializer, Serialize};
 use super::ConfigError;
 use crate::tensor::DataType;
 
+/// Whether a model's tensors carry a leading batch dimension, settled once from
+/// `max_batch_size` so that nothing downstream asks `max_batch_size > 0` again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchShape {
+    /// No batch dimension: `dims` are the full shapes and each request is one run.
+    None,
+    /// A leading batch dimension of 1 to `max` rows, left out of `dims`.
+    Rows { max: usize },
+}
+
+impl BatchShape {
+    pub fn of(max_batch_size: u32) -> BatchShape {
+        match max_batch_size {
+            0 => BatchShape::None,
+            max => BatchShape::Rows { max: max as usize },
+        }
+    }
+
+    pub fn is_batched(self) -> bool {
+        matches!(self, BatchShape::Rows { .. })
+    }
+
+    /// The wire's form (Triton's `max_batch_size`): 0 for none.
+    pub fn max_batch_size(self) -> usize {
+        match self {
+            BatchShape::None => 0,
+            BatchShape::Rows { max } => max,
+        }
+    }
+}
+
 /// The largest `max_batch_size` accepted; larger batches belong to offline jobs, not a server.
 pub const MAX_BATCH_SIZE_LIMIT: u32 = 1 << 16;
 /// Default bound of a model version's request queue when `config.toml` sets none.
@@ -766,6 +797,11 @@ impl Default for ModelConfig {
 }
 
 impl ModelConfig {
+    /// The batch dimension `max_batch_size` gives every tensor.
+    pub fn batch(&self) -> BatchShape {
+        BatchShape::of(self.max_batch_size)
+    }
+
     /// The queue policy in force, wherever it was written.
     pub fn queue_policy(&self) -> QueuePolicy {
         let mut policy = self.queue.clone().unwrap_or_default();
