@@ -1031,4 +1031,86 @@ mod tests {
             assert!(err.to_string().contains(expected), "{err}");
         }
     }
+
+    /// Each setting's default is stated three times: in code, in its `--help` text and in
+    /// README's settings table. This holds the three together for every setting whose default
+    /// is a plain value, so none of them can drift alone.
+    #[test]
+    fn defaults_agree_with_help_and_readme() {
+        use clap::CommandFactory;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            settings: ServerSettings,
+        }
+        let readme = include_str!("../../README.md");
+        let table: Vec<(String, String)> = readme
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .filter_map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                (cells.len() > 5).then(|| (cells[2].to_string(), cells[4].to_string()))
+            })
+            .collect();
+        let c =
+            ServerConfig::from_settings(ServerSettings::default(), Path::new("x"), None).unwrap();
+        let effective: &[(&str, String)] = &[
+            ("max-body-bytes", c.max_body_bytes.to_string()),
+            (
+                "shutdown-timeout-s",
+                c.shutdown_timeout.as_secs().to_string(),
+            ),
+            ("max-connections", c.connections.max_connections.to_string()),
+            (
+                "max-buffered-body-bytes",
+                c.connections.max_buffered_body_bytes.to_string(),
+            ),
+            (
+                "header-read-timeout-s",
+                c.connections.header_read_timeout.as_secs().to_string(),
+            ),
+            (
+                "keep-alive-timeout-s",
+                c.connections.keep_alive_timeout.as_secs().to_string(),
+            ),
+            (
+                "body-read-timeout-s",
+                c.connections.body_read_timeout.as_secs().to_string(),
+            ),
+            ("protect-inference", c.protect_inference.to_string()),
+            ("max-training-jobs", c.training.max_jobs.to_string()),
+        ];
+        let mut checked = 0;
+        for arg in Cli::command().get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            let help = arg
+                .get_long_help()
+                .or_else(|| arg.get_help())
+                .map(|h| h.to_string())
+                .unwrap_or_default()
+                .replace('\n', " ");
+            let Some(stated) = help
+                .split("[default: ")
+                .nth(1)
+                .and_then(|rest| rest.split(']').next())
+            else {
+                continue;
+            };
+            let plain = |v: &str| {
+                v.parse::<u64>().is_ok() || ["true", "false", "drop", "block"].contains(&v)
+            };
+            if !plain(stated) {
+                continue;
+            }
+            let flag = format!("`--{long}`");
+            if let Some((_, documented)) = table.iter().find(|(flags, _)| flags.contains(&flag)) {
+                assert_eq!(documented, stated, "README's default of --{long}");
+            }
+            if let Some((_, value)) = effective.iter().find(|(name, _)| *name == long) {
+                assert_eq!(value, stated, "the effective default of --{long}");
+            }
+            checked += 1;
+        }
+        assert!(checked >= 20, "only {checked} settings checked");
+    }
 }
