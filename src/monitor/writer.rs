@@ -394,6 +394,17 @@ impl Writer {
             config,
             dir,
         } = setup;
+        // Versions with the same logged columns share one layout, so their records go into one
+        // batch: traffic mixed over them (a canary, a shadow, requests naming versions) is
+        // written and synced at the log's cadence, not at every change of version.
+        let layout = self
+            .versions
+            .values()
+            .map(|s| &s.layout)
+            .chain(std::iter::once(&self.batch_layout))
+            .find(|known| known.columns == layout.columns && known.schema() == layout.schema())
+            .cloned()
+            .unwrap_or(layout);
         let (baseline, source) = load_baseline(&dir, &self.baselines, version);
         self.monitor
             .published
@@ -550,7 +561,10 @@ impl Writer {
             return;
         };
         match self.predictions.append(&batch) {
-            Ok(()) => self.monitor.synced_through(self.drained_through_us),
+            Ok(()) => {
+                self.monitor.synced_through(self.drained_through_us);
+                self.monitor.metrics.record_log_append(&self.monitor.name);
+            }
             Err(e) => {
                 tracing::error!(model = %self.monitor.name, error = %e, rows = batch.num_rows(),
                     "prediction log: records not written");
