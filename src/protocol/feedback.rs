@@ -387,7 +387,12 @@ impl<'de> Visitor<'de> for Field<'_> {
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Parsed, E> {
         match self.field {
-            // Written as JSON writes it (2.5, 1e300), so a float class reads back the same.
+            // A whole number is written as an integer, as the prediction side writes a class
+            // (`0.0` from a pandas float column is class `0`); others as JSON writes them
+            // (2.5, 1e300), so a float class reads back the same.
+            LABEL if v.is_finite() && v.fract() == 0.0 && v.abs() < 9.0e15 => {
+                Ok(Parsed::Label(Some((v as i64).to_string())))
+            }
             LABEL if v.is_finite() => Ok(Parsed::Label(
                 serde_json::Number::from_f64(v).map(|n| n.to_string()),
             )),
@@ -488,6 +493,20 @@ mod tests {
         }
         assert!(decode("[]").unwrap().is_empty());
         assert!(decode(r#"{"feedback": []}"#).unwrap().is_empty());
+    }
+
+    /// Class 0 sent as `0`, `0.0` (a pandas float column), `"0"` or `false` is one label, the
+    /// one the prediction side writes.
+    #[test]
+    fn a_class_compares_by_value() {
+        let body = r#"[{"id": "a", "label": 0}, {"id": "b", "label": 0.0},
+            {"id": "c", "label": "0"}, {"id": "d", "label": false}, {"id": "e", "label": -2.0}]"#;
+        let labels: Vec<_> = decode(body)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.label.unwrap())
+            .collect();
+        assert_eq!(labels, ["0", "0", "0", "0", "-2"]);
     }
 
     #[test]
