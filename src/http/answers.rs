@@ -9,9 +9,10 @@
 //! [`Admitted`] wraps each listener's service and decides, before a request runs:
 //! - a connection holding more than its share of unread answers gets 503 (gRPC: UNAVAILABLE)
 //!   until its client reads them;
-//! - when the shared budget is spent, a connection may run one request at a time and only with
-//!   nothing unread, so every connection can still be answered (a health probe, say) while the
-//!   memory held grows by at most one answer per connection.
+//! - when the shared budget is spent, or unread answers hold half of it, a connection may run
+//!   one request at a time and only with nothing unread, so every connection can still be
+//!   answered (a health probe, say) while the memory held grows by at most one answer per
+//!   connection, and request bodies keep at least half the budget.
 //!
 //! A client that reads nothing for `body_read_timeout_s` while answers wait is disconnected by
 //! the connection's watchdog, which gives everything back.
@@ -217,10 +218,14 @@ mod tests {
         assert_eq!(activity.unread(), 0);
         assert_eq!(budget.used(), 0);
 
-        // Another connection spends the budget.
+        // Another connection's unread answers reach half the budget: that is spent for new
+        // answers, and request bodies keep the other half.
         let other = Arc::new(Activity::for_test(Arc::clone(&budget)));
-        other.produced(64 << 20);
+        other.produced(32 << 20);
         assert!(budget.spent());
+        let mut body = budget.reservation();
+        assert!(body.grow(16 << 20).is_ok(), "bodies keep the other half");
+        drop(body);
         assert_eq!(
             admit(&activity, &budget, share),
             Ok(()),

@@ -24,6 +24,8 @@ use crate::offload::Offload;
 /// The bytes all request bodies may hold at once, shared by every connection.
 pub struct BodyBudget {
     used: AtomicUsize,
+    /// The part of `used` that is unread answers.
+    answers: AtomicUsize,
     limit: usize,
     metrics: Metrics,
 }
@@ -45,6 +47,7 @@ impl BodyBudget {
     pub fn new(limit: usize, metrics: Metrics) -> Arc<BodyBudget> {
         Arc::new(BodyBudget {
             used: AtomicUsize::new(0),
+            answers: AtomicUsize::new(0),
             limit,
             metrics,
         })
@@ -92,21 +95,26 @@ impl BodyBudget {
         self.limit
     }
 
-    /// Whether everything the budget allows is held: new work that would add to it waits.
+    /// Whether new work that would add answers should wait: everything the budget allows is
+    /// held, or unread answers hold half of it. Answers are made before they can be refused, so
+    /// they are held to half, which leaves request bodies (a well-behaved client's included)
+    /// the other half however many clients stop reading.
     pub fn spent(&self) -> bool {
-        self.used() >= self.limit
+        self.used() >= self.limit || self.answers.load(Ordering::Relaxed) >= self.limit / 2
     }
 
     /// Counts answer bytes produced and not yet written. An answer already made is counted even
     /// past the limit (it exists either way); [`BodyBudget::spent`] then refuses new requests
     /// that would make more.
     pub fn add_answer(&self, bytes: usize) {
+        self.answers.fetch_add(bytes, Ordering::AcqRel);
         self.used.fetch_add(bytes, Ordering::AcqRel);
         self.metrics.add_unread_answer_bytes(bytes as i64);
     }
 
     /// Gives back answer bytes written (or never to be written).
     pub fn remove_answer(&self, bytes: usize) {
+        self.answers.fetch_sub(bytes, Ordering::AcqRel);
         self.used.fetch_sub(bytes, Ordering::AcqRel);
         self.metrics.add_unread_answer_bytes(-(bytes as i64));
     }
