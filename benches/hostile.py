@@ -30,11 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "load"))
 import run as bench  # noqa: E402
 
 
-def rss_mib(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+def rss_mib(server) -> float:
+    return server.rss() / (1 << 20)
 
 
 def open_fds(pid: int) -> int:
@@ -48,8 +45,7 @@ def connect(addr: str) -> socket.socket:
 
 
 def stalled_bodies(server) -> dict:
-    pid = server.proc.pid
-    before = rss_mib(pid)
+    before = rss_mib(server)
     chunk = b" " * (1 << 20)
     socks, refused = [], 0
 
@@ -70,11 +66,11 @@ def stalled_bodies(server) -> dict:
         t.start()
     for t in threads:
         t.join()
-    held = max(rss_mib(pid) for _ in range(16) if time.sleep(0.5) is None)
+    held = max(rss_mib(server) for _ in range(16) if time.sleep(0.5) is None)
     for s in socks:
         s.close()
     time.sleep(3)
-    after = rss_mib(pid)
+    after = rss_mib(server)
     return {"rss_before_mib": before, "rss_peak_held_mib": held, "rss_after_close_mib": after,
             "sends_cut_off": refused}
 
@@ -134,7 +130,7 @@ def gzip_bombs(server) -> dict:
 def idle_connections(server) -> dict:
     pid = server.proc.pid
     base_fds = open_fds(pid)
-    before = rss_mib(pid)
+    before = rss_mib(server)
     idle, partial = [], []
     for _ in range(2000):
         try:
@@ -153,7 +149,7 @@ def idle_connections(server) -> dict:
             break
     time.sleep(1)
     held_fds = open_fds(pid) - base_fds
-    held_rss = rss_mib(pid)
+    held_rss = rss_mib(server)
     time.sleep(15)
     later_fds = open_fds(pid) - base_fds
     for s in idle + partial:

@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import http.client
 import json
-import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,35 +30,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benches" / "load"))
-from run import bodies, build, wait_ready  # noqa: E402
+from run import bodies, build  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "tests" / "compat"))
+from cairn_server import Server  # noqa: E402
 
 
 def log(msg: str) -> None:
     print(f"[soak] {msg}", file=sys.stderr, flush=True)
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-class Control:
-    """A keep-alive HTTP connection for control calls."""
-
-    def __init__(self, addr: str):
-        host, port = addr.rsplit(":", 1)
-        self.conn = http.client.HTTPConnection(host, int(port), timeout=60)
-
-    def post(self, path: str, body: dict | None = None) -> dict:
-        payload = json.dumps(body or {})
-        self.conn.request("POST", path, payload, {"Content-Type": "application/json"})
-        resp = self.conn.getresponse()
-        data = resp.read()
-        if resp.status != 200:
-            raise RuntimeError(f"{path}: {resp.status} {data[:300]!r}")
-        return json.loads(data) if data else {}
 
 
 def main() -> None:
@@ -85,17 +61,11 @@ def main() -> None:
     body = bodies(work)
     path, header_len = body["tabular-small"]["binary"]
 
-    proc = subprocess.Popen(
-        [str(ROOT / "target" / "release" / "cairn"), "serve", "--listen", "127.0.0.1:0",
-         "--model-repository", str(repo), "--state-dir", str(work / "state")],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-        env={"NO_COLOR": "1", "RUST_LOG": "warn,cairn::server=info", "PATH": "/usr/bin:/bin"},
-    )
-    first = proc.stderr.readline()
-    addr = re.search(r"listening on http://(\S+)", first).group(1)
-    threading.Thread(target=proc.stderr.read, daemon=True).start()
-    wait_ready(f"http://{addr}/v2/health/ready")
-    url = f"http://{addr}/v2/models/tabular-small/infer"
+    server = Server(ROOT / "target" / "release" / "cairn", repo, "--state-dir", work / "state",
+                    env={"NO_COLOR": "1", "RUST_LOG": "warn,cairn::server=info", "PATH": "/usr/bin:/bin"},
+                    inherit=False)
+    server.wait_ready()
+    url = f"http://{server.url}/v2/models/tabular-small/infer"
 
     def load(duration: float, until: Path | None = None) -> dict:
         # The churn phases measure from the first request: the server is warm by then.
@@ -111,31 +81,30 @@ def main() -> None:
     try:
         log("steady state")
         steady = load(args.steady)
-        rss_start = rss_kib(proc.pid)
+        rss_start = server.rss() // 1024
         result["steady"] = steady
         log(f"steady: {steady['rps']:,.0f} req/s p99 {steady['p99_us']} µs, RSS {rss_start / 1024:.1f} MiB")
 
         churn: dict = {}
-        c = Control(addr)
 
         def swaps(stop: Path):
             t0 = time.time()
             for i in range(args.swaps):
                 target = 1 + i % 2
                 if i % 10 == 9:
-                    c.post("/v2/models/tabular-small/deployment/canary",
-                           {"version": target, "weight": 0.5, "criteria": {"auto_promote": False}})
-                    c.post("/v2/models/tabular-small/deployment/promote")
+                    server.ok("POST", "/v2/models/tabular-small/deployment/canary",
+                              {"version": target, "weight": 0.5, "criteria": {"auto_promote": False}})
+                    server.ok("POST", "/v2/models/tabular-small/deployment/promote", {})
                 else:
-                    c.post("/v2/models/tabular-small/deployment/stable", {"version": target})
+                    server.ok("POST", "/v2/models/tabular-small/deployment/stable", {"version": target})
             churn["swap_seconds"] = time.time() - t0
             stop.touch()
 
         def cycles(stop: Path):
             t0 = time.time()
             for _ in range(args.cycles):
-                c.post("/v2/repository/models/mlp-large/unload")
-                c.post("/v2/repository/models/mlp-large/load")
+                server.ok("POST", "/v2/repository/models/mlp-large/unload", {})
+                server.ok("POST", "/v2/repository/models/mlp-large/load", {})
             churn["cycle_seconds"] = time.time() - t0
             stop.touch()
 
@@ -146,15 +115,14 @@ def main() -> None:
             worker.start()
             result[phase] = load(3600, until=stop)
             worker.join()
-            result[phase]["rss_after_kib"] = rss_kib(proc.pid)
+            result[phase]["rss_after_kib"] = server.rss() // 1024
             log(f"{phase}: {result[phase]['rps']:,.0f} req/s p99 {result[phase]['p99_us']} µs, "
                 f"{result[phase]['errors']} failed, RSS {result[phase]['rss_after_kib'] / 1024:.1f} MiB")
         time.sleep(2)  # let dropped versions drain and free
-        rss_end = rss_kib(proc.pid)
+        rss_end = server.rss() // 1024
         result.update(churn=churn, rss_start_kib=rss_start, rss_end_kib=rss_end)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        server.stop()
 
     failed = sum(result[k]["errors"] for k in ("steady", "swaps", "cycles"))
     steady_p99 = max(result["steady"]["p99_us"], 1)

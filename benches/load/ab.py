@@ -19,10 +19,7 @@ import argparse
 import datetime as dt
 import http.client
 import json
-import re
 import shutil
-import signal
-import subprocess
 import statistics
 import sys
 import tempfile
@@ -30,6 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as bench  # noqa: E402
+
+sys.path.insert(0, str(bench.ROOT / "tests" / "compat"))
+from cairn_server import Server  # noqa: E402
 
 
 def throughput(loadgen, baseline: Path, work: Path, args) -> list[dict]:
@@ -52,32 +52,17 @@ def throughput(loadgen, baseline: Path, work: Path, args) -> list[dict]:
 
 
 def callgrind_total(binary: Path, repo: Path, body: bytes, headers: dict, requests: int, out: Path) -> int:
-    proc = subprocess.Popen(
-        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", str(binary), "serve",
-         "--listen", "127.0.0.1:0", "--model-repository", str(repo)],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-        env={"NO_COLOR": "1", "RUST_LOG": "info", "PATH": "/usr/bin:/bin"},
-    )
-    addr = None
-    while addr is None:
-        line = proc.stderr.readline()
-        if not line:
-            raise SystemExit("the server under callgrind exited")
-        m = re.search(r"listening on http://(\S+)", line)
-        addr = m.group(1) if m else None
-    import threading
-    threading.Thread(target=proc.stderr.read, daemon=True).start()
-    bench.wait_ready(f"http://{addr}/v2/health/ready", timeout=600)
-    host, port = addr.rsplit(":", 1)
-    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    server = Server(binary, repo, env={"NO_COLOR": "1", "RUST_LOG": "info", "PATH": "/usr/bin:/bin"}, inherit=False,
+                    prefix=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"], wait=600)
+    server.wait_ready(timeout=600)
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=60)
     for _ in range(requests):
         conn.request("POST", "/v2/models/tabular-small/infer", body=body, headers=headers)
         r = conn.getresponse()
         r.read()
         assert r.status == 200, r.status
     conn.close()
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=600)
+    server.stop(timeout=600)
     for line in out.read_text().splitlines():
         if line.startswith("summary:") or line.startswith("totals:"):
             return int(line.split()[1])

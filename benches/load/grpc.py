@@ -24,22 +24,19 @@ import argparse
 import datetime as dt
 import json
 import os
-import re
 import resource
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import (  # noqa: E402
-    MODELS, RESULTS, ROOT, ensure_bench_venv, ensure_perf_analyzer, log, metrics, perf_analyzer,
-    run, wait_ready,
+    MODELS, RESULTS, ROOT, ensure_bench_venv, ensure_perf_analyzer, log, perf_analyzer, run,
 )
+
+sys.path.insert(0, str(ROOT / "tests" / "compat"))
+from cairn_server import Server  # noqa: E402
 
 PROTOCOLS = ("http", "grpc")
 
@@ -60,49 +57,10 @@ def with_listen_lines(rust_log: str) -> str:
     return f"{rust_log},cairn::server=info"
 
 
-class Cairn:
-    """cairn with HTTP and gRPC on free ports; both addresses come from its log."""
-
-    def __init__(self, binary: Path, repo: Path, state: Path, log_path: Path | None,
-                 rust_log: str):
-        env = dict(os.environ, NO_COLOR="1", RUST_LOG=with_listen_lines(rust_log))
-        self.proc = subprocess.Popen(
-            [str(binary), "serve", "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0",
-             "--model-repository", str(repo), "--state-dir", str(state)],
-            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, cwd=ROOT,
-        )
-        self.http = self.grpc = None
-        seen = []
-        # The two lines come first, but a warning may come before them.
-        while self.http is None or self.grpc is None:
-            line = self.proc.stderr.readline()
-            if not line:
-                raise SystemExit("cairn exited before listening:\n" + "".join(seen))
-            line = re.sub(r"\x1b\[[0-9;]*m", "", line)
-            seen.append(line)
-            if m := re.search(r"gRPC listening on (\S+)", line):
-                self.grpc = m.group(1)
-            elif m := re.search(r"listening on http://(\S+)", line):
-                self.http = m.group(1)
-        sink = open(log_path, "w") if log_path else None
-        if sink:
-            sink.writelines(seen)
-
-        def drain():
-            for line in self.proc.stderr:
-                if sink:
-                    sink.write(line)
-                    sink.flush()
-        threading.Thread(target=drain, daemon=True).start()
-        wait_ready(f"http://{self.http}/v2/health/ready")
-
-    def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=60)
+def cpu_s(server: Server) -> float:
+    """The server's user and system CPU time so far, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def children_cpu_s() -> float:
@@ -110,14 +68,14 @@ def children_cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def point(pa, server: Cairn, model: str, protocol: str, concurrency: int, window_ms: int) -> dict:
+def point(pa, server: Server, model: str, protocol: str, concurrency: int, window_ms: int) -> dict:
     key = f'{{model="{model}",version="1"}}'
-    before, server_cpu, client_cpu = metrics(server.http), server.cpu_s(), children_cpu_s()
-    addr = server.grpc if protocol == "grpc" else server.http
+    before, server_cpu, client_cpu = server.metrics(), cpu_s(server), children_cpu_s()
+    addr = server.grpc if protocol == "grpc" else server.url
     p = perf_analyzer(pa, addr, model, concurrency, binary=True, protocol=protocol,
                       window_ms=window_ms)
-    client_cpu, server_cpu = children_cpu_s() - client_cpu, server.cpu_s() - server_cpu
-    after = metrics(server.http)
+    client_cpu, server_cpu = children_cpu_s() - client_cpu, cpu_s(server) - server_cpu
+    after = server.metrics()
     served = after.get(f"cairn_inference_rows_total{key}", 0) - before.get(f"cairn_inference_rows_total{key}", 0)
     execs = after.get(f"cairn_execution_total{key}", 0) - before.get(f"cairn_execution_total{key}", 0)
     p.update(
@@ -191,8 +149,10 @@ def main() -> None:
         "machine": f"{os.cpu_count()} CPUs ({cpu})",
         "binary": str(binary), "window_ms": window_ms, "concurrency": concurrency, "points": [],
     }
-    server = Cairn(binary, repo, work / "state", args.server_log, args.rust_log)
-    log(f"cairn: HTTP on {server.http}, gRPC on {server.grpc}")
+    server = Server(binary, repo, "--grpc-listen", "127.0.0.1:0", "--state-dir", work / "state",
+                    env={"RUST_LOG": with_listen_lines(args.rust_log)}, cwd=ROOT, log_file=args.server_log)
+    server.wait_ready()
+    log(f"cairn: HTTP on {server.url}, gRPC on {server.grpc}")
     try:
         for model in MODELS:
             for c in concurrency:

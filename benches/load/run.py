@@ -36,11 +36,13 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "compat"))
+from cairn_server import Server, answers_200, metrics, wait_for  # noqa: E402
+
 RESULTS = ROOT / "benches" / "results"
 BENCH_VENV = ROOT / ".venv-bench"
 TOOLS = ROOT / "target" / "bench-tools"
@@ -142,22 +144,15 @@ def bodies(workdir: Path) -> dict:
 # ---------------------------------------------------------------------------------- servers
 
 
-class Cairn:
-    def __init__(self, repo: Path, binary: Path | None = None, extra: list[str] | None = None):
-        env = dict(os.environ, NO_COLOR="1", RUST_LOG="warn,cairn::server=info")
-        self.proc = subprocess.Popen(
-            [str(binary or ROOT / "target" / "release" / "cairn"), "serve", "--listen", "127.0.0.1:0",
-             "--model-repository", str(repo), *(extra or [])],
-            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
-        )
-        line = self.proc.stderr.readline()
-        self.addr = re.search(r"listening on http://(\S+)", re.sub(r"\x1b\[[0-9;]*m", "", line)).group(1)
-        threading.Thread(target=self.proc.stderr.read, daemon=True).start()
-        wait_ready(f"http://{self.addr}/v2/health/ready")
+class Cairn(Server):
+    """cairn as the benches run it: the release binary unless another is named, a log of
+    warnings and the listen lines only, ready when constructed; `addr` is its host:port."""
 
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=60)
+    def __init__(self, repo: Path, binary: Path | None = None, extra: list[str] | None = None):
+        super().__init__(binary or ROOT / "target" / "release" / "cairn", repo, *(extra or []),
+                         env={"RUST_LOG": "warn,cairn::server=info"})
+        self.addr = self.url
+        self.wait_ready()
 
 
 class MLServer:
@@ -200,27 +195,9 @@ class MLServer:
 
 
 def wait_ready(url: str, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except Exception:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"not ready: {url}")
-
-
-def metrics(addr: str) -> dict:
-    with urllib.request.urlopen(f"http://{addr}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line.startswith("cairn_") and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            values[key] = float(value)
-    return values
+    """Until `url` (MLServer's, say) answers 200."""
+    if not wait_for(lambda: answers_200(url, timeout=2), timeout):
+        raise SystemExit(f"not ready: {url}")
 
 
 # ---------------------------------------------------------------------------------- measurements
@@ -286,14 +263,8 @@ def perf_analyzer(pa, addr: str, model: str, concurrency: int, binary: bool,
     }
 
 
-def control(addr: str, model: str, action: str, payload: dict) -> dict:
-    req = urllib.request.Request(
-        f"http://{addr}/v2/models/{model}/deployment/{action}",
-        data=json.dumps(payload).encode(), method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read())
+def control(server: Cairn, model: str, action: str, payload: dict) -> dict:
+    return server.ok("POST", f"/v2/models/{model}/deployment/{action}", payload)[1]
 
 
 class Scraper(threading.Thread):
@@ -452,12 +423,12 @@ def main() -> None:
             ("canary 10 %", "canary", {"version": 2, "weight": 0.1, "criteria": manual}),
             ("shadow (every request copied)", "shadow", {"version": 2, "criteria": manual}),
         ]:
-            control(server.addr, "tabular-rollout", action, payload)
+            control(server, "tabular-rollout", action, payload)
             r = loadgen_http(loadgen, url, path, header_len, 64, args.duration, args.warmup)
             r.update(setup=label)
             log(f"{label}: {r['rps']:,.0f} req/s p99 {r['p99_us']} µs")
             res["rollout"].append(r)
-        control(server.addr, "tabular-rollout", "rollback", {})
+        control(server, "tabular-rollout", "rollback", {})
 
         if not args.skip_perf_analyzer:
             python = ensure_bench_venv()

@@ -41,11 +41,9 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import jsonschema
@@ -55,9 +53,9 @@ import yamllint.config
 import yamllint.linter
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cairn_server import ROOT, Server  # noqa: E402
 from check_monitoring import FAILURES, check  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEPLOY = os.path.join(ROOT, "deploy")
 BINARY = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else os.path.join(ROOT, "target", "debug", "cairn")
 
@@ -627,56 +625,17 @@ class PodFiles:
         return value
 
 
-class Server:
-    def __init__(self, args, env):
-        self.log = []
-        self.address = None
-        self.found = threading.Event()
-        # The image's WORKDIR (/opt/cairn) is the repository root here: configs/server.toml is
-        # read the same way. The log goes to stderr; stdout is read too, in case.
-        self.proc = subprocess.Popen([BINARY, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            line = re.sub(r"\x1b\[[0-9;]*m", "", line)
-            self.log.append(line)
-            m = re.search(r"listening on http://(\S+)", line)
-            if m and not self.address:
-                self.address = m.group(1)
-                self.found.set()
-        self.found.set()
-
-    def get(self, path, method="GET", token=None):
-        host, port = self.address.rsplit(":", 1)
-        conn = http.client.HTTPConnection(host, int(port), timeout=10)
-        try:
-            headers = {"Authorization": f"Bearer {token}"} if token else {}
-            conn.request(method, path, body=b"{}" if method == "POST" else None, headers=headers)
-            r = conn.getresponse()
-            return r.status, r.read().decode(errors="replace")
-        finally:
-            conn.close()
-
-    def wait_ready(self, path):
-        deadline = time.time() + READY_TIMEOUT_S
-        while time.time() < deadline and self.proc.poll() is None:
-            try:
-                if self.get(path)[0] == 200:
-                    return True
-            except OSError:
-                pass
-            time.sleep(0.1)
-        return False
-
-
 def effective_settings(log):
     for line in log:
         if "effective settings" in line:
             pairs = re.findall(r"(\w+)=(\"[^\"]*\"|\S+)", line.split("effective settings", 1)[1])
             return {k: v.strip('"') for k, v in pairs}
     return None
+
+
+def index(server, token=None):
+    """POST /v2/repository/index (a management call), with `token` as the bearer if given."""
+    return server.call("POST", "/v2/repository/index", b"{}", {"Authorization": f"Bearer {token}"} if token else {})
 
 
 def grpc_ready(address):
@@ -715,14 +674,17 @@ def run_container(label, container, pod, image, work, metrics_path, grpc):
                        or os.path.join(image["workdir"], "models"))
     before = tree_state(repo)
     compared, probes, served, admin = 0, [], "", ""
-    server = Server(args, env)
+    # The image's WORKDIR (/opt/cairn) is the repository root here: configs/server.toml is read
+    # the same way. The command line is the manifest's, as it is.
+    server = Server(BINARY, None, *args, env=env, inherit=False, cwd=ROOT, grpc=grpc, wait=0)
     try:
-        server.found.wait(60)
-        if not check(server.address, f"{label}: the server did not start:\n" + "".join(server.log[-20:])):
+        if not check(server.started(60), f"{label}: the server did not start:\n" + "".join(server.log[-20:])):
             return
         ready = container["readinessProbe"]["httpGet"]["path"]
-        if not check(server.wait_ready(ready), f"{label}: {ready} not 200 within {READY_TIMEOUT_S} s:\n"
-                     + "".join(server.log[-20:])):
+        try:
+            server.wait_ready(path=ready, timeout=READY_TIMEOUT_S)
+        except RuntimeError:
+            check(False, f"{label}: {ready} not 200 within {READY_TIMEOUT_S} s:\n" + "".join(server.log[-20:]))
             return
         # The settings the server reports are the manifest's.
         settings = effective_settings(server.log)
@@ -741,42 +703,34 @@ def run_container(label, container, pod, image, work, metrics_path, grpc):
                           f"{label}: {name}={value}, but the server runs with {key}={settings[key]}")
         for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
             path = container[kind]["httpGet"]["path"]
-            status, body = server.get(path)
+            status, _, body = server.call("GET", path)
             check(status == 200, f"{label}: {kind} {path} answered {status}: {body}")
             probes.append(f"{kind} {path}")
         # The gRPC listener (on the container's grpc port in the pod) serves the V2 service.
         served = "no gRPC in this build"
         if grpc:
-            line = next((m for m in (re.search(r"gRPC listening on (?:\w+://)?(\S+)", x) for x in server.log) if m),
-                        None)
-            if check(line, f"{label}: no 'gRPC listening on' log line"):
-                check(grpc_ready(line.group(1)), f"{label}: gRPC ServerLive/ServerReady not true on {line.group(1)}")
-                served = f"gRPC ServerReady on {line.group(1)}"
-        status, body = server.get(metrics_path)
+            check(grpc_ready(server.grpc), f"{label}: gRPC ServerLive/ServerReady not true on {server.grpc}")
+            served = f"gRPC ServerReady on {server.grpc}"
+        status, _, body = server.call("GET", metrics_path)
         check(status == 200 and "cairn_build_info" in body,
               f"{label}: {metrics_path} answered {status} without a token")
         # The management API wants the token the container was given.
-        status, _ = server.get("/v2/repository/index", "POST")
+        status, _, _ = index(server)
         check(status == 401, f"{label}: the repository index without a token answered {status}, expected 401")
         token_file = manifest_env.get("CAIRN_ADMIN_TOKEN_FILE")
         if token_file in files.secrets:
-            status, _ = server.get("/v2/repository/index", "POST", files.secrets[token_file])
+            status, _, _ = index(server, files.secrets[token_file])
             check(status == 200, f"{label}: the repository index with the Secret's token answered {status}")
             admin = "the Secret's token opens it"
         else:
-            status, _ = server.get("/v2/repository/index", "POST", secrets.token_hex(16))
+            status, _, _ = index(server, secrets.token_hex(16))
             check(status == 403, f"{label}: the repository index with a guessed token answered {status}, expected 403")
             admin = "no token opens it"
     except (OSError, http.client.HTTPException) as e:
         check(False, f"{label}: {e!r}")
     finally:
         t0 = time.time()
-        server.proc.send_signal(signal.SIGTERM)
-        try:
-            code = server.proc.wait(timeout=shutdown_timeout(manifest_env) + 5)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-            code = server.proc.wait()
+        code = server.stop(timeout=shutdown_timeout(manifest_env) + 5)
         stopped = time.time() - t0
     shutdown = shutdown_timeout(manifest_env)
     check(code == 0, f"{label}: exit status {code} after SIGTERM")

@@ -46,7 +46,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cairn_server import ROOT, Server  # noqa: E402
+
 BINARY = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else os.path.join(ROOT, "target", "release", "cairn")
 DASHBOARD = os.path.join(ROOT, "deploy", "grafana", "cairn.json")
 
@@ -205,94 +207,6 @@ def stop(proc, name):
         print(f"  {name} ignored SIGTERM for 20 s; killed")
         proc.kill()
         proc.wait(timeout=20)
-
-
-class Server:
-    """The binary on a free port; the first log line gives the address. Its log is kept."""
-
-    def __init__(self, cwd, repo, state, train_configs):
-        self.log = []
-        self.proc = subprocess.Popen(
-            [BINARY, "serve", "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", "--model-repository", repo,
-             "--state-dir", state, "--train-config-dir", train_configs,
-             # A 64-row iris request (2304 bytes of tensors) never fits, a single row (36)
-             # does while the writer keeps up: drops by queue_bytes, and still the rows drift
-             # and quality need.
-             "--prediction-log-queue-bytes", "2048"],
-            cwd=cwd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-            env=dict(os.environ, NO_COLOR="1", RUST_LOG="info"),
-        )
-        first = re.sub(r"\x1b\[[0-9;]*m", "", self.proc.stderr.readline())
-        match = re.search(r"listening on http://(\S+)", first)
-        if not match:
-            stop(self.proc, "server")
-            sys.exit(f"unexpected first log line of the server: {first!r}")
-        self.addr = match.group(1)
-        self.host, port = self.addr.rsplit(":", 1)
-        self.port = int(port)
-        self.log.append(first)
-        threading.Thread(target=self._read_log, daemon=True).start()
-        self._local = threading.local()
-
-    def _read_log(self):
-        for line in self.proc.stderr:
-            self.log.append(re.sub(r"\x1b\[[0-9;]*m", "", line))
-
-    def grpc_address(self, timeout=30):
-        """The gRPC port, from the log line that names it."""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            for line in list(self.log):
-                m = re.search(r"gRPC listening on (\S+)", line)
-                if m:
-                    return m.group(1)
-            time.sleep(0.1)
-        return None
-
-    def call(self, method, path, body=None):
-        """One request on this thread's keep-alive connection: (status, parsed body). A
-        connection the server closed while idle (keep_alive_timeout_s) is reopened once."""
-        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"} if data is not None else {}
-        for attempt in (0, 1):
-            conn = getattr(self._local, "conn", None)
-            reused = conn is not None
-            if conn is None:
-                conn = self._local.conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
-            try:
-                conn.request(method, path, body=data, headers=headers)
-                resp = conn.getresponse()
-                raw = resp.read()
-                break
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                conn.close()
-                self._local.conn = None
-                if not reused or attempt:
-                    raise
-            except (http.client.HTTPException, OSError):
-                conn.close()
-                self._local.conn = None
-                raise
-        try:
-            parsed = json.loads(raw) if raw else None
-        except ValueError:
-            parsed = raw.decode(errors="replace")
-        return resp.status, parsed
-
-    def wait_ready(self, models, timeout=120):
-        deadline = time.time() + timeout
-        for path in ["/v2/health/ready"] + [f"/v2/models/{m}/ready" for m in models]:
-            while True:
-                try:
-                    if self.call("GET", path)[0] == 200:
-                        break
-                except (OSError, http.client.HTTPException):
-                    pass
-                if self.proc.poll() is not None:
-                    sys.exit("the server exited while starting:\n" + "".join(self.log[-20:]))
-                if time.time() > deadline:
-                    sys.exit(f"the server never answered 200 on {path}")
-                time.sleep(0.1)
 
 
 class Prometheus:
@@ -461,7 +375,7 @@ class Load:
 
     def _send(self, what, path, body, expected):
         try:
-            status, answer = self.server.call("POST", path, body)
+            status, _, answer = self.server.call("POST", path, body)
         except (OSError, http.client.HTTPException) as e:
             if not self.stop_event.is_set():
                 self._count(what, type(e).__name__, expected)
@@ -516,12 +430,7 @@ class Load:
         import tritonclient.grpc as grpcclient
         from tritonclient.utils import InferenceServerException
 
-        address = self.server.grpc_address()
-        if address is None:
-            with self.lock:
-                self.errors.append("no 'gRPC listening on' line in the server's log")
-            return
-        client = grpcclient.InferenceServerClient(address)
+        client = grpcclient.InferenceServerClient(self.server.grpc)
         rows = np.array([self.rows[0][0]], dtype=np.float32)
         try:
             while not self.stop_event.wait(0.2):
@@ -560,7 +469,7 @@ def setup_deployments(server):
         ("/v2/models/tabular-small/deployment/stable", {"version": 1}),
         ("/v2/models/tabular-small/deployment/shadow", {"version": 2, "criteria": never}),
     ]:
-        status, answer = server.call("POST", path, body)
+        status, _, answer = server.call("POST", path, body)
         check(status == 200, f"POST {path} answered {status}: {answer}")
 
 
@@ -610,22 +519,27 @@ def main():
     server = prom = load = None
     try:
         repo, train = make_repo(work)
-        server = Server(work, repo, os.path.join(work, "state"), train)
+        server = Server(BINARY, repo, "--grpc-listen", "127.0.0.1:0", "--state-dir", os.path.join(work, "state"),
+                        "--train-config-dir", train,
+                        # A 64-row iris request (2304 bytes of tensors) never fits, a single row (36)
+                        # does while the writer keeps up: drops by queue_bytes, and still the rows
+                        # drift and quality need.
+                        "--prediction-log-queue-bytes", "2048", cwd=work)
         server.wait_ready(["iris", "tabular-small", "mlp-large", "tabular-fallback"])
         setup_deployments(server)
-        status, job = server.call("POST", "/v2/models/iris/train", {"reason": "dashboard check"})
+        status, _, job = server.call("POST", "/v2/models/iris/train", {"reason": "dashboard check"})
         check(status == 202, f"POST /v2/models/iris/train answered {status}: {job}")
         # Finished before the load starts: on a starved machine the load would hold it back.
         deadline = time.time() + 120
         while status in (200, 202) and job.get("state") == "running" and time.time() < deadline:
             time.sleep(0.2)
-            status, job = server.call("GET", f"/v2/training/jobs/{job['id']}")
+            status, _, job = server.call("GET", f"/v2/training/jobs/{job['id']}")
         check(status == 200 and job.get("state") in ("passed", "refused", "published"),
               f"the training job ended as {job.get('state') if isinstance(job, dict) else job}: "
               f"{job.get('error') if isinstance(job, dict) else ''}")
         load = Load(server, repo)
-        prom = Prometheus(work, server.addr)
-        print(f"server at {server.addr}, prometheus at {prom.base}; load running")
+        prom = Prometheus(work, server.url)
+        print(f"server at {server.url}, prometheus at {prom.base}; load running")
 
         # Enough samples for a rate over RATE_INTERVAL, with traffic in all of them.
         need = int(RATE_INTERVAL.rstrip("s"))
@@ -651,7 +565,7 @@ def main():
 
         # Every metric the dashboard names exists (read after the queries: some families appear
         # only with their first event).
-        with urllib.request.urlopen(f"http://{server.addr}/metrics", timeout=10) as r:
+        with urllib.request.urlopen(f"http://{server.url}/metrics", timeout=10) as r:
             exposition = r.read().decode()
         families = {l.split()[2] for l in exposition.splitlines() if l.startswith("# TYPE")}
         used = set()
@@ -700,7 +614,8 @@ def main():
         if prom is not None:
             prom.stop()
         if server is not None:
-            stop(server.proc, "server")
+            if server.stop(timeout=20) == -signal.SIGKILL:
+                print("  server ignored SIGTERM for 20 s; killed")
             if FAILURES:
                 print("server log (last 15 lines):\n" + "".join(server.log[-15:]))
         shutil.rmtree(work, ignore_errors=True)

@@ -353,7 +353,7 @@ def probe_unread_answers(server, grpc_port=False):
     """40 connections × 128 streams whose answers the client never reads."""
     connections, per = 40, 128
     host, port = (server.grpc_host, server.grpc_port) if grpc_port else (server.host, server.port)
-    refused_before = _metric(server, "cairn_http_requests_refused_total", sum_all=True)
+    refused_before = server.metric("cairn_http_requests_refused_total")
     with Peak(server) as p:
         conns = []
         for _ in range(connections):
@@ -371,14 +371,14 @@ def probe_unread_answers(server, grpc_port=False):
         # The server answers what it admits and waits for the clients to read.
         time.sleep(1.5)
         during = assert_serving(server, "unread answers (while held)")
-        held = _metric(server, "cairn_http_unread_answer_bytes")
-        refused = _metric(server, "cairn_http_requests_refused_total", sum_all=True) - refused_before
+        held = server.metric("cairn_http_unread_answer_bytes")
+        refused = server.metric("cairn_http_requests_refused_total") - refused_before
         # Nothing is read: every connection, holding answers it never lets the server send, is
         # dropped after the send window.
         t0 = time.time()
         left = held
         while time.time() - t0 < BODY_TIMEOUT_S + 10:
-            left = _metric(server, "cairn_http_unread_answer_bytes")
+            left = server.metric("cairn_http_unread_answer_bytes")
             if left == 0:
                 break
             time.sleep(0.25)
@@ -409,15 +409,6 @@ def _closed(sock):
         return False
     except OSError:
         return True
-
-
-def _metric(server, name, sum_all=False):
-    _, body, _ = http(server, "GET", "/metrics")
-    total = 0.0
-    for line in body.decode().splitlines():
-        if line.startswith(name) and (sum_all or line.split()[0] == name):
-            total += float(line.split()[-1])
-    return total
 
 
 def _post_raw(server, path, body, results, i):

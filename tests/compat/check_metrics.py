@@ -7,51 +7,27 @@ traffic so every family has series, then pipes /metrics to promtool; any lint pr
 
 import json
 import os
-import re
 import subprocess
 import sys
-import threading
-import time
-import urllib.error
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cairn_server import ROOT, Server  # noqa: E402
+
 BINARY = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else os.path.join(ROOT, "target", "release", "cairn")
 
 
-def post(url, body):
-    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-
-
 def main():
-    proc = subprocess.Popen(
-        [BINARY, "serve", "--listen", "127.0.0.1:0", "--model-repository", os.path.join(ROOT, "models"),
-         "--state-dir", os.path.join(ROOT, "target", "check-metrics-state")],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=dict(os.environ, NO_COLOR="1"),
-    )
+    server = Server(BINARY, os.path.join(ROOT, "models"),
+                    "--state-dir", os.path.join(ROOT, "target", "check-metrics-state"))
     try:
-        line = re.sub(r"\x1b\[[0-9;]*m", "", proc.stderr.readline())
-        addr = re.search(r"listening on http://(\S+)", line).group(1)
-        threading.Thread(target=proc.stderr.read, daemon=True).start()
-        base = f"http://{addr}"
-        for _ in range(600):
-            try:
-                with urllib.request.urlopen(f"{base}/v2/health/ready", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except Exception:
-                time.sleep(0.1)
+        server.wait_ready()
         sample = open(os.path.join(ROOT, "models", "iris", "1", "sample.json"), "rb").read()
         for _ in range(20):
-            assert post(f"{base}/v2/models/iris/infer", sample) == 200
+            assert server.call("POST", "/v2/models/iris/infer", sample)[0] == 200
         bad = json.dumps({"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]})
-        assert post(f"{base}/v2/models/iris/infer", bad.encode()) == 400
-        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as r:
+        assert server.call("POST", "/v2/models/iris/infer", bad.encode())[0] == 400
+        with urllib.request.urlopen(f"http://{server.url}/metrics", timeout=10) as r:
             text = r.read()
         check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True)
         out = (check.stdout + check.stderr).decode()
@@ -61,8 +37,7 @@ def main():
         families = len({l.split()[2] for l in text.decode().splitlines() if l.startswith("# TYPE")})
         print(f"promtool check metrics: clean ({families} metric families)")
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        server.stop()
 
 
 if __name__ == "__main__":

@@ -22,17 +22,13 @@ Every failure is collected; the script exits non-zero listing them all.
 """
 
 import glob
-import http.client
 import json
 import math
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -51,7 +47,10 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cairn_server  # noqa: E402
+from cairn_server import ROOT  # noqa: E402
+
 BINARY = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else os.path.join(ROOT, "target", "release", "cairn")
 
 IRIS_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -81,86 +80,12 @@ def close(a, b):
 # The server
 # --------------------------------------------------------------------------------------------
 
-class Server:
-    """The binary on a free port; the first log line gives the address. Its log is kept."""
+class Server(cairn_server.Server):
+    """The binary as these checks run it: its prediction log synced after every batch the
+    writer takes (fsync 0), so that a SIGKILL loses nothing that was written."""
 
     def __init__(self, repo, state_dir, *extra):
-        self.log = []
-        self.proc = subprocess.Popen(
-            [BINARY, "serve", "--listen", "127.0.0.1:0", "--model-repository", repo,
-             "--state-dir", state_dir, "--prediction-log-fsync-ms", "0", *extra],
-            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-            env=dict(os.environ, NO_COLOR="1", RUST_LOG="info"),
-        )
-        first = re.sub(r"\x1b\[[0-9;]*m", "", self.proc.stderr.readline())
-        match = re.search(r"listening on http://(\S+)", first)
-        if not match:
-            self.proc.kill()
-            sys.exit(f"unexpected first log line of the server: {first!r}")
-        host, port = match.group(1).rsplit(":", 1)
-        self.host, self.port = host, int(port)
-        self.log.append(first)
-        self._drain = threading.Thread(target=self._read_log, daemon=True)
-        self._drain.start()
-        self._local = threading.local()
-
-    def _read_log(self):
-        for line in self.proc.stderr:
-            self.log.append(re.sub(r"\x1b\[[0-9;]*m", "", line))
-
-    def wait_ready(self, models):
-        deadline = time.time() + 120
-        for path in ["/v2/health/ready"] + [f"/v2/models/{m}/ready" for m in models]:
-            while True:
-                try:
-                    if self.call("GET", path)[0] == 200:
-                        break
-                except (OSError, http.client.HTTPException):
-                    pass
-                if self.proc.poll() is not None:
-                    sys.exit("the server exited while starting:\n" + "".join(self.log[-20:]))
-                if time.time() > deadline:
-                    sys.exit(f"the server never answered 200 on {path}")
-                time.sleep(0.1)
-
-    def call(self, method, path, body=None):
-        """One request on this thread's keep-alive connection: (status, headers, parsed body)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
-        data = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"} if data is not None else {}
-        try:
-            conn.request(method, path, body=data, headers=headers)
-            resp = conn.getresponse()
-            raw = resp.read()
-        except (http.client.HTTPException, OSError):
-            conn.close()
-            self._local.conn = None
-            raise
-        try:
-            parsed = json.loads(raw) if raw else None
-        except ValueError:
-            parsed = raw.decode(errors="replace")
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, parsed
-
-    def ok(self, method, path, body=None):
-        status, headers, parsed = self.call(method, path, body)
-        if status != 200:
-            sys.exit(f"{method} {path} answered {status}: {parsed}")
-        return headers, parsed
-
-    def terminate(self):
-        """SIGTERM, and the exit status once it has shut down cleanly."""
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=60)
-        self._drain.join(timeout=5)
-        return code
-
-    def kill(self):
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-        self._drain.join(timeout=5)
+        super().__init__(BINARY, repo, "--state-dir", state_dir, "--prediction-log-fsync-ms", "0", *extra)
 
 
 def without_monitoring(config):
@@ -621,7 +546,7 @@ def iris_pass(work, rng):
         check(status == 200 and isinstance(drift, dict) and "versions" in drift,
               f"GET /v2/models/iris/drift answered {status}: {drift}")
     finally:
-        code = server.terminate()
+        code = server.stop()
     ended = now_us()
     check(code == 0, f"iris server exited with {code} after SIGTERM")
 
@@ -759,7 +684,7 @@ def tabular_dtypes_pass(work, rng):
                                               lambda i: reg_rows[i["_key"]]["value"]))
         print(f"  quality: {n1} tabular-small and {n2} dtypes window metrics compared with scikit-learn")
     finally:
-        code = server.terminate()
+        code = server.stop()
     ended = now_us()
     check(code == 0, f"second server exited with {code} after SIGTERM")
     check(not os.path.exists(os.path.join(state, "predictions")),
@@ -871,7 +796,7 @@ def crash_pass(work, rng):
         answers = send_all(server, requests)
         sent_b = {(a["id"], k) for r, a in zip(requests, answers) for k in range(len(r["truth"]))}
     finally:
-        code = server.terminate()
+        code = server.stop()
     check(code == 0, f"restarted server exited with {code} after SIGTERM")
     for d in (pred_dir, fb_dir):
         left = leftovers(d)

@@ -23,11 +23,9 @@ needs `moto[server]` and boto3, tests/compat/requirements.txt).
 Every failure is collected; the script exits non-zero listing them all.
 """
 
-import http.client
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import socket
@@ -40,7 +38,10 @@ import time
 import boto3
 from moto.server import ThreadedMotoServer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cairn_server  # noqa: E402
+from cairn_server import ROOT  # noqa: E402
+
 BINARY = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else os.path.join(ROOT, "target", "release", "cairn")
 MODELS = os.path.join(ROOT, "models")
 POLL_S = 1
@@ -66,74 +67,24 @@ def free_port():
         return s.getsockname()[1]
 
 
-class Server:
-    """One cairn process; its log is kept, its HTTP address read from the first log line."""
+class Server(cairn_server.Server):
+    """One cairn process without gRPC, in exactly the environment given (the store's settings),
+    named in the messages. It may refuse to start: it is not waited for (`started()`)."""
 
-    def __init__(self, name, args, env):
+    def __init__(self, name, repo, args, env):
+        super().__init__(BINARY, repo, "--grpc-listen", "off", *args, env=env, inherit=False, cwd=ROOT,
+                         grpc=False, wait=0)
         self.name = name
-        self.log = []
-        self.address = None
-        self.found = threading.Event()
-        self.proc = subprocess.Popen([BINARY, "serve", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            line = re.sub(r"\x1b\[[0-9;]*m", "", line)
-            self.log.append(line)
-            m = re.search(r"listening on http://(\S+)", line)
-            if m and not self.address:
-                self.address = m.group(1)
-                self.found.set()
-        self.found.set()
-
-    def request(self, method, path, body=None):
-        host, port = self.address.rsplit(":", 1)
-        conn = http.client.HTTPConnection(host, int(port), timeout=30)
-        try:
-            data = None if body is None else json.dumps(body).encode()
-            conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
-            r = conn.getresponse()
-            text = r.read().decode(errors="replace")
-            try:
-                return r.status, json.loads(text)
-            except ValueError:
-                return r.status, text
-        finally:
-            conn.close()
-
-    def started(self, timeout=60):
-        self.found.wait(timeout)
-        return self.address is not None
 
     def ready(self, model, version):
         try:
-            return self.request("GET", f"/v2/models/{model}/versions/{version}/ready")[0] == 200
+            return self.call("GET", f"/v2/models/{model}/versions/{version}/ready")[0] == 200
         except OSError:
             return False
 
-    def metric(self, name, labels):
-        status, text = self.request("GET", "/metrics")
-        total = 0.0
-        for line in text.splitlines() if status == 200 else []:
-            if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
     def deployment(self, model):
-        status, body = self.request("GET", f"/v2/models/{model}/deployment")
+        status, _, body = self.call("GET", f"/v2/models/{model}/deployment")
         return body if status == 200 else {}
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
 
     def dump(self):
         print(f"--- {self.name} log (last 40 lines)")
@@ -141,12 +92,8 @@ class Server:
 
 
 def wait_for(condition, timeout=CHANGE_TIMEOUT_S):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
+    """The shared wait, with the time a change is given to reach a server."""
+    return cairn_server.wait_for(condition, timeout)
 
 
 def sample(model):
@@ -168,7 +115,7 @@ class Load(threading.Thread):
     def run(self):
         while not self.stopping.is_set():
             try:
-                status, body = self.server.request("POST", f"/v2/models/{self.model}/infer", self.body)
+                status, _, body = self.server.call("POST", f"/v2/models/{self.model}/infer", self.body)
             except OSError as e:
                 status, body = None, str(e)
             self.sent += 1
@@ -192,8 +139,7 @@ def refused_starts(env, work):
     ]
     for label, case_env, url, expect in cases:
         t0 = time.time()
-        s = Server(label, ["--model-repository", url, "--listen", "127.0.0.1:0", "--grpc-listen", "off",
-                           "--state-dir", os.path.join(work, "refused")], case_env)
+        s = Server(label, url, ["--state-dir", os.path.join(work, "refused")], case_env)
         try:
             code = s.proc.wait(90)
         except subprocess.TimeoutExpired:
@@ -203,7 +149,7 @@ def refused_starts(env, work):
         log = "".join(s.log)
         last = log.strip().splitlines()[-1] if log.strip() else ""
         print(f"  {label}: exit {code} after {took:.1f} s: {last}")
-        if not check(code not in (None, 0) and s.address is None, f"{label}: the server did not refuse to start (exit {code})"):
+        if not check(code not in (None, 0) and s.url is None, f"{label}: the server did not refuse to start (exit {code})"):
             s.dump()
         check("cannot start" in log and url in log, f"{label}: the reason does not name {url}: {last!r}")
         check(expect in log, f"{label}: the reason does not say {expect!r}: {last!r}")
@@ -217,14 +163,14 @@ def upload(s3, model, files):
 
 
 def repository_versions(server, model):
-    status, body = server.request("POST", "/v2/repository/index", {})
+    status, _, body = server.call("POST", "/v2/repository/index", {})
     if status != 200:
         return set()
     return {e.get("version") for e in body if e.get("name") == model and e.get("state") == "READY"}
 
 
 def infer_version(server, model, version):
-    status, body = server.request("POST", f"/v2/models/{model}/versions/{version}/infer", sample(model))
+    status, _, body = server.call("POST", f"/v2/models/{model}/versions/{version}/infer", sample(model))
     if status != 200:
         return status, None
     return status, [o["data"] for o in body["outputs"]]
@@ -240,10 +186,9 @@ def repository(s3, env, work):
     s3.put_object(Bucket="models", Key="repo/tabular-small/config.toml", Body=config.encode())
     upload(s3, "tabular-small", ["1/model.onnx", "1/sample.json"])
     state_dir = os.path.join(work, "one")
-    s = Server("server one", ["--model-repository", "s3://models/repo", "--listen", "127.0.0.1:0",
-                              "--grpc-listen", "off", "--state-dir", state_dir,
-                              "--repository-poll-interval-s", str(POLL_S),
-                              "--deployment-state", "s3://state/shared"], env)
+    s = Server("server one", "s3://models/repo", ["--state-dir", state_dir,
+                                                  "--repository-poll-interval-s", str(POLL_S),
+                                                  "--deployment-state", "s3://state/shared"], env)
     if not check(s.started() and wait_for(lambda: s.ready("iris", 1) and s.ready("tabular-small", 1)),
                  "server one did not serve iris 1 and tabular-small 1 from the bucket"):
         s.dump()
@@ -259,9 +204,9 @@ def repository(s3, env, work):
 
     # A half-uploaded version: everything but the model file.
     upload(s3, "iris", ["2/baseline.json", "2/sample.json"])
-    syncs = s.metric("cairn_repository_syncs_total", {"result": "ok"})
-    wait_for(lambda: s.metric("cairn_repository_syncs_total", {"result": "ok"}) >= syncs + HALF_UPLOAD_POLLS, 60)
-    polls = s.metric("cairn_repository_syncs_total", {"result": "ok"}) - syncs
+    syncs = s.metric("cairn_repository_syncs_total", result="ok")
+    wait_for(lambda: s.metric("cairn_repository_syncs_total", result="ok") >= syncs + HALF_UPLOAD_POLLS, 60)
+    polls = s.metric("cairn_repository_syncs_total", result="ok") - syncs
     print(f"  half-uploaded iris 2: {polls:.0f} polls since")
     check(polls >= HALF_UPLOAD_POLLS, f"only {polls:.0f} repository syncs counted in a minute at a {POLL_S} s poll")
     check(not s.ready("iris", 2), "a half-uploaded version (no model file yet) was loaded")
@@ -298,17 +243,16 @@ def repository(s3, env, work):
     load.finish()
     print(f"  {load.sent} requests while the bucket changed, {len(load.failures)} failed")
     check(load.sent > 0 and not load.failures, f"requests failed while the bucket changed: {load.failures[:5]}")
-    errors = s.metric("cairn_repository_syncs_total", {"result": "error"})
+    errors = s.metric("cairn_repository_syncs_total", result="error")
     check(errors == 0, f"{errors:.0f} repository syncs failed")
     return s
 
 
 def replicas(one, s3, env, work):
     print("== two servers sharing s3://state/shared")
-    two = Server("server two", ["--model-repository", "s3://models/repo", "--listen", "127.0.0.1:0",
-                                "--grpc-listen", "off", "--state-dir", os.path.join(work, "two"),
-                                "--repository-poll-interval-s", str(POLL_S),
-                                "--deployment-state", "s3://state/shared"], env)
+    two = Server("server two", "s3://models/repo", ["--state-dir", os.path.join(work, "two"),
+                                                    "--repository-poll-interval-s", str(POLL_S),
+                                                    "--deployment-state", "s3://state/shared"], env)
     if not check(two.started() and wait_for(lambda: two.ready("iris", 2) and two.ready("tabular-small", 2)),
                  "server two did not serve iris 2 and tabular-small 2"):
         two.dump()
@@ -320,7 +264,8 @@ def replicas(one, s3, env, work):
     answers = {}
 
     def post(name, server, path, body):
-        answers[name] = server.request("POST", path, body)
+        status, _, answer = server.call("POST", path, body)
+        answers[name] = (status, answer)
 
     threads = [
         threading.Thread(target=post, args=("canary", one, "/v2/models/iris/deployment/canary",
@@ -350,17 +295,17 @@ def replicas(one, s3, env, work):
     print(f"  both changes on both servers {time.time() - t0:.1f} s after they were made")
 
     # Server two's routing follows the canary: some of its requests are answered by iris 1.
-    two.request("POST", "/v2/models/iris/deployment/weight", {"weight": 0.6})
+    two.call("POST", "/v2/models/iris/deployment/weight", {"weight": 0.6})
     check(wait_for(lambda: canary(one, 0.6)), f"server one did not follow the weight set through server two: {one.deployment('iris')}")
     versions = {}
     for _ in range(60):
-        status, body = two.request("POST", "/v2/models/iris/infer", sample("iris"))
+        status, _, body = two.call("POST", "/v2/models/iris/infer", sample("iris"))
         if status == 200:
             versions[body.get("model_version")] = versions.get(body.get("model_version"), 0) + 1
     print(f"  server two answered iris by version: {versions}")
     check(versions.get("1", 0) > 0 and versions.get("2", 0) > 0, f"server two does not route the shared canary: {versions}")
 
-    status, _ = one.request("POST", "/v2/models/iris/deployment/rollback", {"reason": "check"})
+    status, _, _ = one.call("POST", "/v2/models/iris/deployment/rollback", {"reason": "check"})
     check(status == 200, f"rollback through server one answered {status}")
     check(wait_for(lambda: two.deployment("iris").get("candidate") is None),
           f"server two kept the candidate rolled back through server one: {two.deployment('iris')}")
@@ -369,7 +314,7 @@ def replicas(one, s3, env, work):
     text = json.dumps(stored)
     check("iris" in text and "tabular-small" in text, f"the shared state lacks a model: {text[:300]}")
     for server in (one, two):
-        errors = server.metric("cairn_deployment_state_syncs_total", {"result": "error"})
+        errors = server.metric("cairn_deployment_state_syncs_total", result="error")
         check(errors == 0, f"{server.name}: {errors:.0f} deployment-state syncs failed")
     return two
 

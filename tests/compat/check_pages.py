@@ -24,20 +24,20 @@ import math
 import os
 import re
 import shutil
-import signal
 import socket
 import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cairn_server import ROOT, Server  # noqa: E402
+
 BINARY = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else os.path.join(ROOT, "target", "release", "cairn")
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
@@ -65,43 +65,13 @@ def check(ok, message):
 # --------------------------------------------------------------------------------------------
 
 def start_server(repo, state_dir):
-    proc = subprocess.Popen(
-        [BINARY, "serve", "--listen", "127.0.0.1:0", "--model-repository", repo,
-         "--state-dir", state_dir, "--prediction-log-fsync-ms", "0"],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-        env=dict(os.environ, NO_COLOR="1"),
-    )
-    line = re.sub(r"\x1b\[[0-9;]*m", "", proc.stderr.readline())
-    match = re.search(r"listening on http://(\S+)", line)
-    if not match:
-        proc.kill()
-        sys.exit(f"unexpected first log line of the server: {line!r}")
-    threading.Thread(target=proc.stderr.read, daemon=True).start()
-    base = f"http://{match.group(1)}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{base}/v2/models/iris/ready", timeout=2) as r:
-                if r.status == 200:
-                    return proc, base
-        except (OSError, urllib.error.URLError):
-            pass
-        if proc.poll() is not None:
-            sys.exit(f"the server exited while starting (status {proc.returncode})")
-        time.sleep(0.1)
-    proc.kill()
-    sys.exit("iris never became ready")
-
-
-def call(method, url, body=None):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json"} if data else {})
+    server = Server(BINARY, repo, "--state-dir", state_dir, "--prediction-log-fsync-ms", "0")
     try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, dict((k.lower(), v) for k, v in r.getheaders()), r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, dict((k.lower(), v) for k, v in e.headers.items()), e.read()
+        server.wait_ready(["iris"])
+    except RuntimeError as e:
+        server.stop()
+        sys.exit(str(e))
+    return server
 
 
 def rows(n, seed, shift):
@@ -114,17 +84,16 @@ def rows(n, seed, shift):
     return out
 
 
-def traffic(base, prefix, requests, shift):
+def traffic(server, prefix, requests, shift):
     """Requests of 10 rows to the deployment; returns [(id, row, predicted label)]."""
     predicted = []
     for i in range(requests):
         rid = f"{prefix}{i}"
         data = [x for row in rows(10, i * 10, shift) for x in row]
         body = {"id": rid, "inputs": [{"name": "input", "shape": [10, 4], "datatype": "FP32", "data": data}]}
-        status, _, raw = call("POST", f"{base}/v2/models/iris/infer", body)
+        status, _, answer = server.call("POST", "/v2/models/iris/infer", body)
         if status != 200:
-            sys.exit(f"inference answered {status}: {raw[:200]!r}")
-        answer = json.loads(raw)
+            sys.exit(f"inference answered {status}: {str(answer)[:200]!r}")
         labels = next(o["data"] for o in answer["outputs"] if o["name"] == "label")
         predicted.extend((rid, row, label) for row, label in enumerate(labels))
     return predicted
@@ -141,16 +110,16 @@ quality_window_rows = 20
 """
 
 
-def drive(base):
+def drive(server):
     """Sends the traffic and feedback; returns once a drift window has closed."""
-    predicted = traffic(base, "base-", 20, 0.0)
-    predicted += traffic(base, "moved-", 20, 2.5)
+    predicted = traffic(server, "base-", 20, 0.0)
+    predicted += traffic(server, "moved-", 20, 2.5)
     deadline = time.time() + 60
     while True:
-        status, _, raw = call("GET", f"{base}/v2/models/iris/drift")
+        status, _, drift = server.call("GET", "/v2/models/iris/drift")
         if status != 200:
-            sys.exit(f"GET /drift answered {status}: {raw[:200]!r}")
-        versions = json.loads(raw)["versions"]
+            sys.exit(f"GET /drift answered {status}: {str(drift)[:200]!r}")
+        versions = drift["versions"]
         reports = [r for v in versions.values() for r in v["reports"]]
         if reports:
             break
@@ -165,20 +134,19 @@ def drive(base):
     items = [{"id": rid, "row": row, "label": (label + 1) % 3 if n % 4 == 0 else label}
              for n, (rid, row, label) in enumerate(predicted[:70])]
     for start in range(0, len(items), 20):
-        status, _, raw = call("POST", f"{base}/v2/models/iris/feedback", {"feedback": items[start:start + 20]})
-        check(status == 200, f"feedback answered {status}: {raw[:200]!r}")
+        status, _, answer = server.call("POST", "/v2/models/iris/feedback", {"feedback": items[start:start + 20]})
+        check(status == 200, f"feedback answered {status}: {str(answer)[:200]!r}")
     return report
 
 
-def check_html(name, base, path, must_have):
-    status, headers, raw = call("GET", base + path)
-    if not check(status == 200, f"{name}: GET {path} answered {status}: {raw[:200]!r}"):
+def check_html(name, server, path, must_have):
+    status, headers, text = server.call("GET", path)
+    if not check(status == 200, f"{name}: GET {path} answered {status}: {str(text)[:200]!r}"):
         return
     check(headers.get("content-type") == "text/html; charset=utf-8",
           f"{name}: content-type {headers.get('content-type')!r}")
     check(headers.get("content-security-policy", "").startswith("default-src 'none'"),
           f"{name}: no strict Content-Security-Policy: {headers.get('content-security-policy')!r}")
-    text = raw.decode("utf-8")
     lower = text.lower()
     check("<script" not in lower, f"{name}: the page has a <script>")
     elsewhere = lower.replace('xmlns="http://www.w3.org/2000/svg"', "")
@@ -489,7 +457,7 @@ def main():
     if not os.path.exists(BINARY):
         sys.exit(f"no server binary at {BINARY}")
     work = tempfile.mkdtemp(prefix="check-pages-")
-    proc = None
+    server = None
     try:
         repo = os.path.join(work, "repo")
         shutil.copytree(os.path.join(ROOT, "models", "iris"), os.path.join(repo, "iris"))
@@ -509,14 +477,15 @@ def main():
                 os.remove(baseline)
         with open(path, "w") as f:
             f.write("\n".join(kept) + "\n" + IRIS_MONITORING)
-        proc, base = start_server(repo, os.path.join(work, "state"))
+        server = start_server(repo, os.path.join(work, "state"))
+        base = f"http://{server.url}"
         print(f"== server on {base}")
-        report = drive(base)
+        report = drive(server)
         print(f"  drift window closed: {report['rows']} rows, drifted {report['drifted']}")
 
         report_path = "/v2/models/iris/drift/report"
-        check_html("status page", base, "/", ["iris", "READY", report_path])
-        check_html("drift report", base, report_path,
+        check_html("status page", server, "/", ["iris", "READY", report_path])
+        check_html("drift report", server, report_path,
                    FEATURES + ["DRIFTED", "VIOLATED", "<svg", "Live quality", "accuracy"])
 
         print(f"== chromium ({chromium})")
@@ -539,12 +508,8 @@ def main():
                         os.makedirs(keep, exist_ok=True)
                         shutil.copy(png, keep)
     finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        if server is not None:
+            server.stop()
         shutil.rmtree(work, ignore_errors=True)
     if FAILURES:
         print(f"\n{len(FAILURES)} failure(s):")

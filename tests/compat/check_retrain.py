@@ -184,7 +184,7 @@ def main():
             status, _, page = server.call("GET", "/")
             _, _, metrics = server.call("GET", "/metrics")
         finally:
-            code = server.terminate()
+            code = server.stop()
         check(code == 0, f"the server exited with {code}")
         check(failed == 0, f"{failed} requests failed")
         windows = sum(len(v["reports"]) for v in drift["versions"].values())

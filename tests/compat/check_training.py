@@ -176,7 +176,7 @@ def main():
             iris_x[::9, 2] = np.nan
             compare(server, "iris", 3, os.path.join(repo, "iris", "3", "model.onnx"), iris_x)
         finally:
-            server.terminate()
+            server.stop()
         listing = subprocess.run([BINARY, "runs", "--runs-dir", runs, "list"], capture_output=True, text=True)
         print(listing.stdout)
         ids = [line.split()[0] for line in listing.stdout.splitlines()[1:]]

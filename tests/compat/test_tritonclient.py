@@ -5,12 +5,9 @@ Run: python tests/compat/test_tritonclient.py [path/to/cairn]   (default: target
 """
 
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import unittest
 
@@ -19,7 +16,9 @@ import onnxruntime as ort
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cairn_server import ROOT, Server  # noqa: E402
+
 BINARY = os.path.join(ROOT, "target", "release", "cairn")
 MODELS = {
     "iris": os.path.join(ROOT, "models", "iris"),
@@ -28,33 +27,6 @@ MODELS = {
     "dtypes": os.path.join(ROOT, "tests", "models", "dtypes"),
     "strings": os.path.join(ROOT, "tests", "models", "strings"),
 }
-
-
-class Server:
-    """The binary on a free port; the first log line gives the address."""
-
-    def __init__(self, repo):
-        env = dict(os.environ, NO_COLOR="1", RUST_LOG="info")
-        self.proc = subprocess.Popen(
-            [BINARY, "serve", "--listen", "127.0.0.1:0", "--model-repository", repo],
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            env=env,
-            text=True,
-        )
-        first = self.proc.stderr.readline()
-        plain = re.sub(r"\x1b\[[0-9;]*m", "", first)
-        match = re.search(r"listening on http://(\S+)", plain)
-        if not match:
-            self.proc.kill()
-            raise RuntimeError(f"unexpected first log line: {first!r}")
-        self.url = match.group(1)
-        # Keep draining the log so the server never blocks on a full pipe.
-        threading.Thread(target=self.proc.stderr.read, daemon=True).start()
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=60)
 
 
 def reference(model_dir, version, inputs):
@@ -72,7 +44,7 @@ class TritonClientCompat(unittest.TestCase):
         cls.repo = tempfile.mkdtemp(prefix="cairn-compat-")
         for name, src in MODELS.items():
             shutil.copytree(src, os.path.join(cls.repo, name))
-        cls.server = Server(cls.repo)
+        cls.server = Server(BINARY, cls.repo)
         cls.client = httpclient.InferenceServerClient(url=cls.server.url, concurrency=4)
         deadline = time.time() + 120
         while not cls.client.is_server_ready():

@@ -8,12 +8,9 @@ Run: python tests/compat/test_tritonclient_grpc.py [path/to/cairn]   (default: t
 import json
 import os
 import queue
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import unittest
 
@@ -24,7 +21,9 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cairn_server import ROOT, Server  # noqa: E402
+
 BINARY = os.path.join(ROOT, "target", "release", "cairn")
 MODELS = {
     "iris": os.path.join(ROOT, "models", "iris"),
@@ -34,37 +33,6 @@ MODELS = {
     "strings": os.path.join(ROOT, "tests", "models", "strings"),
 }
 TOKEN = "grpc-compat-token"
-
-
-class Server:
-    """The binary on free ports; the log names both addresses."""
-
-    def __init__(self, repo, *args):
-        env = dict(os.environ, NO_COLOR="1", RUST_LOG="info", CAIRN_ADMIN_TOKEN=TOKEN)
-        self.proc = subprocess.Popen(
-            [BINARY, "serve", "--listen", "127.0.0.1:0", "--model-repository", repo, *args],
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            env=env,
-            text=True,
-        )
-        self.url = self.grpc = None
-        for _ in range(50):
-            line = re.sub(r"\x1b\[[0-9;]*m", "", self.proc.stderr.readline())
-            if m := re.search(r"listening on http://(\S+)", line):
-                self.url = m.group(1)
-            if m := re.search(r"gRPC listening on (\S+)", line):
-                self.grpc = m.group(1)
-            if self.url and self.grpc:
-                break
-        if not (self.url and self.grpc):
-            self.proc.kill()
-            raise RuntimeError("the server did not log both addresses")
-        threading.Thread(target=self.proc.stderr.read, daemon=True).start()
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=60)
 
 
 def reference(model_dir, version, inputs):
@@ -91,7 +59,7 @@ class TritonGrpcCompat(unittest.TestCase):
         cls.repo = tempfile.mkdtemp(prefix="cairn-grpc-compat-")
         for name, src in MODELS.items():
             shutil.copytree(src, os.path.join(cls.repo, name))
-        cls.server = Server(cls.repo)
+        cls.server = Server(BINARY, cls.repo, env={"CAIRN_ADMIN_TOKEN": TOKEN})
         cls.client = grpcclient.InferenceServerClient(url=cls.server.grpc)
         cls.admin = [("authorization", f"Bearer {TOKEN}")]
         deadline = time.time() + 120
