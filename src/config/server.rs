@@ -166,8 +166,10 @@ pub struct ServerSettings {
     #[arg(long, env = "CAIRN_PREDICTION_LOG_DIR", value_name = "DIR")]
     pub prediction_log_dir: Option<PathBuf>,
 
-    /// Logged records reach disk (synced) within this many milliseconds; 0 syncs after every
-    /// batch the writer takes. A crash loses at most this much. [default: 1000]
+    /// The writer syncs what it has taken at least this often, in milliseconds; 0 syncs after
+    /// every batch it takes. What a crash can no longer lose is what the synced watermark
+    /// (`cairn_prediction_log_synced_timestamp_seconds`) says: under load records also wait in
+    /// the queue, so a crash may lose more than this interval. [default: 1000]
     #[arg(long, env = "CAIRN_PREDICTION_LOG_FSYNC_MS", value_name = "MS")]
     pub prediction_log_fsync_ms: Option<u64>,
 

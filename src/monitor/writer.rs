@@ -286,6 +286,13 @@ impl Writer {
         };
         let cadence = (self.monitor.settings.fsync / 2).max(Duration::from_millis(1));
         let immediate = self.monitor.settings.fsync.is_zero();
+        // The lag and watermark gauges exist from the start, not from the first tick.
+        self.monitor.metrics.set_log_state(
+            &self.monitor.name,
+            self.monitor.synced_through_us.load(Ordering::Acquire),
+            now_us(),
+            self.predictions.bytes_on_disk(),
+        );
         let mut last_tick = Instant::now();
         runtime.block_on(async {
             let mut idle_poll = POLL_MIN;
