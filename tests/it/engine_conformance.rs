@@ -10,7 +10,8 @@ use cairn::config::Provider;
 use cairn::engine::{self, BatchInput, EngineKind, LoadOptions};
 use cairn::tensor::{DataType, Tensor, TensorData};
 
-fn tensor_from_json(t: &Value) -> Tensor {
+/// A V2 JSON tensor (`null` is NaN in float data: JSON has no NaN).
+pub(crate) fn tensor_from_json(t: &Value) -> Tensor {
     let dtype = DataType::parse(t["datatype"].as_str().unwrap()).unwrap();
     let shape: Vec<usize> = t["shape"]
         .as_array()
@@ -24,13 +25,12 @@ fn tensor_from_json(t: &Value) -> Tensor {
             shape,
             &data
                 .iter()
-                .map(|v| v.as_f64().unwrap() as f32)
+                .map(|v| float_or_nan(v) as f32)
                 .collect::<Vec<_>>(),
         ),
-        DataType::Fp64 => Tensor::from_values(
-            shape,
-            &data.iter().map(|v| v.as_f64().unwrap()).collect::<Vec<_>>(),
-        ),
+        DataType::Fp64 => {
+            Tensor::from_values(shape, &data.iter().map(float_or_nan).collect::<Vec<_>>())
+        }
         DataType::Int32 => Tensor::from_values(
             shape,
             &data
@@ -63,7 +63,15 @@ fn tensor_from_json(t: &Value) -> Tensor {
     .unwrap()
 }
 
-fn tensor_to_json(t: &Tensor) -> Value {
+fn float_or_nan(v: &Value) -> f64 {
+    if v.is_null() {
+        f64::NAN
+    } else {
+        v.as_f64().unwrap()
+    }
+}
+
+pub(crate) fn tensor_to_json(t: &Tensor) -> Value {
     let data: Vec<Value> = match t.dtype {
         DataType::Fp32 => t
             .to_values::<f32>()
@@ -108,7 +116,7 @@ fn tensor_to_json(t: &Tensor) -> Value {
 }
 
 /// The engines this machine can run: tract always, ort when its library is found.
-fn kinds() -> Vec<EngineKind> {
+pub(crate) fn kinds() -> Vec<EngineKind> {
     let mut kinds = vec![EngineKind::Tract];
     if common::ort_library().is_some() {
         kinds.push(EngineKind::Ort);

@@ -11,6 +11,8 @@
 //! - `engine_conformance`: every engine against onnxruntime's recorded outputs.
 //! - `tls`: HTTPS and gRPC over TLS, mutual TLS, certificate rotation.
 //! - `object_store`: a `file://` object-store repository: mirror, complete versions, deletion.
+//! - `zoo`: tree ensembles from skl2onnx, XGBoost and LightGBM against onnxruntime's answers,
+//!   on every engine and over HTTP.
 //! - `decoder_props`: property tests of the decoders and config parsers, with the counting
 //!   allocator that this binary installs.
 
@@ -29,3 +31,4 @@ mod pages;
 mod rollout;
 mod tls;
 mod training;
+mod zoo;

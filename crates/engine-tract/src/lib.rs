@@ -4,6 +4,8 @@
 //! batch), so any batch size runs the same plan. tract computes single-threaded per call; a
 //! version's parallelism comes from its `instances`, each holding its own `SimpleState`.
 
+mod ml;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -18,6 +20,12 @@ use cairn_core::engine::{
 };
 use cairn_core::tensor::{DataType, Tensor as HostTensor, TensorData};
 
+/// tract's ONNX framework as this engine uses it: with our own ML operators (tree ensembles)
+/// in place of tract's.
+pub fn onnx() -> tract_onnx::Onnx {
+    ml::onnx()
+}
+
 pub struct TractEngine {
     plan: Arc<TypedRunnableModel>,
     signature: Signature,
@@ -31,7 +39,7 @@ impl TractEngine {
             path: path.display().to_string(),
             reason: e.to_string(),
         };
-        let mut model = tract_onnx::onnx()
+        let mut model = onnx()
             .model_for_path(path)
             .map_err(|e| load_err(&format!("{e:#}")))?;
 
