@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::{json_response, AppState};
-use crate::monitor::ModelMonitor;
+use crate::monitor::{ModelMonitor, Outcome};
 use crate::protocol;
 
 type Reply = Result<Response<Full<Bytes>>, ApiError>;
@@ -47,8 +47,10 @@ pub async fn feedback(state: &AppState, model: &str, req: Request<Incoming>) -> 
 }
 
 /// Counts labelled rows into the running canary's trial, per arm, for its live-quality
-/// criterion. Rows of other versions (an earlier stable, a named version) are not its trial.
-fn record_trial_labels(state: &AppState, model: &str, outcomes: &[(u64, bool)]) {
+/// criterion. A row belongs to the trial only if the deployment routed it to that arm (a request
+/// naming its version is in no trial) after the trial started; a label that arrives late still
+/// counts, a duplicate never reaches here.
+fn record_trial_labels(state: &AppState, model: &str, outcomes: &[Outcome]) {
     if outcomes.is_empty() {
         return;
     }
@@ -59,21 +61,47 @@ fn record_trial_labels(state: &AppState, model: &str, outcomes: &[(u64, bool)]) 
     let Some(candidate) = &route.deployment.candidate else {
         return;
     };
+    let started_us = candidate
+        .started
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
     let stable = route.stable().map(|s| s.version);
-    let count = |version: u64| {
-        outcomes
-            .iter()
-            .filter(|(v, _)| *v == version)
-            .fold((0u64, 0u64), |(n, right), (_, ok)| {
-                (n + 1, right + u64::from(*ok))
-            })
-    };
-    let (n, right) = count(candidate.version);
-    candidate.tracker.candidate.record_labels(n, right);
-    if let Some(s) = stable.filter(|s| *s != candidate.version) {
-        let (n, right) = count(s);
-        candidate.tracker.stable.record_labels(n, right);
+    let t = trial_labels(outcomes, candidate.version, stable, started_us);
+    candidate
+        .tracker
+        .candidate
+        .record_labels(t.candidate.0, t.candidate.1);
+    candidate
+        .tracker
+        .stable
+        .record_labels(t.stable.0, t.stable.1);
+}
+
+/// Labelled and correct rows of each arm of a trial.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct TrialLabels {
+    candidate: (u64, u64),
+    stable: (u64, u64),
+}
+
+fn trial_labels(
+    outcomes: &[Outcome],
+    candidate: u64,
+    stable: Option<u64>,
+    started_us: i64,
+) -> TrialLabels {
+    use cairn_monitor::log::Arm;
+    let mut t = TrialLabels::default();
+    for o in outcomes.iter().filter(|o| o.answered_us >= started_us) {
+        let arm = match o.arm {
+            Arm::Canary if o.version == candidate => &mut t.candidate,
+            Arm::Stable if Some(o.version) == stable && o.version != candidate => &mut t.stable,
+            _ => continue,
+        };
+        arm.0 += 1;
+        arm.1 += u64::from(o.correct);
     }
+    t
 }
 
 /// `GET /v2/models/{m}[/versions/{v}]/drift[?limit=N]`: the latest closed windows' reports
@@ -200,4 +228,45 @@ fn limit(query: Option<&str>) -> Result<usize, ApiError> {
         }
     }
     Ok(1)
+}
+
+#[cfg(test)]
+mod trial_tests {
+    use super::*;
+    use cairn_monitor::log::Arm;
+
+    fn o(version: u64, arm: Arm, answered_us: i64, correct: bool) -> Outcome {
+        Outcome {
+            version,
+            arm,
+            answered_us,
+            correct,
+        }
+    }
+
+    /// v1 stable, v2 the canary, started at t = 100.
+    #[test]
+    fn only_rows_the_deployment_routed_during_the_trial_count() {
+        let outcomes = [
+            // Routed during the trial: counted on their arm.
+            o(2, Arm::Canary, 150, true),
+            o(2, Arm::Canary, 160, false),
+            o(1, Arm::Stable, 150, true),
+            // A label arriving late for a row answered during the trial: still the trial's.
+            o(1, Arm::Stable, 101, false),
+            // Requests that named their version: in no trial.
+            o(1, Arm::Direct, 150, true),
+            o(2, Arm::Direct, 150, true),
+            // Answered by the stable version before the trial started.
+            o(1, Arm::Stable, 99, true),
+            // An older stable version that still answers named requests.
+            o(0, Arm::Stable, 150, true),
+        ];
+        let t = trial_labels(&outcomes, 2, Some(1), 100);
+        assert_eq!(t.candidate, (2, 1));
+        assert_eq!(t.stable, (2, 1));
+        // Duplicates never reach here (the index answers them `Duplicate`); the same outcome
+        // sent twice would count twice, so the index is what keeps a row to one label.
+        assert_eq!(trial_labels(&[], 2, Some(1), 100), TrialLabels::default());
+    }
 }

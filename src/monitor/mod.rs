@@ -167,10 +167,21 @@ pub struct FeedbackAnswer {
     /// Ids with no recent prediction (first 100); stored all the same.
     pub unknown: Vec<String>,
     pub unknown_count: usize,
-    /// Each matched classification row: the version that answered it and whether its label
-    /// was right (for a canary's live-quality criterion).
+    /// Each matched classification row: who answered it, when, and whether its label was
+    /// right (for a canary's live-quality criterion).
     #[serde(skip)]
-    pub outcomes: Vec<(u64, bool)>,
+    pub outcomes: Vec<Outcome>,
+}
+
+/// A labelled classification row, as a trial counts it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Outcome {
+    pub version: u64,
+    /// How the request reached the version: a named version is in no trial.
+    pub arm: cairn_monitor::log::Arm,
+    /// When it was answered (microseconds since the Unix epoch).
+    pub answered_us: i64,
+    pub correct: bool,
 }
 
 /// Reports the writer publishes, per version.

@@ -474,6 +474,8 @@ impl Writer {
                 });
                 let predicted = PredictionRef {
                     version: record.version,
+                    arm: record.arm,
+                    answered_us: record.time_us,
                     label,
                     value: value.and_then(|c| number(PredictionLayout::value(c, record, row))),
                     score: state
@@ -619,7 +621,12 @@ impl Writer {
                 Match::Matched(predicted) => {
                     answer.matched += 1;
                     if let (Some(truth), Some(said)) = (&item.label, &predicted.label) {
-                        answer.outcomes.push((predicted.version, truth == said));
+                        answer.outcomes.push(super::Outcome {
+                            version: predicted.version,
+                            arm: predicted.arm,
+                            answered_us: predicted.answered_us,
+                            correct: truth == said,
+                        });
                     }
                     if let Some(state) = self.versions.get_mut(&predicted.version) {
                         state

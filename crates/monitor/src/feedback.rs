@@ -11,6 +11,8 @@ use arrow_array::builder::{
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
+use crate::log::Arm;
+
 /// One piece of ground truth for a logged row.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FeedbackItem {
@@ -68,6 +70,10 @@ pub fn batch(items: &[FeedbackItem], received_us: i64) -> RecordBatch {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Predicted {
     pub version: u64,
+    /// How the request reached the version (a named version, a deployment's arm).
+    pub arm: Arm,
+    /// When it was answered, in microseconds since the Unix epoch.
+    pub answered_us: i64,
     /// The predicted class, for classification.
     pub label: Option<String>,
     /// The predicted value, for regression.
@@ -81,6 +87,8 @@ pub struct Predicted {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct PredictionRef<'a> {
     pub version: u64,
+    pub arm: Arm,
+    pub answered_us: i64,
     pub label: Option<&'a str>,
     pub value: Option<f64>,
     pub score: Option<f64>,
@@ -136,6 +144,8 @@ struct Slot {
     row: u32,
     label: Option<Span>,
     version: u64,
+    arm: Arm,
+    answered_us: i64,
     value: Option<f64>,
     score: Option<f64>,
     answered: bool,
@@ -208,6 +218,8 @@ impl PredictionIndex {
             row,
             label,
             version: predicted.version,
+            arm: predicted.arm,
+            answered_us: predicted.answered_us,
             value: predicted.value,
             score: predicted.score,
             answered: false,
@@ -231,6 +243,8 @@ impl PredictionIndex {
         let slot = &self.slots[at];
         Match::Matched(Predicted {
             version: slot.version,
+            arm: slot.arm,
+            answered_us: slot.answered_us,
             label: slot
                 .label
                 .map(|span| String::from_utf8_lossy(self.bytes(span)).into_owned()),
@@ -308,6 +322,8 @@ mod tests {
     fn p(v: u64) -> PredictionRef<'static> {
         PredictionRef {
             version: v,
+            arm: Arm::Stable,
+            answered_us: 1,
             label: Some("1"),
             value: None,
             score: Some(0.7),
@@ -317,6 +333,8 @@ mod tests {
     fn owned(p: PredictionRef<'_>) -> Predicted {
         Predicted {
             version: p.version,
+            arm: p.arm,
+            answered_us: p.answered_us,
             label: p.label.map(str::to_string),
             value: p.value,
             score: p.score,
@@ -373,6 +391,8 @@ mod tests {
                 let label = (next() % 4 != 0).then(|| labels[(next() % 3) as usize]);
                 let predicted = PredictionRef {
                     version: request % 3,
+                    arm: Arm::Canary,
+                    answered_us: request as i64,
                     label,
                     value: Some(row as f64),
                     score: (next() % 2 == 0).then_some(0.25),
