@@ -24,6 +24,7 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::config::ModelConfig;
 use crate::http::{self as rest, ApiError, AppState, Protocol};
@@ -251,9 +252,12 @@ async fn infer(
         .id
         .get_or_insert_with(|| uuid::Uuid::now_v7().to_string())
         .clone();
+    // As HTTP's: the span travels to the engine thread (debug level only).
+    let span = tracing::debug_span!("infer", model, id = %id);
     let result = state
         .router
         .infer(&model, version(&named), request, keys)
+        .instrument(span)
         .await?;
     let out: usize = result.picked().map(|(_, t, _)| t.binary_size()).sum();
     if out > rest::INLINE_LIMIT {

@@ -4,6 +4,7 @@ use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use tracing::Instrument;
 
 use super::error::ApiError;
 use super::AppState;
@@ -56,9 +57,13 @@ pub async fn infer(
         .get_or_insert_with(|| uuid::Uuid::now_v7().to_string())
         .clone();
     let id_header = http::HeaderValue::from_str(&id).ok();
+    // The request's span travels with its job to the engine thread, so every line logged for it
+    // carries its id. At debug level only: a span per request costs an allocation when enabled.
+    let span = tracing::debug_span!("infer", model, id = %id);
     let result = state
         .router
         .infer(model, version, request, &parts.headers)
+        .instrument(span)
         .await?;
     // JSON takes about 12 bytes per element: a response that large is encoded off the runtime,
     // as a request that large is decoded.
