@@ -42,6 +42,8 @@ impl TractEngine {
         let mut model = onnx()
             .model_for_path(path)
             .map_err(|e| load_err(&format!("{e:#}")))?;
+        let zipmaps = cairn_core::onnx_scan::zipmap_outputs(path)
+            .map_err(|e| load_err(&format!("reading the model's ZipMap nodes: {e}")))?;
 
         let batch = model.sym("N");
         let input_count = model.input_outlets().map_err(|e| load_err(&e))?.len();
@@ -96,11 +98,7 @@ impl TractEngine {
             model
                 .set_input_fact(ix, InferenceFact::dt_shape(dt, dims))
                 .map_err(|e| load_err(&e))?;
-            inputs.push(TensorSpec {
-                name,
-                dtype,
-                dims: spec_dims,
-            });
+            inputs.push(TensorSpec::new(name, dtype, spec_dims));
             input_types.push(dt);
         }
 
@@ -142,7 +140,16 @@ impl TractEngine {
                     )));
                 }
             }
-            outputs.push(TensorSpec { name, dtype, dims });
+            let classes = zipmaps
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, c)| c.clone());
+            outputs.push(TensorSpec {
+                name,
+                dtype,
+                dims,
+                classes,
+            });
         }
         let plan = typed
             .into_runnable()
