@@ -180,11 +180,13 @@ fn codec(c: &mut Criterion) {
                             name: "label",
                             tensor: &labels,
                             binary: binary_out,
+                            classes: None,
                         },
                         ResponseOutput {
                             name: "probabilities",
                             tensor: &probs,
                             binary: binary_out,
+                            classes: None,
                         },
                     ],
                 };

@@ -414,6 +414,8 @@ pub struct ModelConfig {
     pub instance_group: ::prost::alloc::vec::Vec<ModelInstanceGroup>,
     #[prost(string, tag = "8")]
     pub default_model_filename: ::prost::alloc::string::String,
+    #[prost(map = "string, message", tag = "14")]
+    pub parameters: ::std::collections::HashMap<::prost::alloc::string::String, ModelParameter>,
     #[prost(oneof = "model_config::SchedulingChoice", tags = "11")]
     pub scheduling_choice: ::core::option::Option<model_config::SchedulingChoice>,
 }
@@ -424,6 +426,12 @@ pub mod model_config {
         #[prost(message, tag = "11")]
         DynamicBatching(super::ModelDynamicBatching),
     }
+}
+/// Triton's `ModelParameter`.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ModelParameter {
+    #[prost(string, tag = "1")]
+    pub string_value: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ModelStatisticsRequest {

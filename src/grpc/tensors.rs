@@ -302,11 +302,22 @@ pub fn encode(result: &crate::routing::InferResult, id: String) -> proto::ModelI
     let mut outputs = Vec::with_capacity(picked.len());
     let mut raw = Vec::with_capacity(picked.len());
     for (name, tensor, _) in picked {
+        let mut parameters = std::collections::HashMap::new();
+        if let Some(classes) = result.version.io.classes(name) {
+            parameters.insert(
+                "classes".to_string(),
+                proto::InferParameter {
+                    parameter_choice: Some(proto::infer_parameter::ParameterChoice::StringParam(
+                        classes.to_json(),
+                    )),
+                },
+            );
+        }
         outputs.push(proto::model_infer_response::InferOutputTensor {
             name: name.to_string(),
             datatype: tensor.dtype.as_str().to_string(),
             shape: tensor.shape.iter().map(|&d| d as i64).collect(),
-            parameters: Default::default(),
+            parameters,
             contents: None,
         });
         raw.push(raw_output(tensor));

@@ -112,6 +112,21 @@ pub fn config(v: &LoadedVersion) -> proto::ModelConfig {
             },
         }],
         default_model_filename: c.default_model_filename.clone(),
+        // A ZipMap output's classes, as the HTTP configuration has them.
+        parameters: v
+            .io
+            .outputs
+            .iter()
+            .filter_map(|o| {
+                let classes = o.classes.as_ref()?;
+                Some((
+                    format!("{}.classes", o.name),
+                    proto::ModelParameter {
+                        string_value: classes.to_json(),
+                    },
+                ))
+            })
+            .collect(),
     }
 }
 

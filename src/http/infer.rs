@@ -88,6 +88,7 @@ pub async fn infer(
                     name,
                     tensor,
                     binary,
+                    classes: result.version.io.classes(name).map(|c| c.to_json()),
                 })
                 .collect(),
         };

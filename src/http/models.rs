@@ -37,9 +37,15 @@ pub fn metadata(state: &AppState, model: &str, version: Option<&str>) -> Reply {
     let tensors = |specs: &[IoSpec]| -> Vec<Value> {
         specs
             .iter()
-            .map(
-                |s| json!({"name": s.name, "datatype": s.dtype.as_str(), "shape": io.full_dims(s)}),
-            )
+            .map(|s| {
+                let mut t =
+                    json!({"name": s.name, "datatype": s.dtype.as_str(), "shape": io.full_dims(s)});
+                // A ZipMap output's classes, one JSON array in a string (as responses carry it).
+                if let Some(classes) = &s.classes {
+                    t["parameters"] = json!({"classes": classes.to_json()});
+                }
+                t
+            })
             .collect()
     };
     Ok(json_response(&json!({
@@ -129,7 +135,7 @@ fn triton_config(v: &LoadedVersion) -> Value {
             },
         }],
         "default_model_filename": c.default_model_filename,
-        "parameters": {},
+        "parameters": class_parameters(io),
         "model_warmup": [],
     });
     if let Some(db) = &c.dynamic_batching {
@@ -148,6 +154,21 @@ fn triton_config(v: &LoadedVersion) -> Value {
         });
     }
     config
+}
+
+/// Triton's model parameters: `<output>.classes` for each ZipMap output, its classes as a JSON
+/// array in `string_value` (Triton's `ModelParameter`).
+fn class_parameters(io: &crate::model::ModelIo) -> Value {
+    let mut params = serde_json::Map::new();
+    for o in &io.outputs {
+        if let Some(classes) = &o.classes {
+            params.insert(
+                format!("{}.classes", o.name),
+                json!({"string_value": classes.to_json()}),
+            );
+        }
+    }
+    Value::Object(params)
 }
 
 /// Triton's statistics extension: every ready version of one model, or of all models.

@@ -18,7 +18,8 @@ use std::time::Duration;
 use crate::batching::{BatchPolicy, Scheduler, SchedulerSettings};
 use crate::config::{BatchShape, LoadLimits, ModelConfig, TensorConfig};
 use crate::engine::{
-    self, Device, Engine, EngineError, EngineInfo, EngineKind, LoadOptions, Signature, TensorSpec,
+    self, ClassLabels, Device, Engine, EngineError, EngineInfo, EngineKind, LoadOptions, Signature,
+    TensorSpec,
 };
 use crate::metrics::VersionMetrics;
 use crate::tensor::{DataType, Tensor, TensorData};
@@ -50,6 +51,9 @@ pub struct IoSpec {
     pub name: String,
     pub dtype: DataType,
     pub dims: Vec<i64>,
+    /// The class of each column of a classifier's ZipMap output (from the model file), which
+    /// metadata, the configuration and every response carry as a JSON array.
+    pub classes: Option<ClassLabels>,
 }
 
 /// The served interface of a version.
@@ -71,6 +75,14 @@ impl ModelIo {
         request: crate::request::InferRequest,
     ) -> Result<(crate::batching::ValidatedRequest, Vec<OutputPick>), InvalidRequest> {
         validate(self, request)
+    }
+
+    /// The classes of a served output, where it has them (a ZipMap output).
+    pub fn classes(&self, output: &str) -> Option<&ClassLabels> {
+        self.outputs
+            .iter()
+            .find(|o| o.name == output)
+            .and_then(|o| o.classes.as_ref())
     }
 
     /// Full shape of a tensor as metadata reports it: a leading -1 when the model batches.
@@ -282,6 +294,7 @@ pub fn reconcile(config: &ModelConfig, sig: &Signature) -> Result<ModelIo, Strin
             name: spec.name.clone(),
             dtype: spec.dtype,
             dims,
+            classes: spec.classes.clone(),
         })
     };
     let model_inputs: Vec<IoSpec> = sig.inputs.iter().map(strip).collect::<Result<_, _>>()?;
@@ -386,6 +399,7 @@ fn merge(kind: &str, model: &IoSpec, config: &TensorConfig) -> Result<IoSpec, St
         name: model.name.clone(),
         dtype: model.dtype,
         dims,
+        classes: model.classes.clone(),
     })
 }
 
@@ -437,11 +451,7 @@ mod tests {
     use super::*;
 
     fn spec(name: &str, dtype: DataType, dims: &[i64]) -> TensorSpec {
-        TensorSpec {
-            name: name.into(),
-            dtype,
-            dims: dims.to_vec(),
-        }
+        TensorSpec::new(name, dtype, dims.to_vec())
     }
 
     fn sig() -> Signature {

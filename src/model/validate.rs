@@ -249,17 +249,20 @@ mod tests {
                     name: "a".into(),
                     dtype: DataType::Fp32,
                     dims: vec![2],
+                    classes: None,
                 },
                 IoSpec {
                     name: "b".into(),
                     dtype: DataType::Int64,
                     dims: vec![-1],
+                    classes: None,
                 },
             ],
             outputs: vec![IoSpec {
                 name: "y".into(),
                 dtype: DataType::Fp32,
                 dims: vec![1],
+                classes: None,
             }],
             output_index: vec![0],
         }

@@ -41,6 +41,9 @@ pub struct ResponseOutput<'a> {
     pub name: &'a str,
     pub tensor: &'a Tensor,
     pub binary: bool,
+    /// The output's classes as a JSON array (a classifier's ZipMap output), sent as the
+    /// output's `classes` parameter.
+    pub classes: Option<String>,
 }
 
 /// Why a body is not a valid V2 request (or feedback body). Every variant is the client's fault

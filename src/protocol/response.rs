@@ -90,14 +90,17 @@ impl Serialize for OutputHeader<'_> {
         map.serialize_entry("name", &out.name)?;
         map.serialize_entry("datatype", out.tensor.dtype.as_str())?;
         map.serialize_entry("shape", &out.tensor.shape)?;
-        if is_binary(out) {
+        let binary_data_size = is_binary(out).then(|| out.tensor.binary_size());
+        if binary_data_size.is_some() || out.classes.is_some() {
             map.serialize_entry(
                 "parameters",
-                &BinarySize {
-                    binary_data_size: out.tensor.binary_size(),
+                &OutputParameters {
+                    binary_data_size,
+                    classes: out.classes.as_deref(),
                 },
             )?;
-        } else {
+        }
+        if binary_data_size.is_none() {
             map.serialize_entry("data", &JsonData(out.tensor))?;
         }
         map.end()
@@ -105,8 +108,11 @@ impl Serialize for OutputHeader<'_> {
 }
 
 #[derive(Serialize)]
-struct BinarySize {
-    binary_data_size: usize,
+struct OutputParameters<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    binary_data_size: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    classes: Option<&'a str>,
 }
 
 struct JsonData<'a>(&'a Tensor);
@@ -162,6 +168,7 @@ mod tests {
             name,
             tensor,
             binary,
+            classes: None,
         }
     }
 
@@ -195,6 +202,28 @@ mod tests {
                 {"name":"l","datatype":"INT64","shape":[1],"data":[1]},
                 {"name":"s","datatype":"BYTES","shape":[1],"data":["hé"]}]})
         );
+    }
+
+    #[test]
+    fn a_zipmap_output_carries_its_classes() {
+        let p = Tensor::from_values(vec![1, 2], &[0.25f32, 0.75]).unwrap();
+        for binary in [false, true] {
+            let resp = InferResponse {
+                model_name: "m",
+                model_version: "1".into(),
+                id: None,
+                outputs: vec![ResponseOutput {
+                    classes: Some(r#"["no","yes"]"#.into()),
+                    ..output("p", &p, binary)
+                }],
+            };
+            let enc = encode_response(&resp);
+            let header = &enc.body[..enc.header_len.unwrap_or(enc.body.len())];
+            let v: serde_json::Value = serde_json::from_slice(header).unwrap();
+            let params = &v["outputs"][0]["parameters"];
+            assert_eq!(params["classes"], r#"["no","yes"]"#);
+            assert_eq!(params.get("binary_data_size").is_some(), binary);
+        }
     }
 
     #[test]

@@ -1,8 +1,11 @@
-//! Tree ensembles from real exporters (skl2onnx, onnxmltools for XGBoost and LightGBM) and
-//! hand-written ones (`tests/models/zoo`, made by its `generate.py`): every model, on every
-//! engine this machine runs, gives onnxruntime's recorded answers. Labels (integers and
-//! strings) must be equal; scores within 1e-5 (relative, 1e-5 absolute near 0). A wrong label
-//! with a 200 is the failure this exists to catch, so the HTTP path is checked too.
+//! The model zoo (`tests/models/zoo`, made by its `generate.py` and `pipelines.py`): tree
+//! ensembles from real exporters (skl2onnx, onnxmltools for XGBoost and LightGBM), scikit-learn
+//! pipelines (scalers, imputers, one-hot columns with one input per column, linear models,
+//! SVMs, text, ZipMap, k-means), a torch-style graph with intermediate shapes, and hand-written
+//! graphs for what exporters rarely write. Every model, on every engine this machine runs,
+//! gives onnxruntime's recorded answers. Labels (integers and strings) must be equal; scores
+//! within 1e-5 (relative, 1e-5 absolute near 0). A wrong label with a 200 is the failure this
+//! exists to catch, so the HTTP path is checked too.
 
 use std::path::Path;
 
@@ -74,53 +77,64 @@ fn compare(what: &str, got: &Value, want: &Value, failures: &mut Vec<String>) {
 
 fn run_zoo(kind: EngineKind, failures: &mut Vec<String>) {
     for (rel, cases) in &zoo_expected() {
-        let what = format!("{} on {}", model_name(rel), kind.as_str());
-        let loaded = engine::load(
-            &common::root().join(rel),
-            &LoadOptions {
-                kind,
-                batch_dim: true,
-                ..LoadOptions::default()
-            },
-        );
-        let engine = match loaded {
-            Ok(e) => e,
+        check_model(kind, rel, cases, true, failures);
+    }
+}
+
+/// Loads one zoo model on `kind` and holds every recorded case against onnxruntime's answers.
+fn check_model(
+    kind: EngineKind,
+    rel: &str,
+    cases: &Value,
+    batch_dim: bool,
+    failures: &mut Vec<String>,
+) {
+    let what = format!("{} on {}", model_name(rel), kind.as_str());
+    let loaded = engine::load(
+        &common::root().join(rel),
+        &LoadOptions {
+            kind,
+            batch_dim,
+            ..LoadOptions::default()
+        },
+    );
+    let engine = match loaded {
+        Ok(e) => e,
+        Err(e) => {
+            failures.push(format!("{what}: load error: {e}"));
+            return;
+        }
+    };
+    let sig = engine.signature().clone();
+    let mut session = engine.new_session().unwrap();
+    for (i, case) in cases.as_array().unwrap().iter().enumerate() {
+        let inputs: Vec<Tensor> = sig
+            .inputs
+            .iter()
+            .map(|spec| tensor_from_json(&case["inputs"][&spec.name]))
+            .collect();
+        let batch: Vec<BatchInput<'_>> = inputs
+            .iter()
+            .map(|t| BatchInput {
+                shape: t.shape.clone(),
+                parts: vec![t],
+            })
+            .collect();
+        session.set_inputs(&batch).unwrap();
+        let outputs = match session.run() {
+            Ok(o) => o,
             Err(e) => {
-                failures.push(format!("{what}: load error: {e}"));
+                failures.push(format!("{what} case {i}: run error: {e}"));
                 continue;
             }
         };
-        let sig = engine.signature().clone();
-        let mut session = engine.new_session().unwrap();
-        for (i, case) in cases.as_array().unwrap().iter().enumerate() {
-            let inputs: Vec<Tensor> = sig
-                .inputs
-                .iter()
-                .map(|spec| tensor_from_json(&case["inputs"][&spec.name]))
-                .collect();
-            let batch: Vec<BatchInput<'_>> = inputs
-                .iter()
-                .map(|t| BatchInput {
-                    shape: t.shape.clone(),
-                    parts: vec![t],
-                })
-                .collect();
-            session.set_inputs(&batch).unwrap();
-            let outputs = match session.run() {
-                Ok(o) => o,
-                Err(e) => {
-                    failures.push(format!("{what} case {i}: run error: {e}"));
-                    continue;
-                }
-            };
-            for (spec, out) in sig.outputs.iter().zip(&outputs) {
-                compare(
-                    &format!("{what} case {i} {}", spec.name),
-                    &tensor_to_json(out),
-                    &case["outputs"][&spec.name],
-                    failures,
-                );
-            }
+        for (spec, out) in sig.outputs.iter().zip(&outputs) {
+            compare(
+                &format!("{what} case {i} {}", spec.name),
+                &tensor_to_json(out),
+                &case["outputs"][&spec.name],
+                failures,
+            );
         }
     }
 }
@@ -128,8 +142,22 @@ fn run_zoo(kind: EngineKind, failures: &mut Vec<String>) {
 #[test]
 fn every_zoo_model_matches_onnxruntime_on_every_engine() {
     let expected = zoo_expected();
-    assert!(expected.len() >= 60, "zoo models are missing");
+    assert!(expected.len() >= 130, "zoo models are missing");
     for name in [
+        "scaler-logreg",
+        "impute-scale-logreg",
+        "columns-onehot",
+        "logreg-string-labels",
+        "linreg",
+        "svc-rbf-proba",
+        "svr",
+        "linear-svc",
+        "normalizer-binarizer",
+        "tfidf-logreg",
+        "zipmap-logreg",
+        "kmeans",
+        "torch-style",
+        "torch-style-renamed",
         "rf-binary",
         "dt-binary",
         "gb-binary",
@@ -202,6 +230,172 @@ async fn tree_models_answer_onnxruntimes_labels_over_http() {
             }
         }
     }
+    s.shutdown().await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Unbatched (max_batch_size = 0): skl2onnx leaves every input's leading dimension unnamed, so
+/// each gets its own symbol and the one-input-per-column model cannot concatenate its columns;
+/// tract loads it again with one symbol for them. The torch-style graph whose intermediate
+/// shapes name the batch otherwise loads without them.
+#[test]
+fn one_input_per_column_and_renamed_batches_load_unbatched_too() {
+    let expected = zoo_expected();
+    let mut failures = Vec::new();
+    for name in ["columns-onehot", "torch-style", "torch-style-renamed"] {
+        let rel = format!("tests/models/zoo/{name}/1/model.onnx");
+        for kind in kinds() {
+            check_model(kind, &rel, &expected[&rel], false, &mut failures);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A classifier exported with skl2onnx's default ZipMap answers `[N, classes]` probabilities
+/// on both engines, with its classes, in the ZipMap's order, in the signature.
+#[test]
+fn zipmap_outputs_carry_their_classes_on_every_engine() {
+    use cairn::engine::ClassLabels;
+    let cases = [
+        ("zipmap-logreg", ClassLabels::Int(vec![0, 1, 2])),
+        (
+            "zipmap-string-labels",
+            ClassLabels::Str(vec![
+                "setosa".into(),
+                "versicolor".into(),
+                "virginica".into(),
+            ]),
+        ),
+    ];
+    for kind in kinds() {
+        for (name, classes) in &cases {
+            let path = common::root().join(format!("tests/models/zoo/{name}/1/model.onnx"));
+            let engine = engine::load(
+                &path,
+                &LoadOptions {
+                    kind,
+                    batch_dim: true,
+                    ..LoadOptions::default()
+                },
+            )
+            .unwrap_or_else(|e| panic!("{name} on {}: {e}", kind.as_str()));
+            let out = &engine.signature().outputs[1];
+            assert_eq!(out.name, "output_probability");
+            assert_eq!(out.dtype, cairn::tensor::DataType::Fp32, "{name}");
+            assert_eq!(out.dims, [-1, 3], "{name} on {}", kind.as_str());
+            assert_eq!(out.classes.as_ref(), Some(classes), "{name}");
+            assert!(engine.signature().outputs[0].classes.is_none());
+        }
+    }
+}
+
+/// A V2 binary-extension request for a case: every input binary (NaN travels there, where JSON
+/// has none), BYTES elements behind their lengths.
+fn binary_request(case: &Value) -> (Vec<u8>, usize) {
+    let mut inputs = Vec::new();
+    let mut tail = Vec::new();
+    for (name, t) in case["inputs"].as_object().unwrap() {
+        let tensor = tensor_from_json(t);
+        let before = tail.len();
+        cairn::protocol::write_binary(&tensor, &mut tail);
+        inputs.push(serde_json::json!({
+            "name": name,
+            "datatype": t["datatype"],
+            "shape": t["shape"],
+            "parameters": {"binary_data_size": tail.len() - before},
+        }));
+    }
+    let mut body = serde_json::to_vec(&serde_json::json!({ "inputs": inputs })).unwrap();
+    let header_len = body.len();
+    body.extend_from_slice(&tail);
+    (body, header_len)
+}
+
+/// Pipelines end to end: one input per column with BYTES columns and NaN (binary requests),
+/// ZipMap outputs with their classes in metadata, configuration and every response, text, an
+/// SVM; each answer onnxruntime's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelines_answer_onnxruntimes_outputs_over_http() {
+    let names = [
+        "columns-onehot",
+        "zipmap-logreg",
+        "zipmap-string-labels",
+        "tfidf-logreg",
+        "svc-rbf-proba",
+        "torch-style",
+    ];
+    let repo = common::Repo::with(&[]);
+    for name in names {
+        repo.add_as(&format!("zoo/{name}"), name);
+    }
+    let s = common::TestServer::start(repo).await;
+    let expected = zoo_expected();
+    let mut failures = Vec::new();
+    for name in names {
+        let rel = format!("tests/models/zoo/{name}/1/model.onnx");
+        let meta = s.get(&format!("/v2/models/{name}")).await;
+        assert_eq!(meta.status, StatusCode::OK, "{name}: {:?}", meta.body);
+        for (i, case) in expected[&rel].as_array().unwrap().iter().enumerate() {
+            let rows = case["inputs"].as_object().unwrap().values().next().unwrap()["shape"][0]
+                .as_u64()
+                .unwrap();
+            if name == "torch-style" && rows > 8 {
+                continue; // its max_batch_size is 8
+            }
+            let (body, header_len) = binary_request(case);
+            let header_len = header_len.to_string();
+            let r = s
+                .request(
+                    http::Method::POST,
+                    &format!("/v2/models/{name}/infer"),
+                    &[("inference-header-content-length", header_len.as_str())],
+                    body,
+                )
+                .await;
+            assert_eq!(
+                r.status,
+                StatusCode::OK,
+                "{name} case {i}: {}",
+                String::from_utf8_lossy(&r.body)
+            );
+            let v = r.json();
+            for out in v["outputs"].as_array().unwrap() {
+                let output = out["name"].as_str().unwrap();
+                compare(
+                    &format!("{name} case {i} {output} over HTTP"),
+                    out,
+                    &case["outputs"][output],
+                    &mut failures,
+                );
+                let classes = out["parameters"]["classes"].as_str();
+                match (name, output) {
+                    ("zipmap-logreg", "output_probability") => {
+                        assert_eq!(classes, Some("[0,1,2]"), "{name}")
+                    }
+                    ("zipmap-string-labels", "output_probability") => assert_eq!(
+                        classes,
+                        Some(r#"["setosa","versicolor","virginica"]"#),
+                        "{name}"
+                    ),
+                    _ => assert_eq!(classes, None, "{name} {output}"),
+                }
+            }
+        }
+    }
+    let meta = s.get("/v2/models/zipmap-string-labels").await.json();
+    let out = &meta["outputs"][1];
+    assert_eq!(out["name"], "output_probability");
+    assert_eq!(out["datatype"], "FP32");
+    assert_eq!(out["shape"], serde_json::json!([-1, 3]));
+    let classes: Vec<String> =
+        serde_json::from_str(out["parameters"]["classes"].as_str().unwrap()).unwrap();
+    assert_eq!(classes, ["setosa", "versicolor", "virginica"]);
+    let config = s.get("/v2/models/zipmap-logreg/config").await.json();
+    assert_eq!(
+        config["parameters"]["output_probability.classes"]["string_value"],
+        "[0,1,2]"
+    );
+    assert_eq!(config["output"][1]["dims"], serde_json::json!([3]));
     s.shutdown().await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -21,6 +21,51 @@ pub struct TensorSpec {
     pub name: String,
     pub dtype: DataType,
     pub dims: Vec<i64>,
+    /// The class each column stands for, where the model says: a classifier's `ZipMap`
+    /// output, which engines answer as its `[N, classes]` probabilities.
+    pub classes: Option<ClassLabels>,
+}
+
+impl TensorSpec {
+    /// A tensor without class labels.
+    pub fn new(name: impl Into<String>, dtype: DataType, dims: Vec<i64>) -> TensorSpec {
+        TensorSpec {
+            name: name.into(),
+            dtype,
+            dims,
+            classes: None,
+        }
+    }
+}
+
+/// The keys of a `ZipMap`, in its column order: a classifier's class labels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClassLabels {
+    Int(Vec<i64>),
+    Str(Vec<String>),
+}
+
+impl ClassLabels {
+    pub fn len(&self) -> usize {
+        match self {
+            ClassLabels::Int(v) => v.len(),
+            ClassLabels::Str(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The labels as a JSON array (`[0,1,2]`, `["setosa","versicolor"]`): how metadata,
+    /// configuration and responses carry them, as one string parameter a client parses.
+    pub fn to_json(&self) -> String {
+        match self {
+            ClassLabels::Int(v) => serde_json::to_string(v),
+            ClassLabels::Str(v) => serde_json::to_string(v),
+        }
+        .expect("a list of integers or strings serializes")
+    }
 }
 
 /// How to load a model.

@@ -6,5 +6,6 @@
 pub mod bounded;
 pub mod config;
 pub mod engine;
+pub mod onnx_scan;
 pub mod request;
 pub mod tensor;

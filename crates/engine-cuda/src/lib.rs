@@ -202,10 +202,12 @@ pub fn signature(plan: &Plan) -> Signature {
         inputs: plan
             .inputs
             .iter()
-            .map(|i| TensorSpec {
-                name: i.name.clone(),
-                dtype: DataType::Fp32,
-                dims: vec![-1, plan.buffers[i.buffer].width as i64],
+            .map(|i| {
+                TensorSpec::new(
+                    i.name.clone(),
+                    DataType::Fp32,
+                    vec![-1, plan.buffers[i.buffer].width as i64],
+                )
             })
             .collect(),
         outputs: plan
@@ -213,18 +215,16 @@ pub fn signature(plan: &Plan) -> Signature {
             .iter()
             .map(|o| {
                 let b = &plan.buffers[o.buffer];
-                TensorSpec {
-                    name: o.name.clone(),
-                    dtype: match b.elem {
-                        Elem::F32 => DataType::Fp32,
-                        Elem::I64 => DataType::Int64,
-                    },
-                    dims: if o.flat {
-                        vec![-1]
-                    } else {
-                        vec![-1, b.width as i64]
-                    },
-                }
+                let dtype = match b.elem {
+                    Elem::F32 => DataType::Fp32,
+                    Elem::I64 => DataType::Int64,
+                };
+                let dims = if o.flat {
+                    vec![-1]
+                } else {
+                    vec![-1, b.width as i64]
+                };
+                TensorSpec::new(o.name.clone(), dtype, dims)
             })
             .collect(),
     }

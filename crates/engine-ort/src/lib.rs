@@ -17,8 +17,8 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 use cairn_core::config::{Precision, Provider};
 use cairn_core::engine::{
-    BatchInput, Device, Engine, EngineError, EngineInfo, LoadOptions, Session, Signature,
-    TensorSpec,
+    BatchInput, ClassLabels, Device, Engine, EngineError, EngineInfo, LoadOptions, Session,
+    Signature, TensorSpec,
 };
 use cairn_core::tensor::{DataType, Tensor as HostTensor, TensorData};
 use ort::session::builder::GraphOptimizationLevel;
@@ -237,11 +237,7 @@ impl OrtEngine {
                 .filter_map(|o| {
                     spec_of(o.name(), o.dtype())
                         .ok()
-                        .map(|(dtype, dims)| TensorSpec {
-                            name: o.name().to_string(),
-                            dtype,
-                            dims,
-                        })
+                        .map(|(dtype, dims)| TensorSpec::new(o.name(), dtype, dims))
                 })
                 .collect();
             settings.profiles = profiles(&specs, options.max_batch);
@@ -284,20 +280,32 @@ impl OrtEngine {
                 }
             }
             input_types.push(dtype);
-            inputs.push(TensorSpec {
-                name: outlet.name().to_string(),
-                dtype,
-                dims,
-            });
+            inputs.push(TensorSpec::new(outlet.name(), dtype, dims));
         }
+        // A classifier's ZipMap output (a sequence of maps, one per row) is answered as the
+        // [N, classes] tensor of its probabilities; its classes come from the file.
+        let zipmaps = cairn_core::onnx_scan::zipmap_outputs(path)
+            .map_err(|e| load_err(path, format!("reading the model's ZipMap nodes: {e}")))?;
         let mut outputs = Vec::new();
         for outlet in session.outputs() {
+            let zipmap = zipmaps.iter().find(|(n, _)| n == outlet.name());
+            if let (Some((_, classes)), ValueType::Sequence(inner)) = (zipmap, outlet.dtype()) {
+                if let ValueType::Map {
+                    value: TensorElementType::Float32,
+                    ..
+                } = **inner
+                {
+                    outputs.push(TensorSpec {
+                        name: outlet.name().to_string(),
+                        dtype: DataType::Fp32,
+                        dims: vec![-1, classes.len() as i64],
+                        classes: Some(classes.clone()),
+                    });
+                    continue;
+                }
+            }
             let (dtype, dims) = spec_of(outlet.name(), outlet.dtype())?;
-            outputs.push(TensorSpec {
-                name: outlet.name().to_string(),
-                dtype,
-                dims,
-            });
+            outputs.push(TensorSpec::new(outlet.name(), dtype, dims));
         }
         let gpu = settings
             .providers
@@ -327,7 +335,7 @@ fn spec_of(name: &str, ty: &ValueType) -> Result<(DataType, Vec<i64>), EngineErr
             Ok((dtype, shape.iter().copied().collect()))
         }
         other => Err(EngineError::Unsupported(format!(
-            "'{name}' is not a tensor ({other:?}); sequences and maps are not served"
+            "'{name}' is not a tensor ({other:?}); of sequences and maps, only a classifier's ZipMap output is served"
         ))),
     }
 }
@@ -373,7 +381,15 @@ impl Engine for OrtEngine {
         Ok(Box::new(OrtWorker {
             session,
             input_types: self.input_types.clone(),
-            output_types: self.signature.outputs.iter().map(|t| t.dtype).collect(),
+            outputs: self
+                .signature
+                .outputs
+                .iter()
+                .map(|t| match &t.classes {
+                    Some(classes) => Output::ZipMap(classes.clone()),
+                    None => Output::Tensor(t.dtype),
+                })
+                .collect(),
             pending: Vec::new(),
         }))
     }
@@ -382,8 +398,15 @@ impl Engine for OrtEngine {
 struct OrtWorker {
     session: OrtSession,
     input_types: Vec<DataType>,
-    output_types: Vec<DataType>,
+    outputs: Vec<Output>,
     pending: Vec<DynValue>,
+}
+
+/// How an output is read back.
+enum Output {
+    Tensor(DataType),
+    /// A sequence of maps from class to probability, read into `[N, classes]` in this order.
+    ZipMap(ClassLabels),
 }
 
 fn run_err(e: impl std::fmt::Display) -> EngineError {
@@ -527,6 +550,49 @@ fn from_value(value: &DynValue, dtype: DataType) -> Result<HostTensor, EngineErr
     HostTensor::new(dtype, shape, data).map_err(run_err)
 }
 
+/// One map per row, its values in the order of `classes` (a class missing from a row's map
+/// is an error: onnxruntime's ZipMap writes every key).
+fn from_zipmap(value: &DynValue, classes: &ClassLabels) -> Result<HostTensor, EngineError> {
+    let rows = value
+        .try_extract_sequence::<ort::value::DynValueTypeMarker>()
+        .map_err(run_err)?;
+    let width = classes.len();
+    let mut bytes = Vec::with_capacity(rows.len() * width * 4);
+    let missing = |k: &dyn std::fmt::Display| run_err(format!("ZipMap row without class {k}"));
+    for row in &rows {
+        match classes {
+            ClassLabels::Int(keys) => {
+                let kv = row.try_extract_key_values::<i64, f32>().map_err(run_err)?;
+                for k in keys {
+                    let v = kv
+                        .iter()
+                        .find(|(key, _)| key == k)
+                        .ok_or_else(|| missing(k))?;
+                    bytes.extend_from_slice(&v.1.to_le_bytes());
+                }
+            }
+            ClassLabels::Str(keys) => {
+                let kv = row
+                    .try_extract_key_values::<String, f32>()
+                    .map_err(run_err)?;
+                for k in keys {
+                    let v = kv
+                        .iter()
+                        .find(|(key, _)| key == k)
+                        .ok_or_else(|| missing(k))?;
+                    bytes.extend_from_slice(&v.1.to_le_bytes());
+                }
+            }
+        }
+    }
+    HostTensor::new(
+        DataType::Fp32,
+        vec![rows.len(), width],
+        TensorData::Fixed(Bytes::from(bytes)),
+    )
+    .map_err(run_err)
+}
+
 impl Session for OrtWorker {
     fn set_inputs(&mut self, inputs: &[BatchInput<'_>]) -> Result<(), EngineError> {
         if inputs.len() != self.input_types.len() {
@@ -552,8 +618,11 @@ impl Session for OrtWorker {
         let outputs = self.session.run(values.as_slice()).map_err(run_err)?;
         outputs
             .values()
-            .zip(&self.output_types)
-            .map(|(v, &dtype)| from_value(&v, dtype))
+            .zip(&self.outputs)
+            .map(|(v, kind)| match kind {
+                Output::Tensor(dtype) => from_value(&v, *dtype),
+                Output::ZipMap(classes) => from_zipmap(&v, classes),
+            })
             .collect()
     }
 }
@@ -564,11 +633,7 @@ mod tests {
 
     #[test]
     fn tensorrt_profiles_span_the_batch_sizes() {
-        let spec = |name: &str, dims: Vec<i64>| TensorSpec {
-            name: name.into(),
-            dtype: DataType::Fp32,
-            dims,
-        };
+        let spec = |name: &str, dims: Vec<i64>| TensorSpec::new(name, DataType::Fp32, dims);
         let p = profiles(
             &[spec("input", vec![-1, 32]), spec("mask", vec![-1, 4, 2])],
             64,

@@ -15,8 +15,8 @@ use tract_onnx::tract_core::plan::SimpleState;
 use tract_onnx::tract_hir::internal::{Factoid, GenericFactoid};
 
 use cairn_core::engine::{
-    BatchInput, Device, Engine, EngineError, EngineInfo, LoadOptions, Session, Signature,
-    TensorSpec,
+    BatchInput, ClassLabels, Device, Engine, EngineError, EngineInfo, LoadOptions, Session,
+    Signature, TensorSpec,
 };
 use cairn_core::tensor::{DataType, Tensor as HostTensor, TensorData};
 
@@ -34,125 +34,277 @@ pub struct TractEngine {
 }
 
 impl TractEngine {
+    /// Loads and optimizes the model. Where the file's shapes do not unify as declared, the load
+    /// is tried again, each time giving up one source of them: first with one symbol for every
+    /// input's unnamed leading dimension (skl2onnx's one-input-per-column models, unbatched),
+    /// then also without the file's intermediate shape annotations (`value_info`, which
+    /// onnxruntime treats as hints, and exporters sometimes write with their own batch names).
+    /// A model that loads as declared is never loaded otherwise.
     pub fn load(path: &Path, options: &LoadOptions) -> Result<TractEngine, EngineError> {
         let load_err = |e: &dyn std::fmt::Display| EngineError::Load {
             path: path.display().to_string(),
             reason: e.to_string(),
         };
-        let mut model = onnx()
-            .model_for_path(path)
+        let onnx = onnx();
+        let proto = onnx
+            .proto_model_for_path(path)
             .map_err(|e| load_err(&format!("{e:#}")))?;
-
-        let batch = model.sym("N");
-        let input_count = model.input_outlets().map_err(|e| load_err(&e))?.len();
-        let mut inputs = Vec::with_capacity(input_count);
-        let mut input_types = Vec::with_capacity(input_count);
-        for ix in 0..input_count {
-            let outlet = model.input_outlets().map_err(|e| load_err(&e))?[ix];
-            let name = model.node(outlet.node).name.clone();
-            let fact = model.input_fact(ix).map_err(|e| load_err(&e))?.clone();
-            let dt = fact
-                .datum_type
-                .concretize()
-                .ok_or_else(|| load_err(&format!("input '{name}' has no declared element type")))?;
-            let dtype = to_host_type(dt).ok_or_else(|| {
-                EngineError::Unsupported(format!("input '{name}' of type {dt:?}"))
-            })?;
-            if fact.shape.is_open() {
-                return Err(load_err(&format!("input '{name}' has no declared rank")));
-            }
-            let hint = options
-                .input_dims
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, d)| d.as_slice());
-            let mut dims: TVec<TDim> = TVec::new();
-            let mut spec_dims = Vec::new();
-            for (j, d) in fact.shape.dims().enumerate() {
-                let declared = match d {
-                    GenericFactoid::Only(d) => Some(d.clone()),
-                    GenericFactoid::Any => None,
-                };
-                let hinted = hint.and_then(|h| h.get(j)).copied().filter(|&v| v > 0);
-                let dim = if j == 0 && options.batch_dim {
-                    if let Some(v) = declared.as_ref().and_then(|d| d.as_i64()) {
-                        return Err(load_err(&format!(
-                            "input '{name}' has a fixed first dimension of {v}, but max_batch_size > 0 \
-                             needs a variable batch dimension"
-                        )));
-                    }
-                    TDim::Sym(batch.clone())
-                } else {
-                    match (declared, hinted) {
-                        (Some(d), _) if d.as_i64().is_some() => d,
-                        (_, Some(v)) => TDim::Val(v),
-                        (Some(d), None) => d,
-                        (None, None) => TDim::Sym(model.sym(&format!("{name}_d{j}"))),
-                    }
-                };
-                spec_dims.push(dim.as_i64().unwrap_or(-1));
-                dims.push(dim);
-            }
-            model
-                .set_input_fact(ix, InferenceFact::dt_shape(dt, dims))
-                .map_err(|e| load_err(&e))?;
-            inputs.push(TensorSpec {
-                name,
-                dtype,
-                dims: spec_dims,
-            });
-            input_types.push(dt);
+        let zipmaps = cairn_core::onnx_scan::zipmap_outputs(path)
+            .map_err(|e| load_err(&format!("reading the model's ZipMap nodes: {e}")))?;
+        let mut attempts = vec![Shapes::Declared];
+        if !options.batch_dim && unnamed_leading_dims(&proto) > 1 {
+            attempts.push(Shapes::SharedLeading);
         }
+        if proto
+            .graph
+            .as_ref()
+            .is_some_and(|g| !g.value_info.is_empty())
+        {
+            attempts.push(Shapes::WithoutValueInfo);
+        }
+        let mut first: Option<EngineError> = None;
+        for (i, shapes) in attempts.iter().enumerate() {
+            let e = match build(&onnx, &proto, path, options, *shapes, &zipmaps) {
+                Ok(engine) => return Ok(engine),
+                Err(e) => e,
+            };
+            let unify = matches!(&e, EngineError::Load { reason, .. } if reason.contains("Impossible to unify"));
+            if !unify || i + 1 == attempts.len() {
+                return Err(match first {
+                    Some(EngineError::Load { path, reason }) => EngineError::Load {
+                        path,
+                        reason: format!(
+                            "{reason} (loading it again with one symbol for the inputs' leading \
+                             dimensions, or without the file's intermediate shapes, failed too)"
+                        ),
+                    },
+                    Some(other) => other,
+                    None => e,
+                });
+            }
+            first.get_or_insert(e);
+        }
+        unreachable!("the last attempt returns")
+    }
+}
 
-        let output_names: Vec<String> = model
-            .output_outlets()
-            .map_err(|e| load_err(&e))?
+/// Which of the file's shapes a load takes as given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shapes {
+    /// As declared (unnamed dimensions get a symbol each).
+    Declared,
+    /// One symbol, `N`, for every input's unnamed leading dimension.
+    SharedLeading,
+    /// As `SharedLeading`, and the intermediate `value_info` shapes ignored.
+    WithoutValueInfo,
+}
+
+/// How many graph inputs (not initializers) have a leading dimension with neither a value nor
+/// a name.
+fn unnamed_leading_dims(proto: &tract_onnx::pb::ModelProto) -> usize {
+    use tract_onnx::pb::{tensor_shape_proto::dimension::Value, type_proto};
+    let Some(g) = &proto.graph else { return 0 };
+    g.input
+        .iter()
+        .filter(|i| !g.initializer.iter().any(|t| t.name == i.name))
+        .filter(|i| {
+            let Some(type_proto::Value::TensorType(t)) =
+                i.r#type.as_ref().and_then(|t| t.value.as_ref())
+            else {
+                return false;
+            };
+            t.shape
+                .as_ref()
+                .and_then(|s| s.dim.first())
+                .is_some_and(|d| match &d.value {
+                    None => true,
+                    Some(Value::DimParam(p)) => p.is_empty() || p == "?",
+                    Some(Value::DimValue(_)) => false,
+                })
+        })
+        .count()
+}
+
+fn build(
+    onnx: &tract_onnx::Onnx,
+    proto: &tract_onnx::pb::ModelProto,
+    path: &Path,
+    options: &LoadOptions,
+    shapes: Shapes,
+    zipmaps: &[(String, ClassLabels)],
+) -> Result<TractEngine, EngineError> {
+    let load_err = |e: &dyn std::fmt::Display| EngineError::Load {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    // External data is looked up beside the model, as tract's own model_for_path does.
+    let dir = path.parent().and_then(|d| d.to_str());
+    let onnx = onnx
+        .clone()
+        .with_ignore_value_info(shapes == Shapes::WithoutValueInfo);
+    let parsed = onnx
+        .parse(proto, dir)
+        .map_err(|e| load_err(&format!("{e:#}")))?;
+    if !parsed.unresolved_inputs.is_empty() {
+        return Err(load_err(&format!(
+            "could not resolve inputs at top level: {:?}",
+            parsed.unresolved_inputs
+        )));
+    }
+    let mut model = parsed.model;
+    // An operator tract has no implementation of (and we have none in its place): named, with
+    // what serves it, before the optimizer fails on it less clearly.
+    let mut missing: Vec<String> = Vec::new();
+    for node in model.nodes() {
+        let name = node.op.name();
+        if let Some(op) = name
+            .strip_prefix("Unimplemented(")
+            .and_then(|n| n.strip_suffix(')'))
+        {
+            if !missing.iter().any(|m| m == op) {
+                missing.push(op.to_string());
+            }
+        }
+    }
+    if !missing.is_empty() {
+        return Err(load_err(&format!(
+            "tract does not implement the operator {}: [engine] kind = \"ort\" (onnxruntime) \
+             serves it",
+            missing.join(", ")
+        )));
+    }
+
+    let input_count = model.input_outlets().map_err(|e| load_err(&e))?.len();
+    // The batch symbol: the inputs' own name for their leading dimension where they all
+    // declare the same one (so that intermediate shapes naming it agree), else `N`.
+    let mut leading = Vec::with_capacity(input_count);
+    for ix in 0..input_count {
+        let fact = model.input_fact(ix).map_err(|e| load_err(&e))?;
+        leading.push(match fact.shape.dims().next() {
+            Some(GenericFactoid::Only(TDim::Sym(s))) => Some(s.clone()),
+            _ => None,
+        });
+    }
+    let batch = match leading.first() {
+        Some(Some(s)) if options.batch_dim && leading.iter().all(|l| l.as_ref() == Some(s)) => {
+            s.clone()
+        }
+        _ => model.sym("N"),
+    };
+    let mut inputs = Vec::with_capacity(input_count);
+    let mut input_types = Vec::with_capacity(input_count);
+    for ix in 0..input_count {
+        let outlet = model.input_outlets().map_err(|e| load_err(&e))?[ix];
+        let name = model.node(outlet.node).name.clone();
+        let fact = model.input_fact(ix).map_err(|e| load_err(&e))?.clone();
+        let dt = fact
+            .datum_type
+            .concretize()
+            .ok_or_else(|| load_err(&format!("input '{name}' has no declared element type")))?;
+        let dtype = to_host_type(dt)
+            .ok_or_else(|| EngineError::Unsupported(format!("input '{name}' of type {dt:?}")))?;
+        if fact.shape.is_open() {
+            return Err(load_err(&format!("input '{name}' has no declared rank")));
+        }
+        let hint = options
+            .input_dims
             .iter()
-            .map(|o| {
-                model
-                    .outlet_label(*o)
-                    .map(str::to_string)
-                    .unwrap_or_else(|| model.node(o.node).name.clone())
-            })
-            .collect();
-
-        let typed = model
-            .into_optimized()
-            .map_err(|e| load_err(&format!("{e:#}")))?;
-        let mut outputs = Vec::with_capacity(output_names.len());
-        for (ix, name) in output_names.into_iter().enumerate() {
-            let fact = typed.output_fact(ix).map_err(|e| load_err(&e))?;
-            // tract computes some INT64 values (labels picked by ArgMax, shapes) as symbolic
-            // dimensions; they come out as TDim and are cast back to INT64 after each run.
-            let dtype = output_host_type(fact.datum_type).ok_or_else(|| {
-                EngineError::Unsupported(format!("output '{name}' of type {:?}", fact.datum_type))
-            })?;
-            let dims: Vec<i64> = fact
-                .shape
-                .iter()
-                .map(|d| d.as_i64().unwrap_or(-1))
-                .collect();
-            if options.batch_dim {
-                let first = fact.shape.iter().next();
-                if first != Some(&TDim::Sym(batch.clone())) {
+            .find(|(n, _)| *n == name)
+            .map(|(_, d)| d.as_slice());
+        let mut dims: TVec<TDim> = TVec::new();
+        let mut spec_dims = Vec::new();
+        for (j, d) in fact.shape.dims().enumerate() {
+            let declared = match d {
+                GenericFactoid::Only(d) => Some(d.clone()),
+                GenericFactoid::Any => None,
+            };
+            let hinted = hint.and_then(|h| h.get(j)).copied().filter(|&v| v > 0);
+            let dim = if j == 0 && options.batch_dim {
+                if let Some(v) = declared.as_ref().and_then(|d| d.as_i64()) {
                     return Err(load_err(&format!(
-                        "output '{name}' does not have the batch dimension first (its shape is {:?}), \
-                         so it cannot be split per request; set max_batch_size = 0",
-                        fact.shape
+                        "input '{name}' has a fixed first dimension of {v}, but max_batch_size > 0 \
+                         needs a variable batch dimension"
                     )));
                 }
-            }
-            outputs.push(TensorSpec { name, dtype, dims });
+                TDim::Sym(batch.clone())
+            } else {
+                match (declared, hinted) {
+                    (Some(d), _) if d.as_i64().is_some() => d,
+                    (_, Some(v)) => TDim::Val(v),
+                    (Some(d), None) => d,
+                    (None, None) if j == 0 && shapes != Shapes::Declared => {
+                        TDim::Sym(batch.clone())
+                    }
+                    (None, None) => TDim::Sym(model.sym(&format!("{name}_d{j}"))),
+                }
+            };
+            spec_dims.push(dim.as_i64().unwrap_or(-1));
+            dims.push(dim);
         }
-        let plan = typed
-            .into_runnable()
-            .map_err(|e| load_err(&format!("{e:#}")))?;
-        Ok(TractEngine {
-            plan,
-            signature: Signature { inputs, outputs },
-            input_types,
-        })
+        model
+            .set_input_fact(ix, InferenceFact::dt_shape(dt, dims))
+            .map_err(|e| load_err(&e))?;
+        inputs.push(TensorSpec::new(name, dtype, spec_dims));
+        input_types.push(dt);
     }
+
+    let output_names: Vec<String> = model
+        .output_outlets()
+        .map_err(|e| load_err(&e))?
+        .iter()
+        .map(|o| {
+            model
+                .outlet_label(*o)
+                .map(str::to_string)
+                .unwrap_or_else(|| model.node(o.node).name.clone())
+        })
+        .collect();
+
+    let typed = model
+        .into_optimized()
+        .map_err(|e| load_err(&format!("{e:#}")))?;
+    let mut outputs = Vec::with_capacity(output_names.len());
+    for (ix, name) in output_names.into_iter().enumerate() {
+        let fact = typed.output_fact(ix).map_err(|e| load_err(&e))?;
+        // tract computes some INT64 values (labels picked by ArgMax, shapes) as symbolic
+        // dimensions; they come out as TDim and are cast back to INT64 after each run.
+        let dtype = output_host_type(fact.datum_type).ok_or_else(|| {
+            EngineError::Unsupported(format!("output '{name}' of type {:?}", fact.datum_type))
+        })?;
+        let dims: Vec<i64> = fact
+            .shape
+            .iter()
+            .map(|d| d.as_i64().unwrap_or(-1))
+            .collect();
+        if options.batch_dim {
+            let first = fact.shape.iter().next();
+            if first != Some(&TDim::Sym(batch.clone())) {
+                return Err(load_err(&format!(
+                    "output '{name}' does not have the batch dimension first (its shape is {:?}), \
+                     so it cannot be split per request; set max_batch_size = 0",
+                    fact.shape
+                )));
+            }
+        }
+        let classes = zipmaps
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, c)| c.clone());
+        outputs.push(TensorSpec {
+            name,
+            dtype,
+            dims,
+            classes,
+        });
+    }
+    let plan = typed
+        .into_runnable()
+        .map_err(|e| load_err(&format!("{e:#}")))?;
+    Ok(TractEngine {
+        plan,
+        signature: Signature { inputs, outputs },
+        input_types,
+    })
 }
 
 impl Engine for TractEngine {
@@ -340,4 +492,116 @@ fn to_host_type(dt: DatumType) -> Option<DataType> {
         DatumType::String => DataType::Bytes,
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zoo(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/models/zoo")
+            .join(name)
+            .join("1/model.onnx")
+    }
+
+    fn declared(name: &str, batch_dim: bool) -> Result<TractEngine, EngineError> {
+        let path = zoo(name);
+        let proto = onnx().proto_model_for_path(&path).unwrap();
+        let options = LoadOptions {
+            batch_dim,
+            ..LoadOptions::default()
+        };
+        build(&onnx(), &proto, &path, &options, Shapes::Declared, &[])
+    }
+
+    fn reason(e: Result<TractEngine, EngineError>) -> String {
+        match e {
+            Ok(_) => panic!("loads as declared"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn shapes_that_do_not_unify_as_declared_load_on_a_later_attempt() {
+        // Unbatched, skl2onnx's unnamed leading dimensions are four symbols that Concat joins.
+        let e = reason(declared("columns-onehot", false));
+        assert!(e.contains("Impossible to unify"), "{e}");
+        let options = LoadOptions::default();
+        let engine = TractEngine::load(&zoo("columns-onehot"), &options).unwrap();
+        assert!(engine.signature().inputs.iter().all(|i| i.dims == [-1, 1]));
+        // Intermediate shapes that name the batch otherwise than the input does.
+        let e = reason(declared("torch-style-renamed", true));
+        assert!(e.contains("Sym(batch_size)"), "{e}");
+        let options = LoadOptions {
+            batch_dim: true,
+            ..LoadOptions::default()
+        };
+        TractEngine::load(&zoo("torch-style-renamed"), &options).unwrap();
+        // Intermediate shapes that name it as the input does: the batch takes their name.
+        declared("torch-style", true).unwrap();
+    }
+
+    #[test]
+    fn an_operator_without_an_implementation_is_named_with_what_serves_it() {
+        use tract_onnx::pb::{
+            tensor_shape_proto::dimension::Value, tensor_shape_proto::Dimension, type_proto,
+            GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorShapeProto, TypeProto,
+            ValueInfoProto,
+        };
+        let dim = |v| Dimension {
+            value: Some(v),
+            ..Default::default()
+        };
+        let x = ValueInfoProto {
+            name: "x".into(),
+            r#type: Some(TypeProto {
+                value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                    elem_type: 1,
+                    shape: Some(TensorShapeProto {
+                        dim: vec![dim(Value::DimParam("N".into())), dim(Value::DimValue(2))],
+                    }),
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let proto = ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto {
+                domain: "ai.onnx.ml".into(),
+                version: 3,
+            }],
+            graph: Some(GraphProto {
+                node: vec![NodeProto {
+                    op_type: "DictVectorizer".into(),
+                    domain: "ai.onnx.ml".into(),
+                    input: vec!["x".into()],
+                    output: vec!["y".into()],
+                    ..Default::default()
+                }],
+                input: vec![x],
+                output: vec![ValueInfoProto {
+                    name: "y".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = LoadOptions::default();
+        let e = reason(build(
+            &onnx(),
+            &proto,
+            Path::new("m.onnx"),
+            &options,
+            Shapes::Declared,
+            &[],
+        ));
+        assert!(
+            e.contains("tract does not implement the operator DictVectorizer")
+                && e.contains("[engine] kind = \"ort\""),
+            "{e}"
+        );
+    }
 }

@@ -1,4 +1,5 @@
-"""Tree-ensemble models from real exporters, and onnxruntime's answers to them.
+"""The model zoo: tree ensembles and scikit-learn pipelines from real exporters, hand-written
+graphs, and onnxruntime's answers to them.
 
 Exact versions this was run with (pip, Python 3.11; xgboost 3.2.0 is the newest for 3.11):
 
@@ -17,12 +18,18 @@ Every model is trained on data shipped inside scikit-learn (nothing is downloade
 (tens of trees, depth <= 6). Besides the exporters' models, `spec-*` models are written by hand
 with onnx.helper to reach what exporters rarely write: every node mode, every aggregate
 function, every post transform, base values, the binary special cases, integer and double
-inputs. onnxruntime's outputs for held-out rows are recorded; the tests hold every engine to
-them. Writes, beside this script:
+inputs. The models beyond trees (pipelines, linear models, SVMs, text, ZipMap, k-means, a
+torch-style graph, and their `spec-*` graphs) are in pipelines.py beside this file.
+onnxruntime's outputs for held-out rows are recorded (a ZipMap's sequence of maps as the
+[N, classes] FP32 tensor cairn answers); the tests hold every engine to them. Rows whose label
+is within 1e-4 of changing are not used. Writes, beside this script:
 
     <name>/1/model.onnx, <name>/config.toml
     expected.json   {model path from the repo root: [case, ...]} (tests/models/expected.json's form)
-    MODELS.md       what each model is: exporter, estimator, data, opsets, tree operator
+    MODELS.md       what each model is: exporter, estimator, data, opsets, operators
+
+Graph names are random (skl2onnx), so regenerating rewrites every model file; keep the files of
+models whose answers did not change.
 """
 
 from __future__ import annotations
@@ -54,6 +61,8 @@ def _load_test_models_generator():
 
 
 TEST_MODELS = _load_test_models_generator()
+sys.path.insert(0, str(HERE))
+import pipelines  # noqa: E402  (beside this file)
 
 warnings.filterwarnings("ignore")
 
@@ -431,12 +440,16 @@ def session(model_bytes):
 
 
 def tree_ops(model):
+    """The operators of a model, in order, each once; tree and linear operators with their
+    post_transform."""
     found = []
     for node in model.graph.node:
-        if node.op_type.startswith("TreeEnsemble"):
-            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-            post = attrs.get("post_transform", b"NONE")
-            found.append(f"{node.op_type} ({post.decode()})")
+        op = node.op_type
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if "post_transform" in attrs or op.startswith("TreeEnsemble"):
+            op = f"{op} ({attrs.get('post_transform', b'NONE').decode()})"
+        if op not in found:
+            found.append(op)
     return ", ".join(found)
 
 
@@ -452,9 +465,33 @@ def tensor_json(array):
     return t
 
 
-def run_case(sess, inputs):
+def zipmap_keys(model):
+    """{output name: class keys} of the ZipMap nodes."""
+    keys = {}
+    for node in model.graph.node:
+        if node.op_type == "ZipMap":
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            labels = attrs.get("classlabels_int64s") or [
+                s.decode() for s in attrs["classlabels_strings"]]
+            keys[node.output[0]] = list(labels)
+    return keys
+
+
+def run_outputs(sess, inputs, zipmaps):
+    """onnxruntime's outputs by name; a ZipMap's sequence of maps as the [N, classes] FP32
+    tensor cairn answers, the columns in the node's class order."""
     names = [o.name for o in sess.get_outputs()]
     outputs = sess.run(names, inputs)
+    for i, name in enumerate(names):
+        if name in zipmaps:
+            rows = outputs[i]
+            outputs[i] = np.array([[row[k] for k in zipmaps[name]] for row in rows],
+                                  dtype=np.float32).reshape(len(rows), len(zipmaps[name]))
+    return names, outputs
+
+
+def run_case(sess, inputs, zipmaps=None):
+    names, outputs = run_outputs(sess, inputs, zipmaps or {})
     for name, value in zip(names, outputs):
         assert value.dtype.kind != "f" or not np.isnan(value).any(), f"{name} has NaN"
     return {
@@ -500,14 +537,65 @@ def write(name, model, x_pool, rng, expected, manifest, description):
     print(f"{rel}: {len(data)} bytes, {tree_ops(model)}")
 
 
+def default_margin(sess, zipmaps):
+    """Per row, how far its label is from changing: the gap between the two best (and the two
+    worst, for ArgMin) class scores; for two scores, also their distance from 0.5 and from 0
+    (the binary labels compare with either). Rows of a model without labels are all clear."""
+
+    def margin(inputs):
+        names, outputs = run_outputs(sess, inputs, zipmaps)
+        n = len(next(iter(inputs.values())))
+        labels = [v for v in outputs if v.ndim == 1 and v.dtype.kind in "iUO"]
+        scores = [v for v in outputs if v.ndim == 2 and v.dtype.kind == "f"]
+        if not labels or not scores:
+            return np.full(n, np.inf)
+        s = scores[0]
+        if s.shape[1] == 1:
+            return np.abs(s[:, 0])
+        if s.shape[1] == 2:
+            p = s[:, 1]
+            return np.minimum.reduce([np.abs(p - 0.5), np.abs(p), np.abs(p - s[:, 0])])
+        ordered = np.sort(s, axis=1)
+        return np.minimum(ordered[:, -1] - ordered[:, -2], ordered[:, 1] - ordered[:, 0])
+
+    return margin
+
+
+def write_model(m, expected, manifest, exporters):
+    """One model of pipelines.py: any inputs, labels kept clear of ties, ZipMap as a tensor."""
+    data = m.model.SerializeToString()
+    assert len(data) <= MAX_MODEL_BYTES, f"{m.name} is {len(data)} bytes"
+    version = HERE / m.name / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    (version / "model.onnx").write_bytes(data)
+    (HERE / m.name / "config.toml").write_text(
+        f"# {m.description}\n" + "\n".join(m.config) + "\n", encoding="utf-8")
+    sess = session(data)
+    zipmaps = zipmap_keys(m.model)
+    margin = m.margin or default_margin(sess, zipmaps)
+    rng = np.random.default_rng(sum(m.name.encode()))
+    cases = []
+    for rows in ROWS:
+        pool = m.inputs(rng, 200)
+        clear = np.flatnonzero(margin(pool) >= MIN_LABEL_MARGIN)
+        assert len(clear) >= rows, f"{m.name}: {len(clear)} rows clear of label ties"
+        pick = np.sort(rng.choice(clear, size=rows, replace=False))
+        cases.append(run_case(sess, {k: v[pick] for k, v in pool.items()}, zipmaps))
+    rel = str((version / "model.onnx").relative_to(REPO_ROOT))
+    expected[rel] = cases
+    exporters[m.name] = m.exporter
+    manifest.append((m.name, m.description, opsets(m.model), tree_ops(m.model), len(data)))
+    print(f"{rel}: {len(data)} bytes, {tree_ops(m.model)}")
+
+
 def write_manifest(manifest, exporters):
     lines = [
-        "# Tree-ensemble test models",
+        "# Test models: trees, pipelines, linear models, SVMs, text, ZipMap",
         "",
-        "Written by `generate.py` beside this file (its docstring pins the versions); "
-        "onnxruntime's outputs are in `expected.json`.",
+        "Written by `generate.py` beside this file (its docstring pins the versions; the models "
+        "beyond trees come from `pipelines.py`); onnxruntime's outputs are in `expected.json`.",
         "",
-        "| Model | Exporter | What | Opsets | Tree operator (post_transform) | Bytes |",
+        "| Model | Exporter | What | Opsets | Operators (post_transform) | Bytes |",
         "|---|---|---|---|---|---:|",
     ]
     for name, description, ops, trees, size in manifest:
@@ -553,6 +641,8 @@ def main() -> None:
     for name, description, model, inputs in spec_models():
         rng = np.random.default_rng(sum(name.encode()))
         write(name, model, inputs(rng, 200), rng, expected, manifest, description)
+    for m in pipelines.all_models():
+        write_model(m, expected, manifest, exporters)
     TEST_MODELS.write_expected(expected, HERE / "expected.json")
     write_manifest(manifest, exporters)
     print(f"expected.json: {len(expected)} models")

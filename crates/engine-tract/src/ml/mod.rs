@@ -1,22 +1,52 @@
-//! Our own `ai.onnx.ml` operators, registered in tract's ONNX op register in place of tract's:
-//! tract 0.23's `TreeEnsembleClassifier` picks wrong labels for binary models and refuses
-//! boosted ones, and it has no `TreeEnsembleRegressor`. These answer as onnxruntime does (the
-//! reference every exporter's users compare against) or refuse the model at load.
+//! Our own `ai.onnx.ml` operators (and the text operators of skl2onnx's pipelines), registered
+//! in tract's ONNX op register in place of tract's or where tract has none. tract 0.23's
+//! `TreeEnsembleClassifier` picks wrong labels for binary models and refuses boosted ones; its
+//! `LinearClassifier`, `Normalizer`, `CategoryMapper` and `ArrayFeatureExtractor` answer
+//! otherwise than onnxruntime in cases exporters write; the rest it does not have. These
+//! answer as onnxruntime does (the reference every exporter's users compare against) or refuse
+//! the model at load, naming the operator and the attribute.
 //!
-//! Nothing here knows the engine around it: [`onnx`] is the only entry point.
+//! Each operator's computation is a pure module with no tract in it (`trees`, `linear`, `svm`,
+//! `transform`, `lookup`, `text`); `ops` (trees) and `kernels` (the rest) read the attributes
+//! and wire them. Nothing here knows the engine around it: [`onnx`] is the only entry point.
 
+mod attrs;
+mod common;
+mod flatten;
+mod kernels;
+mod linear;
+mod lookup;
 mod ops;
+mod svm;
+mod text;
+mod transform;
 pub mod trees;
 
-/// tract's ONNX framework with our tree ensembles registered.
+/// tract's ONNX framework with our operators registered.
 pub fn onnx() -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
-    onnx.op_register
-        .insert("TreeEnsembleClassifier", ops::tree_classifier);
-    onnx.op_register
-        .insert("TreeEnsembleRegressor", ops::tree_regressor);
-    onnx.op_register
-        .insert("TreeEnsemble", ops::tree_ensemble_v5);
+    let r = &mut onnx.op_register;
+    r.insert("TreeEnsembleClassifier", ops::tree_classifier);
+    r.insert("TreeEnsembleRegressor", ops::tree_regressor);
+    r.insert("TreeEnsemble", ops::tree_ensemble_v5);
+    r.insert("LinearClassifier", kernels::linear_classifier);
+    r.insert("LinearRegressor", kernels::linear_regressor);
+    r.insert("SVMClassifier", kernels::svm_classifier);
+    r.insert("SVMRegressor", kernels::svm_regressor);
+    r.insert("Scaler", kernels::scaler);
+    r.insert("Imputer", kernels::imputer);
+    r.insert("OneHotEncoder", kernels::one_hot_encoder);
+    r.insert("Normalizer", kernels::normalizer);
+    r.insert("Binarizer", kernels::binarizer);
+    r.insert("ArrayFeatureExtractor", kernels::array_feature_extractor);
+    r.insert("FeatureVectorizer", kernels::feature_vectorizer);
+    r.insert("LabelEncoder", kernels::label_encoder);
+    r.insert("CategoryMapper", kernels::category_mapper);
+    r.insert("ZipMap", kernels::zip_map);
+    r.insert("StringNormalizer", kernels::string_normalizer);
+    r.insert("Tokenizer", kernels::tokenizer);
+    r.insert("TfIdfVectorizer", kernels::tfidf_vectorizer);
+    r.insert("Flatten", flatten::flatten);
     onnx
 }
 
@@ -284,5 +314,180 @@ mod tests {
             binary(vec![floats("base_values", &[0.1, 0.2, 0.3])]),
         );
         assert!(e.contains("attribute 'base_values'"), "{e}");
+    }
+
+    /// A one-node graph of `op` (in `domain`) over one `[N, 2]` input of `elem_type`, loaded
+    /// through our register.
+    fn load_node(
+        op: &str,
+        domain: &str,
+        elem_type: i32,
+        outputs: &[&str],
+        attribute: Vec<AttributeProto>,
+        ml_opset: i64,
+    ) -> TractResult<Arc<TypedRunnableModel>> {
+        let graph = GraphProto {
+            node: vec![NodeProto {
+                op_type: op.into(),
+                domain: domain.into(),
+                input: vec!["x".into()],
+                output: outputs.iter().map(|o| o.to_string()).collect(),
+                attribute,
+                ..Default::default()
+            }],
+            input: vec![value_info("x", elem_type)],
+            output: outputs
+                .iter()
+                .map(|o| ValueInfoProto {
+                    name: o.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let proto = ModelProto {
+            ir_version: 8,
+            opset_import: vec![
+                OperatorSetIdProto {
+                    domain: String::new(),
+                    version: 17,
+                },
+                OperatorSetIdProto {
+                    domain: "ai.onnx.ml".into(),
+                    version: ml_opset,
+                },
+            ],
+            graph: Some(graph),
+            ..Default::default()
+        };
+        super::onnx()
+            .model_for_proto_model(&proto)?
+            .into_optimized()?
+            .into_runnable()
+    }
+
+    fn node_refusal(
+        op: &str,
+        elem_type: i32,
+        outputs: &[&str],
+        attribute: Vec<AttributeProto>,
+        ml_opset: i64,
+    ) -> String {
+        match load_node(op, "ai.onnx.ml", elem_type, outputs, attribute, ml_opset) {
+            Ok(_) => panic!("{op}: the model loads, but must be refused"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn what_onnxruntime_answers_undefined_or_otherwise_is_refused_with_the_attribute() {
+        let hint = "[engine] kind = \"ort\"";
+        // One coefficient row, two labels, PROBIT: onnxruntime leaves the second score unwritten.
+        let e = node_refusal(
+            "LinearClassifier",
+            1,
+            &["label", "scores"],
+            vec![
+                floats("coefficients", &[1.0, 2.0]),
+                floats("intercepts", &[0.5]),
+                ints("classlabels_ints", &[0, 1]),
+                string("post_transform", "PROBIT"),
+            ],
+            1,
+        );
+        assert!(
+            e.contains("LinearClassifier attribute 'post_transform'") && e.contains(hint),
+            "{e}"
+        );
+        // Opset 4's tensor attributes are not implemented.
+        let e = node_refusal(
+            "LabelEncoder",
+            1,
+            &["y"],
+            vec![
+                AttributeProto {
+                    name: "keys_tensor".into(),
+                    r#type: AttributeType::Tensor as i32,
+                    ..Default::default()
+                },
+                floats("values_floats", &[1.0]),
+            ],
+            4,
+        );
+        assert!(
+            e.contains("LabelEncoder attribute 'keys_tensor'") && e.contains(hint),
+            "{e}"
+        );
+        // A token expression RE2 could match otherwise than Rust's regex.
+        let e = match load_node(
+            "Tokenizer",
+            "com.microsoft",
+            8,
+            &["tokens"],
+            vec![
+                AttributeProto {
+                    name: "mark".into(),
+                    r#type: AttributeType::Int as i32,
+                    ..Default::default()
+                },
+                string("pad_value", "#"),
+                AttributeProto {
+                    name: "mincharnum".into(),
+                    r#type: AttributeType::Int as i32,
+                    i: 1,
+                    ..Default::default()
+                },
+                string("tokenexp", r"\w+"),
+            ],
+            1,
+        ) {
+            Ok(_) => panic!("a \\w token expression loads"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(
+            e.contains("Tokenizer attribute 'tokenexp'") && e.contains(hint),
+            "{e}"
+        );
+        // onnxruntime refuses an SVM without kernel_params: malformed, not a hint to use it.
+        let e = node_refusal(
+            "SVMRegressor",
+            1,
+            &["y"],
+            vec![floats("coefficients", &[1.0, 2.0]), floats("rho", &[0.0])],
+            1,
+        );
+        assert!(
+            e.contains("SVMRegressor attribute 'kernel_params'") && e.contains("malformed"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_category_mapper_with_both_defaults_loads_as_in_onnxruntime() {
+        // tract's own CategoryMapper refuses a node that sets both defaults; ONNX allows it.
+        let plan = load_node(
+            "CategoryMapper",
+            "ai.onnx.ml",
+            7,
+            &["y"],
+            vec![
+                strings("cats_strings", &["a", "b"]),
+                ints("cats_int64s", &[1, 2]),
+                AttributeProto {
+                    name: "default_int64".into(),
+                    r#type: AttributeType::Int as i32,
+                    i: 9,
+                    ..Default::default()
+                },
+                string("default_string", "?"),
+            ],
+            1,
+        )
+        .unwrap();
+        let x = tract_ndarray::Array2::from_shape_vec((1, 2), vec![7i64, 2]).unwrap();
+        let mut state = tract_onnx::tract_core::plan::SimpleState::new(&plan).unwrap();
+        let out = state.run(tvec!(x.into_tensor().into_tvalue())).unwrap();
+        let y = out[0].try_as_plain_ram().unwrap();
+        assert_eq!(y.as_slice::<String>().unwrap(), &["?", "b"]);
     }
 }

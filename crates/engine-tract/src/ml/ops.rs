@@ -9,14 +9,12 @@ use std::fmt;
 
 use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::attribute_proto::AttributeType;
-use tract_onnx::pb::{AttributeProto, NodeProto};
+use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 
+use super::attrs::{build_refusal, Reader, ORT_HINT};
 use super::trees::PostTransform;
-use super::trees::{Aggregate, Attributes, BuildError, Ensemble, Head, Labels, Mode, Pick};
-
-/// What a refusal tells the user to do instead.
-const ORT_HINT: &str = "tract does not serve it; [engine] kind = \"ort\" (onnxruntime) does";
+use super::trees::{Aggregate, Attributes, Ensemble, Head, Labels, Mode, Pick};
 
 const CLASSIFIER: &str = "TreeEnsembleClassifier";
 const REGRESSOR: &str = "TreeEnsembleRegressor";
@@ -71,7 +69,7 @@ pub fn tree_classifier(
         node,
         ctx,
     };
-    reader.check_known(&CLASSIFIER_ATTRIBUTES)?;
+    reader.check_known(&[&NODE_ATTRIBUTES, &CLASSIFIER_ATTRIBUTES, &IGNORED])?;
     let ints = reader.ints("classlabels_int64s")?;
     let strings = reader.strings("classlabels_strings")?;
     let labels = match (ints, strings) {
@@ -105,7 +103,7 @@ pub fn tree_regressor(
         node,
         ctx,
     };
-    reader.check_known(&REGRESSOR_ATTRIBUTES)?;
+    reader.check_known(&[&NODE_ATTRIBUTES, &REGRESSOR_ATTRIBUTES, &IGNORED])?;
     let n_targets = reader
         .int("n_targets")?
         .ok_or_else(|| reader.invalid("n_targets", "is not set"))?;
@@ -137,90 +135,7 @@ pub fn tree_ensemble_v5(
     )
 }
 
-/// A load error naming the operator and the attribute; for a valid model we do not serve, it
-/// says which engine does.
-fn refusal(op: &str, attribute: &str, reason: impl fmt::Display, unsupported: bool) -> TractError {
-    if unsupported {
-        format_err!("{op} attribute '{attribute}': {reason}: {ORT_HINT}")
-    } else {
-        format_err!("{op} attribute '{attribute}': {reason} (the model is malformed)")
-    }
-}
-
-fn build_refusal(op: &str, e: BuildError) -> TractError {
-    refusal(op, e.attribute, e.reason, e.unsupported)
-}
-
-struct Reader<'a> {
-    op: &'static str,
-    node: &'a NodeProto,
-    ctx: &'a ParsingContext<'a>,
-}
-
 impl Reader<'_> {
-    fn invalid(&self, attribute: &str, reason: impl fmt::Display) -> TractError {
-        refusal(self.op, attribute, reason, false)
-    }
-
-    fn unsupported(&self, attribute: &str, reason: impl fmt::Display) -> TractError {
-        refusal(self.op, attribute, reason, true)
-    }
-
-    /// Refuses attributes we do not implement (or that do not exist), naming them.
-    fn check_known(&self, own: &[&str]) -> TractResult<()> {
-        for a in &self.node.attribute {
-            let name = a.name.as_str();
-            if !NODE_ATTRIBUTES.contains(&name) && !own.contains(&name) && !IGNORED.contains(&name)
-            {
-                return Err(self.unsupported(name, "this attribute is not implemented"));
-            }
-            if !a.ref_attr_name.is_empty() {
-                return Err(self.unsupported(name, "a reference to a function attribute"));
-            }
-        }
-        Ok(())
-    }
-
-    fn get(&self, name: &str, kind: AttributeType) -> TractResult<Option<&AttributeProto>> {
-        let Some(a) = self.node.attribute.iter().find(|a| a.name == name) else {
-            return Ok(None);
-        };
-        if a.r#type != kind as i32 && a.r#type != AttributeType::Undefined as i32 {
-            return Err(self.invalid(name, format!("is not of type {}", kind.as_str_name())));
-        }
-        Ok(Some(a))
-    }
-
-    fn ints(&self, name: &str) -> TractResult<Option<&[i64]>> {
-        Ok(self
-            .get(name, AttributeType::Ints)?
-            .map(|a| a.ints.as_slice()))
-    }
-
-    fn int(&self, name: &str) -> TractResult<Option<i64>> {
-        Ok(self.get(name, AttributeType::Int)?.map(|a| a.i))
-    }
-
-    fn string(&self, name: &str) -> TractResult<Option<String>> {
-        self.get(name, AttributeType::String)?
-            .map(|a| String::from_utf8(a.s.clone()).map_err(|_| self.invalid(name, "is not UTF-8")))
-            .transpose()
-    }
-
-    fn strings(&self, name: &str) -> TractResult<Option<Vec<String>>> {
-        self.get(name, AttributeType::Strings)?
-            .map(|a| {
-                a.strings
-                    .iter()
-                    .map(|s| {
-                        String::from_utf8(s.clone())
-                            .map_err(|_| self.invalid(name, "holds a string that is not UTF-8"))
-                    })
-                    .collect()
-            })
-            .transpose()
-    }
-
     /// `name` (`FLOATS`) or `name_as_tensor` (a tensor of floats or doubles), widened to f64;
     /// true when the tensor holds doubles.
     fn values(

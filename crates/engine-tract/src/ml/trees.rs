@@ -18,6 +18,9 @@
 
 use std::fmt;
 
+use super::common::{invalid, logistic, probit, transform, unsupported};
+pub use super::common::{BuildError, Labels, PostTransform};
+
 /// `leaf_of` of an internal node.
 const NOT_LEAF: u32 = u32::MAX;
 
@@ -61,28 +64,6 @@ impl Mode {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PostTransform {
-    None,
-    Softmax,
-    Logistic,
-    SoftmaxZero,
-    Probit,
-}
-
-impl PostTransform {
-    pub fn parse(s: &str) -> Result<PostTransform, String> {
-        Ok(match s {
-            "NONE" => PostTransform::None,
-            "SOFTMAX" => PostTransform::Softmax,
-            "LOGISTIC" => PostTransform::Logistic,
-            "SOFTMAX_ZERO" => PostTransform::SoftmaxZero,
-            "PROBIT" => PostTransform::Probit,
-            other => return Err(format!("unknown post_transform '{other}'")),
-        })
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Aggregate {
     Sum,
     Average,
@@ -99,21 +80,6 @@ impl Aggregate {
             "MAX" => Aggregate::Max,
             other => return Err(format!("unknown aggregate_function '{other}'")),
         })
-    }
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum Labels {
-    Int(Vec<i64>),
-    Str(Vec<String>),
-}
-
-impl Labels {
-    fn len(&self) -> usize {
-        match self {
-            Labels::Int(v) => v.len(),
-            Labels::Str(v) => v.len(),
-        }
     }
 }
 
@@ -150,37 +116,6 @@ pub struct Attributes {
     pub base_values: Vec<f64>,
     pub post_transform: Option<PostTransform>,
     pub double: bool,
-}
-
-/// Why an ensemble cannot be built: the attribute it is about and what is wrong with it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BuildError {
-    pub attribute: &'static str,
-    pub reason: String,
-    /// The model is valid ONNX that this engine does not serve (rather than a malformed one).
-    pub unsupported: bool,
-}
-
-impl fmt::Display for BuildError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "attribute '{}': {}", self.attribute, self.reason)
-    }
-}
-
-fn invalid(attribute: &'static str, reason: impl Into<String>) -> BuildError {
-    BuildError {
-        attribute,
-        reason: reason.into(),
-        unsupported: false,
-    }
-}
-
-fn unsupported(attribute: &'static str, reason: impl Into<String>) -> BuildError {
-    BuildError {
-        attribute,
-        reason: reason.into(),
-        unsupported: true,
-    }
 }
 
 /// The label a classifier picked for a row: an index into its labels, or one of onnxruntime's
@@ -1058,68 +993,6 @@ fn depths(roots: &[u32], children: &[u32], leaf_of: &[u32]) -> Result<Vec<u32>, 
         out.push(depth[root as usize]);
     }
     Ok(out)
-}
-
-/// `write_scores` for two or more scores, in place.
-fn transform(post: PostTransform, scores: &mut [f32]) {
-    match post {
-        PostTransform::None => {}
-        PostTransform::Logistic => scores.iter_mut().for_each(|s| *s = logistic(*s)),
-        PostTransform::Probit => scores.iter_mut().for_each(|s| *s = probit(*s)),
-        PostTransform::Softmax => {
-            let max = scores
-                .iter()
-                .fold(-f32::MAX, |m, &s| if s > m { s } else { m });
-            let mut sum = 0f32;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            scores.iter_mut().for_each(|s| *s /= sum);
-        }
-        PostTransform::SoftmaxZero => {
-            // Zeros stay (nearly) zero: they are scaled, not exponentiated.
-            let max = scores
-                .iter()
-                .fold(-f32::MAX, |m, &s| if s > m { s } else { m });
-            let exp_neg_max = (-max).exp();
-            let mut sum = 0f32;
-            for s in scores.iter_mut() {
-                if *s > 0.000_000_1 || *s < -0.000_000_1 {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                } else {
-                    *s *= exp_neg_max;
-                }
-            }
-            scores.iter_mut().for_each(|s| *s /= sum);
-        }
-    }
-}
-
-/// onnxruntime's `ComputeLogistic`: symmetric, so large negative scores keep their precision.
-fn logistic(v: f32) -> f32 {
-    let p = 1.0 / (1.0 + (-v.abs()).exp());
-    if v < 0.0 {
-        1.0 - p
-    } else {
-        p
-    }
-}
-
-/// onnxruntime's `ComputeProbit`, with its approximation of the inverse error function.
-fn probit(v: f32) -> f32 {
-    std::f32::consts::SQRT_2 * erf_inv(2.0 * v - 1.0)
-}
-
-fn erf_inv(x: f32) -> f32 {
-    let sign = if x < 0.0 { -1.0f32 } else { 1.0 };
-    let x = (1.0 - x) * (1.0 + x);
-    let log = x.ln();
-    let v = 2.0 / (std::f32::consts::PI * 0.147) + 0.5 * log;
-    let v2 = 1.0 / 0.147 * log;
-    let v3 = -v + (v * v - v2).sqrt();
-    sign * v3.sqrt()
 }
 
 /// The two precisions onnxruntime computes trees in (its `ThresholdType`).
