@@ -6,25 +6,70 @@ use std::sync::Arc;
 
 pub use cairn_core::engine::*;
 
-/// Builds the engine `options.kind` names. `auto` takes the first that can: the CUDA engine
-/// when a GPU is there and the model is in its subset, else onnxruntime when its library loads,
-/// else tract. With
+/// Builds the engine `options.kind` names. `auto` tries, in turn, the CUDA engine (when a GPU
+/// is there and the model is in its subset), onnxruntime (when its library loads) and tract,
+/// and takes the first that loads the model. Every engine refuses at load what it would not
+/// answer as onnxruntime does (tract names the operator), so the first that loads is one that
+/// serves the model correctly; a model that none takes fails with each engine's reason. With
 /// `fallback_to_cpu`, a kind that cannot take the model gives way to tract, with a log line;
 /// the engine's `info()` then says tract, which is how the caller counts the fallback.
 pub fn load(path: &Path, options: &LoadOptions) -> Result<Arc<dyn Engine>, EngineError> {
-    let chosen = match options.kind {
-        EngineKind::Auto if cuda_takes(path, options) => EngineKind::Cuda,
-        EngineKind::Auto if ort_available() => EngineKind::Ort,
-        EngineKind::Auto => EngineKind::Tract,
-        kind => kind,
-    };
-    match load_kind(chosen, path, options) {
-        Err(e) if options.fallback_to_cpu && chosen != EngineKind::Tract => {
-            tracing::warn!(path = %path.display(), engine = chosen.as_str(), error = %e,
+    if options.kind == EngineKind::Auto {
+        return load_auto(path, options);
+    }
+    match load_kind(options.kind, path, options) {
+        Err(e) if options.fallback_to_cpu && options.kind != EngineKind::Tract => {
+            tracing::warn!(path = %path.display(), engine = options.kind.as_str(), error = %e,
                 "the engine cannot take the model; falling back to the CPU engine (tract)");
             load_kind(EngineKind::Tract, path, options)
         }
         other => other,
+    }
+}
+
+/// `auto`: the engines in order of preference, each given the model until one loads it.
+fn load_auto(path: &Path, options: &LoadOptions) -> Result<Arc<dyn Engine>, EngineError> {
+    let mut refused: Vec<String> = Vec::new();
+    if cuda_takes(path, options) {
+        match load_kind(EngineKind::Cuda, path, options) {
+            Ok(engine) => return Ok(engine),
+            Err(e) => refused.push(format!("cuda: {}", reason(&e))),
+        }
+    }
+    if ort_available() {
+        match load_kind(EngineKind::Ort, path, options) {
+            Ok(engine) => {
+                return Ok(engine);
+            }
+            Err(e) => refused.push(format!("ort: {}", reason(&e))),
+        }
+    } else {
+        refused.push("ort: its library is not loaded (onnxruntime_library)".into());
+    }
+    match load_kind(EngineKind::Tract, path, options) {
+        Ok(engine) => {
+            tracing::info!(path = %path.display(), passed_over = %refused.join("; "),
+                "[engine] kind = \"auto\": tract serves the model");
+            Ok(engine)
+        }
+        Err(e) => {
+            refused.push(format!("tract: {}", reason(&e)));
+            Err(EngineError::Load {
+                path: path.display().to_string(),
+                reason: format!(
+                    "no engine serves it ([engine] kind = \"auto\"): {}",
+                    refused.join("; ")
+                ),
+            })
+        }
+    }
+}
+
+/// An engine's refusal without the path every `Load` error repeats.
+fn reason(e: &EngineError) -> String {
+    match e {
+        EngineError::Load { reason, .. } => reason.clone(),
+        other => other.to_string(),
     }
 }
 

@@ -21,11 +21,6 @@ pub fn parse_json_data(
     expected_len: usize,
     body: &Bytes,
 ) -> Result<TensorData, String> {
-    if matches!(dtype, DataType::Fp16 | DataType::Bf16) {
-        return Err(format!(
-            "datatype {dtype} has no JSON representation; send it with the binary tensor data extension"
-        ));
-    }
     let text = raw.get().len();
     let mut sink = match dtype {
         // A string element takes at least three characters: `"",`.
@@ -134,6 +129,31 @@ impl ElementSeed<'_> {
         E::custom(format!("expected {} elements, found {what}", self.dtype))
     }
 
+    /// A JSON number as FP16 or BF16 (rounded to nearest). A finite number beyond the type's
+    /// range is refused rather than sent to the model as infinity.
+    fn half<E: de::Error>(&mut self, v: f64) -> Result<(), E> {
+        let finite = match self.dtype {
+            DataType::Fp16 => {
+                let h = half::f16::from_f64(v);
+                self.push(h);
+                h.is_finite()
+            }
+            _ => {
+                let h = half::bf16::from_f64(v);
+                self.push(h);
+                h.is_finite()
+            }
+        };
+        if finite {
+            Ok(())
+        } else {
+            Err(E::custom(format!(
+                "value {v} is out of range for {}",
+                self.dtype
+            )))
+        }
+    }
+
     fn integer<E: de::Error>(&mut self, v: i128) -> Result<(), E> {
         self.room()?;
         macro_rules! push_int {
@@ -155,9 +175,8 @@ impl ElementSeed<'_> {
             DataType::Int64 => push_int!(i64),
             DataType::Fp32 => self.push(v as f32),
             DataType::Fp64 => self.push(v as f64),
-            DataType::Bool | DataType::Bytes | DataType::Fp16 | DataType::Bf16 => {
-                return Err(self.wrong(&format!("the number {v}")))
-            }
+            DataType::Fp16 | DataType::Bf16 => self.half(v as f64)?,
+            DataType::Bool | DataType::Bytes => return Err(self.wrong(&format!("the number {v}"))),
         }
         Ok(())
     }
@@ -209,6 +228,7 @@ impl<'de> Visitor<'de> for ElementSeed<'_> {
         match self.dtype {
             DataType::Fp32 => self.push(v as f32),
             DataType::Fp64 => self.push(v),
+            DataType::Fp16 | DataType::Bf16 => self.half(v)?,
             _ => return Err(self.wrong(&format!("the number {v}"))),
         }
         Ok(())
@@ -295,6 +315,28 @@ mod tests {
     }
 
     #[test]
+    fn half_precision_numbers_round_to_nearest_and_overflow_is_refused() {
+        let want: Vec<u8> = [1.0f32, 0.1, -2.25, 65504.0]
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect();
+        assert_eq!(fixed("[1, 0.1, -2.25, 65504]", DataType::Fp16), want);
+        assert_eq!(
+            fixed("[0.1]", DataType::Fp16),
+            0x2e66u16.to_le_bytes().to_vec(),
+            "0.1 rounds to the nearest FP16, 0x2e66"
+        );
+        let err = parse("[70000]", DataType::Fp16).unwrap_err();
+        assert!(err.contains("out of range for FP16"), "{err}");
+        let want: Vec<u8> = [1.0f32, 3e38]
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect();
+        assert_eq!(fixed("[1, 3e38]", DataType::Bf16), want);
+        assert!(parse("[1e39]", DataType::Bf16).is_err());
+    }
+
+    #[test]
     fn integers_are_range_checked() {
         assert_eq!(fixed("[1, -1]", DataType::Int8), vec![1, 0xff]);
         let err = parse("[300]", DataType::Uint8).unwrap_err();
@@ -320,7 +362,6 @@ mod tests {
         assert!(parse(r#"["a"]"#, DataType::Fp32).is_err());
         assert!(parse("[null]", DataType::Fp32).is_err());
         assert!(parse(r#"[{"a": 1}]"#, DataType::Fp32).is_err());
-        assert!(parse("[1]", DataType::Fp16).unwrap_err().contains("binary"));
     }
 
     #[test]

@@ -14,8 +14,8 @@ pub struct EncodedResponse {
     pub header_len: Option<usize>,
 }
 
-/// Encodes a response. Outputs marked binary, and FP16/BF16 outputs, which JSON cannot carry,
-/// follow the JSON header in the order they appear in it.
+/// Encodes a response. Outputs marked binary follow the JSON header in the order they appear in
+/// it; the others are JSON arrays (FP16 and BF16 values as numbers, widened exactly).
 pub fn encode_response(response: &InferResponse<'_>) -> EncodedResponse {
     let binary_len: usize = response
         .outputs
@@ -59,7 +59,7 @@ pub fn write_binary(tensor: &Tensor, out: &mut Vec<u8>) {
 }
 
 fn is_binary(output: &ResponseOutput<'_>) -> bool {
-    output.binary || matches!(output.tensor.dtype, DataType::Fp16 | DataType::Bf16)
+    output.binary
 }
 
 fn json_data_estimate(response: &InferResponse<'_>) -> usize {
@@ -140,14 +140,27 @@ impl Serialize for JsonData<'_> {
                 DataType::Int64 => seq_of::<i64, S>(s, bytes),
                 DataType::Fp32 => seq_of::<f32, S>(s, bytes),
                 DataType::Fp64 => seq_of::<f64, S>(s, bytes),
-                // Sent binary by `is_binary`; an empty array keeps the JSON well-formed if a
-                // future caller forgets.
-                DataType::Fp16 | DataType::Bf16 | DataType::Bytes => {
-                    s.serialize_seq(Some(0))?.end()
-                }
+                // Half-precision values widen to FP32 exactly; JSON has one number type.
+                DataType::Fp16 => widened::<half::f16, S>(s, bytes, half::f16::to_f32),
+                DataType::Bf16 => widened::<half::bf16, S>(s, bytes, half::bf16::to_f32),
+                // BYTES data is serialized above as strings; an empty array keeps the JSON
+                // well-formed if a future caller forgets.
+                DataType::Bytes => s.serialize_seq(Some(0))?.end(),
             },
         }
     }
+}
+
+fn widened<T: Element, S: Serializer>(
+    s: S,
+    bytes: &[u8],
+    widen: fn(T) -> f32,
+) -> Result<S::Ok, S::Error> {
+    let mut seq = s.serialize_seq(Some(bytes.len() / T::SIZE))?;
+    for chunk in bytes.chunks_exact(T::SIZE) {
+        seq.serialize_element(&widen(T::read_le(chunk)))?;
+    }
+    seq.end()
 }
 
 fn seq_of<T: Element + Serialize, S: Serializer>(s: S, bytes: &[u8]) -> Result<S::Ok, S::Error> {

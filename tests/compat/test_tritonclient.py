@@ -26,6 +26,10 @@ MODELS = {
     "simple": os.path.join(ROOT, "tests", "models", "simple"),
     "dtypes": os.path.join(ROOT, "tests", "models", "dtypes"),
     "strings": os.path.join(ROOT, "tests", "models", "strings"),
+    # Half precision (onnxconverter-common's float16): FP16 inputs and outputs, and FP16 inside
+    # FP32 edges with the Softmax kept in FP32.
+    "fp16-cnn": os.path.join(ROOT, "tests", "models", "zoo", "fp16-cnn"),
+    "fp16-mlp-mixed": os.path.join(ROOT, "tests", "models", "zoo", "fp16-mlp-mixed"),
 }
 
 
@@ -132,6 +136,26 @@ class TritonClientCompat(unittest.TestCase):
             for binary in (False, True):
                 with self.subTest(model=model, version=version, binary=binary):
                     self.infer_and_compare(model, version, inputs, binary)
+
+    def test_half_precision_in_json_and_binary(self):
+        # The zoo's recorded rows: their labels are clear of FP16 rounding between engines.
+        import json
+
+        with open(os.path.join(ROOT, "tests", "models", "zoo", "expected.json")) as f:
+            expected = json.load(f)
+        for model in ("fp16-cnn", "fp16-mlp-mixed"):
+            case = expected[f"tests/models/zoo/{model}/1/model.onnx"][1]
+            inputs = {
+                name: np.array(t["data"], dtype=np.float16 if t["datatype"] == "FP16" else np.float32)
+                .reshape(t["shape"])
+                for name, t in case["inputs"].items()
+            }
+            for binary in (False, True):
+                with self.subTest(model=model, binary=binary):
+                    self.infer_and_compare(model, 1, inputs, binary, atol=1e-2)
+        meta = self.client.get_model_metadata("fp16-cnn")
+        self.assertEqual(meta["inputs"][0]["datatype"], "FP16")
+        self.assertEqual(self.client.get_model_config("fp16-cnn")["input"][0]["data_type"], "TYPE_FP16")
 
     def test_default_binary_outputs_and_compression(self):
         # No outputs listed: the client asks for binary_data_output and gets every output.

@@ -31,6 +31,8 @@ MODELS = {
     "simple": os.path.join(ROOT, "tests", "models", "simple"),
     "dtypes": os.path.join(ROOT, "tests", "models", "dtypes"),
     "strings": os.path.join(ROOT, "tests", "models", "strings"),
+    # Half precision (onnxconverter-common's float16): FP16 in raw contents both ways.
+    "fp16-cnn": os.path.join(ROOT, "tests", "models", "zoo", "fp16-cnn"),
 }
 TOKEN = "grpc-compat-token"
 
@@ -74,14 +76,14 @@ class TritonGrpcCompat(unittest.TestCase):
         cls.server.stop()
         shutil.rmtree(cls.repo, ignore_errors=True)
 
-    def check_result(self, model, version, arrays, result):
+    def check_result(self, model, version, arrays, result, atol=1e-5):
         expected = reference(MODELS[model], version, arrays)
         for name, want in expected.items():
             got = result.as_numpy(name)
             self.assertIsNotNone(got, f"{model}: output {name} missing")
             self.assertEqual(tuple(got.shape), tuple(want.shape), f"{model}:{name} shape")
             if want.dtype.kind == "f":
-                np.testing.assert_allclose(got, want, rtol=0, atol=1e-5, err_msg=f"{model}:{name}")
+                np.testing.assert_allclose(got, want, rtol=0, atol=atol, err_msg=f"{model}:{name}")
             elif want.dtype == object:
                 got_list = [g.decode() if isinstance(g, bytes) else g for g in got.flatten()]
                 self.assertEqual(got_list, list(want.flatten()), f"{model}:{name}")
@@ -158,6 +160,20 @@ class TritonGrpcCompat(unittest.TestCase):
                 self.assertEqual(result.get_response().model_version, str(version))
                 self.assertEqual(len(result.get_response().raw_output_contents), len(outputs))
                 self.check_result(model, version, arrays, result)
+
+    def test_half_precision_in_raw_contents(self):
+        import json
+
+        with open(os.path.join(ROOT, "tests", "models", "zoo", "expected.json")) as f:
+            case = json.load(f)["tests/models/zoo/fp16-cnn/1/model.onnx"][1]
+        arrays = {"image": np.array(case["inputs"]["image"]["data"], dtype=np.float16)
+                  .reshape(case["inputs"]["image"]["shape"])}
+        metadata = self.client.get_model_metadata("fp16-cnn")
+        self.assertEqual(metadata.inputs[0].datatype, "FP16")
+        outputs = [grpcclient.InferRequestedOutput(o.name) for o in metadata.outputs]
+        result = self.client.infer("fp16-cnn", inputs_for(metadata, arrays), outputs=outputs)
+        self.assertEqual(result.as_numpy("probabilities").dtype, np.float16)
+        self.check_result("fp16-cnn", 1, arrays, result, atol=1e-2)
 
     def test_typed_contents_equal_onnxruntime(self):
         # The client only sends raw contents; the protocol also allows typed ones.

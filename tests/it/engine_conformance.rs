@@ -31,6 +31,13 @@ pub(crate) fn tensor_from_json(t: &Value) -> Tensor {
         DataType::Fp64 => {
             Tensor::from_values(shape, &data.iter().map(float_or_nan).collect::<Vec<_>>())
         }
+        DataType::Fp16 => Tensor::from_values(
+            shape,
+            &data
+                .iter()
+                .map(|v| half::f16::from_f64(float_or_nan(v)))
+                .collect::<Vec<_>>(),
+        ),
         DataType::Int32 => Tensor::from_values(
             shape,
             &data
@@ -78,6 +85,12 @@ pub(crate) fn tensor_to_json(t: &Tensor) -> Value {
             .unwrap()
             .into_iter()
             .map(|v| Value::from(v as f64))
+            .collect(),
+        DataType::Fp16 => t
+            .to_values::<half::f16>()
+            .unwrap()
+            .into_iter()
+            .map(|v| Value::from(v.to_f64()))
             .collect(),
         DataType::Fp64 => t
             .to_values::<f64>()

@@ -44,6 +44,7 @@ V2_DATATYPES = {
     np.dtype(np.bool_): "BOOL",
     np.dtype(np.int32): "INT32",
     np.dtype(np.int64): "INT64",
+    np.dtype(np.float16): "FP16",
     np.dtype(np.float32): "FP32",
     np.dtype(np.float64): "FP64",
     np.dtype(object): "BYTES",

@@ -301,6 +301,8 @@ element!(i8, DataType::Int8);
 element!(i16, DataType::Int16);
 element!(i32, DataType::Int32);
 element!(i64, DataType::Int64);
+element!(half::f16, DataType::Fp16);
+element!(half::bf16, DataType::Bf16);
 element!(f32, DataType::Fp32);
 element!(f64, DataType::Fp64);
 

@@ -351,6 +351,8 @@ fn host_type(t: TensorElementType) -> Option<DataType> {
         TensorElementType::Int16 => DataType::Int16,
         TensorElementType::Int32 => DataType::Int32,
         TensorElementType::Int64 => DataType::Int64,
+        TensorElementType::Float16 => DataType::Fp16,
+        TensorElementType::Bfloat16 => DataType::Bf16,
         TensorElementType::Float32 => DataType::Fp32,
         TensorElementType::Float64 => DataType::Fp64,
         TensorElementType::String => DataType::Bytes,
@@ -488,6 +490,8 @@ fn to_value(input: &BatchInput<'_>, dtype: DataType) -> Result<DynValue, EngineE
         DataType::Int32 => typed_value!(&parts, shape, i32),
         DataType::Uint64 => typed_value!(&parts, shape, u64),
         DataType::Int64 => typed_value!(&parts, shape, i64),
+        DataType::Fp16 => typed_value!(&parts, shape, half::f16),
+        DataType::Bf16 => typed_value!(&parts, shape, half::bf16),
         DataType::Fp32 => typed_value!(&parts, shape, f32),
         DataType::Fp64 => typed_value!(&parts, shape, f64),
         other => {
@@ -539,13 +543,10 @@ fn from_value(value: &DynValue, dtype: DataType) -> Result<HostTensor, EngineErr
         DataType::Int32 => fixed_output!(value, i32, dtype),
         DataType::Uint64 => fixed_output!(value, u64, dtype),
         DataType::Int64 => fixed_output!(value, i64, dtype),
+        DataType::Fp16 => fixed_output!(value, half::f16, dtype),
+        DataType::Bf16 => fixed_output!(value, half::bf16, dtype),
         DataType::Fp32 => fixed_output!(value, f32, dtype),
         DataType::Fp64 => fixed_output!(value, f64, dtype),
-        other => {
-            return Err(EngineError::Unsupported(format!(
-                "an output of type {other}"
-            )))
-        }
     };
     HostTensor::new(dtype, shape, data).map_err(run_err)
 }

@@ -46,9 +46,10 @@ impl TractEngine {
             reason: e.to_string(),
         };
         let onnx = onnx();
-        let proto = onnx
+        let mut proto = onnx
             .proto_model_for_path(path)
             .map_err(|e| load_err(&format!("{e:#}")))?;
+        unique_node_names(&mut proto);
         let zipmaps = cairn_core::onnx_scan::zipmap_outputs(path)
             .map_err(|e| load_err(&format!("reading the model's ZipMap nodes: {e}")))?;
         let mut attempts = vec![Shapes::Declared];
@@ -97,6 +98,51 @@ enum Shapes {
     SharedLeading,
     /// As `SharedLeading`, and the intermediate `value_info` shapes ignored.
     WithoutValueInfo,
+}
+
+/// Gives every node of the main graph a name no other node has. tract names an unnamed node
+/// after its first output and refuses a graph where two nodes share a name; onnxconverter's
+/// FP16 conversion writes exactly that (an unnamed node whose output is `_cast_to_<output>`
+/// beside the Cast node of that name), and onnxruntime, which ignores node names, serves it.
+fn unique_node_names(proto: &mut tract_onnx::pb::ModelProto) {
+    use std::collections::HashSet;
+    let Some(g) = proto.graph.as_mut() else {
+        return;
+    };
+    let mut taken: HashSet<String> = g
+        .node
+        .iter()
+        .filter(|n| !n.name.is_empty())
+        .map(|n| n.name.clone())
+        .collect();
+    let mut seen: HashSet<String> = HashSet::new();
+    for (i, node) in g.node.iter_mut().enumerate() {
+        let wanted = if !node.name.is_empty() {
+            node.name.clone()
+        } else if let Some(out) = node.output.first().filter(|o| !o.is_empty()) {
+            out.clone()
+        } else {
+            format!("{i}-{}", node.op_type)
+        };
+        // A named node keeps its name the first time it is seen; an unnamed one takes tract's
+        // default only where no node is called that.
+        let free = if node.name.is_empty() {
+            !taken.contains(&wanted)
+        } else {
+            !seen.contains(&wanted)
+        };
+        let name = if free {
+            wanted
+        } else {
+            (1..)
+                .map(|k| format!("{wanted}#{k}"))
+                .find(|n| !taken.contains(n))
+                .expect("an unbounded range finds a free name")
+        };
+        taken.insert(name.clone());
+        seen.insert(name.clone());
+        node.name = name;
+    }
 }
 
 /// How many graph inputs (not initializers) have a leading dimension with neither a value nor
@@ -168,8 +214,8 @@ fn build(
     }
     if !missing.is_empty() {
         return Err(load_err(&format!(
-            "tract does not implement the operator {}: [engine] kind = \"ort\" (onnxruntime) \
-             serves it",
+            "tract does not implement the operator {}: [engine] kind = \"ort\" (onnxruntime) or \
+             \"auto\" (the first engine that serves it) does",
             missing.join(", ")
         )));
     }

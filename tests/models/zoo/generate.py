@@ -1,28 +1,27 @@
 """The model zoo: tree ensembles and scikit-learn pipelines from real exporters, hand-written
 graphs, and onnxruntime's answers to them.
 
-Exact versions this was run with (pip, Python 3.11; xgboost 3.2.0 is the newest for 3.11):
+Exact versions: tests/compat/requirements.txt (scikit-learn 1.9.1, skl2onnx 1.20.0,
+onnxruntime 1.32.0, onnx 1.23.2, onnxmltools 1.16.0, onnxconverter-common 1.16.0, xgboost-cpu
+3.2.0, lightgbm 4.7.0; Python 3.11). Run from the repository root:
 
-    scikit-learn==1.9.1 skl2onnx==1.20.0 onnxruntime==1.32.0 onnx==1.23.2 numpy==2.4.6
-    scipy==1.17.1 onnxmltools==1.16.0 onnxconverter-common==1.16.0 xgboost==3.2.0
-    lightgbm==4.7.0
-
-Run from the repository root:
-
-    python3 -m venv /tmp/zoo-venv
-    /tmp/zoo-venv/bin/pip install <the pins above>
-    /tmp/zoo-venv/bin/python tests/models/zoo/generate.py
-    /tmp/zoo-venv/bin/python tests/models/zoo/generate.py --bench-model   # 500 trees, to target/
+    .venv/bin/pip install -r tests/compat/requirements.txt
+    .venv/bin/python tests/models/zoo/generate.py
+    .venv/bin/python tests/models/zoo/generate.py --bench-model   # 500 trees, to target/
+    .venv/bin/python tests/models/zoo/generate.py --out /tmp/zoo  # elsewhere: CI serves that
+                                                                  # (CAIRN_ZOO_DIR, tests/it/zoo.rs)
 
 Every model is trained on data shipped inside scikit-learn (nothing is downloaded), small
 (tens of trees, depth <= 6). Besides the exporters' models, `spec-*` models are written by hand
 with onnx.helper to reach what exporters rarely write: every node mode, every aggregate
 function, every post transform, base values, the binary special cases, integer and double
 inputs. The models beyond trees (pipelines, linear models, SVMs, text, ZipMap, k-means, a
-torch-style graph, and their `spec-*` graphs) are in pipelines.py beside this file.
+torch-style graph, FP16 and mixed-precision graphs from onnxconverter-common, and their `spec-*`
+graphs) are in pipelines.py beside this file.
 onnxruntime's outputs for held-out rows are recorded (a ZipMap's sequence of maps as the
 [N, classes] FP32 tensor cairn answers); the tests hold every engine to them. Rows whose label
-is within 1e-4 of changing are not used. Writes, beside this script:
+is within 1e-4 of changing (2e-2 for the FP16 models) are not used. Writes, beside this script
+(or to `--out`):
 
     <name>/1/model.onnx, <name>/config.toml
     expected.json   {model path from the repo root: [case, ...]} (tests/models/expected.json's form)
@@ -49,6 +48,9 @@ from onnx import TensorProto, numpy_helper
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent.parent.parent
+# Where the zoo is written: beside this script, or `--out` (CI regenerates it there and serves
+# it, so that the exporters' current output is what the engines are held to).
+OUT = HERE
 
 
 def _load_test_models_generator():
@@ -454,7 +456,7 @@ def tree_ops(model):
 
 
 def opsets(model):
-    return ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import)
+    return ", ".join(sorted(f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import))
 
 
 def tensor_json(array):
@@ -518,20 +520,34 @@ def clear_label_rows(sess, x, rng, rows):
     return x[np.sort(rng.choice(eligible, size=rows, replace=False))]
 
 
+def computes_in_half(model) -> bool:
+    """Whether any weight or cast of the graph is FP16 (its outputs may still be FP32)."""
+    g = model.graph
+    return any(t.data_type == onnx.TensorProto.FLOAT16 for t in g.initializer) or any(
+        n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT16
+                                    for a in n.attribute) for n in g.node)
+
+
+def zoo_key(version: Path) -> str:
+    """expected.json's key for a model: its path in the repository, wherever it was written
+    (tests/it/zoo.rs finds the file under the zoo directory it is given)."""
+    return f"tests/models/zoo/{version.parent.name}/1/model.onnx"
+
+
 def write(name, model, x_pool, rng, expected, manifest, description):
     data = model.SerializeToString()
     assert len(data) <= MAX_MODEL_BYTES, f"{name} is {len(data)} bytes"
-    version = HERE / name / "1"
+    version = OUT / name / "1"
     version.mkdir(parents=True, exist_ok=True)
     (version / "model.onnx").write_bytes(data)
-    (HERE / name / "config.toml").write_text(
+    (OUT / name / "config.toml").write_text(
         f"# {description}\nmax_batch_size = 64\n", encoding="utf-8")
     sess = session(data)
     cases = []
     for rows in ROWS:
         x = clear_label_rows(sess, x_pool, rng, rows)
         cases.append(run_case(sess, {"input": x}))
-    rel = str((version / "model.onnx").relative_to(REPO_ROOT))
+    rel = zoo_key(version)
     expected[rel] = cases
     manifest.append((name, description, opsets(model), tree_ops(model), len(data)))
     print(f"{rel}: {len(data)} bytes, {tree_ops(model)}")
@@ -565,10 +581,10 @@ def write_model(m, expected, manifest, exporters):
     """One model of pipelines.py: any inputs, labels kept clear of ties, ZipMap as a tensor."""
     data = m.model.SerializeToString()
     assert len(data) <= MAX_MODEL_BYTES, f"{m.name} is {len(data)} bytes"
-    version = HERE / m.name / "1"
+    version = OUT / m.name / "1"
     version.mkdir(parents=True, exist_ok=True)
     (version / "model.onnx").write_bytes(data)
-    (HERE / m.name / "config.toml").write_text(
+    (OUT / m.name / "config.toml").write_text(
         f"# {m.description}\n" + "\n".join(m.config) + "\n", encoding="utf-8")
     sess = session(data)
     zipmaps = zipmap_keys(m.model)
@@ -577,11 +593,15 @@ def write_model(m, expected, manifest, exporters):
     cases = []
     for rows in ROWS:
         pool = m.inputs(rng, 200)
-        clear = np.flatnonzero(margin(pool) >= MIN_LABEL_MARGIN)
+        clear = np.flatnonzero(margin(pool) >= (m.min_margin or MIN_LABEL_MARGIN))
         assert len(clear) >= rows, f"{m.name}: {len(clear)} rows clear of label ties"
         pick = np.sort(rng.choice(clear, size=rows, replace=False))
-        cases.append(run_case(sess, {k: v[pick] for k, v in pool.items()}, zipmaps))
-    rel = str((version / "model.onnx").relative_to(REPO_ROOT))
+        case = run_case(sess, {k: v[pick] for k, v in pool.items()}, zipmaps)
+        if computes_in_half(m.model):
+            # Every layer rounds to 11 bits, and engines order their sums differently.
+            case["tolerance"] = 1e-2
+        cases.append(case)
+    rel = zoo_key(version)
     expected[rel] = cases
     exporters[m.name] = m.exporter
     manifest.append((m.name, m.description, opsets(m.model), tree_ops(m.model), len(data)))
@@ -601,7 +621,7 @@ def write_manifest(manifest, exporters):
     for name, description, ops, trees, size in manifest:
         lines.append(f"| `{name}` | {exporters.get(name, 'onnx.helper')} | {description} | "
                      f"{ops} | {trees} | {size:,} |")
-    (HERE / "MODELS.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (OUT / "MODELS.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def bench_model():
@@ -624,7 +644,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bench-model", action="store_true",
                         help="write the 500-tree bench model to target/zoo-bench/ and stop")
+    parser.add_argument("--out", type=Path,
+                        help="write the zoo to this directory instead of beside this script")
     args = parser.parse_args()
+    global OUT
+    if args.out:
+        OUT = args.out.resolve()
+        OUT.mkdir(parents=True, exist_ok=True)
     _patch_onnx_bool_attributes()
     if args.bench_model:
         bench_model()
@@ -643,7 +669,7 @@ def main() -> None:
         write(name, model, inputs(rng, 200), rng, expected, manifest, description)
     for m in pipelines.all_models():
         write_model(m, expected, manifest, exporters)
-    TEST_MODELS.write_expected(expected, HERE / "expected.json")
+    TEST_MODELS.write_expected(expected, OUT / "expected.json")
     write_manifest(manifest, exporters)
     print(f"expected.json: {len(expected)} models")
 

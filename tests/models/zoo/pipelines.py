@@ -33,6 +33,9 @@ class Model:
     inputs: Callable[[np.random.Generator, int], dict]
     margin: Callable[[dict], np.ndarray] | None = None
     config: list[str] = field(default_factory=lambda: ["max_batch_size = 64"])
+    # Rows whose margin is below this are not used (generate.py's MIN_LABEL_MARGIN when None):
+    # half-precision models round far more than 1e-4 between engines.
+    min_margin: float | None = None
 
 
 # --------------------------------------------------------------------------
@@ -579,5 +582,87 @@ def torch_models():
     ]
 
 
+def small_cnn():
+    """Conv, BatchNormalization, Relu, MaxPool, GlobalAveragePool, Flatten, Gemm, Softmax:
+    a vision model's layers, on 1x8x8 images."""
+    rng = np.random.default_rng(9)
+    f = np.float32
+    inits = [onnx.numpy_helper.from_array(rng.normal(size=(4, 1, 3, 3)).astype(f) * 0.5, "k"),
+             onnx.numpy_helper.from_array(rng.normal(size=4).astype(f) * 0.1, "kb"),
+             onnx.numpy_helper.from_array(rng.uniform(0.5, 1.5, 4).astype(f), "scale"),
+             onnx.numpy_helper.from_array(rng.normal(size=4).astype(f) * 0.1, "bias"),
+             onnx.numpy_helper.from_array(rng.normal(size=4).astype(f) * 0.1, "mean"),
+             onnx.numpy_helper.from_array(rng.uniform(0.5, 1.5, 4).astype(f), "var"),
+             onnx.numpy_helper.from_array(rng.normal(size=(3, 4)).astype(f), "w"),
+             onnx.numpy_helper.from_array(np.array([0.1, 0.0, -0.1], f), "wb")]
+    nodes = [
+        helper.make_node("Conv", ["image", "k", "kb"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "scale", "bias", "mean", "var"], ["bn"]),
+        helper.make_node("Relu", ["bn"], ["r"]),
+        helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("GlobalAveragePool", ["p"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "w", "wb"], ["logits"], transB=1),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0),
+    ]
+    return graph_model(nodes, [vi("image", F, ["N", 1, 8, 8])],
+                       [vi("label", I64, ["N"]), vi("probabilities", F, ["N", 3])], inits)
+
+
+def fp16_models():
+    """Half precision as onnxconverter-common's float16 converter writes it (the usual way to
+    halve a model): every layer FP16 with FP16 inputs and outputs, FP16 inside FP32 edges (Cast
+    nodes), and a mixed graph keeping its Softmax in FP32."""
+    from onnxconverter_common import float16
+
+    def half(model, **options):
+        converted = float16.convert_float_to_float16(model, **options)
+        onnx.checker.check_model(converted, full_check=True)
+        return converted
+
+    def rows(dtype):
+        def make(rng, n):
+            return {"x": rng.normal(size=(n, 6)).round(2).astype(dtype)}
+        return make
+
+    def images(rng, n):
+        return {"image": rng.normal(size=(n, 1, 8, 8)).round(2).astype(np.float16)}
+
+    def gap(name):
+        """Per row, the gap between the two best probabilities."""
+        def margin(inputs):
+            import onnxruntime as ort
+            sess = ort.InferenceSession(models[name].SerializeToString(),
+                                        providers=["CPUExecutionProvider"])
+            names = [o.name for o in sess.get_outputs()]
+            proba = sess.run(names, inputs)[names.index("probabilities")].astype(np.float64)
+            top = np.sort(proba, axis=1)
+            return top[:, -1] - top[:, -2]
+        return margin
+
+    models = {
+        "fp16-mlp": half(torch_style(False)),
+        "fp16-mlp-fp32-io": half(torch_style(False), keep_io_types=True),
+        "fp16-mlp-mixed": half(torch_style(False), keep_io_types=True, op_block_list=["Softmax"]),
+        "fp16-cnn": half(small_cnn()),
+    }
+    config = ["max_batch_size = 16"]
+    exporter = "onnxconverter-common"
+    return [
+        Model("fp16-mlp", exporter, "the torch-style MLP in FP16, FP16 inputs and outputs",
+              models["fp16-mlp"], rows(np.float16), gap("fp16-mlp"), config, 0.02),
+        Model("fp16-mlp-fp32-io", exporter, "the MLP in FP16 inside FP32 inputs and outputs "
+              "(keep_io_types)", models["fp16-mlp-fp32-io"], rows(np.float32),
+              gap("fp16-mlp-fp32-io"), config, 0.02),
+        Model("fp16-mlp-mixed", exporter, "mixed precision: FP16 layers, Softmax kept in FP32 "
+              "(op_block_list), FP32 edges", models["fp16-mlp-mixed"], rows(np.float32),
+              gap("fp16-mlp-mixed"), config, 0.02),
+        Model("fp16-cnn", exporter, "a small CNN (Conv, BatchNormalization, MaxPool, "
+              "GlobalAveragePool, Gemm) in FP16, FP16 inputs and outputs", models["fp16-cnn"],
+              images, gap("fp16-cnn"), config, 0.02),
+    ]
+
+
 def all_models():
-    return exported() + specs() + torch_models()
+    return exported() + specs() + torch_models() + fp16_models()

@@ -13,7 +13,8 @@ use tract_onnx::tract_hir::internal::*;
 use super::common::BuildError;
 
 /// What a refusal tells the user to do instead.
-pub const ORT_HINT: &str = "tract does not serve it; [engine] kind = \"ort\" (onnxruntime) does";
+pub const ORT_HINT: &str =
+    "tract does not serve it; [engine] kind = \"ort\" (onnxruntime) or \"auto\" (the first engine that serves it) does";
 
 /// A load error naming the operator and the attribute; for a valid model we do not serve, it
 /// says which engine does.

@@ -13,6 +13,7 @@
 mod attrs;
 mod common;
 mod flatten;
+mod gemm;
 mod kernels;
 mod linear;
 mod lookup;
@@ -47,6 +48,7 @@ pub fn onnx() -> tract_onnx::Onnx {
     r.insert("Tokenizer", kernels::tokenizer);
     r.insert("TfIdfVectorizer", kernels::tfidf_vectorizer);
     r.insert("Flatten", flatten::flatten);
+    r.insert("Gemm", gemm::gemm);
     onnx
 }
 
