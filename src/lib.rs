@@ -8,6 +8,7 @@ pub mod engine;
 pub mod gpu_telemetry;
 pub mod grpc;
 pub mod http;
+pub mod listener;
 pub mod memory;
 pub mod metrics;
 pub mod model;
@@ -22,6 +23,7 @@ pub mod routing;
 #[cfg(feature = "cuda")]
 pub mod selftest;
 pub mod server;
+pub mod service;
 pub mod throttle;
 pub mod tls;
 pub mod training;

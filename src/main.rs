@@ -180,7 +180,7 @@ fn serve(config_path: PathBuf, flags: ServerSettings, sources: Sources) -> Resul
     let exe = std::env::current_exe().ok();
     let config = ServerConfig::from_settings(flags.or(file), &config_path, exe)
         .map_err(|e| e.to_string())?;
-    cairn::http::raise_fd_limit();
+    cairn::listener::raise_fd_limit();
     if let Some(library) = &config.onnxruntime_library {
         cairn::engine::set_onnxruntime_library(library.clone());
     }

@@ -7,6 +7,11 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
+/// Payloads (request bodies, gRPC messages, answers) larger than this are decoded or encoded
+/// here rather than inline, so one huge request cannot stall the other connections served by
+/// the same runtime worker. Below it, the hand-off would cost more than the work.
+pub const INLINE_LIMIT: usize = 256 << 10;
+
 /// Permits for request-path blocking work.
 #[derive(Clone)]
 pub struct Offload {

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::ServerConfig;
-use crate::http::{self, AppState, BodyBudget};
+use crate::http;
 use crate::metrics::Metrics;
 use crate::monitor::MonitorHub;
 use crate::offload::Offload;
@@ -19,6 +19,7 @@ use crate::repository::remote::RemoteRepository;
 use crate::repository::Repository;
 use crate::rollout::{Rollout, Rules};
 use crate::routing::{DeploymentRules, Router};
+use crate::service::{AppState, BodyBudget};
 use crate::tls::Tls;
 
 /// How often rollout criteria are evaluated and the deployment state saved.
@@ -44,7 +45,7 @@ impl RunningServer {
     /// when they are done (`/v2/health/ready`).
     pub async fn start(config: ServerConfig) -> std::io::Result<RunningServer> {
         // TLS is built before anything binds: a wrong file fails the start, naming it.
-        let tls_for = |protocol: http::Protocol| -> std::io::Result<Option<Arc<Tls>>> {
+        let tls_for = |protocol: crate::listener::Protocol| -> std::io::Result<Option<Arc<Tls>>> {
             config
                 .tls
                 .clone()
@@ -52,7 +53,7 @@ impl RunningServer {
                 .transpose()
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))
         };
-        let http_tls = tls_for(http::Protocol::Http)?;
+        let http_tls = tls_for(crate::listener::Protocol::Http)?;
         // An object store that cannot be listed fails the start, saying why and what to set.
         let remote = match &config.remote_repository {
             None => None,
@@ -66,7 +67,7 @@ impl RunningServer {
                 Some(remote)
             }
         };
-        let grpc_tls = tls_for(http::Protocol::Grpc)?;
+        let grpc_tls = tls_for(crate::listener::Protocol::Grpc)?;
         let listener = TcpListener::bind(&config.listen).await?;
         let addr = listener.local_addr()?;
         let scheme = if http_tls.is_some() { "https" } else { "http" };

@@ -29,7 +29,7 @@ use tokio::time::Sleep;
 use tonic::Status;
 
 use super::scan::{self, Kind};
-use crate::http::{ApiError, BodyBudget, Reservation};
+use crate::service::{ApiError, BodyBudget, Reservation};
 
 /// The reservations of a call's admitted messages, oldest first, in its request's extensions.
 #[derive(Clone, Default)]

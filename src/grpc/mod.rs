@@ -13,6 +13,7 @@ mod messages;
 #[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
 pub mod proto;
 mod scan;
+mod status;
 mod tensors;
 mod views;
 
@@ -27,9 +28,13 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::config::ModelConfig;
-use crate::http::{self as rest, ApiError, AppState, Protocol};
+use crate::listener::{serve_connections, Protocol};
+use crate::offload::INLINE_LIMIT;
 use crate::repository::LoadOverride;
 use crate::routing::RequestKeys;
+use crate::service::{
+    check_bearer, loaded_versions, stats_versions, ApiError, AppState, EXTENSIONS,
+};
 use messages::{Bounds, Held, Messages};
 use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 
@@ -55,7 +60,7 @@ pub async fn serve(
         timeout: state.config.connections.body_read_timeout,
         budget: Arc::clone(&state.body_budget),
     };
-    rest::serve_connections(
+    serve_connections(
         listener,
         state,
         shutdown,
@@ -214,7 +219,7 @@ impl Api {
     }
 
     fn authorize(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), ApiError> {
-        rest::check_bearer(
+        check_bearer(
             &self.state,
             metadata.get("authorization").map(|v| v.as_bytes()),
         )
@@ -239,7 +244,7 @@ async fn infer(
 ) -> Result<proto::ModelInferResponse, ApiError> {
     let model = std::mem::take(&mut message.model_name);
     let named = std::mem::take(&mut message.model_version);
-    let mut request = if size > rest::INLINE_LIMIT {
+    let mut request = if size > INLINE_LIMIT {
         state
             .offload
             .run(move || tensors::decode(message))
@@ -260,7 +265,7 @@ async fn infer(
         .instrument(span)
         .await?;
     let out: usize = result.picked().map(|(_, t, _)| t.binary_size()).sum();
-    if out > rest::INLINE_LIMIT {
+    if out > INLINE_LIMIT {
         Ok(state
             .offload
             .run(move || tensors::encode(&result, id))
@@ -315,7 +320,7 @@ impl GrpcInferenceService for Api {
             Ok(proto::ServerMetadataResponse {
                 name: env!("CARGO_PKG_NAME").into(),
                 version: env!("CARGO_PKG_VERSION").into(),
-                extensions: rest::EXTENSIONS.iter().map(|e| e.to_string()).collect(),
+                extensions: EXTENSIONS.iter().map(|e| e.to_string()).collect(),
             }),
         )
     }
@@ -329,7 +334,7 @@ impl GrpcInferenceService for Api {
             .state
             .router
             .resolve(&r.name, version(&r.version))
-            .map(|v| views::metadata(&v, rest::loaded_versions(&self.state, &r.name)))
+            .map(|v| views::metadata(&v, loaded_versions(&self.state, &r.name)))
             .map_err(ApiError::from);
         self.finish("ModelMetadata", result)
     }
@@ -441,7 +446,7 @@ impl GrpcInferenceService for Api {
     ) -> Result<Response<proto::ModelStatisticsResponse>, Status> {
         let r = request.into_inner();
         let model = (!r.name.is_empty()).then_some(r.name.as_str());
-        let result = rest::stats_versions(&self.state, model, version(&r.version)).map(|vs| {
+        let result = stats_versions(&self.state, model, version(&r.version)).map(|vs| {
             proto::ModelStatisticsResponse {
                 model_stats: vs.iter().map(|v| views::statistics(v)).collect(),
             }

@@ -16,9 +16,9 @@ use std::mem::size_of;
 use bytes::Bytes;
 
 use super::proto;
-use crate::http::ApiError;
 use crate::protocol::limits::{MAX_PARAMETERS, MAX_RANK, MAX_TENSORS};
 use crate::protocol::ProtocolError;
+use crate::service::ApiError;
 
 /// The largest message of a call that carries only names (metadata, config, statistics, index,
 /// unload, health): far more than any real one, small enough that its decoded form is trivial.

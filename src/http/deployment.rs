@@ -10,11 +10,11 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::error::ApiError;
 use super::{json_response, AppState};
 use crate::config::RolloutConfig;
 use crate::rollout::Trigger;
 use crate::routing::CandidateMode;
+use crate::service::ApiError;
 
 type Reply = Result<Response<Full<Bytes>>, ApiError>;
 

@@ -6,13 +6,10 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tracing::Instrument;
 
-use super::error::ApiError;
 use super::AppState;
+use crate::offload::INLINE_LIMIT;
 use crate::protocol::{self, InferResponse, ResponseOutput, HEADER_CONTENT_LENGTH};
-
-/// Bodies (in or out) larger than this are decoded or encoded on the blocking pool, so one huge
-/// request cannot stall the other connections served by the same runtime worker.
-pub(crate) const INLINE_LIMIT: usize = 256 << 10;
+use crate::service::ApiError;
 
 /// The response header that carries the request's id (also in the body's `id`).
 pub const REQUEST_ID_HEADER: &str = "x-request-id";

@@ -1,12 +1,11 @@
 //! The HTTP edge: hyper connections (HTTP/1.1 keep-alive and h2c on one port), routing of paths
 //! to handlers, body limits, and the mapping of every error to a status in [`error`].
 //!
-//! Handlers decode with `protocol`, call `routing` and `repository`, and encode; nothing here
-//! touches an engine or a queue directly.
+//! Handlers decode with `protocol`, call `service`, `routing` and `repository`, and encode;
+//! nothing here touches an engine or a queue directly, and nothing here is shared with gRPC
+//! except through `service` and `listener`.
 
-mod answers;
 mod body;
-mod conn;
 mod deployment;
 mod error;
 mod infer;
@@ -18,58 +17,47 @@ mod routes;
 mod training;
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use tokio::net::TcpListener;
 
-pub use body::{BodyBudget, Reservation};
-pub use conn::{raise_fd_limit, serve, MAX_HEAD_BYTES};
-pub use error::ApiError;
-// The gRPC front end shares the accept loop, the views and the admin check.
-pub(crate) use conn::{serve_connections, Protocol};
-pub(crate) use infer::INLINE_LIMIT;
-pub(crate) use models::{loaded_versions, stats_versions, EXTENSIONS};
-pub(crate) use routes::check_bearer;
+pub use error::status;
 
-use crate::config::ServerConfig;
-use crate::metrics::Metrics;
-use crate::monitor::MonitorHub;
-use crate::offload::Offload;
-use crate::repository::Repository;
-use crate::rollout::Rollout;
-use crate::routing::Router;
+use crate::listener::{serve_connections, Protocol};
+use crate::service::{ApiError, AppState};
+use crate::tls::Tls;
 
-/// What every handler may use.
-pub struct AppState {
-    pub config: ServerConfig,
-    pub router: Arc<Router>,
-    pub repository: Arc<Repository>,
-    pub rollout: Arc<Rollout>,
-    pub metrics: Metrics,
-    /// Request-body bytes held across all connections (`max_buffered_body_bytes`).
-    pub body_budget: Arc<BodyBudget>,
-    /// The blocking-pool share of request-path work (large decodes and encodes, inflation).
-    pub offload: Offload,
-    /// Every monitored model's prediction log, drift and quality.
-    pub monitors: Arc<MonitorHub>,
-    /// Training jobs, and the automatic retraining policy that starts some of them.
-    pub training: Arc<crate::training::jobs::Jobs>,
-    pub retrainer: Arc<crate::training::retrain::Retrainer>,
-    /// Set once the startup load has finished.
-    pub ready: AtomicBool,
-    /// Set when shutdown begins, so readiness turns false while requests drain.
-    pub stopping: AtomicBool,
+/// Accepts HTTP connections until `shutdown` resolves, then drains them for up to the
+/// configured grace period.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()>,
+    tls: Option<Arc<Tls>>,
+) {
+    let handler = Arc::clone(&state);
+    serve_connections(
+        listener,
+        state,
+        shutdown,
+        Protocol::Http,
+        tls,
+        move || {
+            let state = Arc::clone(&handler);
+            hyper::service::service_fn(move |req| handle(Arc::clone(&state), req))
+        },
+        ApiError::into_response,
+    )
+    .await
 }
 
 impl AppState {
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.stopping.load(Ordering::Acquire)
-    }
-
     /// The bounds of one request body.
     fn body_limits(&self) -> body::BodyLimits {
         body::BodyLimits {

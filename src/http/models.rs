@@ -5,22 +5,14 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 use serde_json::{json, Value};
 
-use super::error::ApiError;
-use super::{empty_response, json_response, AppState};
+use super::{empty_response, json_response};
 use crate::engine::Device;
 use crate::metrics::CountNs;
 use crate::model::{IoSpec, LoadedVersion};
 use crate::routing::RouteError;
+use crate::service::{loaded_versions, stats_versions, ApiError, AppState, EXTENSIONS};
 
 type Reply = Result<Response<Full<Bytes>>, ApiError>;
-
-/// Extensions that work, and only those: perf_analyzer reads statistics only when advertised.
-pub const EXTENSIONS: &[&str] = &[
-    "binary_tensor_data",
-    "model_repository",
-    "model_configuration",
-    "statistics",
-];
 
 pub fn server_metadata(_state: &AppState) -> Reply {
     Ok(json_response(&json!({
@@ -55,17 +47,6 @@ pub fn metadata(state: &AppState, model: &str, version: Option<&str>) -> Reply {
         "inputs": tensors(&io.inputs),
         "outputs": tensors(&io.outputs),
     })))
-}
-
-/// The loaded versions of a model, as the metadata lists them.
-pub(crate) fn loaded_versions(state: &AppState, model: &str) -> Vec<String> {
-    state
-        .router
-        .snapshot()
-        .models
-        .get(model)
-        .map(|r| r.versions.keys().map(u64::to_string).collect())
-        .unwrap_or_default()
 }
 
 /// 200 when ready; a known model or version that is not ready is the probe's "false", 400 with
@@ -176,35 +157,6 @@ pub fn stats(state: &AppState, model: Option<&str>, version: Option<&str>) -> Re
     let versions = stats_versions(state, model, version)?;
     let model_stats: Vec<Value> = versions.iter().map(|v| version_stats(v)).collect();
     Ok(json_response(&json!({ "model_stats": model_stats })))
-}
-
-/// The versions a statistics request covers: one, every loaded version of one model, or of
-/// every model (by name). Both front ends answer from it.
-pub(crate) fn stats_versions(
-    state: &AppState,
-    model: Option<&str>,
-    version: Option<&str>,
-) -> Result<Vec<std::sync::Arc<LoadedVersion>>, ApiError> {
-    let table = state.router.snapshot();
-    let mut versions = Vec::new();
-    match (model, version) {
-        (Some(m), Some(_)) => versions.push(state.router.resolve(m, version)?),
-        (Some(m), None) => {
-            let route = table
-                .models
-                .get(m)
-                .ok_or_else(|| RouteError::UnknownModel(m.to_string()))?;
-            versions.extend(route.versions.values().cloned());
-        }
-        (None, _) => {
-            let mut names: Vec<&String> = table.models.keys().collect();
-            names.sort();
-            for name in names {
-                versions.extend(table.models[name].versions.values().cloned());
-            }
-        }
-    }
-    Ok(versions)
 }
 
 fn version_stats(v: &LoadedVersion) -> Value {

@@ -8,16 +8,13 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use super::error::ApiError;
 use super::{json_response, AppState};
 use crate::monitor::{ModelMonitor, Outcome};
+use crate::offload::INLINE_LIMIT;
 use crate::protocol;
+use crate::service::ApiError;
 
 type Reply = Result<Response<Full<Bytes>>, ApiError>;
-
-/// Bodies larger than this are parsed on the blocking pool (as inference bodies are), so a large
-/// feedback call never stalls the other connections of its runtime worker.
-const INLINE_LIMIT: usize = 256 << 10;
 
 /// `POST /v2/models/{m}/feedback`: labels or target values for earlier request ids (and
 /// rows). Stored durably before the answer, which says how many matched a recent prediction

@@ -18,11 +18,11 @@ use http_body_util::Full;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde_json::Value;
 
-use super::error::ApiError;
 use super::AppState;
 use crate::monitor::{ModelMonitor, PublishedReport};
 use crate::rollout::DeploymentView;
 use crate::routing::RouteError;
+use crate::service::ApiError;
 
 type Reply = Result<Response<Full<Bytes>>, ApiError>;
 

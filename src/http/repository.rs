@@ -7,10 +7,11 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 
-use super::error::ApiError;
 use super::{empty_response, json_response, AppState};
 use crate::config::ModelConfig;
+use crate::offload::INLINE_LIMIT;
 use crate::repository::LoadOverride;
+use crate::service::ApiError;
 
 type Reply = Result<Response<Full<Bytes>>, ApiError>;
 
@@ -72,9 +73,6 @@ fn parts_are_large(parts: &http::request::Parts) -> bool {
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         .is_none_or(|len| len > INLINE_LIMIT)
 }
-
-/// Bodies up to this size are parsed inline.
-const INLINE_LIMIT: usize = 256 << 10;
 
 fn load_override(bytes: &[u8], model: &str) -> Result<LoadOverride, ApiError> {
     let body = json_object(bytes)?;

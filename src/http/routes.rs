@@ -9,13 +9,12 @@ use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use subtle::ConstantTimeEq;
 
-use super::error::ApiError;
 use super::{
     deployment, empty_response, infer, json_response, models, monitoring, pages, repository,
     training, AppState,
 };
+use crate::service::{check_bearer, check_feedback, ApiError};
 
 type Reply = Result<Response<Full<Bytes>>, ApiError>;
 
@@ -295,60 +294,12 @@ fn authorize(state: &AppState, headers: &http::HeaderMap) -> Result<(), ApiError
     )
 }
 
-/// Checks an `Authorization` value (an HTTP header or gRPC metadata) against the admin token.
-pub(crate) fn check_bearer(state: &AppState, value: Option<&[u8]>) -> Result<(), ApiError> {
-    match &state.config.admin_token {
-        None => Ok(()),
-        Some(token) => bearer(value, &[token], "admin token"),
-    }
-}
-
-/// Feedback needs the feedback token or the admin token when either is set: whoever sends
-/// labels decides a canary with a live-quality criterion and what retraining learns from.
+/// Feedback needs the feedback token or the admin token when either is set.
 fn authorize_feedback(state: &AppState, headers: &http::HeaderMap) -> Result<(), ApiError> {
-    let tokens: Vec<&str> = [&state.config.feedback_token, &state.config.admin_token]
-        .into_iter()
-        .flatten()
-        .map(String::as_str)
-        .collect();
-    if tokens.is_empty() {
-        return Ok(());
-    }
-    bearer(
+    check_feedback(
+        state,
         headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
-        &tokens,
-        "feedback token or admin token",
     )
-}
-
-/// Checks an `Authorization` value against `tokens` (`what` names them in errors): none given
-/// is 401, another 403.
-fn bearer(value: Option<&[u8]>, tokens: &[&str], what: &str) -> Result<(), ApiError> {
-    let Some(value) = value else {
-        return Err(ApiError::Unauthorized(format!(
-            "this endpoint needs 'Authorization: Bearer <{what}>'"
-        )));
-    };
-    // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
-    let given = std::str::from_utf8(value)
-        .ok()
-        .map(str::trim)
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim())
-        .unwrap_or("");
-    // Compared in constant time, with every token, so timing does not reveal how much of a
-    // guess was right, nor which token it was near.
-    let matched = tokens.iter().fold(subtle::Choice::from(0), |any, token| {
-        any | given.as_bytes().ct_eq(token.as_bytes())
-    });
-    if bool::from(matched) {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(format!(
-            "the bearer token is not the {what}"
-        )))
-    }
 }
 
 fn no_endpoint(method: &Method, path: &str) -> ApiError {
@@ -424,23 +375,6 @@ mod tests {
         }
         assert_eq!(Route::Infer.guard(false), Guard::Open);
         assert_eq!(Route::Infer.guard(true), Guard::Admin);
-        let tokens = ["feed", "admin"];
-        for (value, ok) in [
-            ("Bearer feed", true),
-            ("bearer admin", true),
-            ("Bearer fee", false),
-            ("Bearer feedadmin", false),
-            ("Basic feed", false),
-        ] {
-            let got = bearer(
-                Some(value.as_bytes()),
-                &tokens,
-                "feedback token or admin token",
-            );
-            assert_eq!(got.is_ok(), ok, "{value}");
-        }
-        let err = bearer(None, &tokens, "feedback token or admin token").unwrap_err();
-        assert!(matches!(err, ApiError::Unauthorized(_)), "{err}");
     }
 
     #[test]

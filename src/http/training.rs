@@ -8,8 +8,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::json;
 
-use super::error::ApiError;
 use super::{json_response, AppState};
+use crate::service::ApiError;
 
 type Reply = Result<Response<Full<Bytes>>, ApiError>;
 

@@ -24,6 +24,7 @@ mod engine_conformance;
 mod engines;
 mod hostile;
 mod http_api;
+mod imports;
 mod monitoring;
 mod object_store;
 mod offline;

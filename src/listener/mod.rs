@@ -1,4 +1,5 @@
-//! Connections: accepted under a limit, closed when idle or never finishing their headers, and
+//! The accept loop both front ends share (the V2 REST API's HTTP/1.1 and h2c port, the gRPC
+//! port): connections accepted under a limit, closed when idle or never finishing their headers, and
 //! drained on shutdown without dropping a request that is already on the wire.
 //!
 //! Each connection runs on its own task beside a watchdog that samples its [`Activity`] (requests
@@ -36,7 +37,9 @@ use tokio::sync::watch;
 use crate::throttle::Throttle;
 use crate::tls::Tls;
 
-use super::{ApiError, AppState, BodyBudget};
+mod answers;
+
+use crate::service::{ApiError, AppState, BodyBudget};
 
 /// The largest request head (request line and headers) a client may send, and the most bytes
 /// hyper buffers per connection while reading one. Bounds what a connection that never finishes
@@ -384,30 +387,6 @@ impl AsyncWrite for Watched {
     }
 }
 
-/// Accepts HTTP connections until `shutdown` resolves, then drains them for up to the
-/// configured grace period.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    shutdown: impl Future<Output = ()>,
-    tls: Option<Arc<Tls>>,
-) {
-    let handler = Arc::clone(&state);
-    serve_connections(
-        listener,
-        state,
-        shutdown,
-        Protocol::Http,
-        tls,
-        move || {
-            let state = Arc::clone(&handler);
-            hyper::service::service_fn(move |req| super::handle(Arc::clone(&state), req))
-        },
-        ApiError::into_response,
-    )
-    .await
-}
-
 /// The accept loop every listener shares: the connection limit, the idle, header and
 /// slow-reader watchdogs, admission of each request (`answers`), and the drain on shutdown.
 /// `make_service` builds one connection's service; `refuse` turns a refusal into the
@@ -489,7 +468,7 @@ pub async fn serve_connections<S, B>(
             protocol == Protocol::Grpc,
             Arc::clone(&state.body_budget),
         ));
-        let service = super::answers::Admitted {
+        let service = answers::Admitted {
             inner: make_service(),
             activity: Arc::clone(&activity),
             budget: Arc::clone(&state.body_budget),

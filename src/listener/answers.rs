@@ -27,9 +27,9 @@ use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::conn::{Activity, InFlight};
-use super::{ApiError, BodyBudget};
+use super::{Activity, InFlight};
 use crate::metrics::Metrics;
+use crate::service::{ApiError, BodyBudget};
 
 /// The most unread answer bytes one connection may hold before its next request is refused: a
 /// sixteenth of the shared budget (at least 1 MiB), so a few slow readers cannot take it all.
