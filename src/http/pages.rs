@@ -244,7 +244,7 @@ fn version_list(out: &mut String, route: &crate::routing::ModelRoute) {
     }
 }
 
-/// Stable version, and the candidate with its mode and weight.
+/// Stable version, and the candidate with its mode, weight and what its trial waits for.
 fn deployment_cell(out: &mut String, view: &DeploymentView) {
     match view.stable {
         Some(v) => out.push_str(&format!(
@@ -264,9 +264,10 @@ fn deployment_cell(out: &mut String, view: &DeploymentView) {
                 .map(|w| format!(", weight {:.1}%", w * 100.0))
                 .unwrap_or_default();
             out.push_str(&format!(
-                "<br>candidate: version {} ({}{weight})",
+                "<br>candidate: version {} ({}{weight})<br><span class=\"muted\">{}</span>",
                 c.version,
-                html::escape(c.mode)
+                html::escape(c.mode),
+                html::escape(&c.trial.status)
             ));
         }
         None => out.push_str("<br><span class=\"muted\">no candidate</span>"),

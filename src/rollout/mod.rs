@@ -9,6 +9,7 @@
 
 mod decide;
 mod rules;
+mod sequential;
 pub mod shared;
 mod state;
 mod view;
@@ -417,7 +418,7 @@ impl Rollout {
                 &t.shadow.snapshot(),
             );
             let result = match decision {
-                Decision::Wait => continue,
+                Decision::Wait(_) => continue,
                 Decision::Promote(reason) => {
                     self.end_trial(model, true, Trigger::Auto, &reason, Some(t))
                 }

@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use super::decide::{decide, Decision};
 use super::rules::Transition;
 use crate::config::RolloutConfig;
 use crate::routing::{ArmSnapshot, CandidateMode, ModelRoute, ShadowSnapshot};
@@ -34,6 +35,9 @@ pub struct TrialView {
     pub stable: ArmSnapshot,
     pub candidate: ArmSnapshot,
     pub shadow: ShadowSnapshot,
+    /// What the criteria say now: why the trial waits (for the sequential accuracy test, how
+    /// many more labelled rows it needs), or the decision the next evaluation makes.
+    pub status: String,
 }
 
 impl DeploymentView {
@@ -57,10 +61,29 @@ impl DeploymentView {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64),
                 criteria: c.criteria.clone(),
-                trial: TrialView {
-                    stable: c.tracker.stable.snapshot(),
-                    candidate: c.tracker.candidate.snapshot(),
-                    shadow: c.tracker.shadow.snapshot(),
+                trial: {
+                    let (stable, candidate, shadow) = (
+                        c.tracker.stable.snapshot(),
+                        c.tracker.candidate.snapshot(),
+                        c.tracker.shadow.snapshot(),
+                    );
+                    let status = match decide(
+                        &c.criteria,
+                        c.mode == CandidateMode::Shadow,
+                        &stable,
+                        &candidate,
+                        &shadow,
+                    ) {
+                        Decision::Wait(why) => format!("waiting: {why}"),
+                        Decision::Promote(why) => format!("to be promoted: {why}"),
+                        Decision::Rollback(why) => format!("to be rolled back: {why}"),
+                    };
+                    TrialView {
+                        stable,
+                        candidate,
+                        shadow,
+                        status,
+                    }
                 },
             }
         });

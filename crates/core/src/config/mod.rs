@@ -6,9 +6,9 @@ pub mod model;
 use std::path::PathBuf;
 
 pub use model::{
-    BatchShape, DynamicBatching, EngineConfig, EngineKind, Fallback, ModelConfig, MonitoringConfig,
-    OnNewVersion, Precision, Provider, QueuePolicy, RetrainConfig, RolloutConfig, TensorConfig,
-    ThresholdError, Thresholds, VersionPolicy, Warmup, DRIFT_STATISTICS,
+    AccuracyTest, BatchShape, DynamicBatching, EngineConfig, EngineKind, Fallback, ModelConfig,
+    MonitoringConfig, OnNewVersion, Precision, Provider, QueuePolicy, RetrainConfig, RolloutConfig,
+    TensorConfig, ThresholdError, Thresholds, VersionPolicy, Warmup, DRIFT_STATISTICS,
 };
 
 /// A configuration file that cannot be used. Messages name the file, the key and the reason.

@@ -475,6 +475,22 @@ pub struct RolloutConfig {
     pub max_accuracy_drop: Option<f64>,
     /// Labelled candidate rows (and as many stable ones) needed before accuracy decides.
     pub min_labelled: u64,
+    /// How live accuracy decides: `threshold` compares the two accuracies once `min_labelled`
+    /// rows of each arm are in (no stated error rate); `sequential` waits until an anytime-valid
+    /// interval for the difference decides, so that a candidate worse by `max_accuracy_drop`
+    /// is promoted, and one better by it rolled back, each with probability at most `alpha`.
+    pub accuracy_test: AccuracyTest,
+    /// The error rate of each wrong decision of the sequential test.
+    pub alpha: f64,
+}
+
+/// How a canary's live accuracy is judged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccuracyTest {
+    #[default]
+    Threshold,
+    Sequential,
 }
 
 impl Default for RolloutConfig {
@@ -492,6 +508,8 @@ impl Default for RolloutConfig {
             auto_rollback: true,
             max_accuracy_drop: None,
             min_labelled: 100,
+            accuracy_test: AccuracyTest::Threshold,
+            alpha: 0.05,
         }
     }
 }
@@ -534,6 +552,24 @@ impl RolloutConfig {
         }
         if self.min_labelled == 0 {
             return Err(("rollout.min_labelled".into(), "must be at least 1".into()));
+        }
+        if !(self.alpha > 0.0 && self.alpha <= 0.5) {
+            return Err((
+                "rollout.alpha".into(),
+                format!("{} is not in (0, 0.5]", self.alpha),
+            ));
+        }
+        if self.accuracy_test == AccuracyTest::Sequential {
+            match self.max_accuracy_drop {
+                Some(m) if m > 0.0 => {}
+                _ => {
+                    return Err((
+                        "rollout.accuracy_test".into(),
+                        "\"sequential\" needs max_accuracy_drop > 0: the margin it decides by"
+                            .into(),
+                    ))
+                }
+            }
         }
         if let Some(h) = &self.sticky_header {
             if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
