@@ -14,6 +14,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -90,6 +91,21 @@ struct Families {
     registry: Registry,
     started: Instant,
     uptime: Gauge,
+    inference: InferenceFamilies,
+    loads: LoadFamilies,
+    http: HttpFamilies,
+    deployment: DeploymentFamilies,
+    monitoring: MonitoringFamilies,
+    training: TrainingFamilies,
+    gpu: GpuFamilies,
+    /// Live `VersionMetrics` per (model, version): a reloaded version shares its series with the
+    /// instance it replaces, so the series leave only when the last one is dropped.
+    live: Mutex<BTreeMap<(String, u64), usize>>,
+}
+
+/// The per-version inference and batching series: resolved once per version by
+/// [`Metrics::version`] and removed again when its last [`VersionMetrics`] is dropped.
+struct InferenceFamilies {
     request_success: IntCounterVec,
     request_failure: IntCounterVec,
     inference_rows: IntCounterVec,
@@ -102,18 +118,43 @@ struct Families {
     batch_size: HistogramVec,
     queue_depth: IntGaugeVec,
     pending: IntGaugeVec,
+}
+
+/// Model loads and their fate; these series outlive the versions they describe.
+struct LoadFamilies {
     model_ready: IntGaugeVec,
     load_duration: GaugeVec,
     load_failures: IntCounterVec,
+    engine_fallbacks: IntCounterVec,
+}
+
+/// The listeners: requests by protocol, TLS, connections and the payload budget.
+struct HttpFamilies {
     /// `cairn_http_requests_total`, resolved once: one row per entry of `HTTP_ENDPOINTS`, one
     /// counter per status class.
     http_requests: Vec<[IntCounter; 4]>,
     grpc_requests: IntCounterVec,
     tls_reloads: IntCounterVec,
+    tls_handshake_failures: IntCounterVec,
+    open_connections: IntGauge,
+    refused_connections: IntCounter,
+    accept_errors: IntCounter,
+    buffered_body_bytes: IntGauge,
+    unread_answer_bytes: IntGauge,
+    requests_refused: IntCounterVec,
+}
+
+/// Deployments (rollout) and the repository and state they are synced with.
+struct DeploymentFamilies {
     repository_syncs: IntCounterVec,
     shared_state: IntCounterVec,
-    tls_handshake_failures: IntCounterVec,
     transitions: IntCounterVec,
+    candidate_weight: GaugeVec,
+    shadow_agreement: GaugeVec,
+}
+
+/// Monitoring: the prediction log, drift, feedback and live quality.
+struct MonitoringFamilies {
     log_rows: IntCounterVec,
     log_appends: IntCounterVec,
     log_dropped: IntCounterVec,
@@ -128,27 +169,23 @@ struct Families {
     drift_violations: IntCounterVec,
     feedback: IntCounterVec,
     quality: GaugeVec,
+}
+
+/// Training jobs and automatic retraining.
+struct TrainingFamilies {
     training_jobs: IntCounterVec,
-    engine_fallbacks: IntCounterVec,
     training_running: IntGauge,
     training_duration: GaugeVec,
     retrain_decisions: IntCounterVec,
-    open_connections: IntGauge,
-    refused_connections: IntCounter,
-    accept_errors: IntCounter,
-    buffered_body_bytes: IntGauge,
-    unread_answer_bytes: IntGauge,
-    requests_refused: IntCounterVec,
-    candidate_weight: GaugeVec,
-    shadow_agreement: GaugeVec,
+}
+
+/// GPU engines' work per version and NVML's readings per device.
+struct GpuFamilies {
     gpu_copied: IntCounterVec,
     gpu_kernel: HistogramVec,
     gpu_utilization: GaugeVec,
     gpu_memory_used: IntGaugeVec,
     gpu_memory_total: IntGaugeVec,
-    /// Live `VersionMetrics` per (model, version): a reloaded version shares its series with the
-    /// instance it replaces, so the series leave only when the last one is dropped.
-    live: Mutex<BTreeMap<(String, u64), usize>>,
 }
 
 const VERSION_LABELS: &[&str] = &["model", "version"];
@@ -159,54 +196,81 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
-impl Metrics {
-    pub fn new() -> Metrics {
-        let registry = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help).namespace(NAMESPACE), labels)
-                .expect("metric definitions are valid");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("metric names are unique");
-            c
-        };
-        let histogram = |name: &str, help: &str, buckets: &[f64]| {
-            let h = HistogramVec::new(
+/// Defines metric families in our namespace and registers them with one registry, so that each
+/// subsystem's constructor below states only names, help texts, labels and buckets. A bad or
+/// duplicate definition is a programming error: it panics in every test that builds `Metrics`.
+struct Registrar<'a> {
+    registry: &'a Registry,
+}
+
+impl Registrar<'_> {
+    fn register<C: Collector + Clone + 'static>(&self, collector: C) -> C {
+        self.registry
+            .register(Box::new(collector.clone()))
+            .expect("metric names are unique");
+        collector
+    }
+
+    fn counter(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.register(
+            IntCounterVec::new(Opts::new(name, help).namespace(NAMESPACE), labels)
+                .expect("metric definitions are valid"),
+        )
+    }
+
+    /// A histogram per (model, version).
+    fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
+        self.register(
+            HistogramVec::new(
                 HistogramOpts::new(name, help)
                     .namespace(NAMESPACE)
                     .buckets(buckets.to_vec()),
                 VERSION_LABELS,
             )
-            .expect("metric definitions are valid");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("metric names are unique");
-            h
-        };
-        let gauge = |name: &str, help: &str, labels: &[&str]| {
-            let g = GaugeVec::new(Opts::new(name, help).namespace(NAMESPACE), labels)
-                .expect("metric definitions are valid");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("metric names are unique");
-            g
-        };
-        let int_gauge = |name: &str, help: &str, labels: &[&str]| {
-            let g = IntGaugeVec::new(Opts::new(name, help).namespace(NAMESPACE), labels)
-                .expect("metric definitions are valid");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("metric names are unique");
-            g
-        };
-
-        let uptime = Gauge::with_opts(
-            Opts::new("uptime_seconds", "Seconds since the server started.").namespace(NAMESPACE),
+            .expect("metric definitions are valid"),
         )
-        .expect("metric definitions are valid");
-        registry
-            .register(Box::new(uptime.clone()))
-            .expect("metric names are unique");
+    }
+
+    fn gauge(&self, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+        self.register(
+            GaugeVec::new(Opts::new(name, help).namespace(NAMESPACE), labels)
+                .expect("metric definitions are valid"),
+        )
+    }
+
+    fn int_gauge(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.register(
+            IntGaugeVec::new(Opts::new(name, help).namespace(NAMESPACE), labels)
+                .expect("metric definitions are valid"),
+        )
+    }
+
+    /// An integer gauge without labels.
+    fn int_gauge_one(&self, name: &str, help: &str) -> IntGauge {
+        self.register(
+            IntGauge::with_opts(Opts::new(name, help).namespace(NAMESPACE))
+                .expect("metric definitions are valid"),
+        )
+    }
+
+    /// A counter without labels.
+    fn counter_one(&self, name: &str, help: &str) -> IntCounter {
+        self.register(
+            IntCounter::with_opts(Opts::new(name, help).namespace(NAMESPACE))
+                .expect("metric definitions are valid"),
+        )
+    }
+
+    /// The server-wide families: uptime (returned, set at each render), the build and, on
+    /// Linux, the process's own metrics.
+    fn process(&self) -> Gauge {
+        let uptime = self.register(
+            Gauge::with_opts(
+                Opts::new("uptime_seconds", "Seconds since the server started.")
+                    .namespace(NAMESPACE),
+            )
+            .expect("metric definitions are valid"),
+        );
         let build_info = IntGauge::with_opts(
             Opts::new(
                 "build_info",
@@ -217,264 +281,119 @@ impl Metrics {
         )
         .expect("metric definitions are valid");
         build_info.set(1);
-        registry
-            .register(Box::new(build_info))
-            .expect("metric names are unique");
+        self.register(build_info);
         #[cfg(target_os = "linux")]
-        registry
+        self.registry
             .register(Box::new(
                 prometheus::process_collector::ProcessCollector::for_self(),
             ))
             .expect("metric names are unique");
+        uptime
+    }
+}
 
-        let load_duration = GaugeVec::new(
-            Opts::new(
-                "model_load_duration_seconds",
-                "Time the last load of this version took: read, optimize, warm up.",
-            )
-            .namespace(NAMESPACE),
-            VERSION_LABELS,
-        )
-        .expect("metric definitions are valid");
-        registry
-            .register(Box::new(load_duration.clone()))
-            .expect("metric names are unique");
-
-        let int_gauge_one = |name: &str, help: &str| {
-            let g = IntGauge::with_opts(Opts::new(name, help).namespace(NAMESPACE))
-                .expect("metric definitions are valid");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("metric names are unique");
-            g
-        };
-        let counter_one = |name: &str, help: &str| {
-            let c = IntCounter::with_opts(Opts::new(name, help).namespace(NAMESPACE))
-                .expect("metric definitions are valid");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("metric names are unique");
-            c
-        };
-
-        let families = Families {
-            log_rows: counter(
-                "prediction_log_rows_total",
-                "Rows written to the model's prediction log.",
-                &["model"],
-            ),
-            log_appends: counter(
-                "prediction_log_appends_total",
-                "Batches appended (and synced) to the model's prediction log: about one per \
-                 prediction_log_fsync_ms under load, whatever the mix of versions.",
-                &["model"],
-            ),
-            log_dropped: counter(
-                "prediction_log_dropped_total",
-                "Logged rows (or requests, for a full queue) not written, by reason: queue_full, \
-                 queue_bytes, write_error, panic (held by a writer that panicked).",
-                &["model", "reason"],
-            ),
-            log_lag: gauge(
-                "prediction_log_lag_seconds",
-                "How far the prediction log is behind: seconds since the synced watermark \
-                 (cairn_prediction_log_synced_timestamp_seconds).",
-                &["model"],
-            ),
-            log_synced: gauge(
-                "prediction_log_synced_timestamp_seconds",
-                "Unix time before which every record handed to the prediction log is synced to \
-                 disk (or counted as dropped): what a crash can no longer lose.",
-                &["model"],
-            ),
-            log_bytes: int_gauge(
-                "prediction_log_bytes",
-                "Bytes of the model's prediction log segments on disk.",
-                &["model"],
-            ),
-            monitor_panics: counter(
-                "monitor_panics_total",
-                "Panics caught on a model's monitoring threads, by thread: writer (restarted \
-                 with its logs reopened), comparer (one drift window not compared), sealer (one \
-                 segment sealed at the next start).",
-                &["model", "thread"],
-            ),
-            drift_windows: counter(
-                "drift_windows_total",
-                "Drift windows closed and compared with the version's baseline.",
-                VERSION_LABELS,
-            ),
-            drift_skipped: counter(
-                "drift_windows_skipped_total",
-                "Drift windows closed while the comparer was still busy with earlier ones, and \
-                 not compared (their rows are in the log).",
-                VERSION_LABELS,
-            ),
-            drift_truncated: counter(
-                "drift_values_truncated_total",
-                &format!(
-                    "Categorical values cut to their first {} bytes as they entered drift \
-                     monitoring (a window or a baseline from logged rows); the log keeps them \
-                     whole.",
-                    cairn_monitor::category::MAX_CATEGORY_BYTES
-                ),
-                &["model"],
-            ),
-            drift_statistic: gauge(
-                "drift_statistic",
-                "The last closed window's drift statistics per feature (capped per model by \
-                 monitoring.max_metric_features): psi, js, ks_statistic, ks_pvalue, \
-                 wasserstein_norm, out_of_range_rate, missing_rate, chi2_pvalue, unseen_rate.",
-                &["model", "version", "feature", "statistic"],
-            ),
-            drift_violations: counter(
-                "drift_violations_total",
-                "Features (or outputs) found drifted in a closed window; features beyond the \
-                 metric cap count as feature=\"other\".",
-                &["model", "version", "feature"],
-            ),
-            feedback: counter(
-                "feedback_total",
-                "Feedback rows received, by outcome: matched, duplicate, unknown.",
-                &["model", "outcome"],
-            ),
-            quality: gauge(
-                "quality",
-                "Live quality of the version's current feedback window: accuracy, precision, \
-                 recall, f1, roc_auc, mae, rmse.",
-                &["model", "version", "metric"],
-            ),
-            training_jobs: counter(
-                "training_jobs_total",
-                "Training jobs finished, by trigger (manual, auto) and outcome: published, \
-                 passed (the gate; publishing off), refused (by the gate), failed.",
-                &["model", "trigger", "outcome"],
-            ),
-            engine_fallbacks: counter(
-                "engine_fallbacks_total",
-                "Versions loaded on the CPU engine (tract) because the engine their config names \
-                 could not take them (`[engine] fallback = \"cpu\"`).",
-                &["model", "engine"],
-            ),
-            training_running: int_gauge_one(
-                "training_jobs_running",
-                "Training jobs running now.",
-            ),
-            training_duration: gauge(
-                "training_last_duration_seconds",
-                "Seconds the model's last finished training job took.",
-                &["model"],
-            ),
-            retrain_decisions: counter(
-                "retrain_decisions_total",
-                "Automatic retraining, per drift window that completed a streak: started, or \
-                 why not (cooldown, daily_cap, labels, busy, candidate, error).",
-                &["model", "decision"],
-            ),
-            started: Instant::now(),
-            open_connections: int_gauge_one(
-                "http_connections_open",
-                "Client connections open now.",
-            ),
-            refused_connections: counter_one(
-                "http_connections_refused_total",
-                "Connections answered 503 and closed at once because max_connections were open.",
-            ),
-            accept_errors: counter_one(
-                "http_accept_errors_total",
-                "Failed accepts (out of file descriptors and similar).",
-            ),
-            buffered_body_bytes: int_gauge_one(
-                "http_buffered_body_bytes",
-                "Request-body bytes held now across all connections (max_buffered_body_bytes).",
-            ),
-            unread_answer_bytes: int_gauge_one(
-                "http_unread_answer_bytes",
-                "Answer bytes produced and not yet written to their clients, across all \
-                 connections (counted in max_buffered_body_bytes with request bodies).",
-            ),
-            requests_refused: counter(
-                "http_requests_refused_total",
-                "Requests answered 503 before they ran because their connection holds too many \
-                 unread answers (connection) or the payload budget is spent (budget), by listener.",
-                &["listener", "reason"],
-            ),
-            uptime,
-            request_success: counter(
+impl InferenceFamilies {
+    fn register(r: &Registrar) -> InferenceFamilies {
+        InferenceFamilies {
+            request_success: r.counter(
                 "request_success_total",
                 "Inference requests answered successfully.",
                 VERSION_LABELS,
             ),
-            request_failure: counter(
+            request_failure: r.counter(
                 "request_failure_total",
                 "Inference requests that failed, by reason.",
                 &["model", "version", "reason"],
             ),
-            inference_rows: counter(
+            inference_rows: r.counter(
                 "inference_rows_total",
                 "Rows inferred (a request of k rows counts k).",
                 VERSION_LABELS,
             ),
-            executions: counter(
+            executions: r.counter(
                 "execution_total",
                 "Batches the engine executed; rows / executions is the mean batch size.",
                 VERSION_LABELS,
             ),
-            request_duration: histogram(
+            request_duration: r.histogram(
                 "request_duration_seconds",
                 "Time from a request's arrival at its model to its response.",
                 LATENCY_BUCKETS,
             ),
-            queue_duration: histogram(
+            queue_duration: r.histogram(
                 "queue_duration_seconds",
                 "Time a request waited in its version's queue before its batch started.",
                 LATENCY_BUCKETS,
             ),
-            compute_input: histogram(
+            compute_input: r.histogram(
                 "compute_input_duration_seconds",
                 "Time to gather a batch's inputs into the engine's buffers, per batch.",
                 LATENCY_BUCKETS,
             ),
-            compute_infer: histogram(
+            compute_infer: r.histogram(
                 "compute_infer_duration_seconds",
                 "Time the engine computed, per batch.",
                 LATENCY_BUCKETS,
             ),
-            compute_output: histogram(
+            compute_output: r.histogram(
                 "compute_output_duration_seconds",
                 "Time to split a batch's outputs back to its requests, per batch.",
                 LATENCY_BUCKETS,
             ),
-            batch_size: histogram(
+            batch_size: r.histogram(
                 "batch_size",
                 "Rows per executed batch.",
                 &[
                     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
                 ],
             ),
-            queue_depth: int_gauge(
+            queue_depth: r.int_gauge(
                 "queue_depth",
                 "Requests waiting in the version's queue.",
                 VERSION_LABELS,
             ),
-            pending: int_gauge(
+            pending: r.int_gauge(
                 "pending_requests",
                 "Requests accepted by the version and not yet answered (queued or computing).",
                 VERSION_LABELS,
             ),
-            model_ready: int_gauge(
+        }
+    }
+}
+
+impl LoadFamilies {
+    fn register(r: &Registrar) -> LoadFamilies {
+        LoadFamilies {
+            model_ready: r.int_gauge(
                 "model_ready",
                 "1 while the version serves, 0 once it failed to load or was unloaded.",
                 VERSION_LABELS,
             ),
-            load_duration,
-            load_failures: counter(
+            load_duration: r.gauge(
+                "model_load_duration_seconds",
+                "Time the last load of this version took: read, optimize, warm up.",
+                VERSION_LABELS,
+            ),
+            load_failures: r.counter(
                 "model_load_failures_total",
                 "Failed loads of a model version.",
                 VERSION_LABELS,
             ),
+            engine_fallbacks: r.counter(
+                "engine_fallbacks_total",
+                "Versions loaded on the CPU engine (tract) because the engine their config names \
+                 could not take them (`[engine] fallback = \"cpu\"`).",
+                &["model", "engine"],
+            ),
+        }
+    }
+}
+
+impl HttpFamilies {
+    fn register(r: &Registrar) -> HttpFamilies {
+        HttpFamilies {
             http_requests: {
-                let vec = counter(
+                let vec = r.counter(
                     "http_requests_total",
                     "HTTP requests by endpoint group and status class.",
                     &["endpoint", "status"],
@@ -484,77 +403,257 @@ impl Metrics {
                     .map(|e| STATUS_CLASSES.map(|c| vec.with_label_values(&[e, c])))
                     .collect()
             },
-            grpc_requests: counter(
+            grpc_requests: r.counter(
                 "grpc_requests_total",
                 "gRPC calls by method and status code (OK, INVALID_ARGUMENT, NOT_FOUND, ...).",
                 &["method", "code"],
             ),
-            shared_state: counter(
-                "deployment_state_syncs_total",
-                "Looks at the deployment state shared by replicas, by result: ok, conflict (another \
-                 replica wrote first; retried) or error.",
-                &["result"],
-            ),
-            repository_syncs: counter(
-                "repository_syncs_total",
-                "Syncs of the repository mirror from its object store, by result (ok, error).",
-                &["result"],
-            ),
-            tls_reloads: counter(
+            tls_reloads: r.counter(
                 "tls_reloads_total",
                 "Changes to the TLS files seen while serving, by result: ok (served from the next \
                  handshake) or error (the previous certificate keeps serving).",
                 &["result"],
             ),
-            tls_handshake_failures: counter(
+            tls_handshake_failures: r.counter(
                 "tls_handshake_failures_total",
                 "TLS handshakes that failed or timed out (no client certificate under mutual TLS, \
                  a plain-text client, a stalled one), by listener: http or grpc.",
                 &["listener"],
             ),
-            transitions: counter(
+            open_connections: r
+                .int_gauge_one("http_connections_open", "Client connections open now."),
+            refused_connections: r.counter_one(
+                "http_connections_refused_total",
+                "Connections answered 503 and closed at once because max_connections were open.",
+            ),
+            accept_errors: r.counter_one(
+                "http_accept_errors_total",
+                "Failed accepts (out of file descriptors and similar).",
+            ),
+            buffered_body_bytes: r.int_gauge_one(
+                "http_buffered_body_bytes",
+                "Request-body bytes held now across all connections (max_buffered_body_bytes).",
+            ),
+            unread_answer_bytes: r.int_gauge_one(
+                "http_unread_answer_bytes",
+                "Answer bytes produced and not yet written to their clients, across all \
+                 connections (counted in max_buffered_body_bytes with request bodies).",
+            ),
+            requests_refused: r.counter(
+                "http_requests_refused_total",
+                "Requests answered 503 before they ran because their connection holds too many \
+                 unread answers (connection) or the payload budget is spent (budget), by listener.",
+                &["listener", "reason"],
+            ),
+        }
+    }
+}
+
+impl DeploymentFamilies {
+    fn register(r: &Registrar) -> DeploymentFamilies {
+        DeploymentFamilies {
+            shared_state: r.counter(
+                "deployment_state_syncs_total",
+                "Looks at the deployment state shared by replicas, by result: ok, conflict (another \
+                 replica wrote first; retried) or error.",
+                &["result"],
+            ),
+            repository_syncs: r.counter(
+                "repository_syncs_total",
+                "Syncs of the repository mirror from its object store, by result (ok, error).",
+                &["result"],
+            ),
+            transitions: r.counter(
                 "rollout_transitions_total",
                 "Deployment transitions by action (canary, shadow, weight, promote, rollback, \
                  stable, replace, restore) and trigger (manual, auto, reload, restore).",
                 &["model", "action", "trigger"],
             ),
-            candidate_weight: gauge(
+            candidate_weight: r.gauge(
                 "deployment_candidate_weight",
                 "Share of traffic of the model's canary candidate; 0 without one (a shadow takes none).",
                 &["model"],
             ),
-            shadow_agreement: gauge(
+            shadow_agreement: r.gauge(
                 "deployment_shadow_agreement_ratio",
                 "Share of shadow-compared rows whose top class matched the stable version's.",
                 &["model"],
             ),
-            gpu_copied: counter(
+        }
+    }
+}
+
+impl MonitoringFamilies {
+    fn register(r: &Registrar) -> MonitoringFamilies {
+        MonitoringFamilies {
+            log_rows: r.counter(
+                "prediction_log_rows_total",
+                "Rows written to the model's prediction log.",
+                &["model"],
+            ),
+            log_appends: r.counter(
+                "prediction_log_appends_total",
+                "Batches appended (and synced) to the model's prediction log: about one per \
+                 prediction_log_fsync_ms under load, whatever the mix of versions.",
+                &["model"],
+            ),
+            log_dropped: r.counter(
+                "prediction_log_dropped_total",
+                "Logged rows (or requests, for a full queue) not written, by reason: queue_full, \
+                 queue_bytes, write_error, panic (held by a writer that panicked).",
+                &["model", "reason"],
+            ),
+            log_lag: r.gauge(
+                "prediction_log_lag_seconds",
+                "How far the prediction log is behind: seconds since the synced watermark \
+                 (cairn_prediction_log_synced_timestamp_seconds).",
+                &["model"],
+            ),
+            log_synced: r.gauge(
+                "prediction_log_synced_timestamp_seconds",
+                "Unix time before which every record handed to the prediction log is synced to \
+                 disk (or counted as dropped): what a crash can no longer lose.",
+                &["model"],
+            ),
+            log_bytes: r.int_gauge(
+                "prediction_log_bytes",
+                "Bytes of the model's prediction log segments on disk.",
+                &["model"],
+            ),
+            monitor_panics: r.counter(
+                "monitor_panics_total",
+                "Panics caught on a model's monitoring threads, by thread: writer (restarted \
+                 with its logs reopened), comparer (one drift window not compared), sealer (one \
+                 segment sealed at the next start).",
+                &["model", "thread"],
+            ),
+            drift_windows: r.counter(
+                "drift_windows_total",
+                "Drift windows closed and compared with the version's baseline.",
+                VERSION_LABELS,
+            ),
+            drift_skipped: r.counter(
+                "drift_windows_skipped_total",
+                "Drift windows closed while the comparer was still busy with earlier ones, and \
+                 not compared (their rows are in the log).",
+                VERSION_LABELS,
+            ),
+            drift_truncated: r.counter(
+                "drift_values_truncated_total",
+                &format!(
+                    "Categorical values cut to their first {} bytes as they entered drift \
+                     monitoring (a window or a baseline from logged rows); the log keeps them \
+                     whole.",
+                    cairn_monitor::category::MAX_CATEGORY_BYTES
+                ),
+                &["model"],
+            ),
+            drift_statistic: r.gauge(
+                "drift_statistic",
+                "The last closed window's drift statistics per feature (capped per model by \
+                 monitoring.max_metric_features): psi, js, ks_statistic, ks_pvalue, \
+                 wasserstein_norm, out_of_range_rate, missing_rate, chi2_pvalue, unseen_rate.",
+                &["model", "version", "feature", "statistic"],
+            ),
+            drift_violations: r.counter(
+                "drift_violations_total",
+                "Features (or outputs) found drifted in a closed window; features beyond the \
+                 metric cap count as feature=\"other\".",
+                &["model", "version", "feature"],
+            ),
+            feedback: r.counter(
+                "feedback_total",
+                "Feedback rows received, by outcome: matched, duplicate, unknown.",
+                &["model", "outcome"],
+            ),
+            quality: r.gauge(
+                "quality",
+                "Live quality of the version's current feedback window: accuracy, precision, \
+                 recall, f1, roc_auc, mae, rmse.",
+                &["model", "version", "metric"],
+            ),
+        }
+    }
+}
+
+impl TrainingFamilies {
+    fn register(r: &Registrar) -> TrainingFamilies {
+        TrainingFamilies {
+            training_jobs: r.counter(
+                "training_jobs_total",
+                "Training jobs finished, by trigger (manual, auto) and outcome: published, \
+                 passed (the gate; publishing off), refused (by the gate), failed.",
+                &["model", "trigger", "outcome"],
+            ),
+            training_running: r
+                .int_gauge_one("training_jobs_running", "Training jobs running now."),
+            training_duration: r.gauge(
+                "training_last_duration_seconds",
+                "Seconds the model's last finished training job took.",
+                &["model"],
+            ),
+            retrain_decisions: r.counter(
+                "retrain_decisions_total",
+                "Automatic retraining, per drift window that completed a streak: started, or \
+                 why not (cooldown, daily_cap, labels, busy, candidate, error).",
+                &["model", "decision"],
+            ),
+        }
+    }
+}
+
+impl GpuFamilies {
+    fn register(r: &Registrar) -> GpuFamilies {
+        GpuFamilies {
+            gpu_copied: r.counter(
                 "gpu_copied_bytes_total",
                 "Bytes a GPU engine copied between host and device, by direction (to_device, \
                  from_device).",
                 &["model", "version", "direction"],
             ),
-            gpu_kernel: histogram(
+            gpu_kernel: r.histogram(
                 "gpu_kernel_duration_seconds",
                 "Time a GPU engine's kernels took per batch (CUDA events around the device \
                  steps, copies excluded).",
                 LATENCY_BUCKETS,
             ),
-            gpu_utilization: gauge(
+            gpu_utilization: r.gauge(
                 "gpu_utilization_ratio",
                 "Share of NVML's last sample period in which a kernel ran on the GPU.",
                 &["gpu", "name"],
             ),
-            gpu_memory_used: int_gauge(
+            gpu_memory_used: r.int_gauge(
                 "gpu_memory_used_bytes",
                 "GPU memory allocated (NVML), by every process on the GPU.",
                 &["gpu"],
             ),
-            gpu_memory_total: int_gauge(
+            gpu_memory_total: r.int_gauge(
                 "gpu_memory_total_bytes",
                 "GPU memory installed (NVML).",
                 &["gpu"],
             ),
+        }
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every family registered, one constructor per subsystem.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let r = Registrar {
+            registry: &registry,
+        };
+        let uptime = r.process();
+        let families = Families {
+            started: Instant::now(),
+            uptime,
+            inference: InferenceFamilies::register(&r),
+            loads: LoadFamilies::register(&r),
+            http: HttpFamilies::register(&r),
+            deployment: DeploymentFamilies::register(&r),
+            monitoring: MonitoringFamilies::register(&r),
+            training: TrainingFamilies::register(&r),
+            gpu: GpuFamilies::register(&r),
             live: Mutex::new(BTreeMap::new()),
             registry,
         };
@@ -573,25 +672,26 @@ impl Metrics {
             .entry((model.to_string(), version))
             .or_default() += 1;
         let failures = FailureReason::ALL.map(|r| {
-            f.request_failure
+            f.inference
+                .request_failure
                 .with_label_values(&[model, v.as_str(), r.label()])
         });
         VersionMetrics {
             inner: Arc::new(VersionInner {
                 model: model.to_string(),
                 version,
-                success: f.request_success.with_label_values(&labels),
+                success: f.inference.request_success.with_label_values(&labels),
                 failures,
-                rows: f.inference_rows.with_label_values(&labels),
-                executions: f.executions.with_label_values(&labels),
-                request_duration: f.request_duration.with_label_values(&labels),
-                queue_duration: f.queue_duration.with_label_values(&labels),
-                compute_input: f.compute_input.with_label_values(&labels),
-                compute_infer: f.compute_infer.with_label_values(&labels),
-                compute_output: f.compute_output.with_label_values(&labels),
-                batch_size: f.batch_size.with_label_values(&labels),
-                queue_depth: f.queue_depth.with_label_values(&labels),
-                pending: f.pending.with_label_values(&labels),
+                rows: f.inference.inference_rows.with_label_values(&labels),
+                executions: f.inference.executions.with_label_values(&labels),
+                request_duration: f.inference.request_duration.with_label_values(&labels),
+                queue_duration: f.inference.queue_duration.with_label_values(&labels),
+                compute_input: f.inference.compute_input.with_label_values(&labels),
+                compute_infer: f.inference.compute_infer.with_label_values(&labels),
+                compute_output: f.inference.compute_output.with_label_values(&labels),
+                batch_size: f.inference.batch_size.with_label_values(&labels),
+                queue_depth: f.inference.queue_depth.with_label_values(&labels),
+                pending: f.inference.pending.with_label_values(&labels),
                 stats: VersionStats::default(),
                 device: std::sync::OnceLock::new(),
                 families: Arc::clone(&self.inner),
@@ -604,15 +704,21 @@ impl Metrics {
         let v = version.to_string();
         let labels = [model, v.as_str()];
         self.inner
+            .loads
             .load_duration
             .with_label_values(&labels)
             .set(took.as_secs_f64());
         self.inner
+            .loads
             .model_ready
             .with_label_values(&labels)
             .set(ok as i64);
         if !ok {
-            self.inner.load_failures.with_label_values(&labels).inc();
+            self.inner
+                .loads
+                .load_failures
+                .with_label_values(&labels)
+                .inc();
         }
     }
 
@@ -620,6 +726,7 @@ impl Metrics {
     pub fn record_unload(&self, model: &str, version: u64) {
         let v = version.to_string();
         self.inner
+            .loads
             .model_ready
             .with_label_values(&[model, v.as_str()])
             .set(0);
@@ -628,6 +735,7 @@ impl Metrics {
     /// Counts a deployment transition.
     pub fn record_transition(&self, model: &str, action: &'static str, trigger: &'static str) {
         self.inner
+            .deployment
             .transitions
             .with_label_values(&[model, action, trigger])
             .inc();
@@ -636,17 +744,23 @@ impl Metrics {
     /// Publishes a model's deployment state: its canary weight and shadow agreement.
     pub fn set_deployment(&self, model: &str, weight: f64, agreement: Option<f64>) {
         self.inner
+            .deployment
             .candidate_weight
             .with_label_values(&[model])
             .set(weight);
         match agreement {
             Some(a) => self
                 .inner
+                .deployment
                 .shadow_agreement
                 .with_label_values(&[model])
                 .set(a),
             None => {
-                let _ = self.inner.shadow_agreement.remove_label_values(&[model]);
+                let _ = self
+                    .inner
+                    .deployment
+                    .shadow_agreement
+                    .remove_label_values(&[model]);
             }
         }
     }
@@ -654,28 +768,39 @@ impl Metrics {
     /// One gRPC call: `method` is one of the service's (a fixed set), `code` one of gRPC's 17.
     pub fn record_grpc(&self, method: &'static str, code: &'static str) {
         self.inner
+            .http
             .grpc_requests
             .with_label_values(&[method, code])
             .inc();
     }
 
     pub fn record_shared_state(&self, result: &'static str) {
-        self.inner.shared_state.with_label_values(&[result]).inc();
+        self.inner
+            .deployment
+            .shared_state
+            .with_label_values(&[result])
+            .inc();
     }
 
     pub fn record_repository_sync(&self, result: &'static str) {
         self.inner
+            .deployment
             .repository_syncs
             .with_label_values(&[result])
             .inc();
     }
 
     pub fn record_tls_reload(&self, result: &'static str) {
-        self.inner.tls_reloads.with_label_values(&[result]).inc();
+        self.inner
+            .http
+            .tls_reloads
+            .with_label_values(&[result])
+            .inc();
     }
 
     pub fn record_tls_handshake_failure(&self, listener: &'static str) {
         self.inner
+            .http
             .tls_handshake_failures
             .with_label_values(&[listener])
             .inc();
@@ -685,13 +810,16 @@ impl Metrics {
     pub fn set_gpu(&self, s: &crate::gpu_telemetry::GpuSample) {
         let gpu = s.index.to_string();
         let f = &self.inner;
-        f.gpu_utilization
+        f.gpu
+            .gpu_utilization
             .with_label_values(&[gpu.as_str(), s.name.as_str()])
             .set(s.utilization);
-        f.gpu_memory_used
+        f.gpu
+            .gpu_memory_used
             .with_label_values(&[gpu.as_str()])
             .set(s.memory_used_bytes as i64);
-        f.gpu_memory_total
+        f.gpu
+            .gpu_memory_total
             .with_label_values(&[gpu.as_str()])
             .set(s.memory_total_bytes as i64);
     }
@@ -709,17 +837,25 @@ impl Metrics {
             .iter()
             .position(|e| *e == endpoint)
             .unwrap_or(HTTP_ENDPOINTS.len() - 1);
-        self.inner.http_requests[row][class].inc();
+        self.inner.http.http_requests[row][class].inc();
     }
 
     /// Counts rows written to a model's prediction log.
     pub fn record_log_rows(&self, model: &str, rows: u64) {
-        self.inner.log_rows.with_label_values(&[model]).inc_by(rows);
+        self.inner
+            .monitoring
+            .log_rows
+            .with_label_values(&[model])
+            .inc_by(rows);
     }
 
     /// Counts one batch appended and synced to a model's prediction log.
     pub fn record_log_append(&self, model: &str) {
-        self.inner.log_appends.with_label_values(&[model]).inc();
+        self.inner
+            .monitoring
+            .log_appends
+            .with_label_values(&[model])
+            .inc();
     }
 
     /// Counts one request not logged.
@@ -730,6 +866,7 @@ impl Metrics {
     /// Counts rows not logged.
     pub fn record_log_dropped_rows(&self, model: &str, reason: &'static str, rows: u64) {
         self.inner
+            .monitoring
             .log_dropped
             .with_label_values(&[model, reason])
             .inc_by(rows);
@@ -738,14 +875,17 @@ impl Metrics {
     /// Publishes how far a model's log writer lags and how much it holds on disk.
     pub fn set_log_state(&self, model: &str, synced_us: i64, now_us: i64, bytes: u64) {
         self.inner
+            .monitoring
             .log_lag
             .with_label_values(&[model])
             .set(now_us.saturating_sub(synced_us).max(0) as f64 / 1e6);
         self.inner
+            .monitoring
             .log_synced
             .with_label_values(&[model])
             .set(synced_us as f64 / 1e6);
         self.inner
+            .monitoring
             .log_bytes
             .with_label_values(&[model])
             .set(bytes as i64);
@@ -762,7 +902,10 @@ impl Metrics {
     ) {
         let v = version.to_string();
         let f = &self.inner;
-        f.drift_windows.with_label_values(&[model, &v]).inc();
+        f.monitoring
+            .drift_windows
+            .with_label_values(&[model, &v])
+            .inc();
         let mut exported = 0;
         for group in ["features", "outputs"] {
             let Some(entries) = report[group].as_object() else {
@@ -773,7 +916,8 @@ impl Metrics {
                 exported += 1;
                 let label = if within { name.as_str() } else { "other" };
                 if stats["drifted"].as_bool() == Some(true) {
-                    f.drift_violations
+                    f.monitoring
+                        .drift_violations
                         .with_label_values(&[model, &v, label])
                         .inc();
                 }
@@ -792,7 +936,8 @@ impl Metrics {
                     ("unseen_rate", &stats["unseen_rate"]),
                 ] {
                     if let Some(x) = value.as_f64() {
-                        f.drift_statistic
+                        f.monitoring
+                            .drift_statistic
                             .with_label_values(&[model, &v, name, statistic])
                             .set(x);
                     }
@@ -806,6 +951,7 @@ impl Metrics {
     pub fn record_monitor_panics(&self, model: &str, thread: &'static str, panics: u64) {
         if panics > 0 {
             self.inner
+                .monitoring
                 .monitor_panics
                 .with_label_values(&[model, thread])
                 .inc_by(panics);
@@ -815,6 +961,7 @@ impl Metrics {
     /// Counts a drift window skipped because the comparer was busy.
     pub fn record_drift_skipped(&self, model: &str, version: u64) {
         self.inner
+            .monitoring
             .drift_skipped
             .with_label_values(&[model, &version.to_string()])
             .inc();
@@ -824,6 +971,7 @@ impl Metrics {
     pub fn record_drift_values_truncated(&self, model: &str, values: u64) {
         if values > 0 {
             self.inner
+                .monitoring
                 .drift_truncated
                 .with_label_values(&[model])
                 .inc_by(values);
@@ -834,6 +982,7 @@ impl Metrics {
     pub fn record_feedback(&self, model: &str, outcome: &'static str, rows: u64) {
         if rows > 0 {
             self.inner
+                .monitoring
                 .feedback
                 .with_label_values(&[model, outcome])
                 .inc_by(rows);
@@ -843,10 +992,12 @@ impl Metrics {
     /// A training job finished.
     pub fn record_training_job(&self, model: &str, trigger: &str, outcome: &str, seconds: f64) {
         self.inner
+            .training
             .training_jobs
             .with_label_values(&[model, trigger, outcome])
             .inc();
         self.inner
+            .training
             .training_duration
             .with_label_values(&[model])
             .set(seconds);
@@ -854,12 +1005,13 @@ impl Metrics {
 
     /// Training jobs running now.
     pub fn set_training_running(&self, running: usize) {
-        self.inner.training_running.set(running as i64);
+        self.inner.training.training_running.set(running as i64);
     }
 
     /// One automatic-retraining decision.
     pub fn record_retrain_decision(&self, model: &str, decision: &str) {
         self.inner
+            .training
             .retrain_decisions
             .with_label_values(&[model, decision])
             .inc();
@@ -878,6 +1030,7 @@ impl Metrics {
             for metric in metrics {
                 if let Some(x) = report[group][metric].as_f64() {
                     self.inner
+                        .monitoring
                         .quality
                         .with_label_values(&[model, &v, metric])
                         .set(x);
@@ -889,32 +1042,33 @@ impl Metrics {
     /// Counts a connection opened (`+1`) or closed (`-1`). Deltas, not values: concurrent
     /// changes can then never leave the gauge stale.
     pub fn add_open_connections(&self, delta: i64) {
-        self.inner.open_connections.add(delta);
+        self.inner.http.open_connections.add(delta);
     }
 
     /// Counts a connection refused at `max_connections`.
     pub fn record_connection_refused(&self) {
-        self.inner.refused_connections.inc();
+        self.inner.http.refused_connections.inc();
     }
 
     /// Counts a failed accept.
     pub fn record_accept_error(&self) {
-        self.inner.accept_errors.inc();
+        self.inner.http.accept_errors.inc();
     }
 
     /// Counts request-body bytes taken (positive) or given back (negative).
     pub fn add_buffered_body_bytes(&self, delta: i64) {
-        self.inner.buffered_body_bytes.add(delta);
+        self.inner.http.buffered_body_bytes.add(delta);
     }
 
     /// Counts unread answer bytes produced (positive) or written (negative).
     pub fn add_unread_answer_bytes(&self, delta: i64) {
-        self.inner.unread_answer_bytes.add(delta);
+        self.inner.http.unread_answer_bytes.add(delta);
     }
 
     /// Counts a request refused at admission; `reason` is `connection` or `budget`.
     pub fn record_request_refused(&self, listener: &'static str, reason: &'static str) {
         self.inner
+            .http
             .requests_refused
             .with_label_values(&[listener, reason])
             .inc();
@@ -986,6 +1140,7 @@ impl VersionMetrics {
     pub fn record_engine_fallback(&self, engine: &str) {
         self.inner
             .families
+            .loads
             .engine_fallbacks
             .with_label_values(&[self.inner.model.as_str(), engine])
             .inc();
@@ -1032,13 +1187,15 @@ impl VersionMetrics {
             let f = &i.families;
             let v = i.version.to_string();
             let series = |direction: &str| {
-                f.gpu_copied
+                f.gpu
+                    .gpu_copied
                     .with_label_values(&[i.model.as_str(), v.as_str(), direction])
             };
             DeviceSeries {
                 to_device: series("to_device"),
                 from_device: series("from_device"),
                 kernel: f
+                    .gpu
                     .gpu_kernel
                     .with_label_values(&[i.model.as_str(), v.as_str()]),
             }
@@ -1079,37 +1236,39 @@ impl Drop for VersionInner {
         }
         let v = self.version.to_string();
         let labels = [self.model.as_str(), v.as_str()];
-        let _ = f.request_success.remove_label_values(&labels);
+        let _ = f.inference.request_success.remove_label_values(&labels);
         for r in FailureReason::ALL {
-            let _ = f.request_failure.remove_label_values(&[
+            let _ = f.inference.request_failure.remove_label_values(&[
                 self.model.as_str(),
                 v.as_str(),
                 r.label(),
             ]);
         }
-        for vec in [&f.inference_rows, &f.executions] {
+        for vec in [&f.inference.inference_rows, &f.inference.executions] {
             let _ = vec.remove_label_values(&labels);
         }
         for vec in [
-            &f.request_duration,
-            &f.queue_duration,
-            &f.compute_input,
-            &f.compute_infer,
-            &f.compute_output,
-            &f.batch_size,
+            &f.inference.request_duration,
+            &f.inference.queue_duration,
+            &f.inference.compute_input,
+            &f.inference.compute_infer,
+            &f.inference.compute_output,
+            &f.inference.batch_size,
         ] {
             let _ = vec.remove_label_values(&labels);
         }
-        for vec in [&f.queue_depth, &f.pending] {
+        for vec in [&f.inference.queue_depth, &f.inference.pending] {
             let _ = vec.remove_label_values(&labels);
         }
         if self.device.get().is_some() {
             for direction in ["to_device", "from_device"] {
-                let _ =
-                    f.gpu_copied
-                        .remove_label_values(&[self.model.as_str(), v.as_str(), direction]);
+                let _ = f.gpu.gpu_copied.remove_label_values(&[
+                    self.model.as_str(),
+                    v.as_str(),
+                    direction,
+                ]);
             }
-            let _ = f.gpu_kernel.remove_label_values(&labels);
+            let _ = f.gpu.gpu_kernel.remove_label_values(&labels);
         }
     }
 }

@@ -76,96 +76,7 @@ pub fn run(args: &SelftestArgs) -> (String, Outcome) {
         "model", "engine", "batch", "max rel err", "labels"
     ));
     for path in &models {
-        let name = short(path);
-        let cpu = match load(
-            path,
-            EngineKind::Tract,
-            Vec::new(),
-            Precision::Fp32,
-            args.device,
-        ) {
-            Ok(e) => e,
-            Err(e) => {
-                out.push_str(&format!("{name:<28} cannot load on the CPU: {e}\n"));
-                failed = true;
-                continue;
-            }
-        };
-        let width = match cpu.signature().inputs.first().and_then(|i| i.dims.get(1)) {
-            Some(&w) if w > 0 => w as usize,
-            _ => {
-                out.push_str(&format!("{name:<28} not an [N, F] model\n"));
-                failed = true;
-                continue;
-            }
-        };
-        let gpu_engines: [(&str, EngineKind, Vec<Provider>, Precision, f64); 3] = [
-            (
-                "cuda fp32",
-                EngineKind::Cuda,
-                Vec::new(),
-                Precision::Fp32,
-                1e-5,
-            ),
-            (
-                "cuda tf32",
-                EngineKind::Cuda,
-                Vec::new(),
-                Precision::Tf32,
-                1e-2,
-            ),
-            (
-                "ort cuda provider",
-                EngineKind::Ort,
-                vec![Provider::Cuda],
-                Precision::Fp32,
-                1e-5,
-            ),
-        ];
-        let mut benched: Vec<(String, Arc<dyn Engine>)> = vec![("tract (cpu)".into(), cpu.clone())];
-        if let Ok(ort) = load(
-            path,
-            EngineKind::Ort,
-            Vec::new(),
-            Precision::Fp32,
-            args.device,
-        ) {
-            benched.push(("ort (cpu)".into(), ort));
-        }
-        for (label, kind, providers, precision, tol) in gpu_engines {
-            let gpu = match load(path, kind, providers, precision, args.device) {
-                Ok(e) => e,
-                Err(e) => {
-                    // The CUDA engine must take the shipped models; ort's CUDA provider needs
-                    // onnxruntime-gpu, which a CUDA host often lacks: reported, not failed.
-                    let must = kind == EngineKind::Cuda && args.models.is_empty();
-                    failed |= must;
-                    let verdict = if must { "FAIL" } else { "skipped" };
-                    out.push_str(&format!("{name:<28} {label:<18} {verdict}: {e}\n"));
-                    continue;
-                }
-            };
-            for rows in BATCHES {
-                let input = inputs(rows, width, rows as u64);
-                let (err, labels, ok) = match (infer(&cpu, &input), infer(&gpu, &input)) {
-                    (Ok(want), Ok(got)) => compare(&want, &got, tol),
-                    (Err(e), _) | (_, Err(e)) => {
-                        out.push_str(&format!("{name:<28} {label:<18} {rows:>6} FAIL: {e}\n"));
-                        failed = true;
-                        continue;
-                    }
-                };
-                failed |= !ok;
-                out.push_str(&format!(
-                    "{name:<28} {label:<18} {rows:>6} {err:>12.3e} {labels:>7}  {}\n",
-                    if ok { "ok" } else { "FAIL" }
-                ));
-            }
-            benched.push((label.to_string(), gpu));
-        }
-        if args.bench {
-            out.push_str(&bench(&name, path, width, &benched, args));
-        }
+        failed |= check_model(path, args, &mut out);
     }
     let outcome = if failed {
         Outcome::Failed
@@ -173,6 +84,101 @@ pub fn run(args: &SelftestArgs) -> (String, Outcome) {
         Outcome::Passed
     };
     (out, outcome)
+}
+
+/// One model on every engine against tract's answers (and, with `--bench`, their speeds), its
+/// lines appended to `out`; true when something that must hold did not.
+fn check_model(path: &Path, args: &SelftestArgs, out: &mut String) -> bool {
+    let mut failed = false;
+    let name = short(path);
+    let cpu = match load(
+        path,
+        EngineKind::Tract,
+        Vec::new(),
+        Precision::Fp32,
+        args.device,
+    ) {
+        Ok(e) => e,
+        Err(e) => {
+            out.push_str(&format!("{name:<28} cannot load on the CPU: {e}\n"));
+            return true;
+        }
+    };
+    let width = match cpu.signature().inputs.first().and_then(|i| i.dims.get(1)) {
+        Some(&w) if w > 0 => w as usize,
+        _ => {
+            out.push_str(&format!("{name:<28} not an [N, F] model\n"));
+            return true;
+        }
+    };
+    let gpu_engines: [(&str, EngineKind, Vec<Provider>, Precision, f64); 3] = [
+        (
+            "cuda fp32",
+            EngineKind::Cuda,
+            Vec::new(),
+            Precision::Fp32,
+            1e-5,
+        ),
+        (
+            "cuda tf32",
+            EngineKind::Cuda,
+            Vec::new(),
+            Precision::Tf32,
+            1e-2,
+        ),
+        (
+            "ort cuda provider",
+            EngineKind::Ort,
+            vec![Provider::Cuda],
+            Precision::Fp32,
+            1e-5,
+        ),
+    ];
+    let mut benched: Vec<(String, Arc<dyn Engine>)> = vec![("tract (cpu)".into(), cpu.clone())];
+    if let Ok(ort) = load(
+        path,
+        EngineKind::Ort,
+        Vec::new(),
+        Precision::Fp32,
+        args.device,
+    ) {
+        benched.push(("ort (cpu)".into(), ort));
+    }
+    for (label, kind, providers, precision, tol) in gpu_engines {
+        let gpu = match load(path, kind, providers, precision, args.device) {
+            Ok(e) => e,
+            Err(e) => {
+                // The CUDA engine must take the shipped models; ort's CUDA provider needs
+                // onnxruntime-gpu, which a CUDA host often lacks: reported, not failed.
+                let must = kind == EngineKind::Cuda && args.models.is_empty();
+                failed |= must;
+                let verdict = if must { "FAIL" } else { "skipped" };
+                out.push_str(&format!("{name:<28} {label:<18} {verdict}: {e}\n"));
+                continue;
+            }
+        };
+        for rows in BATCHES {
+            let input = inputs(rows, width, rows as u64);
+            let (err, labels, ok) = match (infer(&cpu, &input), infer(&gpu, &input)) {
+                (Ok(want), Ok(got)) => compare(&want, &got, tol),
+                (Err(e), _) | (_, Err(e)) => {
+                    out.push_str(&format!("{name:<28} {label:<18} {rows:>6} FAIL: {e}\n"));
+                    failed = true;
+                    continue;
+                }
+            };
+            failed |= !ok;
+            out.push_str(&format!(
+                "{name:<28} {label:<18} {rows:>6} {err:>12.3e} {labels:>7}  {}\n",
+                if ok { "ok" } else { "FAIL" }
+            ));
+        }
+        benched.push((label.to_string(), gpu));
+    }
+    if args.bench {
+        out.push_str(&bench(&name, path, width, &benched, args));
+    }
+    failed
 }
 
 fn load(

@@ -40,6 +40,78 @@ pub struct RunningServer {
     background: JoinHandle<()>,
 }
 
+/// Everything the handlers share, built from the configuration: metrics, routing, the monitor
+/// hub, the repository (on its object store when there is one), rollout (with the replicas'
+/// shared state when configured), training and the retraining policy.
+fn shared_state(
+    config: ServerConfig,
+    remote: Option<RemoteRepository>,
+) -> std::io::Result<Arc<AppState>> {
+    let metrics = Metrics::new();
+    let rules = Arc::new(Rules::new(metrics.clone()));
+    let offload = Offload::with_default_slots();
+    let router = Arc::new(Router::new(
+        Arc::clone(&rules) as Arc<dyn DeploymentRules>,
+        offload.clone(),
+    ));
+    let monitors = Arc::new(MonitorHub::new(config.monitor.clone(), metrics.clone()));
+    let mut repository = Repository::new(
+        config.model_repository.clone(),
+        Arc::clone(&router),
+        metrics.clone(),
+        config.load.clone(),
+        config.state_dir.join("uploads"),
+        Arc::clone(&monitors),
+    );
+    if let (Some(url), Some(remote)) = (&config.remote_repository, remote) {
+        repository = repository.with_remote(Arc::new(remote));
+        tracing::info!(url = %url, mirror = %config.model_repository.display(), "model repository in an object store");
+    }
+    let repository = Arc::new(repository);
+    let body_budget = BodyBudget::new(config.connections.max_buffered_body_bytes, metrics.clone());
+    let mut rollout = Rollout::new(
+        Arc::clone(&router),
+        rules,
+        metrics.clone(),
+        config.state_dir.clone(),
+    );
+    if let Some(url) = &config.deployment_state {
+        let shared = crate::rollout::shared::SharedState::open(url)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        rollout = rollout.with_shared(shared);
+    }
+    let rollout = Arc::new(rollout);
+    let training = crate::training::jobs::Jobs::new(
+        config.training.clone(),
+        config.monitor.dir.clone(),
+        config.model_repository.clone(),
+        Arc::clone(&repository),
+        Arc::clone(&router),
+        metrics.clone(),
+        tokio::runtime::Handle::current(),
+    );
+    let retrainer = crate::training::retrain::Retrainer::new(
+        Arc::clone(&router),
+        Arc::clone(&monitors),
+        Arc::clone(&training),
+        metrics.clone(),
+    );
+    Ok(Arc::new(AppState {
+        config,
+        router,
+        repository,
+        rollout,
+        metrics,
+        body_budget,
+        offload,
+        monitors,
+        training,
+        retrainer,
+        ready: AtomicBool::new(false),
+        stopping: AtomicBool::new(false),
+    }))
+}
+
 impl RunningServer {
     /// Binds and starts serving at once; models load in the background and readiness turns true
     /// when they are done (`/v2/health/ready`).
@@ -87,70 +159,7 @@ impl RunningServer {
             .as_ref()
             .map(TcpListener::local_addr)
             .transpose()?;
-        let metrics = Metrics::new();
-        let rules = Arc::new(Rules::new(metrics.clone()));
-        let offload = Offload::with_default_slots();
-        let router = Arc::new(Router::new(
-            Arc::clone(&rules) as Arc<dyn DeploymentRules>,
-            offload.clone(),
-        ));
-        let monitors = Arc::new(MonitorHub::new(config.monitor.clone(), metrics.clone()));
-        let mut repository = Repository::new(
-            config.model_repository.clone(),
-            Arc::clone(&router),
-            metrics.clone(),
-            config.load.clone(),
-            config.state_dir.join("uploads"),
-            Arc::clone(&monitors),
-        );
-        if let (Some(url), Some(remote)) = (&config.remote_repository, remote) {
-            repository = repository.with_remote(Arc::new(remote));
-            tracing::info!(url = %url, mirror = %config.model_repository.display(), "model repository in an object store");
-        }
-        let repository = Arc::new(repository);
-        let body_budget =
-            BodyBudget::new(config.connections.max_buffered_body_bytes, metrics.clone());
-        let mut rollout = Rollout::new(
-            Arc::clone(&router),
-            rules,
-            metrics.clone(),
-            config.state_dir.clone(),
-        );
-        if let Some(url) = &config.deployment_state {
-            let shared = crate::rollout::shared::SharedState::open(url)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-            rollout = rollout.with_shared(shared);
-        }
-        let rollout = Arc::new(rollout);
-        let training = crate::training::jobs::Jobs::new(
-            config.training.clone(),
-            config.monitor.dir.clone(),
-            config.model_repository.clone(),
-            Arc::clone(&repository),
-            Arc::clone(&router),
-            metrics.clone(),
-            tokio::runtime::Handle::current(),
-        );
-        let retrainer = crate::training::retrain::Retrainer::new(
-            Arc::clone(&router),
-            Arc::clone(&monitors),
-            Arc::clone(&training),
-            metrics.clone(),
-        );
-        let state = Arc::new(AppState {
-            config,
-            router,
-            repository,
-            rollout,
-            metrics,
-            body_budget,
-            offload,
-            monitors,
-            training,
-            retrainer,
-            ready: AtomicBool::new(false),
-            stopping: AtomicBool::new(false),
-        });
+        let state = shared_state(config, remote)?;
         let (stop, stopped) = watch::channel(false);
         let serve_state = Arc::clone(&state);
         let mut serve_stop = stopped.clone();

@@ -475,19 +475,18 @@ impl ServerConfig {
     /// Applies defaults. `origin` names where the settings came from, for error messages.
     /// `exe` is the `cairn` executable that runs checked loads (`None`: no checked loads, as
     /// when the server is embedded in another program).
+    ///
+    /// Each group of settings is checked by its own helper; they run in this order, so that of
+    /// several bad settings the same one is reported first, whatever the grouping.
     pub fn from_settings(
         s: ServerSettings,
         origin: &Path,
         exe: Option<PathBuf>,
     ) -> Result<ServerConfig, ConfigError> {
-        let invalid = |key: &str, reason: String| ConfigError::Invalid {
-            path: origin.to_path_buf(),
-            key: key.into(),
-            reason,
-        };
+        let check = Check { origin };
         let max_body_bytes = s.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
         if max_body_bytes < 1024 {
-            return Err(invalid(
+            return Err(check.invalid(
                 "max_body_bytes",
                 format!("{max_body_bytes} is too small to hold a request (at least 1024)"),
             ));
@@ -496,211 +495,21 @@ impl ServerConfig {
             .http_threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
         if http_threads == 0 {
-            return Err(invalid("http_threads", "must be at least 1".into()));
+            return Err(check.invalid("http_threads", "must be at least 1".into()));
         }
-        let token = |key: &str, value: Option<String>, file: &Option<PathBuf>| {
-            let token = match (value, file) {
-                (Some(_), Some(_)) => {
-                    return Err(invalid(
-                        &format!("{key}_file"),
-                        format!("both {key} and {key}_file are set; keep one"),
-                    ))
-                }
-                (Some(token), None) => Some(token),
-                (None, Some(file)) => Some(read_token_file(file).map_err(|reason| {
-                    invalid(
-                        &format!("{key}_file"),
-                        format!("{}: {reason}", file.display()),
-                    )
-                })?),
-                (None, None) => None,
-            };
-            if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
-                return Err(invalid(key, "must not be empty".into()));
-            }
-            Ok(token)
-        };
-        let admin_token = token("admin_token", s.admin_token, &s.admin_token_file)?;
-        let feedback_token = token("feedback_token", s.feedback_token, &s.feedback_token_file)?;
-        if s.protect_inference == Some(true) && admin_token.is_none() {
-            return Err(invalid(
-                "protect_inference",
-                "is true but no admin_token is set to protect it with".into(),
-            ));
-        }
-        let defaults = ConnectionLimits::default();
-        let seconds = |key: &str, value: Option<u64>, default: Duration| match value {
-            None => Ok(default),
-            Some(0) => Err(invalid(key, "must be at least 1".into())),
-            Some(v) => Ok(Duration::from_secs(v)),
-        };
-        let connections = ConnectionLimits {
-            max_connections: match s.max_connections {
-                Some(0) => return Err(invalid("max_connections", "must be at least 1".into())),
-                Some(n) => n,
-                None => defaults.max_connections,
-            },
-            max_buffered_body_bytes: s
-                .max_buffered_body_bytes
-                .unwrap_or(defaults.max_buffered_body_bytes.max(max_body_bytes)),
-            header_read_timeout: seconds(
-                "header_read_timeout_s",
-                s.header_read_timeout_s,
-                defaults.header_read_timeout,
-            )?,
-            keep_alive_timeout: seconds(
-                "keep_alive_timeout_s",
-                s.keep_alive_timeout_s,
-                defaults.keep_alive_timeout,
-            )?,
-            body_read_timeout: seconds(
-                "body_read_timeout_s",
-                s.body_read_timeout_s,
-                defaults.body_read_timeout,
-            )?,
-        };
-        if connections.max_buffered_body_bytes < max_body_bytes {
-            return Err(invalid(
-                "max_buffered_body_bytes",
-                format!(
-                    "{} is below max_body_bytes ({max_body_bytes}), so the largest request could \
-                     never be read",
-                    connections.max_buffered_body_bytes
-                ),
-            ));
-        }
-        let memory_bytes = s
-            .model_load_memory_bytes
-            .unwrap_or(DEFAULT_LOAD_MEMORY_BYTES);
-        if memory_bytes != 0 && memory_bytes < MIN_LOAD_MEMORY_BYTES {
-            return Err(invalid(
-                "model_load_memory_bytes",
-                format!(
-                    "{memory_bytes} is too small to load any model (at least \
-                     {MIN_LOAD_MEMORY_BYTES}, or 0 to turn the check off)"
-                ),
-            ));
-        }
-        let load_timeout = seconds(
-            "model_load_timeout_s",
-            s.model_load_timeout_s,
-            Duration::from_secs(300),
-        )?;
-        let named = s
-            .model_repository
-            .unwrap_or_else(|| PathBuf::from("models"));
-        // An object-store URL: the repository served is its mirror under the state directory.
-        let remote_repository = named
-            .to_str()
-            .filter(|r| crate::repository::remote::is_url(r))
-            .map(|r| r.to_string());
-        let state_dir = s.state_dir.unwrap_or_else(|| match &remote_repository {
-            Some(_) => PathBuf::from(".cairn"),
-            None => named.join(".cairn"),
-        });
-        let model_repository = match &remote_repository {
-            Some(_) => state_dir.join("repository"),
-            None => named,
-        };
-        let d = MonitorSettings::defaults(&state_dir);
-        let positive = |key: &str, v: Option<u64>, default: u64| match v {
-            Some(0) => Err(invalid(key, "must be at least 1".into())),
-            Some(v) => Ok(v),
-            None => Ok(default),
-        };
-        let monitor = MonitorSettings {
-            dir: s.prediction_log_dir.unwrap_or(d.dir),
-            fsync: s
-                .prediction_log_fsync_ms
-                .map_or(d.fsync, Duration::from_millis),
-            segment_max_bytes: positive(
-                "prediction_log_segment_bytes",
-                s.prediction_log_segment_bytes,
-                d.segment_max_bytes,
-            )?,
-            segment_max_age: Duration::from_secs(positive(
-                "prediction_log_segment_age_s",
-                s.prediction_log_segment_age_s,
-                d.segment_max_age.as_secs(),
-            )?),
-            retention_max_bytes: match s.prediction_log_retention_bytes {
-                Some(0) => None,
-                Some(v) => Some(v),
-                None => d.retention_max_bytes,
-            },
-            retention_max_age: match s.prediction_log_retention_age_s {
-                Some(0) => None,
-                Some(v) => Some(Duration::from_secs(v)),
-                None => d.retention_max_age,
-            },
-            queue: match s.prediction_log_queue {
-                Some(0) => {
-                    return Err(invalid("prediction_log_queue", "must be at least 1".into()))
-                }
-                Some(n) => n,
-                None => d.queue,
-            },
-            queue_bytes: s.prediction_log_queue_bytes.unwrap_or(d.queue_bytes),
-            when_full: s.prediction_log_when_full.unwrap_or(d.when_full),
-            block: s
-                .prediction_log_block_ms
-                .map_or(d.block, Duration::from_millis),
-            feedback_index_rows: match s.feedback_index_rows {
-                Some(0) => return Err(invalid("feedback_index_rows", "must be at least 1".into())),
-                Some(n) => n,
-                None => d.feedback_index_rows,
-            },
-        };
-        let training = TrainingSettings {
-            config_dir: s
-                .train_config_dir
-                .unwrap_or_else(|| PathBuf::from("configs/train")),
-            max_jobs: match s.max_training_jobs {
-                Some(0) => return Err(invalid("max_training_jobs", "must be at least 1".into())),
-                Some(n) if n > 64 => return Err(invalid("max_training_jobs", "at most 64".into())),
-                Some(n) => n,
-                None => 1,
-            },
-            runs_dir: state_dir.join("runs"),
-        };
-        let listen = s.listen.unwrap_or_else(|| "0.0.0.0:8000".into());
-        let grpc_listen = match s.grpc_listen.as_deref().map(str::trim) {
-            Some("off") => None,
-            Some("") => {
-                return Err(invalid(
-                    "grpc_listen",
-                    "is empty (use \"off\" to turn gRPC off)".into(),
-                ))
-            }
-            Some(addr) => Some(addr.to_string()),
-            None => Some(default_grpc_listen(&listen)),
-        };
-        let tls = match (s.tls_cert_file, s.tls_key_file, s.tls_client_ca_file) {
-            (None, None, None) => None,
-            (Some(cert), Some(key), client_ca) => Some(crate::tls::TlsFiles {
-                cert,
-                key,
-                client_ca,
-            }),
-            (None, None, Some(_)) => {
-                return Err(invalid(
-                    "tls_client_ca_file",
-                    "needs tls_cert_file and tls_key_file: mutual TLS is TLS first".into(),
-                ))
-            }
-            (Some(_), None, _) => {
-                return Err(invalid(
-                    "tls_key_file",
-                    "is unset while tls_cert_file is set".into(),
-                ))
-            }
-            (None, Some(_), _) => {
-                return Err(invalid(
-                    "tls_cert_file",
-                    "is unset while tls_key_file is set".into(),
-                ))
-            }
-        };
+        let (admin_token, feedback_token) = check.tokens(&s)?;
+        let connections = check.connection_limits(&s, max_body_bytes)?;
+        let load = check.load_limits(&s, max_body_bytes, exe)?;
+        let repository = RepositoryPaths::of(&s);
+        let monitor = check.monitor_settings(&s, &repository.state_dir)?;
+        let training = check.training_settings(&s, &repository.state_dir)?;
+        let (listen, grpc_listen) = check.listeners(&s)?;
+        let tls = check.tls(&s)?;
+        let RepositoryPaths {
+            remote_repository,
+            state_dir,
+            model_repository,
+        } = repository;
         Ok(ServerConfig {
             listen,
             grpc_listen,
@@ -716,39 +525,12 @@ impl ServerConfig {
                 (v, _) => v.filter(|&s| s > 0).map(Duration::from_secs),
             },
             remote_repository,
-            deployment_state: match s.deployment_state {
-                Some(url) if !crate::repository::remote::is_url(&url) => {
-                    return Err(invalid(
-                        "deployment_state",
-                        format!("'{url}' is not an object-store URL (s3://bucket/prefix, ...)"),
-                    ))
-                }
-                // The local file system store has no compare-and-swap on an existing object:
-                // two replicas would overwrite each other's changes.
-                Some(url) if url.starts_with("file:") => {
-                    return Err(invalid(
-                        "deployment_state",
-                        format!(
-                            "'{url}': a file:// store cannot replace an object conditionally, \
-                             so replicas would overwrite each other; use s3://, gs:// or az:// \
-                             (unset, the server keeps its deployments in state_dir)"
-                        ),
-                    ))
-                }
-                other => other,
-            },
+            deployment_state: check.deployment_state(s.deployment_state)?,
             admin_token,
             feedback_token,
             protect_inference: s.protect_inference.unwrap_or(false),
             connections,
-            load: LoadLimits {
-                max_sample_bytes: max_body_bytes,
-                check: exe.filter(|_| memory_bytes > 0).map(|exe| LoadCheck {
-                    exe,
-                    memory_bytes,
-                    timeout: load_timeout,
-                }),
-            },
+            load,
             monitor,
             training,
             onnxruntime_library: s.onnxruntime_library,
@@ -815,6 +597,357 @@ fn read_token_file(path: &Path) -> Result<String, String> {
         return Err(format!("is larger than {MAX_TOKEN_FILE_BYTES} bytes"));
     }
     Ok(text.trim().to_string())
+}
+
+/// Where the repository is served from and where state is kept: `model_repository` names either
+/// a directory or an object-store URL, and the latter is served from a mirror in `state_dir`.
+struct RepositoryPaths {
+    /// The object-store URL, when the repository lives in one.
+    remote_repository: Option<String>,
+    state_dir: PathBuf,
+    /// The directory served: the one named, or the mirror.
+    model_repository: PathBuf,
+}
+
+impl RepositoryPaths {
+    fn of(s: &ServerSettings) -> RepositoryPaths {
+        let named = s
+            .model_repository
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("models"));
+        // An object-store URL: the repository served is its mirror under the state directory.
+        let remote_repository = named
+            .to_str()
+            .filter(|r| crate::repository::remote::is_url(r))
+            .map(|r| r.to_string());
+        let state_dir = s
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| match &remote_repository {
+                Some(_) => PathBuf::from(".cairn"),
+                None => named.join(".cairn"),
+            });
+        let model_repository = match &remote_repository {
+            Some(_) => state_dir.join("repository"),
+            None => named,
+        };
+        RepositoryPaths {
+            remote_repository,
+            state_dir,
+            model_repository,
+        }
+    }
+}
+
+/// The checks of [`ServerConfig::from_settings`], one method per group of settings. It carries
+/// the settings' origin so that every error names the file (or flags) the bad value came from.
+struct Check<'a> {
+    origin: &'a Path,
+}
+
+impl Check<'_> {
+    fn invalid(&self, key: &str, reason: String) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.origin.to_path_buf(),
+            key: key.into(),
+            reason,
+        }
+    }
+
+    /// A duration in whole seconds that must not be zero.
+    fn seconds(
+        &self,
+        key: &str,
+        value: Option<u64>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(0) => Err(self.invalid(key, "must be at least 1".into())),
+            Some(v) => Ok(Duration::from_secs(v)),
+        }
+    }
+
+    /// A count that must not be zero.
+    fn positive(&self, key: &str, v: Option<u64>, default: u64) -> Result<u64, ConfigError> {
+        match v {
+            Some(0) => Err(self.invalid(key, "must be at least 1".into())),
+            Some(v) => Ok(v),
+            None => Ok(default),
+        }
+    }
+
+    /// A token given either as `key` or in the file `key_file`, never both, and never blank.
+    fn token(
+        &self,
+        key: &str,
+        value: Option<String>,
+        file: &Option<PathBuf>,
+    ) -> Result<Option<String>, ConfigError> {
+        let token = match (value, file) {
+            (Some(_), Some(_)) => {
+                return Err(self.invalid(
+                    &format!("{key}_file"),
+                    format!("both {key} and {key}_file are set; keep one"),
+                ))
+            }
+            (Some(token), None) => Some(token),
+            (None, Some(file)) => Some(read_token_file(file).map_err(|reason| {
+                self.invalid(
+                    &format!("{key}_file"),
+                    format!("{}: {reason}", file.display()),
+                )
+            })?),
+            (None, None) => None,
+        };
+        if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(self.invalid(key, "must not be empty".into()));
+        }
+        Ok(token)
+    }
+
+    /// The admin and feedback tokens, and whether inference can be protected with them.
+    fn tokens(&self, s: &ServerSettings) -> Result<(Option<String>, Option<String>), ConfigError> {
+        let admin_token = self.token("admin_token", s.admin_token.clone(), &s.admin_token_file)?;
+        let feedback_token = self.token(
+            "feedback_token",
+            s.feedback_token.clone(),
+            &s.feedback_token_file,
+        )?;
+        if s.protect_inference == Some(true) && admin_token.is_none() {
+            return Err(self.invalid(
+                "protect_inference",
+                "is true but no admin_token is set to protect it with".into(),
+            ));
+        }
+        Ok((admin_token, feedback_token))
+    }
+
+    /// What connections may hold: their number, buffered bytes (room for at least the largest
+    /// request) and timeouts.
+    fn connection_limits(
+        &self,
+        s: &ServerSettings,
+        max_body_bytes: usize,
+    ) -> Result<ConnectionLimits, ConfigError> {
+        let defaults = ConnectionLimits::default();
+        let connections = ConnectionLimits {
+            max_connections: match s.max_connections {
+                Some(0) => return Err(self.invalid("max_connections", "must be at least 1".into())),
+                Some(n) => n,
+                None => defaults.max_connections,
+            },
+            max_buffered_body_bytes: s
+                .max_buffered_body_bytes
+                .unwrap_or(defaults.max_buffered_body_bytes.max(max_body_bytes)),
+            header_read_timeout: self.seconds(
+                "header_read_timeout_s",
+                s.header_read_timeout_s,
+                defaults.header_read_timeout,
+            )?,
+            keep_alive_timeout: self.seconds(
+                "keep_alive_timeout_s",
+                s.keep_alive_timeout_s,
+                defaults.keep_alive_timeout,
+            )?,
+            body_read_timeout: self.seconds(
+                "body_read_timeout_s",
+                s.body_read_timeout_s,
+                defaults.body_read_timeout,
+            )?,
+        };
+        if connections.max_buffered_body_bytes < max_body_bytes {
+            return Err(self.invalid(
+                "max_buffered_body_bytes",
+                format!(
+                    "{} is below max_body_bytes ({max_body_bytes}), so the largest request could \
+                     never be read",
+                    connections.max_buffered_body_bytes
+                ),
+            ));
+        }
+        Ok(connections)
+    }
+
+    /// What a model load may take: the checked load's memory budget and deadline (run by `exe`
+    /// unless the budget is 0), and the warm-up batch bound by `max_body_bytes`.
+    fn load_limits(
+        &self,
+        s: &ServerSettings,
+        max_body_bytes: usize,
+        exe: Option<PathBuf>,
+    ) -> Result<LoadLimits, ConfigError> {
+        let memory_bytes = s
+            .model_load_memory_bytes
+            .unwrap_or(DEFAULT_LOAD_MEMORY_BYTES);
+        if memory_bytes != 0 && memory_bytes < MIN_LOAD_MEMORY_BYTES {
+            return Err(self.invalid(
+                "model_load_memory_bytes",
+                format!(
+                    "{memory_bytes} is too small to load any model (at least \
+                     {MIN_LOAD_MEMORY_BYTES}, or 0 to turn the check off)"
+                ),
+            ));
+        }
+        let load_timeout = self.seconds(
+            "model_load_timeout_s",
+            s.model_load_timeout_s,
+            Duration::from_secs(300),
+        )?;
+        Ok(LoadLimits {
+            max_sample_bytes: max_body_bytes,
+            check: exe.filter(|_| memory_bytes > 0).map(|exe| LoadCheck {
+                exe,
+                memory_bytes,
+                timeout: load_timeout,
+            }),
+        })
+    }
+
+    /// The prediction log's settings, defaulting under `state_dir`.
+    fn monitor_settings(
+        &self,
+        s: &ServerSettings,
+        state_dir: &Path,
+    ) -> Result<MonitorSettings, ConfigError> {
+        let d = MonitorSettings::defaults(state_dir);
+        Ok(MonitorSettings {
+            dir: s.prediction_log_dir.clone().unwrap_or(d.dir),
+            fsync: s
+                .prediction_log_fsync_ms
+                .map_or(d.fsync, Duration::from_millis),
+            segment_max_bytes: self.positive(
+                "prediction_log_segment_bytes",
+                s.prediction_log_segment_bytes,
+                d.segment_max_bytes,
+            )?,
+            segment_max_age: Duration::from_secs(self.positive(
+                "prediction_log_segment_age_s",
+                s.prediction_log_segment_age_s,
+                d.segment_max_age.as_secs(),
+            )?),
+            retention_max_bytes: match s.prediction_log_retention_bytes {
+                Some(0) => None,
+                Some(v) => Some(v),
+                None => d.retention_max_bytes,
+            },
+            retention_max_age: match s.prediction_log_retention_age_s {
+                Some(0) => None,
+                Some(v) => Some(Duration::from_secs(v)),
+                None => d.retention_max_age,
+            },
+            queue: match s.prediction_log_queue {
+                Some(0) => {
+                    return Err(self.invalid("prediction_log_queue", "must be at least 1".into()))
+                }
+                Some(n) => n,
+                None => d.queue,
+            },
+            queue_bytes: s.prediction_log_queue_bytes.unwrap_or(d.queue_bytes),
+            when_full: s.prediction_log_when_full.unwrap_or(d.when_full),
+            block: s
+                .prediction_log_block_ms
+                .map_or(d.block, Duration::from_millis),
+            feedback_index_rows: match s.feedback_index_rows {
+                Some(0) => {
+                    return Err(self.invalid("feedback_index_rows", "must be at least 1".into()))
+                }
+                Some(n) => n,
+                None => d.feedback_index_rows,
+            },
+        })
+    }
+
+    /// Training jobs: their configs, how many run at once, and the runs store in `state_dir`.
+    fn training_settings(
+        &self,
+        s: &ServerSettings,
+        state_dir: &Path,
+    ) -> Result<TrainingSettings, ConfigError> {
+        Ok(TrainingSettings {
+            config_dir: s
+                .train_config_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("configs/train")),
+            max_jobs: match s.max_training_jobs {
+                Some(0) => {
+                    return Err(self.invalid("max_training_jobs", "must be at least 1".into()))
+                }
+                Some(n) if n > 64 => {
+                    return Err(self.invalid("max_training_jobs", "at most 64".into()))
+                }
+                Some(n) => n,
+                None => 1,
+            },
+            runs_dir: state_dir.join("runs"),
+        })
+    }
+
+    /// The HTTP address and the gRPC one (`None`: gRPC off).
+    fn listeners(&self, s: &ServerSettings) -> Result<(String, Option<String>), ConfigError> {
+        let listen = s.listen.clone().unwrap_or_else(|| "0.0.0.0:8000".into());
+        let grpc_listen = match s.grpc_listen.as_deref().map(str::trim) {
+            Some("off") => None,
+            Some("") => {
+                return Err(self.invalid(
+                    "grpc_listen",
+                    "is empty (use \"off\" to turn gRPC off)".into(),
+                ))
+            }
+            Some(addr) => Some(addr.to_string()),
+            None => Some(default_grpc_listen(&listen)),
+        };
+        Ok((listen, grpc_listen))
+    }
+
+    /// The TLS files shared by both listeners: a certificate and its key, or neither; a client
+    /// CA only with them.
+    fn tls(&self, s: &ServerSettings) -> Result<Option<crate::tls::TlsFiles>, ConfigError> {
+        match (
+            s.tls_cert_file.clone(),
+            s.tls_key_file.clone(),
+            s.tls_client_ca_file.clone(),
+        ) {
+            (None, None, None) => Ok(None),
+            (Some(cert), Some(key), client_ca) => Ok(Some(crate::tls::TlsFiles {
+                cert,
+                key,
+                client_ca,
+            })),
+            (None, None, Some(_)) => Err(self.invalid(
+                "tls_client_ca_file",
+                "needs tls_cert_file and tls_key_file: mutual TLS is TLS first".into(),
+            )),
+            (Some(_), None, _) => {
+                Err(self.invalid("tls_key_file", "is unset while tls_cert_file is set".into()))
+            }
+            (None, Some(_), _) => {
+                Err(self.invalid("tls_cert_file", "is unset while tls_key_file is set".into()))
+            }
+        }
+    }
+
+    /// The object-store prefix shared by replicas: a URL of a store that can replace an object
+    /// conditionally.
+    fn deployment_state(&self, url: Option<String>) -> Result<Option<String>, ConfigError> {
+        match url {
+            Some(url) if !crate::repository::remote::is_url(&url) => Err(self.invalid(
+                "deployment_state",
+                format!("'{url}' is not an object-store URL (s3://bucket/prefix, ...)"),
+            )),
+            // The local file system store has no compare-and-swap on an existing object:
+            // two replicas would overwrite each other's changes.
+            Some(url) if url.starts_with("file:") => Err(self.invalid(
+                "deployment_state",
+                format!(
+                    "'{url}': a file:// store cannot replace an object conditionally, \
+                     so replicas would overwrite each other; use s3://, gs:// or az:// \
+                     (unset, the server keeps its deployments in state_dir)"
+                ),
+            )),
+            other => Ok(other),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -412,23 +412,13 @@ pub async fn serve_connections<S, B>(
 {
     let limits = state.config.connections.clone();
     let max_connections = effective_max_connections(limits.max_connections);
-    let builder = {
-        let mut b = auto::Builder::new(TokioExecutor::new());
-        b.http1().keep_alive(true).max_buf_size(MAX_HEAD_BYTES);
-        b.http2()
-            .max_concurrent_streams(MAX_STREAMS)
-            .max_header_list_size(MAX_HEAD_BYTES as u32);
-        if protocol == Protocol::Grpc {
-            b = b.http2_only();
-        }
-        Arc::new(b)
-    };
+    let builder = Arc::new(connection_builder(protocol));
     // An HTTP client is told why; a gRPC client (HTTP/2 from its first byte) is closed on.
     let refusal = match protocol {
         Protocol::Http => refusal_response(max_connections),
         Protocol::Grpc => Vec::new(),
     };
-    let (open_tx, mut open_rx) = watch::channel(0usize);
+    let (open_tx, open_rx) = watch::channel(0usize);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut refused_log = Throttle::new(LOG_PERIOD);
     let mut accept_log = Throttle::new(LOG_PERIOD);
@@ -438,12 +428,7 @@ pub async fn serve_connections<S, B>(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => stream,
                 Err(e) => {
-                    state.metrics.record_accept_error();
-                    if let Some(suppressed) = accept_log.due() {
-                        tracing::warn!(error = %e, suppressed, "accept failed; backing off");
-                    }
-                    // Out of file descriptors and similar: back off instead of spinning.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    accept_failed(&e, &state.metrics, &mut accept_log).await;
                     continue;
                 }
             },
@@ -477,42 +462,17 @@ pub async fn serve_connections<S, B>(
             refuse,
         };
         let open = OpenGuard::new(open_tx.clone(), state.metrics.clone());
-        let mut watchdog = Watchdog::new(
-            Arc::clone(&activity),
-            stop_rx.clone(),
-            Windows {
-                header: limits.header_read_timeout,
-                idle: limits.keep_alive_timeout,
-                send: limits.body_read_timeout,
-            },
-        );
+        let windows = Windows::of(&limits);
+        let mut watchdog = Watchdog::new(Arc::clone(&activity), stop_rx.clone(), windows);
         let (builder, tls, metrics) = (Arc::clone(&builder), tls.clone(), state.metrics.clone());
         let handshake_window = limits.header_read_timeout;
         tokio::spawn(async move {
             let _open = open;
             // The handshake runs on the connection's task, within the header-read window, so
             // a client that never finishes it holds nothing past that window.
-            let io = match tls {
-                None => Stream::Plain(stream),
-                Some(tls) => {
-                    match tokio::time::timeout(handshake_window, tls.acceptor().accept(stream))
-                        .await
-                    {
-                        Ok(Ok(tls_stream)) => Stream::Tls(Box::new(tls_stream)),
-                        Ok(Err(e)) => {
-                            metrics.record_tls_handshake_failure(protocol.label());
-                            tracing::debug!(error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            metrics.record_tls_handshake_failure(protocol.label());
-                            tracing::debug!(
-                                "TLS handshake did not finish within the header-read timeout"
-                            );
-                            return;
-                        }
-                    }
-                }
+            let Some(io) = handshake(stream, tls, handshake_window, &metrics, protocol).await
+            else {
+                return;
             };
             let io = Watched {
                 stream: io,
@@ -550,10 +510,66 @@ pub async fn serve_connections<S, B>(
         .store(true, std::sync::atomic::Ordering::Release);
     drop(listener);
     let _ = stop_tx.send(true);
+    drain(open_rx, state.config.shutdown_timeout).await;
+}
+
+/// Counts and (throttled) logs a failed accept, then backs off: out of file descriptors and
+/// similar would otherwise spin.
+async fn accept_failed(e: &std::io::Error, metrics: &crate::metrics::Metrics, log: &mut Throttle) {
+    metrics.record_accept_error();
+    if let Some(suppressed) = log.due() {
+        tracing::warn!(error = %e, suppressed, "accept failed; backing off");
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+}
+
+/// hyper's connection settings for a listener: keep-alive and bounded heads for HTTP/1.1, a
+/// stream limit for HTTP/2, and HTTP/2 only for gRPC.
+fn connection_builder(protocol: Protocol) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1().keep_alive(true).max_buf_size(MAX_HEAD_BYTES);
+    b.http2()
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(MAX_HEAD_BYTES as u32);
+    if protocol == Protocol::Grpc {
+        b = b.http2_only();
+    }
+    b
+}
+
+/// The TLS handshake, when the listener has TLS, within `window`: `None` (counted and logged)
+/// when it fails or does not finish in time.
+async fn handshake(
+    stream: TcpStream,
+    tls: Option<Arc<Tls>>,
+    window: Duration,
+    metrics: &crate::metrics::Metrics,
+    protocol: Protocol,
+) -> Option<Stream> {
+    let Some(tls) = tls else {
+        return Some(Stream::Plain(stream));
+    };
+    match tokio::time::timeout(window, tls.acceptor().accept(stream)).await {
+        Ok(Ok(tls_stream)) => Some(Stream::Tls(Box::new(tls_stream))),
+        Ok(Err(e)) => {
+            metrics.record_tls_handshake_failure(protocol.label());
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            metrics.record_tls_handshake_failure(protocol.label());
+            tracing::debug!("TLS handshake did not finish within the header-read timeout");
+            None
+        }
+    }
+}
+
+/// Waits for the open connections to close, at most the shutdown grace period.
+async fn drain(mut open: watch::Receiver<usize>, grace: Duration) {
     tracing::info!("shutting down: draining connections");
     tokio::select! {
-        _ = open_rx.wait_for(|&n| n == 0) => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(state.config.shutdown_timeout) => {
+        _ = open.wait_for(|&n| n == 0) => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(grace) => {
             tracing::warn!("shutdown grace period over; closing remaining connections");
         }
     }
@@ -604,6 +620,16 @@ struct Windows {
     idle: Duration,
     /// A connection holding unread answers whose client reads nothing for this long is dropped.
     send: Duration,
+}
+
+impl Windows {
+    fn of(limits: &crate::config::ConnectionLimits) -> Windows {
+        Windows {
+            header: limits.header_read_timeout,
+            idle: limits.keep_alive_timeout,
+            send: limits.body_read_timeout,
+        }
+    }
 }
 
 /// Decides when a connection is closed: idle, a request head that never completes, or a client

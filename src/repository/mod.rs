@@ -127,6 +127,24 @@ struct VersionStatus {
     fingerprint: Option<Fingerprint>,
 }
 
+/// What [`Repository::reconcile`] plans for a model's selected versions.
+struct Plan {
+    /// Versions whose file and config are unchanged: their instance keeps serving.
+    keep: BTreeMap<u64, Arc<LoadedVersion>>,
+    /// Versions to load: new, or with a changed file or config.
+    to_load: Vec<scan::FoundVersion>,
+}
+
+/// Versions loaded by a reconcile, with the fingerprint of the file each was loaded from.
+type LoadedVersions = BTreeMap<u64, (Arc<LoadedVersion>, Option<Fingerprint>)>;
+
+/// What the loads of a reconcile came to.
+struct Loads {
+    loaded: LoadedVersions,
+    /// Versions that failed to load, with the reason.
+    failed: BTreeMap<u64, String>,
+}
+
 pub struct Repository {
     root: PathBuf,
     router: Arc<Router>,
@@ -549,6 +567,9 @@ impl Repository {
         self.status().entry(name.to_string()).or_default().loading = loading;
     }
 
+    /// Makes what serves of `name` match `survey`: checks the survey, plans which selected
+    /// versions need a (re)load, loads those one at a time, publishes the new route in one store
+    /// and records the outcome in the status. Whatever fails keeps its previous instance serving.
     async fn reconcile(
         &self,
         name: &str,
@@ -557,6 +578,35 @@ impl Repository {
         override_dir: Option<Arc<tempfile::TempDir>>,
     ) -> Result<(), RepositoryError> {
         let current = self.route_of(name);
+        let (config, found) = self.accept_survey(name, dir, survey, &current)?;
+        let selected: Vec<u64> = found.iter().map(|s| s.version).collect();
+        let plan = self.plan(name, &current, &config, found);
+        let Loads { loaded, failed } = self.load_versions(name, &config, plan.to_load).await?;
+        self.serve(name, &current, &plan.keep, &loaded, &failed);
+        self.record_status(name, &current, override_dir, &selected, loaded, &failed);
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(RepositoryError::LoadFailed {
+                model: name.into(),
+                reason: failed
+                    .iter()
+                    .map(|(v, r)| format!("version {v}: {r}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            })
+        }
+    }
+
+    /// The model's config and selected versions from `survey`; a model-level problem (bad
+    /// config, no version selected) is recorded with [`Repository::fail_model`] and returned.
+    fn accept_survey(
+        &self,
+        name: &str,
+        dir: &Path,
+        survey: scan::Survey,
+        current: &ModelRoute,
+    ) -> Result<(Arc<ModelConfig>, Vec<scan::FoundVersion>), RepositoryError> {
         let config = match survey.config {
             Ok(c) => Arc::new(c),
             Err(reason) => {
@@ -571,8 +621,7 @@ impl Repository {
         let available = survey
             .available
             .map_err(|e| RepositoryError::Io(format!("cannot read {}: {e}", dir.display())))?;
-        let selected: Vec<u64> = survey.selected.iter().map(|s| s.version).collect();
-        if selected.is_empty() {
+        if survey.selected.is_empty() {
             let reason = if available.is_empty() {
                 "no version directories (positive integers) found".to_string()
             } else {
@@ -584,40 +633,63 @@ impl Repository {
                 reason,
             });
         }
+        Ok((config, survey.selected))
+    }
 
-        // Which selected versions need a (re)load: new, or changed file, or changed config.
-        let mut keep = BTreeMap::new();
-        let mut to_load = Vec::new();
-        {
-            let status = self.status();
-            let known = status.get(name);
-            for found in survey.selected {
-                let v = found.version;
-                let unchanged = current.versions.get(&v).filter(|loaded| {
-                    *loaded.config == *config
-                        && loaded.path == found.path
-                        && found.fingerprint.is_some()
-                        && known
-                            .and_then(|m| m.versions.get(&v))
-                            .and_then(|s| s.fingerprint.as_ref())
-                            == found.fingerprint.as_ref()
-                });
-                match unchanged {
-                    Some(loaded) => {
-                        keep.insert(v, Arc::clone(loaded));
-                    }
-                    None => to_load.push((v, found.path, found.fingerprint)),
+    /// Which selected versions need a (re)load: new, or changed file, or changed config. The
+    /// others keep serving the instance they have.
+    fn plan(
+        &self,
+        name: &str,
+        current: &ModelRoute,
+        config: &ModelConfig,
+        selected: Vec<scan::FoundVersion>,
+    ) -> Plan {
+        let mut plan = Plan {
+            keep: BTreeMap::new(),
+            to_load: Vec::new(),
+        };
+        let status = self.status();
+        let known = status.get(name);
+        for found in selected {
+            let v = found.version;
+            let unchanged = current.versions.get(&v).filter(|loaded| {
+                *loaded.config == *config
+                    && loaded.path == found.path
+                    && found.fingerprint.is_some()
+                    && known
+                        .and_then(|m| m.versions.get(&v))
+                        .and_then(|s| s.fingerprint.as_ref())
+                        == found.fingerprint.as_ref()
+            });
+            match unchanged {
+                Some(loaded) => {
+                    plan.keep.insert(v, Arc::clone(loaded));
                 }
+                None => plan.to_load.push(found),
             }
         }
+        plan
+    }
 
-        // One version at a time: each load may take up to `model_load_memory_bytes` (and its
-        // checked load as much again in the child), so loading a model's changed versions at
-        // once would multiply that by their number.
+    /// Loads the planned versions off the runtime, one at a time: each load may take up to
+    /// `model_load_memory_bytes` (and its checked load as much again in the child), so loading
+    /// a model's changed versions at once would multiply that by their number.
+    async fn load_versions(
+        &self,
+        name: &str,
+        config: &Arc<ModelConfig>,
+        to_load: Vec<scan::FoundVersion>,
+    ) -> Result<Loads, RepositoryError> {
         let mut loaded = BTreeMap::new();
         let mut failed = BTreeMap::new();
-        for (v, path, fingerprint) in to_load {
-            let config = Arc::clone(&config);
+        for scan::FoundVersion {
+            version: v,
+            path,
+            fingerprint,
+        } in to_load
+        {
+            let config = Arc::clone(config);
             let metrics = self.metrics.clone();
             let model = name.to_string();
             let limits = self.limits.clone();
@@ -663,17 +735,28 @@ impl Repository {
                 }
             }
         }
+        Ok(Loads { loaded, failed })
+    }
 
-        // A version that fails to reload keeps serving its previous instance.
+    /// Publishes the model's new route: the kept and the loaded versions, and for a version
+    /// that failed to reload its previous instance. A version no longer served drains.
+    fn serve(
+        &self,
+        name: &str,
+        current: &ModelRoute,
+        keep: &BTreeMap<u64, Arc<LoadedVersion>>,
+        loaded: &LoadedVersions,
+        failed: &BTreeMap<u64, String>,
+    ) {
         let mut versions = BTreeMap::new();
         let mut still_failed = BTreeMap::new();
-        for (&v, version) in &keep {
+        for (&v, version) in keep {
             versions.insert(v, Arc::clone(version));
         }
-        for (&v, (version, _)) in &loaded {
+        for (&v, (version, _)) in loaded {
             versions.insert(v, Arc::clone(version));
         }
-        for (&v, reason) in &failed {
+        for (&v, reason) in failed {
             match current.versions.get(&v) {
                 Some(previous) => {
                     versions.insert(v, Arc::clone(previous));
@@ -699,64 +782,61 @@ impl Repository {
             self.metrics.record_unload(name, v);
             tracing::info!(model = %name, version = v, "version no longer served; it drains and is dropped");
         }
+    }
 
-        {
-            let mut status = self.status();
-            let entry = status.entry(name.to_string()).or_default();
-            entry.reason = None;
-            // Uploaded files are kept only while a version loaded from them serves; a failed
-            // upload's directory goes now, not at shutdown.
-            match override_dir {
-                Some(dir) if !loaded.is_empty() => entry.override_dir = Some(dir),
-                Some(_) => {}
-                None if failed.is_empty() => entry.override_dir = None,
-                None => {}
-            }
-            entry
-                .versions
-                .retain(|v, _| selected.contains(v) || failed.contains_key(v));
-            for (v, (_, fingerprint)) in loaded {
-                entry.versions.insert(
-                    v,
-                    VersionStatus {
-                        state: LoadState::Ready,
-                        reason: String::new(),
-                        fingerprint,
-                    },
-                );
-            }
-            for (&v, reason) in &failed {
-                let serving_old = current.versions.contains_key(&v);
-                let s = entry.versions.entry(v).or_insert(VersionStatus {
-                    state: LoadState::Unavailable,
-                    reason: String::new(),
-                    fingerprint: None,
-                });
-                if serving_old {
-                    s.reason = format!("reload failed, previous instance still serving: {reason}");
-                } else {
-                    s.state = LoadState::Unavailable;
-                    s.reason = reason.clone();
-                }
-            }
+    /// Records the outcome of a reconcile in the model's status (the index and metadata read
+    /// it), and keeps uploaded files only while a version loaded from them serves.
+    fn record_status(
+        &self,
+        name: &str,
+        current: &ModelRoute,
+        override_dir: Option<Arc<tempfile::TempDir>>,
+        selected: &[u64],
+        loaded: LoadedVersions,
+        failed: &BTreeMap<u64, String>,
+    ) {
+        let mut status = self.status();
+        let entry = status.entry(name.to_string()).or_default();
+        entry.reason = None;
+        // Uploaded files are kept only while a version loaded from them serves; a failed
+        // upload's directory goes now, not at shutdown.
+        match override_dir {
+            Some(dir) if !loaded.is_empty() => entry.override_dir = Some(dir),
+            Some(_) => {}
+            None if failed.is_empty() => entry.override_dir = None,
+            None => {}
         }
-
-        if failed.is_empty() {
-            Ok(())
-        } else {
-            Err(RepositoryError::LoadFailed {
-                model: name.into(),
-                reason: failed
-                    .iter()
-                    .map(|(v, r)| format!("version {v}: {r}"))
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            })
+        entry
+            .versions
+            .retain(|v, _| selected.contains(v) || failed.contains_key(v));
+        for (v, (_, fingerprint)) in loaded {
+            entry.versions.insert(
+                v,
+                VersionStatus {
+                    state: LoadState::Ready,
+                    reason: String::new(),
+                    fingerprint,
+                },
+            );
+        }
+        for (&v, reason) in failed {
+            let serving_old = current.versions.contains_key(&v);
+            let s = entry.versions.entry(v).or_insert(VersionStatus {
+                state: LoadState::Unavailable,
+                reason: String::new(),
+                fingerprint: None,
+            });
+            if serving_old {
+                s.reason = format!("reload failed, previous instance still serving: {reason}");
+            } else {
+                s.state = LoadState::Unavailable;
+                s.reason = reason.clone();
+            }
         }
     }
 
     /// Records a model-level failure; whatever serves keeps serving.
-    fn fail_model(&self, name: &str, current: ModelRoute, reason: &str) {
+    fn fail_model(&self, name: &str, current: &ModelRoute, reason: &str) {
         let serving = current.is_ready();
         if !serving {
             self.router

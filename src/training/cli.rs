@@ -306,144 +306,147 @@ pub fn summary(run: &RunRecord, published: Option<u64>, repository: &Path) -> St
 pub fn runs(args: &RunsArgs) -> Result<String, String> {
     let store = Store::new(&args.runs_dir);
     match &args.command {
-        RunsCommand::List { model } => {
-            let runs = store.list().map_err(|e| e.to_string())?;
-            let mut s = format!(
-                "{:<38} {:<10} {:<9} {:<13} {:>10} {:>8}  {}\n",
-                "RUN", "MODEL", "STATUS", "TRAINER", "TEST", "VERSION", "GATE"
-            );
-            for r in runs
-                .iter()
-                .filter(|r| model.as_ref().is_none_or(|m| &r.model == m))
-            {
-                let trainer = r.config["trainer"]["kind"]
-                    .as_str()
-                    .unwrap_or("?")
-                    .to_string();
-                let test = r
-                    .gate
-                    .as_ref()
-                    .and_then(|g| g.candidate.map(|c| format!("{c:.4}")))
-                    .unwrap_or_else(|| "-".into());
-                let gate = r
-                    .gate
-                    .as_ref()
-                    .map(|g| if g.passed { "passed" } else { "refused" })
-                    .unwrap_or("-");
-                let _ = writeln!(
-                    s,
-                    "{:<38} {:<10} {:<9} {:<13} {:>10} {:>8}  {}",
-                    r.id,
-                    r.model,
-                    r.status,
-                    trainer,
-                    test,
-                    r.published_version.map_or("-".into(), |v| v.to_string()),
-                    gate
-                );
-            }
-            Ok(s)
-        }
+        RunsCommand::List { model } => list_runs(&store, model.as_deref()),
         RunsCommand::Show { id } => {
             let r = store.load(id).map_err(|e| e.to_string())?;
             serde_json::to_string_pretty(&r)
                 .map(|t| t + "\n")
                 .map_err(|e| e.to_string())
         }
-        RunsCommand::Compare { ids } => {
-            let runs = ids
-                .iter()
-                .map(|id| store.load(id).map_err(|e| e.to_string()))
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut rows: Vec<(String, Vec<String>)> = Vec::new();
-            let mut row = |name: &str, f: &dyn Fn(&RunRecord) -> String| {
-                rows.push((name.to_string(), runs.iter().map(f).collect()));
-            };
-            let winner = |r: &RunRecord| r.winner.and_then(|w| r.trials.get(w).cloned());
-            row("model", &|r| r.model.clone());
-            row("status", &|r| r.status.clone());
-            row("seed", &|r| r.seed.to_string());
-            row("trainer", &|r| {
-                r.config["trainer"]["kind"].as_str().unwrap_or("?").into()
-            });
-            row("train rows", &|r| {
-                r.data
+        RunsCommand::Compare { ids } => compare_runs(&store, ids),
+    }
+}
+
+/// `cairn runs list`: one line per run, newest first as the store lists them.
+fn list_runs(store: &Store, model: Option<&str>) -> Result<String, String> {
+    let runs = store.list().map_err(|e| e.to_string())?;
+    let mut s = format!(
+        "{:<38} {:<10} {:<9} {:<13} {:>10} {:>8}  {}\n",
+        "RUN", "MODEL", "STATUS", "TRAINER", "TEST", "VERSION", "GATE"
+    );
+    for r in runs.iter().filter(|r| model.is_none_or(|m| r.model == m)) {
+        let trainer = r.config["trainer"]["kind"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string();
+        let test = r
+            .gate
+            .as_ref()
+            .and_then(|g| g.candidate.map(|c| format!("{c:.4}")))
+            .unwrap_or_else(|| "-".into());
+        let gate = r
+            .gate
+            .as_ref()
+            .map(|g| if g.passed { "passed" } else { "refused" })
+            .unwrap_or("-");
+        let _ = writeln!(
+            s,
+            "{:<38} {:<10} {:<9} {:<13} {:>10} {:>8}  {}",
+            r.id,
+            r.model,
+            r.status,
+            trainer,
+            test,
+            r.published_version.map_or("-".into(), |v| v.to_string()),
+            gate
+        );
+    }
+    Ok(s)
+}
+
+/// `cairn runs compare`: the runs side by side, one row per setting or score.
+fn compare_runs(store: &Store, ids: &[String]) -> Result<String, String> {
+    let runs = ids
+        .iter()
+        .map(|id| store.load(id).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut rows: Vec<(String, Vec<String>)> = Vec::new();
+    let mut row = |name: &str, f: &dyn Fn(&RunRecord) -> String| {
+        rows.push((name.to_string(), runs.iter().map(f).collect()));
+    };
+    let winner = |r: &RunRecord| r.winner.and_then(|w| r.trials.get(w).cloned());
+    row("model", &|r| r.model.clone());
+    row("status", &|r| r.status.clone());
+    row("seed", &|r| r.seed.to_string());
+    row("trainer", &|r| {
+        r.config["trainer"]["kind"].as_str().unwrap_or("?").into()
+    });
+    row("train rows", &|r| {
+        r.data
+            .as_ref()
+            .map_or("-".into(), |d| d.train_rows.to_string())
+    });
+    row("trials", &|r| r.trials.len().to_string());
+    row("learning rate", &|r| {
+        winner(r).map_or("-".into(), |t| format!("{:.3e}", t.hyper.learning_rate))
+    });
+    row("l2", &|r| {
+        winner(r).map_or("-".into(), |t| format!("{:.1e}", t.hyper.l2))
+    });
+    row("hidden", &|r| {
+        winner(r).map_or("-".into(), |t| format!("{:?}", t.hyper.hidden))
+    });
+    row("best epoch", &|r| {
+        winner(r).map_or("-".into(), |t| t.best_epoch.to_string())
+    });
+    row("val loss", &|r| {
+        winner(r).map_or("-".into(), |t| format!("{:.4}", t.best_validation_loss))
+    });
+    for (name, pick) in [
+        (
+            "test accuracy",
+            (|s: &cairn_train::eval::Scores| s.accuracy) as fn(&_) -> _,
+        ),
+        ("test f1_macro", |s| s.f1_macro),
+        ("test log_loss", |s| s.log_loss),
+        ("test rmse", |s| s.rmse),
+        ("test mae", |s| s.mae),
+    ] {
+        if runs
+            .iter()
+            .any(|r| r.test.as_ref().and_then(pick).is_some())
+        {
+            row(name, &|r| {
+                r.test
                     .as_ref()
-                    .map_or("-".into(), |d| d.train_rows.to_string())
+                    .and_then(pick)
+                    .map_or("-".into(), |v| format!("{v:.4}"))
             });
-            row("trials", &|r| r.trials.len().to_string());
-            row("learning rate", &|r| {
-                winner(r).map_or("-".into(), |t| format!("{:.3e}", t.hyper.learning_rate))
-            });
-            row("l2", &|r| {
-                winner(r).map_or("-".into(), |t| format!("{:.1e}", t.hyper.l2))
-            });
-            row("hidden", &|r| {
-                winner(r).map_or("-".into(), |t| format!("{:?}", t.hyper.hidden))
-            });
-            row("best epoch", &|r| {
-                winner(r).map_or("-".into(), |t| t.best_epoch.to_string())
-            });
-            row("val loss", &|r| {
-                winner(r).map_or("-".into(), |t| format!("{:.4}", t.best_validation_loss))
-            });
-            for (name, pick) in [
-                (
-                    "test accuracy",
-                    (|s: &cairn_train::eval::Scores| s.accuracy) as fn(&_) -> _,
-                ),
-                ("test f1_macro", |s| s.f1_macro),
-                ("test log_loss", |s| s.log_loss),
-                ("test rmse", |s| s.rmse),
-                ("test mae", |s| s.mae),
-            ] {
-                if runs
-                    .iter()
-                    .any(|r| r.test.as_ref().and_then(pick).is_some())
-                {
-                    row(name, &|r| {
-                        r.test
-                            .as_ref()
-                            .and_then(pick)
-                            .map_or("-".into(), |v| format!("{v:.4}"))
-                    });
-                }
-            }
-            row("gate", &|r| {
-                r.gate.as_ref().map_or("-".into(), |g| {
-                    if g.passed {
-                        "passed".into()
-                    } else {
-                        "refused".into()
-                    }
-                })
-            });
-            row("version", &|r| {
-                r.published_version.map_or("-".into(), |v| v.to_string())
-            });
-            row("duration s", &|r| format!("{:.1}", r.duration_s));
-            let widths: Vec<usize> = (0..runs.len())
-                .map(|i| {
-                    rows.iter()
-                        .map(|(_, v)| v[i].len())
-                        .chain([runs[i].id.len()])
-                        .max()
-                        .unwrap_or(0)
-                })
-                .collect();
-            let mut s = format!("{:<14}", "");
-            for (i, r) in runs.iter().enumerate() {
-                let _ = write!(s, "  {:<w$}", r.id, w = widths[i]);
-            }
-            s.push('\n');
-            for (name, values) in rows {
-                let _ = write!(s, "{name:<14}");
-                for (i, v) in values.iter().enumerate() {
-                    let _ = write!(s, "  {:<w$}", v, w = widths[i]);
-                }
-                s.push('\n');
-            }
-            Ok(s)
         }
     }
+    row("gate", &|r| {
+        r.gate.as_ref().map_or("-".into(), |g| {
+            if g.passed {
+                "passed".into()
+            } else {
+                "refused".into()
+            }
+        })
+    });
+    row("version", &|r| {
+        r.published_version.map_or("-".into(), |v| v.to_string())
+    });
+    row("duration s", &|r| format!("{:.1}", r.duration_s));
+    let widths: Vec<usize> = (0..runs.len())
+        .map(|i| {
+            rows.iter()
+                .map(|(_, v)| v[i].len())
+                .chain([runs[i].id.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut s = format!("{:<14}", "");
+    for (i, r) in runs.iter().enumerate() {
+        let _ = write!(s, "  {:<w$}", r.id, w = widths[i]);
+    }
+    s.push('\n');
+    for (name, values) in rows {
+        let _ = write!(s, "{name:<14}");
+        for (i, v) in values.iter().enumerate() {
+            let _ = write!(s, "  {:<w$}", v, w = widths[i]);
+        }
+        s.push('\n');
+    }
+    Ok(s)
 }

@@ -8,7 +8,7 @@
 //! `running` is marked failed, with that reason, when the server starts.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,6 +22,7 @@ use serde::Serialize;
 
 use crate::config::TrainingSettings;
 use crate::metrics::Metrics;
+use crate::model::LoadedVersion;
 use crate::repository::Repository;
 use crate::routing::Router;
 
@@ -248,12 +249,41 @@ impl Jobs {
             .get(model)
             .ok_or_else(|| JobError::UnknownModel(model.to_string()))?;
         let stable = route.stable().cloned();
+        let (config, config_path) = self.config_for(model, stable.as_deref(), last_rows)?;
+        let serving = stable.as_ref().map(|s| Serving {
+            version: s.version,
+            model_file: s.path.clone(),
+        });
+        let job = self.admit(model, trigger, reason, &config, &config_path)?;
+        self.metrics.set_training_running(self.running());
+        let view = job.view.lock().clone();
+        tracing::info!(job = %view.id, model, trigger = trigger.as_str(), reason, "training job started");
+        let me = Arc::clone(self);
+        let file = config_path.display().to_string();
+        let thread = std::thread::Builder::new()
+            .name(format!("cairn-train-{model}"))
+            .spawn(move || {
+                cairn_train::pipeline::lower_priority();
+                me.run(job, config, file, serving)
+            })
+            .map_err(|e| JobError::Busy(format!("cannot start a training thread: {e}")))?;
+        let mut threads = self.threads.lock();
+        threads.retain(|t| !t.is_finished());
+        threads.push(thread);
+        Ok(view)
+    }
+
+    /// The model's training config, read from the config directory only, with the server's own
+    /// places (repository, runs store, prediction log) and the retrain policy's row limit put in.
+    fn config_for(
+        &self,
+        model: &str,
+        stable: Option<&LoadedVersion>,
+        last_rows: Option<u64>,
+    ) -> Result<(TrainConfig, PathBuf), JobError> {
         // A model's config may come from a client (the repository load API): the file it names
         // is read only inside the config directory, and only as a bounded regular file.
-        let config_path = match stable
-            .as_ref()
-            .and_then(|s| s.config.retrain.config.as_deref())
-        {
+        let config_path = match stable.and_then(|s| s.config.retrain.config.as_deref()) {
             Some(given) => super::config_path::resolve(&self.settings.config_dir, given)
                 .map_err(JobError::Config)?,
             None => self.settings.config_dir.join(format!("{model}.toml")),
@@ -276,82 +306,73 @@ impl Jobs {
                 log.last_rows = Some(log.last_rows.map_or(n as usize, |m| m.min(n as usize)));
             }
         }
-        let serving = stable.as_ref().map(|s| Serving {
-            version: s.version,
-            model_file: s.path.clone(),
+        Ok((config, config_path))
+    }
+
+    /// Records a new running job, or refuses it: one per model, `max_jobs` in all. Finished
+    /// jobs beyond the kept history are forgotten.
+    fn admit(
+        &self,
+        model: &str,
+        trigger: Trigger,
+        reason: &str,
+        config: &TrainConfig,
+        config_path: &Path,
+    ) -> Result<Arc<Job>, JobError> {
+        let mut jobs = self.jobs.lock();
+        let running = jobs
+            .iter()
+            .filter(|j| j.view.lock().state == JobState::Running)
+            .collect::<Vec<_>>();
+        if running.iter().any(|j| j.view.lock().model == model) {
+            return Err(JobError::Conflict(format!(
+                "a training job of '{model}' is running; one per model at a time"
+            )));
+        }
+        if running.len() >= self.settings.max_jobs {
+            return Err(JobError::Busy(format!(
+                "{} training jobs are running, the most allowed (max_training_jobs); retry later",
+                running.len()
+            )));
+        }
+        let job = Arc::new(Job {
+            view: Mutex::new(JobView {
+                id: cairn_train::runs::new_id(model, config.seed),
+                model: model.to_string(),
+                trigger,
+                reason: reason.to_string(),
+                state: JobState::Running,
+                config: config_path.display().to_string(),
+                created: cairn_train::runs::now_rfc3339(),
+                finished: None,
+                duration_s: 0.0,
+                progress: JobProgress {
+                    stage: "starting".into(),
+                    ..JobProgress::default()
+                },
+                run: None,
+                validation: None,
+                test: None,
+                gate: None,
+                version: None,
+                error: None,
+            }),
+            cancel: AtomicBool::new(false),
+            started: Instant::now(),
         });
-        let job = {
-            let mut jobs = self.jobs.lock();
-            let running = jobs
+        jobs.push_back(Arc::clone(&job));
+        while jobs.len() > KEPT {
+            match jobs
                 .iter()
-                .filter(|j| j.view.lock().state == JobState::Running)
-                .collect::<Vec<_>>();
-            if running.iter().any(|j| j.view.lock().model == model) {
-                return Err(JobError::Conflict(format!(
-                    "a training job of '{model}' is running; one per model at a time"
-                )));
-            }
-            if running.len() >= self.settings.max_jobs {
-                return Err(JobError::Busy(format!(
-                    "{} training jobs are running, the most allowed (max_training_jobs); retry later",
-                    running.len()
-                )));
-            }
-            let job = Arc::new(Job {
-                view: Mutex::new(JobView {
-                    id: cairn_train::runs::new_id(model, config.seed),
-                    model: model.to_string(),
-                    trigger,
-                    reason: reason.to_string(),
-                    state: JobState::Running,
-                    config: config_path.display().to_string(),
-                    created: cairn_train::runs::now_rfc3339(),
-                    finished: None,
-                    duration_s: 0.0,
-                    progress: JobProgress {
-                        stage: "starting".into(),
-                        ..JobProgress::default()
-                    },
-                    run: None,
-                    validation: None,
-                    test: None,
-                    gate: None,
-                    version: None,
-                    error: None,
-                }),
-                cancel: AtomicBool::new(false),
-                started: Instant::now(),
-            });
-            jobs.push_back(Arc::clone(&job));
-            while jobs.len() > KEPT {
-                match jobs
-                    .iter()
-                    .position(|j| j.view.lock().state != JobState::Running)
-                {
-                    Some(i) => {
-                        jobs.remove(i);
-                    }
-                    None => break,
+                .position(|j| j.view.lock().state != JobState::Running)
+            {
+                Some(i) => {
+                    jobs.remove(i);
                 }
+                None => break,
             }
-            job
-        };
-        self.metrics.set_training_running(self.running());
-        let view = job.view.lock().clone();
-        tracing::info!(job = %view.id, model, trigger = trigger.as_str(), reason, "training job started");
-        let me = Arc::clone(self);
-        let file = config_path.display().to_string();
-        let thread = std::thread::Builder::new()
-            .name(format!("cairn-train-{model}"))
-            .spawn(move || {
-                cairn_train::pipeline::lower_priority();
-                me.run(job, config, file, serving)
-            })
-            .map_err(|e| JobError::Busy(format!("cannot start a training thread: {e}")))?;
-        let mut threads = self.threads.lock();
-        threads.retain(|t| !t.is_finished());
-        threads.push(thread);
-        Ok(view)
+        }
+        Ok(job)
     }
 
     fn running(&self) -> usize {

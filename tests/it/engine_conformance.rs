@@ -128,6 +128,29 @@ pub(crate) fn tensor_to_json(t: &Tensor) -> Value {
     serde_json::json!({"datatype": t.dtype.as_str(), "shape": t.shape, "data": data})
 }
 
+/// One recorded case (`expected.json`'s form) through an engine session: its inputs in the
+/// signature's order, each as one part.
+pub(crate) fn run_case(
+    session: &mut dyn cairn::engine::Session,
+    sig: &cairn::engine::Signature,
+    case: &Value,
+) -> Result<Vec<Tensor>, cairn::engine::EngineError> {
+    let inputs: Vec<Tensor> = sig
+        .inputs
+        .iter()
+        .map(|spec| tensor_from_json(&case["inputs"][&spec.name]))
+        .collect();
+    let batch: Vec<BatchInput<'_>> = inputs
+        .iter()
+        .map(|t| BatchInput {
+            shape: t.shape.clone(),
+            parts: vec![t],
+        })
+        .collect();
+    session.set_inputs(&batch)?;
+    session.run()
+}
+
 /// The engines this machine can run: tract always, ort when its library is found.
 pub(crate) fn kinds() -> Vec<EngineKind> {
     let mut kinds = vec![EngineKind::Tract];
@@ -161,21 +184,7 @@ fn every_test_model_matches_onnxruntime() {
         let sig = engine.signature().clone();
         let mut session = engine.new_session().unwrap();
         for (i, case) in cases.as_array().unwrap().iter().enumerate() {
-            let inputs: Vec<Tensor> = sig
-                .inputs
-                .iter()
-                .map(|spec| tensor_from_json(&case["inputs"][&spec.name]))
-                .collect();
-            let batch: Vec<BatchInput<'_>> = inputs
-                .iter()
-                .map(|t| BatchInput {
-                    shape: t.shape.clone(),
-                    parts: vec![t],
-                })
-                .collect();
-            session.set_inputs(&batch).unwrap();
-            let outputs = session
-                .run()
+            let outputs = run_case(session.as_mut(), &sig, case)
                 .unwrap_or_else(|e| panic!("{rel} case {i}: {e}"));
             for (spec, out) in sig.outputs.iter().zip(&outputs) {
                 let want = &case["outputs"][&spec.name];

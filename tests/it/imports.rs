@@ -1,6 +1,6 @@
-//! The module boundaries that keep the front ends from drifting apart, checked on the source
-//! (as rust-analyzer's tidy test does): a forbidden path named anywhere in a module's files,
-//! `use` or inline, fails with the file and line.
+//! Rules on the source itself, checked as rust-analyzer's tidy test does: the module boundaries
+//! that keep the front ends from drifting apart (a forbidden path named anywhere in a module's
+//! files, `use` or inline, fails with the file and line), and the longest a function may be.
 
 use std::path::{Path, PathBuf};
 
@@ -79,4 +79,79 @@ fn modules_import_only_across_their_boundaries() {
         }
     }
     assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
+/// Longest a function may be, from its `fn` line to its closing brace: beyond it a function
+/// does several things, and a reader cannot hold it at once.
+const MAX_FUNCTION_LINES: usize = 120;
+
+/// The functions of `text` longer than the limit, as `(first line, name, lines)`. A function
+/// ends at the first line that closes a brace at its own indentation (rustfmt's layout).
+fn long_functions(text: &str) -> Vec<(usize, String, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut long = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        let after_vis = trimmed
+            .strip_prefix("pub(crate) ")
+            .or_else(|| trimmed.strip_prefix("pub(super) "))
+            .or_else(|| trimmed.strip_prefix("pub "))
+            .unwrap_or(trimmed);
+        let mut rest = after_vis;
+        for qualifier in ["const ", "async ", "unsafe "] {
+            rest = rest.strip_prefix(qualifier).unwrap_or(rest);
+        }
+        let Some(signature) = rest.strip_prefix("fn ") else {
+            continue;
+        };
+        if line.trim_end().ends_with(';') {
+            continue;
+        }
+        let name: String = signature
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        let end = lines[i + 1..].iter().position(|l| {
+            l.len() > indent
+                && l[..indent].trim().is_empty()
+                && l[indent..].starts_with('}')
+                && matches!(
+                    l[indent + 1..].chars().next(),
+                    None | Some(' ' | ';' | ',' | ')')
+                )
+        });
+        let length = end.map_or(lines.len() - i, |e| e + 2);
+        if length > MAX_FUNCTION_LINES {
+            long.push((i + 1, name, length));
+        }
+    }
+    long
+}
+
+#[test]
+fn no_function_is_longer_than_the_limit() {
+    let root = common::root();
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    rust_files(&root.join("crates"), &mut files);
+    let mut long = Vec::new();
+    for file in files {
+        // Generated from proto/inference.proto by tools/grpc-gen.
+        if file.ends_with("src/grpc/proto.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (line, name, length) in long_functions(&text) {
+            long.push(format!(
+                "{}:{line}: fn {name} is {length} lines",
+                file.strip_prefix(&root).unwrap().display()
+            ));
+        }
+    }
+    assert!(
+        long.is_empty(),
+        "functions longer than {MAX_FUNCTION_LINES} lines:\n{}",
+        long.join("\n")
+    );
 }

@@ -13,10 +13,9 @@ use http::StatusCode;
 use serde_json::Value;
 
 use crate::common;
-use crate::engine_conformance::{kinds, tensor_from_json, tensor_to_json};
+use crate::engine_conformance::{kinds, run_case, tensor_from_json, tensor_to_json};
 
-use cairn::engine::{self, BatchInput, EngineKind, LoadOptions};
-use cairn::tensor::Tensor;
+use cairn::engine::{self, EngineKind, LoadOptions};
 
 /// The zoo: the committed one, or the one `CAIRN_ZOO_DIR` names (CI regenerates the zoo there
 /// with the exporters' current releases, `generate.py --out`, and holds the engines to it).
@@ -112,6 +111,15 @@ fn run_zoo(kind: EngineKind, failures: &mut Vec<String>) {
     }
 }
 
+/// A server on the named zoo models (their committed configs).
+async fn serve_zoo(names: &[&str]) -> common::TestServer {
+    let repo = common::Repo::with(&[]);
+    for name in names {
+        repo.add_as(&format!("zoo/{name}"), name);
+    }
+    common::TestServer::start(repo).await
+}
+
 /// Loads one zoo model on `kind` and holds every recorded case against onnxruntime's answers.
 fn check_model(
     kind: EngineKind,
@@ -139,20 +147,7 @@ fn check_model(
     let sig = engine.signature().clone();
     let mut session = engine.new_session().unwrap();
     for (i, case) in cases.as_array().unwrap().iter().enumerate() {
-        let inputs: Vec<Tensor> = sig
-            .inputs
-            .iter()
-            .map(|spec| tensor_from_json(&case["inputs"][&spec.name]))
-            .collect();
-        let batch: Vec<BatchInput<'_>> = inputs
-            .iter()
-            .map(|t| BatchInput {
-                shape: t.shape.clone(),
-                parts: vec![t],
-            })
-            .collect();
-        session.set_inputs(&batch).unwrap();
-        let outputs = match session.run() {
+        let outputs = match run_case(session.as_mut(), &sig, case) {
             Ok(o) => o,
             Err(e) => {
                 failures.push(format!("{what} case {i}: run error: {e}"));
@@ -230,11 +225,7 @@ async fn tree_models_answer_onnxruntimes_labels_over_http() {
         "rf-string-labels",
         "gb-regressor",
     ];
-    let repo = common::Repo::with(&[]);
-    for name in names {
-        repo.add_as(&format!("zoo/{name}"), name);
-    }
-    let s = common::TestServer::start(repo).await;
+    let s = serve_zoo(&names).await;
     let expected = zoo_expected();
     let mut failures = Vec::new();
     for name in names {
@@ -347,6 +338,19 @@ fn binary_request(case: &Value) -> (Vec<u8>, usize) {
     (body, header_len)
 }
 
+/// Posts a case to a model as a binary-extension request.
+async fn post_binary(s: &common::TestServer, name: &str, case: &Value) -> common::Reply {
+    let (body, header_len) = binary_request(case);
+    let header_len = header_len.to_string();
+    s.request(
+        http::Method::POST,
+        &format!("/v2/models/{name}/infer"),
+        &[("inference-header-content-length", header_len.as_str())],
+        body,
+    )
+    .await
+}
+
 /// Pipelines end to end: one input per column with BYTES columns and NaN (binary requests),
 /// ZipMap outputs with their classes in metadata, configuration and every response, text, an
 /// SVM; each answer onnxruntime's.
@@ -360,11 +364,7 @@ async fn pipelines_answer_onnxruntimes_outputs_over_http() {
         "svc-rbf-proba",
         "torch-style",
     ];
-    let repo = common::Repo::with(&[]);
-    for name in names {
-        repo.add_as(&format!("zoo/{name}"), name);
-    }
-    let s = common::TestServer::start(repo).await;
+    let s = serve_zoo(&names).await;
     let expected = zoo_expected();
     let mut failures = Vec::new();
     for name in names {
@@ -378,16 +378,7 @@ async fn pipelines_answer_onnxruntimes_outputs_over_http() {
             if name == "torch-style" && rows > 8 {
                 continue; // its max_batch_size is 8
             }
-            let (body, header_len) = binary_request(case);
-            let header_len = header_len.to_string();
-            let r = s
-                .request(
-                    http::Method::POST,
-                    &format!("/v2/models/{name}/infer"),
-                    &[("inference-header-content-length", header_len.as_str())],
-                    body,
-                )
-                .await;
+            let r = post_binary(&s, name, case).await;
             assert_eq!(
                 r.status,
                 StatusCode::OK,
@@ -442,11 +433,7 @@ async fn pipelines_answer_onnxruntimes_outputs_over_http() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_precision_models_answer_in_json_and_binary() {
     let names = ["fp16-mlp", "fp16-cnn", "fp16-mlp-mixed"];
-    let repo = common::Repo::with(&[]);
-    for name in names {
-        repo.add_as(&format!("zoo/{name}"), name);
-    }
-    let s = common::TestServer::start(repo).await;
+    let s = serve_zoo(&names).await;
     let expected = zoo_expected();
     let mut failures = Vec::new();
     for name in names {
@@ -458,16 +445,7 @@ async fn half_precision_models_answer_in_json_and_binary() {
                     &common::request_from_case(case),
                 )
                 .await;
-            let (body, header_len) = binary_request(case);
-            let header_len = header_len.to_string();
-            let binary = s
-                .request(
-                    http::Method::POST,
-                    &format!("/v2/models/{name}/infer"),
-                    &[("inference-header-content-length", header_len.as_str())],
-                    body,
-                )
-                .await;
+            let binary = post_binary(&s, name, case).await;
             for (how, r) in [("JSON", json), ("binary", binary)] {
                 assert_eq!(
                     r.status,
@@ -546,20 +524,8 @@ fn auto_takes_the_first_engine_that_serves_the_model() {
     let mut session = auto.new_session().unwrap();
     let mut failures = Vec::new();
     for case in zoo_expected()[rel].as_array().unwrap() {
-        let inputs: Vec<Tensor> = sig
-            .inputs
-            .iter()
-            .map(|spec| tensor_from_json(&case["inputs"][&spec.name]))
-            .collect();
-        let batch: Vec<BatchInput<'_>> = inputs
-            .iter()
-            .map(|t| BatchInput {
-                shape: t.shape.clone(),
-                parts: vec![t],
-            })
-            .collect();
-        session.set_inputs(&batch).unwrap();
-        for (spec, out) in sig.outputs.iter().zip(session.run().unwrap()) {
+        let outputs = run_case(session.as_mut(), &sig, case).unwrap();
+        for (spec, out) in sig.outputs.iter().zip(outputs) {
             compare(
                 &format!("auto {}", spec.name),
                 &tensor_to_json(&out),

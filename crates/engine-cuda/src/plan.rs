@@ -437,22 +437,7 @@ fn host_step(
             ..
         } => {
             let x = get(*x)?.f32()?;
-            let mut out = vec![0f32; rows * m];
-            for r in 0..rows {
-                let xr = &x[r * k..(r + 1) * k];
-                let or = &mut out[r * m..(r + 1) * m];
-                for (kk, &xv) in xr.iter().enumerate() {
-                    let wr = &w[kk * m..(kk + 1) * m];
-                    for (o, &wv) in or.iter_mut().zip(wr) {
-                        *o += xv * wv;
-                    }
-                }
-                for (j, o) in or.iter_mut().enumerate() {
-                    let b = bias.as_ref().map_or(0.0, |b| b[j]);
-                    *o = activate(*act, *o + b);
-                }
-            }
-            HostValue::F32(out)
+            HostValue::F32(host_gemm(x, w, *k, *m, bias.as_deref(), *act, rows))
         }
         Step::Affine {
             x,
@@ -475,20 +460,7 @@ fn host_step(
         }
         Step::Softmax { x, out } => {
             let width = buffers[*out].width;
-            let x = get(*x)?.f32()?;
-            let mut o = x.to_vec();
-            for row in o.chunks_mut(width) {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0;
-                for v in row.iter_mut() {
-                    *v = (*v - max).exp();
-                    sum += *v;
-                }
-                for v in row.iter_mut() {
-                    *v /= sum;
-                }
-            }
-            HostValue::F32(o)
+            HostValue::F32(host_softmax(get(*x)?.f32()?, width))
         }
         Step::Concat { xs, out } => {
             let width = buffers[*out].width;
@@ -535,6 +507,51 @@ fn host_step(
             HostValue::F32(_) => return Err("gather indices are not INT64".into()),
         },
     })
+}
+
+/// `act(x · w + bias)` for `rows` rows, as the fused GEMM step computes it.
+fn host_gemm(
+    x: &[f32],
+    w: &[f32],
+    k: usize,
+    m: usize,
+    bias: Option<&[f32]>,
+    act: Activation,
+    rows: usize,
+) -> Vec<f32> {
+    let mut out = vec![0f32; rows * m];
+    for r in 0..rows {
+        let xr = &x[r * k..(r + 1) * k];
+        let or = &mut out[r * m..(r + 1) * m];
+        for (kk, &xv) in xr.iter().enumerate() {
+            let wr = &w[kk * m..(kk + 1) * m];
+            for (o, &wv) in or.iter_mut().zip(wr) {
+                *o += xv * wv;
+            }
+        }
+        for (j, o) in or.iter_mut().enumerate() {
+            let b = bias.map_or(0.0, |b| b[j]);
+            *o = activate(act, *o + b);
+        }
+    }
+    out
+}
+
+/// Softmax along each row of `width` values, shifted by the row's largest value.
+fn host_softmax(x: &[f32], width: usize) -> Vec<f32> {
+    let mut o = x.to_vec();
+    for row in o.chunks_mut(width) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for v in row.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        for v in row.iter_mut() {
+            *v /= sum;
+        }
+    }
+    o
 }
 
 #[derive(Default)]
@@ -631,45 +648,10 @@ impl Compiler {
                 let v = self.value(node, input(node, 0)?)?;
                 self.values.insert(node.output[0].clone(), v);
             }
-            "Cast" => {
-                let to = attr_i(node, "to").unwrap_or(0);
-                match self.value(node, input(node, 0)?)? {
-                    Value::Dyn { buffer, flat } => {
-                        let elem = self.buffers[buffer].elem;
-                        let same = matches!((elem, to), (Elem::F32, 1) | (Elem::I64, 7));
-                        if !same {
-                            return Err(unsupported(
-                                node,
-                                &format!("a cast of {elem:?} to ONNX type {to}"),
-                            ));
-                        }
-                        self.define(node, buffer, flat);
-                    }
-                    Value::Const(_) => return Err(unsupported(node, "a cast of a constant")),
-                }
-            }
+            "Cast" => self.cast(node)?,
             "MatMul" | "Gemm" => self.gemm(node)?,
             "Add" | "Sub" | "Mul" => self.affine(node)?,
-            "Relu" | "Sigmoid" | "Tanh" => {
-                let act = match node.op_type.as_str() {
-                    "Relu" => Activation::Relu,
-                    "Sigmoid" => Activation::Sigmoid,
-                    _ => Activation::Tanh,
-                };
-                let x = self.dyn_f32(node, input(node, 0)?)?;
-                if let Some(Step::Gemm {
-                    act: a @ Activation::None,
-                    ..
-                }) = self.fusable(x)
-                {
-                    *a = act;
-                    self.absorbed(node);
-                    self.define(node, x, false);
-                } else {
-                    let out = self.buffer(self.buffers[x].width, Elem::F32, Place::Device);
-                    self.push(node, Step::Activation { x, act, out });
-                }
-            }
+            "Relu" | "Sigmoid" | "Tanh" => self.activation(node)?,
             "Softmax" => {
                 let axis = attr_i(node, "axis").unwrap_or(-1);
                 if axis != -1 && axis != 1 {
@@ -710,53 +692,104 @@ impl Compiler {
                 self.steps.push(Step::ArgMax { x, out });
                 self.define(node, out, !keep);
             }
-            "ArrayFeatureExtractor" => {
-                let classes = match self.value(node, input(node, 0)?)? {
-                    Value::Const(c) => c
-                        .ints
-                        .ok_or_else(|| unsupported(node, "classes that are not integers"))?,
-                    Value::Dyn { .. } => return Err(unsupported(node, "computed classes")),
-                };
-                let (index, flat) = match self.value(node, input(node, 1)?)? {
-                    Value::Dyn { buffer, flat } if self.buffers[buffer].elem == Elem::I64 => {
-                        (buffer, flat)
-                    }
-                    _ => return Err(unsupported(node, "indices that are not computed INT64")),
-                };
-                let out = self.buffer(1, Elem::I64, Place::Host);
-                self.steps.push(Step::Gather {
-                    classes,
-                    index,
-                    out,
-                });
-                self.define(node, out, flat);
-            }
-            "Reshape" => {
-                let (buffer, _) = match self.value(node, input(node, 0)?)? {
-                    Value::Dyn { buffer, flat } => (buffer, flat),
-                    Value::Const(_) => return Err(unsupported(node, "a reshape of a constant")),
-                };
-                let shape = match self.value(node, input(node, 1)?)? {
-                    Value::Const(c) => c
-                        .ints
-                        .ok_or_else(|| unsupported(node, "a shape that is not INT64"))?,
-                    Value::Dyn { .. } => return Err(unsupported(node, "a computed shape")),
-                };
-                let width = self.buffers[buffer].width as i64;
-                let flat = match shape.as_slice() {
-                    [-1] if width == 1 => true,
-                    [-1 | 0, w] if *w == width => false,
-                    _ => {
-                        return Err(unsupported(
-                            node,
-                            &format!("a reshape of [rows, {width}] to {shape:?}"),
-                        ))
-                    }
-                };
-                self.define(node, buffer, flat);
-            }
+            "ArrayFeatureExtractor" => self.gather(node)?,
+            "Reshape" => self.reshape(node)?,
             other => return Err(unsupported(node, &format!("op {other}"))),
         }
+        Ok(())
+    }
+
+    /// A cast to the type the value already has is an alias; any other conversion is refused.
+    fn cast(&mut self, node: &pb::NodeProto) -> Result<(), PlanError> {
+        let to = attr_i(node, "to").unwrap_or(0);
+        match self.value(node, input(node, 0)?)? {
+            Value::Dyn { buffer, flat } => {
+                let elem = self.buffers[buffer].elem;
+                let same = matches!((elem, to), (Elem::F32, 1) | (Elem::I64, 7));
+                if !same {
+                    return Err(unsupported(
+                        node,
+                        &format!("a cast of {elem:?} to ONNX type {to}"),
+                    ));
+                }
+                self.define(node, buffer, flat);
+            }
+            Value::Const(_) => return Err(unsupported(node, "a cast of a constant")),
+        }
+        Ok(())
+    }
+
+    /// Relu / Sigmoid / Tanh: into the epilogue of the GEMM before it where that one has no
+    /// activation yet, else a step of its own.
+    fn activation(&mut self, node: &pb::NodeProto) -> Result<(), PlanError> {
+        let act = match node.op_type.as_str() {
+            "Relu" => Activation::Relu,
+            "Sigmoid" => Activation::Sigmoid,
+            _ => Activation::Tanh,
+        };
+        let x = self.dyn_f32(node, input(node, 0)?)?;
+        if let Some(Step::Gemm {
+            act: a @ Activation::None,
+            ..
+        }) = self.fusable(x)
+        {
+            *a = act;
+            self.absorbed(node);
+            self.define(node, x, false);
+        } else {
+            let out = self.buffer(self.buffers[x].width, Elem::F32, Place::Device);
+            self.push(node, Step::Activation { x, act, out });
+        }
+        Ok(())
+    }
+
+    /// ArrayFeatureExtractor over constant integer classes: the label tail, run on the host.
+    fn gather(&mut self, node: &pb::NodeProto) -> Result<(), PlanError> {
+        let classes = match self.value(node, input(node, 0)?)? {
+            Value::Const(c) => c
+                .ints
+                .ok_or_else(|| unsupported(node, "classes that are not integers"))?,
+            Value::Dyn { .. } => return Err(unsupported(node, "computed classes")),
+        };
+        let (index, flat) = match self.value(node, input(node, 1)?)? {
+            Value::Dyn { buffer, flat } if self.buffers[buffer].elem == Elem::I64 => (buffer, flat),
+            _ => return Err(unsupported(node, "indices that are not computed INT64")),
+        };
+        let out = self.buffer(1, Elem::I64, Place::Host);
+        self.steps.push(Step::Gather {
+            classes,
+            index,
+            out,
+        });
+        self.define(node, out, flat);
+        Ok(())
+    }
+
+    /// A reshape that keeps `[rows, width]` (or flattens a one-column value to `[rows]`) is an
+    /// alias; any other shape is refused.
+    fn reshape(&mut self, node: &pb::NodeProto) -> Result<(), PlanError> {
+        let (buffer, _) = match self.value(node, input(node, 0)?)? {
+            Value::Dyn { buffer, flat } => (buffer, flat),
+            Value::Const(_) => return Err(unsupported(node, "a reshape of a constant")),
+        };
+        let shape = match self.value(node, input(node, 1)?)? {
+            Value::Const(c) => c
+                .ints
+                .ok_or_else(|| unsupported(node, "a shape that is not INT64"))?,
+            Value::Dyn { .. } => return Err(unsupported(node, "a computed shape")),
+        };
+        let width = self.buffers[buffer].width as i64;
+        let flat = match shape.as_slice() {
+            [-1] if width == 1 => true,
+            [-1 | 0, w] if *w == width => false,
+            _ => {
+                return Err(unsupported(
+                    node,
+                    &format!("a reshape of [rows, {width}] to {shape:?}"),
+                ))
+            }
+        };
+        self.define(node, buffer, flat);
         Ok(())
     }
 

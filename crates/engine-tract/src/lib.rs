@@ -179,10 +179,54 @@ fn build(
     shapes: Shapes,
     zipmaps: &[(String, ClassLabels)],
 ) -> Result<TractEngine, EngineError> {
-    let load_err = |e: &dyn std::fmt::Display| EngineError::Load {
+    let load_err = |e: &dyn std::fmt::Display| load_error(path, e);
+    let mut model = parse(onnx, proto, path, shapes)?;
+    let batch = batch_symbol(&model, options).map_err(|e| load_err(&e))?;
+    let (inputs, input_types) = fix_inputs(&mut model, path, options, shapes, &batch)?;
+
+    let output_names: Vec<String> = model
+        .output_outlets()
+        .map_err(|e| load_err(&e))?
+        .iter()
+        .map(|o| {
+            model
+                .outlet_label(*o)
+                .map(str::to_string)
+                .unwrap_or_else(|| model.node(o.node).name.clone())
+        })
+        .collect();
+
+    let typed = model
+        .into_optimized()
+        .map_err(|e| load_err(&format!("{e:#}")))?;
+    let outputs = output_specs(&typed, output_names, path, options, &batch, zipmaps)?;
+    let plan = typed
+        .into_runnable()
+        .map_err(|e| load_err(&format!("{e:#}")))?;
+    Ok(TractEngine {
+        plan,
+        signature: Signature { inputs, outputs },
+        input_types,
+    })
+}
+
+/// A failed load of the model at `path`: every step's errors name the file.
+fn load_error(path: &Path, e: &dyn std::fmt::Display) -> EngineError {
+    EngineError::Load {
         path: path.display().to_string(),
         reason: e.to_string(),
-    };
+    }
+}
+
+/// The model as tract reads it, refused here where tract could not resolve its inputs or
+/// lacks one of its operators.
+fn parse(
+    onnx: &tract_onnx::Onnx,
+    proto: &tract_onnx::pb::ModelProto,
+    path: &Path,
+    shapes: Shapes,
+) -> Result<InferenceModel, EngineError> {
+    let load_err = |e: &dyn std::fmt::Display| load_error(path, e);
     // External data is looked up beside the model, as tract's own model_for_path does.
     let dir = path.parent().and_then(|d| d.to_str());
     let onnx = onnx
@@ -197,9 +241,20 @@ fn build(
             parsed.unresolved_inputs
         )));
     }
-    let mut model = parsed.model;
-    // An operator tract has no implementation of (and we have none in its place): named, with
-    // what serves it, before the optimizer fails on it less clearly.
+    let missing = unimplemented_ops(&parsed.model);
+    if !missing.is_empty() {
+        return Err(load_err(&format!(
+            "tract does not implement the operator {}: [engine] kind = \"ort\" (onnxruntime) or \
+             \"auto\" (the first engine that serves it) does",
+            missing.join(", ")
+        )));
+    }
+    Ok(parsed.model)
+}
+
+/// The operators tract has no implementation of (and we have none in its place), once each in
+/// graph order: named, with what serves them, before the optimizer fails on them less clearly.
+fn unimplemented_ops(model: &InferenceModel) -> Vec<String> {
     let mut missing: Vec<String> = Vec::new();
     for node in model.nodes() {
         let name = node.op.name();
@@ -212,31 +267,41 @@ fn build(
             }
         }
     }
-    if !missing.is_empty() {
-        return Err(load_err(&format!(
-            "tract does not implement the operator {}: [engine] kind = \"ort\" (onnxruntime) or \
-             \"auto\" (the first engine that serves it) does",
-            missing.join(", ")
-        )));
-    }
+    missing
+}
 
-    let input_count = model.input_outlets().map_err(|e| load_err(&e))?.len();
-    // The batch symbol: the inputs' own name for their leading dimension where they all
-    // declare the same one (so that intermediate shapes naming it agree), else `N`.
+/// The batch symbol: the inputs' own name for their leading dimension where they all declare
+/// the same one (so that intermediate shapes naming it agree), else `N`.
+fn batch_symbol(model: &InferenceModel, options: &LoadOptions) -> TractResult<Symbol> {
+    let input_count = model.input_outlets()?.len();
     let mut leading = Vec::with_capacity(input_count);
     for ix in 0..input_count {
-        let fact = model.input_fact(ix).map_err(|e| load_err(&e))?;
+        let fact = model.input_fact(ix)?;
         leading.push(match fact.shape.dims().next() {
             Some(GenericFactoid::Only(TDim::Sym(s))) => Some(s.clone()),
             _ => None,
         });
     }
-    let batch = match leading.first() {
+    Ok(match leading.first() {
         Some(Some(s)) if options.batch_dim && leading.iter().all(|l| l.as_ref() == Some(s)) => {
             s.clone()
         }
         _ => model.sym("N"),
-    };
+    })
+}
+
+/// Gives every input a concrete type and a full shape (the batch symbol first where the model
+/// is batched, then declared values, then the configured hints, then a symbol of its own), and
+/// describes the inputs as served.
+fn fix_inputs(
+    model: &mut InferenceModel,
+    path: &Path,
+    options: &LoadOptions,
+    shapes: Shapes,
+    batch: &Symbol,
+) -> Result<(Vec<TensorSpec>, Vec<DatumType>), EngineError> {
+    let load_err = |e: &dyn std::fmt::Display| load_error(path, e);
+    let input_count = model.input_outlets().map_err(|e| load_err(&e))?.len();
     let mut inputs = Vec::with_capacity(input_count);
     let mut input_types = Vec::with_capacity(input_count);
     for ix in 0..input_count {
@@ -293,24 +358,22 @@ fn build(
         inputs.push(TensorSpec::new(name, dtype, spec_dims));
         input_types.push(dt);
     }
+    Ok((inputs, input_types))
+}
 
-    let output_names: Vec<String> = model
-        .output_outlets()
-        .map_err(|e| load_err(&e))?
-        .iter()
-        .map(|o| {
-            model
-                .outlet_label(*o)
-                .map(str::to_string)
-                .unwrap_or_else(|| model.node(o.node).name.clone())
-        })
-        .collect();
-
-    let typed = model
-        .into_optimized()
-        .map_err(|e| load_err(&format!("{e:#}")))?;
-    let mut outputs = Vec::with_capacity(output_names.len());
-    for (ix, name) in output_names.into_iter().enumerate() {
+/// Describes the optimized model's outputs as served, with their ZipMap classes, refusing in
+/// a batched model an output that cannot be split per request.
+fn output_specs(
+    typed: &TypedModel,
+    names: Vec<String>,
+    path: &Path,
+    options: &LoadOptions,
+    batch: &Symbol,
+    zipmaps: &[(String, ClassLabels)],
+) -> Result<Vec<TensorSpec>, EngineError> {
+    let load_err = |e: &dyn std::fmt::Display| load_error(path, e);
+    let mut outputs = Vec::with_capacity(names.len());
+    for (ix, name) in names.into_iter().enumerate() {
         let fact = typed.output_fact(ix).map_err(|e| load_err(&e))?;
         // tract computes some INT64 values (labels picked by ArgMax, shapes) as symbolic
         // dimensions; they come out as TDim and are cast back to INT64 after each run.
@@ -343,14 +406,7 @@ fn build(
             classes,
         });
     }
-    let plan = typed
-        .into_runnable()
-        .map_err(|e| load_err(&format!("{e:#}")))?;
-    Ok(TractEngine {
-        plan,
-        signature: Signature { inputs, outputs },
-        input_types,
-    })
+    Ok(outputs)
 }
 
 impl Engine for TractEngine {

@@ -523,108 +523,7 @@ impl StatRow {
 }
 
 fn stats_table(out: &mut String, kind: &str, f: &Value, t: &Value, violations: &[&str]) {
-    let alpha = number(field(t, "alpha_corrected"));
-    let p_rule = alpha.map(|a| format!("p &lt; {}", fmt_num(a)));
-    let above = |key: &str, pct: bool| {
-        number(field(t, key)).map(|x| format!("&gt; {}", if pct { fmt_pct(x) } else { fmt_num(x) }))
-    };
-    let value = |key: &str| number(field(f, key));
-    let mut rows = vec![
-        StatRow::new(
-            "PSI",
-            value("psi"),
-            opt(value("psi"), fmt_num),
-            above("psi", false),
-            "psi",
-            violations,
-        ),
-        StatRow::new(
-            "Jensen–Shannon distance",
-            value("js"),
-            opt(value("js"), fmt_num),
-            above("js", false),
-            "js",
-            violations,
-        ),
-    ];
-    if kind == "categorical" {
-        let chi2 = field(f, "chi2");
-        let p = number(field(chi2, "pvalue"));
-        let shown = match (number(field(chi2, "statistic")), p) {
-            (Some(s), Some(p)) => format!(
-                "χ² {} (dof {}), p {}",
-                fmt_num(s),
-                number(field(chi2, "dof")).map_or("?".into(), fmt_num),
-                fmt_num(p)
-            ),
-            _ => "undefined".into(),
-        };
-        rows.push(StatRow::new(
-            "Chi-squared test",
-            p,
-            shown,
-            p_rule,
-            "chi2",
-            violations,
-        ));
-        rows.push(StatRow::new(
-            "Unseen rate",
-            value("unseen_rate"),
-            opt(value("unseen_rate"), fmt_pct),
-            above("unseen_rate", true),
-            "unseen_rate",
-            violations,
-        ));
-    } else {
-        let ks = field(f, "ks");
-        let p = number(field(ks, "pvalue"));
-        let shown = match (number(field(ks, "statistic")), p) {
-            (Some(d), Some(p)) => format!("D {}, p {}", fmt_num(d), fmt_num(p)),
-            _ => "undefined".into(),
-        };
-        rows.push(StatRow::new(
-            "Kolmogorov–Smirnov test",
-            p,
-            shown,
-            p_rule,
-            "ks",
-            violations,
-        ));
-        rows.push(StatRow::new(
-            "Wasserstein distance",
-            value("wasserstein"),
-            opt(value("wasserstein"), fmt_num),
-            None,
-            "",
-            violations,
-        ));
-        rows.push(StatRow::new(
-            "Wasserstein / baseline std",
-            value("wasserstein_norm"),
-            opt(value("wasserstein_norm"), fmt_num),
-            above("wasserstein_norm", false),
-            "wasserstein_norm",
-            violations,
-        ));
-        rows.push(StatRow::new(
-            "Out-of-range rate",
-            value("out_of_range_rate"),
-            opt(value("out_of_range_rate"), fmt_pct),
-            above("out_of_range_rate", true),
-            "out_of_range_rate",
-            violations,
-        ));
-    }
-    let (mb, mw) = (value("missing_rate_baseline"), value("missing_rate_window"));
-    let increase = mb.zip(mw).map(|(b, w)| w - b);
-    rows.push(StatRow::new(
-        "Missing rate",
-        increase,
-        format!("{} → {}", opt(mb, fmt_pct), opt(mw, fmt_pct)),
-        number(field(t, "missing_rate_increase")).map(|x| format!("increase &gt; {}", fmt_pct(x))),
-        "missing_rate_increase",
-        violations,
-    ));
+    let rows = stat_rows(kind, f, t, violations);
     out.push_str(
         "<table><tr><th>Statistic</th><th>Value</th><th>Threshold</th><th>Status</th></tr>",
     );
@@ -647,22 +546,7 @@ fn stats_table(out: &mut String, kind: &str, f: &Value, t: &Value, violations: &
     }
     out.push_str("</table>");
     if kind == "categorical" {
-        for (key, label) in [
-            ("unseen", "Unseen categories"),
-            ("vanished", "Vanished categories"),
-        ] {
-            let names = strings(field(f, key));
-            if !names.is_empty() {
-                // A report lists the heaviest few and counts them all (`unseen_count`); an
-                // older one lists them all.
-                let total = number(field(f, &format!("{key}_count")))
-                    .map_or(names.len(), |n| (n as usize).max(names.len()));
-                let names: Vec<String> = names.iter().take(MAX_LIST).map(|n| escape(n)).collect();
-                w!(out, "<p><strong>{label}</strong> ({total}): ");
-                list_of_into(out, &names, total);
-                out.push_str("</p>");
-            }
-        }
+        category_lists(out, f);
     }
     // Also unknown statistics violated (from a newer report) are not lost.
     let known = [
@@ -684,6 +568,154 @@ fn stats_table(out: &mut String, kind: &str, f: &Value, t: &Value, violations: &
         out.push_str("<p><strong>Also violated:</strong> ");
         list_into(out, &other);
         out.push_str("</p>");
+    }
+}
+
+/// Where the rows of one feature's statistics table read from: the feature's report `f`, the
+/// report's thresholds `t`, and which statistics were violated.
+struct StatSource<'a> {
+    f: &'a Value,
+    t: &'a Value,
+    violations: &'a [&'a str],
+}
+
+impl StatSource<'_> {
+    fn value(&self, key: &str) -> Option<f64> {
+        number(field(self.f, key))
+    }
+
+    /// The threshold of `key`, as its row shows it.
+    fn above(&self, key: &str, pct: bool) -> Option<String> {
+        number(field(self.t, key))
+            .map(|x| format!("&gt; {}", if pct { fmt_pct(x) } else { fmt_num(x) }))
+    }
+
+    /// The row of a statistic the report holds as one number under `key`.
+    fn row(
+        &self,
+        name: &'static str,
+        key: &str,
+        show: fn(f64) -> String,
+        threshold: Option<String>,
+        violation: &str,
+    ) -> StatRow {
+        StatRow::new(
+            name,
+            self.value(key),
+            opt(self.value(key), show),
+            threshold,
+            violation,
+            self.violations,
+        )
+    }
+}
+
+/// The statistics of a feature of `kind` in table order: the distances, the kind's own test
+/// and rates, then the missing rate.
+fn stat_rows(kind: &str, f: &Value, t: &Value, violations: &[&str]) -> Vec<StatRow> {
+    let src = StatSource { f, t, violations };
+    let p_rule = number(field(t, "alpha_corrected")).map(|a| format!("p &lt; {}", fmt_num(a)));
+    let mut rows = vec![
+        src.row("PSI", "psi", fmt_num, src.above("psi", false), "psi"),
+        src.row(
+            "Jensen–Shannon distance",
+            "js",
+            fmt_num,
+            src.above("js", false),
+            "js",
+        ),
+    ];
+    if kind == "categorical" {
+        let chi2 = field(f, "chi2");
+        let p = number(field(chi2, "pvalue"));
+        let shown = match (number(field(chi2, "statistic")), p) {
+            (Some(s), Some(p)) => format!(
+                "χ² {} (dof {}), p {}",
+                fmt_num(s),
+                number(field(chi2, "dof")).map_or("?".into(), fmt_num),
+                fmt_num(p)
+            ),
+            _ => "undefined".into(),
+        };
+        rows.push(StatRow::new(
+            "Chi-squared test",
+            p,
+            shown,
+            p_rule,
+            "chi2",
+            violations,
+        ));
+        rows.push(src.row(
+            "Unseen rate",
+            "unseen_rate",
+            fmt_pct,
+            src.above("unseen_rate", true),
+            "unseen_rate",
+        ));
+    } else {
+        let ks = field(f, "ks");
+        let p = number(field(ks, "pvalue"));
+        let shown = match (number(field(ks, "statistic")), p) {
+            (Some(d), Some(p)) => format!("D {}, p {}", fmt_num(d), fmt_num(p)),
+            _ => "undefined".into(),
+        };
+        rows.push(StatRow::new(
+            "Kolmogorov–Smirnov test",
+            p,
+            shown,
+            p_rule,
+            "ks",
+            violations,
+        ));
+        rows.push(src.row("Wasserstein distance", "wasserstein", fmt_num, None, ""));
+        rows.push(src.row(
+            "Wasserstein / baseline std",
+            "wasserstein_norm",
+            fmt_num,
+            src.above("wasserstein_norm", false),
+            "wasserstein_norm",
+        ));
+        rows.push(src.row(
+            "Out-of-range rate",
+            "out_of_range_rate",
+            fmt_pct,
+            src.above("out_of_range_rate", true),
+            "out_of_range_rate",
+        ));
+    }
+    let (mb, mw) = (
+        src.value("missing_rate_baseline"),
+        src.value("missing_rate_window"),
+    );
+    let increase = mb.zip(mw).map(|(b, w)| w - b);
+    rows.push(StatRow::new(
+        "Missing rate",
+        increase,
+        format!("{} → {}", opt(mb, fmt_pct), opt(mw, fmt_pct)),
+        number(field(t, "missing_rate_increase")).map(|x| format!("increase &gt; {}", fmt_pct(x))),
+        "missing_rate_increase",
+        violations,
+    ));
+    rows
+}
+
+/// A categorical feature's unseen and vanished categories, under its statistics table.
+fn category_lists(out: &mut String, f: &Value) {
+    for (key, label) in [
+        ("unseen", "Unseen categories"),
+        ("vanished", "Vanished categories"),
+    ] {
+        let names = strings(field(f, key));
+        if !names.is_empty() {
+            // A report lists the heaviest few and counts them all (`unseen_count`); an
+            // older one lists them all.
+            let total = number(field(f, &format!("{key}_count")))
+                .map_or(names.len(), |n| (n as usize).max(names.len()));
+            let names: Vec<String> = names.iter().take(MAX_LIST).map(|n| escape(n)).collect();
+            w!(out, "<p><strong>{label}</strong> ({total}): ");
+            list_of_into(out, &names, total);
+            out.push_str("</p>");
+        }
     }
 }
 
@@ -817,6 +849,63 @@ fn axis_top(max: f64) -> f64 {
         .unwrap_or(max.max(1.0))
 }
 
+/// An SVG chart's size and the margins around its plot area, where the axis labels and the
+/// legend go.
+struct ChartBox {
+    w: f64,
+    h: f64,
+    left: f64,
+    right: f64,
+    top: f64,
+    bottom: f64,
+}
+
+impl ChartBox {
+    fn plot_w(&self) -> f64 {
+        self.w - self.left - self.right
+    }
+
+    fn plot_h(&self) -> f64 {
+        self.h - self.top - self.bottom
+    }
+
+    /// A horizontal grid line at `y`, labelled on the y axis.
+    fn grid_line(&self, out: &mut String, y: f64, label: &str) {
+        w!(
+            out,
+            "<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#e1e5ea\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{label}</text>",
+            self.w - self.right,
+            self.left - 4.0,
+            y + 4.0,
+            left = self.left,
+        );
+    }
+
+    /// The x and y axes, drawn last so that nothing covers them, and the end of the SVG.
+    fn axes_and_end(&self, out: &mut String) {
+        let (left, top, plot_h) = (self.left, self.top, self.plot_h());
+        w!(
+            out,
+            "<line x1=\"{left}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"#333\"/>\
+             <line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{:.1}\" stroke=\"#333\"/></svg>",
+            top + plot_h,
+            self.w - self.right,
+            top + plot_h,
+            top + plot_h
+        );
+    }
+}
+
+const BAR_BOX: ChartBox = ChartBox {
+    w: 520.0,
+    h: 260.0,
+    left: 52.0,
+    right: 10.0,
+    top: 12.0,
+    bottom: 78.0,
+};
+
 fn bar_chart(
     out: &mut String,
     name: &str,
@@ -825,16 +914,10 @@ fn bar_chart(
     baseline: Option<&[f64]>,
     window: Option<&[f64]>,
 ) {
-    const W: f64 = 520.0;
-    const H: f64 = 260.0;
-    const LEFT: f64 = 52.0;
-    const RIGHT: f64 = 10.0;
-    const TOP: f64 = 12.0;
-    const BOTTOM: f64 = 78.0;
-    let plot_w = W - LEFT - RIGHT;
-    let plot_h = H - TOP - BOTTOM;
+    let b = &BAR_BOX;
+    let (w, h) = (b.w, b.h);
+    let plot_h = b.plot_h();
     let n = labels.len().max(1);
-    let gw = plot_w / n as f64;
     let max = baseline
         .into_iter()
         .chain(window)
@@ -842,41 +925,68 @@ fn bar_chart(
         .copied()
         .filter(|v| v.is_finite())
         .fold(0.0f64, f64::max);
-    let top = axis_top(max);
+    let scale = BarScale {
+        gw: b.plot_w() / n as f64,
+        plot_h,
+        top: axis_top(max),
+    };
     w!(
         out,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" \
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" \
          role=\"img\" aria-label=\"Histogram of {}: baseline and window proportions per bin\">",
         escape(name)
     );
     w!(
         out,
-        "<rect x=\"0\" y=\"0\" width=\"{W}\" height=\"{H}\" fill=\"#ffffff\"/>"
+        "<rect x=\"0\" y=\"0\" width=\"{w}\" height=\"{h}\" fill=\"#ffffff\"/>"
     );
     // Grid and y axis in percent.
     for k in 0..=4 {
-        let v = top * k as f64 / 4.0;
-        let y = TOP + plot_h - plot_h * k as f64 / 4.0;
-        w!(
-            out,
-            "<line x1=\"{LEFT}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#e1e5ea\"/>\
-             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-            W - RIGHT,
-            LEFT - 4.0,
-            y + 4.0,
-            fmt_axis_pct(v)
-        );
+        let v = scale.top * k as f64 / 4.0;
+        let y = b.top + plot_h - plot_h * k as f64 / 4.0;
+        b.grid_line(out, y, &fmt_axis_pct(v));
     }
-    let height = |v: f64| {
-        let h = (v / top * plot_h).clamp(0.0, plot_h);
+    for (i, label) in labels.iter().enumerate() {
+        scale.bin(out, i, label, baseline, window, edges.is_none());
+    }
+    if let Some(edges) = edges {
+        scale.edge_labels(out, edges);
+    }
+    b.axes_and_end(out);
+}
+
+/// Where a histogram's bars go: `gw` pixels per bin, proportion `top` at the top of the plot.
+struct BarScale {
+    gw: f64,
+    plot_h: f64,
+    top: f64,
+}
+
+impl BarScale {
+    /// A bar's height for proportion `v`; a share above zero gets at least a pixel, so that it
+    /// shows.
+    fn height(&self, v: f64) -> f64 {
+        let h = (v / self.top * self.plot_h).clamp(0.0, self.plot_h);
         if v > 0.0 {
             h.max(1.0)
         } else {
             h
         }
-    };
-    for (i, label) in labels.iter().enumerate() {
-        let gx = LEFT + gw * i as f64;
+    }
+
+    /// Bin `i`: its baseline and window bars, each with its value on hover, and for a category
+    /// (`labelled`) its name under it.
+    fn bin(
+        &self,
+        out: &mut String,
+        i: usize,
+        label: &str,
+        baseline: Option<&[f64]>,
+        window: Option<&[f64]>,
+        labelled: bool,
+    ) {
+        let (left, top, gw) = (BAR_BOX.left, BAR_BOX.top, self.gw);
+        let gx = left + gw * i as f64;
         let bar_w = (gw * 0.38).max(1.0);
         for (side, values, x, fill, stroke) in [
             (
@@ -891,20 +1001,20 @@ fn bar_chart(
             let Some(v) = values.and_then(|p| p.get(i)).copied() else {
                 continue;
             };
-            let h = height(v);
+            let h = self.height(v);
             w!(
                 out,
                 "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{bar_w:.1}\" height=\"{h:.1}\" fill=\"{fill}\" \
                  stroke=\"{stroke}\" stroke-width=\"0.8\"><title>{}: {side} {}</title></rect>",
-                TOP + plot_h - h,
+                top + self.plot_h - h,
                 escape(label),
                 fmt_pct(v)
             );
         }
-        if edges.is_none() {
+        if labelled {
             // Categories: a label under each bin.
             let x = gx + gw / 2.0;
-            let y = TOP + plot_h + 12.0;
+            let y = top + self.plot_h + 12.0;
             w!(
                 out,
                 "<text x=\"{x:.1}\" y=\"{y:.1}\" text-anchor=\"end\" transform=\"rotate(-40 {x:.1} {y:.1})\">{}</text>",
@@ -912,36 +1022,31 @@ fn bar_chart(
             );
         }
     }
-    if let Some(edges) = edges {
-        // Numeric: each edge at the boundary between its two bins.
+
+    /// Numeric bins: each edge at the boundary between its two bins, and a note on what the
+    /// bins are.
+    fn edge_labels(&self, out: &mut String, edges: &[f64]) {
+        let b = &BAR_BOX;
+        let (top, plot_h) = (b.top, self.plot_h);
         for (i, e) in edges.iter().enumerate() {
-            let x = LEFT + gw * (i + 1) as f64;
-            let y = TOP + plot_h + 12.0;
+            let x = b.left + self.gw * (i + 1) as f64;
+            let y = top + plot_h + 12.0;
             w!(
                 out,
                 "<line x1=\"{x:.1}\" y1=\"{:.1}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#555\"/>\
                  <text x=\"{x:.1}\" y=\"{y:.1}\" text-anchor=\"end\" transform=\"rotate(-40 {x:.1} {y:.1})\">{}</text>",
-                TOP + plot_h,
-                TOP + plot_h + 4.0,
+                top + plot_h,
+                top + plot_h + 4.0,
                 escape(&fmt_num(*e))
             );
         }
         w!(
             out,
             "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#5f6b7a\">bins: the baseline's deciles (outer bins open-ended)</text>",
-            LEFT + plot_w / 2.0,
-            H - 4.0
+            b.left + b.plot_w() / 2.0,
+            b.h - 4.0
         );
     }
-    w!(
-        out,
-        "<line x1=\"{LEFT}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"#333\"/>\
-         <line x1=\"{LEFT}\" y1=\"{TOP}\" x2=\"{LEFT}\" y2=\"{:.1}\" stroke=\"#333\"/></svg>",
-        TOP + plot_h,
-        W - RIGHT,
-        TOP + plot_h,
-        TOP + plot_h
-    );
 }
 
 fn fmt_axis_pct(v: f64) -> String {
@@ -1085,6 +1190,15 @@ fn nice_ceiling(max: f64) -> f64 {
         .unwrap_or(max)
 }
 
+const LINE_BOX: ChartBox = ChartBox {
+    w: 760.0,
+    h: 270.0,
+    left: 84.0,
+    right: 16.0,
+    top: 12.0,
+    bottom: 92.0,
+};
+
 fn line_chart(
     out: &mut String,
     group: &str,
@@ -1092,44 +1206,20 @@ fn line_chart(
     series: &[(&Metric, Vec<Option<f64>>)],
     top: f64,
 ) {
-    const W: f64 = 760.0;
-    const H: f64 = 270.0;
-    const LEFT: f64 = 84.0;
-    const RIGHT: f64 = 16.0;
-    const TOP: f64 = 12.0;
-    const BOTTOM: f64 = 92.0;
-    let plot_w = W - LEFT - RIGHT;
-    let plot_h = H - TOP - BOTTOM;
+    let b = &LINE_BOX;
+    let (w, h) = (b.w, b.h);
     let n = labels.len();
-    // Points stay clear of the y axis and its labels.
-    const PAD: f64 = 14.0;
-    let x_of = |i: usize| {
-        if n <= 1 {
-            LEFT + plot_w / 2.0
-        } else {
-            LEFT + PAD + (plot_w - 2.0 * PAD) * i as f64 / (n - 1) as f64
-        }
-    };
-    let y_of = |v: f64| TOP + plot_h - (v / top).clamp(0.0, 1.0) * plot_h;
+    let scale = LineScale { n, top };
     w!(
         out,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" \
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" \
          role=\"img\" aria-label=\"{} quality per window, oldest first\">\
-         <rect x=\"0\" y=\"0\" width=\"{W}\" height=\"{H}\" fill=\"#ffffff\"/>",
+         <rect x=\"0\" y=\"0\" width=\"{w}\" height=\"{h}\" fill=\"#ffffff\"/>",
         escape(group)
     );
     for k in 0..=4 {
         let v = top * k as f64 / 4.0;
-        let y = y_of(v);
-        w!(
-            out,
-            "<line x1=\"{LEFT}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#e1e5ea\"/>\
-             <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-            W - RIGHT,
-            LEFT - 4.0,
-            y + 4.0,
-            fmt_num(v)
-        );
+        b.grid_line(out, scale.y(v), &fmt_num(v));
     }
     // At most about a dozen time labels, evenly spread.
     let every = n.div_ceil(12).max(1);
@@ -1137,8 +1227,8 @@ fn line_chart(
         if i % every != 0 && i + 1 != n {
             continue;
         }
-        let x = x_of(i);
-        let y = TOP + plot_h + 12.0;
+        let x = scale.x(i);
+        let y = b.top + b.plot_h() + 12.0;
         w!(
             out,
             "<text x=\"{x:.1}\" y=\"{y:.1}\" text-anchor=\"end\" transform=\"rotate(-35 {x:.1} {y:.1})\">{}</text>",
@@ -1146,6 +1236,45 @@ fn line_chart(
         );
     }
     for (k, (metric, values)) in series.iter().enumerate() {
+        scale.series(out, k, metric, values, labels);
+    }
+    b.axes_and_end(out);
+}
+
+/// Where a quality chart puts window `i` of `n` (x) and value `v` (y, with `top` at the top of
+/// the plot).
+struct LineScale {
+    n: usize,
+    top: f64,
+}
+
+impl LineScale {
+    fn x(&self, i: usize) -> f64 {
+        // Points stay clear of the y axis and its labels.
+        const PAD: f64 = 14.0;
+        let b = &LINE_BOX;
+        if self.n <= 1 {
+            b.left + b.plot_w() / 2.0
+        } else {
+            b.left + PAD + (b.plot_w() - 2.0 * PAD) * i as f64 / (self.n - 1) as f64
+        }
+    }
+
+    fn y(&self, v: f64) -> f64 {
+        let b = &LINE_BOX;
+        b.top + b.plot_h() - (v / self.top).clamp(0.0, 1.0) * b.plot_h()
+    }
+
+    /// Series `k`: its line, a marker per defined value (with the value on hover), and its
+    /// legend entry. Series differ by colour, marker and dash, so not by colour alone.
+    fn series(
+        &self,
+        out: &mut String,
+        k: usize,
+        metric: &Metric,
+        values: &[Option<f64>],
+        labels: &[String],
+    ) {
         let (colour, marker, dash) = SERIES[k % SERIES.len()];
         let dash_attr = if dash.is_empty() {
             String::new()
@@ -1162,8 +1291,8 @@ fn line_chart(
                         path,
                         "{}{:.1} {:.1} ",
                         if pen_down { "L" } else { "M" },
-                        x_of(i),
-                        y_of(*v)
+                        self.x(i),
+                        self.y(*v)
                     );
                     pen_down = true;
                 }
@@ -1177,13 +1306,13 @@ fn line_chart(
         );
         for (i, v) in values.iter().enumerate() {
             if let Some(v) = v {
-                marker_svg(out, marker, colour, x_of(i), y_of(*v));
+                marker_svg(out, marker, colour, self.x(i), self.y(*v));
                 // The value on hover.
                 w!(
                     out,
                     "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"6\" fill=\"transparent\"><title>{} {}: {}</title></circle>",
-                    x_of(i),
-                    y_of(*v),
+                    self.x(i),
+                    self.y(*v),
                     metric.label,
                     escape(labels.get(i).map_or("", String::as_str)),
                     fmt_num(*v)
@@ -1191,8 +1320,8 @@ fn line_chart(
             }
         }
         // Legend: a short line with the marker, then the name.
-        let lx = LEFT + (k % 4) as f64 * 170.0;
-        let ly = H - 28.0 + (k / 4) as f64 * 16.0;
+        let lx = LINE_BOX.left + (k % 4) as f64 * 170.0;
+        let ly = LINE_BOX.h - 28.0 + (k / 4) as f64 * 16.0;
         w!(
             out,
             "<line x1=\"{lx:.1}\" y1=\"{ly:.1}\" x2=\"{:.1}\" y2=\"{ly:.1}\" stroke=\"{colour}\" stroke-width=\"2\"{dash_attr}/>",
@@ -1207,15 +1336,6 @@ fn line_chart(
             metric.label
         );
     }
-    w!(
-        out,
-        "<line x1=\"{LEFT}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"#333\"/>\
-         <line x1=\"{LEFT}\" y1=\"{TOP}\" x2=\"{LEFT}\" y2=\"{:.1}\" stroke=\"#333\"/></svg>",
-        TOP + plot_h,
-        W - RIGHT,
-        TOP + plot_h,
-        TOP + plot_h
-    );
 }
 
 fn marker_svg(out: &mut String, marker: &str, colour: &str, x: f64, y: f64) {

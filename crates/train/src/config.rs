@@ -420,7 +420,6 @@ impl TrainConfig {
     }
 
     fn validate(&self) -> Result<(), (String, String)> {
-        let bad = |key: &str, reason: String| Err((key.to_string(), reason));
         if self.model.is_empty()
             || !self
                 .model
@@ -439,88 +438,9 @@ impl TrainConfig {
         if self.threads == 0 || self.threads > MAX_THREADS {
             return bad("threads", format!("must be 1 to {MAX_THREADS}"));
         }
-        let d = &self.data;
-        match (&d.path, &d.log) {
-            (None, None) => return bad("data", "needs 'path' or 'log'".into()),
-            (Some(_), Some(_)) => return bad("data", "has both 'path' and 'log'; pick one".into()),
-            _ => {}
-        }
-        if d.path.is_some() && d.target.is_none() {
-            return bad(
-                "data.target",
-                "a file source needs the target column".into(),
-            );
-        }
-        if let Some(log) = &d.log {
-            if log.last_rows == Some(0) {
-                return bad("data.log.last_rows", "must be at least 1".into());
-            }
-        }
-        if d.features.is_empty() {
-            return bad("data.features", "names no feature".into());
-        }
-        if d.features.len() > MAX_FEATURES {
-            return bad(
-                "data.features",
-                format!("more than {MAX_FEATURES} features"),
-            );
-        }
-        for (i, f) in d.features.iter().enumerate() {
-            if d.features[..i].contains(f) {
-                return bad("data.features", format!("'{f}' is named twice"));
-            }
-            if Some(f) == d.target.as_ref() {
-                return bad("data.features", format!("'{f}' is the target"));
-            }
-        }
-        for c in &d.categorical {
-            if !d.features.contains(c) {
-                return bad("data.categorical", format!("'{c}' is not in data.features"));
-            }
-        }
-        let p = &self.prep;
-        if !matches!(
-            p.impute_categorical,
-            Impute::MostFrequent | Impute::Constant
-        ) {
-            return bad(
-                "prep.impute_categorical",
-                "must be 'most_frequent' or 'constant'".into(),
-            );
-        }
-        if !p.fill_value.is_finite() {
-            return bad("prep.fill_value", "must be a finite number".into());
-        }
-        if p.max_categories == 0 || p.max_categories > MAX_CATEGORIES {
-            return bad(
-                "prep.max_categories",
-                format!("must be 1 to {MAX_CATEGORIES}"),
-            );
-        }
-        let s = &self.split;
-        for (key, v) in [("split.validation", s.validation), ("split.test", s.test)] {
-            if !(v > 0.0 && v < 1.0) {
-                return bad(key, format!("{v} is not a share between 0 and 1"));
-            }
-        }
-        if s.validation + s.test >= 0.9 {
-            return bad(
-                "split",
-                "validation + test leave under 10 % to train on".into(),
-            );
-        }
-        match s.method {
-            SplitMethod::Time if d.time_column.is_none() && d.log.is_none() => {
-                return bad(
-                    "split.method",
-                    "'time' needs data.time_column (a log source uses the prediction time)".into(),
-                )
-            }
-            SplitMethod::Column if s.column.is_none() => {
-                return bad("split.column", "method 'column' needs the column".into())
-            }
-            _ => {}
-        }
+        check_data(&self.data)?;
+        check_prep(&self.prep)?;
+        check_split(&self.split, &self.data)?;
         let t = &self.trainer;
         check_epochs("trainer.epochs", t.epochs)?;
         if t.batch_size == 0 || t.batch_size > 1 << 20 {
@@ -532,40 +452,7 @@ impl TrainConfig {
         }
         check_hidden("trainer.hidden", &t.hidden, t.kind)?;
         if let Some(search) = &self.search {
-            if search.trials == 0 || search.trials > MAX_TRIALS {
-                return bad("search.trials", format!("must be 1 to {MAX_TRIALS}"));
-            }
-            for (key, range) in [
-                ("search.learning_rate", search.learning_rate),
-                ("search.l2", search.l2),
-            ] {
-                if let Some([lo, hi]) = range {
-                    if !(lo > 0.0 && hi >= lo && hi.is_finite()) {
-                        return bad(key, "must be [low, high] with 0 < low <= high".into());
-                    }
-                }
-            }
-            if let Some([lo, hi]) = search.epochs {
-                check_epochs("search.epochs", lo)?;
-                check_epochs("search.epochs", hi)?;
-                if hi < lo {
-                    return bad(
-                        "search.epochs",
-                        "must be [low, high] with low <= high".into(),
-                    );
-                }
-            }
-            if let Some(choices) = &search.hidden {
-                if choices.is_empty() {
-                    return bad("search.hidden", "lists no choice".into());
-                }
-                if !t.kind.has_hidden() {
-                    return bad("search.hidden", "only an MLP has hidden layers".into());
-                }
-                for c in choices {
-                    check_hidden("search.hidden", c, t.kind)?;
-                }
-            }
+            check_search(search, t.kind)?;
         }
         if let Some(m) = self.gate.metric {
             if m.for_classification() != t.kind.is_classifier() {
@@ -591,6 +478,144 @@ impl TrainConfig {
                 GateMetric::Rmse
             })
     }
+}
+
+/// A rejected setting: its key and why ([`TrainConfig::parse`] adds the file).
+fn bad(key: &str, reason: String) -> Result<(), (String, String)> {
+    Err((key.to_string(), reason))
+}
+
+/// The `[data]` table: exactly one source, and features that are distinct, not the target,
+/// and cover the categorical ones.
+fn check_data(d: &DataConfig) -> Result<(), (String, String)> {
+    match (&d.path, &d.log) {
+        (None, None) => return bad("data", "needs 'path' or 'log'".into()),
+        (Some(_), Some(_)) => return bad("data", "has both 'path' and 'log'; pick one".into()),
+        _ => {}
+    }
+    if d.path.is_some() && d.target.is_none() {
+        return bad(
+            "data.target",
+            "a file source needs the target column".into(),
+        );
+    }
+    if let Some(log) = &d.log {
+        if log.last_rows == Some(0) {
+            return bad("data.log.last_rows", "must be at least 1".into());
+        }
+    }
+    if d.features.is_empty() {
+        return bad("data.features", "names no feature".into());
+    }
+    if d.features.len() > MAX_FEATURES {
+        return bad(
+            "data.features",
+            format!("more than {MAX_FEATURES} features"),
+        );
+    }
+    for (i, f) in d.features.iter().enumerate() {
+        if d.features[..i].contains(f) {
+            return bad("data.features", format!("'{f}' is named twice"));
+        }
+        if Some(f) == d.target.as_ref() {
+            return bad("data.features", format!("'{f}' is the target"));
+        }
+    }
+    for c in &d.categorical {
+        if !d.features.contains(c) {
+            return bad("data.categorical", format!("'{c}' is not in data.features"));
+        }
+    }
+    Ok(())
+}
+
+fn check_prep(p: &PrepConfig) -> Result<(), (String, String)> {
+    if !matches!(
+        p.impute_categorical,
+        Impute::MostFrequent | Impute::Constant
+    ) {
+        return bad(
+            "prep.impute_categorical",
+            "must be 'most_frequent' or 'constant'".into(),
+        );
+    }
+    if !p.fill_value.is_finite() {
+        return bad("prep.fill_value", "must be a finite number".into());
+    }
+    if p.max_categories == 0 || p.max_categories > MAX_CATEGORIES {
+        return bad(
+            "prep.max_categories",
+            format!("must be 1 to {MAX_CATEGORIES}"),
+        );
+    }
+    Ok(())
+}
+
+/// The `[split]` table; `d` says whether a time split has its times.
+fn check_split(s: &SplitConfig, d: &DataConfig) -> Result<(), (String, String)> {
+    for (key, v) in [("split.validation", s.validation), ("split.test", s.test)] {
+        if !(v > 0.0 && v < 1.0) {
+            return bad(key, format!("{v} is not a share between 0 and 1"));
+        }
+    }
+    if s.validation + s.test >= 0.9 {
+        return bad(
+            "split",
+            "validation + test leave under 10 % to train on".into(),
+        );
+    }
+    match s.method {
+        SplitMethod::Time if d.time_column.is_none() && d.log.is_none() => {
+            return bad(
+                "split.method",
+                "'time' needs data.time_column (a log source uses the prediction time)".into(),
+            )
+        }
+        SplitMethod::Column if s.column.is_none() => {
+            return bad("split.column", "method 'column' needs the column".into())
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The `[search]` table; `kind` says whether hidden layers may be searched.
+fn check_search(search: &SearchConfig, kind: TrainerKind) -> Result<(), (String, String)> {
+    if search.trials == 0 || search.trials > MAX_TRIALS {
+        return bad("search.trials", format!("must be 1 to {MAX_TRIALS}"));
+    }
+    for (key, range) in [
+        ("search.learning_rate", search.learning_rate),
+        ("search.l2", search.l2),
+    ] {
+        if let Some([lo, hi]) = range {
+            if !(lo > 0.0 && hi >= lo && hi.is_finite()) {
+                return bad(key, "must be [low, high] with 0 < low <= high".into());
+            }
+        }
+    }
+    if let Some([lo, hi]) = search.epochs {
+        check_epochs("search.epochs", lo)?;
+        check_epochs("search.epochs", hi)?;
+        if hi < lo {
+            return bad(
+                "search.epochs",
+                "must be [low, high] with low <= high".into(),
+            );
+        }
+    }
+    if let Some(choices) = &search.hidden {
+        if choices.is_empty() {
+            return bad("search.hidden", "lists no choice".into());
+        }
+        if !kind.has_hidden() {
+            return bad("search.hidden", "only an MLP has hidden layers".into());
+        }
+        for c in choices {
+            check_hidden("search.hidden", c, kind)?;
+        }
+    }
+    Ok(())
 }
 
 fn check_epochs(key: &str, epochs: usize) -> Result<(), (String, String)> {

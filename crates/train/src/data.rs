@@ -295,98 +295,25 @@ fn from_log(
             DataError::Read("data.log.dir: the prediction log directory is needed".into())
         })?
         .join(model);
-    let bound = |key: &str, v: &Option<String>| -> Result<Option<i64>, DataError> {
-        v.as_deref()
-            .map(|s| {
-                parse_time(s)
-                    .map(|secs| (secs * 1e6) as i64)
-                    .ok_or_else(|| DataError::Read(format!("data.log.{key}: '{s}' is not a time")))
-            })
-            .transpose()
+    let window = TimeWindow {
+        from_us: time_bound("from", &log.from)?,
+        to_us: time_bound("to", &log.to)?,
     };
-    let (from_us, to_us) = (bound("from", &log.from)?, bound("to", &log.to)?);
-    let read = |sub: &str| {
-        let path = dir.join(sub);
-        if !path.is_dir() {
-            return Err(DataError::Read(format!(
-                "{}: no such log directory (is monitoring on for '{model}'?)",
-                path.display()
-            )));
-        }
-        read_dir(&path)
-            .map(|(batches, _)| batches)
-            .map_err(|e| DataError::Read(e.to_string()))
-    };
-    let feedback = read("feedback")?;
-    let predictions = read("predictions")?;
-    // The truth per (request, row); later feedback for the same row replaces earlier.
-    let mut truth: HashMap<(String, u32), Truth> = HashMap::new();
-    for batch in &feedback {
-        let ids = string_column(batch, "request_id")?;
-        let rows = batch_column(batch, "row")?
-            .as_primitive_opt::<UInt32Type>()
-            .ok_or_else(|| DataError::Read("feedback log: 'row' is not UInt32".into()))?;
-        let labels = string_column(batch, "label")?;
-        let targets = batch_column(batch, "target")?
-            .as_primitive_opt::<Float64Type>()
-            .ok_or_else(|| DataError::Read("feedback log: 'target' is not Float64".into()))?;
-        for i in 0..batch.num_rows() {
-            let t = if classify {
-                (!labels.is_null(i)).then(|| Truth::Label(labels.value(i).to_string()))
-            } else {
-                (!targets.is_null(i)).then(|| Truth::Value(targets.value(i)))
-            };
-            if let Some(t) = t {
-                truth.insert((ids.value(i).to_string(), rows.value(i)), t);
-            }
-        }
-    }
+    let feedback = read_log(&dir, "feedback", model)?;
+    let predictions = read_log(&dir, "predictions", model)?;
+    let truth = truth_by_row(&feedback, classify)?;
     let mut summary = SourceSummary {
         source: format!("prediction log {}", dir.display()),
         ..SourceSummary::default()
     };
-    let mut picked: Vec<(i64, Vec<f64>, Truth)> = Vec::new();
-    for batch in &predictions {
-        let ids = string_column(batch, "request_id")?;
-        let rows = batch_column(batch, "row")?
-            .as_primitive_opt::<UInt32Type>()
-            .ok_or_else(|| DataError::Read("prediction log: 'row' is not UInt32".into()))?;
-        let times = batch_column(batch, "time")?
-            .as_primitive_opt::<TimestampMicrosecondType>()
-            .ok_or_else(|| DataError::Read("prediction log: 'time' is not a timestamp".into()))?;
-        let arms = string_column(batch, "arm")?;
-        let status = string_column(batch, "status")?;
-        let mut columns = Vec::with_capacity(config.features.len());
-        for name in &config.features {
-            columns.push(log_feature(batch, name)?);
-        }
-        for i in 0..batch.num_rows() {
-            let t = times.value(i);
-            if from_us.is_some_and(|f| t < f) || to_us.is_some_and(|e| t >= e) {
-                continue;
-            }
-            summary.rows_read += 1;
-            if arms.value(i) == "shadow" || status.value(i) != "ok" {
-                summary.not_served += 1;
-                continue;
-            }
-            let Some(truth) = truth.get(&(ids.value(i).to_string(), rows.value(i))) else {
-                summary.unlabelled += 1;
-                continue;
-            };
-            let x = columns
-                .iter()
-                .map(|c| c.value(i))
-                .collect::<Result<Vec<_>, _>>()?;
-            picked.push((t, x, truth.clone()));
-        }
-        if summary.rows_read > MAX_ROWS {
-            return Err(DataError::Read(format!(
-                "{}: more than {MAX_ROWS} rows; narrow data.log.from/to",
-                dir.display()
-            )));
-        }
-    }
+    let mut picked = pick_labelled(
+        &predictions,
+        &truth,
+        &config.features,
+        window,
+        &dir,
+        &mut summary,
+    )?;
     // Segments are in time order, rows within a segment nearly so: sort to be sure.
     picked.sort_by_key(|(t, _, _)| *t);
     if let Some(n) = log.last_rows {
@@ -418,6 +345,125 @@ fn from_log(
         split: None,
         summary,
     })
+}
+
+/// `data.log.from` or `data.log.to` as microseconds (the log's time unit).
+fn time_bound(key: &str, v: &Option<String>) -> Result<Option<i64>, DataError> {
+    v.as_deref()
+        .map(|s| {
+            parse_time(s)
+                .map(|secs| (secs * 1e6) as i64)
+                .ok_or_else(|| DataError::Read(format!("data.log.{key}: '{s}' is not a time")))
+        })
+        .transpose()
+}
+
+/// Every batch of the model's `sub` log (`feedback` or `predictions`); a missing directory
+/// most likely means monitoring is off, and the error says so.
+fn read_log(dir: &Path, sub: &str, model: &str) -> Result<Vec<RecordBatch>, DataError> {
+    let path = dir.join(sub);
+    if !path.is_dir() {
+        return Err(DataError::Read(format!(
+            "{}: no such log directory (is monitoring on for '{model}'?)",
+            path.display()
+        )));
+    }
+    read_dir(&path)
+        .map(|(batches, _)| batches)
+        .map_err(|e| DataError::Read(e.to_string()))
+}
+
+/// The truth per (request, row); later feedback for the same row replaces earlier.
+fn truth_by_row(
+    feedback: &[RecordBatch],
+    classify: bool,
+) -> Result<HashMap<(String, u32), Truth>, DataError> {
+    let mut truth: HashMap<(String, u32), Truth> = HashMap::new();
+    for batch in feedback {
+        let ids = string_column(batch, "request_id")?;
+        let rows = batch_column(batch, "row")?
+            .as_primitive_opt::<UInt32Type>()
+            .ok_or_else(|| DataError::Read("feedback log: 'row' is not UInt32".into()))?;
+        let labels = string_column(batch, "label")?;
+        let targets = batch_column(batch, "target")?
+            .as_primitive_opt::<Float64Type>()
+            .ok_or_else(|| DataError::Read("feedback log: 'target' is not Float64".into()))?;
+        for i in 0..batch.num_rows() {
+            let t = if classify {
+                (!labels.is_null(i)).then(|| Truth::Label(labels.value(i).to_string()))
+            } else {
+                (!targets.is_null(i)).then(|| Truth::Value(targets.value(i)))
+            };
+            if let Some(t) = t {
+                truth.insert((ids.value(i).to_string(), rows.value(i)), t);
+            }
+        }
+    }
+    Ok(truth)
+}
+
+/// `data.log.from`/`to` in microseconds: rows predicted at or after `from_us` and before
+/// `to_us`.
+#[derive(Clone, Copy)]
+struct TimeWindow {
+    from_us: Option<i64>,
+    to_us: Option<i64>,
+}
+
+/// The served predictions in `window` that have a truth, as (time, features, truth), counting
+/// in `summary` the rows read and why the others were left out. Stops once more than
+/// [`MAX_ROWS`] rows were read.
+fn pick_labelled(
+    predictions: &[RecordBatch],
+    truth: &HashMap<(String, u32), Truth>,
+    features: &[String],
+    window: TimeWindow,
+    dir: &Path,
+    summary: &mut SourceSummary,
+) -> Result<Vec<(i64, Vec<f64>, Truth)>, DataError> {
+    let mut picked: Vec<(i64, Vec<f64>, Truth)> = Vec::new();
+    for batch in predictions {
+        let ids = string_column(batch, "request_id")?;
+        let rows = batch_column(batch, "row")?
+            .as_primitive_opt::<UInt32Type>()
+            .ok_or_else(|| DataError::Read("prediction log: 'row' is not UInt32".into()))?;
+        let times = batch_column(batch, "time")?
+            .as_primitive_opt::<TimestampMicrosecondType>()
+            .ok_or_else(|| DataError::Read("prediction log: 'time' is not a timestamp".into()))?;
+        let arms = string_column(batch, "arm")?;
+        let status = string_column(batch, "status")?;
+        let mut columns = Vec::with_capacity(features.len());
+        for name in features {
+            columns.push(log_feature(batch, name)?);
+        }
+        for i in 0..batch.num_rows() {
+            let t = times.value(i);
+            if window.from_us.is_some_and(|f| t < f) || window.to_us.is_some_and(|e| t >= e) {
+                continue;
+            }
+            summary.rows_read += 1;
+            if arms.value(i) == "shadow" || status.value(i) != "ok" {
+                summary.not_served += 1;
+                continue;
+            }
+            let Some(truth) = truth.get(&(ids.value(i).to_string(), rows.value(i))) else {
+                summary.unlabelled += 1;
+                continue;
+            };
+            let x = columns
+                .iter()
+                .map(|c| c.value(i))
+                .collect::<Result<Vec<_>, _>>()?;
+            picked.push((t, x, truth.clone()));
+        }
+        if summary.rows_read > MAX_ROWS {
+            return Err(DataError::Read(format!(
+                "{}: more than {MAX_ROWS} rows; narrow data.log.from/to",
+                dir.display()
+            )));
+        }
+    }
+    Ok(picked)
 }
 
 #[derive(Clone, Debug)]

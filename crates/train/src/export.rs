@@ -32,7 +32,57 @@ pub const IR_VERSION: i64 = 8;
 /// The model file's bytes.
 pub fn export(spec: &ExportSpec<'_>) -> Vec<u8> {
     let mut g = Graph::default();
-    let prep = spec.prep;
+    let width = spec.prep.features.len() as i64;
+    let prepared = prep_nodes(&mut g, spec.prep);
+    let h = dense_nodes(&mut g, spec.network, prepared);
+    let outputs = output_nodes(&mut g, spec, &h);
+    let graph = pb::GraphProto {
+        name: "cairn-train".into(),
+        node: g.nodes,
+        initializer: g.inits,
+        input: vec![value_info(
+            "input",
+            pb::tensor_proto::DataType::Float,
+            &[None, Some(width)],
+        )],
+        output: outputs,
+        ..Default::default()
+    };
+    let names: Vec<String> = spec
+        .prep
+        .features
+        .iter()
+        .map(|f| match f {
+            FeaturePrep::Numeric { name, .. } | FeaturePrep::Categorical { name, .. } => {
+                name.clone()
+            }
+        })
+        .collect();
+    let model = pb::ModelProto {
+        ir_version: IR_VERSION,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: OPSET,
+        }],
+        producer_name: "cairn".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        graph: Some(graph),
+        metadata_props: vec![
+            entry("cairn.run", spec.run_id),
+            entry(
+                "cairn.features",
+                &serde_json::to_string(&names).unwrap_or_default(),
+            ),
+        ],
+        ..Default::default()
+    };
+    model.encode_to_vec()
+}
+
+/// The prep as graph nodes: missing values filled, then the numeric features scaled and the
+/// categorical ones one-hot encoded (each with its unknown bucket). Returns the name of the
+/// prepared tensor the network reads.
+fn prep_nodes(g: &mut Graph, prep: &Prep) -> String {
     let width = prep.features.len() as i64;
     let fill: Vec<f32> = prep
         .features
@@ -50,6 +100,24 @@ pub fn export(spec: &ExportSpec<'_>) -> Vec<u8> {
         vec![],
     );
     let mut pieces = Vec::new();
+    if numeric_nodes(g, prep) {
+        pieces.push("prep.scaled");
+    }
+    if categorical_nodes(g, prep) {
+        pieces.push("prep.onehot");
+        pieces.push("prep.unknown");
+    }
+    if pieces.len() == 1 {
+        pieces[0].to_string()
+    } else {
+        g.node("Concat", &pieces, "prep.out", vec![int("axis", 1)]);
+        "prep.out".to_string()
+    }
+}
+
+/// The numeric features, standardised into `prep.scaled`; `false` (and no nodes) when there
+/// are none.
+fn numeric_nodes(g: &mut Graph, prep: &Prep) -> bool {
     let numeric: Vec<(usize, f32, f32)> = prep
         .numeric()
         .map(|(j, f)| match f {
@@ -57,35 +125,41 @@ pub fn export(spec: &ExportSpec<'_>) -> Vec<u8> {
             FeaturePrep::Categorical { .. } => unreachable!(),
         })
         .collect();
-    if !numeric.is_empty() {
-        let n = numeric.len() as i64;
-        g.init_i64(
-            "prep.numeric_index",
-            vec![n],
-            numeric.iter().map(|c| c.0 as i64).collect(),
-        );
-        g.init_f32("prep.mean", vec![n], numeric.iter().map(|c| c.1).collect());
-        g.init_f32("prep.scale", vec![n], numeric.iter().map(|c| c.2).collect());
-        g.node(
-            "Gather",
-            &["prep.imputed", "prep.numeric_index"],
-            "prep.numeric",
-            vec![int("axis", 1)],
-        );
-        g.node(
-            "Sub",
-            &["prep.numeric", "prep.mean"],
-            "prep.centered",
-            vec![],
-        );
-        g.node(
-            "Div",
-            &["prep.centered", "prep.scale"],
-            "prep.scaled",
-            vec![],
-        );
-        pieces.push("prep.scaled");
+    if numeric.is_empty() {
+        return false;
     }
+    let n = numeric.len() as i64;
+    g.init_i64(
+        "prep.numeric_index",
+        vec![n],
+        numeric.iter().map(|c| c.0 as i64).collect(),
+    );
+    g.init_f32("prep.mean", vec![n], numeric.iter().map(|c| c.1).collect());
+    g.init_f32("prep.scale", vec![n], numeric.iter().map(|c| c.2).collect());
+    g.node(
+        "Gather",
+        &["prep.imputed", "prep.numeric_index"],
+        "prep.numeric",
+        vec![int("axis", 1)],
+    );
+    g.node(
+        "Sub",
+        &["prep.numeric", "prep.mean"],
+        "prep.centered",
+        vec![],
+    );
+    g.node(
+        "Div",
+        &["prep.centered", "prep.scale"],
+        "prep.scaled",
+        vec![],
+    );
+    true
+}
+
+/// The categorical features one-hot encoded into `prep.onehot`, plus `prep.unknown` (1 where a
+/// feature's value is none of its kept categories); `false` (and no nodes) when there are none.
+fn categorical_nodes(g: &mut Graph, prep: &Prep) -> bool {
     let cats: Vec<(usize, &[f32])> = prep
         .categorical()
         .map(|(j, f)| match f {
@@ -93,64 +167,63 @@ pub fn export(spec: &ExportSpec<'_>) -> Vec<u8> {
             FeaturePrep::Numeric { .. } => unreachable!(),
         })
         .collect();
-    if !cats.is_empty() {
-        let slots: usize = cats.iter().map(|c| c.1.len()).sum();
-        let mut index = Vec::with_capacity(slots);
-        let mut codes = Vec::with_capacity(slots);
-        // Slot k belongs to categorical feature owner[k]: the MatMul sums each feature's slots.
-        let mut owner = vec![0f32; slots * cats.len()];
-        for (c, (j, categories)) in cats.iter().enumerate() {
-            for code in categories.iter() {
-                owner[index.len() * cats.len() + c] = 1.0;
-                index.push(*j as i64);
-                codes.push(*code);
-            }
-        }
-        g.init_i64("prep.category_index", vec![slots as i64], index);
-        g.init_f32("prep.category_code", vec![slots as i64], codes);
-        g.init_f32(
-            "prep.category_owner",
-            vec![slots as i64, cats.len() as i64],
-            owner,
-        );
-        g.init_f32("prep.one", vec![1], vec![1.0]);
-        g.node(
-            "Gather",
-            &["prep.imputed", "prep.category_index"],
-            "prep.categories",
-            vec![int("axis", 1)],
-        );
-        g.node(
-            "Equal",
-            &["prep.categories", "prep.category_code"],
-            "prep.is_category",
-            vec![],
-        );
-        g.node(
-            "Cast",
-            &["prep.is_category"],
-            "prep.onehot",
-            vec![int("to", pb::tensor_proto::DataType::Float as i64)],
-        );
-        g.node(
-            "MatMul",
-            &["prep.onehot", "prep.category_owner"],
-            "prep.known",
-            vec![],
-        );
-        g.node("Sub", &["prep.one", "prep.known"], "prep.unknown", vec![]);
-        pieces.push("prep.onehot");
-        pieces.push("prep.unknown");
+    if cats.is_empty() {
+        return false;
     }
-    let prepared = if pieces.len() == 1 {
-        pieces[0].to_string()
-    } else {
-        g.node("Concat", &pieces, "prep.out", vec![int("axis", 1)]);
-        "prep.out".to_string()
-    };
-    let mut h = prepared;
-    let last = spec.network.layers.len() - 1;
-    for (k, layer) in spec.network.layers.iter().enumerate() {
+    let slots: usize = cats.iter().map(|c| c.1.len()).sum();
+    let mut index = Vec::with_capacity(slots);
+    let mut codes = Vec::with_capacity(slots);
+    // Slot k belongs to categorical feature owner[k]: the MatMul sums each feature's slots.
+    let mut owner = vec![0f32; slots * cats.len()];
+    for (c, (j, categories)) in cats.iter().enumerate() {
+        for code in categories.iter() {
+            owner[index.len() * cats.len() + c] = 1.0;
+            index.push(*j as i64);
+            codes.push(*code);
+        }
+    }
+    g.init_i64("prep.category_index", vec![slots as i64], index);
+    g.init_f32("prep.category_code", vec![slots as i64], codes);
+    g.init_f32(
+        "prep.category_owner",
+        vec![slots as i64, cats.len() as i64],
+        owner,
+    );
+    g.init_f32("prep.one", vec![1], vec![1.0]);
+    g.node(
+        "Gather",
+        &["prep.imputed", "prep.category_index"],
+        "prep.categories",
+        vec![int("axis", 1)],
+    );
+    g.node(
+        "Equal",
+        &["prep.categories", "prep.category_code"],
+        "prep.is_category",
+        vec![],
+    );
+    g.node(
+        "Cast",
+        &["prep.is_category"],
+        "prep.onehot",
+        vec![int("to", pb::tensor_proto::DataType::Float as i64)],
+    );
+    g.node(
+        "MatMul",
+        &["prep.onehot", "prep.category_owner"],
+        "prep.known",
+        vec![],
+    );
+    g.node("Sub", &["prep.one", "prep.known"], "prep.unknown", vec![]);
+    true
+}
+
+/// The network's layers (Gemm, ReLU between them) on tensor `input`; returns the name of the
+/// last layer's output (the logits).
+fn dense_nodes(g: &mut Graph, network: &Network, input: String) -> String {
+    let mut h = input;
+    let last = network.layers.len() - 1;
+    for (k, layer) in network.layers.iter().enumerate() {
         let (w, b) = (format!("dense{k}.weight"), format!("dense{k}.bias"));
         g.init_f32(
             &w,
@@ -167,11 +240,17 @@ pub fn export(spec: &ExportSpec<'_>) -> Vec<u8> {
             h = relu;
         }
     }
-    let outputs = match spec.network.task {
+    h
+}
+
+/// The outputs scikit-learn's exporters would give, from the logits `h`: a classifier's
+/// `probabilities` and `label`, or a regressor's `variable` with the target's scaling undone.
+fn output_nodes(g: &mut Graph, spec: &ExportSpec<'_>, h: &str) -> Vec<pb::ValueInfoProto> {
+    match spec.network.task {
         Task::Multiclass { .. } | Task::Binary => {
             if spec.network.task == Task::Binary {
                 g.init_f32("out.one", vec![1], vec![1.0]);
-                g.node("Sigmoid", &[&h], "out.p1", vec![]);
+                g.node("Sigmoid", &[h], "out.p1", vec![]);
                 g.node("Sub", &["out.one", "out.p1"], "out.p0", vec![]);
                 g.node(
                     "Concat",
@@ -180,7 +259,7 @@ pub fn export(spec: &ExportSpec<'_>) -> Vec<u8> {
                     vec![int("axis", 1)],
                 );
             } else {
-                g.node("Softmax", &[&h], "probabilities", vec![int("axis", 1)]);
+                g.node("Softmax", &[h], "probabilities", vec![int("axis", 1)]);
             }
             g.init_i64(
                 "out.classes",
@@ -211,7 +290,7 @@ pub fn export(spec: &ExportSpec<'_>) -> Vec<u8> {
         Task::Regression => {
             g.init_f32("out.scale", vec![1], vec![spec.target_scale]);
             g.init_f32("out.mean", vec![1], vec![spec.target_mean]);
-            g.node("Mul", &[&h, "out.scale"], "out.scaled", vec![]);
+            g.node("Mul", &[h, "out.scale"], "out.scaled", vec![]);
             g.node("Add", &["out.scaled", "out.mean"], "variable", vec![]);
             vec![value_info(
                 "variable",
@@ -219,47 +298,7 @@ pub fn export(spec: &ExportSpec<'_>) -> Vec<u8> {
                 &[None, Some(1)],
             )]
         }
-    };
-    let graph = pb::GraphProto {
-        name: "cairn-train".into(),
-        node: g.nodes,
-        initializer: g.inits,
-        input: vec![value_info(
-            "input",
-            pb::tensor_proto::DataType::Float,
-            &[None, Some(width)],
-        )],
-        output: outputs,
-        ..Default::default()
-    };
-    let names: Vec<String> = prep
-        .features
-        .iter()
-        .map(|f| match f {
-            FeaturePrep::Numeric { name, .. } | FeaturePrep::Categorical { name, .. } => {
-                name.clone()
-            }
-        })
-        .collect();
-    let model = pb::ModelProto {
-        ir_version: IR_VERSION,
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: String::new(),
-            version: OPSET,
-        }],
-        producer_name: "cairn".into(),
-        producer_version: env!("CARGO_PKG_VERSION").into(),
-        graph: Some(graph),
-        metadata_props: vec![
-            entry("cairn.run", spec.run_id),
-            entry(
-                "cairn.features",
-                &serde_json::to_string(&names).unwrap_or_default(),
-            ),
-        ],
-        ..Default::default()
-    };
-    model.encode_to_vec()
+    }
 }
 
 #[derive(Default)]

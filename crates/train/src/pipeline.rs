@@ -15,7 +15,7 @@ use crate::config::{ClassWeight, TrainConfig};
 use crate::data::{self, Frame, Target};
 use crate::eval::{self, Predictions, Scores};
 use crate::export::{export, ExportSpec};
-use crate::nn::{self, Epoch, Examples, Fit, Hyper, Task};
+use crate::nn::{self, Epoch, Examples, Fit, Hyper, Network, Task};
 use crate::prep::{FeaturePrep, Prep};
 use crate::rng::Rng;
 use crate::runs::{
@@ -122,33 +122,11 @@ fn run_inner(
 ) -> Result<(Vec<u8>, String, bool), TrainError> {
     let fail = |e: String| TrainError(e);
     let classify = config.trainer.kind.is_classifier();
-    progress.stage("reading data");
-    let split_column = match config.split.method {
-        crate::config::SplitMethod::Column => config.split.column.as_deref(),
-        _ => None,
-    };
-    let frame = data::load(&config.data, &config.model, classify, split_column)
-        .map_err(|e| fail(e.to_string()))?;
-    if frame.rows() == 0 {
-        return Err(fail(format!(
-            "no labelled rows in {} ({} read, {} without a label)",
-            frame.summary.source, frame.summary.rows_read, frame.summary.unlabelled
-        )));
-    }
-    let (classes, class_of) = match &frame.target {
-        Target::Labels(l) => {
-            let (c, i) = index_classes(l)?;
-            (c, Some(i))
-        }
-        Target::Values(_) => (Vec::new(), None),
-    };
-    if classify && classes.len() < 2 {
-        return Err(fail(format!(
-            "the target has {} class in {} rows; a classifier needs two",
-            classes.len(),
-            frame.rows()
-        )));
-    }
+    let Labelled {
+        frame,
+        classes,
+        class_of,
+    } = read_data(config, classify, progress)?;
     let splits =
         split::split(&frame, &config.split, class_of.as_deref(), config.seed).map_err(fail)?;
     progress.stage("fitting data prep on the training split");
@@ -158,7 +136,6 @@ fn run_inner(
         &config.prep,
         &config.data.categorical,
     );
-    let width = prep.width();
     let sets = Sets::new(
         &frame,
         &prep,
@@ -180,7 +157,107 @@ fn run_inner(
         (true, k) => Task::Multiclass { classes: k },
         (false, _) => Task::Regression,
     };
-    // The trials: the trainer's own settings first, then the search's draws.
+    let fits = train_trials(config, task, &sets, progress, record)?;
+    let winner = best_trial(&fits);
+    record.winner = Some(winner);
+    let network = &fits[winner].network;
+    check_finite(network)?;
+    progress.stage("exporting and scoring");
+    let onnx = export_network(&prep, network, &classes, &sets, &record.id);
+    let model_path = store
+        .write_artifact(&record.id, "model.onnx", &onnx)
+        .map_err(|e| fail(e.to_string()))?;
+    record.artifacts.push(model_path.display().to_string());
+    let scoring = Scoring {
+        frame: &frame,
+        classes: &classes,
+        classify,
+    };
+    let exported_model = scoring
+        .load(&model_path)
+        .map_err(|e| fail(format!("the exported model does not load: {e}")))?;
+    let predict = |rows: &[usize]| {
+        exported_model
+            .predict(&scoring.raw(rows))
+            .map_err(|e| fail(format!("the exported model does not run: {e}")))
+    };
+    let test_pred = predict(&splits.test)?;
+    record.validation = Some(scoring.score(&splits.validation, &predict(&splits.validation)?));
+    let test_scores = scoring.score(&splits.test, &test_pred);
+    record.test = Some(test_scores.clone());
+    record.export_max_abs_diff = Some(export_max_abs_diff(network, task, &sets, &test_pred));
+    let train_pred = predict(&splits.train)?;
+    let baseline = baseline(&frame, &splits.train, &prep, &train_pred, classify)?;
+    let baseline_json = baseline.to_json().map_err(|e| fail(e.to_string()))?;
+    let path = store
+        .write_artifact(&record.id, "baseline.json", baseline_json.as_bytes())
+        .map_err(|e| fail(e.to_string()))?;
+    record.artifacts.push(path.display().to_string());
+    progress.stage("gating against the serving version");
+    let gate = gate_against_serving(
+        config,
+        serving,
+        &scoring,
+        &splits.test,
+        &test_scores,
+        &record.id,
+    );
+    let passed = gate.passed;
+    record.gate = Some(gate);
+    Ok((onnx, baseline_json, passed))
+}
+
+/// The rows a run trains on, with the target's classes indexed when it classifies.
+struct Labelled {
+    frame: Frame,
+    classes: Vec<String>,
+    class_of: Option<Vec<usize>>,
+}
+
+/// Reads the configured source; a run with no labelled rows, or a classifier with a single
+/// class, fails here, before anything is split or fitted.
+fn read_data(
+    config: &TrainConfig,
+    classify: bool,
+    progress: &dyn Progress,
+) -> Result<Labelled, TrainError> {
+    progress.stage("reading data");
+    let split_column = match config.split.method {
+        crate::config::SplitMethod::Column => config.split.column.as_deref(),
+        _ => None,
+    };
+    let frame = data::load(&config.data, &config.model, classify, split_column)
+        .map_err(|e| TrainError(e.to_string()))?;
+    if frame.rows() == 0 {
+        return Err(TrainError(format!(
+            "no labelled rows in {} ({} read, {} without a label)",
+            frame.summary.source, frame.summary.rows_read, frame.summary.unlabelled
+        )));
+    }
+    let (classes, class_of) = match &frame.target {
+        Target::Labels(l) => {
+            let (c, i) = index_classes(l)?;
+            (c, Some(i))
+        }
+        Target::Values(_) => (Vec::new(), None),
+    };
+    if classify && classes.len() < 2 {
+        return Err(TrainError(format!(
+            "the target has {} class in {} rows; a classifier needs two",
+            classes.len(),
+            frame.rows()
+        )));
+    }
+    Ok(Labelled {
+        frame,
+        classes,
+        class_of,
+    })
+}
+
+/// The trials: the trainer's own settings first, then the search's draws (each from its own
+/// derived stream, so a trial's settings do not depend on how many came before).
+fn trial_hypers(config: &TrainConfig) -> Vec<Hyper> {
     let base = Hyper {
         learning_rate: config.trainer.learning_rate,
         l2: config.trainer.l2,
@@ -209,6 +286,20 @@ fn run_inner(
             hypers.push(h);
         }
     }
+    hypers
+}
+
+/// Trains every trial on a pool of its own (`threads` wide, at background priority) and
+/// records them in trial order; the first failed trial fails the run, after the ones before it
+/// are recorded.
+fn train_trials(
+    config: &TrainConfig,
+    task: Task,
+    sets: &Sets,
+    progress: &dyn Progress,
+    record: &mut RunRecord,
+) -> Result<Vec<Fit>, TrainError> {
+    let hypers = trial_hypers(config);
     progress.stage("training");
     progress.trials(
         hypers.len(),
@@ -219,7 +310,7 @@ fn run_inner(
         .thread_name(|i| format!("cairn-train-{i}"))
         .start_handler(|_| lower_priority())
         .build()
-        .map_err(|e| fail(format!("cannot start training threads: {e}")))?;
+        .map_err(|e| TrainError(format!("cannot start training threads: {e}")))?;
     let train_ex = sets.examples(Part::Train);
     let val_ex = sets.examples(Part::Validation);
     let results: Vec<Result<(TrialRecord, Fit), String>> = pool.install(|| {
@@ -228,143 +319,182 @@ fn run_inner(
             .enumerate()
             .map(|(i, h)| {
                 let seed = Rng::derive(config.seed, i as u64).next_u64();
-                let t0 = Instant::now();
-                let fit = nn::fit(task, h, &train_ex, &val_ex, seed, &mut |e| {
-                    progress.epoch(i, e);
-                    !progress.cancelled()
-                })?;
-                let best_metric = fit
-                    .epochs
-                    .iter()
-                    .find(|e| e.epoch == fit.best_epoch)
-                    .map_or(f64::NAN, |e| e.validation_metric);
-                let t = TrialRecord {
-                    index: i,
-                    seed,
-                    hyper: h.clone(),
-                    epochs: fit.epochs.clone(),
-                    best_epoch: fit.best_epoch,
-                    best_validation_loss: fit.best_validation_loss,
-                    best_validation_metric: best_metric,
-                    stopped_early: fit.stopped_early,
-                    duration_s: t0.elapsed().as_secs_f64(),
-                };
-                progress.trial_done(&t);
-                Ok((t, fit))
+                run_trial(i, h, seed, task, &train_ex, &val_ex, progress)
             })
             .collect()
     });
     let mut fits = Vec::new();
     for r in results {
-        let (t, f) = r.map_err(|e| fail(format!("training failed: {e}")))?;
+        let (t, f) = r.map_err(|e| TrainError(format!("training failed: {e}")))?;
         record.trials.push(t);
         fits.push(f);
     }
-    let winner = (0..fits.len())
+    Ok(fits)
+}
+
+/// One trial, reported to `progress` epoch by epoch (which may cancel it) and when done.
+fn run_trial(
+    i: usize,
+    h: &Hyper,
+    seed: u64,
+    task: Task,
+    train_ex: &Examples<'_>,
+    val_ex: &Examples<'_>,
+    progress: &dyn Progress,
+) -> Result<(TrialRecord, Fit), String> {
+    let t0 = Instant::now();
+    let fit = nn::fit(task, h, train_ex, val_ex, seed, &mut |e| {
+        progress.epoch(i, e);
+        !progress.cancelled()
+    })?;
+    let best_metric = fit
+        .epochs
+        .iter()
+        .find(|e| e.epoch == fit.best_epoch)
+        .map_or(f64::NAN, |e| e.validation_metric);
+    let t = TrialRecord {
+        index: i,
+        seed,
+        hyper: h.clone(),
+        epochs: fit.epochs.clone(),
+        best_epoch: fit.best_epoch,
+        best_validation_loss: fit.best_validation_loss,
+        best_validation_metric: best_metric,
+        stopped_early: fit.stopped_early,
+        duration_s: t0.elapsed().as_secs_f64(),
+    };
+    progress.trial_done(&t);
+    Ok((t, fit))
+}
+
+/// The trial with the lowest validation loss; the earliest of equal ones, so that the choice
+/// does not depend on the order the trials finished in.
+fn best_trial(fits: &[Fit]) -> usize {
+    (0..fits.len())
         .min_by(|&a, &b| {
             fits[a]
                 .best_validation_loss
                 .total_cmp(&fits[b].best_validation_loss)
                 .then(a.cmp(&b))
         })
-        .expect("at least one trial");
-    record.winner = Some(winner);
-    let network = &fits[winner].network;
+        .expect("at least one trial")
+}
+
+/// A diverged network would export and then predict NaN: the run fails instead.
+fn check_finite(network: &Network) -> Result<(), TrainError> {
     if network
         .layers
         .iter()
         .any(|l| l.w.iter().chain(&l.b).any(|v| !v.is_finite()))
     {
-        return Err(fail(
+        return Err(TrainError(
             "the best trial's weights are not finite (learning rate too high?)".into(),
         ));
     }
-    progress.stage("exporting and scoring");
+    Ok(())
+}
+
+/// The model file of the winning network with its prep; the classes were checked to be
+/// integers when they were indexed, as the INT64 `label` output needs.
+fn export_network(
+    prep: &Prep,
+    network: &Network,
+    classes: &[String],
+    sets: &Sets,
+    run_id: &str,
+) -> Vec<u8> {
     let int_classes: Vec<i64> = classes
         .iter()
         .map(|c| c.parse().unwrap_or_default())
         .collect();
-    let onnx = export(&ExportSpec {
-        prep: &prep,
+    export(&ExportSpec {
+        prep,
         network,
         classes: &int_classes,
         target_mean: sets.target_mean,
         target_scale: sets.target_scale,
-        run_id: &record.id,
-    });
-    let model_path = store
-        .write_artifact(&record.id, "model.onnx", &onnx)
-        .map_err(|e| fail(e.to_string()))?;
-    record.artifacts.push(model_path.display().to_string());
-    let raw = |rows: &[usize]| -> Vec<f32> {
+        run_id,
+    })
+}
+
+/// Scores a model file on rows of the frame: the exported version and the serving one are fed
+/// and judged the same way, so the gate compares like with like.
+struct Scoring<'a> {
+    frame: &'a Frame,
+    classes: &'a [String],
+    classify: bool,
+}
+
+impl Scoring<'_> {
+    fn load(&self, model_file: &std::path::Path) -> Result<eval::Scorer, String> {
+        eval::Scorer::load(model_file, self.frame.width(), self.classify)
+    }
+
+    /// The rows' features as the model's FP32 input (raw: the prep is inside the model).
+    fn raw(&self, rows: &[usize]) -> Vec<f32> {
         rows.iter()
-            .flat_map(|&i| frame.row(i).iter().map(|v| *v as f32))
+            .flat_map(|&i| self.frame.row(i).iter().map(|v| *v as f32))
             .collect()
-    };
-    let exported_model = eval::Scorer::load(&model_path, frame.width(), classify)
-        .map_err(|e| fail(format!("the exported model does not load: {e}")))?;
-    let predict = |rows: &[usize]| {
-        exported_model
-            .predict(&raw(rows))
-            .map_err(|e| fail(format!("the exported model does not run: {e}")))
-    };
-    let score = |rows: &[usize], p: &Predictions| -> Scores {
-        match &frame.target {
+    }
+
+    fn score(&self, rows: &[usize], p: &Predictions) -> Scores {
+        match &self.frame.target {
             Target::Labels(l) => {
                 let truth: Vec<String> = rows.iter().map(|&i| l[i].clone()).collect();
-                eval::classification(&truth, p, &classes)
+                eval::classification(&truth, p, self.classes)
             }
             Target::Values(v) => {
                 let truth: Vec<f64> = rows.iter().map(|&i| v[i]).collect();
                 eval::regression(&truth, p)
             }
         }
-    };
-    let test_pred = predict(&splits.test)?;
-    record.validation = Some(score(&splits.validation, &predict(&splits.validation)?));
-    let test_scores = score(&splits.test, &test_pred);
-    record.test = Some(test_scores.clone());
-    // The exported graph against the network as trained, on the same rows.
-    let trained = match task {
+    }
+}
+
+/// The exported graph against the network as trained, on the same (test) rows: the largest
+/// difference in what they output.
+fn export_max_abs_diff(network: &Network, task: Task, sets: &Sets, test_pred: &Predictions) -> f64 {
+    let trained: Vec<f32> = match task {
         Task::Regression => network
-            .logits(&sets.test_x, width)
+            .logits(&sets.test_x, sets.width)
             .iter()
             .map(|v| v * sets.target_scale + sets.target_mean)
             .collect(),
-        _ => network.probabilities(&sets.test_x, width),
+        _ => network.probabilities(&sets.test_x, sets.width),
     };
     let exported: Vec<f32> = match (&test_pred.probabilities, task) {
         (_, Task::Regression) => test_pred.values.iter().map(|v| *v as f32).collect(),
         (Some((_, p)), _) => p.clone(),
         (None, _) => Vec::new(),
     };
-    record.export_max_abs_diff = Some(
-        trained
-            .iter()
-            .zip(&exported)
-            .map(|(a, b)| (a - b).abs() as f64)
-            .fold(0.0, f64::max),
-    );
-    let train_pred = predict(&splits.train)?;
-    let baseline = baseline(&frame, &splits.train, &prep, &train_pred, classify)?;
-    let baseline_json = baseline.to_json().map_err(|e| fail(e.to_string()))?;
-    let path = store
-        .write_artifact(&record.id, "baseline.json", baseline_json.as_bytes())
-        .map_err(|e| fail(e.to_string()))?;
-    record.artifacts.push(path.display().to_string());
-    progress.stage("gating against the serving version");
+    trained
+        .iter()
+        .zip(&exported)
+        .map(|(a, b)| (a - b).abs() as f64)
+        .fold(0.0, f64::max)
+}
+
+/// Scores the serving version (when one serves) on the candidate's test rows and applies the
+/// gate; a serving version that cannot be scored is a refusal, with the reason recorded.
+fn gate_against_serving(
+    config: &TrainConfig,
+    serving: Option<&Serving>,
+    scoring: &Scoring<'_>,
+    test: &[usize],
+    test_scores: &Scores,
+    run_id: &str,
+) -> GateRecord {
     let metric = config.gate_metric();
     let candidate = test_scores.get(metric);
     let (serving_value, serving_version, reason_if_unscored) = match serving {
         None => (None, None, None),
-        Some(s) => {
-            match eval::Scorer::load(&s.model_file, frame.width(), classify)
-                .and_then(|m| m.predict(&raw(&splits.test)))
-            {
-                Ok(p) => (score(&splits.test, &p).get(metric), Some(s.version), None),
-                Err(e) => (None, Some(s.version), Some(e)),
-            }
-        }
+        Some(s) => match scoring
+            .load(&s.model_file)
+            .and_then(|m| m.predict(&scoring.raw(test)))
+        {
+            Ok(p) => (scoring.score(test, &p).get(metric), Some(s.version), None),
+            Err(e) => (None, Some(s.version), Some(e)),
+        },
     };
     let metric_name = serde_json::to_value(metric)
         .ok()
@@ -379,18 +509,17 @@ fn run_inner(
         serving,
         reason_if_unscored,
     );
-    tracing::info!(run = %record.id, model = %config.model, metric = %metric_name, ?candidate, serving = ?serving_value, passed, "{reason}");
-    record.gate = Some(GateRecord {
+    tracing::info!(run = %run_id, model = %config.model, metric = %metric_name, ?candidate, serving = ?serving_value, passed, "{reason}");
+    GateRecord {
         metric: metric_name,
         margin,
         candidate,
         serving: serving_value,
         serving_version,
-        rows: splits.test.len(),
+        rows: test.len(),
         passed,
         reason,
-    });
-    Ok((onnx, baseline_json, passed))
+    }
 }
 
 /// Training is background work beside a server: under Linux's `SCHED_IDLE` policy its threads

@@ -432,6 +432,46 @@ pub struct Warmup {
     pub count: NonZeroU32,
 }
 
+impl Warmup {
+    /// Checks the limits, and that every request file stays inside the model directory.
+    fn validate(&self) -> Result<(), (String, String)> {
+        let fail = |key: &str, reason: String| Err((key.to_string(), reason));
+        if self.requests.is_empty() {
+            return fail(
+                "warmup.requests",
+                "must list at least one request file".into(),
+            );
+        }
+        if self.requests.len() > MAX_WARMUP_REQUESTS {
+            return fail(
+                "warmup.requests",
+                format!(
+                    "lists {} files, more than the limit of {MAX_WARMUP_REQUESTS}",
+                    self.requests.len()
+                ),
+            );
+        }
+        if self.count.get() > MAX_WARMUP_COUNT {
+            return fail(
+                "warmup.count",
+                format!("{} exceeds the limit of {MAX_WARMUP_COUNT}", self.count),
+            );
+        }
+        if let Some(bad) = self.requests.iter().find(|r| {
+            r.is_empty()
+                || Path::new(r)
+                    .components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        }) {
+            return fail(
+                "warmup.requests",
+                format!("'{bad}' must be a relative path inside the model directory"),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// What happens when a new, higher version loads while another serves.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -652,6 +692,67 @@ pub enum Precision {
 impl Precision {
     fn is_fp32(&self) -> bool {
         *self == Precision::Fp32
+    }
+}
+
+impl EngineConfig {
+    /// Checks the settings against the kind of engine they are for; the error names the key
+    /// with its `engine.` prefix.
+    fn validate(&self) -> Result<(), (String, String)> {
+        let fail = |key: &str, reason: String| Err((key.to_string(), reason));
+        match self.kind {
+            EngineKind::Tract if self.threads.get() > 1 => {
+                return fail(
+                    "engine.threads",
+                    format!(
+                        "{} threads: the tract engine computes each call on one thread; raise \
+                         `instances` to run calls in parallel",
+                        self.threads
+                    ),
+                )
+            }
+            _ => {}
+        }
+        if !self.providers.is_empty() && !matches!(self.kind, EngineKind::Ort | EngineKind::Auto) {
+            return fail(
+                "engine.providers",
+                format!(
+                    "providers are onnxruntime's; kind is '{}'",
+                    self.kind.as_str()
+                ),
+            );
+        }
+        for (i, p) in self.providers.iter().enumerate() {
+            if self.providers[..i].contains(p) {
+                return fail(
+                    "engine.providers",
+                    format!("'{}' is listed twice", p.as_str()),
+                );
+            }
+        }
+        if self.devices.len() > 64 || self.devices.iter().any(|d| *d > 1024) {
+            return fail("engine.devices", "at most 64 ids, each at most 1024".into());
+        }
+        if self.precision == Precision::Fp16 && !self.providers.contains(&Provider::Tensorrt) {
+            return fail(
+                "engine.precision",
+                "fp16 needs the tensorrt provider".into(),
+            );
+        }
+        if self.precision == Precision::Tf32
+            && self.kind != EngineKind::Cuda
+            && self.kind != EngineKind::Auto
+            && !self.providers.contains(&Provider::Cuda)
+        {
+            return fail(
+                "engine.precision",
+                "tf32 needs kind = \"cuda\" or the cuda provider".into(),
+            );
+        }
+        if self.threads.get() > 256 {
+            return fail("engine.threads", format!("{} exceeds 256", self.threads));
+        }
+        Ok(())
     }
 }
 
@@ -931,59 +1032,7 @@ impl ModelConfig {
                 );
             }
         }
-        match self.engine.kind {
-            EngineKind::Tract if self.engine.threads.get() > 1 => {
-                return fail(
-                    "engine.threads",
-                    format!(
-                        "{} threads: the tract engine computes each call on one thread; raise \
-                         `instances` to run calls in parallel",
-                        self.engine.threads
-                    ),
-                )
-            }
-            _ => {}
-        }
-        let e = &self.engine;
-        if !e.providers.is_empty() && !matches!(e.kind, EngineKind::Ort | EngineKind::Auto) {
-            return fail(
-                "engine.providers",
-                format!("providers are onnxruntime's; kind is '{}'", e.kind.as_str()),
-            );
-        }
-        for (i, p) in e.providers.iter().enumerate() {
-            if e.providers[..i].contains(p) {
-                return fail(
-                    "engine.providers",
-                    format!("'{}' is listed twice", p.as_str()),
-                );
-            }
-        }
-        if e.devices.len() > 64 || e.devices.iter().any(|d| *d > 1024) {
-            return fail("engine.devices", "at most 64 ids, each at most 1024".into());
-        }
-        if e.precision == Precision::Fp16 && !e.providers.contains(&Provider::Tensorrt) {
-            return fail(
-                "engine.precision",
-                "fp16 needs the tensorrt provider".into(),
-            );
-        }
-        if e.precision == Precision::Tf32
-            && e.kind != EngineKind::Cuda
-            && e.kind != EngineKind::Auto
-            && !e.providers.contains(&Provider::Cuda)
-        {
-            return fail(
-                "engine.precision",
-                "tf32 needs kind = \"cuda\" or the cuda provider".into(),
-            );
-        }
-        if self.engine.threads.get() > 256 {
-            return fail(
-                "engine.threads",
-                format!("{} exceeds 256", self.engine.threads),
-            );
-        }
+        self.engine.validate()?;
         if self.instances.get() > MAX_INSTANCES {
             return fail(
                 "instances",
@@ -999,6 +1048,29 @@ impl ModelConfig {
                 format!("'{}' is not a plain file name", self.default_model_filename),
             );
         }
+        self.validate_tensors()?;
+        if let Some(w) = &self.warmup {
+            w.validate()?;
+        }
+        self.rollout.validate()?;
+        self.monitoring.validate()?;
+        self.retrain.validate()?;
+        if self.retrain.enabled && !self.monitoring.enabled {
+            return Err((
+                "retrain.enabled".into(),
+                "retraining needs [monitoring] enabled: drift and feedback come from the log"
+                    .into(),
+            ));
+        }
+        if let Some(db) = &self.dynamic_batching {
+            self.validate_batching(db)?;
+        }
+        Ok(())
+    }
+
+    /// `input` and `output`: named, each name once, and every dimension a size or -1.
+    fn validate_tensors(&self) -> Result<(), (String, String)> {
+        let fail = |key: &str, reason: String| Err((key.to_string(), reason));
         for (key, list) in [("input", &self.input), ("output", &self.output)] {
             for (i, t) in list.iter().enumerate() {
                 if t.name.is_empty() {
@@ -1018,86 +1090,43 @@ impl ModelConfig {
                 }
             }
         }
-        if let Some(w) = &self.warmup {
-            if w.requests.is_empty() {
-                return fail(
-                    "warmup.requests",
-                    "must list at least one request file".into(),
-                );
-            }
-            if w.requests.len() > MAX_WARMUP_REQUESTS {
-                return fail(
-                    "warmup.requests",
-                    format!(
-                        "lists {} files, more than the limit of {MAX_WARMUP_REQUESTS}",
-                        w.requests.len()
-                    ),
-                );
-            }
-            if w.count.get() > MAX_WARMUP_COUNT {
-                return fail(
-                    "warmup.count",
-                    format!("{} exceeds the limit of {MAX_WARMUP_COUNT}", w.count),
-                );
-            }
-            if let Some(bad) = w.requests.iter().find(|r| {
-                r.is_empty()
-                    || Path::new(r)
-                        .components()
-                        .any(|c| !matches!(c, std::path::Component::Normal(_)))
-            }) {
-                return fail(
-                    "warmup.requests",
-                    format!("'{bad}' must be a relative path inside the model directory"),
-                );
-            }
+        Ok(())
+    }
+
+    /// `[dynamic_batching]` against the batch dimension and the queue it shares with `[queue]`.
+    fn validate_batching(&self, db: &DynamicBatching) -> Result<(), (String, String)> {
+        let fail = |key: &str, reason: String| Err((key.to_string(), reason));
+        if self.max_batch_size == 0 {
+            return fail(
+                "dynamic_batching",
+                "needs max_batch_size > 0: a model without a batch dimension cannot batch".into(),
+            );
         }
-        self.rollout.validate()?;
-        self.monitoring.validate()?;
-        self.retrain.validate()?;
-        if self.retrain.enabled && !self.monitoring.enabled {
-            return Err((
-                "retrain.enabled".into(),
-                "retraining needs [monitoring] enabled: drift and feedback come from the log"
-                    .into(),
-            ));
+        if let Some(p) = db
+            .preferred_batch_sizes
+            .iter()
+            .find(|&&p| p == 0 || p > self.max_batch_size)
+        {
+            return fail(
+                "dynamic_batching.preferred_batch_sizes",
+                format!(
+                    "{p} is not between 1 and max_batch_size ({})",
+                    self.max_batch_size
+                ),
+            );
         }
-        if let Some(db) = &self.dynamic_batching {
-            if self.max_batch_size == 0 {
-                return fail(
-                    "dynamic_batching",
-                    "needs max_batch_size > 0: a model without a batch dimension cannot batch"
-                        .into(),
-                );
-            }
-            if let Some(p) = db
-                .preferred_batch_sizes
-                .iter()
-                .find(|&&p| p == 0 || p > self.max_batch_size)
-            {
-                return fail(
-                    "dynamic_batching.preferred_batch_sizes",
-                    format!(
-                        "{p} is not between 1 and max_batch_size ({})",
-                        self.max_batch_size
-                    ),
-                );
-            }
-            if self.queue.is_some()
-                && (db.max_queue_size.is_some() || db.default_timeout_us.is_some())
-            {
-                return fail(
-                    "dynamic_batching.max_queue_size",
-                    "the queue policy is set in both [queue] and [dynamic_batching]; keep one"
-                        .into(),
-                );
-            }
-            if db.max_queue_delay_us > 10_000_000 {
-                return fail(
-                    "dynamic_batching.max_queue_delay_us",
-                    format!("{} exceeds the limit of 10 s", db.max_queue_delay_us),
-                );
-            }
+        if self.queue.is_some() && (db.max_queue_size.is_some() || db.default_timeout_us.is_some())
+        {
+            return fail(
+                "dynamic_batching.max_queue_size",
+                "the queue policy is set in both [queue] and [dynamic_batching]; keep one".into(),
+            );
+        }
+        if db.max_queue_delay_us > 10_000_000 {
+            return fail(
+                "dynamic_batching.max_queue_delay_us",
+                format!("{} exceeds the limit of 10 s", db.max_queue_delay_us),
+            );
         }
         Ok(())
     }

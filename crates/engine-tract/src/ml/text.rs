@@ -417,11 +417,86 @@ pub struct TfIdf {
     pub string_pool: bool,
 }
 
+fn as_usize(name: &'static str, v: i64) -> Result<usize, BuildError> {
+    usize::try_from(v).map_err(|_| invalid(name, format!("{v} is negative")))
+}
+
+/// The pool as interned ids, one per pool entry: a string or an integer is given the id of its
+/// first occurrence (in `strings` or `ints`), so that n-grams compare as lists of ids.
+fn intern_pool(
+    pool: &Pool,
+    strings: &mut HashMap<String, u32>,
+    ints: &mut HashMap<i64, u32>,
+) -> Result<Vec<u32>, BuildError> {
+    Ok(match pool {
+        Pool::Str(p) => {
+            if p.is_empty() {
+                return Err(invalid("pool_strings", "is empty"));
+            }
+            p.iter()
+                .map(|s| {
+                    let next = strings.len() as u32;
+                    *strings.entry(s.clone()).or_insert(next)
+                })
+                .collect()
+        }
+        Pool::Int(p) => {
+            if p.is_empty() {
+                return Err(invalid("pool_int64s", "is empty"));
+            }
+            p.iter()
+                .map(|&v| {
+                    let next = ints.len() as u32;
+                    *ints.entry(v).or_insert(next)
+                })
+                .collect()
+        }
+    })
+}
+
+/// The n-gram id of each n-gram of the pool whose length is in `lengths`. Ids count every
+/// n-gram of the pool, in pool order, as `ngram_indexes` does (`columns` of them).
+fn index_ngrams(
+    ngram_counts: &[i64],
+    items: &[u32],
+    lengths: std::ops::RangeInclusive<usize>,
+    columns: usize,
+) -> Result<HashMap<Vec<u32>, usize>, BuildError> {
+    let mut ngrams = HashMap::new();
+    let mut id = 0usize;
+    for (k, &start) in ngram_counts.iter().enumerate() {
+        let n = k + 1;
+        let start = as_usize("ngram_counts", start)?;
+        let end = match ngram_counts.get(k + 1) {
+            Some(&e) => as_usize("ngram_counts", e)?,
+            None => items.len(),
+        };
+        if end < start || end > items.len() || (end - start) % n != 0 {
+            return Err(invalid(
+                "ngram_counts",
+                format!("the {n}-grams from {start} to {end} are not whole {n}-grams of the pool"),
+            ));
+        }
+        for gram in items[start..end].chunks_exact(n) {
+            if lengths.contains(&n) {
+                if id >= columns {
+                    return Err(invalid(
+                        "ngram_indexes",
+                        format!("has no output column for n-gram {id}"),
+                    ));
+                }
+                if ngrams.insert(gram.to_vec(), id).is_some() {
+                    return Err(invalid("pool_strings", format!("holds a {n}-gram twice")));
+                }
+            }
+            id += 1;
+        }
+    }
+    Ok(ngrams)
+}
+
 impl TfIdf {
     pub fn build(a: TfIdfAttributes) -> Result<TfIdf, BuildError> {
-        let as_usize = |name: &'static str, v: i64| {
-            usize::try_from(v).map_err(|_| invalid(name, format!("{v} is negative")))
-        };
         let min = as_usize("min_gram_length", a.min_gram_length)?;
         let max = as_usize("max_gram_length", a.max_gram_length)?;
         let max_skip = as_usize("max_skip_count", a.max_skip_count)?;
@@ -470,66 +545,9 @@ impl TfIdf {
         }
         let mut strings = HashMap::new();
         let mut ints = HashMap::new();
-        let (items, string_pool): (Vec<u32>, bool) = match &a.pool {
-            Pool::Str(p) => {
-                if p.is_empty() {
-                    return Err(invalid("pool_strings", "is empty"));
-                }
-                let ids = p
-                    .iter()
-                    .map(|s| {
-                        let next = strings.len() as u32;
-                        *strings.entry(s.clone()).or_insert(next)
-                    })
-                    .collect();
-                (ids, true)
-            }
-            Pool::Int(p) => {
-                if p.is_empty() {
-                    return Err(invalid("pool_int64s", "is empty"));
-                }
-                let ids = p
-                    .iter()
-                    .map(|&v| {
-                        let next = ints.len() as u32;
-                        *ints.entry(v).or_insert(next)
-                    })
-                    .collect();
-                (ids, false)
-            }
-        };
-        let mut ngrams = HashMap::new();
-        let mut id = 0usize;
-        for (k, &start) in a.ngram_counts.iter().enumerate() {
-            let n = k + 1;
-            let start = as_usize("ngram_counts", start)?;
-            let end = match a.ngram_counts.get(k + 1) {
-                Some(&e) => as_usize("ngram_counts", e)?,
-                None => items.len(),
-            };
-            if end < start || end > items.len() || (end - start) % n != 0 {
-                return Err(invalid(
-                    "ngram_counts",
-                    format!(
-                        "the {n}-grams from {start} to {end} are not whole {n}-grams of the pool"
-                    ),
-                ));
-            }
-            for gram in items[start..end].chunks_exact(n) {
-                if n >= min && n <= max {
-                    if id >= indexes.len() {
-                        return Err(invalid(
-                            "ngram_indexes",
-                            format!("has no output column for n-gram {id}"),
-                        ));
-                    }
-                    if ngrams.insert(gram.to_vec(), id).is_some() {
-                        return Err(invalid("pool_strings", format!("holds a {n}-gram twice")));
-                    }
-                }
-                id += 1;
-            }
-        }
+        let items = intern_pool(&a.pool, &mut strings, &mut ints)?;
+        let string_pool = matches!(a.pool, Pool::Str(_));
+        let ngrams = index_ngrams(&a.ngram_counts, &items, min..=max, indexes.len())?;
         Ok(TfIdf {
             mode: a.mode,
             min,

@@ -16,6 +16,7 @@
 //! fewer rows walks each tree with branches. Accumulators are per call: nothing is allocated
 //! per row or per tree.
 
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 
 use super::common::{invalid, logistic, probit, transform, unsupported};
@@ -181,319 +182,56 @@ impl Ensemble {
     /// Builds and checks the forest. Everything that onnxruntime would refuse, and everything
     /// whose answer onnxruntime leaves undefined, is an error here.
     pub fn build(attrs: &Attributes, head: Head) -> Result<Ensemble, BuildError> {
-        let n = attrs.nodes_treeids.len();
-        if n == 0 {
-            return Err(invalid("nodes_treeids", "the ensemble has no nodes"));
-        }
-        let same_len = |name: &'static str, len: usize| {
-            if len == n {
-                Ok(())
-            } else {
-                Err(invalid(
-                    name,
-                    format!("has {len} entries but nodes_treeids has {n}"),
-                ))
-            }
-        };
-        same_len("nodes_nodeids", attrs.nodes_nodeids.len())?;
-        same_len("nodes_featureids", attrs.nodes_featureids.len())?;
-        same_len("nodes_values", attrs.nodes_values.len())?;
-        same_len("nodes_modes", attrs.nodes_modes.len())?;
-        same_len("nodes_truenodeids", attrs.nodes_truenodeids.len())?;
-        same_len("nodes_falsenodeids", attrs.nodes_falsenodeids.len())?;
-        if attrs.nodes_missing_value_tracks_true.len() > n {
-            return Err(invalid(
-                "nodes_missing_value_tracks_true",
-                format!("has more entries than the {n} nodes"),
-            ));
-        }
-        let (leaf_attr, ids_attr) = match head {
-            Head::Classifier { .. } => ("class_weights", "class_ids"),
-            Head::Regressor { .. } => ("target_weights", "target_ids"),
-        };
-        let w = attrs.leaf_weights.len();
-        for (name, len) in [
-            (ids_attr, attrs.leaf_ids.len()),
-            ("leaf tree ids", attrs.leaf_treeids.len()),
-            ("leaf node ids", attrs.leaf_nodeids.len()),
-        ] {
-            if len != w {
-                return Err(invalid(
-                    leaf_attr,
-                    format!("has {w} entries but {name} has {len}"),
-                ));
-            }
-        }
-        if n >= (NOT_LEAF as usize) / 2 || w >= (NOT_LEAF as usize) {
-            return Err(unsupported(
-                "nodes_treeids",
-                "more than 2^31 nodes or weights",
-            ));
-        }
+        check_lengths(attrs, &head)?;
+        let width = score_width(&head)?;
+        let index = NodeIndex::new(attrs)?;
+        let weights = LeafWeights::group(attrs, &index, &head, width)?;
+        let nodes = Nodes::read(attrs, &index, &weights.per_leaf)?;
 
-        let width = match &head {
-            Head::Classifier { labels } => {
-                if labels.len() < 2 {
-                    // onnxruntime writes two scores into a one-column output here.
-                    return Err(unsupported(
-                        "classlabels_int64s",
-                        format!("a classifier with {} class label(s)", labels.len()),
-                    ));
-                }
-                labels.len()
-            }
-            Head::Regressor { n_targets, .. } => {
-                if *n_targets == 0 {
-                    return Err(invalid("n_targets", "must be at least 1"));
-                }
-                *n_targets
-            }
-        };
-
-        // Nodes are found by (tree, node id); each tree must be one run of the node list, whose
-        // first entry is its root (as onnxruntime takes it).
-        let mut by_id = std::collections::HashMap::with_capacity(n);
-        let mut roots = Vec::new();
-        let mut seen_trees = std::collections::HashSet::new();
-        for i in 0..n {
-            let key = (attrs.nodes_treeids[i], attrs.nodes_nodeids[i]);
-            if by_id.insert(key, i).is_some() {
-                return Err(invalid(
-                    "nodes_nodeids",
-                    format!("node {} of tree {} is listed twice", key.1, key.0),
-                ));
-            }
-            if i == 0 || attrs.nodes_treeids[i] != attrs.nodes_treeids[i - 1] {
-                if !seen_trees.insert(attrs.nodes_treeids[i]) {
-                    return Err(unsupported(
-                        "nodes_treeids",
-                        format!(
-                            "the nodes of tree {} are not listed together",
-                            attrs.nodes_treeids[i]
-                        ),
-                    ));
-                }
-                roots.push(i);
-            }
-        }
-
-        // Every node keeps its position in the list; leaves are also numbered on their own.
-        let mut leaves = 0u32;
-        let leaf_of: Vec<u32> = attrs
-            .nodes_modes
-            .iter()
-            .map(|m| {
-                if m.is_some() {
-                    NOT_LEAF
-                } else {
-                    leaves += 1;
-                    leaves - 1
-                }
-            })
-            .collect();
-
-        // Weights by leaf, in attribute order within a leaf (onnxruntime sorts by (tree, node)
-        // and then by position). Weights on internal nodes are ignored, as onnxruntime does.
-        let mut per_leaf: Vec<Vec<(u32, f64)>> = vec![Vec::new(); leaves as usize];
-        let mut classes_named = std::collections::BTreeSet::new();
-        let mut weights_positive = true;
-        for k in 0..w {
-            let key = (attrs.leaf_treeids[k], attrs.leaf_nodeids[k]);
-            let Some(&i) = by_id.get(&key) else {
-                return Err(invalid(
-                    leaf_attr,
-                    format!(
-                        "a weight names node {} of tree {}, which does not exist",
-                        key.1, key.0
-                    ),
-                ));
-            };
-            let target = attrs.leaf_ids[k];
-            if target < 0 || target as usize >= width {
-                return Err(invalid(
-                    ids_attr,
-                    format!("{target} is not below the {width} classes or targets"),
-                ));
-            }
-            classes_named.insert(target);
-            if attrs.leaf_weights[k] < 0.0 {
-                weights_positive = false;
-            }
-            if leaf_of[i] != NOT_LEAF {
-                per_leaf[leaf_of[i] as usize].push((target as u32, attrs.leaf_weights[k]));
-            }
-        }
-        if width == 1 && per_leaf.iter().any(|ws| ws.len() > 1) {
-            // The one-target path adds a leaf's first weight only.
-            return Err(unsupported(
-                leaf_attr,
-                "a leaf of a one-target regressor has several weights",
-            ));
-        }
-
-        let mut feature = Vec::with_capacity(n);
-        let mut threshold = Vec::with_capacity(n);
-        let mut children = Vec::with_capacity(2 * n);
-        let mut mode = Vec::with_capacity(n);
-        let mut missing_true = Vec::with_capacity(n);
-        let mut leaf_first = Vec::with_capacity(leaves as usize);
-        let mut max_feature = 0usize;
-        let mut uniform: Option<Mode> = None;
-        let mut mixed = false;
-        let has_missing = attrs
-            .nodes_missing_value_tracks_true
-            .iter()
-            .any(|&v| v != 0);
-        for i in 0..n {
-            let Some(m) = attrs.nodes_modes[i] else {
-                // A leaf loops onto itself: a walk of a fixed number of steps stays there.
-                leaf_first.push(
-                    per_leaf[leaf_of[i] as usize]
-                        .first()
-                        .map(|&(_, v)| v)
-                        .unwrap_or(attrs.nodes_values[i]),
-                );
-                feature.push(0);
-                threshold.push(0.0);
-                children.extend([i as u32, i as u32]);
-                mode.push(Mode::Leq);
-                missing_true.push(false);
-                continue;
-            };
-            let tree = attrs.nodes_treeids[i];
-            let child = |attr: &'static str, id: i64| {
-                let Some(&c) = by_id.get(&(tree, id)) else {
-                    return Err(invalid(
-                        attr,
-                        format!(
-                            "node {} of tree {tree} points to node {id}, which does not exist",
-                            attrs.nodes_nodeids[i]
-                        ),
-                    ));
-                };
-                if c == i {
-                    return Err(invalid(
-                        attr,
-                        format!("node {id} of tree {tree} points to itself"),
-                    ));
-                }
-                Ok(c as u32)
-            };
-            children.push(child("nodes_truenodeids", attrs.nodes_truenodeids[i])?);
-            children.push(child("nodes_falsenodeids", attrs.nodes_falsenodeids[i])?);
-            let f = attrs.nodes_featureids[i];
-            if f < 0 || f >= i64::from(u32::MAX >> 1) {
-                return Err(invalid(
-                    "nodes_featureids",
-                    format!("feature {f} is out of range"),
-                ));
-            }
-            max_feature = max_feature.max(f as usize);
-            feature.push(f as u32);
-            threshold.push(attrs.nodes_values[i]);
-            mode.push(m);
-            missing_true.push(attrs.nodes_missing_value_tracks_true.get(i) == Some(&1));
-            match uniform {
-                None if !mixed => uniform = Some(m),
-                Some(u) if u != m => {
-                    uniform = None;
-                    mixed = true;
-                }
-                _ => {}
-            }
-        }
-        let roots: Vec<u32> = roots.into_iter().map(|i| i as u32).collect();
-        let depth = depths(&roots, &children, &leaf_of)?;
+        let roots: Vec<u32> = index.roots.iter().map(|&i| i as u32).collect();
+        let depth = depths(&roots, &nodes.children, &index.leaf_of)?;
         let tag = |node: u32| {
-            if leaf_of[node as usize] == NOT_LEAF {
+            if index.leaf_of[node as usize] == NOT_LEAF {
                 node
             } else {
                 node | LEAF_BIT
             }
         };
-        let children: Vec<u32> = children.into_iter().map(tag).collect();
+        let children: Vec<u32> = nodes.children.into_iter().map(tag).collect();
         let roots: Vec<u32> = roots.into_iter().map(tag).collect();
-
-        let mut leaf_start = Vec::with_capacity(leaves as usize + 1);
-        let mut weight_target = Vec::with_capacity(w);
-        let mut weight_value = Vec::with_capacity(w);
-        leaf_start.push(0u32);
-        for ws in &per_leaf {
-            for &(t, v) in ws {
-                weight_target.push(t);
-                weight_value.push(v);
-            }
-            leaf_start.push(weight_target.len() as u32);
-        }
+        let (leaf_start, weight_target, weight_value) = weights.flatten();
 
         let post_transform = attrs.post_transform.unwrap_or(PostTransform::None);
-        let bv = attrs.base_values.len();
-        let binary_case =
-            matches!(head, Head::Classifier { .. }) && width == 2 && classes_named.len() == 1;
-        match &head {
-            Head::Classifier { .. } if width > 2 => {
-                if bv != 0 && bv != width {
-                    return Err(invalid(
-                        "base_values",
-                        format!("has {bv} values for {width} classes"),
-                    ));
-                }
-                if bv == 0 && per_leaf.iter().any(Vec::is_empty) {
-                    // A row could reach only weightless leaves: onnxruntime has no class to
-                    // pick then.
-                    return Err(unsupported(
-                        leaf_attr,
-                        "a leaf without weights in a classifier without base_values",
-                    ));
-                }
-            }
-            Head::Classifier { .. } => {
-                if bv > 2 {
-                    return Err(invalid(
-                        "base_values",
-                        format!("has {bv} values for 2 classes"),
-                    ));
-                }
-                // onnxruntime keeps a single score when no weight names the second class (and
-                // base_values does not have 2 entries); its second score is then derived only
-                // for these combinations, and left unwritten for the others.
-                let second_always = !per_leaf.is_empty()
-                    && per_leaf.iter().all(|ws| ws.iter().any(|&(t, _)| t == 1));
-                if bv != 2 && !second_always {
-                    if post_transform == PostTransform::Probit {
-                        return Err(unsupported(
-                            "post_transform",
-                            "PROBIT on a two-class classifier whose weights may not score \
-                             the second class",
-                        ));
-                    }
-                    if !binary_case && bv == 1 {
-                        return Err(unsupported(
-                            "base_values",
-                            "one base value on a two-class classifier with weights on both \
-                             classes",
-                        ));
-                    }
-                }
-            }
-            Head::Regressor { .. } => {}
-        }
+        let binary_case = matches!(head, Head::Classifier { .. })
+            && width == 2
+            && weights.classes_named.len() == 1;
+        check_base_values(
+            &head,
+            width,
+            attrs.base_values.len(),
+            post_transform,
+            binary_case,
+            &weights.per_leaf,
+        )?;
 
         let trees = Trees {
-            feature,
-            threshold,
+            feature: nodes.feature,
+            threshold: nodes.threshold,
             children,
-            mode,
-            missing_true,
-            leaf_of,
+            mode: nodes.mode,
+            missing_true: nodes.missing_true,
+            leaf_of: index.leaf_of,
             roots,
             depth,
-            leaf_first,
+            leaf_first: nodes.leaf_first,
             leaf_start,
             weight_target,
             weight_value,
-            uniform,
-            has_missing,
+            uniform: nodes.uniform,
+            has_missing: attrs
+                .nodes_missing_value_tracks_true
+                .iter()
+                .any(|&v| v != 0),
         };
         let forest = if attrs.double {
             Forest::F64(trees)
@@ -506,9 +244,9 @@ impl Ensemble {
             base_values: attrs.base_values.clone(),
             post_transform,
             width,
-            max_feature,
+            max_feature: nodes.max_feature,
             binary_case,
-            weights_positive,
+            weights_positive: weights.positive,
         })
     }
 
@@ -945,6 +683,399 @@ fn add<T: Float>(aggregate: Aggregate, acc: &mut T, has: &mut bool, v: T, mark: 
             *has = true;
         }
     }
+}
+
+/// The attributes a head's leaf weights and their class or target ids come from (`class_*` or
+/// `target_*`), which errors about them name.
+fn weight_attrs(head: &Head) -> (&'static str, &'static str) {
+    match head {
+        Head::Classifier { .. } => ("class_weights", "class_ids"),
+        Head::Regressor { .. } => ("target_weights", "target_ids"),
+    }
+}
+
+/// Refuses parallel arrays of different lengths, and forests too large for the `u32` indices
+/// (and the [`LEAF_BIT`]) of the layout.
+fn check_lengths(attrs: &Attributes, head: &Head) -> Result<(), BuildError> {
+    let n = attrs.nodes_treeids.len();
+    if n == 0 {
+        return Err(invalid("nodes_treeids", "the ensemble has no nodes"));
+    }
+    let same_len = |name: &'static str, len: usize| {
+        if len == n {
+            Ok(())
+        } else {
+            Err(invalid(
+                name,
+                format!("has {len} entries but nodes_treeids has {n}"),
+            ))
+        }
+    };
+    same_len("nodes_nodeids", attrs.nodes_nodeids.len())?;
+    same_len("nodes_featureids", attrs.nodes_featureids.len())?;
+    same_len("nodes_values", attrs.nodes_values.len())?;
+    same_len("nodes_modes", attrs.nodes_modes.len())?;
+    same_len("nodes_truenodeids", attrs.nodes_truenodeids.len())?;
+    same_len("nodes_falsenodeids", attrs.nodes_falsenodeids.len())?;
+    if attrs.nodes_missing_value_tracks_true.len() > n {
+        return Err(invalid(
+            "nodes_missing_value_tracks_true",
+            format!("has more entries than the {n} nodes"),
+        ));
+    }
+    let (leaf_attr, ids_attr) = weight_attrs(head);
+    let w = attrs.leaf_weights.len();
+    for (name, len) in [
+        (ids_attr, attrs.leaf_ids.len()),
+        ("leaf tree ids", attrs.leaf_treeids.len()),
+        ("leaf node ids", attrs.leaf_nodeids.len()),
+    ] {
+        if len != w {
+            return Err(invalid(
+                leaf_attr,
+                format!("has {w} entries but {name} has {len}"),
+            ));
+        }
+    }
+    if n >= (NOT_LEAF as usize) / 2 || w >= (NOT_LEAF as usize) {
+        return Err(unsupported(
+            "nodes_treeids",
+            "more than 2^31 nodes or weights",
+        ));
+    }
+    Ok(())
+}
+
+/// Scores per row: the classes of a classifier or the targets of a regressor.
+fn score_width(head: &Head) -> Result<usize, BuildError> {
+    Ok(match head {
+        Head::Classifier { labels } => {
+            if labels.len() < 2 {
+                // onnxruntime writes two scores into a one-column output here.
+                return Err(unsupported(
+                    "classlabels_int64s",
+                    format!("a classifier with {} class label(s)", labels.len()),
+                ));
+            }
+            labels.len()
+        }
+        Head::Regressor { n_targets, .. } => {
+            if *n_targets == 0 {
+                return Err(invalid("n_targets", "must be at least 1"));
+            }
+            *n_targets
+        }
+    })
+}
+
+/// Where the nodes of the attribute lists are: every node keeps its position in the list, and
+/// is found by (tree, node id); leaves are also numbered on their own.
+struct NodeIndex {
+    by_id: HashMap<(i64, i64), usize>,
+    /// Each tree's first node, in list order.
+    roots: Vec<usize>,
+    /// Per node: its leaf number, or [`NOT_LEAF`].
+    leaf_of: Vec<u32>,
+    leaves: u32,
+}
+
+impl NodeIndex {
+    /// Each tree must be one run of the node list, whose first entry is its root (as
+    /// onnxruntime takes it).
+    fn new(attrs: &Attributes) -> Result<NodeIndex, BuildError> {
+        let n = attrs.nodes_treeids.len();
+        let mut by_id = HashMap::with_capacity(n);
+        let mut roots = Vec::new();
+        let mut seen_trees = HashSet::new();
+        for i in 0..n {
+            let key = (attrs.nodes_treeids[i], attrs.nodes_nodeids[i]);
+            if by_id.insert(key, i).is_some() {
+                return Err(invalid(
+                    "nodes_nodeids",
+                    format!("node {} of tree {} is listed twice", key.1, key.0),
+                ));
+            }
+            if i == 0 || attrs.nodes_treeids[i] != attrs.nodes_treeids[i - 1] {
+                if !seen_trees.insert(attrs.nodes_treeids[i]) {
+                    return Err(unsupported(
+                        "nodes_treeids",
+                        format!(
+                            "the nodes of tree {} are not listed together",
+                            attrs.nodes_treeids[i]
+                        ),
+                    ));
+                }
+                roots.push(i);
+            }
+        }
+        let mut leaves = 0u32;
+        let leaf_of: Vec<u32> = attrs
+            .nodes_modes
+            .iter()
+            .map(|m| {
+                if m.is_some() {
+                    NOT_LEAF
+                } else {
+                    leaves += 1;
+                    leaves - 1
+                }
+            })
+            .collect();
+        Ok(NodeIndex {
+            by_id,
+            roots,
+            leaf_of,
+            leaves,
+        })
+    }
+}
+
+/// The leaf weights grouped by leaf, and what the classifier's special cases need to know of
+/// them.
+struct LeafWeights {
+    /// Per leaf: (target, weight) pairs.
+    per_leaf: Vec<Vec<(u32, f64)>>,
+    /// Every class or target a weight names, on a leaf or not.
+    classes_named: BTreeSet<i64>,
+    /// No weight is negative (onnxruntime's `weights_are_all_positive_`).
+    positive: bool,
+}
+
+impl LeafWeights {
+    /// Weights by leaf, in attribute order within a leaf (onnxruntime sorts by (tree, node)
+    /// and then by position). Weights on internal nodes are ignored, as onnxruntime does.
+    fn group(
+        attrs: &Attributes,
+        index: &NodeIndex,
+        head: &Head,
+        width: usize,
+    ) -> Result<LeafWeights, BuildError> {
+        let (leaf_attr, ids_attr) = weight_attrs(head);
+        let mut per_leaf: Vec<Vec<(u32, f64)>> = vec![Vec::new(); index.leaves as usize];
+        let mut classes_named = BTreeSet::new();
+        let mut positive = true;
+        for k in 0..attrs.leaf_weights.len() {
+            let key = (attrs.leaf_treeids[k], attrs.leaf_nodeids[k]);
+            let Some(&i) = index.by_id.get(&key) else {
+                return Err(invalid(
+                    leaf_attr,
+                    format!(
+                        "a weight names node {} of tree {}, which does not exist",
+                        key.1, key.0
+                    ),
+                ));
+            };
+            let target = attrs.leaf_ids[k];
+            if target < 0 || target as usize >= width {
+                return Err(invalid(
+                    ids_attr,
+                    format!("{target} is not below the {width} classes or targets"),
+                ));
+            }
+            classes_named.insert(target);
+            if attrs.leaf_weights[k] < 0.0 {
+                positive = false;
+            }
+            if index.leaf_of[i] != NOT_LEAF {
+                per_leaf[index.leaf_of[i] as usize].push((target as u32, attrs.leaf_weights[k]));
+            }
+        }
+        if width == 1 && per_leaf.iter().any(|ws| ws.len() > 1) {
+            // The one-target path adds a leaf's first weight only.
+            return Err(unsupported(
+                leaf_attr,
+                "a leaf of a one-target regressor has several weights",
+            ));
+        }
+        Ok(LeafWeights {
+            per_leaf,
+            classes_named,
+            positive,
+        })
+    }
+
+    /// The weights in leaf order, as [`Trees`] holds them: `leaf_start`, `weight_target`,
+    /// `weight_value`.
+    fn flatten(&self) -> (Vec<u32>, Vec<u32>, Vec<f64>) {
+        let w: usize = self.per_leaf.iter().map(Vec::len).sum();
+        let mut leaf_start = Vec::with_capacity(self.per_leaf.len() + 1);
+        let mut weight_target = Vec::with_capacity(w);
+        let mut weight_value = Vec::with_capacity(w);
+        leaf_start.push(0u32);
+        for ws in &self.per_leaf {
+            for &(t, v) in ws {
+                weight_target.push(t);
+                weight_value.push(v);
+            }
+            leaf_start.push(weight_target.len() as u32);
+        }
+        (leaf_start, weight_target, weight_value)
+    }
+}
+
+/// The per-node arrays of a forest, read from the attributes before successors are tagged
+/// with [`LEAF_BIT`]: [`depths`] walks the untagged indices.
+struct Nodes {
+    feature: Vec<u32>,
+    threshold: Vec<f64>,
+    children: Vec<u32>,
+    mode: Vec<Mode>,
+    missing_true: Vec<bool>,
+    leaf_first: Vec<f64>,
+    /// The highest feature index any internal node reads.
+    max_feature: usize,
+    /// The mode of every internal node, when they all compare the same way.
+    uniform: Option<Mode>,
+}
+
+impl Nodes {
+    /// Lays the nodes out in list order, refusing an internal node whose successors or feature
+    /// the walks could not follow.
+    fn read(
+        attrs: &Attributes,
+        index: &NodeIndex,
+        per_leaf: &[Vec<(u32, f64)>],
+    ) -> Result<Nodes, BuildError> {
+        let n = attrs.nodes_treeids.len();
+        let mut nodes = Nodes {
+            feature: Vec::with_capacity(n),
+            threshold: Vec::with_capacity(n),
+            children: Vec::with_capacity(2 * n),
+            mode: Vec::with_capacity(n),
+            missing_true: Vec::with_capacity(n),
+            leaf_first: Vec::with_capacity(index.leaves as usize),
+            max_feature: 0,
+            uniform: None,
+        };
+        let mut mixed = false;
+        for i in 0..n {
+            let Some(m) = attrs.nodes_modes[i] else {
+                // A leaf loops onto itself: a walk of a fixed number of steps stays there.
+                nodes.leaf_first.push(
+                    per_leaf[index.leaf_of[i] as usize]
+                        .first()
+                        .map(|&(_, v)| v)
+                        .unwrap_or(attrs.nodes_values[i]),
+                );
+                nodes.feature.push(0);
+                nodes.threshold.push(0.0);
+                nodes.children.extend([i as u32, i as u32]);
+                nodes.mode.push(Mode::Leq);
+                nodes.missing_true.push(false);
+                continue;
+            };
+            let tree = attrs.nodes_treeids[i];
+            let child = |attr: &'static str, id: i64| {
+                let Some(&c) = index.by_id.get(&(tree, id)) else {
+                    return Err(invalid(
+                        attr,
+                        format!(
+                            "node {} of tree {tree} points to node {id}, which does not exist",
+                            attrs.nodes_nodeids[i]
+                        ),
+                    ));
+                };
+                if c == i {
+                    return Err(invalid(
+                        attr,
+                        format!("node {id} of tree {tree} points to itself"),
+                    ));
+                }
+                Ok(c as u32)
+            };
+            nodes
+                .children
+                .push(child("nodes_truenodeids", attrs.nodes_truenodeids[i])?);
+            nodes
+                .children
+                .push(child("nodes_falsenodeids", attrs.nodes_falsenodeids[i])?);
+            let f = attrs.nodes_featureids[i];
+            if f < 0 || f >= i64::from(u32::MAX >> 1) {
+                return Err(invalid(
+                    "nodes_featureids",
+                    format!("feature {f} is out of range"),
+                ));
+            }
+            nodes.max_feature = nodes.max_feature.max(f as usize);
+            nodes.feature.push(f as u32);
+            nodes.threshold.push(attrs.nodes_values[i]);
+            nodes.mode.push(m);
+            nodes
+                .missing_true
+                .push(attrs.nodes_missing_value_tracks_true.get(i) == Some(&1));
+            match nodes.uniform {
+                None if !mixed => nodes.uniform = Some(m),
+                Some(u) if u != m => {
+                    nodes.uniform = None;
+                    mixed = true;
+                }
+                _ => {}
+            }
+        }
+        Ok(nodes)
+    }
+}
+
+/// Refuses the base values and the classifier cases whose scores or labels onnxruntime leaves
+/// undefined, so that finishing a row never has to guess.
+fn check_base_values(
+    head: &Head,
+    width: usize,
+    bv: usize,
+    post_transform: PostTransform,
+    binary_case: bool,
+    per_leaf: &[Vec<(u32, f64)>],
+) -> Result<(), BuildError> {
+    let (leaf_attr, _) = weight_attrs(head);
+    match head {
+        Head::Classifier { .. } if width > 2 => {
+            if bv != 0 && bv != width {
+                return Err(invalid(
+                    "base_values",
+                    format!("has {bv} values for {width} classes"),
+                ));
+            }
+            if bv == 0 && per_leaf.iter().any(Vec::is_empty) {
+                // A row could reach only weightless leaves: onnxruntime has no class to
+                // pick then.
+                return Err(unsupported(
+                    leaf_attr,
+                    "a leaf without weights in a classifier without base_values",
+                ));
+            }
+        }
+        Head::Classifier { .. } => {
+            if bv > 2 {
+                return Err(invalid(
+                    "base_values",
+                    format!("has {bv} values for 2 classes"),
+                ));
+            }
+            // onnxruntime keeps a single score when no weight names the second class (and
+            // base_values does not have 2 entries); its second score is then derived only
+            // for these combinations, and left unwritten for the others.
+            let second_always =
+                !per_leaf.is_empty() && per_leaf.iter().all(|ws| ws.iter().any(|&(t, _)| t == 1));
+            if bv != 2 && !second_always {
+                if post_transform == PostTransform::Probit {
+                    return Err(unsupported(
+                        "post_transform",
+                        "PROBIT on a two-class classifier whose weights may not score \
+                         the second class",
+                    ));
+                }
+                if !binary_case && bv == 1 {
+                    return Err(unsupported(
+                        "base_values",
+                        "one base value on a two-class classifier with weights on both \
+                         classes",
+                    ));
+                }
+            }
+        }
+        Head::Regressor { .. } => {}
+    }
+    Ok(())
 }
 
 /// Each tree's depth (the most steps from its root to a leaf), refusing a cycle: a walk in one

@@ -536,94 +536,9 @@ pub fn derive_layout(
     outputs: &[TensorInfo],
     request: &LayoutRequest<'_>,
 ) -> Result<(PredictionLayout, Vec<String>), LayoutError> {
-    let names = |list: &[TensorInfo]| {
-        list.iter()
-            .map(|t| format!("'{}'", t.name))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let pick = |list: &[TensorInfo], wanted: &[String], key: &'static str, what: &'static str| {
-        if wanted.is_empty() {
-            return Ok((0..list.len()).collect::<Vec<_>>());
-        }
-        wanted
-            .iter()
-            .map(|w| {
-                list.iter()
-                    .position(|t| &t.name == w)
-                    .ok_or_else(|| LayoutError::Unknown {
-                        key,
-                        name: w.clone(),
-                        what,
-                        known: names(list),
-                    })
-            })
-            .collect()
-    };
     let mut notes = Vec::new();
-    let mut columns = Vec::new();
-    let mut derived = Vec::new();
-    for i in pick(inputs, request.inputs, "inputs", "inputs")? {
-        let t = &inputs[i];
-        let Some(per_row) = t.per_row else {
-            notes.push(format!(
-                "input '{}' has a variable size per row; not logged",
-                t.name
-            ));
-            continue;
-        };
-        for offset in 0..per_row {
-            let name = if per_row == 1 {
-                t.name.clone()
-            } else {
-                format!("{}[{offset}]", t.name)
-            };
-            derived.push((name, t.dtype, i, offset, per_row));
-        }
-    }
-    if !request.features.is_empty() && request.features.len() != derived.len() {
-        return Err(LayoutError::FeatureCount {
-            given: request.features.len(),
-            actual: derived.len(),
-        });
-    }
-    for c in request.categorical {
-        let known = if request.features.is_empty() {
-            derived.iter().any(|d| &d.0 == c)
-        } else {
-            request.features.contains(c)
-        };
-        if !known {
-            return Err(LayoutError::UnknownCategorical(c.clone()));
-        }
-    }
-    for (k, (derived_name, dtype, tensor, offset, per_row)) in derived.into_iter().enumerate() {
-        let mut name = request.features.get(k).cloned().unwrap_or(derived_name);
-        let categorical = dtype == DataType::Bytes || request.categorical.contains(&name);
-        if META_COLUMNS.contains(&name.as_str()) {
-            name = format!("input.{name}");
-        }
-        columns.push(LoggedColumn {
-            name,
-            storage: if dtype == DataType::Bytes {
-                ValueKind::Utf8
-            } else {
-                ValueKind::Float64
-            },
-            kind: if categorical {
-                FeatureKind::Categorical
-            } else {
-                FeatureKind::Numeric
-            },
-            source: ColumnSource::Input {
-                tensor,
-                offset,
-                per_row,
-            },
-            position: 0,
-        });
-    }
-    for i in pick(outputs, request.outputs, "outputs", "outputs")? {
+    let mut columns = input_columns(inputs, request, &mut notes)?;
+    for i in pick_tensors(outputs, request.outputs, "outputs", "outputs")? {
         let t = &outputs[i];
         let Some(per_row) = t.per_row else {
             notes.push(format!(
@@ -666,6 +581,108 @@ pub fn derive_layout(
         columns.truncate(MAX_LOGGED_COLUMNS);
     }
     Ok((PredictionLayout::new(columns), notes))
+}
+
+/// The indices in `list` of the tensors `wanted` names (all of them when it names none).
+fn pick_tensors(
+    list: &[TensorInfo],
+    wanted: &[String],
+    key: &'static str,
+    what: &'static str,
+) -> Result<Vec<usize>, LayoutError> {
+    if wanted.is_empty() {
+        return Ok((0..list.len()).collect::<Vec<_>>());
+    }
+    wanted
+        .iter()
+        .map(|w| {
+            list.iter()
+                .position(|t| &t.name == w)
+                .ok_or_else(|| LayoutError::Unknown {
+                    key,
+                    name: w.clone(),
+                    what,
+                    known: list
+                        .iter()
+                        .map(|t| format!("'{}'", t.name))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })
+        })
+        .collect()
+}
+
+/// The input-feature columns, one per element of a row of each logged input. The names
+/// `request.features` gives, and its categorical features, are checked against the elements
+/// first: a mismatch is an error, not a layout that logs the wrong names.
+fn input_columns(
+    inputs: &[TensorInfo],
+    request: &LayoutRequest<'_>,
+    notes: &mut Vec<String>,
+) -> Result<Vec<LoggedColumn>, LayoutError> {
+    let mut derived = Vec::new();
+    for i in pick_tensors(inputs, request.inputs, "inputs", "inputs")? {
+        let t = &inputs[i];
+        let Some(per_row) = t.per_row else {
+            notes.push(format!(
+                "input '{}' has a variable size per row; not logged",
+                t.name
+            ));
+            continue;
+        };
+        for offset in 0..per_row {
+            let name = if per_row == 1 {
+                t.name.clone()
+            } else {
+                format!("{}[{offset}]", t.name)
+            };
+            derived.push((name, t.dtype, i, offset, per_row));
+        }
+    }
+    if !request.features.is_empty() && request.features.len() != derived.len() {
+        return Err(LayoutError::FeatureCount {
+            given: request.features.len(),
+            actual: derived.len(),
+        });
+    }
+    for c in request.categorical {
+        let known = if request.features.is_empty() {
+            derived.iter().any(|d| &d.0 == c)
+        } else {
+            request.features.contains(c)
+        };
+        if !known {
+            return Err(LayoutError::UnknownCategorical(c.clone()));
+        }
+    }
+    let mut columns = Vec::new();
+    for (k, (derived_name, dtype, tensor, offset, per_row)) in derived.into_iter().enumerate() {
+        let mut name = request.features.get(k).cloned().unwrap_or(derived_name);
+        let categorical = dtype == DataType::Bytes || request.categorical.contains(&name);
+        if META_COLUMNS.contains(&name.as_str()) {
+            name = format!("input.{name}");
+        }
+        columns.push(LoggedColumn {
+            name,
+            storage: if dtype == DataType::Bytes {
+                ValueKind::Utf8
+            } else {
+                ValueKind::Float64
+            },
+            kind: if categorical {
+                FeatureKind::Categorical
+            } else {
+                FeatureKind::Numeric
+            },
+            source: ColumnSource::Input {
+                tensor,
+                offset,
+                per_row,
+            },
+            position: 0,
+        });
+    }
+    Ok(columns)
 }
 
 #[cfg(test)]
