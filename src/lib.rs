@@ -3,6 +3,7 @@
 pub use cairn_core::{bounded, request, tensor};
 
 pub mod batching;
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod gpu_telemetry;
@@ -13,7 +14,6 @@ pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod monitor;
-pub mod offline;
 pub mod offload;
 pub mod periodic;
 pub mod protocol;
@@ -21,7 +21,6 @@ pub mod repository;
 pub mod rollout;
 pub mod routing;
 #[cfg(feature = "cuda")]
-pub mod selftest;
 pub mod server;
 pub mod service;
 pub mod throttle;

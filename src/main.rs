@@ -32,19 +32,19 @@ enum Command {
     #[command(name = "check-load", hide = true)]
     CheckLoad,
     /// Summarizes training or reference data into a `baseline.json` for drift monitoring.
-    Baseline(Box<cairn::offline::BaselineArgs>),
+    Baseline(Box<cairn::cli::offline::BaselineArgs>),
     /// Compares a window of data (a file, or a model's prediction log) with a baseline: the
     /// same drift report the server makes on live windows, as JSON or a self-contained HTML page.
-    Drift(Box<cairn::offline::DriftArgs>),
+    Drift(Box<cairn::cli::offline::DriftArgs>),
     /// Trains a model version from a training config (`configs/train/`): data prep, trials,
     /// ONNX export with the prep inside, a gate against the serving version, then publishes it.
-    Train(Box<cairn::training::TrainArgs>),
+    Train(Box<cairn::cli::training::TrainArgs>),
     /// The runs store: `list`, `show <id>`, `compare <id> <id>...`.
-    Runs(Box<cairn::training::RunsArgs>),
+    Runs(Box<cairn::cli::training::RunsArgs>),
     /// On a GPU host: the GPU engines against the CPU on the shipped models (one-screen report;
     /// exit 2 when there is no GPU to test); `--bench` adds rows/s and p50/p99 per engine.
     #[cfg(feature = "cuda")]
-    Selftest(Box<cairn::selftest::SelftestArgs>),
+    Selftest(Box<cairn::cli::selftest::SelftestArgs>),
 }
 
 fn main() -> ExitCode {
@@ -93,20 +93,20 @@ fn main() -> ExitCode {
             }
         },
         Command::CheckLoad => cairn::model::load_check::child_main(),
-        Command::Baseline(args) => offline(cairn::offline::baseline(&args)),
-        Command::Drift(args) => offline(cairn::offline::drift(&args)),
+        Command::Baseline(args) => offline(cairn::cli::offline::baseline(&args)),
+        Command::Drift(args) => offline(cairn::cli::offline::drift(&args)),
         Command::Train(args) => train(&args),
         #[cfg(feature = "cuda")]
         Command::Selftest(args) => {
-            let (report, outcome) = cairn::selftest::run(&args);
+            let (report, outcome) = cairn::cli::selftest::run(&args);
             print!("{report}");
             match outcome {
-                cairn::selftest::Outcome::Passed => ExitCode::SUCCESS,
-                cairn::selftest::Outcome::Failed => ExitCode::FAILURE,
-                cairn::selftest::Outcome::NoGpu => ExitCode::from(2),
+                cairn::cli::selftest::Outcome::Passed => ExitCode::SUCCESS,
+                cairn::cli::selftest::Outcome::Failed => ExitCode::FAILURE,
+                cairn::cli::selftest::Outcome::NoGpu => ExitCode::from(2),
             }
         }
-        Command::Runs(args) => match cairn::training::runs(&args) {
+        Command::Runs(args) => match cairn::cli::training::runs(&args) {
             Ok(text) => {
                 print!("{text}");
                 ExitCode::SUCCESS
@@ -121,10 +121,12 @@ fn main() -> ExitCode {
 
 /// Exit status of an offline command: 0, 3 when asked to fail on drift and it drifted, 1 on an
 /// error.
-fn offline(result: Result<cairn::offline::Outcome, cairn::offline::OfflineError>) -> ExitCode {
+fn offline(
+    result: Result<cairn::cli::offline::Outcome, cairn::cli::offline::OfflineError>,
+) -> ExitCode {
     match result {
-        Ok(cairn::offline::Outcome::Done) => ExitCode::SUCCESS,
-        Ok(cairn::offline::Outcome::Drifted) => ExitCode::from(3),
+        Ok(cairn::cli::offline::Outcome::Done) => ExitCode::SUCCESS,
+        Ok(cairn::cli::offline::Outcome::Drifted) => ExitCode::from(3),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
@@ -134,9 +136,9 @@ fn offline(result: Result<cairn::offline::Outcome, cairn::offline::OfflineError>
 
 /// `cairn train`: 0 when a version was published (or, with `--no-publish`, passed the gate), 4
 /// when the gate refused it, 1 on an error.
-fn train(args: &cairn::training::TrainArgs) -> ExitCode {
-    let bars = cairn::training::Bars::new(args.quiet);
-    let result = cairn::training::train(&args.config, !args.no_publish, &bars);
+fn train(args: &cairn::cli::training::TrainArgs) -> ExitCode {
+    let bars = cairn::cli::training::Bars::new(args.quiet);
+    let result = cairn::cli::training::train(&args.config, !args.no_publish, &bars);
     drop(bars);
     match result {
         Ok(r) => {
@@ -146,7 +148,7 @@ fn train(args: &cairn::training::TrainArgs) -> ExitCode {
                 .unwrap_or_default();
             print!(
                 "{}",
-                cairn::training::summary(&r.outcome.record, r.published, &repo)
+                cairn::cli::training::summary(&r.outcome.record, r.published, &repo)
             );
             if r.outcome.passed {
                 ExitCode::SUCCESS

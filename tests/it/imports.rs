@@ -78,6 +78,25 @@ fn modules_import_only_across_their_boundaries() {
             }
         }
     }
+    // The command line's own code is called by `main` only.
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    for file in files {
+        let rel = file.strip_prefix(common::root()).unwrap().to_path_buf();
+        if rel.starts_with("src/cli") || rel == Path::new("src/main.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            if line.split("//").next().unwrap_or("").contains("crate::cli") {
+                broken.push(format!(
+                    "{}:{}: names `crate::cli`: the server never calls the command line's code",
+                    rel.display(),
+                    n + 1
+                ));
+            }
+        }
+    }
     assert!(broken.is_empty(), "{}", broken.join("\n"));
 }
 

@@ -80,8 +80,8 @@ pub fn train(
     .map_err(|e| e.to_string())?;
     let mut published = None;
     if outcome.passed && publish && config.output.publish {
-        let result =
-            super::publish::next_version(&config, &model_dir, &mut outcome).and_then(|next| {
+        let result = crate::training::publish::next_version(&config, &model_dir, &mut outcome)
+            .and_then(|next| {
                 crate::repository::publish_offline(
                     &config.output.repository,
                     &config.model,
@@ -92,8 +92,8 @@ pub fn train(
                 .map_err(|e| e.to_string())
             });
         match result {
-            Ok(v) => published = Some(super::publish::recorded(&config, &outcome, v)?),
-            Err(e) => return Err(super::publish::failed(&config, &mut outcome, &e)),
+            Ok(v) => published = Some(crate::training::publish::recorded(&config, &outcome, v)?),
+            Err(e) => return Err(crate::training::publish::failed(&config, &mut outcome, &e)),
         }
     }
     Ok(TrainResult { outcome, published })
