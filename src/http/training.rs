@@ -41,7 +41,7 @@ pub async fn start(state: &AppState, model: &str, req: Request<Incoming>) -> Rep
             &model,
             crate::training::jobs::Trigger::Manual,
             &reason,
-            None,
+            &crate::training::jobs::Narrow::default(),
         )
     })
     .await

@@ -26,6 +26,14 @@ use crate::model::LoadedVersion;
 use crate::repository::Repository;
 use crate::routing::Router;
 
+/// How the retraining policy narrows a log source: the most recent labelled rows, and rows
+/// predicted from a time on (the first drifted window of the streak).
+#[derive(Clone, Debug, Default)]
+pub struct Narrow {
+    pub last_rows: Option<u64>,
+    pub from: Option<String>,
+}
+
 /// Finished jobs kept for `GET /v2/training/jobs`.
 const KEPT: usize = 100;
 
@@ -231,14 +239,14 @@ impl Jobs {
         })
     }
 
-    /// Starts a job from the model's training config. `last_rows` narrows a log source to the
-    /// most recent labelled rows (automatic retraining). Blocking: reads the config file.
+    /// Starts a job from the model's training config. `narrow` limits a log source to recent
+    /// rows (automatic retraining). Blocking: reads the config file.
     pub fn start(
         self: &Arc<Self>,
         model: &str,
         trigger: Trigger,
         reason: &str,
-        last_rows: Option<u64>,
+        narrow: &Narrow,
     ) -> Result<JobView, JobError> {
         if self.stopping.load(Ordering::Acquire) {
             return Err(JobError::Busy("the server is shutting down".into()));
@@ -249,7 +257,7 @@ impl Jobs {
             .get(model)
             .ok_or_else(|| JobError::UnknownModel(model.to_string()))?;
         let stable = route.stable().cloned();
-        let (config, config_path) = self.config_for(model, stable.as_deref(), last_rows)?;
+        let (config, config_path) = self.config_for(model, stable.as_deref(), narrow)?;
         let serving = stable.as_ref().map(|s| Serving {
             version: s.version,
             model_file: s.path.clone(),
@@ -274,12 +282,12 @@ impl Jobs {
     }
 
     /// The model's training config, read from the config directory only, with the server's own
-    /// places (repository, runs store, prediction log) and the retrain policy's row limit put in.
+    /// places (repository, runs store, prediction log) and the retrain policy's limits put in.
     fn config_for(
         &self,
         model: &str,
         stable: Option<&LoadedVersion>,
-        last_rows: Option<u64>,
+        narrow: &Narrow,
     ) -> Result<(TrainConfig, PathBuf), JobError> {
         // A model's config may come from a client (the repository load API): the file it names
         // is read only inside the config directory, and only as a bounded regular file.
@@ -302,8 +310,20 @@ impl Jobs {
         config.output.runs_dir = self.settings.runs_dir.clone();
         if let Some(log) = &mut config.data.log {
             log.dir.get_or_insert_with(|| self.log_dir.clone());
-            if let Some(n) = last_rows {
+            if let Some(n) = narrow.last_rows {
                 log.last_rows = Some(log.last_rows.map_or(n as usize, |m| m.min(n as usize)));
+            }
+            // The later of the config's own start and the policy's.
+            if let Some(from) = &narrow.from {
+                let later = log
+                    .from
+                    .as_deref()
+                    .and_then(cairn_train::data::parse_time)
+                    .zip(cairn_train::data::parse_time(from))
+                    .is_some_and(|(own, policy)| own > policy);
+                if !later {
+                    log.from = Some(from.clone());
+                }
             }
         }
         Ok((config, config_path))

@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::jobs::{JobError, Jobs, Trigger};
+use super::jobs::{JobError, Jobs, Narrow, Trigger};
 use crate::config::RetrainConfig;
 use crate::metrics::Metrics;
 use crate::monitor::MonitorHub;
@@ -35,6 +35,12 @@ pub struct RetrainState {
     /// Rows with feedback since the last automatic training (or since the server started).
     pub labelled_since: u64,
     pub min_labelled_rows: u64,
+    /// The start of the first drifted window of the current streak.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drift_from: Option<String>,
+    /// Rows with feedback received since that window was seen.
+    pub labelled_since_drift: u64,
+    pub min_labelled_rows_since_drift: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_started: Option<String>,
     pub started_last_24h: usize,
@@ -50,6 +56,8 @@ pub struct RetrainState {
     seen_to: Option<String>,
     #[serde(skip)]
     labelled_at_start: u64,
+    #[serde(skip)]
+    labelled_at_drift: u64,
     #[serde(skip)]
     starts: VecDeque<SystemTime>,
 }
@@ -85,6 +93,18 @@ pub fn verdict(
             format!(
                 "{} rows with feedback since the last training, fewer than min_labelled_rows {}",
                 state.labelled_since, config.min_labelled_rows
+            ),
+        );
+    }
+    if state.labelled_since_drift < config.min_labelled_rows_since_drift {
+        return Verdict::Hold(
+            "labels",
+            format!(
+                "{} rows with feedback since the drift began (window from {}), fewer than \
+                 min_labelled_rows_since_drift {}",
+                state.labelled_since_drift,
+                state.drift_from.as_deref().unwrap_or("?"),
+                config.min_labelled_rows_since_drift
             ),
         );
     }
@@ -215,6 +235,11 @@ impl Retrainer {
             state.min_labelled_rows = config.min_labelled_rows;
             state.max_per_day = config.max_per_day;
             state.labelled_since = labelled.saturating_sub(state.labelled_at_start);
+            state.min_labelled_rows_since_drift = config.min_labelled_rows_since_drift;
+            state.labelled_since_drift = match state.drift_from {
+                Some(_) => labelled.saturating_sub(state.labelled_at_drift),
+                None => 0,
+            };
             state.started_last_24h = state
                 .starts
                 .iter()
@@ -245,7 +270,17 @@ impl Retrainer {
                 let hits = counts(report, config);
                 if hits.is_empty() {
                     state.consecutive = 0;
+                    state.drift_from = None;
+                    state.labelled_since_drift = 0;
                     continue;
+                }
+                if state.consecutive == 0 || state.drift_from.is_none() {
+                    state.drift_from = report
+                        .get("from")
+                        .and_then(Value::as_str)
+                        .map(str::to_string);
+                    state.labelled_at_drift = labelled;
+                    state.labelled_since_drift = 0;
                 }
                 state.consecutive += 1;
                 if state.consecutive < config.consecutive_windows {
@@ -269,7 +304,13 @@ impl Retrainer {
                         model,
                         Trigger::Auto,
                         &reason,
-                        Some(config.recent_rows),
+                        &Narrow {
+                            last_rows: Some(config.recent_rows),
+                            from: state
+                                .drift_from
+                                .clone()
+                                .filter(|_| config.train_since_drift),
+                        },
                     ) {
                         Ok(job) => {
                             self.metrics.record_retrain_decision(model, "started");
@@ -281,6 +322,8 @@ impl Retrainer {
                             }
                             state.labelled_at_start = labelled;
                             state.labelled_since = 0;
+                            state.drift_from = None;
+                            state.labelled_since_drift = 0;
                             state.last_started =
                                 Some(humantime::format_rfc3339_seconds(now).to_string());
                             state.last_job = Some(job.id);
@@ -357,6 +400,33 @@ mod tests {
             verdict(&c, &s, later(24 * 3600), false, false),
             Verdict::Start
         );
+    }
+
+    #[test]
+    fn labels_from_after_the_drift_can_be_required() {
+        let c = RetrainConfig {
+            min_labelled_rows_since_drift: 40,
+            ..config()
+        };
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut s = RetrainState {
+            labelled_since: 500,
+            drift_from: Some("2026-12-07T08:00:00Z".into()),
+            labelled_since_drift: 39,
+            ..RetrainState::default()
+        };
+        match verdict(&c, &s, t0, false, false) {
+            Verdict::Hold("labels", why) => assert!(
+                why.contains(
+                    "39 rows with feedback since the drift began (window from \
+                     2026-12-07T08:00:00Z), fewer than min_labelled_rows_since_drift 40"
+                ),
+                "{why}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        s.labelled_since_drift = 40;
+        assert_eq!(verdict(&c, &s, t0, false, false), Verdict::Start);
     }
 
     #[test]

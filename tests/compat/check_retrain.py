@@ -62,6 +62,8 @@ min_labelled = 30
 enabled = true
 consecutive_windows = 2
 min_labelled_rows = 100
+min_labelled_rows_since_drift = 60
+train_since_drift = true
 recent_rows = 240
 cooldown_s = 15
 max_per_day = 6
@@ -213,6 +215,9 @@ def main():
         print(f"requests {n}, failed {failed}; drift windows {windows}, drifted {drifted}")
         print(f"automatic jobs {len(auto)}: " + ", ".join(f"{j['state']}" + (f" v{j['version']}" if j.get('version') else "") for j in auto))
         print(f"promotions {len(promotions)}, rollbacks {len(rollbacks)}")
+        for v, d in sorted(drift["versions"].items(), key=lambda kv: int(kv[0])):
+            reports = d["reports"]
+            print(f"  version {v}: {sum(1 for r in reports if r.get('drifted'))} of {len(reports)} windows drifted")
         for i, t, h in events:
             print(f"  day {i:4d} (+{t:5.1f} s): {h.get('action')} {h.get('trigger')} v{h.get('version')} — {h.get('reason', '')[:160]}")
         if first_promotion:

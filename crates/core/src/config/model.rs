@@ -127,6 +127,12 @@ pub struct RetrainConfig {
     pub statistics: Vec<String>,
     /// Rows with feedback since the last training, at least.
     pub min_labelled_rows: u64,
+    /// Rows with feedback received since the first drifted window of the streak was seen, at
+    /// least: labels from after the change, not only from before it. 0: not required.
+    pub min_labelled_rows_since_drift: u64,
+    /// Train only on rows predicted from the start of the first drifted window of the streak on,
+    /// so that the new version (and its baseline) learns the traffic after the change.
+    pub train_since_drift: bool,
     /// Train on at most this many of the most recent labelled rows.
     pub recent_rows: u64,
     /// Seconds between the starts of two automatic trainings.
@@ -144,6 +150,8 @@ impl Default for RetrainConfig {
             features: Vec::new(),
             statistics: Vec::new(),
             min_labelled_rows: 500,
+            min_labelled_rows_since_drift: 0,
+            train_since_drift: false,
             recent_rows: 5000,
             cooldown_s: 3600,
             max_per_day: 4,
