@@ -67,10 +67,26 @@ pub fn decide(
             );
         } else {
             let ratio = cp / sp;
-            latency = format!(", p99 ratio {ratio:.2}");
-            if ratio > c.max_p99_ratio {
+            let test = candidate.slower.map_or(String::new(), |t| {
+                format!(
+                    " (Mann-Whitney over {} and {} requests: AUC {:.3}, one-sided p {:.4})",
+                    t.candidate_requests, t.stable_requests, t.auc, t.p_slower
+                )
+            });
+            latency = format!(", p99 ratio {ratio:.2}{test}");
+            // Over a few dozen requests a p99 is their maximum: a ratio past the limit counts
+            // only where the whole trial's latencies say the candidate is slower too.
+            let noise = candidate.slower.is_some_and(|t| t.p_slower >= c.alpha);
+            if ratio > c.max_p99_ratio && noise {
+                latency = format!(
+                    ", p99 ratio {ratio:.2} past max_p99_ratio {} but the candidate is not \
+                     slower at alpha {}{test}",
+                    c.max_p99_ratio, c.alpha
+                );
+            } else if ratio > c.max_p99_ratio {
                 misses.push(format!(
-                    "p99 latency {cp:.0} µs is {ratio:.2}× the stable {sp:.0} µs > max_p99_ratio {}",
+                    "p99 latency {cp:.0} µs is {ratio:.2}× the stable {sp:.0} µs > max_p99_ratio \
+                     {}{test}",
                     c.max_p99_ratio
                 ));
             }
@@ -292,6 +308,34 @@ mod tests {
         assert!(
             r.contains("agreement 0.5000") && r.contains("mean absolute difference"),
             "{r}"
+        );
+    }
+
+    #[test]
+    fn a_p99_ratio_rolls_back_only_where_the_whole_trial_is_slower() {
+        use crate::routing::LatencyTest;
+        let c = criteria();
+        let none = ShadowSnapshot::default();
+        let test = |p_slower| LatencyTest {
+            auc: 0.5,
+            p_slower,
+            candidate_requests: 100,
+            stable_requests: 900,
+        };
+        let mut candidate = arm(100, 0, 300.0);
+        candidate.slower = Some(test(0.4));
+        let d = decide(&c, false, &arm(900, 0, 100.0), &candidate, &none);
+        assert!(
+            matches!(&d, Decision::Promote(r) if r.contains("not slower at alpha 0.05")
+                && r.contains("one-sided p 0.4000")),
+            "{d:?}"
+        );
+        candidate.slower = Some(test(0.001));
+        let d = decide(&c, false, &arm(900, 0, 100.0), &candidate, &none);
+        assert!(
+            matches!(&d, Decision::Rollback(r) if r.contains("max_p99_ratio")
+                && r.contains("Mann-Whitney over 100 and 900 requests")),
+            "{d:?}"
         );
     }
 

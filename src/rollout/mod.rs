@@ -414,7 +414,7 @@ impl Rollout {
                 &candidate.criteria,
                 shadow_mode,
                 &t.stable.snapshot(),
-                &t.candidate.snapshot(),
+                &t.candidate_snapshot(),
                 &t.shadow.snapshot(),
             );
             let result = match decision {

@@ -64,7 +64,7 @@ impl DeploymentView {
                 trial: {
                     let (stable, candidate, shadow) = (
                         c.tracker.stable.snapshot(),
-                        c.tracker.candidate.snapshot(),
+                        c.tracker.candidate_snapshot(),
                         c.tracker.shadow.snapshot(),
                     );
                     let status = match decide(

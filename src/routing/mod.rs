@@ -10,6 +10,7 @@
 //! pick between the two, or with a shadow candidate the stable version while a copy runs on the
 //! candidate off the response path.
 
+mod latency;
 mod shadow;
 mod tracker;
 
@@ -22,7 +23,7 @@ use parking_lot::Mutex;
 
 use arc_swap::ArcSwap;
 
-pub use tracker::{ArmSnapshot, ArmStats, ShadowSnapshot, ShadowStats, Tracker};
+pub use tracker::{ArmSnapshot, ArmStats, LatencyTest, ShadowSnapshot, ShadowStats, Tracker};
 
 use crate::batching::SchedulerError;
 use crate::config::RolloutConfig;

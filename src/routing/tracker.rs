@@ -5,6 +5,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+pub use super::latency::LatencyTest;
+
 /// Latency buckets grow by 2^(1/4) from 1 µs: ~19 % resolution, enough for a p99 ratio.
 const BUCKETS: usize = 112;
 
@@ -16,6 +18,19 @@ pub struct Tracker {
     pub stable: ArmStats,
     pub candidate: ArmStats,
     pub shadow: ShadowStats,
+}
+
+impl Tracker {
+    /// The candidate's snapshot with its latency tested against the stable version's.
+    pub fn candidate_snapshot(&self) -> ArmSnapshot {
+        ArmSnapshot {
+            slower: super::latency::mann_whitney(
+                &self.candidate.latency_counts(),
+                &self.stable.latency_counts(),
+            ),
+            ..self.candidate.snapshot()
+        }
+    }
 }
 
 /// One side of a trial.
@@ -59,12 +74,16 @@ impl ArmStats {
         self.correct.fetch_add(correct, Ordering::Relaxed);
     }
 
-    pub fn snapshot(&self) -> ArmSnapshot {
-        let counts: Vec<u64> = self
-            .latency
+    /// Requests per latency bucket (2^(i/4) µs), the same buckets for every arm.
+    pub fn latency_counts(&self) -> Vec<u64> {
+        self.latency
             .iter()
             .map(|b| b.load(Ordering::Relaxed))
-            .collect();
+            .collect()
+    }
+
+    pub fn snapshot(&self) -> ArmSnapshot {
+        let counts = self.latency_counts();
         ArmSnapshot {
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
@@ -72,6 +91,7 @@ impl ArmStats {
             p50_us: quantile(&counts, 0.50),
             labelled: self.labelled.load(Ordering::Relaxed),
             correct: self.correct.load(Ordering::Relaxed),
+            slower: None,
         }
     }
 }
@@ -144,6 +164,10 @@ pub struct ArmSnapshot {
     pub p99_us: Option<f64>,
     pub labelled: u64,
     pub correct: u64,
+    /// The candidate's: whether its requests are slower than the stable version's over the
+    /// whole trial (Mann-Whitney); see [`Tracker::candidate_snapshot`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slower: Option<LatencyTest>,
 }
 
 impl ArmSnapshot {
