@@ -151,6 +151,7 @@ struct DeploymentFamilies {
     transitions: IntCounterVec,
     candidate_weight: GaugeVec,
     shadow_agreement: GaugeVec,
+    accuracy_difference: GaugeVec,
 }
 
 /// Monitoring: the prediction log, drift, feedback and live quality.
@@ -479,6 +480,13 @@ impl DeploymentFamilies {
                 "Share of shadow-compared rows whose top class matched the stable version's.",
                 &["model"],
             ),
+            accuracy_difference: r.gauge(
+                "deployment_accuracy_difference",
+                "A canary's live accuracy minus the stable version's over the trial (bound \
+                 estimate), and the ends of its anytime-valid interval (low, high), under \
+                 accuracy_test = \"sequential\"; absent otherwise.",
+                &["model", "bound"],
+            ),
         }
     }
 }
@@ -761,6 +769,21 @@ impl Metrics {
                     .deployment
                     .shadow_agreement
                     .remove_label_values(&[model]);
+            }
+        }
+    }
+
+    /// The sequential accuracy test's interval of a model's canary, or none (series removed).
+    pub fn set_accuracy_difference(&self, model: &str, interval: Option<(f64, f64, f64)>) {
+        let g = &self.inner.deployment.accuracy_difference;
+        for (i, bound) in ["estimate", "low", "high"].into_iter().enumerate() {
+            match interval {
+                Some(iv) => g
+                    .with_label_values(&[model, bound])
+                    .set([iv.0, iv.1, iv.2][i]),
+                None => {
+                    let _ = g.remove_label_values(&[model, bound]);
+                }
             }
         }
     }

@@ -154,6 +154,29 @@ enum Quality {
     Wait(String),
 }
 
+/// The sequential test's interval for a trial, `(estimate, low, high)`, once both arms have
+/// `min_labelled` rows; `None` under the threshold test or without a margin.
+pub fn accuracy_interval(
+    c: &RolloutConfig,
+    stable: &ArmSnapshot,
+    candidate: &ArmSnapshot,
+) -> Option<(f64, f64, f64)> {
+    let margin = c.max_accuracy_drop?;
+    if c.accuracy_test != AccuracyTest::Sequential
+        || candidate.labelled < c.min_labelled
+        || stable.labelled < c.min_labelled
+    {
+        return None;
+    }
+    let rho2 = sequential::rho_squared(c.alpha, sequential::planned_rows(c.alpha, margin));
+    let arm = |a: &ArmSnapshot| Arm {
+        correct: a.correct,
+        labelled: a.labelled,
+    };
+    sequential::interval(arm(candidate), arm(stable), c.alpha, rho2)
+        .map(|iv| (iv.estimate, iv.low, iv.high))
+}
+
 fn quality(
     c: &RolloutConfig,
     max_drop: f64,
@@ -480,6 +503,26 @@ mod tests {
             // Every trial ends: the interval narrows below the margin.
             assert_eq!(worse[2] + better[2] + equal[2] + half[2], 0.0);
         }
+    }
+
+    #[test]
+    fn the_interval_is_exported_only_under_the_sequential_test() {
+        let labelled = |n: u64, right: u64| ArmSnapshot {
+            labelled: n,
+            correct: right,
+            ..arm(1_000, 0, 100.0)
+        };
+        let (stable, candidate) = (labelled(500, 400), labelled(500, 425));
+        let c = sequential(0.05, 0.05);
+        let (estimate, low, high) = accuracy_interval(&c, &stable, &candidate).unwrap();
+        assert!((estimate - 0.05).abs() < 1e-12 && low < estimate && estimate < high);
+        let threshold = RolloutConfig {
+            accuracy_test: AccuracyTest::Threshold,
+            ..c.clone()
+        };
+        assert_eq!(accuracy_interval(&threshold, &stable, &candidate), None);
+        let early = labelled(20, 18);
+        assert_eq!(accuracy_interval(&c, &stable, &early), None);
     }
 
     #[test]

@@ -396,6 +396,7 @@ impl Rollout {
         for (model, route) in &table.models {
             let Some(candidate) = &route.deployment.candidate else {
                 self.metrics.set_deployment(model, 0.0, None);
+                self.metrics.set_accuracy_difference(model, None);
                 continue;
             };
             match &candidate.mode {
@@ -410,11 +411,17 @@ impl Rollout {
             }
             let shadow_mode = candidate.mode == CandidateMode::Shadow;
             let t = &candidate.tracker;
+            let (stable, candidate_arm) = (t.stable.snapshot(), t.candidate_snapshot());
+            self.metrics.set_accuracy_difference(
+                model,
+                decide::accuracy_interval(&candidate.criteria, &stable, &candidate_arm)
+                    .filter(|_| !shadow_mode),
+            );
             let decision = decide(
                 &candidate.criteria,
                 shadow_mode,
-                &t.stable.snapshot(),
-                &t.candidate_snapshot(),
+                &stable,
+                &candidate_arm,
                 &t.shadow.snapshot(),
             );
             let result = match decision {
