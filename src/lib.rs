@@ -9,6 +9,7 @@ pub mod engine;
 pub mod gpu_telemetry;
 pub mod grpc;
 pub mod http;
+pub mod lease;
 pub mod listener;
 pub mod memory;
 pub mod metrics;

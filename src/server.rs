@@ -90,11 +90,20 @@ fn shared_state(
         metrics.clone(),
         tokio::runtime::Handle::current(),
     );
+    // With replicas, one of them at a time retrains a model: the holder of its lease.
+    let leases = match &config.deployment_state {
+        Some(url) => Some(
+            crate::lease::Leases::open(url, &config.replica_id)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+        ),
+        None => None,
+    };
     let retrainer = crate::training::retrain::Retrainer::new(
         Arc::clone(&router),
         Arc::clone(&monitors),
         Arc::clone(&training),
         metrics.clone(),
+        leases,
     );
     Ok(Arc::new(AppState {
         config,

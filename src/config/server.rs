@@ -30,6 +30,12 @@ pub struct ServerSettings {
     #[arg(long, env = "CAIRN_DEPLOYMENT_STATE", value_name = "URL")]
     pub deployment_state: Option<String>,
 
+    /// This replica's name among those sharing `deployment_state`: it holds the per-model
+    /// retraining lease under it, and the others show it. Letters, digits, `.`, `_` and `-`, at
+    /// most 128. [default: the host name (a pod's name), else `cairn`]
+    #[arg(long, env = "CAIRN_REPLICA_ID", value_name = "NAME")]
+    pub replica_id: Option<String>,
+
     /// PEM certificate chain (leaf first) for TLS on both the HTTP and the gRPC port; with
     /// `tls_key_file`. Unset, both serve plain text. The files are watched: a rotated
     /// certificate is served from the next handshake, without a restart.
@@ -285,6 +291,7 @@ impl ServerSettings {
             listen,
             grpc_listen,
             deployment_state,
+            replica_id,
             tls_cert_file,
             tls_key_file,
             tls_client_ca_file,
@@ -354,6 +361,8 @@ pub struct ServerConfig {
     pub remote_repository: Option<String>,
     /// The object-store prefix of the deployments shared by replicas.
     pub deployment_state: Option<String>,
+    /// This replica's name in the shared leases.
+    pub replica_id: String,
     pub model_repository: PathBuf,
     pub max_body_bytes: usize,
     pub shutdown_timeout: Duration,
@@ -526,6 +535,7 @@ impl ServerConfig {
             },
             remote_repository,
             deployment_state: check.deployment_state(s.deployment_state)?,
+            replica_id: check.replica_id(s.replica_id)?,
             admin_token,
             feedback_token,
             protect_inference: s.protect_inference.unwrap_or(false),
@@ -547,6 +557,7 @@ impl ServerConfig {
             tls: None,
             remote_repository: None,
             deployment_state: None,
+            replica_id: crate::lease::default_replica_id(),
             model_repository: dir.to_path_buf(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             shutdown_timeout: Duration::from_secs(30),
@@ -925,6 +936,19 @@ impl Check<'_> {
                 Err(self.invalid("tls_cert_file", "is unset while tls_key_file is set".into()))
             }
         }
+    }
+
+    /// This replica's name: given, or the host's.
+    fn replica_id(&self, given: Option<String>) -> Result<String, ConfigError> {
+        let id = given.unwrap_or_else(crate::lease::default_replica_id);
+        let fine = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if id.is_empty() || id.len() > 128 || !id.chars().all(fine) {
+            return Err(self.invalid(
+                "replica_id",
+                format!("'{id}' is not 1 to 128 letters, digits, '.', '_' or '-'"),
+            ));
+        }
+        Ok(id)
     }
 
     /// The object-store prefix shared by replicas: a URL of a store that can replace an object

@@ -163,7 +163,13 @@ fn training_section(out: &mut String, state: &AppState) {
                 r.min_labelled_rows,
                 r.started_last_24h,
                 r.max_per_day,
-                html::escape(r.last_decision.as_deref().unwrap_or("none yet")),
+                html::escape(&match &r.lease {
+                    Some(lease) => format!(
+                        "{} · lease {lease}",
+                        r.last_decision.as_deref().unwrap_or("none yet")
+                    ),
+                    None => r.last_decision.clone().unwrap_or_else(|| "none yet".into()),
+                }),
             ));
         }
         out.push_str("</table>");

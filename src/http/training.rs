@@ -33,6 +33,17 @@ pub async fn start(state: &AppState, model: &str, req: Request<Incoming>) -> Rep
             }
         }
     };
+    // With replicas, a model's training runs where its retraining lease is: one job at a time
+    // across all of them.
+    if let Some(holder) = state.retrainer.held_elsewhere(model) {
+        return Err(ApiError::Training(
+            crate::training::jobs::JobError::Conflict(format!(
+                "replica '{holder}' holds the retraining lease of '{model}'; training requests \
+             for it go there (this replica is '{}')",
+                state.config.replica_id
+            )),
+        ));
+    }
     let jobs = std::sync::Arc::clone(&state.training);
     let model = model.to_string();
     // Reads the training config: off the runtime's workers.

@@ -58,40 +58,7 @@ pub fn decide(
             c.max_error_rate
         ));
     }
-    let mut latency = String::new();
-    if let (Some(cp), Some(sp)) = (candidate.p99_us, stable.p99_us) {
-        if stable.requests < MIN_STABLE_SAMPLES || sp <= 0.0 {
-            latency = format!(
-                ", p99 not judged ({} stable requests, {MIN_STABLE_SAMPLES} needed)",
-                stable.requests
-            );
-        } else {
-            let ratio = cp / sp;
-            let test = candidate.slower.map_or(String::new(), |t| {
-                format!(
-                    " (Mann-Whitney over {} and {} requests: AUC {:.3}, one-sided p {:.4})",
-                    t.candidate_requests, t.stable_requests, t.auc, t.p_slower
-                )
-            });
-            latency = format!(", p99 ratio {ratio:.2}{test}");
-            // Over a few dozen requests a p99 is their maximum: a ratio past the limit counts
-            // only where the whole trial's latencies say the candidate is slower too.
-            let noise = candidate.slower.is_some_and(|t| t.p_slower >= c.alpha);
-            if ratio > c.max_p99_ratio && noise {
-                latency = format!(
-                    ", p99 ratio {ratio:.2} past max_p99_ratio {} but the candidate is not \
-                     slower at alpha {}{test}",
-                    c.max_p99_ratio, c.alpha
-                );
-            } else if ratio > c.max_p99_ratio {
-                misses.push(format!(
-                    "p99 latency {cp:.0} µs is {ratio:.2}× the stable {sp:.0} µs > max_p99_ratio \
-                     {}{test}",
-                    c.max_p99_ratio
-                ));
-            }
-        }
-    }
+    let latency = latency_criterion(c, stable, candidate, &mut misses);
     let mut agreement_note = String::new();
     if shadow_mode {
         if let Some(a) = shadow.agreement {
@@ -145,6 +112,51 @@ pub fn decide(
     } else {
         Decision::Wait("every criterion is met; auto_promote is off".into())
     }
+}
+
+/// The p99 criterion, judged with the whole trial's latencies: its note for the reason, and a
+/// miss pushed where the candidate is too slow.
+fn latency_criterion(
+    c: &RolloutConfig,
+    stable: &ArmSnapshot,
+    candidate: &ArmSnapshot,
+    misses: &mut Vec<String>,
+) -> String {
+    let mut latency = String::new();
+    if let (Some(cp), Some(sp)) = (candidate.p99_us, stable.p99_us) {
+        if stable.requests < MIN_STABLE_SAMPLES || sp <= 0.0 {
+            latency = format!(
+                ", p99 not judged ({} stable requests, {MIN_STABLE_SAMPLES} needed)",
+                stable.requests
+            );
+        } else {
+            let ratio = cp / sp;
+            let test = candidate.slower.map_or(String::new(), |t| {
+                format!(
+                    " (Mann-Whitney over {} and {} requests: AUC {:.3}, one-sided p {:.4})",
+                    t.candidate_requests, t.stable_requests, t.auc, t.p_slower
+                )
+            });
+            latency = format!(", p99 ratio {ratio:.2}{test}");
+            // Over a few dozen requests a p99 is their maximum: a ratio past the limit counts
+            // only where the whole trial's latencies say the candidate is slower too.
+            let noise = candidate.slower.is_some_and(|t| t.p_slower >= c.alpha);
+            if ratio > c.max_p99_ratio && noise {
+                latency = format!(
+                    ", p99 ratio {ratio:.2} past max_p99_ratio {} but the candidate is not \
+                     slower at alpha {}{test}",
+                    c.max_p99_ratio, c.alpha
+                );
+            } else if ratio > c.max_p99_ratio {
+                misses.push(format!(
+                    "p99 latency {cp:.0} µs is {ratio:.2}× the stable {sp:.0} µs > max_p99_ratio \
+                     {}{test}",
+                    c.max_p99_ratio
+                ));
+            }
+        }
+    }
+    latency
 }
 
 /// What live accuracy says so far.

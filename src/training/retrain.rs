@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use super::jobs::{JobError, Jobs, Narrow, Trigger};
 use crate::config::RetrainConfig;
+use crate::lease::{Held, Leases};
 use crate::metrics::Metrics;
 use crate::monitor::MonitorHub;
 use crate::routing::Router;
@@ -49,6 +50,13 @@ pub struct RetrainState {
     pub last_decision: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_job: Option<String>,
+    /// With replicas (`deployment_state`): who holds this model's retraining lease.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
+    #[serde(skip)]
+    lease_held: Option<Held>,
+    #[serde(skip)]
+    lease_looked: Option<SystemTime>,
     #[serde(skip)]
     version: u64,
     /// The `to` of the last window looked at.
@@ -175,6 +183,16 @@ pub struct Retrainer {
     jobs: Arc<Jobs>,
     metrics: Metrics,
     states: Mutex<BTreeMap<String, RetrainState>>,
+    /// With replicas: one of them at a time runs a model's policy and training jobs.
+    leases: Option<Leases>,
+}
+
+/// How long a replica that does not hold a lease waits before looking again.
+const LEASE_LOOK: Duration = Duration::from_secs(5);
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Retrainer {
@@ -183,6 +201,7 @@ impl Retrainer {
         monitors: Arc<MonitorHub>,
         jobs: Arc<Jobs>,
         metrics: Metrics,
+        leases: Option<Leases>,
     ) -> Arc<Retrainer> {
         Arc::new(Retrainer {
             router,
@@ -190,7 +209,140 @@ impl Retrainer {
             jobs,
             metrics,
             states: Mutex::new(BTreeMap::new()),
+            leases,
         })
+    }
+
+    /// The replica holding `model`'s retraining lease when it is another one (as last seen):
+    /// training requests for the model belong there.
+    pub fn held_elsewhere(&self, model: &str) -> Option<String> {
+        match self.states.lock().get(model)?.lease_held.as_ref()? {
+            Held::Elsewhere(r) => Some(r.holder.clone()),
+            Held::Here(_) => None,
+        }
+    }
+
+    /// Starts the automatic job a streak asked for, and records how that went.
+    fn start_job(
+        &self,
+        model: &str,
+        config: &RetrainConfig,
+        state: &mut RetrainState,
+        now: SystemTime,
+        labelled: u64,
+        reason: &str,
+    ) {
+        match self.jobs.start(
+            model,
+            Trigger::Auto,
+            reason,
+            &Narrow {
+                last_rows: Some(config.recent_rows),
+                from: state
+                    .drift_from
+                    .clone()
+                    .filter(|_| config.train_since_drift),
+            },
+        ) {
+            Ok(job) => {
+                self.metrics.record_retrain_decision(model, "started");
+                tracing::info!(model = %model, job = %job.id, "retraining started: {reason}");
+                state.consecutive = 0;
+                state.starts.push_back(now);
+                while state.starts.len() > 64 {
+                    state.starts.pop_front();
+                }
+                state.labelled_at_start = labelled;
+                state.labelled_since = 0;
+                state.drift_from = None;
+                state.labelled_since_drift = 0;
+                state.last_started = Some(humantime::format_rfc3339_seconds(now).to_string());
+                state.last_job = Some(job.id);
+                state.last_decision = Some(format!("started: {reason}"));
+            }
+            Err(e) => {
+                let label = match e {
+                    JobError::Busy(_) | JobError::Conflict(_) => "busy",
+                    _ => "error",
+                };
+                self.metrics.record_retrain_decision(model, label);
+                tracing::warn!(model = %model, error = %e, "retraining could not start");
+                state.last_decision = Some(format!("could not start: {e}"));
+            }
+        }
+    }
+
+    /// Takes, renews or looks at the lease of every model whose policy is on, outside the
+    /// states' lock (a store call may take seconds): a holder renews once half its time is
+    /// gone, a replica that does not hold it looks again every `LEASE_LOOK`.
+    fn look_at_leases(&self, models: &[String], now: SystemTime) {
+        let Some(leases) = &self.leases else { return };
+        let now_ms = millis(now);
+        for model in models {
+            let due = match self.states.lock().get(model) {
+                Some(s) => match (&s.lease_held, s.lease_looked) {
+                    (Some(Held::Here(r)), _) => {
+                        r.expires_ms.saturating_sub(now_ms)
+                            < crate::lease::TTL.as_millis() as u64 / 2
+                    }
+                    (Some(Held::Elsewhere(_)), Some(looked)) => {
+                        now.duration_since(looked).unwrap_or_default() >= LEASE_LOOK
+                    }
+                    _ => true,
+                },
+                None => true,
+            };
+            if !due {
+                continue;
+            }
+            let looked = tokio::runtime::Handle::current().block_on(leases.acquire(model, now_ms));
+            let mut states = self.states.lock();
+            let state = states.entry(model.clone()).or_default();
+            state.lease_looked = Some(now);
+            match looked {
+                Ok(held) => {
+                    if let Held::Here(r) = &held {
+                        if !matches!(&state.lease_held, Some(Held::Here(_))) {
+                            tracing::info!(model = %model, generation = r.generation,
+                                "this replica holds the retraining lease");
+                        }
+                    }
+                    state.lease = Some(match &held {
+                        Held::Here(r) => format!(
+                            "held here ({}, generation {})",
+                            leases.holder(),
+                            r.generation
+                        ),
+                        Held::Elsewhere(r) => format!(
+                            "held by {} (generation {}); this replica ({}) runs no retraining \
+                             of the model",
+                            r.holder,
+                            r.generation,
+                            leases.holder()
+                        ),
+                    });
+                    state.lease_held = Some(held);
+                }
+                Err(e) => {
+                    // Unsure who holds it: act as if another replica did, until the store
+                    // answers (a holder keeps its lease until it expires).
+                    let still_here = matches!(&state.lease_held,
+                        Some(Held::Here(r)) if r.expires_ms > now_ms);
+                    if !still_here {
+                        state.lease_held = None;
+                    }
+                    state.lease = Some(format!("the lease store did not answer: {e}"));
+                    tracing::warn!(model = %model, error = %e, "cannot look at the retraining lease");
+                }
+            }
+        }
+    }
+
+    /// Whether this replica runs `model`'s policy now: always without replicas, else while it
+    /// holds the lease.
+    fn runs_here(&self, state: &RetrainState, now: SystemTime) -> bool {
+        self.leases.is_none()
+            || matches!(&state.lease_held, Some(Held::Here(r)) if r.expires_ms > millis(now))
     }
 
     /// Every watched model's state.
@@ -210,6 +362,13 @@ impl Retrainer {
     /// One look at every model.
     pub fn step(&self, now: SystemTime) {
         let table = self.router.snapshot();
+        let watched: Vec<String> = table
+            .models
+            .iter()
+            .filter(|(_, r)| r.stable().is_some_and(|s| s.config.retrain.enabled))
+            .map(|(m, _)| m.clone())
+            .collect();
+        self.look_at_leases(&watched, now);
         let mut states = self.states.lock();
         states.retain(|m, _| {
             table
@@ -254,6 +413,15 @@ impl Retrainer {
                 .drift(Some(stable.version), usize::MAX)
                 .remove(&stable.version)
                 .unwrap_or_default();
+            if !self.runs_here(state, now) {
+                // Another replica decides; its windows are not this one's to act on later.
+                state.seen_to = reports
+                    .last()
+                    .and_then(|r| r.json.get("to").and_then(Value::as_str).map(str::to_string))
+                    .or(state.seen_to.take());
+                state.consecutive = 0;
+                continue;
+            }
             let fresh: Vec<&Value> = reports
                 .iter()
                 .map(|r| r.json.as_ref())
@@ -300,45 +468,7 @@ impl Retrainer {
                         tracing::info!(model = %model, decision = label, "retraining held: {why}");
                         state.last_decision = Some(format!("held ({label}): {why}"));
                     }
-                    Verdict::Start => match self.jobs.start(
-                        model,
-                        Trigger::Auto,
-                        &reason,
-                        &Narrow {
-                            last_rows: Some(config.recent_rows),
-                            from: state
-                                .drift_from
-                                .clone()
-                                .filter(|_| config.train_since_drift),
-                        },
-                    ) {
-                        Ok(job) => {
-                            self.metrics.record_retrain_decision(model, "started");
-                            tracing::info!(model = %model, job = %job.id, "retraining started: {reason}");
-                            state.consecutive = 0;
-                            state.starts.push_back(now);
-                            while state.starts.len() > 64 {
-                                state.starts.pop_front();
-                            }
-                            state.labelled_at_start = labelled;
-                            state.labelled_since = 0;
-                            state.drift_from = None;
-                            state.labelled_since_drift = 0;
-                            state.last_started =
-                                Some(humantime::format_rfc3339_seconds(now).to_string());
-                            state.last_job = Some(job.id);
-                            state.last_decision = Some(format!("started: {reason}"));
-                        }
-                        Err(e) => {
-                            let label = match e {
-                                JobError::Busy(_) | JobError::Conflict(_) => "busy",
-                                _ => "error",
-                            };
-                            self.metrics.record_retrain_decision(model, label);
-                            tracing::warn!(model = %model, error = %e, "retraining could not start");
-                            state.last_decision = Some(format!("could not start: {e}"));
-                        }
-                    },
+                    Verdict::Start => self.start_job(model, config, state, now, labelled, &reason),
                 }
             }
         }

@@ -182,13 +182,16 @@ def repository(s3, env, work):
     # tabular-small as shipped serves its highest version only; here both, so that a replica
     # can pin the lower one.
     with open(os.path.join(MODELS, "tabular-small", "config.toml")) as f:
-        config = 'version_policy = { all = {} }\n' + f.read()
+        # Retraining on: the replicas below take its lease (one of them runs the policy).
+        config = ('version_policy = { all = {} }\n' + f.read()
+                  + '\n[monitoring]\nenabled = true\n\n[retrain]\nenabled = true\n')
     s3.put_object(Bucket="models", Key="repo/tabular-small/config.toml", Body=config.encode())
     upload(s3, "tabular-small", ["1/model.onnx", "1/sample.json"])
     state_dir = os.path.join(work, "one")
     s = Server("server one", "s3://models/repo", ["--state-dir", state_dir,
                                                   "--repository-poll-interval-s", str(POLL_S),
-                                                  "--deployment-state", "s3://state/shared"], env)
+                                                  "--deployment-state", "s3://state/shared",
+                                                  "--replica-id", "one"], env)
     if not check(s.started() and wait_for(lambda: s.ready("iris", 1) and s.ready("tabular-small", 1)),
                  "server one did not serve iris 1 and tabular-small 1 from the bucket"):
         s.dump()
@@ -252,7 +255,8 @@ def replicas(one, s3, env, work):
     print("== two servers sharing s3://state/shared")
     two = Server("server two", "s3://models/repo", ["--state-dir", os.path.join(work, "two"),
                                                     "--repository-poll-interval-s", str(POLL_S),
-                                                    "--deployment-state", "s3://state/shared"], env)
+                                                    "--deployment-state", "s3://state/shared",
+                                                    "--replica-id", "two"], env)
     if not check(two.started() and wait_for(lambda: two.ready("iris", 2) and two.ready("tabular-small", 2)),
                  "server two did not serve iris 2 and tabular-small 2"):
         two.dump()
@@ -310,6 +314,8 @@ def replicas(one, s3, env, work):
     check(wait_for(lambda: two.deployment("iris").get("candidate") is None),
           f"server two kept the candidate rolled back through server one: {two.deployment('iris')}")
 
+    lease_holders(one, two, s3)
+
     stored = json.loads(s3.get_object(Bucket="state", Key="shared/deployments.json")["Body"].read())
     text = json.dumps(stored)
     check("iris" in text and "tabular-small" in text, f"the shared state lacks a model: {text[:300]}")
@@ -317,6 +323,31 @@ def replicas(one, s3, env, work):
         errors = server.metric("cairn_deployment_state_syncs_total", result="error")
         check(errors == 0, f"{server.name}: {errors:.0f} deployment-state syncs failed")
     return two
+
+
+def lease_holders(one, two, s3):
+    """tabular-small retrains on one replica only: the holder of its lease in the store. The
+    other says who holds it, and refuses a training request naming the holder."""
+
+    def lease(server):
+        status, _, body = server.call("GET", "/v2/training/jobs")
+        return ((body or {}).get("retrain") or {}).get("tabular-small", {}).get("lease") or ""
+
+    def settled():
+        seen = [lease(one), lease(two)]
+        return sorted(s.split(" ")[0] for s in seen) == ["held", "held"] and \
+            sum(s.startswith("held here") for s in seen) == 1
+
+    check(wait_for(settled), f"the lease did not settle on one replica: one {lease(one)!r}, two {lease(two)!r}")
+    holder, other = (one, two) if lease(one).startswith("held here") else (two, one)
+    holder_name = "one" if holder is one else "two"
+    print(f"  tabular-small's retraining lease: {holder.name} ({lease(holder)}); {other.name}: {lease(other)}")
+    check(lease(other).startswith(f"held by {holder_name} "), f"{other.name} does not name the holder: {lease(other)!r}")
+    stored = json.loads(s3.get_object(Bucket="state", Key="shared/leases/tabular-small.json")["Body"].read())
+    check(stored.get("holder") == holder_name, f"the stored lease names {stored.get('holder')!r}")
+    status, _, answer = other.call("POST", "/v2/models/tabular-small/train", {"reason": "check"})
+    check(status == 409 and f"replica '{holder_name}'" in json.dumps(answer),
+          f"a training request to the replica without the lease answered {status}: {answer}")
 
 
 def conditional_puts(s3):

@@ -1,0 +1,258 @@
+//! Leases in the object store the replicas share (`deployment_state`): one replica at a time
+//! holds a name (a model's retraining), so that N replicas watching the same drift start one
+//! job, not N.
+//!
+//! A lease is `<prefix>/leases/<name>.json`: its holder (`replica_id`), a generation that grows
+//! each time the lease changes hands, and the time it expires. It is taken with a conditional
+//! create, renewed and taken over with a conditional put on the ETag read, so two replicas
+//! racing never both hold it: the loser's put fails and it reads who won. A holder renews it
+//! before half its time is gone; one that cannot (store unreachable, process stopped) loses it
+//! at expiry and another replica takes it over with the next generation. Expiry is judged on
+//! each replica's own clock: clocks must agree to well within the lease's time (30 s).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion};
+use serde::{Deserialize, Serialize};
+
+/// How long a lease lasts without renewal.
+pub const TTL: Duration = Duration::from_secs(30);
+
+/// A lease object is a few dozen bytes; anything this large is not ours.
+const MAX_LEASE_BYTES: u64 = 64 << 10;
+
+/// The lease object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub holder: String,
+    pub generation: u64,
+    /// Milliseconds since the Unix epoch.
+    pub expires_ms: u64,
+}
+
+/// Who holds a lease after a look.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Held {
+    /// This replica, until `expires_ms`.
+    Here(Record),
+    /// Another replica.
+    Elsewhere(Record),
+}
+
+/// The leases of one replica.
+pub struct Leases {
+    store: Arc<dyn ObjectStore>,
+    prefix: StorePath,
+    url: String,
+    holder: String,
+    ttl: Duration,
+}
+
+impl Leases {
+    /// Leases under `url` (the shared deployment-state prefix), held as `holder`.
+    pub fn open(url: &str, holder: &str) -> Result<Leases, String> {
+        let (store, prefix) = crate::repository::remote::open_store(url, "30s")
+            .map_err(|e| format!("'{url}': {e}"))?;
+        Ok(Self::with_store(store, prefix, url, holder, TTL))
+    }
+
+    /// Over a given store (tests: an in-memory one).
+    pub fn with_store(
+        store: Arc<dyn ObjectStore>,
+        prefix: StorePath,
+        url: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Leases {
+        Leases {
+            store,
+            prefix: prefix.child("leases"),
+            url: format!("{}/leases", url.trim_end_matches('/')),
+            holder: holder.to_string(),
+            ttl,
+        }
+    }
+
+    /// This replica's name in the leases.
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    /// Takes the lease on `name` if it is free or expired, renews it if this replica holds it,
+    /// and otherwise says who does. `now_ms`: milliseconds since the Unix epoch.
+    pub async fn acquire(&self, name: &str, now_ms: u64) -> Result<Held, String> {
+        let path = self.prefix.child(format!("{name}.json"));
+        let expires_ms = now_ms + self.ttl.as_millis() as u64;
+        let (record, expected) = match self.read(&path).await? {
+            None => (
+                Record {
+                    holder: self.holder.clone(),
+                    generation: 1,
+                    expires_ms,
+                },
+                None,
+            ),
+            Some((current, version)) => {
+                if current.holder != self.holder && current.expires_ms > now_ms {
+                    return Ok(Held::Elsewhere(current));
+                }
+                let generation = if current.holder == self.holder {
+                    current.generation
+                } else {
+                    current.generation + 1
+                };
+                (
+                    Record {
+                        holder: self.holder.clone(),
+                        generation,
+                        expires_ms,
+                    },
+                    Some(version),
+                )
+            }
+        };
+        if self.put(&path, &record, expected).await? {
+            return Ok(Held::Here(record));
+        }
+        // Another replica wrote first: whoever it is holds the lease now.
+        match self.read(&path).await? {
+            Some((winner, _)) if winner.holder == self.holder => Ok(Held::Here(winner)),
+            Some((winner, _)) => Ok(Held::Elsewhere(winner)),
+            None => Err(format!(
+                "{}/{name}.json: a conditional write failed and the lease is gone",
+                self.url
+            )),
+        }
+    }
+
+    async fn read(&self, path: &StorePath) -> Result<Option<(Record, UpdateVersion)>, String> {
+        let got = match self.store.get(path).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(format!("cannot read the lease {path}: {e}")),
+        };
+        if got.meta.size > MAX_LEASE_BYTES {
+            return Err(format!("the lease {path} is over {MAX_LEASE_BYTES} bytes"));
+        }
+        let version = UpdateVersion {
+            e_tag: got.meta.e_tag.clone(),
+            version: got.meta.version.clone(),
+        };
+        let bytes = got
+            .bytes()
+            .await
+            .map_err(|e| format!("cannot read the lease {path}: {e}"))?;
+        let record = serde_json::from_slice(&bytes)
+            .map_err(|e| format!("the lease {path} is not a lease: {e}"))?;
+        Ok(Some((record, version)))
+    }
+
+    /// Writes `record` if the store still holds `expected` (`None`: nothing); false when
+    /// another replica wrote first.
+    async fn put(
+        &self,
+        path: &StorePath,
+        record: &Record,
+        expected: Option<UpdateVersion>,
+    ) -> Result<bool, String> {
+        let options = PutOptions {
+            mode: match expected {
+                None => PutMode::Create,
+                Some(v) => PutMode::Update(v),
+            },
+            ..Default::default()
+        };
+        let body = serde_json::to_vec(record).expect("a lease serializes");
+        match self
+            .store
+            .put_opts(path, PutPayload::from(body), options)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::Precondition { .. })
+            | Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(format!("cannot write the lease {path}: {e}")),
+        }
+    }
+}
+
+/// This process's replica name when `replica_id` is unset: the host name (a pod's name in
+/// Kubernetes), else `cairn`.
+pub fn default_replica_id() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "cairn".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    fn pair() -> (Leases, Leases) {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let prefix = StorePath::from("state");
+        let ttl = Duration::from_secs(30);
+        (
+            Leases::with_store(Arc::clone(&store), prefix.clone(), "mem://state", "a", ttl),
+            Leases::with_store(store, prefix, "mem://state", "b", ttl),
+        )
+    }
+
+    #[tokio::test]
+    async fn one_holder_renews_the_other_waits_then_takes_over_at_expiry() {
+        let (a, b) = pair();
+        let t = 1_000_000;
+        let Held::Here(first) = a.acquire("iris", t).await.unwrap() else {
+            panic!("a free lease is taken")
+        };
+        assert_eq!((first.generation, first.expires_ms), (1, t + 30_000));
+        // b sees a's lease until it expires.
+        match b.acquire("iris", t + 10_000).await.unwrap() {
+            Held::Elsewhere(r) => assert_eq!(r.holder, "a"),
+            other => panic!("{other:?}"),
+        }
+        // a renews: same generation, later expiry.
+        let Held::Here(renewed) = a.acquire("iris", t + 20_000).await.unwrap() else {
+            panic!("the holder renews")
+        };
+        assert_eq!((renewed.generation, renewed.expires_ms), (1, t + 50_000));
+        assert!(matches!(
+            b.acquire("iris", t + 49_999).await.unwrap(),
+            Held::Elsewhere(_)
+        ));
+        // a stopped renewing: at expiry b takes over with the next generation.
+        let Held::Here(taken) = b.acquire("iris", t + 50_000).await.unwrap() else {
+            panic!("an expired lease is taken over")
+        };
+        assert_eq!((taken.holder.as_str(), taken.generation), ("b", 2));
+        assert!(matches!(
+            a.acquire("iris", t + 50_001).await.unwrap(),
+            Held::Elsewhere(r) if r.holder == "b"
+        ));
+        // Leases are per name.
+        assert!(matches!(a.acquire("wine", t).await.unwrap(), Held::Here(_)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_replicas_never_both_hold_a_lease() {
+        for round in 0..50u64 {
+            let (a, b) = pair();
+            let name = format!("m{round}");
+            let (na, nb) = (name.clone(), name);
+            let ta = tokio::spawn(async move { a.acquire(&na, 1_000).await });
+            let tb = tokio::spawn(async move { b.acquire(&nb, 1_000).await });
+            let (ra, rb) = (ta.await.unwrap(), tb.await.unwrap());
+            let here = [ra.unwrap(), rb.unwrap()]
+                .into_iter()
+                .filter(|h| matches!(h, Held::Here(_)))
+                .count();
+            assert_eq!(here, 1, "round {round}");
+        }
+    }
+}
