@@ -55,6 +55,7 @@ import yamllint.linter
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cairn_server import ROOT, Server  # noqa: E402
 from check_monitoring import FAILURES, check  # noqa: E402
+from checks import finish  # noqa: E402
 
 DEPLOY = os.path.join(ROOT, "deploy")
 BINARY = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else os.path.join(ROOT, "target", "debug", "cairn")
@@ -845,12 +846,7 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
     took = time.time() - t0
-    if FAILURES:
-        print(f"\n{len(FAILURES)} check(s) failed ({took:.0f} s):")
-        for f in FAILURES:
-            print(f"  - {f}")
-        sys.exit(1)
-    print(f"deploy checks passed in {took:.0f} s")
+    finish(f"deploy checks passed in {took:.0f} s", f"check(s) failed ({took:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ import urllib.parse
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from checks import FAILURES, check, finish  # noqa: E402
 from cairn_server import ROOT, Server  # noqa: E402
 
 BINARY = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else os.path.join(ROOT, "target", "release", "cairn")
@@ -64,15 +65,6 @@ RETRY_S = 60
 RANGE_S = 10
 IRIS_SHIFT = 1.5
 
-FAILURES = []
-
-
-def check(ok, message):
-    """Records a failure (and prints it at once); returns whether the check held."""
-    if not ok:
-        FAILURES.append(message)
-        print(f"FAIL: {message}", flush=True)
-    return ok
 
 
 class Timeout(Exception):
@@ -621,12 +613,7 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
     took = time.time() - t0
-    if FAILURES:
-        print(f"\n{len(FAILURES)} check(s) failed ({took:.0f} s):")
-        for f in FAILURES:
-            print(f"  - {f}")
-        sys.exit(1)
-    print(f"\ngrafana dashboard checks passed in {took:.0f} s: {len(targets)} queries, each with data")
+    finish(f"\ngrafana dashboard checks passed in {took:.0f} s: {len(targets)} queries, each with data", f"check(s) failed ({took:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ from sklearn.metrics import (
 )
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from checks import FAILURES, check, finish  # noqa: E402
 import cairn_server  # noqa: E402
 from cairn_server import ROOT  # noqa: E402
 
@@ -59,15 +60,6 @@ TABULAR_QUALITY_WINDOW = 40
 DTYPES_QUALITY_WINDOW = 30
 REL_TOL = 1e-9
 
-FAILURES = []
-
-
-def check(ok, message):
-    """Records a failure (and prints it at once); returns whether the check held."""
-    if not ok:
-        FAILURES.append(message)
-        print(f"FAIL: {message}", flush=True)
-    return ok
 
 
 def close(a, b):
@@ -839,12 +831,7 @@ def main():
     finally:
         shutil.rmtree(work, ignore_errors=True)
     took = time.time() - t0
-    if FAILURES:
-        print(f"\n{len(FAILURES)} check(s) failed ({took:.0f} s):")
-        for f in FAILURES:
-            print(f"  - {f}")
-        sys.exit(1)
-    print(f"monitoring checks passed in {took:.0f} s")
+    finish(f"monitoring checks passed in {took:.0f} s", f"check(s) failed ({took:.0f} s)")
 
 
 if __name__ == "__main__":

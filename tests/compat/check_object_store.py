@@ -39,6 +39,7 @@ import boto3
 from moto.server import ThreadedMotoServer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from checks import FAILURES, check, finish  # noqa: E402
 import cairn_server  # noqa: E402
 from cairn_server import ROOT  # noqa: E402
 
@@ -51,14 +52,6 @@ CHANGE_TIMEOUT_S = 30
 HALF_UPLOAD_POLLS = 4
 TOTAL_TIMEOUT_S = 420
 
-FAILURES = []
-
-
-def check(ok, message):
-    if not ok:
-        FAILURES.append(message)
-        print(f"FAIL: {message}", flush=True)
-    return ok
 
 
 def free_port():
@@ -407,12 +400,7 @@ def main():
                 s.dump()
         moto.stop()
         shutil.rmtree(work, ignore_errors=True)
-    if FAILURES:
-        print(f"{len(FAILURES)} failures:")
-        for f in FAILURES:
-            print(f"  - {f}")
-        sys.exit(1)
-    print("object store: all checks passed")
+    finish("object store: all checks passed", "failures")
 
 
 if __name__ == "__main__":

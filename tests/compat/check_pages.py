@@ -36,6 +36,7 @@ import urllib.request
 import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from checks import FAILURES, check, finish  # noqa: E402
 from cairn_server import ROOT, Server  # noqa: E402
 
 BINARY = os.path.abspath(sys.argv[1]) if len(sys.argv) > 1 else os.path.join(ROOT, "target", "release", "cairn")
@@ -50,14 +51,6 @@ BASELINE_BAR = (0x8F, 0xA8, 0xC8)
 WINDOW_BAR = (0xE0, 0x7B, 0x39)
 GOOD_BADGE = (0x2E, 0x7D, 0x32)
 
-FAILURES = []
-
-
-def check(ok, message):
-    if not ok:
-        FAILURES.append(message)
-        print(f"FAIL: {message}", flush=True)
-    return ok
 
 
 # --------------------------------------------------------------------------------------------
@@ -511,12 +504,7 @@ def main():
         if server is not None:
             server.stop()
         shutil.rmtree(work, ignore_errors=True)
-    if FAILURES:
-        print(f"\n{len(FAILURES)} failure(s):")
-        for f in FAILURES:
-            print(f"  - {f}")
-        sys.exit(1)
-    print("pages in chromium: every screenshot shows the page, with JavaScript on and off")
+    finish("pages in chromium: every screenshot shows the page, with JavaScript on and off", "failure(s)")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from vega_datasets import data as vega
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from check_monitoring import BINARY, FAILURES, Server, check  # noqa: E402
+from checks import finish  # noqa: E402
 
 FEATURES = ["precipitation", "temp_max", "temp_min", "wind"]
 CLASSES = {"drizzle": 0, "fog": 1, "rain": 2, "snow": 3, "sun": 4}
@@ -229,12 +230,7 @@ def main():
               f"live accuracy after the promotion ({live_after:.3f}) is not well above v1's ({v1_after:.3f})")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if FAILURES:
-        print(f"{len(FAILURES)} retraining checks failed:")
-        for f in FAILURES:
-            print(f"  - {f}")
-        sys.exit(1)
-    print("retraining checks passed")
+    finish("retraining checks passed", "retraining checks failed")
 
 
 if __name__ == "__main__":

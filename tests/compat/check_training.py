@@ -31,6 +31,7 @@ import tritonclient.http as httpclient
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from check_monitoring import BINARY, FAILURES, ROOT, Server, check  # noqa: E402
+from checks import finish  # noqa: E402
 
 TOL = 1e-5
 
@@ -194,12 +195,7 @@ def main():
               f"a wrong key is not named: {out.stderr}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if FAILURES:
-        print(f"{len(FAILURES)} training checks failed:")
-        for f in FAILURES:
-            print(f"  - {f}")
-        sys.exit(1)
-    print("training checks passed")
+    finish("training checks passed", "training checks failed")
 
 
 if __name__ == "__main__":

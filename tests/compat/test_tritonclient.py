@@ -18,28 +18,11 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cairn_server import ROOT, Server  # noqa: E402
+from triton_models import MODELS, inference_cases, reference, zoo_inputs  # noqa: E402
 
 BINARY = os.path.join(ROOT, "target", "release", "cairn")
-MODELS = {
-    "iris": os.path.join(ROOT, "models", "iris"),
-    "tabular-small": os.path.join(ROOT, "models", "tabular-small"),
-    "simple": os.path.join(ROOT, "tests", "models", "simple"),
-    "dtypes": os.path.join(ROOT, "tests", "models", "dtypes"),
-    "strings": os.path.join(ROOT, "tests", "models", "strings"),
-    # Half precision (onnxconverter-common's float16): FP16 inputs and outputs, and FP16 inside
-    # FP32 edges with the Softmax kept in FP32.
-    "fp16-cnn": os.path.join(ROOT, "tests", "models", "zoo", "fp16-cnn"),
-    "fp16-mlp-mixed": os.path.join(ROOT, "tests", "models", "zoo", "fp16-mlp-mixed"),
-}
 
 
-def reference(model_dir, version, inputs):
-    """onnxruntime's outputs for the same inputs, by output name."""
-    session = ort.InferenceSession(
-        os.path.join(model_dir, str(version), "model.onnx"), providers=["CPUExecutionProvider"]
-    )
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, inputs)))
 
 
 class TritonClientCompat(unittest.TestCase):
@@ -106,32 +89,7 @@ class TritonClientCompat(unittest.TestCase):
         self.assertEqual(config["input"][0]["data_type"], "TYPE_FP32")
 
     def test_json_and_binary_inference_equal_onnxruntime(self):
-        rng = np.random.default_rng(0)
-        cases = [
-            ("iris", 1, {"input": rng.normal(5, 1.5, (5, 4)).astype(np.float32)}),
-            ("iris", 2, {"input": rng.normal(5, 1.5, (3, 4)).astype(np.float32)}),
-            ("tabular-small", 1, {"input": rng.normal(0, 1, (7, 32)).astype(np.float32)}),
-            (
-                "simple",
-                1,
-                {
-                    "INPUT0": rng.integers(-1000, 1000, (2, 16)).astype(np.int32),
-                    "INPUT1": rng.integers(-1000, 1000, (2, 16)).astype(np.int32),
-                },
-            ),
-            (
-                "dtypes",
-                1,
-                {
-                    "f64": rng.normal(0, 1e3, (3, 3)).astype(np.float64),
-                    "i64": rng.integers(-(2**40), 2**40, (3, 2)).astype(np.int64),
-                    "flag": rng.integers(0, 2, (3, 2)).astype(bool),
-                    "f32": rng.normal(0, 1, (3, 4)).astype(np.float32),
-                    "i32": rng.integers(-1000, 1000, (3, 1)).astype(np.int32),
-                },
-            ),
-            ("strings", 1, {"text": np.array([["héllo"], [""], ["a b"]], dtype=object)}),
-        ]
+        cases = inference_cases()
         for model, version, inputs in cases:
             for binary in (False, True):
                 with self.subTest(model=model, version=version, binary=binary):
@@ -139,17 +97,8 @@ class TritonClientCompat(unittest.TestCase):
 
     def test_half_precision_in_json_and_binary(self):
         # The zoo's recorded rows: their labels are clear of FP16 rounding between engines.
-        import json
-
-        with open(os.path.join(ROOT, "tests", "models", "zoo", "expected.json")) as f:
-            expected = json.load(f)
         for model in ("fp16-cnn", "fp16-mlp-mixed"):
-            case = expected[f"tests/models/zoo/{model}/1/model.onnx"][1]
-            inputs = {
-                name: np.array(t["data"], dtype=np.float16 if t["datatype"] == "FP16" else np.float32)
-                .reshape(t["shape"])
-                for name, t in case["inputs"].items()
-            }
+            inputs = zoo_inputs(model)
             for binary in (False, True):
                 with self.subTest(model=model, binary=binary):
                     self.infer_and_compare(model, 1, inputs, binary, atol=1e-2)

@@ -23,26 +23,12 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cairn_server import ROOT, Server  # noqa: E402
+from triton_models import MODELS, inference_cases, reference, zoo_inputs  # noqa: E402
 
 BINARY = os.path.join(ROOT, "target", "release", "cairn")
-MODELS = {
-    "iris": os.path.join(ROOT, "models", "iris"),
-    "tabular-small": os.path.join(ROOT, "models", "tabular-small"),
-    "simple": os.path.join(ROOT, "tests", "models", "simple"),
-    "dtypes": os.path.join(ROOT, "tests", "models", "dtypes"),
-    "strings": os.path.join(ROOT, "tests", "models", "strings"),
-    # Half precision (onnxconverter-common's float16): FP16 in raw contents both ways.
-    "fp16-cnn": os.path.join(ROOT, "tests", "models", "zoo", "fp16-cnn"),
-}
 TOKEN = "grpc-compat-token"
 
 
-def reference(model_dir, version, inputs):
-    session = ort.InferenceSession(
-        os.path.join(model_dir, str(version), "model.onnx"), providers=["CPUExecutionProvider"]
-    )
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, inputs)))
 
 
 def inputs_for(metadata, arrays):
@@ -119,32 +105,7 @@ class TritonGrpcCompat(unittest.TestCase):
         self.assertEqual(ctx.exception.status(), "StatusCode.NOT_FOUND")
 
     def test_raw_inference_equals_onnxruntime(self):
-        rng = np.random.default_rng(0)
-        cases = [
-            ("iris", 1, {"input": rng.normal(5, 1.5, (5, 4)).astype(np.float32)}),
-            ("iris", 2, {"input": rng.normal(5, 1.5, (3, 4)).astype(np.float32)}),
-            ("tabular-small", 1, {"input": rng.normal(0, 1, (7, 32)).astype(np.float32)}),
-            (
-                "simple",
-                1,
-                {
-                    "INPUT0": rng.integers(-1000, 1000, (2, 16)).astype(np.int32),
-                    "INPUT1": rng.integers(-1000, 1000, (2, 16)).astype(np.int32),
-                },
-            ),
-            (
-                "dtypes",
-                1,
-                {
-                    "f64": rng.normal(0, 1e3, (3, 3)).astype(np.float64),
-                    "i64": rng.integers(-(2**40), 2**40, (3, 2)).astype(np.int64),
-                    "flag": rng.integers(0, 2, (3, 2)).astype(bool),
-                    "f32": rng.normal(0, 1, (3, 4)).astype(np.float32),
-                    "i32": rng.integers(-1000, 1000, (3, 1)).astype(np.int32),
-                },
-            ),
-            ("strings", 1, {"text": np.array([["héllo"], [""], ["a b"]], dtype=object)}),
-        ]
+        cases = inference_cases()
         for model, version, arrays in cases:
             with self.subTest(model=model, version=version):
                 metadata = self.client.get_model_metadata(model, model_version=str(version))
@@ -162,12 +123,7 @@ class TritonGrpcCompat(unittest.TestCase):
                 self.check_result(model, version, arrays, result)
 
     def test_half_precision_in_raw_contents(self):
-        import json
-
-        with open(os.path.join(ROOT, "tests", "models", "zoo", "expected.json")) as f:
-            case = json.load(f)["tests/models/zoo/fp16-cnn/1/model.onnx"][1]
-        arrays = {"image": np.array(case["inputs"]["image"]["data"], dtype=np.float16)
-                  .reshape(case["inputs"]["image"]["shape"])}
+        arrays = zoo_inputs("fp16-cnn")
         metadata = self.client.get_model_metadata("fp16-cnn")
         self.assertEqual(metadata.inputs[0].datatype, "FP16")
         outputs = [grpcclient.InferRequestedOutput(o.name) for o in metadata.outputs]
