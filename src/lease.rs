@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion};
+use object_store::{ObjectStore, UpdateVersion};
 use serde::{Deserialize, Serialize};
 
 /// How long a lease lasts without renewal.
@@ -53,8 +53,8 @@ pub struct Leases {
 impl Leases {
     /// Leases under `url` (the shared deployment-state prefix), held as `holder`.
     pub fn open(url: &str, holder: &str) -> Result<Leases, String> {
-        let (store, prefix) = crate::repository::remote::open_store(url, "30s")
-            .map_err(|e| format!("'{url}': {e}"))?;
+        let (store, prefix) =
+            crate::store::open(url, "30s").map_err(|e| format!("'{url}': {e}"))?;
         Ok(Self::with_store(store, prefix, url, holder, TTL))
     }
 
@@ -128,22 +128,11 @@ impl Leases {
     }
 
     async fn read(&self, path: &StorePath) -> Result<Option<(Record, UpdateVersion)>, String> {
-        let got = match self.store.get(path).await {
-            Ok(got) => got,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(format!("cannot read the lease {path}: {e}")),
+        let Some((bytes, version)) =
+            crate::store::read_versioned(self.store.as_ref(), path, MAX_LEASE_BYTES).await?
+        else {
+            return Ok(None);
         };
-        if got.meta.size > MAX_LEASE_BYTES {
-            return Err(format!("the lease {path} is over {MAX_LEASE_BYTES} bytes"));
-        }
-        let version = UpdateVersion {
-            e_tag: got.meta.e_tag.clone(),
-            version: got.meta.version.clone(),
-        };
-        let bytes = got
-            .bytes()
-            .await
-            .map_err(|e| format!("cannot read the lease {path}: {e}"))?;
         let record = serde_json::from_slice(&bytes)
             .map_err(|e| format!("the lease {path} is not a lease: {e}"))?;
         Ok(Some((record, version)))
@@ -157,24 +146,10 @@ impl Leases {
         record: &Record,
         expected: Option<UpdateVersion>,
     ) -> Result<bool, String> {
-        let options = PutOptions {
-            mode: match expected {
-                None => PutMode::Create,
-                Some(v) => PutMode::Update(v),
-            },
-            ..Default::default()
-        };
         let body = serde_json::to_vec(record).expect("a lease serializes");
-        match self
-            .store
-            .put_opts(path, PutPayload::from(body), options)
+        crate::store::write_if(self.store.as_ref(), path, body, expected)
             .await
-        {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::Precondition { .. })
-            | Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
-            Err(e) => Err(format!("cannot write the lease {path}: {e}")),
-        }
+            .map(|written| written.is_some())
     }
 }
 

@@ -24,6 +24,7 @@ pub mod routing;
 #[cfg(feature = "cuda")]
 pub mod server;
 pub mod service;
+pub mod store;
 pub mod throttle;
 pub mod tls;
 pub mod training;

@@ -629,7 +629,7 @@ impl RepositoryPaths {
         // An object-store URL: the repository served is its mirror under the state directory.
         let remote_repository = named
             .to_str()
-            .filter(|r| crate::repository::remote::is_url(r))
+            .filter(|r| crate::store::is_url(r))
             .map(|r| r.to_string());
         let state_dir = s
             .state_dir
@@ -955,7 +955,7 @@ impl Check<'_> {
     /// conditionally.
     fn deployment_state(&self, url: Option<String>) -> Result<Option<String>, ConfigError> {
         match url {
-            Some(url) if !crate::repository::remote::is_url(&url) => Err(self.invalid(
+            Some(url) if !crate::store::is_url(&url) => Err(self.invalid(
                 "deployment_state",
                 format!("'{url}' is not an object-store URL (s3://bucket/prefix, ...)"),
             )),

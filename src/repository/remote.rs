@@ -92,19 +92,15 @@ impl SyncReport {
     }
 }
 
-/// Whether a repository setting names an object store rather than a directory.
-pub fn is_url(repository: &str) -> bool {
-    repository.contains("://")
-}
-
 impl RemoteRepository {
     /// Builds the client from the URL and the environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`, as
     /// each store's own tools read them); nothing is contacted yet.
     pub fn open(url: &str, mirror: PathBuf) -> Result<RemoteRepository, RemoteError> {
-        let (store, prefix) = open_store(url, "300s").map_err(|reason| RemoteError::Url {
-            url: url.into(),
-            reason,
-        })?;
+        let (store, prefix) =
+            crate::store::open(url, "300s").map_err(|reason| RemoteError::Url {
+                url: url.into(),
+                reason,
+            })?;
         Ok(RemoteRepository {
             url: url.trim_end_matches('/').to_string(),
             store,
@@ -186,7 +182,7 @@ impl RemoteRepository {
         };
         RemoteError::Store {
             url: self.url.clone(),
-            reason: format!("{cause}{}{hint}", one_line(&reason)),
+            reason: format!("{cause}{}{hint}", crate::store::one_line(&reason)),
         }
     }
 
@@ -494,51 +490,6 @@ impl RemoteRepository {
     }
 }
 
-/// A store client for `url` and the path it names, configured from the environment (`AWS_*`,
-/// `GOOGLE_*`, `AZURE_*`, as each store's own tools read them) over our own connect and request
-/// timeouts. Nothing is contacted yet. The repository mirror and the shared deployment state
-/// both open their store here.
-pub fn open_store(url: &str, timeout: &str) -> Result<(Arc<dyn ObjectStore>, StorePath), String> {
-    crate::tls::install_crypto_provider();
-    let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
-    let mut options: Vec<(String, String)> = vec![
-        ("connect_timeout".into(), "10s".into()),
-        ("timeout".into(), timeout.into()),
-    ];
-    options.extend(std::env::vars().map(|(k, v)| (k.to_ascii_lowercase(), v)));
-    let (store, prefix) =
-        object_store::parse_url_opts(&parsed, options).map_err(|e| e.to_string())?;
-    Ok((Arc::from(store), prefix))
-}
-
-/// A store's error on one line: an S3-style XML error body (`<Error><Code>NoSuchBucket</Code>
-/// <Message>...`) is reduced to its code and message, so that the start's refusal reads as one
-/// sentence in a log line instead of a pasted document.
-fn one_line(reason: &str) -> String {
-    let tag = |name: &str| {
-        let open = format!("<{name}>");
-        let start = reason.find(&open)? + open.len();
-        let end = start + reason[start..].find(&format!("</{name}>"))?;
-        let text = reason[start..end].trim();
-        let text = text
-            .strip_prefix("<![CDATA[")
-            .and_then(|t| t.strip_suffix("]]>"))
-            .unwrap_or(text);
-        Some(text.to_string())
-    };
-    let text = match (
-        reason.find("<?xml").or_else(|| reason.find("<Error>")),
-        tag("Code"),
-    ) {
-        (Some(at), Some(code)) => {
-            let message = tag("Message").map(|m| format!(": {m}")).unwrap_or_default();
-            format!("{}{code}{message}", &reason[..at])
-        }
-        _ => reason.to_string(),
-    };
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
 /// `location` below `prefix`, as `a/b/c`.
 fn relative(prefix: &StorePath, location: &StorePath) -> Option<String> {
     let parts: Vec<String> = location
@@ -645,20 +596,5 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("nope://x/y"), "{e}");
-    }
-
-    #[test]
-    fn a_store_error_body_reads_as_one_line() {
-        let raw = "Error performing GET http://h/b?list-type=2 in 119ms - Server returned non-2xx \
-                   status code: 404 Not Found: <?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error>\n    \
-                   <Code>NoSuchBucket</Code>\n    <Message><![CDATA[The specified bucket does not \
-                   exist]]></Message>\n    <BucketName>b</BucketName>\n</Error>";
-        assert_eq!(
-            one_line(raw),
-            "Error performing GET http://h/b?list-type=2 in 119ms - Server returned non-2xx \
-             status code: 404 Not Found: NoSuchBucket: The specified bucket does not exist"
-        );
-        assert_eq!(one_line("no answer\n  at all"), "no answer at all");
-        assert_eq!(one_line("<Error>unclosed"), "<Error>unclosed");
     }
 }

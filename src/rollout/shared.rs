@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, PutMode, PutOptions, PutPayload, UpdateVersion};
+use object_store::{ObjectStore, UpdateVersion};
 
 use super::state::StateFile;
 
@@ -39,8 +39,8 @@ pub enum Put {
 impl SharedState {
     /// `url` names a prefix (`s3://bucket/state`); the state is its `deployments.json`.
     pub fn open(url: &str) -> Result<SharedState, String> {
-        let (store, prefix) = crate::repository::remote::open_store(url, "60s")
-            .map_err(|e| format!("'{url}': {e}"))?;
+        let (store, prefix) =
+            crate::store::open(url, "60s").map_err(|e| format!("'{url}': {e}"))?;
         Ok(SharedState {
             url: format!("{}/deployments.json", url.trim_end_matches('/')),
             store,
@@ -54,22 +54,13 @@ impl SharedState {
 
     /// The state in the store; `None` when there is none yet.
     pub async fn read(&self) -> Result<Option<Remote>, String> {
-        let got = match self.store.get(&self.path).await {
-            Ok(got) => got,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(format!("cannot read {}: {e}", self.url)),
+        let Some((bytes, version)) =
+            crate::store::read_versioned(self.store.as_ref(), &self.path, MAX_STATE_BYTES)
+                .await
+                .map_err(|e| format!("{}: {e}", self.url))?
+        else {
+            return Ok(None);
         };
-        if got.meta.size > MAX_STATE_BYTES {
-            return Err(format!("{} is over {MAX_STATE_BYTES} bytes", self.url));
-        }
-        let version = UpdateVersion {
-            e_tag: got.meta.e_tag.clone(),
-            version: got.meta.version.clone(),
-        };
-        let bytes = got
-            .bytes()
-            .await
-            .map_err(|e| format!("cannot read {}: {e}", self.url))?;
         let state: StateFile = serde_json::from_slice(&bytes)
             .map_err(|e| format!("{}: not a deployment state: {e}", self.url))?;
         Ok(Some(Remote { state, version }))
@@ -82,26 +73,10 @@ impl SharedState {
         expected: Option<UpdateVersion>,
     ) -> Result<Put, String> {
         let body = serde_json::to_vec_pretty(state).expect("the state serializes");
-        let mode = match expected {
-            None => PutMode::Create,
-            Some(v) => PutMode::Update(v),
-        };
-        let options = PutOptions {
-            mode,
-            ..Default::default()
-        };
-        match self
-            .store
-            .put_opts(&self.path, PutPayload::from(body), options)
-            .await
-        {
-            Ok(result) => Ok(Put::Written(UpdateVersion {
-                e_tag: result.e_tag,
-                version: result.version,
-            })),
-            Err(object_store::Error::Precondition { .. })
-            | Err(object_store::Error::AlreadyExists { .. }) => Ok(Put::Lost),
-            Err(e) => Err(format!("cannot write {}: {e}", self.url)),
+        match crate::store::write_if(self.store.as_ref(), &self.path, body, expected).await {
+            Ok(Some(version)) => Ok(Put::Written(version)),
+            Ok(None) => Ok(Put::Lost),
+            Err(e) => Err(format!("{}: {e}", self.url)),
         }
     }
 }

@@ -78,6 +78,38 @@ fn modules_import_only_across_their_boundaries() {
             }
         }
     }
+    // Object stores are opened in `store` and used by the three parts that keep state there.
+    let store_users = [
+        "src/store.rs",
+        "src/repository/remote.rs",
+        "src/rollout/shared.rs",
+        "src/lease.rs",
+    ];
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    for file in &files {
+        let rel = file.strip_prefix(common::root()).unwrap();
+        let text = std::fs::read_to_string(file).unwrap();
+        let names = text.lines().any(|l| {
+            l.split("//")
+                .next()
+                .unwrap_or("")
+                .contains("object_store::")
+        });
+        if names && !store_users.iter().any(|u| rel == Path::new(u)) {
+            broken.push(format!(
+                "{}: names `object_store::`: store access goes through `crate::store`",
+                rel.display()
+            ));
+        }
+        let opens = text.contains("parse_url");
+        if opens && rel != Path::new("src/store.rs") {
+            broken.push(format!(
+                "{}: opens a store outside `crate::store`",
+                rel.display()
+            ));
+        }
+    }
     // The command line's own code is called by `main` only.
     let mut files = Vec::new();
     rust_files(&src, &mut files);
