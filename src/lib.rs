@@ -14,7 +14,7 @@ pub mod listener;
 pub mod memory;
 pub mod metrics;
 pub mod model;
-pub mod monitor;
+pub mod monitoring;
 pub mod offload;
 pub mod periodic;
 pub mod protocol;

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use crate::config::ServerConfig;
 use crate::http;
 use crate::metrics::Metrics;
-use crate::monitor::MonitorHub;
+use crate::monitoring::MonitorHub;
 use crate::offload::Offload;
 use crate::repository::remote::RemoteRepository;
 use crate::repository::Repository;

@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use super::{json_response, AppState};
-use crate::monitor::{ModelMonitor, Outcome};
+use crate::monitoring::{ModelMonitor, Outcome};
 use crate::offload::INLINE_LIMIT;
 use crate::protocol;
 use crate::service::ApiError;
@@ -29,7 +29,7 @@ pub async fn feedback(state: &AppState, model: &str, req: Request<Incoming>) -> 
         bytes: body,
         reservation: _held,
     } = state.read_body(&parts, incoming).await?;
-    let now = crate::monitor::now_us();
+    let now = crate::monitoring::now_us();
     let items = if body.len() > INLINE_LIMIT {
         state
             .offload
@@ -154,7 +154,7 @@ struct DriftView {
 struct VersionDrift {
     baseline: Option<String>,
     quality: Option<Value>,
-    reports: Vec<crate::monitor::PublishedReport>,
+    reports: Vec<crate::monitoring::PublishedReport>,
 }
 
 /// `GET /v2/models/{m}[/versions/{v}]/quality`: live quality from feedback, per version: the
@@ -221,7 +221,7 @@ fn limit(query: Option<&str>) -> Result<usize, ApiError> {
             let n: usize = v
                 .parse()
                 .map_err(|_| ApiError::BadRequest(format!("limit must be a number, got '{v}'")))?;
-            return Ok(n.clamp(1, crate::monitor::REPORTS_KEPT));
+            return Ok(n.clamp(1, crate::monitoring::REPORTS_KEPT));
         }
     }
     Ok(1)

@@ -19,7 +19,7 @@ use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde_json::Value;
 
 use super::AppState;
-use crate::monitor::{ModelMonitor, PublishedReport};
+use crate::monitoring::{ModelMonitor, PublishedReport};
 use crate::rollout::DeploymentView;
 use crate::routing::RouteError;
 use crate::service::ApiError;

@@ -109,7 +109,7 @@ pub struct LoadedVersion {
     pub metrics: VersionMetrics,
     pub path: PathBuf,
     /// The version's prediction log and drift watch, when its `[monitoring]` is on.
-    pub monitor: Option<Arc<crate::monitor::VersionMonitor>>,
+    pub monitor: Option<Arc<crate::monitoring::VersionMonitor>>,
 }
 
 impl LoadedVersion {

@@ -20,7 +20,7 @@ use std::time::Instant;
 use crate::config::{LoadLimits, ModelConfig};
 use crate::metrics::Metrics;
 use crate::model::{LoadError, LoadedVersion};
-use crate::monitor::MonitorHub;
+use crate::monitoring::MonitorHub;
 use crate::routing::{ModelRoute, Router};
 
 pub use scan::{DirSignature, Fingerprint};

@@ -32,7 +32,7 @@ use cairn_monitor::log::{Arm as LogArm, RequestRecord};
 
 use crate::model::LoadedVersion;
 pub use crate::model::{InvalidRequest, OutputPick};
-use crate::monitor::{RecordBuffers, VersionMonitor};
+use crate::monitoring::{RecordBuffers, VersionMonitor};
 use crate::offload::Offload;
 use crate::request::InferRequest;
 use crate::tensor::Tensor;
@@ -289,7 +289,7 @@ impl Router {
                 monitor: Arc::clone(m),
                 // Nothing past routing reads the id; the record takes a copy in its own buffer.
                 id: request.id.take().unwrap_or_default(),
-                time_us: crate::monitor::now_us(),
+                time_us: crate::monitoring::now_us(),
             });
         let (outcome, inputs) = run(
             &plan.target,

@@ -64,7 +64,7 @@ pub(super) fn start(
             .candidate
             .record(shadow_outputs.is_ok(), started.elapsed());
         if let Some((monitor, time_us, buffers, rows)) = log {
-            let crate::monitor::RecordBuffers { mut values, id } = buffers;
+            let crate::monitoring::RecordBuffers { mut values, id } = buffers;
             let status = match &shadow_outputs {
                 Ok(outputs) => {
                     monitor.layout.fill_outputs(&mut values, rows, |i| {

@@ -19,7 +19,7 @@ pub use views::{loaded_versions, stats_versions, EXTENSIONS};
 
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
-use crate::monitor::MonitorHub;
+use crate::monitoring::MonitorHub;
 use crate::offload::Offload;
 use crate::repository::Repository;
 use crate::rollout::Rollout;

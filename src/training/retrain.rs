@@ -19,7 +19,7 @@ use super::jobs::{JobError, Jobs, Narrow, Trigger};
 use crate::config::RetrainConfig;
 use crate::lease::{Held, Leases};
 use crate::metrics::Metrics;
-use crate::monitor::MonitorHub;
+use crate::monitoring::MonitorHub;
 use crate::routing::Router;
 
 /// How often the policy looks for new windows.

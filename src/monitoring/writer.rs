@@ -891,7 +891,7 @@ mod tests {
     use super::*;
     use crate::config::MonitorSettings;
     use crate::metrics::Metrics;
-    use crate::monitor::MonitorHub;
+    use crate::monitoring::MonitorHub;
     use cairn_monitor::log::Arm;
     use tokio::sync::oneshot;
 
