@@ -152,6 +152,9 @@ struct DeploymentFamilies {
     candidate_weight: GaugeVec,
     shadow_agreement: GaugeVec,
     accuracy_difference: GaugeVec,
+    /// The models with an accuracy-interval series, so that clearing one costs nothing for
+    /// the others (the evaluator clears every 100 ms).
+    accuracy_models: parking_lot::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Monitoring: the prediction log, drift, feedback and live quality.
@@ -487,6 +490,7 @@ impl DeploymentFamilies {
                  accuracy_test = \"sequential\"; absent otherwise.",
                 &["model", "bound"],
             ),
+            accuracy_models: Default::default(),
         }
     }
 }
@@ -775,7 +779,18 @@ impl Metrics {
 
     /// The sequential accuracy test's interval of a model's canary, or none (series removed).
     pub fn set_accuracy_difference(&self, model: &str, interval: Option<(f64, f64, f64)>) {
-        let g = &self.inner.deployment.accuracy_difference;
+        let d = &self.inner.deployment;
+        {
+            let mut exported = d.accuracy_models.lock();
+            match interval {
+                Some(_) if !exported.contains(model) => {
+                    exported.insert(model.to_string());
+                }
+                None if !exported.remove(model) => return,
+                _ => {}
+            }
+        }
+        let g = &d.accuracy_difference;
         for (i, bound) in ["estimate", "low", "high"].into_iter().enumerate() {
             match interval {
                 Some(iv) => g
@@ -1476,5 +1491,26 @@ mod tests {
         drop(gpu);
         let text = String::from_utf8(metrics.render()).unwrap();
         assert!(!text.contains("cairn_gpu_"), "{text}");
+    }
+
+    #[test]
+    fn the_accuracy_interval_is_exported_while_a_trial_has_one() {
+        let metrics = Metrics::new();
+        metrics.set_accuracy_difference("m", Some((0.02, -0.01, 0.05)));
+        let text = String::from_utf8(metrics.render()).unwrap();
+        for needle in [
+            "cairn_deployment_accuracy_difference{bound=\"estimate\",model=\"m\"} 0.02",
+            "cairn_deployment_accuracy_difference{bound=\"low\",model=\"m\"} -0.01",
+            "cairn_deployment_accuracy_difference{bound=\"high\",model=\"m\"} 0.05",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        metrics.set_accuracy_difference("m", None);
+        metrics.set_accuracy_difference("other", None);
+        let text = String::from_utf8(metrics.render()).unwrap();
+        assert!(
+            !text.contains("cairn_deployment_accuracy_difference{"),
+            "{text}"
+        );
     }
 }
