@@ -307,8 +307,106 @@ fn classifier_facts(labels: &Labels, width: usize, input: &TypedFact) -> TVec<Ty
     )
 }
 
+/// A classifier of rows of features, as the linear and SVM classifiers are: one kernel serves
+/// both, each naming only what its column-count error says it was fitted on.
+trait RowClassifier: fmt::Debug + Send + Sync + 'static {
+    const OP: &'static str;
+    /// How a column-count error names the model's side: "the coefficients are for".
+    const FITTED: &'static str;
+    fn labels(&self) -> &Labels;
+    fn width(&self) -> usize;
+    fn features(&self) -> usize;
+    fn run(&self, x: &[f32], scores: &mut [f32], picks: &mut [usize]);
+}
+
+impl RowClassifier for LinearClassifier {
+    const OP: &'static str = "LinearClassifier";
+    const FITTED: &'static str = "the coefficients are for";
+    fn labels(&self) -> &Labels {
+        &self.labels
+    }
+    fn width(&self) -> usize {
+        LinearClassifier::width(self)
+    }
+    fn features(&self) -> usize {
+        LinearClassifier::features(self)
+    }
+    fn run(&self, x: &[f32], scores: &mut [f32], picks: &mut [usize]) {
+        LinearClassifier::run(self, x, scores, picks)
+    }
+}
+
+impl RowClassifier for SvmClassifier {
+    const OP: &'static str = "SVMClassifier";
+    const FITTED: &'static str = "the support vectors have";
+    fn labels(&self) -> &Labels {
+        &self.labels
+    }
+    fn width(&self) -> usize {
+        SvmClassifier::width(self)
+    }
+    fn features(&self) -> usize {
+        SvmClassifier::features(self)
+    }
+    fn run(&self, x: &[f32], scores: &mut [f32], picks: &mut [usize]) {
+        SvmClassifier::run(self, x, scores, picks)
+    }
+}
+
 #[derive(Debug)]
-struct LinearClassifierKernel(LinearClassifier);
+struct ClassifierKernel<C>(C);
+
+impl<C: RowClassifier> Kernel for ClassifierKernel<C> {
+    fn name(&self) -> &'static str {
+        C::OP
+    }
+
+    fn nboutputs(&self) -> usize {
+        2
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        classifier_rules(
+            s,
+            self.name(),
+            self.0.labels(),
+            self.0.width(),
+            inputs,
+            outputs,
+        )
+    }
+
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        check_width(self.name(), inputs[0], self.0.features())?;
+        Ok(classifier_facts(self.0.labels(), self.0.width(), inputs[0]))
+    }
+
+    fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let x = &inputs[0];
+        let (rows, cols) = rows_cols(self.name(), x)?;
+        if cols != self.0.features() {
+            bail!(
+                "{}: the input has {cols} columns, {} {}",
+                self.name(),
+                C::FITTED,
+                self.0.features()
+            )
+        }
+        let x = floats(self.name(), x)?;
+        let mut scores = vec![0f32; rows * self.0.width()];
+        let mut picks = vec![0usize; rows];
+        self.0.run(&x, &mut scores, &mut picks);
+        Ok(tvec!(
+            labels_tensor(self.0.labels(), &picks, &[rows])?,
+            tensor(&[rows, self.0.width()], scores)?
+        ))
+    }
+}
 
 pub fn linear_classifier(ctx: &ParsingContext, node: &NodeProto) -> Built {
     let r = Reader {
@@ -334,58 +432,7 @@ pub fn linear_classifier(ctx: &ParsingContext, node: &NodeProto) -> Built {
         post_transform(&r)?,
     )
     .map_err(|e| build_refusal(r.op, e))?;
-    built(LinearClassifierKernel(c))
-}
-
-impl Kernel for LinearClassifierKernel {
-    fn name(&self) -> &'static str {
-        "LinearClassifier"
-    }
-
-    fn nboutputs(&self) -> usize {
-        2
-    }
-
-    fn rules<'r, 'p: 'r, 's: 'r>(
-        &'s self,
-        s: &mut Solver<'r>,
-        inputs: &'p [TensorProxy],
-        outputs: &'p [TensorProxy],
-    ) -> InferenceResult {
-        classifier_rules(
-            s,
-            self.name(),
-            &self.0.labels,
-            self.0.width(),
-            inputs,
-            outputs,
-        )
-    }
-
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        check_width(self.name(), inputs[0], self.0.features())?;
-        Ok(classifier_facts(&self.0.labels, self.0.width(), inputs[0]))
-    }
-
-    fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let x = &inputs[0];
-        let (rows, cols) = rows_cols(self.name(), x)?;
-        if cols != self.0.features() {
-            bail!(
-                "{}: the input has {cols} columns, the coefficients are for {}",
-                self.name(),
-                self.0.features()
-            )
-        }
-        let x = floats(self.name(), x)?;
-        let mut scores = vec![0f32; rows * self.0.width()];
-        let mut picks = vec![0usize; rows];
-        self.0.run(&x, &mut scores, &mut picks);
-        Ok(tvec!(
-            labels_tensor(&self.0.labels, &picks, &[rows])?,
-            tensor(&[rows, self.0.width()], scores)?
-        ))
-    }
+    built(ClassifierKernel(c))
 }
 
 #[derive(Debug)]
@@ -484,9 +531,6 @@ fn svm_kernel(r: &Reader) -> TractResult<SvmKernel> {
     SvmKernel::new(kind, params).map_err(|e| build_refusal(r.op, e))
 }
 
-#[derive(Debug)]
-struct SvmClassifierKernel(SvmClassifier);
-
 pub fn svm_classifier(ctx: &ParsingContext, node: &NodeProto) -> Built {
     let r = Reader {
         op: "SVMClassifier",
@@ -520,58 +564,7 @@ pub fn svm_classifier(ctx: &ParsingContext, node: &NodeProto) -> Built {
         post: post_transform(&r)?,
     })
     .map_err(|e| build_refusal(r.op, e))?;
-    built(SvmClassifierKernel(c))
-}
-
-impl Kernel for SvmClassifierKernel {
-    fn name(&self) -> &'static str {
-        "SVMClassifier"
-    }
-
-    fn nboutputs(&self) -> usize {
-        2
-    }
-
-    fn rules<'r, 'p: 'r, 's: 'r>(
-        &'s self,
-        s: &mut Solver<'r>,
-        inputs: &'p [TensorProxy],
-        outputs: &'p [TensorProxy],
-    ) -> InferenceResult {
-        classifier_rules(
-            s,
-            self.name(),
-            &self.0.labels,
-            self.0.width(),
-            inputs,
-            outputs,
-        )
-    }
-
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        check_width(self.name(), inputs[0], self.0.features())?;
-        Ok(classifier_facts(&self.0.labels, self.0.width(), inputs[0]))
-    }
-
-    fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let x = &inputs[0];
-        let (rows, cols) = rows_cols(self.name(), x)?;
-        if cols != self.0.features() {
-            bail!(
-                "{}: the input has {cols} columns, the support vectors have {}",
-                self.name(),
-                self.0.features()
-            )
-        }
-        let x = floats(self.name(), x)?;
-        let mut scores = vec![0f32; rows * self.0.width()];
-        let mut picks = vec![0usize; rows];
-        self.0.run(&x, &mut scores, &mut picks);
-        Ok(tvec!(
-            labels_tensor(&self.0.labels, &picks, &[rows])?,
-            tensor(&[rows, self.0.width()], scores)?
-        ))
-    }
+    built(ClassifierKernel(c))
 }
 
 #[derive(Debug)]
