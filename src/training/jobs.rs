@@ -34,6 +34,16 @@ pub struct Narrow {
     pub from: Option<String>,
 }
 
+/// The later of a training config's own `data.log.from` and the retraining policy's: the
+/// policy narrows a config, never widens it.
+fn later_start(own: Option<&str>, policy: &str) -> String {
+    use cairn_train::data::parse_time;
+    match own.and_then(parse_time).zip(parse_time(policy)) {
+        Some((own_t, policy_t)) if own_t > policy_t => own.unwrap_or(policy).to_string(),
+        _ => policy.to_string(),
+    }
+}
+
 /// Finished jobs kept for `GET /v2/training/jobs`.
 const KEPT: usize = 100;
 
@@ -313,17 +323,8 @@ impl Jobs {
             if let Some(n) = narrow.last_rows {
                 log.last_rows = Some(log.last_rows.map_or(n as usize, |m| m.min(n as usize)));
             }
-            // The later of the config's own start and the policy's.
             if let Some(from) = &narrow.from {
-                let later = log
-                    .from
-                    .as_deref()
-                    .and_then(cairn_train::data::parse_time)
-                    .zip(cairn_train::data::parse_time(from))
-                    .is_some_and(|(own, policy)| own > policy);
-                if !later {
-                    log.from = Some(from.clone());
-                }
+                log.from = Some(later_start(log.from.as_deref(), from));
             }
         }
         Ok((config, config_path))
@@ -551,5 +552,22 @@ impl cairn_train::Progress for Reporter<'_> {
 
     fn cancelled(&self) -> bool {
         self.job.cancel.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_policy_narrows_the_configs_start_and_never_widens_it() {
+        let policy = "2026-12-07T08:00:00Z";
+        assert_eq!(super::later_start(None, policy), policy);
+        assert_eq!(
+            super::later_start(Some("2026-12-01T00:00:00Z"), policy),
+            policy
+        );
+        assert_eq!(
+            super::later_start(Some("2026-12-08T00:00:00Z"), policy),
+            "2026-12-08T00:00:00Z"
+        );
     }
 }
