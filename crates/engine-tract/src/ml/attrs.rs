@@ -10,7 +10,7 @@ use tract_onnx::pb::attribute_proto::AttributeType;
 use tract_onnx::pb::{AttributeProto, NodeProto};
 use tract_onnx::tract_hir::internal::*;
 
-use super::common::BuildError;
+use super::common::{BuildError, Labels, PostTransform};
 
 /// What a refusal tells the user to do instead.
 pub const ORT_HINT: &str =
@@ -42,7 +42,19 @@ pub struct Reader<'a> {
     pub ctx: &'a ParsingContext<'a>,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
+    /// A reader for `op` that has refused, first, every attribute outside `known`.
+    pub fn checked(
+        op: &'static str,
+        ctx: &'a ParsingContext<'a>,
+        node: &'a NodeProto,
+        known: &[&[&str]],
+    ) -> TractResult<Reader<'a>> {
+        let r = Reader { op, node, ctx };
+        r.check_known(known)?;
+        Ok(r)
+    }
+
     pub fn invalid(&self, attribute: &str, reason: impl fmt::Display) -> TractError {
         refusal(self.op, attribute, reason, false)
     }
@@ -130,5 +142,48 @@ impl Reader<'_> {
     /// A required attribute: absent is a malformed model.
     pub fn required<T>(&self, name: &str, value: Option<T>) -> TractResult<T> {
         value.ok_or_else(|| self.invalid(name, "is required and not set"))
+    }
+
+    pub fn floats_or_empty(&self, name: &str) -> TractResult<Vec<f32>> {
+        Ok(self.floats(name)?.map(<[f32]>::to_vec).unwrap_or_default())
+    }
+
+    pub fn ints_or_empty(&self, name: &str) -> TractResult<Vec<i64>> {
+        Ok(self.ints(name)?.map(<[i64]>::to_vec).unwrap_or_default())
+    }
+
+    /// `post_transform`, `None` where the node leaves it out.
+    pub fn post_transform(&self) -> TractResult<Option<PostTransform>> {
+        self.string("post_transform")?
+            .map(|s| PostTransform::parse(&s))
+            .transpose()
+            .map_err(|e| self.invalid("post_transform", e))
+    }
+
+    /// `ints_name` (`classlabels_ints` or `_int64s`) or `classlabels_strings`, exactly one of
+    /// them. `empty_is_unset`: whether an empty list counts as left out (so the linear, SVM
+    /// and `ZipMap` operators read it) or as set (so the tree ensembles do).
+    pub fn class_labels(
+        &self,
+        ints_name: &'static str,
+        empty_is_unset: bool,
+    ) -> TractResult<Labels> {
+        let keep = |empty: bool| !(empty_is_unset && empty);
+        let ints = self.ints(ints_name)?.filter(|v| keep(v.is_empty()));
+        let strings = self
+            .strings("classlabels_strings")?
+            .filter(|v| keep(v.is_empty()));
+        match (ints, strings) {
+            (Some(v), None) => Ok(Labels::Int(v.to_vec())),
+            (None, Some(v)) => Ok(Labels::Str(v)),
+            (None, None) => Err(self.invalid(
+                ints_name,
+                format!("neither {ints_name} nor classlabels_strings is set"),
+            )),
+            (Some(_), Some(_)) => Err(self.invalid(
+                "classlabels_strings",
+                format!("both {ints_name} and classlabels_strings are set"),
+            )),
+        }
     }
 }

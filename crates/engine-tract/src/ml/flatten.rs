@@ -8,15 +8,14 @@ use tract_onnx::model::ParsingContext;
 use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 
+use super::wiring::Built;
+
 #[derive(Clone, Debug)]
 struct Flatten {
     axis: i64,
 }
 
-pub fn flatten(
-    _ctx: &ParsingContext,
-    node: &NodeProto,
-) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+pub fn flatten(_ctx: &ParsingContext, node: &NodeProto) -> Built {
     let axis = node
         .attribute
         .iter()

@@ -10,6 +10,8 @@ use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir;
 use tract_onnx::tract_hir::internal::*;
 
+use super::wiring::Built;
+
 #[derive(Clone, Debug)]
 struct Gemm {
     alpha: f32,
@@ -18,10 +20,7 @@ struct Gemm {
     trans_b: bool,
 }
 
-pub fn gemm(
-    _ctx: &ParsingContext,
-    node: &NodeProto,
-) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+pub fn gemm(_ctx: &ParsingContext, node: &NodeProto) -> Built {
     let float = |name: &str, default: f32| {
         node.attribute
             .iter()

@@ -19,8 +19,7 @@ use super::svm::SvmRegressor;
 use super::svm::{Kernel as SvmKernel, KernelKind, SvmClassifier, SvmClassifierAttributes};
 use super::text::{Case, Pool, StringNormalizer, TfIdf, TfIdfAttributes, Tokenizer, Weighting};
 use super::transform::{self, Imputer, Norm, OneHotEncoder, Scaler};
-
-type Built = TractResult<(Box<dyn InferenceOp>, Vec<String>)>;
+use super::wiring::{classifier_facts, label_type, Built, MlOp};
 
 /// What one operator of ours needs of tract.
 trait Kernel: fmt::Debug + Send + Sync + 'static {
@@ -42,6 +41,23 @@ trait Kernel: fmt::Debug + Send + Sync + 'static {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>>;
 
     fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>>;
+}
+
+/// The typed op wraps the kernel itself, so what it computes is the kernel's. (`Compute` is
+/// named by path: in scope, its methods and the kernel's of the same names would be ambiguous
+/// on `dyn Kernel`.)
+impl super::wiring::Compute for dyn Kernel {
+    fn name(&self) -> &'static str {
+        Kernel::name(self)
+    }
+
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Kernel::output_facts(self, inputs)
+    }
+
+    fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        Kernel::eval(self, inputs)
+    }
 }
 
 /// The inference-time op: rules from the kernel, then one [`MlOp`] wired in its place.
@@ -77,52 +93,6 @@ impl Expansion for Ml {
     }
 }
 
-/// The typed op.
-#[derive(Clone, Debug)]
-struct MlOp(Arc<dyn Kernel>);
-
-impl PartialEq for MlOp {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-
-impl Eq for MlOp {}
-
-impl Op for MlOp {
-    fn name(&self) -> StaticName {
-        self.0.name().into()
-    }
-
-    fn as_typed(&self) -> Option<&dyn TypedOp> {
-        Some(self)
-    }
-}
-
-impl EvalOp for MlOp {
-    fn eval_out_of_plan(&self, inputs: TVec<TValue>) -> TractResult<Option<TVec<TValue>>> {
-        Ok(Some(self.0.eval(inputs)?))
-    }
-
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        self.0.eval(inputs)
-    }
-}
-
-impl TypedOp for MlOp {
-    fn as_op(&self) -> &dyn Op {
-        self
-    }
-
-    fn as_op_mut(&mut self) -> &mut dyn Op {
-        self
-    }
-
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        self.0.output_facts(inputs)
-    }
-}
-
 fn built(k: impl Kernel) -> Built {
     Ok((expand(Ml(Arc::new(k))), vec![]))
 }
@@ -153,16 +123,36 @@ fn input_types<'r, 'p: 'r>(
     })
 }
 
-/// Refuses, at load, an input rank above `max` (or 0).
-fn input_rank<'r, 'p: 'r>(
+/// One input, `[features]` or `[N, features]`, of a type in `allowed`: anything else is
+/// refused at load.
+fn one_input<'r, 'p: 'r>(
     s: &mut Solver<'r>,
     op: &'static str,
-    input: &'p TensorProxy,
-    max: usize,
+    inputs: &'p [TensorProxy],
+    allowed: &'static [DatumType],
 ) -> InferenceResult {
-    s.given(&input.rank, move |_, rank| {
-        if rank < 1 || rank as usize > max {
-            bail!("{op}: an input of rank {rank}; rank 1 to {max} is served")
+    check_input_arity(inputs, 1)?;
+    input_types(s, op, &inputs[0], allowed)?;
+    s.given(&inputs[0].rank, move |_, rank| {
+        if !(1..=2).contains(&rank) {
+            bail!("{op}: an input of rank {rank}; rank 1 to 2 is served")
+        }
+        Ok(())
+    })
+}
+
+/// `output`'s first dimension is `input`'s rows: `N` of `[N, features]`, 1 of `[features]`
+/// (onnxruntime's batch of one).
+fn rows_rule<'r, 'p: 'r>(
+    s: &mut Solver<'r>,
+    input: &'p TensorProxy,
+    output: &'p TensorProxy,
+) -> InferenceResult {
+    s.given(&input.rank, move |s, rank| {
+        if rank == 2 {
+            s.equals(&output.shape[0], &input.shape[0])?;
+        } else {
+            s.equals(&output.shape[0], 1.to_dim())?;
         }
         Ok(())
     })
@@ -197,6 +187,11 @@ fn rows_cols(op: &str, t: &Tensor) -> TractResult<(usize, usize)> {
     }
 }
 
+/// onnxruntime's `stride`: the second dimension, or the only one.
+fn stride(op: &str, t: &Tensor) -> TractResult<usize> {
+    rows_cols(op, t).map(|(_, c)| c)
+}
+
 /// The input as `f32`, cast as onnxruntime casts (double rounded, integers converted).
 fn floats<'t>(op: &str, t: &'t Tensor) -> TractResult<Cow<'t, [f32]>> {
     let ram = t.try_as_plain_ram()?;
@@ -226,85 +221,55 @@ fn labels_tensor(labels: &Labels, picks: &[usize], shape: &[usize]) -> TractResu
     }
 }
 
-fn label_type(labels: &Labels) -> DatumType {
-    match labels {
-        Labels::Int(_) => DatumType::I64,
-        Labels::Str(_) => DatumType::String,
-    }
-}
-
 fn post_transform(r: &Reader) -> TractResult<PostTransform> {
-    r.string("post_transform")?
-        .map(|s| PostTransform::parse(&s))
-        .transpose()
-        .map_err(|e| r.invalid("post_transform", e))
-        .map(|p| p.unwrap_or(PostTransform::None))
+    Ok(r.post_transform()?.unwrap_or(PostTransform::None))
 }
 
-/// `classlabels_ints` (or `_int64s`) or `classlabels_strings`, exactly one of them.
+/// The class labels of the classifiers and `ZipMap`, where an empty list counts as unset.
 fn class_labels(r: &Reader, ints_name: &'static str) -> TractResult<Labels> {
-    let ints = r.ints(ints_name)?.filter(|v| !v.is_empty());
-    let strings = r.strings("classlabels_strings")?.filter(|v| !v.is_empty());
-    match (ints, strings) {
-        (Some(v), None) => Ok(Labels::Int(v.to_vec())),
-        (None, Some(v)) => Ok(Labels::Str(v)),
-        (None, None) => Err(r.invalid(
-            ints_name,
-            format!("neither {ints_name} nor classlabels_strings is set"),
-        )),
-        (Some(_), Some(_)) => Err(r.invalid(
-            "classlabels_strings",
-            format!("both {ints_name} and classlabels_strings are set"),
-        )),
-    }
+    r.class_labels(ints_name, true)
 }
 
-fn floats_attr(r: &Reader, name: &str) -> TractResult<Vec<f32>> {
-    Ok(r.floats(name)?.map(<[f32]>::to_vec).unwrap_or_default())
+/// An output that is the input with one more axis of `extra` after its own (one column per
+/// category, one token per string).
+fn one_more_axis_rules<'r, 'p: 'r>(
+    s: &mut Solver<'r>,
+    inputs: &'p [TensorProxy],
+    outputs: &'p [TensorProxy],
+    extra: TDim,
+) -> InferenceResult {
+    s.equals(inputs[0].rank.bex() + 1, outputs[0].rank.bex())?;
+    s.given(&inputs[0].shape, move |s, shape| {
+        let mut out = shape.to_vec();
+        out.push(extra.clone());
+        s.equals(&outputs[0].shape, ShapeFactoid::from(out))
+    })
 }
 
-fn ints_attr(r: &Reader, name: &str) -> TractResult<Vec<i64>> {
-    Ok(r.ints(name)?.map(<[i64]>::to_vec).unwrap_or_default())
+fn one_more_axis_fact(dt: DatumType, input: &TypedFact, extra: TDim) -> TypedFact {
+    let mut shape: TVec<TDim> = input.shape.iter().cloned().collect();
+    shape.push(extra);
+    TypedFact::dt_shape(dt, shape)
+}
+
+fn one_more_axis(shape: &[usize], extra: usize) -> Vec<usize> {
+    let mut shape = shape.to_vec();
+    shape.push(extra);
+    shape
 }
 
 // ------------------------------------------------------------------------------------------
 // Classifiers and regressors
 // ------------------------------------------------------------------------------------------
 
-/// A classifier's two outputs: labels `[N]` and scores `[N, width]`.
-fn classifier_rules<'r, 'p: 'r>(
-    s: &mut Solver<'r>,
-    op: &'static str,
-    labels: &Labels,
-    width: usize,
-    inputs: &'p [TensorProxy],
-    outputs: &'p [TensorProxy],
-) -> InferenceResult {
-    check_input_arity(inputs, 1)?;
-    input_types(s, op, &inputs[0], &NUMBERS)?;
-    input_rank(s, op, &inputs[0], 2)?;
-    s.equals(&outputs[0].datum_type, label_type(labels))?;
-    s.equals(&outputs[0].rank, 1)?;
-    s.equals(&outputs[1].datum_type, DatumType::F32)?;
-    s.equals(&outputs[1].rank, 2)?;
-    s.equals(&outputs[1].shape[1], width.to_dim())?;
-    s.equals(&outputs[0].shape[0], &outputs[1].shape[0])?;
-    s.given(&inputs[0].rank, move |s, rank| {
-        if rank == 2 {
-            s.equals(&outputs[0].shape[0], &inputs[0].shape[0])?;
-        } else {
-            s.equals(&outputs[0].shape[0], 1.to_dim())?;
-        }
-        Ok(())
-    })
-}
-
-fn classifier_facts(labels: &Labels, width: usize, input: &TypedFact) -> TVec<TypedFact> {
-    let n = rows_dim(input);
-    tvec!(
-        TypedFact::dt_shape(label_type(labels), [n.clone()]),
-        f32::fact([n, width.to_dim()])
-    )
+/// The rows of `x`, refused where its columns are not the `features` the model was fitted on
+/// (`fitted` is how the error names the model's side: "the coefficients are for").
+fn fitted_rows(op: &str, fitted: &str, features: usize, x: &Tensor) -> TractResult<usize> {
+    let (rows, cols) = rows_cols(op, x)?;
+    if cols != features {
+        bail!("{op}: the input has {cols} columns, {fitted} {features}")
+    }
+    Ok(rows)
 }
 
 /// A classifier of rows of features, as the linear and SVM classifiers are: one kernel serves
@@ -353,6 +318,7 @@ impl RowClassifier for SvmClassifier {
     }
 }
 
+/// Labels `[N]` and scores `[N, width]` from numbers of rank 1 or 2.
 #[derive(Debug)]
 struct ClassifierKernel<C>(C);
 
@@ -371,33 +337,26 @@ impl<C: RowClassifier> Kernel for ClassifierKernel<C> {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> InferenceResult {
-        classifier_rules(
-            s,
-            self.name(),
-            self.0.labels(),
-            self.0.width(),
-            inputs,
-            outputs,
-        )
+        one_input(s, C::OP, inputs, &NUMBERS)?;
+        s.equals(&outputs[0].datum_type, label_type(self.0.labels()))?;
+        s.equals(&outputs[0].rank, 1)?;
+        s.equals(&outputs[1].datum_type, DatumType::F32)?;
+        s.equals(&outputs[1].rank, 2)?;
+        s.equals(&outputs[1].shape[1], self.0.width().to_dim())?;
+        s.equals(&outputs[0].shape[0], &outputs[1].shape[0])?;
+        rows_rule(s, &inputs[0], &outputs[0])
     }
 
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        check_width(self.name(), inputs[0], self.0.features())?;
-        Ok(classifier_facts(self.0.labels(), self.0.width(), inputs[0]))
+        check_width(C::OP, inputs[0], self.0.features())?;
+        let rows = rows_dim(inputs[0]);
+        Ok(classifier_facts(self.0.labels(), rows, self.0.width()))
     }
 
     fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = &inputs[0];
-        let (rows, cols) = rows_cols(self.name(), x)?;
-        if cols != self.0.features() {
-            bail!(
-                "{}: the input has {cols} columns, {} {}",
-                self.name(),
-                C::FITTED,
-                self.0.features()
-            )
-        }
-        let x = floats(self.name(), x)?;
+        let rows = fitted_rows(C::OP, C::FITTED, self.0.features(), x)?;
+        let x = floats(C::OP, x)?;
         let mut scores = vec![0f32; rows * self.0.width()];
         let mut picks = vec![0usize; rows];
         self.0.run(&x, &mut scores, &mut picks);
@@ -408,84 +367,53 @@ impl<C: RowClassifier> Kernel for ClassifierKernel<C> {
     }
 }
 
-pub fn linear_classifier(ctx: &ParsingContext, node: &NodeProto) -> Built {
-    let r = Reader {
-        op: "LinearClassifier",
-        node,
-        ctx,
-    };
-    r.check_known(&[&[
-        "coefficients",
-        "intercepts",
-        "multi_class",
-        "post_transform",
-        "classlabels_ints",
-        "classlabels_strings",
-    ]])?;
-    let coefficients = r
-        .required("coefficients", r.floats("coefficients")?)?
-        .to_vec();
-    let c = LinearClassifier::build(
-        coefficients,
-        floats_attr(&r, "intercepts")?,
-        class_labels(&r, "classlabels_ints")?,
-        post_transform(&r)?,
-    )
-    .map_err(|e| build_refusal(r.op, e))?;
-    built(ClassifierKernel(c))
+/// A regressor of rows of features, as the linear and SVM regressors are: one kernel serves
+/// both, each naming only what its column-count error says it was fitted on.
+trait RowRegressor: fmt::Debug + Send + Sync + 'static {
+    const OP: &'static str;
+    /// How a column-count error names the model's side: "the coefficients are for".
+    const FITTED: &'static str;
+    fn targets(&self) -> usize;
+    fn features(&self) -> usize;
+    fn run(&self, x: &[f32], out: &mut [f32]);
 }
 
+impl RowRegressor for LinearRegressor {
+    const OP: &'static str = "LinearRegressor";
+    const FITTED: &'static str = "the coefficients are for";
+    fn targets(&self) -> usize {
+        LinearRegressor::targets(self)
+    }
+    fn features(&self) -> usize {
+        LinearRegressor::features(self)
+    }
+    fn run(&self, x: &[f32], out: &mut [f32]) {
+        LinearRegressor::run(self, x, out)
+    }
+}
+
+impl RowRegressor for SvmRegressor {
+    const OP: &'static str = "SVMRegressor";
+    const FITTED: &'static str = "the model has";
+    fn targets(&self) -> usize {
+        1
+    }
+    fn features(&self) -> usize {
+        SvmRegressor::features(self)
+    }
+    fn run(&self, x: &[f32], out: &mut [f32]) {
+        SvmRegressor::run(self, x, out)
+    }
+}
+
+/// `[N, targets]` from a float input of rank 1 or 2 (onnxruntime's `LinearRegressor` and
+/// `SVMRegressor` take float only).
 #[derive(Debug)]
-struct LinearRegressorKernel(LinearRegressor);
+struct RegressorKernel<R>(R);
 
-pub fn linear_regressor(ctx: &ParsingContext, node: &NodeProto) -> Built {
-    let r = Reader {
-        op: "LinearRegressor",
-        node,
-        ctx,
-    };
-    r.check_known(&[&["coefficients", "intercepts", "targets", "post_transform"]])?;
-    let coefficients = r
-        .required("coefficients", r.floats("coefficients")?)?
-        .to_vec();
-    let reg = LinearRegressor::build(
-        coefficients,
-        floats_attr(&r, "intercepts")?,
-        r.int("targets")?.unwrap_or(1),
-        post_transform(&r)?,
-    )
-    .map_err(|e| build_refusal(r.op, e))?;
-    built(LinearRegressorKernel(reg))
-}
-
-/// A regressor's output `[N, targets]` from a float input of rank 1 or 2 (onnxruntime's
-/// `LinearRegressor` and `SVMRegressor` take float only).
-fn regressor_rules<'r, 'p: 'r>(
-    s: &mut Solver<'r>,
-    op: &'static str,
-    targets: usize,
-    inputs: &'p [TensorProxy],
-    outputs: &'p [TensorProxy],
-) -> InferenceResult {
-    check_input_arity(inputs, 1)?;
-    input_types(s, op, &inputs[0], &[DatumType::F32])?;
-    input_rank(s, op, &inputs[0], 2)?;
-    s.equals(&outputs[0].datum_type, DatumType::F32)?;
-    s.equals(&outputs[0].rank, 2)?;
-    s.equals(&outputs[0].shape[1], targets.to_dim())?;
-    s.given(&inputs[0].rank, move |s, rank| {
-        if rank == 2 {
-            s.equals(&outputs[0].shape[0], &inputs[0].shape[0])?;
-        } else {
-            s.equals(&outputs[0].shape[0], 1.to_dim())?;
-        }
-        Ok(())
-    })
-}
-
-impl Kernel for LinearRegressorKernel {
+impl<R: RowRegressor> Kernel for RegressorKernel<R> {
     fn name(&self) -> &'static str {
-        "LinearRegressor"
+        R::OP
     }
 
     fn rules<'r, 'p: 'r, 's: 'r>(
@@ -494,31 +422,69 @@ impl Kernel for LinearRegressorKernel {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> InferenceResult {
-        regressor_rules(s, self.name(), self.0.targets(), inputs, outputs)
+        one_input(s, R::OP, inputs, &[DatumType::F32])?;
+        s.equals(&outputs[0].datum_type, DatumType::F32)?;
+        s.equals(&outputs[0].rank, 2)?;
+        s.equals(&outputs[0].shape[1], self.0.targets().to_dim())?;
+        rows_rule(s, &inputs[0], &outputs[0])
     }
 
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        check_width(self.name(), inputs[0], self.0.features())?;
-        Ok(tvec!(f32::fact([
-            rows_dim(inputs[0]),
-            self.0.targets().to_dim()
-        ])))
+        check_width(R::OP, inputs[0], self.0.features())?;
+        let rows = rows_dim(inputs[0]);
+        Ok(tvec!(f32::fact([rows, self.0.targets().to_dim()])))
     }
 
     fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = &inputs[0];
-        let (rows, cols) = rows_cols(self.name(), x)?;
-        if cols != self.0.features() {
-            bail!(
-                "{}: the input has {cols} columns, the coefficients are for {}",
-                self.name(),
-                self.0.features()
-            )
-        }
+        let rows = fitted_rows(R::OP, R::FITTED, self.0.features(), x)?;
         let mut out = vec![0f32; rows * self.0.targets()];
         self.0.run(slice::<f32>(x)?, &mut out);
         Ok(tvec!(tensor(&[rows, self.0.targets()], out)?))
     }
+}
+
+pub fn linear_classifier(ctx: &ParsingContext, node: &NodeProto) -> Built {
+    let r = Reader::checked(
+        "LinearClassifier",
+        ctx,
+        node,
+        &[&[
+            "coefficients",
+            "intercepts",
+            "multi_class",
+            "post_transform",
+            "classlabels_ints",
+            "classlabels_strings",
+        ]],
+    )?;
+    let coefficients = r
+        .required("coefficients", r.floats("coefficients")?)?
+        .to_vec();
+    let c = LinearClassifier::build(
+        coefficients,
+        r.floats_or_empty("intercepts")?,
+        class_labels(&r, "classlabels_ints")?,
+        post_transform(&r)?,
+    )
+    .map_err(|e| build_refusal(r.op, e))?;
+    built(ClassifierKernel(c))
+}
+
+pub fn linear_regressor(ctx: &ParsingContext, node: &NodeProto) -> Built {
+    let known = ["coefficients", "intercepts", "targets", "post_transform"];
+    let r = Reader::checked("LinearRegressor", ctx, node, &[&known])?;
+    let coefficients = r
+        .required("coefficients", r.floats("coefficients")?)?
+        .to_vec();
+    let reg = LinearRegressor::build(
+        coefficients,
+        r.floats_or_empty("intercepts")?,
+        r.int("targets")?.unwrap_or(1),
+        post_transform(&r)?,
+    )
+    .map_err(|e| build_refusal(r.op, e))?;
+    built(RegressorKernel(reg))
 }
 
 fn svm_kernel(r: &Reader) -> TractResult<SvmKernel> {
@@ -532,34 +498,34 @@ fn svm_kernel(r: &Reader) -> TractResult<SvmKernel> {
 }
 
 pub fn svm_classifier(ctx: &ParsingContext, node: &NodeProto) -> Built {
-    let r = Reader {
-        op: "SVMClassifier",
-        node,
+    let r = Reader::checked(
+        "SVMClassifier",
         ctx,
-    };
-    r.check_known(&[&[
-        "kernel_type",
-        "kernel_params",
-        "vectors_per_class",
-        "support_vectors",
-        "coefficients",
-        "rho",
-        "prob_a",
-        "prob_b",
-        "classlabels_ints",
-        "classlabels_strings",
-        "post_transform",
-    ]])?;
+        node,
+        &[&[
+            "kernel_type",
+            "kernel_params",
+            "vectors_per_class",
+            "support_vectors",
+            "coefficients",
+            "rho",
+            "prob_a",
+            "prob_b",
+            "classlabels_ints",
+            "classlabels_strings",
+            "post_transform",
+        ]],
+    )?;
     let c = SvmClassifier::build(SvmClassifierAttributes {
         kernel: svm_kernel(&r)?,
-        vectors_per_class: ints_attr(&r, "vectors_per_class")?,
-        support_vectors: floats_attr(&r, "support_vectors")?,
+        vectors_per_class: r.ints_or_empty("vectors_per_class")?,
+        support_vectors: r.floats_or_empty("support_vectors")?,
         coefficients: r
             .required("coefficients", r.floats("coefficients")?)?
             .to_vec(),
         rho: r.required("rho", r.floats("rho")?)?.to_vec(),
-        prob_a: floats_attr(&r, "prob_a")?,
-        prob_b: floats_attr(&r, "prob_b")?,
+        prob_a: r.floats_or_empty("prob_a")?,
+        prob_b: r.floats_or_empty("prob_b")?,
         labels: class_labels(&r, "classlabels_ints")?,
         post: post_transform(&r)?,
     })
@@ -567,121 +533,64 @@ pub fn svm_classifier(ctx: &ParsingContext, node: &NodeProto) -> Built {
     built(ClassifierKernel(c))
 }
 
-#[derive(Debug)]
-struct SvmRegressorKernel(SvmRegressor);
-
 pub fn svm_regressor(ctx: &ParsingContext, node: &NodeProto) -> Built {
-    let r = Reader {
-        op: "SVMRegressor",
-        node,
+    let r = Reader::checked(
+        "SVMRegressor",
         ctx,
-    };
-    r.check_known(&[&[
-        "kernel_type",
-        "kernel_params",
-        "n_supports",
-        "support_vectors",
-        "coefficients",
-        "rho",
-        "one_class",
-        "post_transform",
-    ]])?;
+        node,
+        &[&[
+            "kernel_type",
+            "kernel_params",
+            "n_supports",
+            "support_vectors",
+            "coefficients",
+            "rho",
+            "one_class",
+            "post_transform",
+        ]],
+    )?;
     // onnxruntime reads post_transform and never applies it; so do we.
     post_transform(&r)?;
     let reg = SvmRegressor::build(
         svm_kernel(&r)?,
         r.int("n_supports")?.unwrap_or(0),
-        floats_attr(&r, "support_vectors")?,
+        r.floats_or_empty("support_vectors")?,
         r.required("coefficients", r.floats("coefficients")?)?
             .to_vec(),
         r.required("rho", r.floats("rho")?)?,
         r.int("one_class")?.unwrap_or(0) != 0,
     )
     .map_err(|e| build_refusal(r.op, e))?;
-    built(SvmRegressorKernel(reg))
-}
-
-impl Kernel for SvmRegressorKernel {
-    fn name(&self) -> &'static str {
-        "SVMRegressor"
-    }
-
-    fn rules<'r, 'p: 'r, 's: 'r>(
-        &'s self,
-        s: &mut Solver<'r>,
-        inputs: &'p [TensorProxy],
-        outputs: &'p [TensorProxy],
-    ) -> InferenceResult {
-        regressor_rules(s, self.name(), 1, inputs, outputs)
-    }
-
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        check_width(self.name(), inputs[0], self.0.features())?;
-        Ok(tvec!(f32::fact([rows_dim(inputs[0]), 1.to_dim()])))
-    }
-
-    fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let x = &inputs[0];
-        let (rows, cols) = rows_cols(self.name(), x)?;
-        if cols != self.0.features() {
-            bail!(
-                "{}: the input has {cols} columns, the model has {}",
-                self.name(),
-                self.0.features()
-            )
-        }
-        let mut out = vec![0f32; rows];
-        self.0.run(slice::<f32>(x)?, &mut out);
-        Ok(tvec!(tensor(&[rows, 1], out)?))
-    }
+    built(RegressorKernel(reg))
 }
 
 // ------------------------------------------------------------------------------------------
 // Feature transforms
 // ------------------------------------------------------------------------------------------
 
-/// An element-wise transform: the output has the input's shape, and type `out`.
-fn same_shape_rules<'r, 'p: 'r>(
-    s: &mut Solver<'r>,
-    op: &'static str,
-    allowed: &'static [DatumType],
-    out: Option<DatumType>,
-    inputs: &'p [TensorProxy],
-    outputs: &'p [TensorProxy],
-) -> InferenceResult {
-    check_input_arity(inputs, 1)?;
-    input_types(s, op, &inputs[0], allowed)?;
-    input_rank(s, op, &inputs[0], 2)?;
-    match out {
-        Some(dt) => s.equals(&outputs[0].datum_type, dt)?,
-        None => s.equals(&outputs[0].datum_type, &inputs[0].datum_type)?,
+/// A transform whose output has its input's shape: `Scaler`, `Imputer`, `Normalizer`,
+/// `Binarizer`, `StringNormalizer`. One kernel holds the rules and the facts, so each
+/// transform says only which inputs it takes and what it computes.
+trait RowTransform: fmt::Debug + Send + Sync + 'static {
+    const OP: &'static str;
+    /// The output's type, where it is not the input's.
+    const OUT: Option<DatumType>;
+    /// The input types onnxruntime implements.
+    fn allowed(&self) -> &'static [DatumType];
+    /// The number of columns the attributes are for, checked at load; `None` fits any.
+    fn columns(&self) -> Option<usize> {
+        None
     }
-    s.equals(&outputs[0].shape, &inputs[0].shape)
-}
-
-/// onnxruntime's `stride`: the second dimension, or the only one.
-fn stride(op: &str, t: &Tensor) -> TractResult<usize> {
-    rows_cols(op, t).map(|(_, c)| c)
+    /// The output, of `x`'s shape.
+    fn apply(&self, x: &Tensor) -> TractResult<TValue>;
 }
 
 #[derive(Debug)]
-struct ScalerKernel(Scaler);
+struct TransformKernel<T>(T);
 
-pub fn scaler(ctx: &ParsingContext, node: &NodeProto) -> Built {
-    let r = Reader {
-        op: "Scaler",
-        node,
-        ctx,
-    };
-    r.check_known(&[&["scale", "offset"]])?;
-    let s = Scaler::build(floats_attr(&r, "scale")?, floats_attr(&r, "offset")?)
-        .map_err(|e| build_refusal(r.op, e))?;
-    built(ScalerKernel(s))
-}
-
-impl Kernel for ScalerKernel {
+impl<T: RowTransform> Kernel for TransformKernel<T> {
     fn name(&self) -> &'static str {
-        "Scaler"
+        T::OP
     }
 
     fn rules<'r, 'p: 'r, 's: 'r>(
@@ -690,54 +599,76 @@ impl Kernel for ScalerKernel {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> InferenceResult {
-        same_shape_rules(
-            s,
-            self.name(),
-            &NUMBERS,
-            Some(DatumType::F32),
-            inputs,
-            outputs,
-        )
+        one_input(s, T::OP, inputs, self.0.allowed())?;
+        match T::OUT {
+            Some(dt) => s.equals(&outputs[0].datum_type, dt)?,
+            None => s.equals(&outputs[0].datum_type, &inputs[0].datum_type)?,
+        }
+        s.equals(&outputs[0].shape, &inputs[0].shape)
     }
 
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        if self.0.width() != 1 {
-            check_width(self.name(), inputs[0], self.0.width())?;
+        if let Some(columns) = self.0.columns() {
+            check_width(T::OP, inputs[0], columns)?;
         }
-        Ok(tvec!(f32::fact(inputs[0].shape.clone())))
+        Ok(tvec!(match T::OUT {
+            Some(dt) => TypedFact::dt_shape(dt, inputs[0].shape.clone()),
+            None => inputs[0].without_value(),
+        }))
     }
 
     fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let x = &inputs[0];
-        let stride = stride(self.name(), x)?;
-        let mut out = vec![0f32; x.len()];
-        let done = if x.datum_type() == DatumType::F64 {
-            self.0.run_f64(slice::<f64>(x)?, stride, &mut out)
-        } else {
-            self.0.run_f32(&floats(self.name(), x)?, stride, &mut out)
-        };
-        done.map_err(|e| format_err!("{e}"))?;
-        Ok(tvec!(tensor(x.shape(), out)?))
+        Ok(tvec!(self.0.apply(&inputs[0])?))
     }
 }
 
-#[derive(Debug)]
-struct ImputerKernel(Imputer);
+pub fn scaler(ctx: &ParsingContext, node: &NodeProto) -> Built {
+    let r = Reader::checked("Scaler", ctx, node, &[&["scale", "offset"]])?;
+    let s = Scaler::build(r.floats_or_empty("scale")?, r.floats_or_empty("offset")?)
+        .map_err(|e| build_refusal(r.op, e))?;
+    built(TransformKernel(s))
+}
+
+impl RowTransform for Scaler {
+    const OP: &'static str = "Scaler";
+    const OUT: Option<DatumType> = Some(DatumType::F32);
+
+    fn allowed(&self) -> &'static [DatumType] {
+        &NUMBERS
+    }
+
+    /// One scale and offset fits any number of columns.
+    fn columns(&self) -> Option<usize> {
+        (self.width() != 1).then_some(self.width())
+    }
+
+    fn apply(&self, x: &Tensor) -> TractResult<TValue> {
+        let stride = stride(Self::OP, x)?;
+        let mut out = vec![0f32; x.len()];
+        let done = if x.datum_type() == DatumType::F64 {
+            self.run_f64(slice::<f64>(x)?, stride, &mut out)
+        } else {
+            self.run_f32(&floats(Self::OP, x)?, stride, &mut out)
+        };
+        done.map_err(|e| format_err!("{e}"))?;
+        tensor(x.shape(), out)
+    }
+}
 
 pub fn imputer(ctx: &ParsingContext, node: &NodeProto) -> Built {
-    let r = Reader {
-        op: "Imputer",
-        node,
+    let r = Reader::checked(
+        "Imputer",
         ctx,
-    };
-    r.check_known(&[&[
-        "imputed_value_floats",
-        "imputed_value_int64s",
-        "replaced_value_float",
-        "replaced_value_int64",
-    ]])?;
-    let floats = floats_attr(&r, "imputed_value_floats")?;
-    let ints = ints_attr(&r, "imputed_value_int64s")?;
+        node,
+        &[&[
+            "imputed_value_floats",
+            "imputed_value_int64s",
+            "replaced_value_float",
+            "replaced_value_int64",
+        ]],
+    )?;
+    let floats = r.floats_or_empty("imputed_value_floats")?;
+    let ints = r.ints_or_empty("imputed_value_int64s")?;
     let imputer = match (floats.is_empty(), ints.is_empty()) {
         (false, true) => Imputer::Float {
             imputed: floats,
@@ -754,45 +685,33 @@ pub fn imputer(ctx: &ParsingContext, node: &NodeProto) -> Built {
             ))
         }
     };
-    built(ImputerKernel(imputer))
+    built(TransformKernel(imputer))
 }
 
-impl Kernel for ImputerKernel {
-    fn name(&self) -> &'static str {
-        "Imputer"
-    }
+impl RowTransform for Imputer {
+    const OP: &'static str = "Imputer";
+    const OUT: Option<DatumType> = None;
 
-    fn rules<'r, 'p: 'r, 's: 'r>(
-        &'s self,
-        s: &mut Solver<'r>,
-        inputs: &'p [TensorProxy],
-        outputs: &'p [TensorProxy],
-    ) -> InferenceResult {
-        // onnxruntime imputes a float input with float values and an int64 one with int64s.
-        let allowed: &'static [DatumType] = match self.0 {
+    /// onnxruntime imputes a float input with float values and an int64 one with int64s.
+    fn allowed(&self) -> &'static [DatumType] {
+        match self {
             Imputer::Float { .. } => &[DatumType::F32],
             Imputer::Int { .. } => &[DatumType::I64],
-        };
-        same_shape_rules(s, self.name(), allowed, None, inputs, outputs)
+        }
     }
 
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        Ok(tvec!(inputs[0].without_value()))
-    }
-
-    fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let x = &inputs[0];
-        let stride = stride(self.name(), x)?;
-        match &self.0 {
+    fn apply(&self, x: &Tensor) -> TractResult<TValue> {
+        let stride = stride(Self::OP, x)?;
+        match self {
             Imputer::Float { imputed, replaced } => {
                 let mut out = vec![0f32; x.len()];
                 Imputer::run_f32(imputed, *replaced, slice::<f32>(x)?, stride, &mut out);
-                Ok(tvec!(tensor(x.shape(), out)?))
+                tensor(x.shape(), out)
             }
             Imputer::Int { imputed, replaced } => {
                 let mut out = vec![0i64; x.len()];
                 Imputer::run_i64(imputed, *replaced, slice::<i64>(x)?, stride, &mut out);
-                Ok(tvec!(tensor(x.shape(), out)?))
+                tensor(x.shape(), out)
             }
         }
     }
@@ -802,14 +721,10 @@ impl Kernel for ImputerKernel {
 struct OneHotKernel(OneHotEncoder);
 
 pub fn one_hot_encoder(ctx: &ParsingContext, node: &NodeProto) -> Built {
-    let r = Reader {
-        op: "OneHotEncoder",
-        node,
-        ctx,
-    };
-    r.check_known(&[&["cats_int64s", "cats_strings", "zeros"]])?;
+    let known = ["cats_int64s", "cats_strings", "zeros"];
+    let r = Reader::checked("OneHotEncoder", ctx, node, &[&known])?;
     let e = OneHotEncoder::build(
-        ints_attr(&r, "cats_int64s")?,
+        r.ints_or_empty("cats_int64s")?,
         r.strings("cats_strings")?.unwrap_or_default(),
         r.int("zeros")?.unwrap_or(1) != 0,
     )
@@ -828,29 +743,20 @@ impl Kernel for OneHotKernel {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> InferenceResult {
-        check_input_arity(inputs, 1)?;
         const TYPES: [DatumType; 4] = [
             DatumType::String,
             DatumType::I64,
             DatumType::F32,
             DatumType::F64,
         ];
-        input_types(s, self.name(), &inputs[0], &TYPES)?;
-        input_rank(s, self.name(), &inputs[0], 2)?;
+        one_input(s, self.name(), inputs, &TYPES)?;
         s.equals(&outputs[0].datum_type, DatumType::F32)?;
-        s.equals(inputs[0].rank.bex() + 1, outputs[0].rank.bex())?;
-        let count = self.0.count();
-        s.given(&inputs[0].shape, move |s, shape| {
-            let mut out = shape.to_vec();
-            out.push(count.to_dim());
-            s.equals(&outputs[0].shape, ShapeFactoid::from(out))
-        })
+        one_more_axis_rules(s, inputs, outputs, self.0.count().to_dim())
     }
 
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let mut shape: TVec<TDim> = inputs[0].shape.iter().cloned().collect();
-        shape.push(self.0.count().to_dim());
-        Ok(tvec!(f32::fact(shape)))
+        let count = self.0.count().to_dim();
+        Ok(tvec!(one_more_axis_fact(DatumType::F32, inputs[0], count)))
     }
 
     fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
@@ -868,104 +774,66 @@ impl Kernel for OneHotKernel {
             dt => bail!("OneHotEncoder: an input of type {dt:?}"),
         };
         done.map_err(|e| format_err!("{e}"))?;
-        let mut shape = x.shape().to_vec();
-        shape.push(self.0.count());
-        Ok(tvec!(tensor(&shape, out)?))
+        Ok(tvec!(tensor(
+            &one_more_axis(x.shape(), self.0.count()),
+            out
+        )?))
     }
 }
-
-#[derive(Debug)]
-struct NormalizerKernel(Norm);
 
 pub fn normalizer(ctx: &ParsingContext, node: &NodeProto) -> Built {
-    let r = Reader {
-        op: "Normalizer",
-        node,
-        ctx,
-    };
-    r.check_known(&[&["norm"]])?;
+    let r = Reader::checked("Normalizer", ctx, node, &[&["norm"]])?;
     let norm = Norm::parse(&r.string("norm")?.unwrap_or_else(|| "MAX".into()))
         .map_err(|e| r.invalid("norm", e))?;
-    built(NormalizerKernel(norm))
+    built(TransformKernel(norm))
 }
 
-impl Kernel for NormalizerKernel {
-    fn name(&self) -> &'static str {
-        "Normalizer"
+impl RowTransform for Norm {
+    const OP: &'static str = "Normalizer";
+    const OUT: Option<DatumType> = Some(DatumType::F32);
+
+    fn allowed(&self) -> &'static [DatumType] {
+        &NUMBERS
     }
 
-    fn rules<'r, 'p: 'r, 's: 'r>(
-        &'s self,
-        s: &mut Solver<'r>,
-        inputs: &'p [TensorProxy],
-        outputs: &'p [TensorProxy],
-    ) -> InferenceResult {
-        same_shape_rules(
-            s,
-            self.name(),
-            &NUMBERS,
-            Some(DatumType::F32),
-            inputs,
-            outputs,
-        )
-    }
-
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        Ok(tvec!(f32::fact(inputs[0].shape.clone())))
-    }
-
-    fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let x = &inputs[0];
-        let stride = stride(self.name(), x)?;
+    fn apply(&self, x: &Tensor) -> TractResult<TValue> {
+        let stride = stride(Self::OP, x)?;
         let mut out = vec![0f32; x.len()];
         match x.datum_type() {
-            DatumType::F32 => transform::normalize(self.0, slice::<f32>(x)?, stride, &mut out),
-            DatumType::F64 => transform::normalize(self.0, slice::<f64>(x)?, stride, &mut out),
-            DatumType::I32 => transform::normalize(self.0, slice::<i32>(x)?, stride, &mut out),
-            DatumType::I64 => transform::normalize(self.0, slice::<i64>(x)?, stride, &mut out),
+            DatumType::F32 => transform::normalize(*self, slice::<f32>(x)?, stride, &mut out),
+            DatumType::F64 => transform::normalize(*self, slice::<f64>(x)?, stride, &mut out),
+            DatumType::I32 => transform::normalize(*self, slice::<i32>(x)?, stride, &mut out),
+            DatumType::I64 => transform::normalize(*self, slice::<i64>(x)?, stride, &mut out),
             dt => bail!("Normalizer: an input of type {dt:?}"),
         }
-        Ok(tvec!(tensor(x.shape(), out)?))
+        tensor(x.shape(), out)
     }
 }
 
+/// `Binarizer`, of its threshold.
 #[derive(Debug)]
-struct BinarizerKernel(f32);
+struct Binarizer(f32);
 
 pub fn binarizer(ctx: &ParsingContext, node: &NodeProto) -> Built {
-    let r = Reader {
-        op: "Binarizer",
-        node,
-        ctx,
-    };
-    r.check_known(&[&["threshold"]])?;
-    built(BinarizerKernel(r.float("threshold")?.unwrap_or(0.0)))
+    let r = Reader::checked("Binarizer", ctx, node, &[&["threshold"]])?;
+    built(TransformKernel(Binarizer(
+        r.float("threshold")?.unwrap_or(0.0),
+    )))
 }
 
-impl Kernel for BinarizerKernel {
-    fn name(&self) -> &'static str {
-        "Binarizer"
+impl RowTransform for Binarizer {
+    const OP: &'static str = "Binarizer";
+    const OUT: Option<DatumType> = None;
+
+    /// onnxruntime implements float only.
+    fn allowed(&self) -> &'static [DatumType] {
+        &[DatumType::F32]
     }
 
-    fn rules<'r, 'p: 'r, 's: 'r>(
-        &'s self,
-        s: &mut Solver<'r>,
-        inputs: &'p [TensorProxy],
-        outputs: &'p [TensorProxy],
-    ) -> InferenceResult {
-        // onnxruntime implements float only.
-        same_shape_rules(s, self.name(), &[DatumType::F32], None, inputs, outputs)
-    }
-
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        Ok(tvec!(inputs[0].without_value()))
-    }
-
-    fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let x = &inputs[0];
+    fn apply(&self, x: &Tensor) -> TractResult<TValue> {
         let mut out = vec![0f32; x.len()];
         transform::binarize(self.0, slice::<f32>(x)?, &mut out).map_err(|e| format_err!("{e}"))?;
-        Ok(tvec!(tensor(x.shape(), out)?))
+        tensor(x.shape(), out)
     }
 }
 
@@ -973,12 +841,7 @@ impl Kernel for BinarizerKernel {
 struct ArrayFeatureExtractorKernel;
 
 pub fn array_feature_extractor(ctx: &ParsingContext, node: &NodeProto) -> Built {
-    let r = Reader {
-        op: "ArrayFeatureExtractor",
-        node,
-        ctx,
-    };
-    r.check_known(&[])?;
+    Reader::checked("ArrayFeatureExtractor", ctx, node, &[])?;
     built(ArrayFeatureExtractorKernel)
 }
 
@@ -1072,13 +935,9 @@ fn extracted_shape(x: &[TDim], y: &[TDim]) -> Vec<TDim> {
 struct FeatureVectorizerKernel(Vec<usize>);
 
 pub fn feature_vectorizer(ctx: &ParsingContext, node: &NodeProto) -> Built {
-    let r = Reader {
-        op: "FeatureVectorizer",
-        node,
-        ctx,
-    };
-    r.check_known(&[&["inputdimensions"]])?;
-    let dims = ints_attr(&r, "inputdimensions")?
+    let r = Reader::checked("FeatureVectorizer", ctx, node, &[&["inputdimensions"]])?;
+    let dims = r
+        .ints_or_empty("inputdimensions")?
         .into_iter()
         .map(usize::try_from)
         .collect::<Result<Vec<_>, _>>()
@@ -1251,18 +1110,18 @@ pub fn label_encoder(ctx: &ParsingContext, node: &NodeProto) -> Built {
 }
 
 pub fn category_mapper(ctx: &ParsingContext, node: &NodeProto) -> Built {
-    let r = Reader {
-        op: "CategoryMapper",
-        node,
+    let r = Reader::checked(
+        "CategoryMapper",
         ctx,
-    };
-    r.check_known(&[&[
-        "cats_int64s",
-        "cats_strings",
-        "default_int64",
-        "default_string",
-    ]])?;
-    let ints = ints_attr(&r, "cats_int64s")?;
+        node,
+        &[&[
+            "cats_int64s",
+            "cats_strings",
+            "default_int64",
+            "default_string",
+        ]],
+    )?;
+    let ints = r.ints_or_empty("cats_int64s")?;
     let strings = r.strings("cats_strings")?.unwrap_or_default();
     if ints.len() != strings.len() {
         return Err(r.invalid(
@@ -1360,12 +1219,12 @@ impl Kernel for MapKernel {
 struct ZipMapKernel(usize);
 
 pub fn zip_map(ctx: &ParsingContext, node: &NodeProto) -> Built {
-    let r = Reader {
-        op: "ZipMap",
-        node,
+    let r = Reader::checked(
+        "ZipMap",
         ctx,
-    };
-    r.check_known(&[&["classlabels_int64s", "classlabels_strings"]])?;
+        node,
+        &[&["classlabels_int64s", "classlabels_strings"]],
+    )?;
     let labels = class_labels(&r, "classlabels_int64s")?;
     built(ZipMapKernel(labels.len()))
 }
@@ -1403,23 +1262,16 @@ impl Kernel for ZipMapKernel {
 // Text
 // ------------------------------------------------------------------------------------------
 
-#[derive(Debug)]
-struct StringNormalizerKernel(StringNormalizer);
-
 pub fn string_normalizer(ctx: &ParsingContext, node: &NodeProto) -> Built {
-    let r = Reader {
-        op: "StringNormalizer",
-        node,
-        ctx,
-    };
     // The locale picks the C library's case tables in onnxruntime (which fails to load the
     // model where the locale is not installed); the case mapping here is Unicode's.
-    r.check_known(&[&[
+    let known = [
         "case_change_action",
         "is_case_sensitive",
         "locale",
         "stopwords",
-    ]])?;
+    ];
+    let r = Reader::checked("StringNormalizer", ctx, node, &[&known])?;
     let case = Case::parse(
         &r.string("case_change_action")?
             .unwrap_or_else(|| "NONE".into()),
@@ -1431,29 +1283,18 @@ pub fn string_normalizer(ctx: &ParsingContext, node: &NodeProto) -> Built {
         r.strings("stopwords")?.unwrap_or_default(),
     )
     .map_err(|e| build_refusal(r.op, e))?;
-    built(StringNormalizerKernel(n))
+    built(TransformKernel(n))
 }
 
-impl Kernel for StringNormalizerKernel {
-    fn name(&self) -> &'static str {
-        "StringNormalizer"
+impl RowTransform for StringNormalizer {
+    const OP: &'static str = "StringNormalizer";
+    const OUT: Option<DatumType> = None;
+
+    fn allowed(&self) -> &'static [DatumType] {
+        &[DatumType::String]
     }
 
-    fn rules<'r, 'p: 'r, 's: 'r>(
-        &'s self,
-        s: &mut Solver<'r>,
-        inputs: &'p [TensorProxy],
-        outputs: &'p [TensorProxy],
-    ) -> InferenceResult {
-        same_shape_rules(s, self.name(), &[DatumType::String], None, inputs, outputs)
-    }
-
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        Ok(tvec!(inputs[0].without_value()))
-    }
-
-    fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let x = &inputs[0];
+    fn apply(&self, x: &Tensor) -> TractResult<TValue> {
         if x.rank() == 2 && x.shape()[0] != 1 {
             bail!(
                 "StringNormalizer: an input of shape {:?}; onnxruntime takes [C] or [1, C]",
@@ -1461,10 +1302,9 @@ impl Kernel for StringNormalizerKernel {
             )
         }
         let out = self
-            .0
             .run(slice::<String>(x)?)
             .map_err(|e| format_err!("{e}"))?;
-        Ok(tvec!(tensor(x.shape(), out)?))
+        tensor(x.shape(), out)
     }
 }
 
@@ -1476,12 +1316,12 @@ struct TokenizerKernel {
 }
 
 pub fn tokenizer(ctx: &ParsingContext, node: &NodeProto) -> Built {
-    let r = Reader {
-        op: "Tokenizer",
-        node,
+    let r = Reader::checked(
+        "Tokenizer",
         ctx,
-    };
-    r.check_known(&[&["mark", "pad_value", "mincharnum", "separators", "tokenexp"]])?;
+        node,
+        &[&["mark", "pad_value", "mincharnum", "separators", "tokenexp"]],
+    )?;
     let t = Tokenizer::build(
         r.required("mark", r.int("mark")?)? != 0,
         r.required("pad_value", r.string("pad_value")?)?,
@@ -1508,31 +1348,24 @@ impl Kernel for TokenizerKernel {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> InferenceResult {
-        check_input_arity(inputs, 1)?;
-        input_types(s, self.name(), &inputs[0], &[DatumType::String])?;
-        input_rank(s, self.name(), &inputs[0], 2)?;
+        one_input(s, self.name(), inputs, &[DatumType::String])?;
         s.equals(&outputs[0].datum_type, DatumType::String)?;
-        s.equals(inputs[0].rank.bex() + 1, outputs[0].rank.bex())?;
-        let tokens = self.tokens.clone();
-        s.given(&inputs[0].shape, move |s, shape| {
-            let mut out = shape.to_vec();
-            out.push(tokens.to_dim());
-            s.equals(&outputs[0].shape, ShapeFactoid::from(out))
-        })
+        one_more_axis_rules(s, inputs, outputs, self.tokens.to_dim())
     }
 
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let mut shape: TVec<TDim> = inputs[0].shape.iter().cloned().collect();
-        shape.push(self.tokens.to_dim());
-        Ok(tvec!(TypedFact::dt_shape(DatumType::String, shape)))
+        let tokens = self.tokens.to_dim();
+        Ok(tvec!(one_more_axis_fact(
+            DatumType::String,
+            inputs[0],
+            tokens
+        )))
     }
 
     fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = &inputs[0];
         let (out, width) = self.tokenizer.run(slice::<String>(x)?);
-        let mut shape = x.shape().to_vec();
-        shape.push(width);
-        Ok(tvec!(tensor(&shape, out)?))
+        Ok(tvec!(tensor(&one_more_axis(x.shape(), width), out)?))
     }
 }
 
@@ -1540,22 +1373,22 @@ impl Kernel for TokenizerKernel {
 struct TfIdfKernel(TfIdf);
 
 pub fn tfidf_vectorizer(ctx: &ParsingContext, node: &NodeProto) -> Built {
-    let r = Reader {
-        op: "TfIdfVectorizer",
-        node,
+    let r = Reader::checked(
+        "TfIdfVectorizer",
         ctx,
-    };
-    r.check_known(&[&[
-        "mode",
-        "min_gram_length",
-        "max_gram_length",
-        "max_skip_count",
-        "ngram_counts",
-        "ngram_indexes",
-        "weights",
-        "pool_strings",
-        "pool_int64s",
-    ]])?;
+        node,
+        &[&[
+            "mode",
+            "min_gram_length",
+            "max_gram_length",
+            "max_skip_count",
+            "ngram_counts",
+            "ngram_indexes",
+            "weights",
+            "pool_strings",
+            "pool_int64s",
+        ]],
+    )?;
     let mode = Weighting::parse(&r.required("mode", r.string("mode")?)?)
         .map_err(|e| r.invalid("mode", e))?;
     let pool = match (r.strings("pool_strings")?, r.ints("pool_int64s")?) {
@@ -1574,7 +1407,7 @@ pub fn tfidf_vectorizer(ctx: &ParsingContext, node: &NodeProto) -> Built {
         ngram_indexes: r
             .required("ngram_indexes", r.ints("ngram_indexes")?)?
             .to_vec(),
-        weights: floats_attr(&r, "weights")?,
+        weights: r.floats_or_empty("weights")?,
         pool,
     })
     .map_err(|e| build_refusal(r.op, e))?;
@@ -1592,14 +1425,12 @@ impl Kernel for TfIdfKernel {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> InferenceResult {
-        check_input_arity(inputs, 1)?;
         let allowed: &'static [DatumType] = if self.0.string_pool {
             &[DatumType::String]
         } else {
             &[DatumType::I32, DatumType::I64]
         };
-        input_types(s, self.name(), &inputs[0], allowed)?;
-        input_rank(s, self.name(), &inputs[0], 2)?;
+        one_input(s, self.name(), inputs, allowed)?;
         s.equals(&outputs[0].datum_type, DatumType::F32)?;
         s.equals(&outputs[0].rank, &inputs[0].rank)?;
         let width = self.0.width();

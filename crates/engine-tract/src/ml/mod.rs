@@ -8,7 +8,8 @@
 //!
 //! Each operator's computation is a pure module with no tract in it (`trees`, `linear`, `svm`,
 //! `transform`, `lookup`, `text`); `ops` (trees) and `kernels` (the rest) read the attributes
-//! and wire them. Nothing here knows the engine around it: [`onnx`] is the only entry point.
+//! and wire them, all as the one typed op of `wiring`. Nothing here knows the engine around it:
+//! [`onnx`] is the only entry point.
 
 mod attrs;
 mod common;
@@ -22,6 +23,7 @@ mod svm;
 mod text;
 mod transform;
 pub mod trees;
+mod wiring;
 
 /// tract's ONNX framework with our operators registered.
 pub fn onnx() -> tract_onnx::Onnx {
@@ -64,40 +66,40 @@ mod tests {
     };
     use tract_onnx::prelude::*;
 
-    fn ints(name: &str, v: &[i64]) -> AttributeProto {
-        AttributeProto {
+    /// An attribute of `kind` named `name`; `set` writes its value.
+    fn attr(
+        name: &str,
+        kind: AttributeType,
+        set: impl FnOnce(&mut AttributeProto),
+    ) -> AttributeProto {
+        let mut a = AttributeProto {
             name: name.into(),
-            r#type: AttributeType::Ints as i32,
-            ints: v.to_vec(),
+            r#type: kind as i32,
             ..Default::default()
-        }
+        };
+        set(&mut a);
+        a
+    }
+
+    fn int(name: &str, v: i64) -> AttributeProto {
+        attr(name, AttributeType::Int, |a| a.i = v)
+    }
+
+    fn ints(name: &str, v: &[i64]) -> AttributeProto {
+        attr(name, AttributeType::Ints, |a| a.ints = v.to_vec())
     }
 
     fn floats(name: &str, v: &[f32]) -> AttributeProto {
-        AttributeProto {
-            name: name.into(),
-            r#type: AttributeType::Floats as i32,
-            floats: v.to_vec(),
-            ..Default::default()
-        }
+        attr(name, AttributeType::Floats, |a| a.floats = v.to_vec())
     }
 
     fn strings(name: &str, v: &[&str]) -> AttributeProto {
-        AttributeProto {
-            name: name.into(),
-            r#type: AttributeType::Strings as i32,
-            strings: v.iter().map(|s| s.as_bytes().to_vec()).collect(),
-            ..Default::default()
-        }
+        let v = v.iter().map(|s| s.as_bytes().to_vec()).collect();
+        attr(name, AttributeType::Strings, |a| a.strings = v)
     }
 
     fn string(name: &str, v: &str) -> AttributeProto {
-        AttributeProto {
-            name: name.into(),
-            r#type: AttributeType::String as i32,
-            s: v.as_bytes().to_vec(),
-            ..Default::default()
-        }
+        attr(name, AttributeType::String, |a| a.s = v.as_bytes().to_vec())
     }
 
     /// One stump on feature 0: `x0 <= 0.5` goes to leaf 1, else leaf 2.
@@ -137,50 +139,14 @@ mod tests {
         }
     }
 
+    /// A one-node tree ensemble over one `[N, 2]` float input, loaded through our register.
     fn load(op: &str, attribute: Vec<AttributeProto>) -> TractResult<Arc<TypedRunnableModel>> {
-        let outputs: Vec<String> = if op == "TreeEnsembleRegressor" {
-            vec!["y".into()]
+        let outputs: &[&str] = if op == "TreeEnsembleRegressor" {
+            &["y"]
         } else {
-            vec!["label".into(), "scores".into()]
+            &["label", "scores"]
         };
-        let graph = GraphProto {
-            node: vec![NodeProto {
-                op_type: op.into(),
-                domain: "ai.onnx.ml".into(),
-                input: vec!["x".into()],
-                output: outputs.clone(),
-                attribute,
-                ..Default::default()
-            }],
-            input: vec![value_info("x", 1)],
-            output: outputs
-                .iter()
-                .map(|o| ValueInfoProto {
-                    name: o.clone(),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        };
-        let proto = ModelProto {
-            ir_version: 8,
-            opset_import: vec![
-                OperatorSetIdProto {
-                    domain: String::new(),
-                    version: 17,
-                },
-                OperatorSetIdProto {
-                    domain: "ai.onnx.ml".into(),
-                    version: 3,
-                },
-            ],
-            graph: Some(graph),
-            ..Default::default()
-        };
-        super::onnx()
-            .model_for_proto_model(&proto)?
-            .into_optimized()?
-            .into_runnable()
+        load_node(op, "ai.onnx.ml", 1, outputs, attribute, 3)
     }
 
     fn run(plan: &Arc<TypedRunnableModel>, rows: &[[f32; 2]]) -> TVec<TValue> {
@@ -189,11 +155,16 @@ mod tests {
         state.run(tvec!(x.into_tensor().into_tvalue())).unwrap()
     }
 
-    fn refusal(op: &str, attribute: Vec<AttributeProto>) -> String {
-        match load(op, attribute) {
+    /// The load error, in full.
+    fn refused(op: &str, loaded: TractResult<Arc<TypedRunnableModel>>) -> String {
+        match loaded {
             Ok(_) => panic!("{op}: the model loads, but must be refused"),
             Err(e) => format!("{e:#}"),
         }
+    }
+
+    fn refusal(op: &str, attribute: Vec<AttributeProto>) -> String {
+        refused(op, load(op, attribute))
     }
 
     #[test]
@@ -227,12 +198,7 @@ mod tests {
             ints("target_nodeids", &[1, 2]),
             ints("target_ids", &[0, 0]),
             floats("target_weights", &[3.0, -4.0]),
-            AttributeProto {
-                name: "n_targets".into(),
-                r#type: AttributeType::Int as i32,
-                i: 1,
-                ..Default::default()
-            },
+            int("n_targets", 1),
             string("post_transform", "LOGISTIC"),
         ]);
         let plan = load("TreeEnsembleRegressor", a).unwrap();
@@ -375,10 +341,8 @@ mod tests {
         attribute: Vec<AttributeProto>,
         ml_opset: i64,
     ) -> String {
-        match load_node(op, "ai.onnx.ml", elem_type, outputs, attribute, ml_opset) {
-            Ok(_) => panic!("{op}: the model loads, but must be refused"),
-            Err(e) => format!("{e:#}"),
-        }
+        let loaded = load_node(op, "ai.onnx.ml", elem_type, outputs, attribute, ml_opset);
+        refused(op, loaded)
     }
 
     #[test]
@@ -407,11 +371,7 @@ mod tests {
             1,
             &["y"],
             vec![
-                AttributeProto {
-                    name: "keys_tensor".into(),
-                    r#type: AttributeType::Tensor as i32,
-                    ..Default::default()
-                },
+                attr("keys_tensor", AttributeType::Tensor, |_| {}),
                 floats("values_floats", &[1.0]),
             ],
             4,
@@ -421,31 +381,14 @@ mod tests {
             "{e}"
         );
         // A token expression RE2 could match otherwise than Rust's regex.
-        let e = match load_node(
-            "Tokenizer",
-            "com.microsoft",
-            8,
-            &["tokens"],
-            vec![
-                AttributeProto {
-                    name: "mark".into(),
-                    r#type: AttributeType::Int as i32,
-                    ..Default::default()
-                },
-                string("pad_value", "#"),
-                AttributeProto {
-                    name: "mincharnum".into(),
-                    r#type: AttributeType::Int as i32,
-                    i: 1,
-                    ..Default::default()
-                },
-                string("tokenexp", r"\w+"),
-            ],
-            1,
-        ) {
-            Ok(_) => panic!("a \\w token expression loads"),
-            Err(e) => format!("{e:#}"),
-        };
+        let attribute = vec![
+            int("mark", 0),
+            string("pad_value", "#"),
+            int("mincharnum", 1),
+            string("tokenexp", r"\w+"),
+        ];
+        let loaded = load_node("Tokenizer", "com.microsoft", 8, &["tokens"], attribute, 1);
+        let e = refused("Tokenizer", loaded);
         assert!(
             e.contains("Tokenizer attribute 'tokenexp'") && e.contains(hint),
             "{e}"
@@ -475,12 +418,7 @@ mod tests {
             vec![
                 strings("cats_strings", &["a", "b"]),
                 ints("cats_int64s", &[1, 2]),
-                AttributeProto {
-                    name: "default_int64".into(),
-                    r#type: AttributeType::Int as i32,
-                    i: 9,
-                    ..Default::default()
-                },
+                int("default_int64", 9),
                 string("default_string", "?"),
             ],
             1,

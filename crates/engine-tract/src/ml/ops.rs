@@ -13,8 +13,8 @@ use tract_onnx::pb::NodeProto;
 use tract_onnx::tract_hir::internal::*;
 
 use super::attrs::{build_refusal, Reader, ORT_HINT};
-use super::trees::PostTransform;
-use super::trees::{Aggregate, Attributes, Ensemble, Head, Labels, Mode, Pick};
+use super::trees::{Aggregate, Attributes, Ensemble, Head, Labels, Mode, Pick, Rows};
+use super::wiring::{classifier_facts, label_type, Built, Compute, MlOp};
 
 const CLASSIFIER: &str = "TreeEnsembleClassifier";
 const REGRESSOR: &str = "TreeEnsembleRegressor";
@@ -60,50 +60,19 @@ const REGRESSOR_ATTRIBUTES: [&str; 9] = [
 ];
 
 /// The `OpBuilder` for `TreeEnsembleClassifier`.
-pub fn tree_classifier(
-    ctx: &ParsingContext,
-    node: &NodeProto,
-) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    let reader = Reader {
-        op: CLASSIFIER,
-        node,
-        ctx,
-    };
-    reader.check_known(&[&NODE_ATTRIBUTES, &CLASSIFIER_ATTRIBUTES, &IGNORED])?;
-    let ints = reader.ints("classlabels_int64s")?;
-    let strings = reader.strings("classlabels_strings")?;
-    let labels = match (ints, strings) {
-        (Some(v), None) => Labels::Int(v.to_vec()),
-        (None, Some(v)) => Labels::Str(v),
-        (None, None) => {
-            return Err(reader.invalid(
-                "classlabels_int64s",
-                "neither classlabels_int64s nor classlabels_strings is set",
-            ))
-        }
-        (Some(_), Some(_)) => {
-            return Err(reader.invalid(
-                "classlabels_strings",
-                "both classlabels_int64s and classlabels_strings are set",
-            ))
-        }
-    };
+pub fn tree_classifier(ctx: &ParsingContext, node: &NodeProto) -> Built {
+    let known: [&[&str]; 3] = [&NODE_ATTRIBUTES, &CLASSIFIER_ATTRIBUTES, &IGNORED];
+    let reader = Reader::checked(CLASSIFIER, ctx, node, &known)?;
+    let labels = reader.class_labels("classlabels_int64s", false)?;
     let attrs = reader.attributes("class")?;
     let head = Head::Classifier { labels };
     TreeEnsemble::inference_op(CLASSIFIER, attrs, head)
 }
 
 /// The `OpBuilder` for `TreeEnsembleRegressor`.
-pub fn tree_regressor(
-    ctx: &ParsingContext,
-    node: &NodeProto,
-) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    let reader = Reader {
-        op: REGRESSOR,
-        node,
-        ctx,
-    };
-    reader.check_known(&[&NODE_ATTRIBUTES, &REGRESSOR_ATTRIBUTES, &IGNORED])?;
+pub fn tree_regressor(ctx: &ParsingContext, node: &NodeProto) -> Built {
+    let known: [&[&str]; 3] = [&NODE_ATTRIBUTES, &REGRESSOR_ATTRIBUTES, &IGNORED];
+    let reader = Reader::checked(REGRESSOR, ctx, node, &known)?;
     let n_targets = reader
         .int("n_targets")?
         .ok_or_else(|| reader.invalid("n_targets", "is not set"))?;
@@ -125,10 +94,7 @@ pub fn tree_regressor(
 
 /// The `OpBuilder` for `TreeEnsemble` (ai.onnx.ml opset 5): refused with what to do instead,
 /// rather than tract's bare "unimplemented".
-pub fn tree_ensemble_v5(
-    _ctx: &ParsingContext,
-    _node: &NodeProto,
-) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+pub fn tree_ensemble_v5(_ctx: &ParsingContext, _node: &NodeProto) -> Built {
     bail!(
         "TreeEnsemble (ai.onnx.ml opset 5): {ORT_HINT}; or export with ai.onnx.ml opset 3 or \
          lower, which writes TreeEnsembleClassifier / TreeEnsembleRegressor"
@@ -194,14 +160,8 @@ impl Reader<'_> {
             .map(|s| Mode::parse(s))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.invalid("nodes_modes", e))?;
-        let post_transform = self
-            .string("post_transform")?
-            .map(|s| PostTransform::parse(&s))
-            .transpose()
-            .map_err(|e| self.invalid("post_transform", e))?;
-        let ints = |name: &str| -> TractResult<Vec<i64>> {
-            Ok(self.ints(name)?.map(<[i64]>::to_vec).unwrap_or_default())
-        };
+        let post_transform = self.post_transform()?;
+        let ints = |name: &str| self.ints_or_empty(name);
         let (treeids, nodeids, ids) = match leaf {
             "class" => ("class_treeids", "class_nodeids", "class_ids"),
             _ => ("target_treeids", "target_nodeids", "target_ids"),
@@ -239,11 +199,7 @@ struct TreeEnsemble {
 
 impl TreeEnsemble {
     /// Builds the ensemble (a refused model fails here, at load) and the op tract wires.
-    fn inference_op(
-        op: &'static str,
-        attrs: Attributes,
-        head: Head,
-    ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    fn inference_op(op: &'static str, attrs: Attributes, head: Head) -> Built {
         let ensemble = Ensemble::build(&attrs, head).map_err(|e| build_refusal(op, e))?;
         Ok((
             expand(TreeEnsemble {
@@ -306,11 +262,7 @@ impl Expansion for TreeEnsemble {
         })?;
         let scores = outputs.len() - 1;
         if let Some(labels) = self.classifier() {
-            let dt = match labels {
-                Labels::Int(_) => DatumType::I64,
-                Labels::Str(_) => DatumType::String,
-            };
-            s.equals(&outputs[0].datum_type, dt)?;
+            s.equals(&outputs[0].datum_type, label_type(labels))?;
             s.equals(&outputs[0].rank, 1)?;
             s.equals(&outputs[0].shape[0], &inputs[0].shape[0])?;
         }
@@ -339,19 +291,15 @@ impl Expansion for TreeEnsemble {
         } else {
             self.ensemble.clone()
         };
-        model.wire_node(
-            prefix,
-            TreeEnsembleOp {
-                op: self.op,
-                ensemble,
-            },
-            inputs,
-        )
+        let op = TreeEnsembleOp {
+            op: self.op,
+            ensemble,
+        };
+        model.wire_node(prefix, MlOp(Arc::new(op)), inputs)
     }
 }
 
-/// The typed op: one evaluation of the whole ensemble per call.
-#[derive(Clone)]
+/// What the typed op computes: one evaluation of the whole ensemble per call.
 struct TreeEnsembleOp {
     op: &'static str,
     ensemble: Arc<Ensemble>,
@@ -369,34 +317,21 @@ impl fmt::Debug for TreeEnsembleOp {
     }
 }
 
-impl PartialEq for TreeEnsembleOp {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.ensemble, &other.ensemble)
-    }
-}
-
-impl Eq for TreeEnsembleOp {}
-
-impl Op for TreeEnsembleOp {
-    fn name(&self) -> StaticName {
-        self.op.into()
+impl Compute for TreeEnsembleOp {
+    fn name(&self) -> &'static str {
+        self.op
     }
 
-    fn as_typed(&self) -> Option<&dyn TypedOp> {
-        Some(self)
-    }
-}
-
-impl EvalOp for TreeEnsembleOp {
-    fn eval_out_of_plan(&self, inputs: TVec<TValue>) -> TractResult<Option<TVec<TValue>>> {
-        Ok(Some(EvalOp::eval(
-            self,
-            &EvalContext::out_of_plan(),
-            inputs,
-        )?))
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let n = inputs[0].shape[0].clone();
+        let width = self.ensemble.width();
+        Ok(match &self.ensemble.head {
+            Head::Classifier { labels } => classifier_facts(labels, n, width),
+            Head::Regressor { .. } => tvec!(f32::fact([n, width.to_dim()])),
+        })
     }
 
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+    fn eval(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let input = args_1!(inputs);
         let &[rows, features] = input.shape() else {
             bail!(
@@ -431,7 +366,7 @@ impl EvalOp for TreeEnsembleOp {
                     .collect(),
                 dt => bail!("{}: input of type {dt:?}", self.op),
             };
-            e.run_f64(&x, features, &mut scores, &mut picks)
+            e.run(Rows::F64(&x), features, &mut scores, &mut picks)
         } else {
             let x: Cow<[f32]> = match input.datum_type() {
                 DatumType::F32 => Cow::Borrowed(ram.as_slice::<f32>()?),
@@ -439,7 +374,7 @@ impl EvalOp for TreeEnsembleOp {
                 DatumType::I32 => ram.as_slice::<i32>()?.iter().map(|&v| v as f32).collect(),
                 dt => bail!("{}: input of type {dt:?}", self.op),
             };
-            e.run_f32(&x, features, &mut scores, &mut picks)
+            e.run(Rows::F32(&x), features, &mut scores, &mut picks)
         };
         run.map_err(|reason| format_err!("{}: {reason}", self.op))?;
         let scores =
@@ -471,29 +406,5 @@ impl EvalOp for TreeEnsembleOp {
             }
         };
         Ok(tvec!(labels.into_tvalue(), scores.into_tvalue()))
-    }
-}
-
-impl TypedOp for TreeEnsembleOp {
-    fn as_op(&self) -> &dyn Op {
-        self
-    }
-
-    fn as_op_mut(&mut self) -> &mut dyn Op {
-        self
-    }
-
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let n = inputs[0].shape[0].clone();
-        let scores = f32::fact([n.clone(), self.ensemble.width().to_dim()]);
-        Ok(match &self.ensemble.head {
-            Head::Classifier {
-                labels: Labels::Int(_),
-            } => tvec!(i64::fact([n]), scores),
-            Head::Classifier {
-                labels: Labels::Str(_),
-            } => tvec!(TypedFact::dt_shape(DatumType::String, [n]), scores),
-            Head::Regressor { .. } => tvec!(scores),
-        })
     }
 }

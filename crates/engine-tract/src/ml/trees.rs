@@ -151,6 +151,13 @@ enum Forest {
     F64(Trees<f64>),
 }
 
+/// An input in one of the two precisions an ensemble computes in.
+#[derive(Clone, Copy, Debug)]
+pub enum Rows<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+}
+
 #[derive(Clone, Debug)]
 struct Trees<T> {
     /// Per node (leaves too: feature 0, never read to any effect).
@@ -275,34 +282,24 @@ impl Ensemble {
     /// Evaluates `rows` rows of `features` values each (`x` row-major, already converted to
     /// the ensemble's precision: see [`Ensemble::is_double`]). Writes `rows × width` scores and,
     /// for a classifier, one pick per row.
-    pub fn run_f32(
+    pub fn run(
         &self,
-        x: &[f32],
+        x: Rows,
         features: usize,
         scores: &mut [f32],
         picks: &mut [Pick],
     ) -> Result<(), String> {
-        match &self.forest {
-            Forest::F32(t) => self.run(t, x, features, scores, picks),
-            Forest::F64(_) => Err("this ensemble computes in double".into()),
+        match (&self.forest, x) {
+            (Forest::F32(t), Rows::F32(x)) => self.run_trees(t, x, features, scores, picks),
+            (Forest::F64(t), Rows::F64(x)) => self.run_trees(t, x, features, scores, picks),
+            (Forest::F64(_), Rows::F32(_)) => Err("this ensemble computes in double".into()),
+            (Forest::F32(_), Rows::F64(_)) => {
+                Err("this ensemble computes in single precision".into())
+            }
         }
     }
 
-    /// As [`Ensemble::run_f32`], for an ensemble that computes in double.
-    pub fn run_f64(
-        &self,
-        x: &[f64],
-        features: usize,
-        scores: &mut [f32],
-        picks: &mut [Pick],
-    ) -> Result<(), String> {
-        match &self.forest {
-            Forest::F64(t) => self.run(t, x, features, scores, picks),
-            Forest::F32(_) => Err("this ensemble computes in single precision".into()),
-        }
-    }
-
-    fn run<T: Float>(
+    fn run_trees<T: Float>(
         &self,
         trees: &Trees<T>,
         x: &[T],
