@@ -5,12 +5,17 @@
 //! ```text
 //! cargo bench --bench loadgen -- http --url http://127.0.0.1:8000/v2/models/m/infer \
 //!     --body req.json [--header-len N] --concurrency 64 --duration 10 --warmup 2
+//! cargo bench --bench loadgen -- http --grpc --url http://127.0.0.1:8001 \
+//!     --body model_infer_request.pb --concurrency 64 --duration 10 --warmup 2
 //! cargo bench --bench loadgen -- floor --model models/mlp-large/1/model.onnx --width 256 \
 //!     --batch 64 --threads 2 --duration 5 [--engine tract|ort|cuda|auto]
 //! ```
 //!
 //! `http` keeps `concurrency` HTTP/1.1 keep-alive connections busy from one thread (so its CPU
-//! cost is one process's, reported beside the figures) and records every latency. `floor` runs
+//! cost is one process's, reported beside the figures) and records every latency. With `--grpc`
+//! the body is a serialized `ModelInferRequest`, sent as `ModelInfer` calls multiplexed on one
+//! HTTP/2 connection (as tritonclient's and perf_analyzer's gRPC clients do), and a call counts
+//! as a success when its `grpc-status` is 0. `floor` runs
 //! the server's own engine with no HTTP at all: the ceiling a served figure is read against.
 //! Both print one JSON object.
 
@@ -45,6 +50,7 @@ fn main() {
                     std::fs::read(opt("--body").expect("--body")).expect("readable body file"),
                 ),
                 header_len: opt("--header-len"),
+                grpc: args.iter().any(|a| a == "--grpc"),
                 // Counts any answer as a success: measures the HTTP floor on an endpoint that
                 // refuses the body (a 405 costs the server no model work).
                 any_status: args.iter().any(|a| a == "--any-status"),
@@ -92,6 +98,7 @@ struct HttpLoad {
     url: String,
     body: Bytes,
     header_len: Option<String>,
+    grpc: bool,
     any_status: bool,
     until_file: Option<PathBuf>,
     concurrency: usize,
@@ -104,6 +111,7 @@ async fn http_load(load: HttpLoad) -> serde_json::Value {
         url,
         body,
         header_len,
+        grpc,
         any_status,
         until_file,
         concurrency,
@@ -114,11 +122,42 @@ async fn http_load(load: HttpLoad) -> serde_json::Value {
     let authority = full.authority().expect("host:port").to_string();
     // Requests carry the origin form (`/v2/...`) with a Host header, as browsers and curl send
     // them; some servers refuse the absolute form.
-    let uri: http::Uri = full
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .parse()
-        .expect("a path");
+    let uri: http::Uri = if grpc {
+        "/inference.GRPCInferenceService/ModelInfer"
+            .parse()
+            .unwrap()
+    } else {
+        full.path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .expect("a path")
+    };
+    // gRPC's length-prefixed message: not compressed, then the length, big-endian.
+    let body = if grpc {
+        let mut framed = Vec::with_capacity(5 + body.len());
+        framed.push(0);
+        framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&body);
+        Bytes::from(framed)
+    } else {
+        body
+    };
+    let h2 = if grpc {
+        let stream = tokio::net::TcpStream::connect(&authority)
+            .await
+            .expect("connect");
+        stream.set_nodelay(true).unwrap();
+        let (sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .expect("HTTP/2 handshake");
+        tokio::task::spawn_local(conn);
+        Some(sender)
+    } else {
+        None
+    };
     let start = Instant::now();
     let measure_from = start + warmup;
     let stop_at = measure_from + duration;
@@ -139,16 +178,23 @@ async fn http_load(load: HttpLoad) -> serde_json::Value {
         let body = body.clone();
         let header_len = header_len.clone();
         let stopped = stopped.clone();
+        let h2 = h2.clone();
         tasks.push(tokio::task::spawn_local(async move {
-            let stream = tokio::net::TcpStream::connect(&authority)
-                .await
-                .expect("connect");
-            stream.set_nodelay(true).unwrap();
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                    .await
-                    .expect("handshake");
-            tokio::task::spawn_local(conn);
+            let mut sender = match h2 {
+                Some(h2) => Sender::Two(h2),
+                None => {
+                    let stream = tokio::net::TcpStream::connect(&authority)
+                        .await
+                        .expect("connect");
+                    stream.set_nodelay(true).unwrap();
+                    let (sender, conn) =
+                        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                            .await
+                            .expect("handshake");
+                    tokio::task::spawn_local(conn);
+                    Sender::One(sender)
+                }
+            };
             let mut latencies: Vec<u32> = Vec::with_capacity(1 << 16);
             let mut errors = 0u64;
             loop {
@@ -156,9 +202,17 @@ async fn http_load(load: HttpLoad) -> serde_json::Value {
                 if sent >= stop_at || stopped.get().is_some() {
                     break;
                 }
-                let mut req = http::Request::post(uri.clone())
-                    .header(http::header::HOST, authority.as_str())
-                    .header(http::header::CONTENT_TYPE, "application/json");
+                let mut req = http::Request::post(uri.clone());
+                if grpc {
+                    req = req
+                        .uri(format!("http://{authority}{uri}"))
+                        .header(http::header::CONTENT_TYPE, "application/grpc")
+                        .header(http::header::TE, "trailers");
+                } else {
+                    req = req
+                        .header(http::header::HOST, authority.as_str())
+                        .header(http::header::CONTENT_TYPE, "application/json");
+                }
                 if let Some(len) = &header_len {
                     req = req.header("Inference-Header-Content-Length", len.as_str());
                 }
@@ -167,10 +221,18 @@ async fn http_load(load: HttpLoad) -> serde_json::Value {
                     errors += 1;
                     break;
                 }
-                let ok = match sender.send_request(req).await {
+                let ok = match sender.send(req).await {
                     Ok(resp) => {
                         let good = any_status || resp.status().is_success();
-                        good && resp.into_body().collect().await.is_ok()
+                        match resp.into_body().collect().await {
+                            Ok(collected) if grpc => {
+                                good && collected
+                                    .trailers()
+                                    .is_some_and(|t| t.get("grpc-status").is_some_and(|s| s == "0"))
+                            }
+                            Ok(_) => good,
+                            Err(_) => false,
+                        }
                     }
                     Err(_) => false,
                 };
@@ -223,6 +285,31 @@ async fn http_load(load: HttpLoad) -> serde_json::Value {
         "client_cpu_share": cpu / (seconds * cores),
         "client_cpu_us_per_request": if n == 0 { 0.0 } else { cpu * 1e6 / n as f64 },
     })
+}
+
+/// An HTTP/1.1 connection of the task's own, or its share of the HTTP/2 connection.
+enum Sender {
+    One(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    Two(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+impl Sender {
+    async fn ready(&mut self) -> hyper::Result<()> {
+        match self {
+            Sender::One(s) => s.ready().await,
+            Sender::Two(s) => s.ready().await,
+        }
+    }
+
+    async fn send(
+        &mut self,
+        req: http::Request<Full<Bytes>>,
+    ) -> hyper::Result<http::Response<hyper::body::Incoming>> {
+        match self {
+            Sender::One(s) => s.send_request(req).await,
+            Sender::Two(s) => s.send_request(req).await,
+        }
+    }
 }
 
 fn floor(

@@ -21,7 +21,6 @@ pub mod protocol;
 pub mod repository;
 pub mod rollout;
 pub mod routing;
-#[cfg(feature = "cuda")]
 pub mod server;
 pub mod service;
 pub mod store;

@@ -1384,7 +1384,7 @@ impl VersionStats {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CountNs {
     pub count: u64,
     pub ns: u64,

@@ -204,9 +204,10 @@ def wait_ready(url: str, timeout: float = 120) -> None:
 
 
 def loadgen_http(loadgen: Path, url: str, body: Path, header_len, concurrency: int, duration: float,
-                 warmup: float) -> dict:
+                 warmup: float, grpc: bool = False) -> dict:
+    """With `grpc`, `url` is the gRPC port's and `body` a serialized ModelInferRequest."""
     cmd = [str(loadgen), "http", "--url", url, "--body", str(body), "--concurrency", str(concurrency),
-           "--duration", str(duration), "--warmup", str(warmup)]
+           "--duration", str(duration), "--warmup", str(warmup)] + (["--grpc"] if grpc else [])
     if header_len is not None:
         cmd += ["--header-len", str(header_len)]
     return json.loads(run(cmd, capture_output=True).stdout)

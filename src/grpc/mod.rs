@@ -25,16 +25,12 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tonic::{Request, Response, Status, Streaming};
-use tracing::Instrument;
 
 use crate::config::ModelConfig;
 use crate::listener::{serve_connections, Protocol};
-use crate::offload::INLINE_LIMIT;
 use crate::repository::LoadOverride;
 use crate::routing::RequestKeys;
-use crate::service::{
-    check_bearer, loaded_versions, stats_versions, ApiError, AppState, EXTENSIONS,
-};
+use crate::service::{self, check_bearer, ApiError, AppState, InferCodec};
 use messages::{Bounds, Held, Messages};
 use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 
@@ -233,9 +229,8 @@ impl Api {
     }
 }
 
-/// One inference, from message to message. `size` is what the message holds (its admitted
-/// bytes): a large one is turned into tensors, and a large result into a message, on the
-/// blocking pool.
+/// One inference, from message to message, through the service's one path. `size` is what
+/// the message holds (its admitted bytes).
 async fn infer(
     state: &AppState,
     mut message: proto::ModelInferRequest,
@@ -244,33 +239,25 @@ async fn infer(
 ) -> Result<proto::ModelInferResponse, ApiError> {
     let model = std::mem::take(&mut message.model_name);
     let named = std::mem::take(&mut message.model_version);
-    let mut request = if size > INLINE_LIMIT {
-        state
-            .offload
-            .run(move || tensors::decode(message))
-            .await??
-    } else {
-        tensors::decode(message)?
-    };
-    // Every inference has an id, so a caller can send feedback for it later.
-    let id = request
-        .id
-        .get_or_insert_with(|| uuid::Uuid::now_v7().to_string())
-        .clone();
-    // As HTTP's: the span travels to the engine thread (debug level only).
-    let span = tracing::debug_span!("infer", model, id = %id);
-    let result = state
-        .router
-        .infer(&model, version(&named), request, keys)
-        .instrument(span)
-        .await?;
-    let out: usize = result.picked().map(|(_, t, _)| t.binary_size()).sum();
-    if out > INLINE_LIMIT {
-        Ok(state
-            .offload
-            .run(move || tensors::encode(&result, id))
-            .await?)
-    } else {
+    service::infer::<Protobuf>(state, &model, version(&named), keys, message, size).await
+}
+
+/// The KServe V2 protobuf messages, tensors in raw contents or typed fields.
+struct Protobuf;
+
+impl InferCodec for Protobuf {
+    type Payload = proto::ModelInferRequest;
+    type Answer = proto::ModelInferResponse;
+
+    fn decode(message: Self::Payload) -> Result<crate::request::InferRequest, ApiError> {
+        Ok(tensors::decode(message)?)
+    }
+
+    fn answer_size(result: &crate::routing::InferResult) -> usize {
+        result.picked().map(|(_, t, _)| t.binary_size()).sum()
+    }
+
+    fn encode(result: crate::routing::InferResult, id: String) -> Result<Self::Answer, ApiError> {
         Ok(tensors::encode(&result, id))
     }
 }
@@ -315,14 +302,7 @@ impl GrpcInferenceService for Api {
         &self,
         _: Request<proto::ServerMetadataRequest>,
     ) -> Result<Response<proto::ServerMetadataResponse>, Status> {
-        self.finish(
-            "ServerMetadata",
-            Ok(proto::ServerMetadataResponse {
-                name: env!("CARGO_PKG_NAME").into(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                extensions: EXTENSIONS.iter().map(|e| e.to_string()).collect(),
-            }),
-        )
+        self.finish("ServerMetadata", Ok(service::server_metadata().into()))
     }
 
     async fn model_metadata(
@@ -330,12 +310,8 @@ impl GrpcInferenceService for Api {
         request: Request<proto::ModelMetadataRequest>,
     ) -> Result<Response<proto::ModelMetadataResponse>, Status> {
         let r = request.into_inner();
-        let result = self
-            .state
-            .router
-            .resolve(&r.name, version(&r.version))
-            .map(|v| views::metadata(&v, loaded_versions(&self.state, &r.name)))
-            .map_err(ApiError::from);
+        let result =
+            service::model_metadata(&self.state, &r.name, version(&r.version)).map(Into::into);
         self.finish("ModelMetadata", result)
     }
 
@@ -429,14 +405,11 @@ impl GrpcInferenceService for Api {
         request: Request<proto::ModelConfigRequest>,
     ) -> Result<Response<proto::ModelConfigResponse>, Status> {
         let r = request.into_inner();
-        let result = self
-            .state
-            .router
-            .resolve(&r.name, version(&r.version))
-            .map(|v| proto::ModelConfigResponse {
-                config: Some(views::config(&v)),
-            })
-            .map_err(ApiError::from);
+        let result = service::model_config(&self.state, &r.name, version(&r.version)).map(|c| {
+            proto::ModelConfigResponse {
+                config: Some(c.into()),
+            }
+        });
         self.finish("ModelConfig", result)
     }
 
@@ -446,11 +419,7 @@ impl GrpcInferenceService for Api {
     ) -> Result<Response<proto::ModelStatisticsResponse>, Status> {
         let r = request.into_inner();
         let model = (!r.name.is_empty()).then_some(r.name.as_str());
-        let result = stats_versions(&self.state, model, version(&r.version)).map(|vs| {
-            proto::ModelStatisticsResponse {
-                model_stats: vs.iter().map(|v| views::statistics(v)).collect(),
-            }
-        });
+        let result = service::statistics(&self.state, model, version(&r.version)).map(Into::into);
         self.finish("ModelStatistics", result)
     }
 

@@ -12,8 +12,8 @@ use serde_json::{Map, Value};
 
 use super::{json_response, AppState};
 use crate::config::RolloutConfig;
+use crate::rollout::CandidateMode;
 use crate::rollout::Trigger;
-use crate::routing::CandidateMode;
 use crate::service::ApiError;
 
 type Reply = Result<Response<Full<Bytes>>, ApiError>;

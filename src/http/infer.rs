@@ -1,15 +1,18 @@
-//! `POST /v2/models/{m}[/versions/{v}]/infer`: decode, run through `routing`, encode.
+//! `POST /v2/models/{m}[/versions/{v}]/infer`: the body read under its limits, then the service
+//! layer's one inference path with V2's codec (JSON and binary tensors), and the answer's headers.
 
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use tracing::Instrument;
 
 use super::AppState;
-use crate::offload::INLINE_LIMIT;
-use crate::protocol::{self, InferResponse, ResponseOutput, HEADER_CONTENT_LENGTH};
-use crate::service::ApiError;
+use crate::protocol::{
+    self, EncodedResponse, InferResponse, ResponseOutput, HEADER_CONTENT_LENGTH,
+};
+use crate::request::InferRequest;
+use crate::routing::InferResult;
+use crate::service::{self, ApiError, InferCodec};
 
 /// The response header that carries the request's id (also in the body's `id`).
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -39,63 +42,17 @@ pub async fn infer(
         bytes: body,
         reservation: _held,
     } = state.read_body(&parts, incoming).await?;
-    let mut request = if body.len() > INLINE_LIMIT {
-        state
-            .offload
-            .run(move || protocol::decode_request(body, header_len))
-            .await??
-    } else {
-        protocol::decode_request(body, header_len)?
-    };
-    // Every inference has an id, so a caller can send feedback for it later: the client's, or
-    // one made here (UUID v7: unique, and sortable by time).
-    let id = request
-        .id
-        .get_or_insert_with(|| uuid::Uuid::now_v7().to_string())
-        .clone();
+    let size = body.len();
+    let (encoded, id) = service::infer::<Rest>(
+        state,
+        model,
+        version,
+        &parts.headers,
+        (body, header_len),
+        size,
+    )
+    .await?;
     let id_header = http::HeaderValue::from_str(&id).ok();
-    // The request's span travels with its job to the engine thread, so every line logged for it
-    // carries its id. At debug level only: a span per request costs an allocation when enabled.
-    let span = tracing::debug_span!("infer", model, id = %id);
-    let result = state
-        .router
-        .infer(model, version, request, &parts.headers)
-        .instrument(span)
-        .await?;
-    // JSON takes about 12 bytes per element: a response that large is encoded off the runtime,
-    // as a request that large is decoded.
-    let size: usize = result
-        .picked()
-        .map(|(_, t, binary)| {
-            if binary {
-                t.binary_size()
-            } else {
-                t.len() * 12
-            }
-        })
-        .sum();
-    let encode = move || {
-        let response = InferResponse {
-            model_name: &result.version.model,
-            model_version: result.version.version.to_string(),
-            id: Some(id.as_str()),
-            outputs: result
-                .picked()
-                .map(|(name, tensor, binary)| ResponseOutput {
-                    name,
-                    tensor,
-                    binary,
-                    classes: result.version.io.classes(name).map(|c| c.to_json()),
-                })
-                .collect(),
-        };
-        protocol::encode_response(&response)
-    };
-    let encoded = if size > INLINE_LIMIT {
-        state.offload.run(encode).await?
-    } else {
-        encode()
-    };
     let mut builder = Response::builder().status(StatusCode::OK);
     if let Some(value) = id_header {
         builder = builder.header(REQUEST_ID_HEADER, value);
@@ -109,4 +66,47 @@ pub async fn infer(
     Ok(builder
         .body(Full::new(Bytes::from(encoded.body)))
         .expect("headers are valid"))
+}
+
+/// V2's JSON with the binary tensor extension: the body and its `Inference-Header-Content-Length`.
+struct Rest;
+
+impl InferCodec for Rest {
+    type Payload = (Bytes, Option<usize>);
+    type Answer = (EncodedResponse, String);
+
+    fn decode((body, header_len): Self::Payload) -> Result<InferRequest, ApiError> {
+        Ok(protocol::decode_request(body, header_len)?)
+    }
+
+    /// JSON takes about 12 bytes per element.
+    fn answer_size(result: &InferResult) -> usize {
+        (result.picked())
+            .map(|(_, t, binary)| {
+                if binary {
+                    t.binary_size()
+                } else {
+                    t.len() * 12
+                }
+            })
+            .sum()
+    }
+
+    fn encode(result: InferResult, id: String) -> Result<Self::Answer, ApiError> {
+        let response = InferResponse {
+            model_name: &result.version.model,
+            model_version: result.version.version.to_string(),
+            id: Some(id.as_str()),
+            outputs: (result.picked())
+                .map(|(name, tensor, binary)| ResponseOutput {
+                    name,
+                    tensor,
+                    binary,
+                    classes: result.version.io.classes(name).map(|c| c.to_json()),
+                })
+                .collect(),
+        };
+        let encoded = protocol::encode_response(&response);
+        Ok((encoded, id))
+    }
 }

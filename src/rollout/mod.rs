@@ -8,6 +8,7 @@
 //! records into the candidate's trial.
 
 mod decide;
+mod deployment;
 mod rules;
 mod sequential;
 pub mod shared;
@@ -19,14 +20,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use decide::{decide, Decision};
+pub use deployment::{Candidate, CandidateMode, Deployment};
 pub use rules::{Action, Rules, Transition, Trigger};
 pub use state::StateError;
-use state::{CandidateState, ModelState, SavedMode, StateFile};
+use state::StateFile;
 pub use view::DeploymentView;
 
 use crate::config::RolloutConfig;
 use crate::metrics::Metrics;
-use crate::routing::{Candidate, CandidateMode, ModelRoute, Router, Tracker};
+use crate::routing::{ModelRoute, Router, Tracker};
 
 /// Why a control operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +63,7 @@ struct Persisted {
     file: FileState,
     /// Saved deployments of models that are not loaded (yet): written back unchanged, so a
     /// model that failed to load at start keeps its pin for the next start.
-    carried: std::collections::BTreeMap<String, ModelState>,
+    carried: std::collections::BTreeMap<String, Deployment>,
 }
 
 enum FileState {
@@ -567,7 +569,7 @@ impl Rollout {
 
     /// The deployments as they should be saved: every model's in the routing table, and the
     /// carried ones of models not in it.
-    fn current_state(&self, carried: &std::collections::BTreeMap<String, ModelState>) -> StateFile {
+    fn current_state(&self, carried: &std::collections::BTreeMap<String, Deployment>) -> StateFile {
         let table = self.router.snapshot();
         let mut state = StateFile::default();
         for (model, saved) in carried {
@@ -576,36 +578,9 @@ impl Rollout {
             }
         }
         for (model, route) in &table.models {
-            let d = &route.deployment;
-            if d.stable.is_none() && d.candidate.is_none() {
-                continue;
+            if !route.deployment.is_default() {
+                state.models.insert(model.clone(), route.deployment.clone());
             }
-            let candidate = d.candidate.as_ref().map(|c| match &c.mode {
-                CandidateMode::Canary {
-                    weight,
-                    sticky_header,
-                } => CandidateState {
-                    version: c.version,
-                    mode: SavedMode::Canary,
-                    weight: *weight,
-                    sticky_header: sticky_header.clone(),
-                    criteria: Some(c.criteria.clone()),
-                },
-                CandidateMode::Shadow => CandidateState {
-                    version: c.version,
-                    mode: SavedMode::Shadow,
-                    weight: 0.0,
-                    sticky_header: None,
-                    criteria: Some(c.criteria.clone()),
-                },
-            });
-            state.models.insert(
-                model.clone(),
-                ModelState {
-                    stable: d.stable,
-                    candidate,
-                },
-            );
         }
         state
     }
@@ -639,21 +614,20 @@ impl Rollout {
     }
 }
 
-/// A saved candidate as a running one, if its version is ready.
-fn candidate_from(route: &ModelRoute, c: &state::CandidateState) -> Option<Candidate> {
-    let loaded = route.versions.get(&c.version)?;
-    let mode = match c.mode {
-        SavedMode::Shadow => CandidateMode::Shadow,
-        SavedMode::Canary => CandidateMode::Canary {
-            weight: c.weight.clamp(0.0, 1.0),
-            sticky_header: c.sticky_header.clone(),
+/// A saved candidate as a running one (a new trial), if its version is ready.
+fn candidate_from(route: &ModelRoute, c: &Candidate) -> Option<Candidate> {
+    route.versions.get(&c.version)?;
+    let mode = match &c.mode {
+        CandidateMode::Shadow => CandidateMode::Shadow,
+        CandidateMode::Canary {
+            weight,
+            sticky_header,
+        } => CandidateMode::Canary {
+            weight: weight.clamp(0.0, 1.0),
+            sticky_header: sticky_header.clone(),
         },
     };
-    let criteria = c
-        .criteria
-        .clone()
-        .unwrap_or_else(|| loaded.config.rollout.clone());
-    Some(Candidate::new(c.version, mode, criteria))
+    Some(Candidate::new(c.version, mode, c.criteria.clone()))
 }
 
 fn check_weight(weight: f64) -> Result<(), RolloutError> {

@@ -9,9 +9,10 @@ use std::time::SystemTime;
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use super::{Candidate, CandidateMode};
 use crate::config::OnNewVersion;
 use crate::metrics::Metrics;
-use crate::routing::{Candidate, CandidateMode, DeploymentRules, ModelRoute};
+use crate::routing::{DeploymentRules, ModelRoute};
 
 /// What a transition did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -106,7 +106,7 @@ pub fn merge(remote: &StateFile, synced: &StateFile, local: &StateFile) -> State
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rollout::state::ModelState;
+    use crate::rollout::Deployment;
 
     fn state(models: &[(&str, u64)]) -> StateFile {
         StateFile {
@@ -115,7 +115,7 @@ mod tests {
                 .map(|(m, v)| {
                     (
                         m.to_string(),
-                        ModelState {
+                        Deployment {
                             stable: Some(*v),
                             candidate: None,
                         },

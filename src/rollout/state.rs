@@ -7,42 +7,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::Deployment;
+
+/// Every model's deployment, as it serves (`Deployment` is saved as it is, nothing mapped).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateFile {
-    pub models: BTreeMap<String, ModelState>,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelState {
-    #[serde(default)]
-    pub stable: Option<u64>,
-    #[serde(default)]
-    pub candidate: Option<CandidateState>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CandidateState {
-    pub version: u64,
-    pub mode: SavedMode,
-    #[serde(default)]
-    pub weight: f64,
-    #[serde(default)]
-    pub sticky_header: Option<String>,
-    /// The criteria in force, overrides included; absent, the version's `config.toml` applies.
-    #[serde(default)]
-    pub criteria: Option<crate::config::RolloutConfig>,
-}
-
-/// How a saved candidate runs. An unknown value makes the whole file unreadable: guessing would
-/// put traffic where nobody asked for it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SavedMode {
-    Canary,
-    Shadow,
+    pub models: BTreeMap<String, Deployment>,
 }
 
 /// Why the state file could not be used.
@@ -132,6 +103,7 @@ pub fn set_aside(path: &Path) -> std::io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rollout::{Candidate, CandidateMode};
 
     #[test]
     fn round_trips_atomically() {
@@ -141,15 +113,16 @@ mod tests {
         let mut state = StateFile::default();
         state.models.insert(
             "m".into(),
-            ModelState {
+            Deployment {
                 stable: Some(1),
-                candidate: Some(CandidateState {
-                    version: 2,
-                    mode: SavedMode::Canary,
-                    weight: 0.25,
-                    sticky_header: Some("x-user".into()),
-                    criteria: Some(crate::config::RolloutConfig::default()),
-                }),
+                candidate: Some(Candidate::new(
+                    2,
+                    CandidateMode::Canary {
+                        weight: 0.25,
+                        sticky_header: Some("x-user".into()),
+                    },
+                    crate::config::RolloutConfig::default(),
+                )),
             },
         );
         state.write(&path).unwrap();
@@ -165,7 +138,7 @@ mod tests {
             .contains("not a deployment state file"));
         std::fs::write(
             &path,
-            br#"{"models":{"m":{"stable":1,"candidate":{"version":2,"mode":"blue"}}}}"#,
+            br#"{"models":{"m":{"stable":1,"candidate":{"version":2,"mode":"blue","criteria":{}}}}}"#,
         )
         .unwrap();
         let err = StateFile::read(&path).unwrap_err().to_string();

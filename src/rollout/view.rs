@@ -4,8 +4,9 @@ use serde::Serialize;
 
 use super::decide::{decide, Decision};
 use super::rules::Transition;
+use super::CandidateMode;
 use crate::config::RolloutConfig;
-use crate::routing::{ArmSnapshot, CandidateMode, ModelRoute, ShadowSnapshot};
+use crate::routing::{ArmSnapshot, ModelRoute, ShadowSnapshot};
 
 /// A model's deployment as `GET /v2/models/{m}/deployment` reports it.
 #[derive(Serialize)]

@@ -6,7 +6,7 @@
 //! keeps serving the requests that already hold it, and is freed after the last one.
 //!
 //! A request that names a version goes to it. One that does not goes through the model's
-//! [`Deployment`]: its stable version, or with a canary candidate a weighted (optionally sticky)
+//! deployment (which `rollout` owns): its stable version, or with a canary candidate a weighted (optionally sticky)
 //! pick between the two, or with a shadow candidate the stable version while a copy runs on the
 //! candidate off the response path.
 
@@ -17,7 +17,7 @@ mod tracker;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use parking_lot::Mutex;
 
@@ -26,7 +26,6 @@ use arc_swap::ArcSwap;
 pub use tracker::{ArmSnapshot, ArmStats, LatencyTest, ShadowSnapshot, ShadowStats, Tracker};
 
 use crate::batching::SchedulerError;
-use crate::config::RolloutConfig;
 use crate::metrics::FailureReason;
 use cairn_monitor::log::{Arm as LogArm, RequestRecord};
 
@@ -35,6 +34,7 @@ pub use crate::model::{InvalidRequest, OutputPick};
 use crate::monitoring::{RecordBuffers, VersionMonitor};
 use crate::offload::Offload;
 use crate::request::InferRequest;
+use crate::rollout::{Candidate, CandidateMode, Deployment};
 use crate::tensor::Tensor;
 
 /// Everything the request path needs to find a version, in one snapshot.
@@ -54,49 +54,6 @@ pub struct ModelRoute {
     pub reason: Option<String>,
     /// Where requests without a version go.
     pub deployment: Deployment,
-}
-
-/// A model's traffic split for requests that name no version: plain data, read on the request
-/// path and changed only by `rollout` (directly, or through [`DeploymentRules`] inside an update).
-#[derive(Clone, Default)]
-pub struct Deployment {
-    /// The pinned stable version; `None` follows the highest ready version.
-    pub stable: Option<u64>,
-    pub candidate: Option<Candidate>,
-}
-
-impl Candidate {
-    pub fn new(version: u64, mode: CandidateMode, criteria: RolloutConfig) -> Candidate {
-        Candidate {
-            version,
-            mode,
-            criteria,
-            tracker: Arc::new(Tracker::default()),
-            started: SystemTime::now(),
-        }
-    }
-}
-
-/// A version on trial beside the stable one.
-#[derive(Clone)]
-pub struct Candidate {
-    pub version: u64,
-    pub mode: CandidateMode,
-    pub criteria: RolloutConfig,
-    pub tracker: Arc<Tracker>,
-    pub started: SystemTime,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum CandidateMode {
-    /// The candidate answers `weight` of the requests; with `sticky_header`, a caller's header
-    /// value always lands on the same side (while the weight stays).
-    Canary {
-        weight: f64,
-        sticky_header: Option<String>,
-    },
-    /// The candidate gets a copy of every request; only the stable version answers.
-    Shadow,
 }
 
 impl ModelRoute {

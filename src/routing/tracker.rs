@@ -216,6 +216,13 @@ fn quantile(counts: &[u64], q: f64) -> Option<f64> {
     Some(bucket_upper(counts.len() - 1))
 }
 
+/// The counters are not part of a deployment's identity, nor worth printing.
+impl std::fmt::Debug for Tracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracker").finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@
 mod auth;
 mod budget;
 mod error;
+mod infer;
 mod views;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +16,11 @@ use std::sync::Arc;
 pub use auth::{check_bearer, check_feedback};
 pub use budget::{BodyBudget, Reservation};
 pub use error::{ApiError, ErrorCode};
-pub use views::{loaded_versions, stats_versions, EXTENSIONS};
+pub use infer::{infer, InferCodec};
+pub use views::{
+    model_config, model_metadata, server_metadata, statistics, ModelConfig, ModelMetadata,
+    ModelStatistics, ServerMetadata, Statistics, TensorMetadata,
+};
 
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;

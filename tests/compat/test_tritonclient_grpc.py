@@ -23,7 +23,9 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cairn_server import ROOT, Server  # noqa: E402
-from triton_models import MODELS, inference_cases, reference, zoo_inputs  # noqa: E402
+from triton_models import (  # noqa: E402
+    MODELS, assert_matches_reference, inference_cases, reference, zoo_inputs,
+)
 
 BINARY = os.path.join(ROOT, "target", "release", "cairn")
 TOKEN = "grpc-compat-token"
@@ -63,18 +65,7 @@ class TritonGrpcCompat(unittest.TestCase):
         shutil.rmtree(cls.repo, ignore_errors=True)
 
     def check_result(self, model, version, arrays, result, atol=1e-5):
-        expected = reference(MODELS[model], version, arrays)
-        for name, want in expected.items():
-            got = result.as_numpy(name)
-            self.assertIsNotNone(got, f"{model}: output {name} missing")
-            self.assertEqual(tuple(got.shape), tuple(want.shape), f"{model}:{name} shape")
-            if want.dtype.kind == "f":
-                np.testing.assert_allclose(got, want, rtol=0, atol=atol, err_msg=f"{model}:{name}")
-            elif want.dtype == object:
-                got_list = [g.decode() if isinstance(g, bytes) else g for g in got.flatten()]
-                self.assertEqual(got_list, list(want.flatten()), f"{model}:{name}")
-            else:
-                np.testing.assert_array_equal(got, want, err_msg=f"{model}:{name}")
+        assert_matches_reference(self, model, version, arrays, result, atol)
 
     def test_health(self):
         self.assertTrue(self.client.is_server_live())

@@ -31,6 +31,23 @@ def reference(model_dir, version, inputs):
     return dict(zip(names, session.run(names, inputs)))
 
 
+def assert_matches_reference(test, model, version, inputs, result, atol=1e-5):
+    """Every output of `result` (a tritonclient result, HTTP or gRPC) against onnxruntime's for
+    the same inputs: floats within `atol`, strings and integers exactly."""
+    expected = reference(MODELS[model], version, inputs)
+    for name, want in expected.items():
+        got = result.as_numpy(name)
+        test.assertIsNotNone(got, f"{model}: output {name} missing")
+        test.assertEqual(tuple(got.shape), tuple(want.shape), f"{model}:{name} shape")
+        if want.dtype.kind == "f":
+            np.testing.assert_allclose(got, want, rtol=0, atol=atol, err_msg=f"{model}:{name}")
+        elif want.dtype == object:
+            got_list = [g.decode() if isinstance(g, bytes) else g for g in got.flatten()]
+            test.assertEqual(got_list, list(want.flatten()), f"{model}:{name}")
+        else:
+            np.testing.assert_array_equal(got, want, err_msg=f"{model}:{name}")
+
+
 def zoo_inputs(model, case=1):
     """A zoo model's recorded input rows (clear of label ties), as numpy arrays."""
     with open(os.path.join(ROOT, "tests", "models", "zoo", "expected.json")) as f:

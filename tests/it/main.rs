@@ -9,6 +9,7 @@
 //! - `offline`: `cairn baseline` and `cairn drift` on files.
 //! - `training`: `cairn train` and `cairn runs`, and a trained version served.
 //! - `engine_conformance`: every engine against onnxruntime's recorded outputs.
+//! - `service`: the service layer's one inference path, in process with a codec of its own.
 //! - `tls`: HTTPS and gRPC over TLS, mutual TLS, certificate rotation.
 //! - `object_store`: a `file://` object-store repository: mirror, complete versions, deletion.
 //! - `zoo`: tree ensembles from skl2onnx, XGBoost and LightGBM against onnxruntime's answers,
@@ -30,6 +31,7 @@ mod object_store;
 mod offline;
 mod pages;
 mod rollout;
+mod service;
 mod tls;
 mod training;
 mod zoo;
