@@ -3,5 +3,6 @@
 //! `main` parses the arguments and calls these; nothing in the server calls them.
 
 pub mod offline;
+#[cfg(feature = "cuda")]
 pub mod selftest;
 pub mod training;
