@@ -191,22 +191,35 @@ pub fn drift(args: &DriftArgs) -> Result<Outcome, OfflineError> {
     })
 }
 
+/// A report as `cairn drift` writes it: the comparison, and what it compared when, for whoever
+/// finds the file later.
+#[derive(serde::Serialize)]
+struct OfflineReport<'a> {
+    #[serde(flatten)]
+    report: &'a DriftReport,
+    baseline_source: String,
+    window_source: String,
+    /// RFC 3339, to the second.
+    generated: String,
+}
+
 fn render(report: &DriftReport, args: &DriftArgs) -> Result<String, OfflineError> {
-    let mut json = serde_json::to_value(report).map_err(|e| OfflineError::Usage(e.to_string()))?;
-    json["baseline_source"] = serde_json::json!(args.baseline.display().to_string());
-    json["window_source"] = serde_json::json!(args.window.display().to_string());
-    json["generated"] =
-        serde_json::json!(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
     Ok(match args.format {
         Format::Json => {
-            let mut s = serde_json::to_string_pretty(&json)
+            let written = OfflineReport {
+                report,
+                baseline_source: args.baseline.display().to_string(),
+                window_source: args.window.display().to_string(),
+                generated: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            };
+            let mut s = serde_json::to_string_pretty(&written)
                 .map_err(|e| OfflineError::Usage(e.to_string()))?;
             s.push('\n');
             s
         }
         Format::Html => cairn_monitor::html::drift_page(
             &format!("Drift: {}", args.window.display()),
-            Some(&json),
+            Some(report.into()),
             &[],
         ),
     })

@@ -72,6 +72,10 @@ fn record_trial_labels(state: &AppState, model: &str, outcomes: &[Outcome]) {
         .tracker
         .stable
         .record_labels(t.stable.0, t.stable.1);
+    candidate
+        .tracker
+        .shadow
+        .record_pairs(t.pairs.0, t.pairs.1, t.pairs.2);
 }
 
 /// Labelled and correct rows of each arm of a trial.
@@ -79,6 +83,9 @@ fn record_trial_labels(state: &AppState, model: &str, outcomes: &[Outcome]) {
 struct TrialLabels {
     candidate: (u64, u64),
     stable: (u64, u64),
+    /// Rows the stable arm answered and the candidate's shadow scored too: (pairs, right on the
+    /// stable side only, right on the candidate's only).
+    pairs: (u64, u64, u64),
 }
 
 fn trial_labels(
@@ -90,6 +97,13 @@ fn trial_labels(
     use cairn_monitor::log::Arm;
     let mut t = TrialLabels::default();
     for o in outcomes.iter().filter(|o| o.answered_us >= started_us) {
+        if let (Arm::Stable, Some((version, shadow_right))) = (o.arm, o.shadow) {
+            if version == candidate && Some(o.version) == stable {
+                t.pairs.0 += 1;
+                t.pairs.1 += u64::from(o.correct && !shadow_right);
+                t.pairs.2 += u64::from(shadow_right && !o.correct);
+            }
+        }
         let arm = match o.arm {
             Arm::Canary if o.version == candidate => &mut t.candidate,
             Arm::Stable if Some(o.version) == stable && o.version != candidate => &mut t.stable,
@@ -238,6 +252,7 @@ mod trial_tests {
             arm,
             answered_us,
             correct,
+            shadow: None,
         }
     }
 
@@ -265,5 +280,28 @@ mod trial_tests {
         // Duplicates never reach here (the index answers them `Duplicate`); the same outcome
         // sent twice would count twice, so the index is what keeps a row to one label.
         assert_eq!(trial_labels(&[], 2, Some(1), 100), TrialLabels::default());
+    }
+
+    /// v1 stable, v2 in shadow since t = 100: a stable row the shadow scored too is a pair,
+    /// counted as discordant on the side that alone was right.
+    #[test]
+    fn shadowed_rows_of_the_trial_are_pairs() {
+        let shadowed = |correct, shadow_right, answered_us, shadow_version| Outcome {
+            shadow: Some((shadow_version, shadow_right)),
+            ..o(1, Arm::Stable, answered_us, correct)
+        };
+        let outcomes = [
+            shadowed(true, true, 150, 2),
+            shadowed(true, false, 150, 2),
+            shadowed(false, true, 150, 2),
+            shadowed(false, true, 151, 2),
+            shadowed(false, false, 150, 2),
+            // Before the trial, or scored by another version's shadow: not this trial's.
+            shadowed(false, true, 99, 2),
+            shadowed(false, true, 150, 3),
+        ];
+        let t = trial_labels(&outcomes, 2, Some(1), 100);
+        assert_eq!(t.pairs, (5, 1, 2));
+        assert_eq!(t.stable, (6, 2), "the stable arm's own count is unchanged");
     }
 }

@@ -13,10 +13,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 use cairn_monitor::html;
+use cairn_monitor::quality::QualityWindow;
 use http::{header, Response, StatusCode};
 use http_body_util::Full;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
-use serde_json::Value;
 
 use super::AppState;
 use crate::monitoring::{ModelMonitor, PublishedReport};
@@ -328,9 +328,14 @@ pub async fn drift_report(state: &AppState, model: &str, version: Option<&str>) 
         .as_ref()
         .is_some_and(|r| r.bytes > INLINE_REPORT_BYTES);
     let render = move || {
-        let report = report.as_ref().map(|r| r.json.as_ref());
-        let subtitle = report.map(html::window_line).unwrap_or_default();
-        let body = nav + &html::drift_body(report, &quality);
+        let view = report
+            .as_ref()
+            .map(|r| html::ReportView::from(r.report.as_ref()));
+        let subtitle = view
+            .and_then(|v| v.window)
+            .map(html::window_line)
+            .unwrap_or_default();
+        let body = nav + &html::drift_body(view, &quality);
         html::page(&title, &subtitle, &body)
     };
     let page = if large {
@@ -342,15 +347,13 @@ pub async fn drift_report(state: &AppState, model: &str, version: Option<&str>) 
 }
 
 /// A version's quality windows, oldest first, the one still filling last and marked so.
-fn quality_windows(monitor: &ModelMonitor, version: u64) -> Vec<Value> {
+fn quality_windows(monitor: &ModelMonitor, version: u64) -> Vec<QualityWindow> {
     let Some(q) = monitor.quality(Some(version)).remove(&version) else {
         return Vec::new();
     };
-    let mut windows: Vec<Value> = q.windows.into_iter().collect();
+    let mut windows: Vec<QualityWindow> = q.windows.into_iter().collect();
     if let Some(mut current) = q.current {
-        if let Value::Object(map) = &mut current {
-            map.insert("filling".into(), Value::Bool(true));
-        }
+        current.filling = true;
         windows.push(current);
     }
     windows

@@ -182,6 +182,9 @@ pub struct Outcome {
     /// When it was answered (microseconds since the Unix epoch).
     pub answered_us: i64,
     pub correct: bool,
+    /// A shadow candidate's version and whether its answer to the same row was right, when
+    /// one ran on a copy of the request.
+    pub shadow: Option<(u64, bool)>,
 }
 
 /// Reports the writer publishes, per version.
@@ -195,8 +198,8 @@ pub(crate) struct Published {
 /// A version's quality: the closed windows and the one filling.
 #[derive(Clone, Default, Serialize)]
 pub(crate) struct QualityState {
-    pub windows: VecDeque<serde_json::Value>,
-    pub current: Option<serde_json::Value>,
+    pub windows: VecDeque<cairn_monitor::quality::QualityWindow>,
+    pub current: Option<cairn_monitor::quality::QualityWindow>,
 }
 
 /// Drift reports and quality windows kept per version, in memory and on disk.

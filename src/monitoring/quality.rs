@@ -1,10 +1,10 @@
-//! Live quality as the quality endpoint and metrics report it, from `cairn_monitor::quality`.
+//! Live quality of a window of matched feedback, from `cairn_monitor::quality`.
 //!
-//! The names here (`accuracy`, `precision`, `recall`, `f1`, `roc_auc`, `mae`, `rmse`) are the
-//! ones the endpoint and the `cairn_quality` gauge carry; the definitions are scikit-learn's.
+//! The names the window carries (`accuracy`, `precision`, `recall`, `f1`, `roc_auc`, `mae`,
+//! `rmse`) are the ones the endpoint and the `cairn_quality` gauge carry; the definitions are
+//! scikit-learn's.
 
-use cairn_monitor::quality;
-use serde_json::{json, Value};
+use cairn_monitor::quality::{ClassificationScores, RegressionScores, Scored};
 
 /// Classification quality of matched feedback: accuracy, macro precision/recall/F1, and ROC AUC
 /// when every row has a score and the problem is binary.
@@ -12,33 +12,12 @@ pub(super) fn classification(
     truth: &[String],
     predicted: &[String],
     scores: &[Option<f64>],
-) -> Value {
+) -> Scored<ClassificationScores> {
     let scores: Option<Vec<f64>> = scores.iter().copied().collect();
-    match quality::classification(truth, predicted, scores.as_deref()) {
-        Ok(quality::Quality {
-            rows,
-            metrics: quality::Metrics::Classification(m),
-        }) => json!({
-            "rows": rows,
-            "accuracy": m.accuracy,
-            "precision": m.precision_macro,
-            "recall": m.recall_macro,
-            "f1": m.f1_macro,
-            "roc_auc": m.roc_auc,
-        }),
-        Ok(_) => json!({}),
-        Err(e) => json!({ "error": e.to_string() }),
-    }
+    Scored::classification(truth, predicted, scores.as_deref())
 }
 
 /// Regression quality: MAE and RMSE.
-pub(super) fn regression(targets: &[f64], values: &[f64]) -> Value {
-    match quality::regression(targets, values) {
-        Ok(quality::Quality {
-            rows,
-            metrics: quality::Metrics::Regression(m),
-        }) => json!({ "rows": rows, "mae": m.mae, "rmse": m.rmse }),
-        Ok(_) => json!({}),
-        Err(e) => json!({ "error": e.to_string() }),
-    }
+pub(super) fn regression(targets: &[f64], values: &[f64]) -> Scored<RegressionScores> {
+    Scored::regression(targets, values)
 }

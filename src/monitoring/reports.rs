@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use serde_json::{json, Value as Json};
 
 use cairn_monitor::baseline::Baseline;
+use cairn_monitor::report::{LiveWindow, PublishedDrift};
 use cairn_monitor::window::ClosedWindow;
 
 use super::writer::micros_to_rfc3339;
@@ -121,15 +122,18 @@ fn compare(monitor: &ModelMonitor, reports: &Path, job: Comparison) {
     let report = drift_report(&monitor.name, version, &baseline, &closed, &config);
     tracing::debug!(model = %monitor.name, version, rows = closed.rows,
         took_ms = started.elapsed().as_millis() as u64, "drift window compared");
+    // The gauges and the file read the report's JSON; the readers in memory, the report.
+    let json = serde_json::to_value(&report).unwrap_or_else(|_| json!({}));
     monitor.metrics.record_drift_window(
         &monitor.name,
         version,
-        &report,
+        &json,
         config.max_metric_features as usize,
     );
-    let bytes = store_report(reports, "drift", version, closed.to_us, &report);
+    let bytes = store_report(reports, "drift", version, closed.to_us, &json);
+    drop(json);
     let report = PublishedReport {
-        json: Arc::new(report),
+        report: Arc::new(report),
         bytes,
     };
     let pushed_out = monitor.published.write().drift.push(version, report);
@@ -142,33 +146,37 @@ fn drift_report(
     baseline: &Baseline,
     closed: &ClosedWindow,
     config: &MonitoringConfig,
-) -> Json {
+) -> PublishedDrift {
     let thresholds = config.thresholds;
-    let report =
-        cairn_monitor::report::drift(baseline, &closed.features, &closed.outputs, &thresholds);
-    let mut out = serde_json::to_value(&report).unwrap_or_else(|_| json!({}));
-    if let Json::Object(map) = &mut out {
-        map.insert("model".into(), json!(model));
-        map.insert("version".into(), json!(version));
-        map.insert("from".into(), json!(micros_to_rfc3339(closed.from_us)));
-        map.insert("to".into(), json!(micros_to_rfc3339(closed.to_us)));
+    PublishedDrift {
+        window: LiveWindow {
+            model: model.to_string(),
+            version,
+            from: micros_to_rfc3339(closed.from_us),
+            to: micros_to_rfc3339(closed.to_us),
+        },
+        report: cairn_monitor::report::drift(
+            baseline,
+            &closed.features,
+            &closed.outputs,
+            &thresholds,
+        ),
     }
-    out
 }
 
-/// A published drift report: its JSON, shared by every reader (a reader clones the `Arc`, never
-/// the report), and its size serialized, which bounds what is kept and tells a handler whether
-/// to draw or encode it off the runtime.
+/// A published drift report, shared by every reader (a reader clones the `Arc`, never the
+/// report), and its size serialized, which bounds what is kept and tells a handler whether to
+/// draw or encode it off the runtime.
 #[derive(Clone, Debug)]
 pub struct PublishedReport {
-    pub json: Arc<Json>,
+    pub report: Arc<PublishedDrift>,
     pub bytes: usize,
 }
 
-/// As its JSON.
+/// As the report.
 impl serde::Serialize for PublishedReport {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.json.serialize(serializer)
+        self.report.serialize(serializer)
     }
 }
 
@@ -334,12 +342,33 @@ fn to_delete(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cairn_monitor::report::Thresholds;
 
+    /// A real report, of an empty window against an empty baseline, whose window ends at `to`.
     fn report(bytes: usize, to: usize) -> PublishedReport {
+        let baseline = Baseline::from_columns(&Vec::new(), &Vec::new(), &Default::default());
+        let report = cairn_monitor::report::drift(
+            &baseline,
+            &Vec::new(),
+            &Vec::new(),
+            &Thresholds::default(),
+        );
         PublishedReport {
-            json: Arc::new(json!({ "to": to })),
+            report: Arc::new(PublishedDrift {
+                window: LiveWindow {
+                    model: "m".into(),
+                    version: 1,
+                    from: String::new(),
+                    to: to.to_string(),
+                },
+                report,
+            }),
             bytes,
         }
+    }
+
+    fn to_of(report: &PublishedReport) -> u64 {
+        report.report.window.to.parse().unwrap()
     }
 
     fn tos(kept: &KeptReports, version: u64) -> Vec<u64> {
@@ -347,7 +376,7 @@ mod tests {
             .remove(&version)
             .unwrap_or_default()
             .iter()
-            .map(|r| r.json["to"].as_u64().unwrap())
+            .map(to_of)
             .collect()
     }
 
@@ -363,7 +392,7 @@ mod tests {
         assert_eq!(kept.bytes, 10 * REPORTS_KEPT);
         let last_two = kept.latest(None, 2);
         assert_eq!(last_two[&1].len(), 2);
-        assert_eq!(last_two[&1][1].json["to"], REPORTS_KEPT + 4);
+        assert_eq!(to_of(&last_two[&1][1]), REPORTS_KEPT as u64 + 4);
     }
 
     #[test]
@@ -377,7 +406,7 @@ mod tests {
         assert_eq!(kept.bytes, REPORT_MEMORY_BYTES, "at the bound: all kept");
         let out = kept.push(2, report(quarter, 4));
         assert_eq!(out.len(), 1, "handed back to be freed outside the lock");
-        assert_eq!(out[0].json["to"], 0);
+        assert_eq!(to_of(&out[0]), 0);
         assert_eq!(tos(&kept, 1), [2], "version 1's oldest went first");
         assert_eq!(tos(&kept, 2), [1, 3, 4]);
         let _ = kept.push(1, report(quarter + 1, 5));

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde_json::{json, Value as Json};
+use serde_json::Value as Json;
 use tokio::sync::mpsc;
 
 use cairn_monitor::baseline::{Baseline, BaselineOptions};
@@ -20,6 +20,7 @@ use cairn_monitor::log::{
     panic_message, Fsync, LogOptions, LoggedColumn, PredictionBatch, PredictionLayout,
     RequestRecord, SegmentLog, Value,
 };
+use cairn_monitor::quality::QualityWindow;
 use cairn_monitor::window::Window;
 
 use super::reports::{store_report, Comparer, Comparison};
@@ -204,12 +205,12 @@ struct VersionState {
     first_rows: Option<Window>,
     prediction: Option<LoggedColumn>,
     score: Option<LoggedColumn>,
-    quality: QualityWindow,
+    quality: QualityRows,
 }
 
 /// Matched feedback of one version, until the window is full.
 #[derive(Default)]
-struct QualityWindow {
+struct QualityRows {
     truth: Vec<String>,
     predicted: Vec<String>,
     scores: Vec<Option<f64>>,
@@ -432,7 +433,7 @@ impl Writer {
                 first_rows,
                 prediction,
                 score,
-                quality: QualityWindow::default(),
+                quality: QualityRows::default(),
             },
         );
         self.setups.retain(|s| s.version != version);
@@ -457,9 +458,11 @@ impl Writer {
         if record.status != "ok" {
             return;
         }
-        // What the caller got is what feedback is compared with; a shadow's copy is not it.
-        if record.arm != cairn_monitor::log::Arm::Shadow {
+        // What the caller got is what feedback is compared with; a shadow's answer to its copy
+        // is paired with it, for the paired accuracy test.
+        {
             use cairn_monitor::column::FeatureKind;
+            let shadow = record.arm == cairn_monitor::log::Arm::Shadow;
             let label = state
                 .prediction
                 .as_ref()
@@ -483,7 +486,11 @@ impl Writer {
                         .as_ref()
                         .and_then(|c| number(PredictionLayout::value(c, record, row))),
                 };
-                self.index.insert(&record.id, row as u32, predicted);
+                if shadow {
+                    self.index.pair(&record.id, row as u32, predicted);
+                } else {
+                    self.index.insert(&record.id, row as u32, predicted);
+                }
             }
         }
         if let Some(first) = &mut state.first_rows {
@@ -621,11 +628,16 @@ impl Writer {
                 Match::Matched(predicted) => {
                     answer.matched += 1;
                     if let (Some(truth), Some(said)) = (&item.label, &predicted.label) {
+                        let shadow = predicted.shadow.as_ref().and_then(|s| {
+                            let label = s.label.as_ref()?;
+                            Some((s.version, truth == label))
+                        });
                         answer.outcomes.push(super::Outcome {
                             version: predicted.version,
                             arm: predicted.arm,
                             answered_us: predicted.answered_us,
                             correct: truth == said,
+                            shadow,
                         });
                     }
                     if let Some(state) = self.versions.get_mut(&predicted.version) {
@@ -681,9 +693,10 @@ impl Writer {
         };
         let full = state.quality.len() as u64 >= state.config.quality_window_rows;
         let report = state.quality.report(&self.monitor.name, version);
+        let json = serde_json::to_value(&report).unwrap_or(Json::Null);
         self.monitor
             .metrics
-            .set_quality(&self.monitor.name, version, &report);
+            .set_quality(&self.monitor.name, version, &json);
         if full {
             // On disk before the lock the HTTP handlers read under: locks guard memory, not
             // disks.
@@ -692,7 +705,7 @@ impl Writer {
                 "quality",
                 version,
                 state.quality.to_us,
-                &report,
+                &json,
             );
         }
         let mut published = self.monitor.published.write();
@@ -703,14 +716,14 @@ impl Writer {
                 q.windows.pop_front();
             }
             q.current = None;
-            state.quality = QualityWindow::default();
+            state.quality = QualityRows::default();
         } else {
             q.current = Some(report);
         }
     }
 }
 
-impl QualityWindow {
+impl QualityRows {
     fn len(&self) -> usize {
         self.truth.len() + self.targets.len()
     }
@@ -734,22 +747,20 @@ impl QualityWindow {
         }
     }
 
-    fn report(&self, model: &str, version: u64) -> Json {
-        let mut out = json!({
-            "model": model,
-            "version": version,
-            "from": micros_to_rfc3339(self.from_us),
-            "to": micros_to_rfc3339(self.to_us),
-        });
-        if !self.truth.is_empty() {
-            out["classification"] =
-                super::quality::classification(&self.truth, &self.predicted, &self.scores);
+    fn report(&self, model: &str, version: u64) -> QualityWindow {
+        QualityWindow {
+            model: model.to_string(),
+            version,
+            from: micros_to_rfc3339(self.from_us),
+            to: micros_to_rfc3339(self.to_us),
+            classification: (!self.truth.is_empty()).then(|| {
+                super::quality::classification(&self.truth, &self.predicted, &self.scores)
+            }),
+            regression: (!self.targets.is_empty())
+                .then(|| super::quality::regression(&self.targets, &self.values)),
+            rows: self.len() as u64,
+            filling: false,
         }
-        if !self.targets.is_empty() {
-            out["regression"] = super::quality::regression(&self.targets, &self.values);
-        }
-        out["rows"] = json!(self.len());
-        out
     }
 }
 

@@ -78,12 +78,18 @@ pub fn decide(
             }
         }
     }
-    // Live quality: the candidate's accuracy on rows with feedback, against the stable
-    // version's over the same trial.
+    // Live quality: the candidate's accuracy on rows with feedback against the stable
+    // version's, over the same trial: on different rows for a canary, on the same rows (a
+    // shadow scores a copy of each request) in shadow mode.
     let mut quality_note = String::new();
     let mut waiting_for_labels = None;
-    if let (false, Some(max_drop)) = (shadow_mode, c.max_accuracy_drop) {
-        match quality(c, max_drop, stable, candidate) {
+    if let Some(max_drop) = c.max_accuracy_drop {
+        let judged = if shadow_mode {
+            paired_quality(c, max_drop, shadow)
+        } else {
+            quality(c, max_drop, stable, candidate)
+        };
+        match judged {
             Quality::Pass(note) => quality_note = note,
             Quality::Miss(why) => misses.push(why),
             Quality::Wait(why) => waiting_for_labels = Some(why),
@@ -166,27 +172,42 @@ enum Quality {
     Wait(String),
 }
 
-/// The sequential test's interval for a trial, `(estimate, low, high)`, once both arms have
-/// `min_labelled` rows; `None` under the threshold test or without a margin.
+/// The sequential test's interval for a trial, `(estimate, low, high)`, once it has
+/// `min_labelled` rows (per arm; in shadow mode, pairs); `None` under the threshold test or
+/// without a margin.
 pub fn accuracy_interval(
     c: &RolloutConfig,
+    shadow_mode: bool,
     stable: &ArmSnapshot,
     candidate: &ArmSnapshot,
+    shadow: &ShadowSnapshot,
 ) -> Option<(f64, f64, f64)> {
     let margin = c.max_accuracy_drop?;
-    if c.accuracy_test != AccuracyTest::Sequential
-        || candidate.labelled < c.min_labelled
-        || stable.labelled < c.min_labelled
-    {
+    if c.accuracy_test != AccuracyTest::Sequential {
         return None;
     }
     let rho2 = sequential::rho_squared(c.alpha, sequential::planned_rows(c.alpha, margin));
-    let arm = |a: &ArmSnapshot| Arm {
-        correct: a.correct,
-        labelled: a.labelled,
+    let iv = if shadow_mode {
+        if shadow.labelled_pairs < c.min_labelled {
+            return None;
+        }
+        let pairs = sequential::Pairs {
+            pairs: shadow.labelled_pairs,
+            stable_only: shadow.stable_only_correct,
+            candidate_only: shadow.candidate_only_correct,
+        };
+        sequential::paired_interval(pairs, c.alpha, rho2)
+    } else {
+        if candidate.labelled < c.min_labelled || stable.labelled < c.min_labelled {
+            return None;
+        }
+        let arm = |a: &ArmSnapshot| Arm {
+            correct: a.correct,
+            labelled: a.labelled,
+        };
+        sequential::interval(arm(candidate), arm(stable), c.alpha, rho2)
     };
-    sequential::interval(arm(candidate), arm(stable), c.alpha, rho2)
-        .map(|iv| (iv.estimate, iv.low, iv.high))
+    iv.map(|iv| (iv.estimate, iv.low, iv.high))
 }
 
 fn quality(
@@ -235,6 +256,61 @@ fn quality(
         iv.low,
         iv.high
     );
+    judge(c, max_drop, iv, evidence, || {
+        sequential::rows_to_decide(cand, stab, c.alpha, rho2, max_drop / 2.0)
+    })
+}
+
+/// Live quality on rows both versions answered (shadow mode): the candidate's and the stable
+/// version's answers to the same requests, against the same ground truth.
+fn paired_quality(c: &RolloutConfig, max_drop: f64, shadow: &ShadowSnapshot) -> Quality {
+    if shadow.labelled_pairs < c.min_labelled {
+        return Quality::Wait(format!(
+            "waiting for labelled rows that both versions answered: {} of min_labelled {}",
+            shadow.labelled_pairs, c.min_labelled
+        ));
+    }
+    let pairs = sequential::Pairs {
+        pairs: shadow.labelled_pairs,
+        stable_only: shadow.stable_only_correct,
+        candidate_only: shadow.candidate_only_correct,
+    };
+    let rho2 = sequential::rho_squared(c.alpha, sequential::planned_rows(c.alpha, max_drop));
+    let iv = sequential::paired_interval(pairs, c.alpha, rho2).expect("there are pairs");
+    let counts = format!(
+        "on {} labelled rows both versions answered, the candidate alone was right on {} and \
+         the stable version alone on {} (McNemar's discordant pairs): difference {:+.4}",
+        pairs.pairs, pairs.candidate_only, pairs.stable_only, iv.estimate
+    );
+    if c.accuracy_test == AccuracyTest::Threshold {
+        return if iv.estimate < -max_drop {
+            Quality::Miss(format!(
+                "{counts}, more than max_accuracy_drop {max_drop} below"
+            ))
+        } else {
+            Quality::Pass(format!(", {counts}"))
+        };
+    }
+    let evidence = format!(
+        "{counts}, {:.0} % anytime interval [{:+.4}, {:+.4}]",
+        100.0 * (1.0 - c.alpha),
+        iv.low,
+        iv.high
+    );
+    judge(c, max_drop, iv, evidence, || {
+        sequential::paired_rows_to_decide(pairs, c.alpha, rho2, max_drop / 2.0)
+    })
+}
+
+/// The sequential rule on an interval: promote above `-max_drop`, roll back below 0, else wait
+/// and say for how many more rows (`more`, computed only then).
+fn judge(
+    c: &RolloutConfig,
+    max_drop: f64,
+    iv: sequential::Interval,
+    evidence: String,
+    more: impl FnOnce() -> u64,
+) -> Quality {
     if iv.low > -max_drop {
         Quality::Pass(format!(
             ", {evidence} above -max_accuracy_drop {max_drop} (a candidate worse by that is \
@@ -250,10 +326,10 @@ fn quality(
         ))
     } else {
         // The trial must end once the interval is narrower than the margin.
-        let more = sequential::rows_to_decide(cand, stab, c.alpha, rho2, max_drop / 2.0);
         Quality::Wait(format!(
-            "{evidence} reaches below -{max_drop} and above 0: needs at most about {more} more \
-             labelled rows"
+            "{evidence} reaches below -{max_drop} and above 0: needs at most about {} more \
+             labelled rows",
+            more()
         ))
     }
 }
@@ -335,6 +411,7 @@ mod tests {
             compared: 100,
             agreement: Some(0.5),
             mean_abs_diff: Some(0.2),
+            ..ShadowSnapshot::default()
         };
         let d = decide(&c, true, &arm(100, 0, 100.0), &arm(100, 0, 100.0), &shadow);
         let Decision::Rollback(r) = d else {
@@ -517,6 +594,118 @@ mod tests {
         }
     }
 
+    /// Paired trials (shadow mode): every labelled row is answered by both versions, right on
+    /// the stable side only with probability `stable_only` and on the candidate's only with
+    /// `candidate_only`; judged after every 20 pairs until a decision or 40,000 pairs. Returns
+    /// (promoted, rolled back, undecided, mean pairs at decision).
+    fn simulate_paired(
+        c: &RolloutConfig,
+        stable_only: f64,
+        candidate_only: f64,
+        trials: u32,
+    ) -> [f64; 4] {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut uniform = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let arms = arm(1_000, 0, 100.0);
+        let (mut promoted, mut rolled_back, mut undecided, mut rows) = (0u32, 0u32, 0u32, 0u64);
+        for _ in 0..trials {
+            let mut shadow = ShadowSnapshot {
+                compared: 1_000,
+                ..ShadowSnapshot::default()
+            };
+            loop {
+                for _ in 0..20 {
+                    shadow.labelled_pairs += 1;
+                    let u = uniform();
+                    if u < stable_only {
+                        shadow.stable_only_correct += 1;
+                    } else if u < stable_only + candidate_only {
+                        shadow.candidate_only_correct += 1;
+                    }
+                }
+                match decide(c, true, &arms, &arms, &shadow) {
+                    Decision::Promote(_) => promoted += 1,
+                    Decision::Rollback(_) => rolled_back += 1,
+                    Decision::Wait(_) if shadow.labelled_pairs >= 40_000 => undecided += 1,
+                    Decision::Wait(_) => continue,
+                }
+                rows += shadow.labelled_pairs;
+                break;
+            }
+        }
+        let n = f64::from(trials);
+        [
+            f64::from(promoted) / n,
+            f64::from(rolled_back) / n,
+            f64::from(undecided) / n,
+            rows as f64 / n,
+        ]
+    }
+
+    /// The paired design's stated error rates, measured as the unpaired ones are: 2,000 trials
+    /// per case, two levels of disagreement between the versions (10 % and 30 % of rows
+    /// discordant when they are equally good).
+    #[test]
+    fn paired_accuracy_keeps_its_error_rates_and_needs_fewer_rows() {
+        let trials = 2_000;
+        for (margin, alpha, discordant) in [(0.05, 0.05, 0.1), (0.05, 0.05, 0.3), (0.02, 0.05, 0.1)]
+        {
+            let c = sequential(margin, alpha);
+            let slack = 3.0 * (alpha * (1.0 - alpha) / f64::from(trials)).sqrt();
+            let half = discordant / 2.0;
+            let worse = simulate_paired(&c, half + margin / 2.0, half - margin / 2.0, trials);
+            let equal = simulate_paired(&c, half, half, trials);
+            let better = simulate_paired(&c, half - margin / 2.0, half + margin / 2.0, trials);
+            println!(
+                "paired, margin {margin}, alpha {alpha}, {discordant} discordant: worse by the \
+                 margin: promoted {:.4} (pairs {:.0}); equal: rolled back {:.4}, promoted {:.4} \
+                 (pairs {:.0}); better by the margin: rolled back {:.4} (pairs {:.0})",
+                worse[0], worse[3], equal[1], equal[0], equal[3], better[1], better[3]
+            );
+            assert!(worse[0] <= alpha + slack, "wrong promotions {}", worse[0]);
+            assert!(equal[1] <= alpha + slack, "wrong rollbacks {}", equal[1]);
+            assert!(better[1] <= alpha + slack, "wrong rollbacks {}", better[1]);
+            assert_eq!(worse[2] + equal[2] + better[2], 0.0, "every trial ends");
+        }
+    }
+
+    #[test]
+    fn shadow_mode_judges_accuracy_on_pairs_and_says_so() {
+        let c = sequential(0.05, 0.05);
+        let arms = arm(1_000, 0, 100.0);
+        let pairs = |n: u64, b: u64, cc: u64| ShadowSnapshot {
+            compared: 1_000,
+            labelled_pairs: n,
+            stable_only_correct: b,
+            candidate_only_correct: cc,
+            ..ShadowSnapshot::default()
+        };
+        let d = decide(&c, true, &arms, &arms, &pairs(10, 0, 0));
+        assert!(
+            matches!(&d, Decision::Wait(w) if w.contains("both versions answered: 10 of min_labelled 30")),
+            "{d:?}"
+        );
+        // 2,000 pairs, the candidate alone right on 150 and stable alone on 50: +5 points.
+        let d = decide(&c, true, &arms, &arms, &pairs(2_000, 50, 150));
+        assert!(
+            matches!(&d, Decision::Promote(r) if r.contains("McNemar") && r.contains("+0.0500")),
+            "{d:?}"
+        );
+        let d = decide(&c, true, &arms, &arms, &pairs(2_000, 250, 50));
+        assert!(
+            matches!(&d, Decision::Rollback(r) if r.contains("-0.1000")),
+            "{d:?}"
+        );
+        let (estimate, _, _) =
+            accuracy_interval(&c, true, &arms, &arms, &pairs(2_000, 50, 150)).unwrap();
+        assert!((estimate - 0.05).abs() < 1e-12);
+    }
+
     #[test]
     fn the_interval_is_exported_only_under_the_sequential_test() {
         let labelled = |n: u64, right: u64| ArmSnapshot {
@@ -526,15 +715,20 @@ mod tests {
         };
         let (stable, candidate) = (labelled(500, 400), labelled(500, 425));
         let c = sequential(0.05, 0.05);
-        let (estimate, low, high) = accuracy_interval(&c, &stable, &candidate).unwrap();
+        let none = ShadowSnapshot::default();
+        let (estimate, low, high) =
+            accuracy_interval(&c, false, &stable, &candidate, &none).unwrap();
         assert!((estimate - 0.05).abs() < 1e-12 && low < estimate && estimate < high);
         let threshold = RolloutConfig {
             accuracy_test: AccuracyTest::Threshold,
             ..c.clone()
         };
-        assert_eq!(accuracy_interval(&threshold, &stable, &candidate), None);
+        assert_eq!(
+            accuracy_interval(&threshold, false, &stable, &candidate, &none),
+            None
+        );
         let early = labelled(20, 18);
-        assert_eq!(accuracy_interval(&c, &stable, &early), None);
+        assert_eq!(accuracy_interval(&c, false, &stable, &early, &none), None);
     }
 
     #[test]

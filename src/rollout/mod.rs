@@ -414,17 +414,23 @@ impl Rollout {
             let shadow_mode = candidate.mode == CandidateMode::Shadow;
             let t = &candidate.tracker;
             let (stable, candidate_arm) = (t.stable.snapshot(), t.candidate_snapshot());
+            let shadow = t.shadow.snapshot();
             self.metrics.set_accuracy_difference(
                 model,
-                decide::accuracy_interval(&candidate.criteria, &stable, &candidate_arm)
-                    .filter(|_| !shadow_mode),
+                decide::accuracy_interval(
+                    &candidate.criteria,
+                    shadow_mode,
+                    &stable,
+                    &candidate_arm,
+                    &shadow,
+                ),
             );
             let decision = decide(
                 &candidate.criteria,
                 shadow_mode,
                 &stable,
                 &candidate_arm,
-                &t.shadow.snapshot(),
+                &shadow,
             );
             let result = match decision {
                 Decision::Wait(_) => continue,

@@ -17,6 +17,14 @@
 //! `ρ` only sets where the interval is tightest; it is fixed by the configuration (the row count
 //! at which a fixed-size test would resolve the margin), never by the data.
 //!
+//! Paired, on rows both versions answered (a shadow candidate scores a copy of each request the
+//! stable version answers), the same sequence is applied to the per-row difference
+//! `d = candidate right − stable right ∈ {−1, 0, 1}` over `t` pairs: its mean is the accuracy
+//! difference, only the discordant pairs (McNemar's `b`, right on the stable side only, and `c`,
+//! on the candidate's only) move it, and its variance `(b + c)/t − ((c − b)/t)²` is far below
+//! the unpaired one when the two versions mostly agree, so the same margin is resolved on fewer
+//! labelled rows.
+//!
 //! The rule, with margin `m` (`max_accuracy_drop`): promote once the interval's low end is above
 //! `−m` (the candidate is not worse by more than `m`); roll back once its high end is below 0
 //! (the candidate is worse than stable). A candidate worse by `m` or more is promoted, and one as
@@ -51,6 +59,55 @@ impl Arm {
         let p = (self.correct as f64 + 1.0) / (self.labelled as f64 + 2.0);
         p * (1.0 - p)
     }
+}
+
+/// Labelled rows that both versions answered, and the discordant ones.
+#[derive(Clone, Copy, Debug)]
+pub struct Pairs {
+    pub pairs: u64,
+    /// Right on the stable side only (McNemar's `b`).
+    pub stable_only: u64,
+    /// Right on the candidate's side only (`c`).
+    pub candidate_only: u64,
+}
+
+impl Pairs {
+    /// The per-row variance of the difference, from the discordant shares shrunk as an arm's
+    /// accuracy is (`(k + 1) / (n + 2)`): pairs that have all agreed so far still count as
+    /// uncertain.
+    fn variance(self) -> f64 {
+        let n = self.pairs as f64 + 2.0;
+        let b = (self.stable_only as f64 + 1.0) / n;
+        let c = (self.candidate_only as f64 + 1.0) / n;
+        b + c - (c - b).powi(2)
+    }
+}
+
+/// The `1 − alpha` interval for the accuracy difference on paired rows; `None` before any.
+pub fn paired_interval(p: Pairs, alpha: f64, rho2: f64) -> Option<Interval> {
+    if p.pairs == 0 {
+        return None;
+    }
+    let t = p.pairs as f64;
+    let estimate = (p.candidate_only as f64 - p.stable_only as f64) / t;
+    let r = radius(t, p.variance().sqrt(), alpha, rho2);
+    Some(Interval {
+        estimate,
+        low: estimate - r,
+        high: estimate + r,
+    })
+}
+
+/// About how many more labelled pairs (with today's discordance) until the interval's radius
+/// is below `radius_below`.
+pub fn paired_rows_to_decide(p: Pairs, alpha: f64, rho2: f64, radius_below: f64) -> u64 {
+    rows_until(
+        p.pairs as f64,
+        p.variance().sqrt(),
+        alpha,
+        rho2,
+        radius_below,
+    )
 }
 
 /// `ρ²` for a sequence that is tightest near `t_star` rows (the paper's closed form).
@@ -105,7 +162,11 @@ pub fn rows_to_decide(
     radius_below: f64,
 ) -> u64 {
     let now = (candidate.labelled + stable.labelled) as f64;
-    let s = sigma(candidate, stable);
+    rows_until(now, sigma(candidate, stable), alpha, rho2, radius_below)
+}
+
+/// Rows from `now` until the radius with per-row deviation `s` is below `radius_below`.
+fn rows_until(now: f64, s: f64, alpha: f64, rho2: f64, radius_below: f64) -> u64 {
     let narrow = |t: f64| radius(t, s, alpha, rho2) < radius_below;
     if narrow(now) {
         return 0;

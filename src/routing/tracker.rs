@@ -110,6 +110,11 @@ pub struct ShadowStats {
     /// Sum of absolute differences (f64 bits, updated by compare-and-swap) and elements.
     abs_diff_sum: AtomicU64,
     elements: AtomicU64,
+    /// Labelled rows that both versions answered (the caller got the stable answer, the
+    /// candidate scored a copy), and the discordant ones: right on one side only.
+    pairs: AtomicU64,
+    stable_only: AtomicU64,
+    candidate_only: AtomicU64,
 }
 
 impl ShadowStats {
@@ -140,6 +145,15 @@ impl ShadowStats {
             });
     }
 
+    /// Labelled pairs: `stable_only` right on the stable side only, `candidate_only` on the
+    /// candidate's only.
+    pub fn record_pairs(&self, pairs: u64, stable_only: u64, candidate_only: u64) {
+        self.pairs.fetch_add(pairs, Ordering::Relaxed);
+        self.stable_only.fetch_add(stable_only, Ordering::Relaxed);
+        self.candidate_only
+            .fetch_add(candidate_only, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> ShadowSnapshot {
         let rows = self.rows.load(Ordering::Relaxed);
         let elements = self.elements.load(Ordering::Relaxed);
@@ -152,6 +166,9 @@ impl ShadowStats {
             mean_abs_diff: (elements > 0).then(|| {
                 f64::from_bits(self.abs_diff_sum.load(Ordering::Relaxed)) / elements as f64
             }),
+            labelled_pairs: self.pairs.load(Ordering::Relaxed),
+            stable_only_correct: self.stable_only.load(Ordering::Relaxed),
+            candidate_only_correct: self.candidate_only.load(Ordering::Relaxed),
         }
     }
 }
@@ -185,6 +202,11 @@ pub struct ShadowSnapshot {
     /// Share of compared rows whose top class matched.
     pub agreement: Option<f64>,
     pub mean_abs_diff: Option<f64>,
+    /// Rows with ground truth that both versions answered, and those right on one side only
+    /// (McNemar's discordant pairs): what the paired accuracy test decides on.
+    pub labelled_pairs: u64,
+    pub stable_only_correct: u64,
+    pub candidate_only_correct: u64,
 }
 
 fn bucket(took: Duration) -> usize {

@@ -11,9 +11,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use cairn_monitor::report::{DriftReport, PublishedDrift};
 use parking_lot::Mutex;
 use serde::Serialize;
-use serde_json::Value;
 
 use super::jobs::{JobError, Jobs, Narrow, Trigger};
 use crate::config::RetrainConfig;
@@ -147,23 +147,17 @@ pub fn verdict(
 }
 
 /// Whether a drift report has a violation that counts.
-pub fn counts(report: &Value, config: &RetrainConfig) -> Vec<String> {
+pub fn counts(report: &DriftReport, config: &RetrainConfig) -> Vec<String> {
     let mut hits = Vec::new();
-    for group in ["features", "outputs"] {
-        let Some(map) = report.get(group).and_then(Value::as_object) else {
-            continue;
-        };
+    for map in [&report.features, &report.outputs] {
         for (name, drift) in map {
             if !config.features.is_empty() && !config.features.contains(name) {
                 continue;
             }
-            let violations: Vec<&str> = drift
-                .get("violations")
-                .and_then(Value::as_array)
-                .map(|v| v.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            let counted: Vec<&str> = violations
-                .into_iter()
+            let counted: Vec<&str> = drift
+                .violations
+                .iter()
+                .map(|s| s.name())
                 .filter(|s| {
                     config.statistics.is_empty() || config.statistics.iter().any(|c| c == s)
                 })
@@ -417,25 +411,24 @@ impl Retrainer {
                 // Another replica decides; its windows are not this one's to act on later.
                 state.seen_to = reports
                     .last()
-                    .and_then(|r| r.json.get("to").and_then(Value::as_str).map(str::to_string))
+                    .map(|r| r.report.window.to.clone())
                     .or(state.seen_to.take());
                 state.consecutive = 0;
                 continue;
             }
-            let fresh: Vec<&Value> = reports
+            let fresh: Vec<&PublishedDrift> = reports
                 .iter()
-                .map(|r| r.json.as_ref())
+                .map(|r| r.report.as_ref())
                 .filter(|r| {
-                    let to = r.get("to").and_then(Value::as_str);
                     state
                         .seen_to
                         .as_deref()
-                        .is_none_or(|seen| to.is_some_and(|t| t > seen))
+                        .is_none_or(|seen| r.window.to.as_str() > seen)
                 })
                 .collect();
-            for report in fresh {
-                state.seen_to = report.get("to").and_then(Value::as_str).map(str::to_string);
-                let hits = counts(report, config);
+            for published in fresh {
+                state.seen_to = Some(published.window.to.clone());
+                let hits = counts(&published.report, config);
                 if hits.is_empty() {
                     state.consecutive = 0;
                     state.drift_from = None;
@@ -443,10 +436,7 @@ impl Retrainer {
                     continue;
                 }
                 if state.consecutive == 0 || state.drift_from.is_none() {
-                    state.drift_from = report
-                        .get("from")
-                        .and_then(Value::as_str)
-                        .map(str::to_string);
+                    state.drift_from = Some(published.window.from.clone());
                     state.labelled_at_drift = labelled;
                     state.labelled_since_drift = 0;
                 }
@@ -561,14 +551,22 @@ mod tests {
 
     #[test]
     fn only_configured_features_and_statistics_count() {
-        let report = json!({
+        let report: DriftReport = serde_json::from_value(json!({
+            "rows": 100,
             "features": {
-                "a": {"violations": ["ks", "psi"]},
-                "b": {"violations": ["missing_rate_increase"]},
-                "c": {"violations": []},
+                "a": {"kind": "numeric", "error": "", "drifted": true, "violations": ["ks", "psi"]},
+                "b": {"kind": "numeric", "error": "", "drifted": true,
+                      "violations": ["missing_rate_increase"]},
+                "c": {"kind": "numeric", "error": "", "drifted": false, "violations": []},
             },
-            "outputs": {"output.label": {"violations": ["chi2"]}},
-        });
+            "outputs": {"output.label": {"kind": "categorical", "error": "", "drifted": true,
+                                         "violations": ["chi2"]}},
+            "drifted": ["a", "b", "output.label"],
+            "missing_in_baseline": [],
+            "missing_in_window": [],
+            "thresholds": {"comparisons": 4, "alpha_corrected": 0.0025},
+        }))
+        .unwrap();
         let mut c = config();
         assert_eq!(counts(&report, &c).len(), 3);
         c.features = vec!["b".into(), "c".into()];

@@ -835,3 +835,91 @@ async fn mixed_versions_are_synced_at_the_logs_cadence() {
         "{appends} appends for {requests} records alternating between two versions"
     );
 }
+
+/// A shadow trial with feedback: each labelled row the stable version answered and the shadow
+/// scored too is one pair, counted on the side that alone was right, and the trial's status
+/// judges accuracy on the pairs (McNemar's counts and the interval).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_trial_judges_accuracy_on_pairs_of_answers() {
+    let repo = iris("prediction = \"label\"");
+    repo.write(
+        "iris/config.toml",
+        b"max_batch_size = 64\nversion_policy = { all = {} }\n\
+          [rollout]\nmin_requests = 20\nauto_promote = false\nauto_rollback = false\n\
+          min_agreement = 0.0\nmax_p99_ratio = 1000.0\n\
+          max_accuracy_drop = 0.05\nmin_labelled = 10\naccuracy_test = \"sequential\"\n\
+          [monitoring]\nenabled = true\nprediction = \"label\"\n\
+          features = [\"sepal_length\", \"sepal_width\", \"petal_length\", \"petal_width\"]\n",
+    );
+    let s = TestServer::start_with(repo, fast).await;
+    let r = s
+        .post_json("/v2/models/iris/deployment/stable", &json!({"version": 1}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.error());
+    let r = s
+        .post_json("/v2/models/iris/deployment/shadow", &json!({"version": 2}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.error());
+    // Requests through the deployment: version 1 answers, version 2 scores a copy.
+    let mut answered = Vec::new();
+    for i in 0..40 {
+        let id = format!("p{i}");
+        let r = s
+            .post_json("/v2/models/iris/infer", &body(Some(&id), &rows(1, i * 7)))
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+        let out = r.json();
+        assert_eq!(out["model_version"], "1");
+        let label = out["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["name"] == "label")
+            .unwrap()["data"][0]
+            .as_i64()
+            .unwrap();
+        answered.push((id, label));
+    }
+    // Every copy compared (its record is on its way to the log), then a moment for the writer.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let d = s.get("/v2/models/iris/deployment").await.json();
+        if d["candidate"]["trial"]["shadow"]["compared"] == 40 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "copies not compared: {d}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The truth is what the stable version said for even ids, another class for odd ones.
+    let feedback: Vec<Value> = answered
+        .iter()
+        .enumerate()
+        .map(|(i, (id, p))| json!({"id": id, "label": if i % 2 == 0 { *p } else { (p + 1) % 3 }}))
+        .collect();
+    let r = s
+        .post_json("/v2/models/iris/feedback", &json!(feedback))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.error());
+    assert_eq!(r.json()["matched"], 40);
+    let d = s.get("/v2/models/iris/deployment").await.json();
+    let trial = &d["candidate"]["trial"];
+    let shadow = &trial["shadow"];
+    assert_eq!(shadow["labelled_pairs"], 40, "{trial}");
+    // Where the stable answer is the truth, the shadow can only tie or lose, and the other way
+    // round: the discordant pairs are the rows the two versions disagree on.
+    let (b, c) = (
+        shadow["stable_only_correct"].as_u64().unwrap(),
+        shadow["candidate_only_correct"].as_u64().unwrap(),
+    );
+    assert!(b + c <= 40, "{trial}");
+    assert_eq!(trial["stable"]["labelled"], 40, "{trial}");
+    let status = trial["status"].as_str().unwrap();
+    assert!(
+        status.contains("McNemar") && status.contains("anytime interval"),
+        "{status}"
+    );
+}

@@ -80,6 +80,17 @@ pub struct Predicted {
     pub value: Option<f64>,
     /// The positive class's score, for ROC AUC.
     pub score: Option<f64>,
+    /// What a shadow candidate predicted for the same row, when one ran on its copy: the pair
+    /// that a paired trial compares on the same ground truth.
+    pub shadow: Option<Shadowed>,
+}
+
+/// A shadow candidate's prediction for a row the caller got another version's answer to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Shadowed {
+    pub version: u64,
+    pub label: Option<String>,
+    pub value: Option<f64>,
 }
 
 /// A prediction as it is handed to the index: borrowed, so that remembering a row allocates
@@ -149,6 +160,15 @@ struct Slot {
     value: Option<f64>,
     score: Option<f64>,
     answered: bool,
+    /// Whether the caller's prediction is in (a shadow's answer may come first).
+    caller: bool,
+    shadow: Option<ShadowSlot>,
+}
+
+struct ShadowSlot {
+    version: u64,
+    label: Option<Span>,
+    value: Option<f64>,
 }
 
 impl PredictionIndex {
@@ -182,19 +202,73 @@ impl PredictionIndex {
     }
 
     /// Remembers a prediction; the oldest go once the index is full (by rows or by text). A row
-    /// already remembered keeps its first prediction.
+    /// already remembered keeps its first prediction (a row only a shadow's answer made room
+    /// for takes this one as the caller's).
     pub fn insert(&mut self, id: &str, row: u32, predicted: PredictionRef<'_>) {
         let hash = self.hash(id.as_bytes(), row);
-        if self.find(hash, id.as_bytes(), row).is_some() {
+        let at = match self.find(hash, id.as_bytes(), row) {
+            Some(seq) => (seq - self.first_seq) as usize,
+            None => match self.push(hash, id, row, predicted.label.map_or(0, str::len)) {
+                Some(at) => at,
+                None => return,
+            },
+        };
+        if self.slots[at].caller {
             return;
         }
+        let label = predicted.label.and_then(|l| self.append_within(l));
+        let slot = &mut self.slots[at];
+        slot.caller = true;
+        slot.label = label;
+        slot.version = predicted.version;
+        slot.arm = predicted.arm;
+        slot.answered_us = predicted.answered_us;
+        slot.value = predicted.value;
+        slot.score = predicted.score;
+    }
+
+    /// Attaches a shadow candidate's prediction to the row the caller was answered for. The two
+    /// reach the writer in either order (the shadow may finish first), so a shadow's answer to
+    /// a row not seen yet takes a row of its own, which the caller's answer then fills. Whether
+    /// it was attached: one that arrives after the row's label, twice (the first one counts),
+    /// or with no room left stays unpaired.
+    pub fn pair(&mut self, id: &str, row: u32, shadow: PredictionRef<'_>) -> bool {
+        let hash = self.hash(id.as_bytes(), row);
+        let at = match self.find(hash, id.as_bytes(), row) {
+            Some(seq) => (seq - self.first_seq) as usize,
+            None => match self.push(hash, id, row, shadow.label.map_or(0, str::len)) {
+                Some(at) => at,
+                None => return false,
+            },
+        };
+        if self.slots[at].answered || self.slots[at].shadow.is_some() {
+            return false;
+        }
+        let label = match shadow.label {
+            Some(l) => match self.append_within(l) {
+                Some(span) => Some(span),
+                None => return false,
+            },
+            None => None,
+        };
+        self.slots[at].shadow = Some(ShadowSlot {
+            version: shadow.version,
+            label,
+            value: shadow.value,
+        });
+        true
+    }
+
+    /// A new row for `id`, with room made for its id and `text` more bytes; its index in
+    /// `slots`, or `None` when the id alone is beyond what the index may hold.
+    fn push(&mut self, hash: u64, id: &str, row: u32, text: usize) -> Option<usize> {
         let shared = self
             .last_id
             .filter(|span| span.start >= self.text_base && self.bytes(*span) == id.as_bytes());
         // Counted with the id even when it is shared: evicting may drop the bytes it shares.
-        let needed = predicted.label.map_or(0, str::len) + id.len();
+        let needed = text + id.len();
         if needed > self.text_capacity {
-            return;
+            return None;
         }
         while self.slots.len() >= self.capacity
             || (self.text_live() + needed > self.text_capacity && !self.slots.is_empty())
@@ -210,23 +284,30 @@ impl PredictionIndex {
                 span
             }
         };
-        let label = predicted.label.map(|l| self.append(l.as_bytes()));
         let seq = self.first_seq + self.slots.len() as u64;
         self.slots.push_back(Slot {
             hash,
             id: id_span,
             row,
-            label,
-            version: predicted.version,
-            arm: predicted.arm,
-            answered_us: predicted.answered_us,
-            value: predicted.value,
-            score: predicted.score,
+            label: None,
+            version: 0,
+            arm: Arm::Direct,
+            answered_us: 0,
+            value: None,
+            score: None,
             answered: false,
+            caller: false,
+            shadow: None,
         });
         let (slots, first) = (&self.slots, self.first_seq);
         self.table
             .insert_unique(hash, seq, |s| slots[(*s - first) as usize].hash);
+        Some(self.slots.len() - 1)
+    }
+
+    /// Appends `text` if the live text stays within its bound.
+    fn append_within(&mut self, text: &str) -> Option<Span> {
+        (self.text_live() + text.len() <= self.text_capacity).then(|| self.append(text.as_bytes()))
     }
 
     /// Matches one feedback item, marking its row answered.
@@ -236,6 +317,9 @@ impl PredictionIndex {
             return Match::Unknown;
         };
         let at = (seq - self.first_seq) as usize;
+        if !self.slots[at].caller {
+            return Match::Unknown;
+        }
         if self.slots[at].answered {
             return Match::Duplicate;
         }
@@ -250,6 +334,13 @@ impl PredictionIndex {
                 .map(|span| String::from_utf8_lossy(self.bytes(span)).into_owned()),
             value: slot.value,
             score: slot.score,
+            shadow: slot.shadow.as_ref().map(|s| Shadowed {
+                version: s.version,
+                label: s
+                    .label
+                    .map(|span| String::from_utf8_lossy(self.bytes(span)).into_owned()),
+                value: s.value,
+            }),
         })
     }
 
@@ -338,7 +429,55 @@ mod tests {
             label: p.label.map(str::to_string),
             value: p.value,
             score: p.score,
+            shadow: None,
         }
+    }
+
+    /// A shadow's answer pairs with the caller's answer for the same row, once, and only while
+    /// that row is remembered and unanswered.
+    #[test]
+    fn a_shadow_answer_pairs_with_the_row_once() {
+        let mut index = PredictionIndex::new(4);
+        let shadow = |label| PredictionRef {
+            version: 2,
+            arm: Arm::Shadow,
+            answered_us: 2,
+            label: Some(label),
+            value: None,
+            score: None,
+        };
+        // The shadow's answer first: it waits for the caller's, which feedback needs.
+        assert!(index.pair("a", 0, shadow("0")));
+        assert_eq!(
+            index.answer("a", 0),
+            Match::Unknown,
+            "no caller's answer yet"
+        );
+        index.insert("a", 0, p(1));
+        assert!(
+            !index.pair("a", 0, shadow("1")),
+            "the first shadow answer counts"
+        );
+        let Match::Matched(got) = index.answer("a", 0) else {
+            panic!("the row is there");
+        };
+        assert_eq!(
+            got.shadow,
+            Some(Shadowed {
+                version: 2,
+                label: Some("0".into()),
+                value: None
+            })
+        );
+        assert_eq!(got.label.as_deref(), Some("1"));
+        index.insert("b", 0, p(1));
+        assert!(index.pair("b", 0, shadow("0")), "the caller's answer first");
+        index.insert("c", 0, p(1));
+        index.answer("c", 0);
+        assert!(
+            !index.pair("c", 0, shadow("0")),
+            "too late: already answered"
+        );
     }
 
     #[test]

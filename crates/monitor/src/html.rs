@@ -6,17 +6,21 @@
 //! consoles, mail clients, archived copies). Everything is drawn at render time, here, and what
 //! a chart shows is also in a table, so nothing depends on colour, hover or script.
 //!
-//! [`drift_page`] takes the report as JSON — the shape [`crate::report`] documents, with the
-//! `model`, `version`, `from` and `to` keys the server adds — because the live server keeps its
-//! reports as JSON and an offline report may come from a file. Every key is optional: what is
-//! missing or of the wrong type is shown as missing, never a panic. Every string from the report
-//! (feature and category names come from users) is escaped; numbers are formatted here.
+//! [`drift_page`] takes the report as [`crate::report`] types it, so that a field renamed there
+//! is a compile error here rather than a blank page. A number that is not finite is shown as the
+//! report's JSON has it, null: undefined (or, for a histogram bar, zero). Every string from the
+//! report (feature and category names come from users) is escaped; numbers are formatted here.
 //!
 //! [`page`] and [`escape`] are the skeleton and the escaping the server's other pages share.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use serde_json::Value;
+use crate::quality::{ClassificationScores, QualityWindow, RegressionScores, Scored};
+use crate::report::{
+    kind_name, AppliedThresholds, CategoricalDrift, Comparison, DriftReport, FeatureDrift,
+    Histogram, LiveWindow, NumericDrift, PublishedDrift, Statistic,
+};
 
 /// Appends formatted text to a `String` (which cannot fail).
 macro_rules! w {
@@ -114,29 +118,72 @@ pub fn page(title: &str, subtitle: &str, body: &str) -> String {
     out
 }
 
+/// A report as the page shows it: the comparison, and for a live report which model, version
+/// and span of time it covers (an offline report, a file against a file, has none).
+#[derive(Clone, Copy, Debug)]
+pub struct ReportView<'a> {
+    pub report: &'a DriftReport,
+    pub window: Option<&'a LiveWindow>,
+}
+
+impl<'a> From<&'a PublishedDrift> for ReportView<'a> {
+    fn from(published: &'a PublishedDrift) -> Self {
+        ReportView {
+            report: &published.report,
+            window: Some(&published.window),
+        }
+    }
+}
+
+impl<'a> From<&'a DriftReport> for ReportView<'a> {
+    fn from(report: &'a DriftReport) -> Self {
+        ReportView {
+            report,
+            window: None,
+        }
+    }
+}
+
 /// The drift report page: a summary, live quality over time, then per feature and output the
 /// baseline-against-window histogram and the statistics with their thresholds. `report` is
-/// `None` before a window has closed; `quality` is the quality windows, oldest first (one with
-/// `"filling": true` is still filling).
-pub fn drift_page(title: &str, report: Option<&Value>, quality: &[Value]) -> String {
-    let subtitle = report.map(window_line).unwrap_or_default();
+/// `None` before a window has closed; `quality` is the quality windows, oldest first (the one
+/// still filling, if shown, has `filling` set).
+pub fn drift_page(
+    title: &str,
+    report: Option<ReportView<'_>>,
+    quality: &[QualityWindow],
+) -> String {
+    let subtitle = report
+        .and_then(|r| r.window)
+        .map(window_line)
+        .unwrap_or_default();
     page(title, &subtitle, &drift_body(report, quality))
 }
 
 /// The page's content without the skeleton, for pages that add their own navigation.
-pub fn drift_body(report: Option<&Value>, quality: &[Value]) -> String {
+pub fn drift_body(report: Option<ReportView<'_>>, quality: &[QualityWindow]) -> String {
     let mut out = String::new();
     match report {
-        Some(report) if report.is_object() => {
-            summary(&mut out, report);
+        Some(view) => {
+            summary(&mut out, view);
             quality_section(&mut out, quality);
-            let thresholds = field(report, "thresholds");
+            let report = view.report;
             let mut drawn = 0usize;
-            for (section, heading) in [("features", "Features"), ("outputs", "Outputs")] {
-                features_section(&mut out, report, thresholds, section, heading, &mut drawn);
+            for (features, prefix, heading) in [
+                (&report.features, "feature", "Features"),
+                (&report.outputs, "output", "Outputs"),
+            ] {
+                features_section(
+                    &mut out,
+                    features,
+                    &report.thresholds,
+                    prefix,
+                    heading,
+                    &mut drawn,
+                );
             }
         }
-        _ => {
+        None => {
             out.push_str(
                 "<section><div class=\"banner info\">No drift window has closed yet.</div>\
                  <p>A report appears here when the first window of logged rows closes \
@@ -150,51 +197,32 @@ pub fn drift_body(report: Option<&Value>, quality: &[Value]) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// JSON access: everything optional.
+// Non-finite numbers: the report's JSON writes them as null, and the page shows what it says.
 
-fn field<'a>(v: &'a Value, key: &str) -> &'a Value {
-    v.get(key).unwrap_or(&Value::Null)
+/// `x` if finite.
+fn finite(x: f64) -> Option<f64> {
+    Some(x).filter(|x| x.is_finite())
 }
 
-/// A finite number.
-fn number(v: &Value) -> Option<f64> {
-    v.as_f64().filter(|x| x.is_finite())
+/// `x` if set and finite.
+fn defined(x: Option<f64>) -> Option<f64> {
+    x.filter(|x| x.is_finite())
 }
 
-fn text(v: &Value) -> Option<&str> {
-    v.as_str()
-}
-
-/// The strings of an array (other elements skipped).
-fn strings(v: &Value) -> Vec<&str> {
-    v.as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default()
-}
-
-/// The finite numbers of an array, or `None` if it is not an array of numbers.
-fn numbers(v: &Value) -> Option<Vec<f64>> {
-    v.as_array()?
+/// Proportions or edges to draw: a value that is not finite (null in the JSON) counts as 0.
+fn drawable(values: &[f64]) -> Vec<f64> {
+    values
         .iter()
-        .map(|x| number(x).or_else(|| x.is_null().then_some(0.0)))
+        .map(|&x| if x.is_finite() { x } else { 0.0 })
         .collect()
 }
 
-/// "model m · version v · window from … to …", from what the report has (a page's subtitle).
-pub fn window_line(report: &Value) -> String {
-    let mut parts = Vec::new();
-    if let Some(m) = text(field(report, "model")) {
-        parts.push(format!("model {m}"));
-    }
-    match field(report, "version") {
-        Value::Number(n) => parts.push(format!("version {n}")),
-        Value::String(s) => parts.push(format!("version {s}")),
-        _ => {}
-    }
-    if let (Some(from), Some(to)) = (text(field(report, "from")), text(field(report, "to"))) {
-        parts.push(format!("window {from} to {to}"));
-    }
-    parts.join(" · ")
+/// "model m · version v · window from … to …" (a page's subtitle; escaped by [`page`]).
+pub fn window_line(window: &LiveWindow) -> String {
+    format!(
+        "model {} · version {} · window {} to {}",
+        window.model, window.version, window.from, window.to
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -255,42 +283,34 @@ fn opt(x: Option<f64>, f: fn(f64) -> String) -> String {
 // ---------------------------------------------------------------------------------------------
 // Summary.
 
-fn summary(out: &mut String, report: &Value) {
-    let drifted = strings(field(report, "drifted"));
-    let thresholds = field(report, "thresholds");
-    let compared = number(field(thresholds, "comparisons")).map(|c| c as u64);
+fn summary(out: &mut String, view: ReportView<'_>) {
+    let report = view.report;
+    let drifted = &report.drifted;
+    let compared = report.thresholds.comparisons;
     out.push_str("<section id=\"summary\"><h2>Summary</h2>\n");
-    let what = match compared {
-        Some(m) => format!("{} of the {m} features and outputs compared", drifted.len()),
-        None => format!("{} features or outputs", drifted.len()),
-    };
     if drifted.is_empty() {
-        let of = compared.map_or(String::new(), |m| format!(" ({m} compared)"));
         w!(
             out,
-            "<div class=\"banner good\">✓ NO DRIFT: no feature or output is over a threshold{of}.</div>"
+            "<div class=\"banner good\">✓ NO DRIFT: no feature or output is over a threshold \
+             ({compared} compared).</div>"
         );
     } else {
         w!(
             out,
-            "<div class=\"banner bad\">⚠ DRIFT: {what} over a threshold.</div>"
+            "<div class=\"banner bad\">⚠ DRIFT: {} of the {compared} features and outputs \
+             compared over a threshold.</div>",
+            drifted.len()
         );
     }
     out.push_str("<dl>");
-    if let Some(m) = text(field(report, "model")) {
-        w!(out, "<dt>Model</dt><dd>{}</dd>", escape(m));
+    if let Some(window) = view.window {
+        w!(out, "<dt>Model</dt><dd>{}</dd>", escape(&window.model));
+        w!(out, "<dt>Version</dt><dd>{}</dd>", window.version);
     }
-    match field(report, "version") {
-        Value::Number(n) => w!(out, "<dt>Version</dt><dd>{n}</dd>"),
-        Value::String(s) => w!(out, "<dt>Version</dt><dd>{}</dd>", escape(s)),
-        _ => {}
-    }
-    match number(field(report, "rows")) {
-        Some(rows) => w!(out, "<dt>Rows in window</dt><dd>{}</dd>", rows as u64),
-        None => out.push_str("<dt>Rows in window</dt><dd>unknown</dd>"),
-    }
-    let from = text(field(report, "from")).unwrap_or("unknown");
-    let to = text(field(report, "to")).unwrap_or("unknown");
+    w!(out, "<dt>Rows in window</dt><dd>{}</dd>", report.rows);
+    let (from, to) = view
+        .window
+        .map_or(("unknown", "unknown"), |w| (w.from.as_str(), w.to.as_str()));
     w!(
         out,
         "<dt>Window</dt><dd>{} to {}</dd>",
@@ -311,11 +331,16 @@ fn summary(out: &mut String, report: &Value) {
         list_into(out, &links);
     }
     out.push_str("</dd>");
-    for (key, label) in [
-        ("missing_in_baseline", "In the window only (not compared)"),
-        ("missing_in_window", "In the baseline only (not compared)"),
+    for (names, label) in [
+        (
+            &report.missing_in_baseline,
+            "In the window only (not compared)",
+        ),
+        (
+            &report.missing_in_window,
+            "In the baseline only (not compared)",
+        ),
     ] {
-        let names = strings(field(report, key));
         if !names.is_empty() {
             let names: Vec<String> = names.iter().map(|n| escape(n)).collect();
             w!(out, "<dt>{label}</dt><dd>");
@@ -324,7 +349,7 @@ fn summary(out: &mut String, report: &Value) {
         }
     }
     out.push_str("</dl>\n");
-    thresholds_table(out, thresholds);
+    thresholds_table(out, &report.thresholds);
     out.push_str("</section>\n");
 }
 
@@ -343,55 +368,45 @@ fn list_of_into(out: &mut String, items: &[String], total: usize) {
 }
 
 /// The id of a feature's section, by its position (names may hold anything).
-fn anchor_of(report: &Value, name: &str) -> Option<String> {
-    for (section, prefix) in [("features", "feature"), ("outputs", "output")] {
-        if let Some(map) = field(report, section).as_object() {
-            if let Some(i) = map.keys().position(|k| k == name) {
-                return (i < MAX_FEATURES_DRAWN).then(|| format!("{prefix}-{i}"));
-            }
+fn anchor_of(report: &DriftReport, name: &str) -> Option<String> {
+    for (map, prefix) in [(&report.features, "feature"), (&report.outputs, "output")] {
+        if let Some(i) = map.keys().position(|k| k == name) {
+            return (i < MAX_FEATURES_DRAWN).then(|| format!("{prefix}-{i}"));
         }
     }
     None
 }
 
-fn thresholds_table(out: &mut String, t: &Value) {
-    if !t.is_object() {
-        return;
-    }
+fn thresholds_table(out: &mut String, applied: &AppliedThresholds) {
+    let t = &applied.thresholds;
     out.push_str(
         "<details><summary>Thresholds applied</summary><table><tr><th>Statistic</th>\
          <th>Violated when</th></tr>",
     );
-    let alpha = number(field(t, "alpha"));
-    let corrected = number(field(t, "alpha_corrected"));
-    let m = number(field(t, "comparisons"));
     let rows: [(&str, String); 7] = [
-        ("PSI", gt(number(field(t, "psi")), fmt_num)),
+        ("PSI", gt(t.psi, fmt_num)),
         (
             "KS, chi-squared",
-            match (alpha, corrected) {
+            match (finite(t.alpha), finite(applied.alpha_corrected)) {
                 (Some(a), Some(c)) => format!(
                     "p-value &lt; {} (alpha {} over {} comparisons, Bonferroni)",
                     fmt_num(c),
                     fmt_num(a),
-                    m.map_or("?".into(), fmt_num)
+                    fmt_num(applied.comparisons as f64)
                 ),
                 _ => "unknown".into(),
             },
         ),
-        ("Jensen–Shannon", gt(number(field(t, "js")), fmt_num)),
+        ("Jensen–Shannon", gt(t.js, fmt_num)),
         (
             "Wasserstein / baseline std",
-            gt(number(field(t, "wasserstein_norm")), fmt_num),
+            gt(t.wasserstein_norm, fmt_num),
         ),
-        (
-            "Out-of-range rate",
-            gt(number(field(t, "out_of_range_rate")), fmt_pct),
-        ),
-        ("Unseen rate", gt(number(field(t, "unseen_rate")), fmt_pct)),
+        ("Out-of-range rate", gt(t.out_of_range_rate, fmt_pct)),
+        ("Unseen rate", gt(t.unseen_rate, fmt_pct)),
         (
             "Missing-rate increase",
-            gt(number(field(t, "missing_rate_increase")), fmt_pct),
+            gt(t.missing_rate_increase, fmt_pct),
         ),
     ];
     for (name, rule) in rows {
@@ -400,8 +415,9 @@ fn thresholds_table(out: &mut String, t: &Value) {
     out.push_str("</table></details>\n");
 }
 
+/// A threshold's rule; "off" when it is unset (or not finite, which the JSON has as null).
 fn gt(threshold: Option<f64>, f: fn(f64) -> String) -> String {
-    threshold.map_or_else(|| "off".to_string(), |t| format!("&gt; {}", f(t)))
+    defined(threshold).map_or_else(|| "off".to_string(), |t| format!("&gt; {}", f(t)))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -409,26 +425,18 @@ fn gt(threshold: Option<f64>, f: fn(f64) -> String) -> String {
 
 fn features_section(
     out: &mut String,
-    report: &Value,
-    thresholds: &Value,
-    section: &str,
+    features: &BTreeMap<String, FeatureDrift>,
+    thresholds: &AppliedThresholds,
+    prefix: &str,
     heading: &str,
     drawn: &mut usize,
 ) {
-    let Some(map) = field(report, section).as_object() else {
-        return;
-    };
-    if map.is_empty() {
+    if features.is_empty() {
         return;
     }
-    let prefix = if section == "features" {
-        "feature"
-    } else {
-        "output"
-    };
-    w!(out, "<h2>{heading} ({})</h2>\n", map.len());
+    w!(out, "<h2>{heading} ({})</h2>\n", features.len());
     let mut skipped = Vec::new();
-    for (i, (name, feature)) in map.iter().enumerate() {
+    for (i, (name, feature)) in features.iter().enumerate() {
         if i >= MAX_FEATURES_DRAWN || *drawn >= MAX_FEATURES_DRAWN {
             skipped.push(escape(name));
             continue;
@@ -447,35 +455,49 @@ fn features_section(
     }
 }
 
-fn feature_article(out: &mut String, id: &str, name: &str, f: &Value, thresholds: &Value) {
-    let drifted = field(f, "drifted").as_bool().unwrap_or(false);
-    let kind = text(field(f, "kind")).unwrap_or("unknown");
+fn feature_article(
+    out: &mut String,
+    id: &str,
+    name: &str,
+    f: &FeatureDrift,
+    thresholds: &AppliedThresholds,
+) {
     w!(
         out,
         "<article id=\"{id}\"{}><h3><span class=\"name\">{}</span> <span class=\"muted\">({})</span> ",
-        if drifted { " class=\"drifted\"" } else { "" },
+        if f.drifted { " class=\"drifted\"" } else { "" },
         escape(name),
-        escape(kind)
+        escape(kind_name(f.kind))
     );
-    if let Some(error) = text(field(f, "error")) {
-        w!(
-            out,
-            "<span class=\"badge info\">NOT COMPARED</span></h3><p>{}</p></article>\n",
-            escape(error)
-        );
-        return;
-    }
-    if drifted {
+    let measured = match &f.comparison {
+        Comparison::Error { error } => {
+            w!(
+                out,
+                "<span class=\"badge info\">NOT COMPARED</span></h3><p>{}</p></article>\n",
+                escape(error)
+            );
+            return;
+        }
+        Comparison::Numeric(d) => Measured::Numeric(d),
+        Comparison::Categorical(d) => Measured::Categorical(d),
+    };
+    if f.drifted {
         out.push_str("<span class=\"badge bad\">DRIFTED</span>");
     } else {
         out.push_str("<span class=\"badge good\">OK</span>");
     }
     out.push_str("</h3><div class=\"grid\"><div>");
-    histogram(out, name, field(f, "histogram"));
+    histogram(out, name, f.histogram.as_ref());
     out.push_str("</div><div>");
-    let violations = strings(field(f, "violations"));
-    stats_table(out, kind, f, thresholds, &violations);
+    stats_table(out, measured, thresholds, &f.violations);
     out.push_str("</div></div></article>\n");
+}
+
+/// A compared feature's statistics, by kind.
+#[derive(Clone, Copy)]
+enum Measured<'a> {
+    Numeric(&'a NumericDrift),
+    Categorical(&'a CategoricalDrift),
 }
 
 /// One row of a statistics table.
@@ -496,15 +518,17 @@ enum Status {
 }
 
 impl StatRow {
+    /// A row; `statistic` is what the report names among the violations when this row's
+    /// threshold was exceeded (`None` for a row that has no threshold).
     fn new(
         name: &'static str,
         value: Option<f64>,
         shown: String,
         threshold: Option<String>,
-        key: &str,
-        violations: &[&str],
+        statistic: Option<Statistic>,
+        violations: &[Statistic],
     ) -> StatRow {
-        let status = if violations.contains(&key) {
+        let status = if statistic.is_some_and(|s| violations.contains(&s)) {
             Status::Violated
         } else if value.is_none() {
             Status::Undefined
@@ -522,8 +546,13 @@ impl StatRow {
     }
 }
 
-fn stats_table(out: &mut String, kind: &str, f: &Value, t: &Value, violations: &[&str]) {
-    let rows = stat_rows(kind, f, t, violations);
+fn stats_table(
+    out: &mut String,
+    measured: Measured<'_>,
+    t: &AppliedThresholds,
+    violations: &[Statistic],
+) {
+    let rows = stat_rows(measured, t, violations);
     out.push_str(
         "<table><tr><th>Statistic</th><th>Value</th><th>Threshold</th><th>Status</th></tr>",
     );
@@ -545,172 +574,159 @@ fn stats_table(out: &mut String, kind: &str, f: &Value, t: &Value, violations: &
         );
     }
     out.push_str("</table>");
-    if kind == "categorical" {
-        category_lists(out, f);
-    }
-    // Also unknown statistics violated (from a newer report) are not lost.
-    let known = [
-        "psi",
-        "js",
-        "ks",
-        "chi2",
-        "wasserstein_norm",
-        "out_of_range_rate",
-        "unseen_rate",
-        "missing_rate_increase",
-    ];
-    let other: Vec<String> = violations
-        .iter()
-        .filter(|v| !known.contains(v))
-        .map(|v| escape(v))
-        .collect();
-    if !other.is_empty() {
-        out.push_str("<p><strong>Also violated:</strong> ");
-        list_into(out, &other);
-        out.push_str("</p>");
+    if let Measured::Categorical(d) = measured {
+        category_lists(out, d);
     }
 }
 
-/// Where the rows of one feature's statistics table read from: the feature's report `f`, the
-/// report's thresholds `t`, and which statistics were violated.
+/// Where the rows of one feature's statistics table read their violations from.
 struct StatSource<'a> {
-    f: &'a Value,
-    t: &'a Value,
-    violations: &'a [&'a str],
+    violations: &'a [Statistic],
 }
 
 impl StatSource<'_> {
-    fn value(&self, key: &str) -> Option<f64> {
-        number(field(self.f, key))
-    }
-
-    /// The threshold of `key`, as its row shows it.
-    fn above(&self, key: &str, pct: bool) -> Option<String> {
-        number(field(self.t, key))
-            .map(|x| format!("&gt; {}", if pct { fmt_pct(x) } else { fmt_num(x) }))
-    }
-
-    /// The row of a statistic the report holds as one number under `key`.
+    /// The row of a statistic the report holds as one number.
     fn row(
         &self,
         name: &'static str,
-        key: &str,
+        value: Option<f64>,
         show: fn(f64) -> String,
         threshold: Option<String>,
-        violation: &str,
+        statistic: Option<Statistic>,
     ) -> StatRow {
+        let value = defined(value);
         StatRow::new(
             name,
-            self.value(key),
-            opt(self.value(key), show),
+            value,
+            opt(value, show),
             threshold,
-            violation,
+            statistic,
             self.violations,
         )
     }
 }
 
-/// The statistics of a feature of `kind` in table order: the distances, the kind's own test
-/// and rates, then the missing rate.
-fn stat_rows(kind: &str, f: &Value, t: &Value, violations: &[&str]) -> Vec<StatRow> {
-    let src = StatSource { f, t, violations };
-    let p_rule = number(field(t, "alpha_corrected")).map(|a| format!("p &lt; {}", fmt_num(a)));
+/// A threshold as its row shows it.
+fn above(threshold: Option<f64>, pct: bool) -> Option<String> {
+    defined(threshold).map(|x| format!("&gt; {}", if pct { fmt_pct(x) } else { fmt_num(x) }))
+}
+
+/// The statistics of a feature in table order: the distances, the kind's own test and rates,
+/// then the missing rate.
+fn stat_rows(
+    measured: Measured<'_>,
+    t: &AppliedThresholds,
+    violations: &[Statistic],
+) -> Vec<StatRow> {
+    let src = StatSource { violations };
+    let th = &t.thresholds;
+    let p_rule = finite(t.alpha_corrected).map(|a| format!("p &lt; {}", fmt_num(a)));
+    let (psi, js, missing_baseline, missing_window) = match measured {
+        Measured::Numeric(d) => (d.psi, d.js, d.missing_rate_baseline, d.missing_rate_window),
+        Measured::Categorical(d) => (d.psi, d.js, d.missing_rate_baseline, d.missing_rate_window),
+    };
     let mut rows = vec![
-        src.row("PSI", "psi", fmt_num, src.above("psi", false), "psi"),
+        src.row(
+            "PSI",
+            psi,
+            fmt_num,
+            above(th.psi, false),
+            Some(Statistic::Psi),
+        ),
         src.row(
             "Jensen–Shannon distance",
-            "js",
+            js,
             fmt_num,
-            src.above("js", false),
-            "js",
+            above(th.js, false),
+            Some(Statistic::Js),
         ),
     ];
-    if kind == "categorical" {
-        let chi2 = field(f, "chi2");
-        let p = number(field(chi2, "pvalue"));
-        let shown = match (number(field(chi2, "statistic")), p) {
-            (Some(s), Some(p)) => format!(
-                "χ² {} (dof {}), p {}",
-                fmt_num(s),
-                number(field(chi2, "dof")).map_or("?".into(), fmt_num),
-                fmt_num(p)
-            ),
-            _ => "undefined".into(),
-        };
-        rows.push(StatRow::new(
-            "Chi-squared test",
-            p,
-            shown,
-            p_rule,
-            "chi2",
-            violations,
-        ));
-        rows.push(src.row(
-            "Unseen rate",
-            "unseen_rate",
-            fmt_pct,
-            src.above("unseen_rate", true),
-            "unseen_rate",
-        ));
-    } else {
-        let ks = field(f, "ks");
-        let p = number(field(ks, "pvalue"));
-        let shown = match (number(field(ks, "statistic")), p) {
-            (Some(d), Some(p)) => format!("D {}, p {}", fmt_num(d), fmt_num(p)),
-            _ => "undefined".into(),
-        };
-        rows.push(StatRow::new(
-            "Kolmogorov–Smirnov test",
-            p,
-            shown,
-            p_rule,
-            "ks",
-            violations,
-        ));
-        rows.push(src.row("Wasserstein distance", "wasserstein", fmt_num, None, ""));
-        rows.push(src.row(
-            "Wasserstein / baseline std",
-            "wasserstein_norm",
-            fmt_num,
-            src.above("wasserstein_norm", false),
-            "wasserstein_norm",
-        ));
-        rows.push(src.row(
-            "Out-of-range rate",
-            "out_of_range_rate",
-            fmt_pct,
-            src.above("out_of_range_rate", true),
-            "out_of_range_rate",
-        ));
+    match measured {
+        Measured::Categorical(d) => {
+            let p = d.chi2.and_then(|c| finite(c.pvalue));
+            let shown = d
+                .chi2
+                .and_then(|c| {
+                    Some(format!(
+                        "χ² {} (dof {}), p {}",
+                        fmt_num(finite(c.statistic)?),
+                        fmt_num(c.dof as f64),
+                        fmt_num(finite(c.pvalue)?)
+                    ))
+                })
+                .unwrap_or_else(|| "undefined".into());
+            rows.push(StatRow::new(
+                "Chi-squared test",
+                p,
+                shown,
+                p_rule,
+                Some(Statistic::Chi2),
+                violations,
+            ));
+            rows.push(src.row(
+                "Unseen rate",
+                d.unseen_rate,
+                fmt_pct,
+                above(th.unseen_rate, true),
+                Some(Statistic::UnseenRate),
+            ));
+        }
+        Measured::Numeric(d) => {
+            let p = d.ks.and_then(|k| finite(k.pvalue));
+            let shown =
+                d.ks.and_then(|k| {
+                    let (d, p) = (finite(k.statistic)?, finite(k.pvalue)?);
+                    Some(format!("D {}, p {}", fmt_num(d), fmt_num(p)))
+                })
+                .unwrap_or_else(|| "undefined".into());
+            rows.push(StatRow::new(
+                "Kolmogorov–Smirnov test",
+                p,
+                shown,
+                p_rule,
+                Some(Statistic::Ks),
+                violations,
+            ));
+            rows.push(src.row("Wasserstein distance", d.wasserstein, fmt_num, None, None));
+            rows.push(src.row(
+                "Wasserstein / baseline std",
+                d.wasserstein_norm,
+                fmt_num,
+                above(th.wasserstein_norm, false),
+                Some(Statistic::WassersteinNorm),
+            ));
+            rows.push(src.row(
+                "Out-of-range rate",
+                d.out_of_range_rate,
+                fmt_pct,
+                above(th.out_of_range_rate, true),
+                Some(Statistic::OutOfRangeRate),
+            ));
+        }
     }
-    let (mb, mw) = (
-        src.value("missing_rate_baseline"),
-        src.value("missing_rate_window"),
-    );
+    let (mb, mw) = (defined(missing_baseline), defined(missing_window));
     let increase = mb.zip(mw).map(|(b, w)| w - b);
     rows.push(StatRow::new(
         "Missing rate",
         increase,
         format!("{} → {}", opt(mb, fmt_pct), opt(mw, fmt_pct)),
-        number(field(t, "missing_rate_increase")).map(|x| format!("increase &gt; {}", fmt_pct(x))),
-        "missing_rate_increase",
+        defined(th.missing_rate_increase).map(|x| format!("increase &gt; {}", fmt_pct(x))),
+        Some(Statistic::MissingRateIncrease),
         violations,
     ));
     rows
 }
 
 /// A categorical feature's unseen and vanished categories, under its statistics table.
-fn category_lists(out: &mut String, f: &Value) {
-    for (key, label) in [
-        ("unseen", "Unseen categories"),
-        ("vanished", "Vanished categories"),
+fn category_lists(out: &mut String, d: &CategoricalDrift) {
+    for (names, count, label) in [
+        (&d.unseen, d.unseen_count, "Unseen categories"),
+        (&d.vanished, d.vanished_count, "Vanished categories"),
     ] {
-        let names = strings(field(f, key));
         if !names.is_empty() {
-            // A report lists the heaviest few and counts them all (`unseen_count`); an
-            // older one lists them all.
-            let total = number(field(f, &format!("{key}_count")))
-                .map_or(names.len(), |n| (n as usize).max(names.len()));
+            // A report lists the heaviest few and counts them all; an older one lists them all
+            // and reads back with a count of 0.
+            let total = count.max(names.len());
             let names: Vec<String> = names.iter().take(MAX_LIST).map(|n| escape(n)).collect();
             w!(out, "<p><strong>{label}</strong> ({total}): ");
             list_of_into(out, &names, total);
@@ -726,45 +742,49 @@ const BASELINE_FILL: &str = "#8fa8c8";
 const BASELINE_STROKE: &str = "#3f5a80";
 const WINDOW_FILL: &str = "#e07b39";
 const WINDOW_STROKE: &str = "#8a3f10";
-
 /// The histogram of one feature: an SVG chart, baseline bar left of window bar in each bin,
 /// and the same numbers in a table.
-fn histogram(out: &mut String, name: &str, h: &Value) {
-    let baseline = numbers(field(h, "baseline"));
-    let window = numbers(field(h, "window"));
-    // Bins: numeric from the edges, categorical from the categories (plus the rest).
-    let (labels, edges): (Vec<String>, Option<Vec<f64>>) = if let Some(edges) = h.get("edges") {
-        let Some(edges) = numbers(edges) else {
-            out.push_str("<p class=\"muted\">No histogram in this report.</p>");
-            return;
-        };
-        let labels = bin_labels(&edges);
-        (labels, Some(edges))
-    } else if let Some(categories) = h.get("categories") {
-        (
-            strings(categories).iter().map(|s| s.to_string()).collect(),
-            None,
-        )
-    } else {
+fn histogram(out: &mut String, name: &str, h: Option<&Histogram>) {
+    let Some(h) = h else {
         out.push_str("<p class=\"muted\">No histogram in this report.</p>");
         return;
     };
-    let mut labels = labels;
-    let mut baseline = baseline;
-    let mut window = window;
-    let rest = field(h, "rest");
-    if let Some(count) = number(field(rest, "categories")) {
-        labels.push(format!("{} other categories", count as u64));
-        let push = |side: &mut Option<Vec<f64>>, key: &str| {
-            if let Some(p) = side {
-                p.push(number(field(rest, key)).unwrap_or(0.0));
+    let side = |p: &Option<Vec<f64>>| p.as_deref().map(drawable);
+    // Bins: numeric from the edges, categorical from the categories (plus the rest).
+    let (mut labels, edges, mut baseline, mut window) = match h {
+        Histogram::Numeric {
+            edges,
+            baseline,
+            window,
+        } => {
+            let edges = drawable(edges);
+            (
+                bin_labels(&edges),
+                Some(edges),
+                side(baseline),
+                side(window),
+            )
+        }
+        Histogram::Categorical {
+            categories,
+            baseline,
+            window,
+            ..
+        } => (categories.clone(), None, side(baseline), side(window)),
+    };
+    if let Histogram::Categorical {
+        rest: Some(rest), ..
+    } = h
+    {
+        labels.push(format!("{} other categories", rest.categories));
+        for (side, p) in [(&mut baseline, rest.baseline), (&mut window, rest.window)] {
+            if let Some(side) = side {
+                side.push(defined(p).unwrap_or(0.0));
             }
-        };
-        push(&mut baseline, "baseline");
-        push(&mut window, "window");
+        }
     }
     let n = labels.len();
-    // A side whose length does not fit the bins is not drawn (a malformed report).
+    // A side whose length does not fit the bins is not drawn.
     let baseline = baseline.filter(|p| p.len() == n);
     let window = window.filter(|p| p.len() == n);
     if n == 0 || (baseline.is_none() && window.is_none()) {
@@ -1061,50 +1081,67 @@ fn fmt_axis_pct(v: f64) -> String {
 // ---------------------------------------------------------------------------------------------
 // Live quality.
 
-/// A quality metric: its key in a window's JSON, its group and how it is drawn.
+/// A quality metric: how it is read from a window, its group and how it is drawn.
 struct Metric {
     group: &'static str,
-    key: &'static str,
+    value: fn(&QualityWindow) -> Option<f64>,
     label: &'static str,
+}
+
+/// A window's classification metrics, when it has them.
+fn classification(q: &QualityWindow) -> Option<&ClassificationScores> {
+    q.classification.as_ref().and_then(Scored::scores)
+}
+
+/// A window's regression metrics, when it has them.
+fn regression(q: &QualityWindow) -> Option<&RegressionScores> {
+    q.regression.as_ref().and_then(Scored::scores)
 }
 
 const METRICS: [Metric; 7] = [
     Metric {
         group: "classification",
-        key: "accuracy",
+        value: |q| classification(q)?.accuracy,
         label: "accuracy",
     },
     Metric {
         group: "classification",
-        key: "precision",
+        value: |q| classification(q)?.precision,
         label: "precision (macro)",
     },
     Metric {
         group: "classification",
-        key: "recall",
+        value: |q| classification(q)?.recall,
         label: "recall (macro)",
     },
     Metric {
         group: "classification",
-        key: "f1",
+        value: |q| classification(q)?.f1,
         label: "F1 (macro)",
     },
     Metric {
         group: "classification",
-        key: "roc_auc",
+        value: |q| classification(q)?.roc_auc,
         label: "ROC AUC",
     },
     Metric {
         group: "regression",
-        key: "mae",
+        value: |q| regression(q)?.mae,
         label: "MAE",
     },
     Metric {
         group: "regression",
-        key: "rmse",
+        value: |q| regression(q)?.rmse,
         label: "RMSE",
     },
 ];
+
+impl Metric {
+    /// The metric in window `q`, when defined.
+    fn of(&self, q: &QualityWindow) -> Option<f64> {
+        defined((self.value)(q))
+    }
+}
 
 /// Colours, and the marker and dash each series also differs by (not colour alone).
 const SERIES: [(&str, &str, &str); 5] = [
@@ -1115,7 +1152,7 @@ const SERIES: [(&str, &str, &str); 5] = [
     ("#8d5a2b", "cross", "1 3"),
 ];
 
-fn quality_section(out: &mut String, windows: &[Value]) {
+fn quality_section(out: &mut String, windows: &[QualityWindow]) {
     out.push_str("<section id=\"quality\"><h2>Live quality</h2>\n");
     if windows.is_empty() {
         out.push_str(
@@ -1124,19 +1161,13 @@ fn quality_section(out: &mut String, windows: &[Value]) {
         );
         return;
     }
-    let labels: Vec<String> = windows
-        .iter()
-        .map(|q| short_time(text(field(q, "to")).unwrap_or("?")))
-        .collect();
+    let labels: Vec<String> = windows.iter().map(|q| short_time(&q.to)).collect();
     for group in ["classification", "regression"] {
         let series: Vec<(&Metric, Vec<Option<f64>>)> = METRICS
             .iter()
             .filter(|m| m.group == group)
             .map(|m| {
-                let values = windows
-                    .iter()
-                    .map(|q| number(field(field(q, group), m.key)))
-                    .collect::<Vec<_>>();
+                let values = windows.iter().map(|q| m.of(q)).collect::<Vec<_>>();
                 (m, values)
             })
             .filter(|(_, values)| values.iter().any(Option::is_some))
@@ -1382,14 +1413,10 @@ fn marker_svg(out: &mut String, marker: &str, colour: &str, x: f64, y: f64) {
     }
 }
 
-fn quality_table(out: &mut String, windows: &[Value]) {
+fn quality_table(out: &mut String, windows: &[QualityWindow]) {
     let shown: Vec<&Metric> = METRICS
         .iter()
-        .filter(|m| {
-            windows
-                .iter()
-                .any(|q| number(field(field(q, m.group), m.key)).is_some())
-        })
+        .filter(|m| windows.iter().any(|q| m.of(q).is_some()))
         .collect();
     out.push_str(
         "<details open><summary>Quality windows</summary><table><tr><th>From</th><th>To</th>\
@@ -1404,26 +1431,26 @@ fn quality_table(out: &mut String, windows: &[Value]) {
         w!(
             out,
             "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td>",
-            escape(text(field(q, "from")).unwrap_or("?")),
-            escape(text(field(q, "to")).unwrap_or("?")),
-            number(field(q, "rows")).map_or("?".into(), |r| (r as u64).to_string())
+            escape(&q.from),
+            escape(&q.to),
+            q.rows
         );
         for m in &shown {
             w!(
                 out,
                 "<td class=\"n\">{}</td>",
-                number(field(field(q, m.group), m.key)).map_or("—".into(), fmt_num)
+                m.of(q).map_or("—".into(), fmt_num)
             );
         }
         let mut notes = Vec::new();
-        if field(q, "filling").as_bool() == Some(true) {
+        if q.filling {
             notes.push("still filling".to_string());
         }
-        for group in ["classification", "regression"] {
-            if let Some(e) = text(field(field(q, group), "error")) {
-                notes.push(escape(e));
-            }
-        }
+        let errors = [
+            q.classification.as_ref().and_then(Scored::error),
+            q.regression.as_ref().and_then(Scored::error),
+        ];
+        notes.extend(errors.into_iter().flatten().map(escape));
         w!(out, "<td>{}</td></tr>", notes.join("; "));
     }
     out.push_str("</table></details>\n");
@@ -1434,7 +1461,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn report() -> Value {
+    fn report() -> PublishedDrift {
+        serde_json::from_value(report_json()).expect("a report reads back")
+    }
+
+    fn report_json() -> serde_json::Value {
         json!({
             "model": "iris<b>",
             "version": 2,
@@ -1473,15 +1504,22 @@ mod tests {
         })
     }
 
-    fn quality() -> Vec<Value> {
-        vec![
-            json!({"from": "2026-01-01T00:00:00.000000Z", "to": "2026-01-01T00:01:00.000000Z",
-                   "rows": 100, "classification": {"accuracy": 0.9, "precision": 0.8,
-                   "recall": 0.85, "f1": 0.82, "roc_auc": null}}),
-            json!({"from": "2026-01-01T00:01:00.000000Z", "to": "2026-01-01T00:02:00.000000Z",
-                   "rows": 40, "filling": true, "classification": {"accuracy": 0.7,
-                   "precision": 0.6, "recall": 0.65, "f1": 0.62, "roc_auc": null}}),
-        ]
+    fn quality() -> Vec<QualityWindow> {
+        serde_json::from_value(json!([
+            {"model": "iris", "version": 2, "from": "2026-01-01T00:00:00.000000Z",
+             "to": "2026-01-01T00:01:00.000000Z", "rows": 100,
+             "classification": {"rows": 100, "accuracy": 0.9, "precision": 0.8,
+                                "recall": 0.85, "f1": 0.82, "roc_auc": null}},
+            {"model": "iris", "version": 2, "from": "2026-01-01T00:01:00.000000Z",
+             "to": "2026-01-01T00:02:00.000000Z", "rows": 40, "filling": true,
+             "classification": {"rows": 40, "accuracy": 0.7, "precision": 0.6,
+                                "recall": 0.65, "f1": 0.62, "roc_auc": null}},
+        ]))
+        .expect("quality windows read back")
+    }
+
+    fn page_of(report: &PublishedDrift, quality: &[QualityWindow]) -> String {
+        drift_page("t", Some(report.into()), quality)
     }
 
     #[test]
@@ -1491,7 +1529,7 @@ mod tests {
             "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
         );
         assert_eq!(escape("a\u{0}b\nc"), "a\u{fffd}b\nc");
-        let html = drift_page("t", Some(&report()), &quality());
+        let html = page_of(&report(), &quality());
         assert!(!html.contains("<script>alert"), "a name is escaped");
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(html.contains("iris&lt;b&gt;"));
@@ -1503,10 +1541,16 @@ mod tests {
 
     #[test]
     fn no_script_and_nothing_fetched() {
+        let mut hostile_quality = quality();
+        hostile_quality[0].from = "<script>alert(1)</script>".into();
+        hostile_quality[1].classification = Some(Scored::Error {
+            error: "<script>".into(),
+        });
+        let offline = report().report;
         for html in [
-            drift_page("t", Some(&report()), &quality()),
+            page_of(&report(), &quality()),
             drift_page("t", None, &[]),
-            drift_page("<script>", Some(&json!({})), &[json!(null), json!("x")]),
+            drift_page("<script>", Some((&offline).into()), &hostile_quality),
         ] {
             let lower = html.to_ascii_lowercase();
             assert!(!lower.contains("<script"), "no script");
@@ -1524,7 +1568,7 @@ mod tests {
 
     #[test]
     fn violated_statistics_are_marked_in_words() {
-        let html = drift_page("t", Some(&report()), &quality());
+        let html = page_of(&report(), &quality());
         // PSI and KS of the drifted feature: the row class and the word.
         assert_eq!(html.matches("<tr class=\"violated\">").count(), 2);
         assert_eq!(html.matches("✗ VIOLATED").count(), 2);
@@ -1546,11 +1590,11 @@ mod tests {
 
     #[test]
     fn capped_category_lists_say_how_many_there_are_in_all() {
-        let mut r = report();
+        let mut r = report_json();
         let listed: Vec<String> = (0..20).map(|i| format!("new{i:02}")).collect();
         r["features"]["colour"]["unseen"] = json!(listed);
         r["features"]["colour"]["unseen_count"] = json!(999);
-        let page = drift_page("t", Some(&r), &[]);
+        let page = page_of(&serde_json::from_value(r).unwrap(), &[]);
         assert!(page.contains("Unseen categories</strong> (999): new00, new01"));
         assert!(page.contains("new19 and 979 more"), "{page}");
     }
@@ -1560,24 +1604,58 @@ mod tests {
         let html = drift_page("iris", None, &quality());
         assert!(html.contains("No drift window has closed yet"));
         assert!(html.contains("Live quality"));
-        let html = drift_page("iris", Some(&json!([1, 2])), &[]);
-        assert!(html.contains("No drift window has closed yet"));
     }
 
     #[test]
-    fn malformed_reports_render_without_panicking() {
-        let odd = [
-            json!({"features": {"x": {"histogram": {"edges": [1], "baseline": [0.5], "window": "no"}}}}),
-            json!({"features": {"x": {"kind": 3, "histogram": {"categories": [], "baseline": []}}}}),
-            json!({"features": {"x": null, "y": {"violations": [1, "psi"], "psi": "a"}}}),
-            json!({"features": [], "thresholds": {"alpha": "x"}, "drifted": "all"}),
-            json!({"features": {"x": {"histogram": {"categories": ["a"], "baseline": [1e308],
-                   "window": [-1.0], "rest": {"categories": 5, "baseline": null}}}}}),
-        ];
-        for r in &odd {
-            let html = drift_page("t", Some(r), &[json!({"regression": {"mae": 1e300}})]);
-            assert!(html.ends_with("</html>\n"));
+    fn an_offline_report_has_no_window_line() {
+        let published = report();
+        let html = drift_page("t", Some((&published.report).into()), &[]);
+        assert!(html.contains("<dt>Window</dt><dd>unknown to unknown</dd>"));
+        assert!(!html.contains("<dt>Model</dt>"));
+        let live = page_of(&published, &[]);
+        assert!(live.contains("<p>model iris&lt;b&gt; · version 2 · window 2026-01-01T00:00"));
+    }
+
+    #[test]
+    fn odd_histograms_and_numbers_render_without_panicking() {
+        let mut r = report();
+        let features = &mut r.report.features;
+        let numeric = features.get_mut("<script>alert(1)</script>").unwrap();
+        numeric.histogram = Some(Histogram::Numeric {
+            edges: vec![1.0, f64::NAN],
+            baseline: Some(vec![0.5]),
+            window: None,
+        });
+        if let Comparison::Numeric(d) = &mut numeric.comparison {
+            d.psi = Some(f64::INFINITY);
+            d.ks = None;
         }
+        let colour = features.get_mut("colour").unwrap();
+        colour.histogram = Some(Histogram::Categorical {
+            categories: vec!["a".into()],
+            baseline: Some(vec![1e308]),
+            window: Some(vec![-1.0]),
+            rest: Some(crate::report::RestOfCategories {
+                categories: 5,
+                baseline: None,
+                window: Some(f64::NAN),
+            }),
+        });
+        features.get_mut("flip").unwrap().histogram = Some(Histogram::Categorical {
+            categories: Vec::new(),
+            baseline: Some(Vec::new()),
+            window: None,
+            rest: None,
+        });
+        let mut quality = quality();
+        quality[0].regression = Some(Scored::Scores(crate::quality::RegressionScores {
+            rows: 1,
+            mae: Some(1e300),
+            rmse: Some(f64::NAN),
+        }));
+        let html = page_of(&r, &quality);
+        assert!(html.ends_with("</html>\n"));
+        assert!(html.contains("No values on either side to draw."));
     }
 
     #[test]

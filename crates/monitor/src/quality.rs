@@ -88,26 +88,49 @@ pub fn classification<L: Ord>(
     y_pred: &[L],
     scores: Option<&[f64]>,
 ) -> Result<Quality, QualityError> {
+    let (rows, m) = classification_metrics(y_true, y_pred, scores)?;
+    Ok(Quality {
+        rows,
+        metrics: Metrics::Classification(m),
+    })
+}
+
+/// [`classification`] with the rows apart, for callers that name the metrics their own way.
+fn classification_metrics<L: Ord>(
+    y_true: &[L],
+    y_pred: &[L],
+    scores: Option<&[f64]>,
+) -> Result<(u64, ClassificationMetrics), QualityError> {
     check_len("y_pred", y_true.len(), y_pred.len())?;
     if let Some(scores) = scores {
         check_len("scores", y_true.len(), scores.len())?;
     }
     let macro_scores = macro_scores(y_true, y_pred);
-    Ok(Quality {
-        rows: y_true.len() as u64,
-        metrics: Metrics::Classification(ClassificationMetrics {
-            accuracy: accuracy(y_true, y_pred),
-            precision_macro: macro_scores.map(|m| m.precision),
-            recall_macro: macro_scores.map(|m| m.recall),
-            f1_macro: macro_scores.map(|m| m.f1),
-            roc_auc: scores.and_then(|s| roc_auc(y_true, s)),
-        }),
-    })
+    let metrics = ClassificationMetrics {
+        accuracy: accuracy(y_true, y_pred),
+        precision_macro: macro_scores.map(|m| m.precision),
+        recall_macro: macro_scores.map(|m| m.recall),
+        f1_macro: macro_scores.map(|m| m.f1),
+        roc_auc: scores.and_then(|s| roc_auc(y_true, s)),
+    };
+    Ok((y_true.len() as u64, metrics))
 }
 
 /// Regression quality of `y_pred` against `y_true`. A pair where either value is NaN or infinite
 /// is missing and skipped (scikit-learn rejects such input); `rows` counts the pairs used.
 pub fn regression(y_true: &[f64], y_pred: &[f64]) -> Result<Quality, QualityError> {
+    let (rows, m) = regression_metrics(y_true, y_pred)?;
+    Ok(Quality {
+        rows,
+        metrics: Metrics::Regression(m),
+    })
+}
+
+/// [`regression`] with the rows apart.
+fn regression_metrics(
+    y_true: &[f64],
+    y_pred: &[f64],
+) -> Result<(u64, RegressionMetrics), QualityError> {
     check_len("y_pred", y_true.len(), y_pred.len())?;
     let (t, p): (Vec<f64>, Vec<f64>) = y_true
         .iter()
@@ -115,13 +138,116 @@ pub fn regression(y_true: &[f64], y_pred: &[f64]) -> Result<Quality, QualityErro
         .filter(|(a, b)| a.is_finite() && b.is_finite())
         .map(|(&a, &b)| (a, b))
         .unzip();
-    Ok(Quality {
-        rows: t.len() as u64,
-        metrics: Metrics::Regression(RegressionMetrics {
-            mae: mae(&t, &p),
-            rmse: rmse(&t, &p),
-        }),
-    })
+    let metrics = RegressionMetrics {
+        mae: mae(&t, &p),
+        rmse: rmse(&t, &p),
+    };
+    Ok((t.len() as u64, metrics))
+}
+
+/// One window of live quality as the server publishes it: the quality endpoint, the report
+/// files and the drift page all read this shape,
+/// `{"model", "version", "from", "to", "classification"?, "regression"?, "rows"}`.
+///
+/// A window holds whichever tasks its feedback had; the metric names are the ones the endpoint
+/// and the `cairn_quality` gauge carry (`precision`, not `precision_macro`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QualityWindow {
+    pub model: String,
+    pub version: u64,
+    /// The first and last feedback matched, RFC 3339.
+    pub from: String,
+    pub to: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classification: Option<Scored<ClassificationScores>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regression: Option<Scored<RegressionScores>>,
+    /// Rows matched, of both tasks.
+    pub rows: u64,
+    /// Set only where a page shows the window still filling beside the closed ones; published
+    /// windows leave the key out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub filling: bool,
+}
+
+/// A task's metrics, or why they could not be computed: a window's JSON carries either, under
+/// the task's key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Scored<T> {
+    Scores(T),
+    Error { error: String },
+}
+
+/// A window's classification metrics; `None` where undefined.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClassificationScores {
+    pub rows: u64,
+    pub accuracy: Option<f64>,
+    /// Macro-averaged, as are `recall` and `f1`.
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+    pub f1: Option<f64>,
+    pub roc_auc: Option<f64>,
+}
+
+/// A window's regression metrics; `None` where undefined.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegressionScores {
+    pub rows: u64,
+    pub mae: Option<f64>,
+    pub rmse: Option<f64>,
+}
+
+impl<T> Scored<T> {
+    pub fn scores(&self) -> Option<&T> {
+        match self {
+            Scored::Scores(scores) => Some(scores),
+            Scored::Error { .. } => None,
+        }
+    }
+
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            Scored::Scores(_) => None,
+            Scored::Error { error } => Some(error),
+        }
+    }
+}
+
+impl Scored<ClassificationScores> {
+    /// [`classification`], under the window's names.
+    pub fn classification<L: Ord>(y_true: &[L], y_pred: &[L], scores: Option<&[f64]>) -> Self {
+        match classification_metrics(y_true, y_pred, scores) {
+            Ok((rows, m)) => Scored::Scores(ClassificationScores {
+                rows,
+                accuracy: m.accuracy,
+                precision: m.precision_macro,
+                recall: m.recall_macro,
+                f1: m.f1_macro,
+                roc_auc: m.roc_auc,
+            }),
+            Err(e) => Scored::Error {
+                error: e.to_string(),
+            },
+        }
+    }
+}
+
+impl Scored<RegressionScores> {
+    /// [`regression`], under the window's names.
+    pub fn regression(y_true: &[f64], y_pred: &[f64]) -> Self {
+        match regression_metrics(y_true, y_pred) {
+            Ok((rows, m)) => Scored::Scores(RegressionScores {
+                rows,
+                mae: m.mae,
+                rmse: m.rmse,
+            }),
+            Err(e) => Scored::Error {
+                error: e.to_string(),
+            },
+        }
+    }
 }
 
 /// The share of rows predicted right (`accuracy_score`). `None` when there are no rows or the
@@ -303,5 +429,47 @@ mod tests {
         assert_eq!(mae(&[], &[]), None);
         let q = regression(&[1.0, f64::NAN], &[2.0, 3.0]).unwrap();
         assert_eq!(q.rows, 1);
+    }
+
+    #[test]
+    fn a_window_writes_only_the_tasks_it_has() {
+        let window = QualityWindow {
+            model: "iris".into(),
+            version: 2,
+            from: "2026-12-01T10:00:00.000000Z".into(),
+            to: "2026-12-01T10:05:00.000000Z".into(),
+            classification: Some(Scored::classification(&[1, 0], &[1, 1], Some(&[0.9, 0.2]))),
+            regression: None,
+            rows: 2,
+            filling: false,
+        };
+        let json = serde_json::to_value(&window).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "model": "iris", "version": 2, "from": "2026-12-01T10:00:00.000000Z",
+                "to": "2026-12-01T10:05:00.000000Z", "rows": 2,
+                "classification": {"rows": 2, "accuracy": 0.5, "precision": 0.25,
+                                   "recall": 0.5, "f1": 1.0 / 3.0, "roc_auc": 1.0}
+            })
+        );
+        let back: QualityWindow = serde_json::from_value(json).unwrap();
+        assert_eq!(back, window);
+
+        let filling = QualityWindow {
+            classification: None,
+            regression: Some(Scored::regression(&[1.0], &[1.0, 2.0])),
+            filling: true,
+            ..window
+        };
+        let json = serde_json::to_value(&filling).unwrap();
+        assert_eq!(json["filling"], true);
+        assert_eq!(
+            json["regression"],
+            serde_json::json!({"error": "y_pred has 2 values for 1 true values"})
+        );
+        assert!(json.get("classification").is_none());
+        let back: QualityWindow = serde_json::from_value(json).unwrap();
+        assert_eq!(back, filling);
     }
 }

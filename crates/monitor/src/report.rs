@@ -63,16 +63,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::baseline::{Baseline, CategoricalBaseline, FeatureBaseline, NumericBaseline};
 use crate::column::{Column, Columns, FeatureKind};
-use crate::stats::{self, Chi2Test, KsTest, SortedValues};
+use crate::stats::{self, Chi2Test, KsMethod, KsTest, SortedValues};
 
 pub use cairn_core::config::{ThresholdError, Thresholds};
 
 /// The thresholds a report applied, with the Bonferroni-corrected significance.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AppliedThresholds {
     #[serde(flatten)]
     pub thresholds: Thresholds,
@@ -83,7 +83,7 @@ pub struct AppliedThresholds {
 }
 
 /// A statistic that can put a feature over its threshold.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Statistic {
     Psi,
@@ -96,8 +96,24 @@ pub enum Statistic {
     MissingRateIncrease,
 }
 
+impl Statistic {
+    /// The name the report's JSON gives it, which is also what `[retrain] statistics` lists.
+    pub fn name(self) -> &'static str {
+        match self {
+            Statistic::Psi => "psi",
+            Statistic::Js => "js",
+            Statistic::Ks => "ks",
+            Statistic::Chi2 => "chi2",
+            Statistic::WassersteinNorm => "wasserstein_norm",
+            Statistic::OutOfRangeRate => "out_of_range_rate",
+            Statistic::UnseenRate => "unseen_rate",
+            Statistic::MissingRateIncrease => "missing_rate_increase",
+        }
+    }
+}
+
 /// One feature's (or output's) comparison.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FeatureDrift {
     pub kind: FeatureKind,
     #[serde(flatten)]
@@ -118,7 +134,7 @@ pub const MAX_HISTOGRAM_CATEGORIES: usize = 40;
 
 /// One feature's distribution on both sides, as PSI and Jensen–Shannon compared it. A side is
 /// `None` when it has no valid values (or, numeric, when the baseline has no bins).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Histogram {
     Numeric {
@@ -139,7 +155,7 @@ pub enum Histogram {
 }
 
 /// The categories a histogram leaves out, and their summed proportions.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RestOfCategories {
     pub categories: usize,
     pub baseline: Option<f64>,
@@ -147,22 +163,27 @@ pub struct RestOfCategories {
 }
 
 /// The statistics of one feature, by kind.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+///
+/// Read back, the variants are tried in this order, which is what tells them apart: only an
+/// error entry has `error`, only a categorical one `unseen` and `vanished`; what has neither is
+/// numeric (every numeric key may be null, so none can be required).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Comparison {
-    Numeric(NumericDrift),
-    Categorical(CategoricalDrift),
     /// The feature could not be compared (its kind differs between baseline and window).
     Error {
         error: String,
     },
+    Categorical(CategoricalDrift),
+    Numeric(NumericDrift),
 }
 
 /// A numeric feature's statistics; `None` (null) where undefined for this window.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NumericDrift {
     pub psi: Option<f64>,
     pub js: Option<f64>,
+    #[serde(default, deserialize_with = "ks_test")]
     pub ks: Option<KsTest>,
     pub wasserstein: Option<f64>,
     pub wasserstein_norm: Option<f64>,
@@ -172,10 +193,11 @@ pub struct NumericDrift {
 }
 
 /// A categorical feature's statistics; `None` (null) where undefined for this window.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CategoricalDrift {
     pub psi: Option<f64>,
     pub js: Option<f64>,
+    #[serde(default, deserialize_with = "chi2_test")]
     pub chi2: Option<Chi2Test>,
     pub missing_rate_baseline: Option<f64>,
     pub missing_rate_window: Option<f64>,
@@ -183,16 +205,19 @@ pub struct CategoricalDrift {
     /// The unseen categories with the most rows, at most
     /// [`MAX_LISTED_CATEGORIES`](crate::category::MAX_LISTED_CATEGORIES), sorted.
     pub unseen: Vec<String>,
-    /// All unseen categories.
+    /// All unseen categories. Reports of builds that listed every one have no count: read
+    /// back, it is then 0, which readers take as "as many as listed".
+    #[serde(default)]
     pub unseen_count: usize,
     /// The vanished categories with the most baseline rows, as many.
     pub vanished: Vec<String>,
-    /// All vanished categories.
+    /// All vanished categories (0 in reports without the count, as `unseen_count`).
+    #[serde(default)]
     pub vanished_count: usize,
 }
 
 /// A window compared with a baseline (see the module documentation for the JSON).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DriftReport {
     /// Rows in the window (its longest column).
     pub rows: u64,
@@ -205,6 +230,62 @@ pub struct DriftReport {
     /// Names (features, then outputs) in the baseline but not the window: not compared.
     pub missing_in_window: Vec<String>,
     pub thresholds: AppliedThresholds,
+}
+
+/// Which model, version and span of time a live report covers: what the server adds to a
+/// report, which an offline one (a file against a file) does not have.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveWindow {
+    pub model: String,
+    pub version: u64,
+    /// The window's first and last row, RFC 3339.
+    pub from: String,
+    pub to: String,
+}
+
+/// A report as the server publishes it: its JSON is the report's with the window's four keys
+/// beside them (`{"model": …, "version": …, "from": …, "to": …, "rows": …, "features": …}`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PublishedDrift {
+    #[serde(flatten)]
+    pub window: LiveWindow,
+    #[serde(flatten)]
+    pub report: DriftReport,
+}
+
+/// A KS result read back. The report leaves out which method gave the p-value, so what is read
+/// back says asymptotic; and a statistic written as `null` (not finite) reads as NaN, so that
+/// the report writes back as it was.
+fn ks_test<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<KsTest>, D::Error> {
+    #[derive(Deserialize)]
+    struct Written {
+        statistic: Option<f64>,
+        pvalue: Option<f64>,
+    }
+    Ok(
+        Option::<Written>::deserialize(deserializer)?.map(|t| KsTest {
+            statistic: t.statistic.unwrap_or(f64::NAN),
+            pvalue: t.pvalue.unwrap_or(f64::NAN),
+            method: KsMethod::Asymptotic,
+        }),
+    )
+}
+
+/// A chi-squared result read back, `null` statistics as NaN (see [`ks_test`]).
+fn chi2_test<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Chi2Test>, D::Error> {
+    #[derive(Deserialize)]
+    struct Written {
+        statistic: Option<f64>,
+        dof: u64,
+        pvalue: Option<f64>,
+    }
+    Ok(
+        Option::<Written>::deserialize(deserializer)?.map(|t| Chi2Test {
+            statistic: t.statistic.unwrap_or(f64::NAN),
+            dof: t.dof,
+            pvalue: t.pvalue.unwrap_or(f64::NAN),
+        }),
+    )
 }
 
 /// Compares a window with a baseline. Never panics: a feature that cannot be compared is listed
@@ -359,7 +440,8 @@ fn compare(
     }
 }
 
-fn kind_name(kind: FeatureKind) -> &'static str {
+/// A kind as the report's JSON names it.
+pub(crate) fn kind_name(kind: FeatureKind) -> &'static str {
     match kind {
         FeatureKind::Numeric => "numeric",
         FeatureKind::Categorical => "categorical",
@@ -595,5 +677,144 @@ mod tests {
             ..Thresholds::default()
         };
         assert!(bad.validate().is_err());
+    }
+
+    /// A window of each kind against its baseline, with a kind that differs and names on one
+    /// side only.
+    fn sample_report() -> DriftReport {
+        let numeric = |shift: f64, n: usize| {
+            Column::Numeric((0..n).map(|i| (i % 97) as f64 + shift).collect())
+        };
+        let categorical = |names: &[&str], n: usize| {
+            Column::Categorical(
+                (0..n)
+                    .map(|i| Some(names[i % names.len()].to_string()))
+                    .collect(),
+            )
+        };
+        let baseline_features: Columns = vec![
+            ("x".into(), numeric(0.0, 500)),
+            ("colour".into(), categorical(&["red", "green"], 500)),
+            ("flip".into(), numeric(0.0, 500)),
+            ("gone".into(), numeric(0.0, 500)),
+        ];
+        let window_features: Columns = vec![
+            ("x".into(), numeric(30.0, 200)),
+            ("colour".into(), categorical(&["red", "blue"], 200)),
+            ("flip".into(), categorical(&["a"], 200)),
+            ("new".into(), numeric(0.0, 200)),
+        ];
+        let baseline_outputs: Columns = vec![("label".into(), categorical(&["0", "1"], 500))];
+        let window_outputs: Columns = vec![("label".into(), categorical(&["0", "1"], 200))];
+        let baseline = Baseline::from_columns(
+            &baseline_features,
+            &baseline_outputs,
+            &crate::baseline::BaselineOptions::default(),
+        );
+        drift(
+            &baseline,
+            &window_features,
+            &window_outputs,
+            &Thresholds::default(),
+        )
+    }
+
+    #[test]
+    fn a_report_reads_back_as_written() {
+        let report = sample_report();
+        assert!(matches!(
+            report.features["flip"].comparison,
+            Comparison::Error { .. }
+        ));
+        let json = serde_json::to_value(&report).unwrap();
+        let back: DriftReport = serde_json::from_value(json.clone()).unwrap();
+        assert!(matches!(
+            back.features["x"].comparison,
+            Comparison::Numeric(_)
+        ));
+        assert!(matches!(
+            back.features["colour"].comparison,
+            Comparison::Categorical(_)
+        ));
+        assert!(matches!(
+            back.features["flip"].comparison,
+            Comparison::Error { .. }
+        ));
+        assert_eq!(serde_json::to_value(&back).unwrap(), json);
+        assert_eq!(back.features["colour"], report.features["colour"]);
+    }
+
+    #[test]
+    fn a_published_report_has_the_window_beside_the_report() {
+        let published = PublishedDrift {
+            window: LiveWindow {
+                model: "iris".into(),
+                version: 3,
+                from: "2026-12-01T10:00:00.000000Z".into(),
+                to: "2026-12-01T10:05:00.000000Z".into(),
+            },
+            report: sample_report(),
+        };
+        let json = serde_json::to_value(&published).unwrap();
+        assert_eq!(json["model"], "iris");
+        assert_eq!(json["version"], 3);
+        assert_eq!(json["to"], "2026-12-01T10:05:00.000000Z");
+        assert_eq!(json["rows"], 200);
+        assert_eq!(json["features"]["x"]["kind"], "numeric");
+        let mut plain = serde_json::to_value(&published.report).unwrap();
+        for key in ["model", "version", "from", "to"] {
+            plain[key] = json[key].clone();
+        }
+        assert_eq!(plain, json, "the report's keys, and the window's four");
+        let back: PublishedDrift = serde_json::from_str(&json.to_string()).unwrap();
+        assert_eq!(back.window, published.window);
+        assert_eq!(serde_json::to_value(&back).unwrap(), json);
+    }
+
+    #[test]
+    fn reports_of_older_builds_still_read() {
+        // Before histograms and the unseen and vanished counts.
+        let mut json = serde_json::to_value(sample_report()).unwrap();
+        for group in ["features", "outputs"] {
+            for (_, feature) in json[group].as_object_mut().unwrap() {
+                let feature = feature.as_object_mut().unwrap();
+                for key in ["histogram", "unseen_count", "vanished_count"] {
+                    feature.remove(key);
+                }
+            }
+        }
+        let back: DriftReport = serde_json::from_value(json).unwrap();
+        let colour = &back.features["colour"];
+        assert_eq!(colour.histogram, None);
+        let Comparison::Categorical(c) = &colour.comparison else {
+            panic!("colour is categorical: {colour:?}");
+        };
+        assert_eq!((c.unseen.len(), c.unseen_count), (1, 0));
+    }
+
+    #[test]
+    fn statistics_are_named_as_written() {
+        use Statistic::*;
+        for s in [
+            Psi,
+            Js,
+            Ks,
+            Chi2,
+            WassersteinNorm,
+            OutOfRangeRate,
+            UnseenRate,
+            MissingRateIncrease,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.name());
+        }
+    }
+
+    #[test]
+    fn statistics_written_as_null_read_back_as_null() {
+        let mut json = serde_json::to_value(sample_report()).unwrap();
+        json["features"]["x"]["ks"]["pvalue"] = serde_json::Value::Null;
+        json["features"]["colour"]["chi2"]["statistic"] = serde_json::Value::Null;
+        let back: DriftReport = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&back).unwrap(), json);
     }
 }
