@@ -509,18 +509,33 @@ mod tests {
         }
     }
 
-    /// Labelled trials drawn from binomials with a known true difference, judged by `decide`
-    /// after every 20 labelled rows (10 per arm, a canary at weight 0.5), until it decides or
-    /// 40,000 rows have come. Returns (promoted, rolled back, undecided, mean rows at decision).
-    fn simulate(c: &RolloutConfig, stable_p: f64, candidate_p: f64, trials: u32) -> [f64; 4] {
-        // xorshift64*: deterministic, no dependency.
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut uniform = move || {
+    /// Uniform draws in [0, 1) from xorshift64*: deterministic, no dependency.
+    fn uniform(mut state: u64) -> impl FnMut() -> f64 {
+        move || {
             state ^= state >> 12;
             state ^= state << 25;
             state ^= state >> 27;
             (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
-        };
+        }
+    }
+
+    /// (promoted, rolled back, undecided) as shares of the trials, and the mean rows at
+    /// decision.
+    fn rates(trials: u32, promoted: u32, rolled_back: u32, undecided: u32, rows: u64) -> [f64; 4] {
+        let n = f64::from(trials);
+        [
+            f64::from(promoted) / n,
+            f64::from(rolled_back) / n,
+            f64::from(undecided) / n,
+            rows as f64 / n,
+        ]
+    }
+
+    /// Labelled trials drawn from binomials with a known true difference, judged by `decide`
+    /// after every 20 labelled rows (10 per arm, a canary at weight 0.5), until it decides or
+    /// 40,000 rows have come. Returns (promoted, rolled back, undecided, mean rows at decision).
+    fn simulate(c: &RolloutConfig, stable_p: f64, candidate_p: f64, trials: u32) -> [f64; 4] {
+        let mut uniform = uniform(0x9e37_79b9_7f4a_7c15);
         let none = ShadowSnapshot::default();
         let (mut promoted, mut rolled_back, mut undecided, mut rows) = (0u32, 0u32, 0u32, 0u64);
         for _ in 0..trials {
@@ -543,13 +558,7 @@ mod tests {
                 break;
             }
         }
-        let n = f64::from(trials);
-        [
-            f64::from(promoted) / n,
-            f64::from(rolled_back) / n,
-            f64::from(undecided) / n,
-            rows as f64 / n,
-        ]
+        rates(trials, promoted, rolled_back, undecided, rows)
     }
 
     fn sequential(margin: f64, alpha: f64) -> RolloutConfig {
@@ -604,13 +613,7 @@ mod tests {
         candidate_only: f64,
         trials: u32,
     ) -> [f64; 4] {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut uniform = move || {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut uniform = uniform(0x2545_f491_4f6c_dd1d);
         let arms = arm(1_000, 0, 100.0);
         let (mut promoted, mut rolled_back, mut undecided, mut rows) = (0u32, 0u32, 0u32, 0u64);
         for _ in 0..trials {
@@ -638,13 +641,7 @@ mod tests {
                 break;
             }
         }
-        let n = f64::from(trials);
-        [
-            f64::from(promoted) / n,
-            f64::from(rolled_back) / n,
-            f64::from(undecided) / n,
-            rows as f64 / n,
-        ]
+        rates(trials, promoted, rolled_back, undecided, rows)
     }
 
     /// The paired design's stated error rates, measured as the unpaired ones are: 2,000 trials

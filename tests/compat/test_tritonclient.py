@@ -5,10 +5,7 @@ Run: python tests/compat/test_tritonclient.py [path/to/cairn]   (default: target
 """
 
 import os
-import shutil
 import sys
-import tempfile
-import time
 import unittest
 
 import numpy as np
@@ -17,9 +14,10 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cairn_server import ROOT, Server  # noqa: E402
+from cairn_server import ROOT  # noqa: E402
 from triton_models import (  # noqa: E402
-    MODELS, assert_matches_reference, inference_cases, reference, zoo_inputs,
+    MODELS, assert_matches_reference, inference_cases, reference, start_server, stop_server,
+    zoo_inputs,
 )
 
 BINARY = os.path.join(ROOT, "target", "release", "cairn")
@@ -30,22 +28,12 @@ BINARY = os.path.join(ROOT, "target", "release", "cairn")
 class TritonClientCompat(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.repo = tempfile.mkdtemp(prefix="cairn-compat-")
-        for name, src in MODELS.items():
-            shutil.copytree(src, os.path.join(cls.repo, name))
-        cls.server = Server(BINARY, cls.repo)
-        cls.client = httpclient.InferenceServerClient(url=cls.server.url, concurrency=4)
-        deadline = time.time() + 120
-        while not cls.client.is_server_ready():
-            if time.time() > deadline:
-                raise RuntimeError("server never became ready")
-            time.sleep(0.05)
+        start_server(cls, BINARY, lambda s: httpclient.InferenceServerClient(url=s.url, concurrency=4),
+                     "cairn-compat-")
 
     @classmethod
     def tearDownClass(cls):
-        cls.client.close()
-        cls.server.stop()
-        shutil.rmtree(cls.repo, ignore_errors=True)
+        stop_server(cls)
 
     def infer_and_compare(self, model, version, inputs, binary, atol=1e-5, **kwargs):
         metadata = self.client.get_model_metadata(model, model_version=str(version))

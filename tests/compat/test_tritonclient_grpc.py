@@ -8,10 +8,7 @@ Run: python tests/compat/test_tritonclient_grpc.py [path/to/cairn]   (default: t
 import json
 import os
 import queue
-import shutil
 import sys
-import tempfile
-import time
 import unittest
 
 import grpc
@@ -22,9 +19,10 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cairn_server import ROOT, Server  # noqa: E402
+from cairn_server import ROOT  # noqa: E402
 from triton_models import (  # noqa: E402
-    MODELS, assert_matches_reference, inference_cases, reference, zoo_inputs,
+    MODELS, assert_matches_reference, inference_cases, reference, start_server, stop_server,
+    zoo_inputs,
 )
 
 BINARY = os.path.join(ROOT, "target", "release", "cairn")
@@ -46,23 +44,13 @@ def inputs_for(metadata, arrays):
 class TritonGrpcCompat(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.repo = tempfile.mkdtemp(prefix="cairn-grpc-compat-")
-        for name, src in MODELS.items():
-            shutil.copytree(src, os.path.join(cls.repo, name))
-        cls.server = Server(BINARY, cls.repo, env={"CAIRN_ADMIN_TOKEN": TOKEN})
-        cls.client = grpcclient.InferenceServerClient(url=cls.server.grpc)
+        start_server(cls, BINARY, lambda s: grpcclient.InferenceServerClient(url=s.grpc),
+                     "cairn-grpc-compat-", env={"CAIRN_ADMIN_TOKEN": TOKEN})
         cls.admin = [("authorization", f"Bearer {TOKEN}")]
-        deadline = time.time() + 120
-        while not cls.client.is_server_ready():
-            if time.time() > deadline:
-                raise RuntimeError("server never became ready")
-            time.sleep(0.05)
 
     @classmethod
     def tearDownClass(cls):
-        cls.client.close()
-        cls.server.stop()
-        shutil.rmtree(cls.repo, ignore_errors=True)
+        stop_server(cls)
 
     def check_result(self, model, version, arrays, result, atol=1e-5):
         assert_matches_reference(self, model, version, arrays, result, atol)

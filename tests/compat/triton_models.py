@@ -7,7 +7,10 @@ import os
 import numpy as np
 import onnxruntime as ort
 
-from cairn_server import ROOT
+import shutil
+import tempfile
+
+from cairn_server import ROOT, Server, wait_for
 
 MODELS = {
     "iris": os.path.join(ROOT, "models", "iris"),
@@ -29,6 +32,25 @@ def reference(model_dir, version, inputs):
     )
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, inputs)))
+
+
+def start_server(case, binary, client_of, prefix, env=None):
+    """The shipped and test models copied into a fresh repository, served by `binary`; sets
+    `case.repo`, `case.server` and `case.client` (`client_of(server)`), once the client says the
+    server is ready."""
+    case.repo = tempfile.mkdtemp(prefix=prefix)
+    for name, src in MODELS.items():
+        shutil.copytree(src, os.path.join(case.repo, name))
+    case.server = Server(binary, case.repo, env=env)
+    case.client = client_of(case.server)
+    if not wait_for(case.client.is_server_ready, 120, interval=0.05):
+        raise RuntimeError("server never became ready")
+
+
+def stop_server(case):
+    case.client.close()
+    case.server.stop()
+    shutil.rmtree(case.repo, ignore_errors=True)
 
 
 def assert_matches_reference(test, model, version, inputs, result, atol=1e-5):
