@@ -14,6 +14,12 @@
 //! Each admitted message's [`Reservation`] goes into a queue in the request's extensions
 //! ([`Held`]); the handler holds it until the message's inference is answered, as an HTTP
 //! handler holds its body's.
+//!
+//! An inference message over `INLINE_LIMIT` is walked and decoded on the blocking pool, as HTTP
+//! decodes a large body: the decoded `ModelInferRequest` goes into [`Held`] with its
+//! reservation, and tonic gets an empty message in its place (nothing to copy or decode on a
+//! runtime worker); the handler takes the decoded one. The body yields nothing else until that
+//! decode is done, so messages keep their order.
 
 use std::collections::VecDeque;
 use std::future::Future as _;
@@ -28,22 +34,33 @@ use parking_lot::Mutex;
 use tokio::time::Sleep;
 use tonic::Status;
 
+use super::proto;
 use super::scan::{self, Kind};
+use crate::offload::{Offload, INLINE_LIMIT};
 use crate::service::{ApiError, BodyBudget, Reservation};
 
-/// The reservations of a call's admitted messages, oldest first, in its request's extensions.
+/// The admitted messages of a call, oldest first, in its request's extensions.
 #[derive(Clone, Default)]
-pub struct Held(Arc<Mutex<VecDeque<Reservation>>>);
+pub struct Held(Arc<Mutex<VecDeque<Admitted>>>);
+
+/// One admitted message: the budget it holds, and the message itself when it was decoded off
+/// the runtime (tonic then saw an empty one).
+pub struct Admitted {
+    pub reservation: Reservation,
+    pub decoded: Option<proto::ModelInferRequest>,
+}
+
+impl Admitted {
+    /// The message to run: the one decoded here, else tonic's.
+    pub fn message(&mut self, tonic: proto::ModelInferRequest) -> proto::ModelInferRequest {
+        self.decoded.take().unwrap_or(tonic)
+    }
+}
 
 impl Held {
-    /// The oldest admitted message's reservation: a stream's handler takes one per message.
-    pub fn take(&self) -> Option<Reservation> {
+    /// The oldest admitted message: a handler takes one per message.
+    pub fn take(&self) -> Option<Admitted> {
         self.0.lock().pop_front()
-    }
-
-    /// Bytes held for the messages not yet taken.
-    pub fn bytes(&self) -> usize {
-        self.0.lock().iter().map(Reservation::bytes).sum()
     }
 }
 
@@ -53,6 +70,9 @@ pub struct Bounds {
     pub max_bytes: usize,
     pub timeout: Duration,
     pub budget: Arc<BodyBudget>,
+    /// Where a large inference message is decoded (the request path's bounded share of the
+    /// blocking pool; none free, the call is refused as busy).
+    pub offload: Offload,
 }
 
 /// The gRPC length prefix: a compression flag and a big-endian length.
@@ -72,8 +92,23 @@ pub struct Messages<B> {
     current: Option<Partial>,
     /// Admitted messages (prefix and payload) waiting to be handed to tonic.
     ready: VecDeque<Bytes>,
+    /// A large inference message being walked and decoded on the blocking pool, and what
+    /// arrived after it in the same chunk (taken once it is done, so the order holds).
+    decoding: Option<Decoding>,
+    leftover: Option<Bytes>,
     trailers: Option<Frame<Bytes>>,
     ended: bool,
+}
+
+type Decoded = Result<(usize, proto::ModelInferRequest), ApiError>;
+
+/// A large message on the blocking pool, and what waits for it.
+struct Decoding {
+    task: Pin<
+        Box<dyn std::future::Future<Output = Result<Decoded, crate::offload::OffloadError>> + Send>,
+    >,
+    len: usize,
+    reservation: Reservation,
 }
 
 /// A message being received.
@@ -102,6 +137,8 @@ impl<B> Messages<B> {
             prefix_len: 0,
             current: None,
             ready: VecDeque::new(),
+            decoding: None,
+            leftover: None,
             trailers: None,
             ended: false,
         }
@@ -111,6 +148,10 @@ impl<B> Messages<B> {
     /// completes.
     fn take(&mut self, mut chunk: Bytes) -> Result<(), ApiError> {
         while chunk.has_remaining() {
+            if self.decoding.is_some() {
+                self.leftover = Some(chunk);
+                return Ok(());
+            }
             let Some(partial) = &mut self.current else {
                 let n = (PREFIX - self.prefix_len).min(chunk.len());
                 self.prefix[self.prefix_len..self.prefix_len + n].copy_from_slice(&chunk[..n]);
@@ -186,17 +227,72 @@ impl<B> Messages<B> {
             mut reservation,
         } = self.current.take().expect("finish follows start");
         let payload = whole.unwrap_or_else(|| payload.freeze());
+        self.prefix_len = 0;
+        if self.kind == Kind::Infer && len > INLINE_LIMIT {
+            let offload = self.bounds.offload.clone();
+            let task = Box::pin(async move {
+                offload
+                    .run(move || -> Decoded {
+                        let decoded = scan::check(Kind::Infer, &payload)?;
+                        let message = <proto::ModelInferRequest as prost::Message>::decode(payload)
+                            .map_err(|e| {
+                                ApiError::BadRequest(format!("a malformed gRPC message: {e}"))
+                            })?;
+                        Ok((decoded, message))
+                    })
+                    .await
+            });
+            self.decoding = Some(Decoding {
+                task,
+                len,
+                reservation,
+            });
+            return Ok(());
+        }
         let decoded = scan::check(self.kind, &payload)?;
         // tonic copies the message into its own buffer, then prost decodes it.
         reservation.grow(len.saturating_add(decoded))?;
-        self.held.0.lock().push_back(reservation);
+        self.held.0.lock().push_back(Admitted {
+            reservation,
+            decoded: None,
+        });
         self.ready.push_back(Bytes::copy_from_slice(&self.prefix));
         self.ready.push_back(payload);
-        self.prefix_len = 0;
+        self.message_done();
+        Ok(())
+    }
+
+    fn message_done(&mut self) {
         if !self.unary {
             self.deadline = None;
         }
-        Ok(())
+    }
+
+    /// The large message decoded off the runtime: queued for the handler, and an empty message
+    /// for tonic in its place. Pending while the blocking pool works.
+    fn poll_decoding(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ApiError>> {
+        let Some(decoding) = &mut self.decoding else {
+            return Poll::Ready(Ok(()));
+        };
+        let done = match decoding.task.as_mut().poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(done) => done,
+        };
+        let Decoding {
+            len,
+            mut reservation,
+            ..
+        } = self.decoding.take().expect("polled above");
+        let (decoded, message) = done??;
+        // The bytes stay held: the request's raw contents are slices of them.
+        reservation.grow(len.saturating_add(decoded))?;
+        self.held.0.lock().push_back(Admitted {
+            reservation,
+            decoded: Some(message),
+        });
+        self.ready.push_back(Bytes::from_static(&[0; PREFIX]));
+        self.message_done();
+        Poll::Ready(Ok(()))
     }
 
     fn timed_out(&self) -> ApiError {
@@ -206,7 +302,12 @@ impl<B> Messages<B> {
     }
 
     fn mid_message(&self) -> bool {
-        self.current.is_some() || self.prefix_len > 0
+        self.current.is_some() || self.prefix_len > 0 || self.leftover.is_some()
+    }
+
+    /// Whether nothing is left to hand on.
+    fn drained(&self) -> bool {
+        self.ready.is_empty() && self.trailers.is_none() && self.decoding.is_none()
     }
 }
 
@@ -224,6 +325,19 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = self.get_mut();
         loop {
+            match this.poll_decoding(cx) {
+                Poll::Pending => {
+                    if let Some(deadline) = &mut this.deadline {
+                        if deadline.as_mut().poll(cx).is_ready() {
+                            let e = this.timed_out();
+                            return this.fail(e);
+                        }
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => return this.fail(e),
+                Poll::Ready(Ok(())) => {}
+            }
             if let Some(message) = this.ready.pop_front() {
                 return Poll::Ready(Some(Ok(Frame::data(message))));
             }
@@ -232,6 +346,12 @@ where
             }
             if this.ended {
                 return Poll::Ready(None);
+            }
+            if let Some(chunk) = this.leftover.take() {
+                if let Err(e) = this.take(chunk) {
+                    return this.fail(e);
+                }
+                continue;
             }
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
@@ -278,7 +398,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended && self.ready.is_empty() && self.trailers.is_none()
+        self.ended && self.drained()
     }
 }
 
@@ -289,6 +409,9 @@ impl<B> Messages<B> {
         self.ended = true;
         self.current = None;
         self.ready.clear();
+        self.leftover = None;
+        // A decode under way finishes on its own; its result is dropped.
+        self.decoding = None;
         self.deadline = None;
         Poll::Ready(Some(Err(e.into_status())))
     }
@@ -312,6 +435,16 @@ mod tests {
         budget: usize,
         timeout: Duration,
     ) -> (Sender, TestBody, Held, Arc<BodyBudget>) {
+        body_with(path, max_bytes, budget, timeout, Offload::new(4))
+    }
+
+    fn body_with(
+        path: &str,
+        max_bytes: usize,
+        budget: usize,
+        timeout: Duration,
+        offload: Offload,
+    ) -> (Sender, TestBody, Held, Arc<BodyBudget>) {
         let (tx, rx) = mpsc::channel(16);
         let budget = BodyBudget::new(budget, Metrics::new());
         let held = Held::default();
@@ -319,6 +452,7 @@ mod tests {
             max_bytes,
             timeout,
             budget: Arc::clone(&budget),
+            offload,
         };
         let messages = Messages::new(
             StreamBody::new(ReceiverStream::new(rx)),
@@ -359,11 +493,82 @@ mod tests {
         let used = budget.used();
         assert!(used >= 2 * 9, "{used}");
         let first = held.take().unwrap();
-        assert!(first.bytes() >= 9);
+        assert!(first.reservation.bytes() >= 9);
+        assert!(
+            first.decoded.is_none(),
+            "a small message is tonic's to decode"
+        );
         drop(first);
         drop(held);
         drop(messages);
         assert_eq!(budget.used(), 0, "everything given back");
+    }
+
+    /// A large inference message is decoded on the blocking pool and tonic gets an empty one in
+    /// its place; a small one after it in the same chunk still comes second.
+    #[tokio::test]
+    async fn a_large_inference_message_is_decoded_off_the_runtime_in_order() {
+        use prost::Message as _;
+        let (tx, mut messages, held, budget) =
+            body(STREAM, 4 << 20, 16 << 20, Duration::from_secs(5));
+        let values = INLINE_LIMIT / 4 + 1;
+        let large = proto::ModelInferRequest {
+            model_name: "m".into(),
+            id: "large".into(),
+            inputs: vec![proto::model_infer_request::InferInputTensor {
+                name: "x".into(),
+                datatype: "FP32".into(),
+                shape: vec![values as i64],
+                ..Default::default()
+            }],
+            raw_input_contents: vec![Bytes::from(vec![0u8; values * 4])],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let small = frame(b"\x1a\x0242", 4);
+        let wire: Vec<u8> = frame(&large, large.len())
+            .into_iter()
+            .chain(small.iter().copied())
+            .collect();
+        tx.send(Ok(Frame::data(Bytes::from(wire)))).await.unwrap();
+        drop(tx);
+        let collected = (&mut messages).collect().await.unwrap().to_bytes();
+        let expected: Vec<u8> = [0u8; PREFIX].into_iter().chain(small).collect();
+        assert_eq!(
+            &collected[..],
+            &expected[..],
+            "an empty message, then the small one"
+        );
+        let mut first = held.take().unwrap();
+        let decoded = first.message(proto::ModelInferRequest::default());
+        assert_eq!(
+            (decoded.id.as_str(), decoded.raw_input_contents[0].len()),
+            ("large", values * 4)
+        );
+        assert!(first.reservation.bytes() >= large.len());
+        assert!(held.take().unwrap().decoded.is_none());
+        drop((first, decoded, held, messages));
+        assert_eq!(budget.used(), 0, "everything given back");
+    }
+
+    /// The decode of a large inference message needs a slot of the request path's share of
+    /// the blocking pool: with none free the call is refused as busy, never decoded inline.
+    #[tokio::test]
+    async fn a_large_inference_message_waits_for_no_runtime_worker() {
+        let offload = Offload::new(1);
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        assert!(offload.try_spawn(move || {
+            let _ = hold.recv();
+        }));
+        let (tx, mut messages, _held, _) =
+            body_with(STREAM, 4 << 20, 16 << 20, Duration::from_secs(5), offload);
+        let payload = vec![0u8; INLINE_LIMIT + 1];
+        tx.send(Ok(Frame::data(Bytes::from(frame(&payload, payload.len())))))
+            .await
+            .unwrap();
+        let e = messages.frame().await.unwrap().unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+        drop(release);
     }
 
     #[tokio::test]

@@ -55,6 +55,7 @@ pub async fn serve(
         max_bytes: state.config.max_body_bytes,
         timeout: state.config.connections.body_read_timeout,
         budget: Arc::clone(&state.body_budget),
+        offload: state.offload.clone(),
     };
     serve_connections(
         listener,
@@ -319,14 +320,20 @@ impl GrpcInferenceService for Api {
         &self,
         request: Request<proto::ModelInferRequest>,
     ) -> Result<Response<proto::ModelInferResponse>, Status> {
-        // The message's reservation (in the extensions) is held until it is answered.
+        // The message's reservation (in the extensions) is held until it is answered; a large
+        // message was decoded off the runtime and is there too.
         let (metadata, extensions, message) = request.into_parts();
-        let size = extensions.get::<Held>().map_or(0, Held::bytes);
+        let mut admitted = extensions.get::<Held>().and_then(Held::take);
+        let size = admitted.as_ref().map_or(0, |a| a.reservation.bytes());
+        let message = match &mut admitted {
+            Some(a) => a.message(message),
+            None => message,
+        };
         let result = match self.authorize_inference(&metadata) {
             Ok(()) => infer(&self.state, message, size, &Metadata(metadata)).await,
             Err(e) => Err(e),
         };
-        drop(extensions);
+        drop(admitted);
         self.finish("ModelInfer", result)
     }
 
@@ -359,9 +366,14 @@ impl GrpcInferenceService for Api {
                         break;
                     }
                 };
-                // Each message's reservation goes with it, held until it is answered.
-                let reservation = held.take();
-                let size = reservation.as_ref().map_or(0, |r| r.bytes());
+                // Each message's reservation goes with it, held until it is answered (and a
+                // large one's message, decoded off the runtime).
+                let mut reservation = held.take();
+                let size = reservation.as_ref().map_or(0, |a| a.reservation.bytes());
+                let message = match &mut reservation {
+                    Some(a) => a.message(message),
+                    None => message,
+                };
                 let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
                     break;
                 };

@@ -578,6 +578,94 @@ async fn a_large_gzip_body_does_not_stall_a_one_thread_runtime() {
     s.shutdown().await;
 }
 
+/// A large gRPC inference message (typed contents, which prost parses value by value) is
+/// walked and decoded on the request path's share of the blocking pool, never on a runtime
+/// worker: with that share taken the call is refused as busy, and served once it is free, while
+/// a small message is decoded inline all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_grpc_message_is_decoded_on_the_blocking_pool() {
+    use cairn::grpc::proto;
+    use http_body_util::BodyExt as _;
+    use prost::Message as _;
+    let s = TestServer::start(Repo::with(&["iris"])).await;
+    let server = s.server.as_ref().unwrap();
+    let grpc = server.grpc_addr.unwrap();
+    let message = |rows: usize| {
+        let message = proto::ModelInferRequest {
+            model_name: "iris".into(),
+            inputs: vec![proto::model_infer_request::InferInputTensor {
+                name: "input".into(),
+                datatype: "FP32".into(),
+                shape: vec![rows as i64, 4],
+                contents: Some(proto::InferTensorContents {
+                    fp32_contents: vec![0.5; rows * 4],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let mut framed = vec![0u8];
+        framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&message);
+        Bytes::from(framed)
+    };
+    let stream = tokio::net::TcpStream::connect(grpc).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    // The call's gRPC status (an error comes trailers-only: its status in the headers).
+    let call = |body: Bytes| {
+        let mut sender = sender.clone();
+        async move {
+            let req = http::Request::post(format!(
+                "http://{grpc}/inference.GRPCInferenceService/ModelInfer"
+            ))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(http_body_util::Full::new(body))
+            .unwrap();
+            let answer = sender.send_request(req).await.unwrap();
+            let headers = answer.headers().clone();
+            let collected = answer.into_body().collect().await.unwrap();
+            let trailers = collected.trailers().cloned().unwrap_or_default();
+            (trailers.get("grpc-status").or(headers.get("grpc-status")))
+                .map(|v| v.to_str().unwrap().to_string())
+        }
+    };
+    // 2 MiB of typed contents (a quarter of a million rows: more than iris batches, so the
+    // model refuses it, after it was decoded: INVALID_ARGUMENT); one row is served.
+    let (large, small) = (message(128 << 10), message(1));
+    assert_eq!(call(large.clone()).await.as_deref(), Some("3"));
+    // Take every slot of the request path's share of the blocking pool.
+    let (release, hold) = std::sync::mpsc::channel::<()>();
+    let hold = std::sync::Arc::new(std::sync::Mutex::new(hold));
+    let mut taken = 0;
+    while server.state.offload.try_spawn({
+        let hold = std::sync::Arc::clone(&hold);
+        move || {
+            let _ = hold.lock().unwrap().recv();
+        }
+    }) {
+        taken += 1;
+    }
+    assert!(taken > 0);
+    // UNAVAILABLE: no slot to decode it in, and it is not decoded on a runtime worker instead.
+    assert_eq!(call(large.clone()).await.as_deref(), Some("14"));
+    assert_eq!(call(small.clone()).await.as_deref(), Some("0"));
+    drop(release);
+    while !server.state.offload.try_spawn(|| {}) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(call(large).await.as_deref(), Some("3"));
+    s.shutdown().await;
+}
+
 /// Repository operations wait in a short line: beyond it, a load is refused at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_repository_answers_at_once() {
