@@ -91,10 +91,11 @@ pub fn paired_interval(p: Pairs, alpha: f64, rho2: f64) -> Option<Interval> {
     let t = p.pairs as f64;
     let estimate = (p.candidate_only as f64 - p.stable_only as f64) / t;
     let r = radius(t, p.variance().sqrt(), alpha, rho2);
+    // A difference of two accuracies lies in [−1, 1].
     Some(Interval {
         estimate,
-        low: estimate - r,
-        high: estimate + r,
+        low: (estimate - r).max(-1.0),
+        high: (estimate + r).min(1.0),
     })
 }
 
