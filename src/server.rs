@@ -71,7 +71,7 @@ fn shared_state(
     let body_budget = BodyBudget::new(config.connections.max_buffered_body_bytes, metrics.clone());
     let mut rollout = Rollout::new(
         Arc::clone(&router),
-        rules,
+        Arc::clone(&rules),
         metrics.clone(),
         config.state_dir.clone(),
     );
@@ -87,6 +87,7 @@ fn shared_state(
         config.model_repository.clone(),
         Arc::clone(&repository),
         Arc::clone(&router),
+        Arc::clone(&rules),
         metrics.clone(),
         tokio::runtime::Handle::current(),
     );

@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use super::{Candidate, CandidateMode};
-use crate::config::OnNewVersion;
+use crate::config::{AccuracyTest, OnNewVersion, RetrainTrial};
 use crate::metrics::Metrics;
 use crate::routing::{DeploymentRules, ModelRoute};
 
@@ -117,6 +117,9 @@ const HISTORY: usize = 64;
 pub struct Rules {
     metrics: Metrics,
     history: Mutex<HashMap<String, VecDeque<Transition>>>,
+    /// Per model, the version this server's training is publishing: it enters as its
+    /// `[retrain] trial` says rather than as any new version.
+    trained: Mutex<HashMap<String, u64>>,
 }
 
 impl Rules {
@@ -124,7 +127,18 @@ impl Rules {
         Rules {
             metrics,
             history: Mutex::new(HashMap::new()),
+            trained: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Marks `version` of `model` as trained here, before it is published; `None` clears the
+    /// mark (a publish that failed).
+    pub fn expect_trained(&self, model: &str, version: Option<u64>) {
+        let mut trained = self.trained.lock();
+        match version {
+            Some(v) => trained.insert(model.to_string(), v),
+            None => trained.remove(model),
+        };
     }
 
     /// Logs, counts and keeps a transition.
@@ -162,7 +176,15 @@ impl Rules {
 
 impl DeploymentRules for Rules {
     fn settle(&self, model: &str, before: &ModelRoute, after: &mut ModelRoute) {
-        if let Some(t) = on_new_version(before, after) {
+        let trained = |version: u64| {
+            let mut marks = self.trained.lock();
+            let here = marks.get(model) == Some(&version);
+            if here {
+                marks.remove(model);
+            }
+            here
+        };
+        if let Some(t) = on_new_version(before, after, trained) {
             self.record(model, t);
         }
         for t in normalize(after) {
@@ -173,7 +195,11 @@ impl DeploymentRules for Rules {
 
 /// A new version above the current stable one enters as its `on_new_version` says: at once
 /// (blue/green), or as a canary or shadow candidate while the stable version stays pinned.
-fn on_new_version(before: &ModelRoute, after: &mut ModelRoute) -> Option<Transition> {
+fn on_new_version(
+    before: &ModelRoute,
+    after: &mut ModelRoute,
+    trained: impl FnOnce(u64) -> bool,
+) -> Option<Transition> {
     let stable = before.stable()?.version;
     let old_highest = before.highest()?.version;
     let newest = after.highest()?;
@@ -181,7 +207,32 @@ fn on_new_version(before: &ModelRoute, after: &mut ModelRoute) -> Option<Transit
     if new_highest <= old_highest || !after.versions.contains_key(&stable) {
         return None;
     }
-    let policy = newest.config.rollout.clone();
+    let mut policy = newest.config.rollout.clone();
+    // A version trained here, on a model judged by its feedback: a shadow judged on pairs of
+    // answers to the same rows, with stated error rates.
+    if trained(new_highest)
+        && newest.config.retrain.trial == RetrainTrial::Paired
+        && policy.max_accuracy_drop.is_some()
+    {
+        policy.accuracy_test = AccuracyTest::Sequential;
+        // A retrained version is meant to answer differently: it is judged by the labels, not
+        // by how often it agrees with the version it may replace.
+        policy.min_agreement = 0.0;
+        policy.max_mean_abs_diff = None;
+        after.deployment.stable = Some(stable);
+        after.deployment.candidate =
+            Some(Candidate::new(new_highest, CandidateMode::Shadow, policy));
+        return Some(Transition::now(
+            Action::Shadow,
+            Trigger::Reload,
+            Some(new_highest),
+            format!(
+                "version {new_highest} trained here; [retrain] trial = paired: a shadow judged on \
+                 pairs of answers by the sequential accuracy test (agreement not required), stable \
+                 stays {stable}"
+            ),
+        ));
+    }
     let (mode, action) = match policy.on_new_version {
         OnNewVersion::Replace => {
             return after.deployment.stable.is_none().then(|| {

@@ -152,6 +152,8 @@ pub struct Jobs {
     repository_root: PathBuf,
     repository: Arc<Repository>,
     router: Arc<Router>,
+    /// Told which version a job is about to publish, so it enters as `[retrain] trial` says.
+    rules: Arc<crate::rollout::Rules>,
     metrics: Metrics,
     runtime: tokio::runtime::Handle,
     jobs: Mutex<VecDeque<Arc<Job>>>,
@@ -167,6 +169,7 @@ impl Jobs {
         repository_root: PathBuf,
         repository: Arc<Repository>,
         router: Arc<Router>,
+        rules: Arc<crate::rollout::Rules>,
         metrics: Metrics,
         runtime: tokio::runtime::Handle,
     ) -> Arc<Jobs> {
@@ -176,6 +179,7 @@ impl Jobs {
             repository_root,
             repository,
             router,
+            rules,
             metrics,
             runtime,
             jobs: Mutex::new(VecDeque::new()),
@@ -477,6 +481,7 @@ impl Jobs {
     ) -> Result<u64, String> {
         let model_dir = self.repository_root.join(&config.model);
         let next = super::publish::next_version(config, &model_dir, outcome)?;
+        self.rules.expect_trained(&config.model, Some(next.version));
         let version = self
             .runtime
             .block_on(self.repository.publish(
@@ -485,7 +490,10 @@ impl Jobs {
                 next.files,
                 next.config,
             ))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| {
+                self.rules.expect_trained(&config.model, None);
+                e.to_string()
+            })?;
         super::publish::recorded(config, outcome, version)
     }
 

@@ -197,6 +197,12 @@ async fn finished(server: &TestServer, id: &str) -> Value {
 async fn a_job_over_http_trains_gates_and_publishes_one_per_model() {
     let repo = Repo::with(&["iris"]);
     repo.add_as("iris", "flowers");
+    // iris is judged by its feedback: a version trained here enters as a paired shadow.
+    let config = std::fs::read_to_string(repo.path().join("iris/config.toml")).unwrap();
+    repo.write(
+        "iris/config.toml",
+        format!("{config}\n[rollout]\nmax_accuracy_drop = 0.05\n").as_bytes(),
+    );
     let configs = tempfile::tempdir().unwrap();
     let runs = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -254,9 +260,33 @@ async fn a_job_over_http_trains_gates_and_publishes_one_per_model() {
     assert_eq!(job["gate"]["passed"], true);
     assert!(job["test"]["accuracy"].as_f64().unwrap() > 0.8, "{job}");
     assert_eq!(job["progress"]["trials_done"], 4);
-    // Published through the repository: loaded and ready.
+    // Published through the repository: loaded and ready, and on trial as a shadow judged on
+    // pairs of answers (`[retrain] trial = "paired"`, the default), version 2 still answering.
     let ready = server.get("/v2/models/iris/versions/3/ready").await;
     assert_eq!(ready.status, 200);
+    let d = server
+        .request(
+            http::Method::GET,
+            "/v2/models/iris/deployment",
+            &headers,
+            "",
+        )
+        .await
+        .json();
+    assert_eq!(d["stable"], 2, "{d}");
+    let candidate = &d["candidate"];
+    assert_eq!(
+        (&candidate["version"], &candidate["mode"]),
+        (&json!(3), &json!("shadow")),
+        "{d}"
+    );
+    assert_eq!(candidate["criteria"]["accuracy_test"], "sequential", "{d}");
+    assert_eq!(candidate["criteria"]["min_agreement"], 0.0, "{d}");
+    let last = d["history"].as_array().unwrap().last().unwrap();
+    assert!(
+        last["reason"].as_str().unwrap().contains("trained here"),
+        "{last}"
+    );
     let list = server
         .request(http::Method::GET, "/v2/training/jobs", &headers, "")
         .await

@@ -7,8 +7,9 @@ use std::path::PathBuf;
 
 pub use model::{
     AccuracyTest, BatchShape, DynamicBatching, EngineConfig, EngineKind, Fallback, ModelConfig,
-    MonitoringConfig, OnNewVersion, Precision, Provider, QueuePolicy, RetrainConfig, RolloutConfig,
-    TensorConfig, ThresholdError, Thresholds, VersionPolicy, Warmup, DRIFT_STATISTICS,
+    MonitoringConfig, OnNewVersion, Precision, Provider, QueuePolicy, RetrainConfig, RetrainTrial,
+    RolloutConfig, TensorConfig, ThresholdError, Thresholds, VersionPolicy, Warmup,
+    DRIFT_STATISTICS,
 };
 
 /// A configuration file that cannot be used. Messages name the file, the key and the reason.

@@ -139,6 +139,21 @@ pub struct RetrainConfig {
     pub cooldown_s: u64,
     /// Automatic trainings started in any 24 hours, at most.
     pub max_per_day: u32,
+    /// How a version this server trained (by `[retrain]` or `POST .../train`) is put on trial.
+    pub trial: RetrainTrial,
+}
+
+/// `[retrain] trial`: how a version the server trained reaches traffic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetrainTrial {
+    /// Where `[rollout] max_accuracy_drop` is set: a shadow beside the stable version, judged
+    /// on pairs of answers to the same rows by the sequential test (stated error rates, fewer
+    /// labels); without it, as `[rollout]` says.
+    #[default]
+    Paired,
+    /// As `[rollout] on_new_version` says, like any new version.
+    Rollout,
 }
 
 impl Default for RetrainConfig {
@@ -155,6 +170,7 @@ impl Default for RetrainConfig {
             recent_rows: 5000,
             cooldown_s: 3600,
             max_per_day: 4,
+            trial: RetrainTrial::Paired,
         }
     }
 }
