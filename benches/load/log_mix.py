@@ -64,6 +64,8 @@ def lag_sampler(addr: str, stop: threading.Event, out: list[float]) -> None:
 def one_run(loadgen: Path, root: Path, work: Path, setup: str, args) -> dict:
     server = bench.Cairn(root)
     try:
+        status, _, reply = server.call("POST", "/v2/models/tabular-small/deployment/stable", {"version": 1})
+        assert status == 200, reply
         step = SETUPS[setup]
         if step:
             action, body = step

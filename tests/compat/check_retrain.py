@@ -9,11 +9,12 @@ label. How days were labelled changed over the period: in 2012 wet days are "rai
 and on about 40 % of the later ones.
 
 1. `cairn train` makes v1 from 2012 (a time split: tested on 2012's last days).
-2. The server serves it, monitored, with `[retrain]` on and new versions as canaries whose
-   criteria include live accuracy from feedback.
+2. The server serves it, monitored, with `[retrain]` on; each version it trains enters as a
+   shadow judged on pairs of answers with their feedback (`[retrain] trial = "paired"`, the
+   default; the `[rollout]` canary settings apply to versions that arrive otherwise).
 3. 2013-2015 are replayed day by day, each answer followed by its true label as feedback.
    Drift windows are reported, retraining starts by itself on the most recent labelled rows,
-   each new version is gated, canaried and promoted (or rolled back) by the rollout.
+   each new version is gated, shadowed and promoted (or rolled back) by the rollout.
 4. Checked: no request failed; drift was reported; at least one automatic job published a
    version that the rollout promoted by itself; live accuracy after the first promotion is
    well above what v1 scores on the same days. The timeline and the figures are printed (README
@@ -40,7 +41,7 @@ FEATURES = ["precipitation", "temp_max", "temp_min", "wind"]
 CLASSES = {"drizzle": 0, "fog": 1, "rain": 2, "snow": 3, "sun": 4}
 
 
-MODEL_CONFIG = f"""# The weather model: monitored, retrained on drift, new versions canaried.
+MODEL_CONFIG = f"""# The weather model: monitored, retrained on drift, trained versions judged on pairs.
 backend = "onnx"
 max_batch_size = 64
 version_policy = {{ all = {{}} }}
