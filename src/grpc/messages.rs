@@ -327,13 +327,7 @@ where
         loop {
             match this.poll_decoding(cx) {
                 Poll::Pending => {
-                    if let Some(deadline) = &mut this.deadline {
-                        if deadline.as_mut().poll(cx).is_ready() {
-                            let e = this.timed_out();
-                            return this.fail(e);
-                        }
-                    }
-                    return Poll::Pending;
+                    return this.waiting(cx);
                 }
                 Poll::Ready(Err(e)) => return this.fail(e),
                 Poll::Ready(Ok(())) => {}
@@ -385,13 +379,7 @@ where
                     this.deadline = None;
                 }
                 Poll::Pending => {
-                    if let Some(deadline) = &mut this.deadline {
-                        if deadline.as_mut().poll(cx).is_ready() {
-                            let e = this.timed_out();
-                            return this.fail(e);
-                        }
-                    }
-                    return Poll::Pending;
+                    return this.waiting(cx);
                 }
             }
         }
@@ -403,6 +391,17 @@ where
 }
 
 impl<B> Messages<B> {
+    /// Nothing to hand on yet: pending, unless the body's deadline has passed.
+    fn waiting(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if let Some(deadline) = &mut self.deadline {
+            if deadline.as_mut().poll(cx).is_ready() {
+                let e = self.timed_out();
+                return self.fail(e);
+            }
+        }
+        Poll::Pending
+    }
+
     /// Ends the body with `e` as the call's status; what was gathered is freed at once.
     fn fail(&mut self, e: ApiError) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         tracing::debug!(error = %e, "gRPC message refused");
