@@ -139,19 +139,29 @@ fn latency_criterion(
             let ratio = cp / sp;
             let test = candidate.slower.map_or(String::new(), |t| {
                 format!(
-                    " (Mann-Whitney over {} and {} requests: AUC {:.3}, one-sided p {:.4})",
-                    t.candidate_requests, t.stable_requests, t.auc, t.p_slower
+                    " (Mann-Whitney over {} and {} requests: AUC {:.3}, one-sided p {:.4}, run \
+                     {} of the trial, judged at alpha / 2^{} = {:.4})",
+                    t.candidate_requests,
+                    t.stable_requests,
+                    t.auc,
+                    t.p_slower,
+                    t.look,
+                    t.look,
+                    t.level(c.alpha)
                 )
             });
             latency = format!(", p99 ratio {ratio:.2}{test}");
             // Over a few dozen requests a p99 is their maximum: a ratio past the limit counts
-            // only where the whole trial's latencies say the candidate is slower too.
-            let noise = candidate.slower.is_some_and(|t| t.p_slower >= c.alpha);
+            // only where the whole trial's latencies say the candidate is slower too, at this
+            // run's share of alpha (the shares sum to alpha over the trial).
+            let noise = candidate
+                .slower
+                .is_some_and(|t| t.p_slower >= t.level(c.alpha));
             if ratio > c.max_p99_ratio && noise {
                 latency = format!(
-                    ", p99 ratio {ratio:.2} past max_p99_ratio {} but the candidate is not \
-                     slower at alpha {}{test}",
-                    c.max_p99_ratio, c.alpha
+                    ", p99 ratio {ratio:.2} past max_p99_ratio {} but the candidate is not shown \
+                     slower{test}",
+                    c.max_p99_ratio
                 );
             } else if ratio > c.max_p99_ratio {
                 misses.push(format!(
@@ -433,13 +443,21 @@ mod tests {
             p_slower,
             candidate_requests: 100,
             stable_requests: 900,
+            look: 1,
         };
         let mut candidate = arm(100, 0, 300.0);
         candidate.slower = Some(test(0.4));
         let d = decide(&c, false, &arm(900, 0, 100.0), &candidate, &none);
         assert!(
-            matches!(&d, Decision::Promote(r) if r.contains("not slower at alpha 0.05")
+            matches!(&d, Decision::Promote(r) if r.contains("not shown slower")
                 && r.contains("one-sided p 0.4000")),
+            "{d:?}"
+        );
+        // Below alpha but not below the first run's share of it (alpha / 2).
+        candidate.slower = Some(test(0.03));
+        let d = decide(&c, false, &arm(900, 0, 100.0), &candidate, &none);
+        assert!(
+            matches!(&d, Decision::Promote(r) if r.contains("judged at alpha / 2^1 = 0.0250")),
             "{d:?}"
         );
         candidate.slower = Some(test(0.001));

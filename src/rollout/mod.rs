@@ -413,7 +413,10 @@ impl Rollout {
             }
             let shadow_mode = candidate.mode == CandidateMode::Shadow;
             let t = &candidate.tracker;
-            let (stable, candidate_arm) = (t.stable.snapshot(), t.candidate_snapshot());
+            let (stable, candidate_arm) = (
+                t.stable.snapshot(),
+                t.candidate_snapshot(candidate.criteria.min_requests),
+            );
             let shadow = t.shadow.snapshot();
             self.metrics.set_accuracy_difference(
                 model,

@@ -65,7 +65,7 @@ impl DeploymentView {
                 trial: {
                     let (stable, candidate, shadow) = (
                         c.tracker.stable.snapshot(),
-                        c.tracker.candidate_snapshot(),
+                        c.tracker.candidate_snapshot(c.criteria.min_requests),
                         c.tracker.shadow.snapshot(),
                     );
                     let status = match decide(

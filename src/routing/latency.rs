@@ -5,6 +5,12 @@
 //! The histograms' buckets (19 % wide) make ties: requests in the same bucket count half, and
 //! the variance takes the usual tie correction. The statistic is the candidate's AUC, the
 //! chance that one of its requests took longer than one of the stable version's (0.5: alike).
+//!
+//! The evaluator looks many times, so the test is not run at every look: it is run once the
+//! candidate has `min_requests` requests and again each time its requests have doubled, and its
+//! `k`-th run is judged at level `alpha / 2^k`. The levels sum to at most `alpha`, so a candidate
+//! that is not slower is called slower, over the whole trial, with probability at most `alpha`
+//! (a union bound over the runs), and the runs stay few (one per doubling).
 
 use serde::Serialize;
 
@@ -17,6 +23,16 @@ pub struct LatencyTest {
     pub p_slower: f64,
     pub candidate_requests: u64,
     pub stable_requests: u64,
+    /// Which run of the test this is in the trial (1 for the first): it is judged at level
+    /// `alpha / 2^look`.
+    pub look: u32,
+}
+
+impl LatencyTest {
+    /// The level this run is judged at, for a trial-wide `alpha`.
+    pub fn level(&self, alpha: f64) -> f64 {
+        alpha / 2f64.powi(self.look.min(1000) as i32)
+    }
 }
 
 /// The test over two histograms of the same buckets; `None` while an arm has no request.
@@ -54,6 +70,7 @@ pub fn mann_whitney(candidate: &[u64], stable: &[u64]) -> Option<LatencyTest> {
         p_slower,
         candidate_requests: n_c as u64,
         stable_requests: n_s as u64,
+        look: 1,
     })
 }
 

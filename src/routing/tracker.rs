@@ -18,17 +18,34 @@ pub struct Tracker {
     pub stable: ArmStats,
     pub candidate: ArmStats,
     pub shadow: ShadowStats,
+    /// The latest run of the latency test (see `latency`): a new run only once the
+    /// candidate's requests have doubled since it.
+    latency_test: parking_lot::Mutex<Option<LatencyTest>>,
 }
 
 impl Tracker {
-    /// The candidate's snapshot with its latency tested against the stable version's.
-    pub fn candidate_snapshot(&self) -> ArmSnapshot {
-        ArmSnapshot {
-            slower: super::latency::mann_whitney(
+    /// The candidate's snapshot with its latency tested against the stable version's: the
+    /// test is run when the candidate has `first_run` requests and again at each doubling,
+    /// and between runs the latest result stands.
+    pub fn candidate_snapshot(&self, first_run: u64) -> ArmSnapshot {
+        let snapshot = self.candidate.snapshot();
+        let mut latest = self.latency_test.lock();
+        let due = match &*latest {
+            None => snapshot.requests >= first_run.max(1),
+            Some(t) => snapshot.requests >= t.candidate_requests.saturating_mul(2),
+        };
+        if due {
+            let look = latest.as_ref().map_or(1, |t| t.look + 1);
+            if let Some(test) = super::latency::mann_whitney(
                 &self.candidate.latency_counts(),
                 &self.stable.latency_counts(),
-            ),
-            ..self.candidate.snapshot()
+            ) {
+                *latest = Some(LatencyTest { look, ..test });
+            }
+        }
+        ArmSnapshot {
+            slower: *latest,
+            ..snapshot
         }
     }
 }
@@ -248,6 +265,62 @@ impl std::fmt::Debug for Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two arms with the same latencies, the evaluator looking after every 10 candidate
+    /// requests up to 4,000: the test, run at each doubling and judged at `alpha / 2^k`, calls
+    /// the candidate slower in at most `alpha` of the trials; run at every look at `alpha`, it
+    /// would in far more (the figures print with `--nocapture`).
+    #[test]
+    fn the_latency_test_keeps_its_level_however_often_the_evaluator_looks() {
+        let alpha = 0.05;
+        let trials = 400;
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut uniform = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+        };
+        // Log-normal latencies around 1 ms.
+        let mut draw = || {
+            let (u, v) = (uniform().max(1e-12), uniform());
+            let z = (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos();
+            Duration::from_secs_f64(1e-3 * (0.5 * z).exp())
+        };
+        let (mut corrected, mut every_look) = (0, 0);
+        for _ in 0..trials {
+            let t = Tracker::default();
+            let (mut slower, mut slower_at_any_look) = (false, false);
+            for n in 1..=4_000u64 {
+                t.candidate.record(true, draw());
+                t.stable.record(true, draw());
+                if n % 10 == 0 {
+                    let s = t.candidate_snapshot(100);
+                    if let Some(test) = s.slower {
+                        slower |= test.p_slower < test.level(alpha);
+                    }
+                    let raw = super::super::latency::mann_whitney(
+                        &t.candidate.latency_counts(),
+                        &t.stable.latency_counts(),
+                    );
+                    slower_at_any_look |= n >= 100 && raw.is_some_and(|r| r.p_slower < alpha);
+                }
+            }
+            corrected += u32::from(slower);
+            every_look += u32::from(slower_at_any_look);
+        }
+        let (corrected, every_look) = (
+            f64::from(corrected) / f64::from(trials),
+            f64::from(every_look) / f64::from(trials),
+        );
+        println!(
+            "same latencies, {trials} trials: called slower {corrected:.4} (runs at doublings, \
+             alpha / 2^k), {every_look:.4} (every look at alpha)"
+        );
+        let slack = 3.0 * (alpha * (1.0 - alpha) / f64::from(trials)).sqrt();
+        assert!(corrected <= alpha + slack, "{corrected}");
+        assert!(every_look > corrected, "{every_look} {corrected}");
+    }
 
     #[test]
     fn quantiles_within_a_bucket() {
