@@ -544,9 +544,9 @@ pub struct RolloutConfig {
     /// interval for the difference decides, so that a candidate worse by `max_accuracy_drop`
     /// is promoted, and one better by it rolled back, each with probability at most `alpha`.
     pub accuracy_test: AccuracyTest,
-    /// The error rate of each wrong decision of the sequential test; also the level at which
-    /// the latency test (Mann-Whitney over the trial) must find the candidate slower before a
-    /// p99 ratio past `max_p99_ratio` rolls it back.
+    /// The error rate of each wrong decision of the sequential test; also what the latency
+    /// test (Mann-Whitney over the trial, its k-th run at `alpha / 2^k`) spends over a trial
+    /// before a p99 ratio past `max_p99_ratio` rolls a candidate back.
     pub alpha: f64,
 }
 
