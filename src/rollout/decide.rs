@@ -17,8 +17,11 @@ pub enum Decision {
 /// Stable-side samples needed before a latency ratio means anything.
 const MIN_STABLE_SAMPLES: u64 = 20;
 
-/// Decides from the trial so far. The candidate's errors roll it back as soon as they exceed the
-/// whole window's budget; every other criterion waits for `min_requests`.
+/// Decides from the trial so far. Within its first `min_requests` requests the candidate's errors
+/// roll it back as soon as they exceed that window's budget (the window's error rate can no
+/// longer stay under `max_error_rate`); past them its error rate is judged like every other
+/// criterion. (A budget counted over a longer trial would roll back any candidate that fails at
+/// all, given time: a trial waiting for labels runs long.)
 pub fn decide(
     c: &RolloutConfig,
     shadow_mode: bool,
@@ -27,7 +30,7 @@ pub fn decide(
     shadow: &ShadowSnapshot,
 ) -> Decision {
     let budget = (c.max_error_rate * c.min_requests as f64).floor() as u64;
-    if c.auto_rollback && candidate.errors > budget {
+    if c.auto_rollback && candidate.errors > budget && candidate.requests <= c.min_requests {
         return Decision::Rollback(format!(
             "{} failed requests out of {} exceed the error budget of {budget} for {} requests \
              (max_error_rate {})",
@@ -396,6 +399,16 @@ mod tests {
             matches!(d, Decision::Rollback(ref r) if r.contains("error budget")),
             "{d:?}"
         );
+        // Past the window, the budget no longer counts: 5 failures in 1,000 requests is an
+        // error rate of 0.005, under max_error_rate 0.01.
+        let d = decide(
+            &c,
+            false,
+            &arm(5_000, 0, 100.0),
+            &arm(1_000, 5, 100.0),
+            &ShadowSnapshot::default(),
+        );
+        assert!(matches!(d, Decision::Promote(_)), "{d:?}");
     }
 
     #[test]
