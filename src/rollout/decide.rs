@@ -55,12 +55,7 @@ pub fn decide(
     }
     let mut misses = Vec::new();
     let error_rate = candidate.errors as f64 / candidate.requests.max(1) as f64;
-    if error_rate > c.max_error_rate {
-        misses.push(format!(
-            "error rate {error_rate:.4} > max_error_rate {}",
-            c.max_error_rate
-        ));
-    }
+    let error_wait = error_criterion(c, error_rate, candidate, &mut misses);
     let latency = latency_criterion(c, stable, candidate, &mut misses);
     let mut agreement_note = String::new();
     if shadow_mode {
@@ -105,7 +100,7 @@ pub fn decide(
             Decision::Wait(format!("{}; auto_rollback is off", misses.join("; ")))
         };
     }
-    if let Some(why) = waiting_for_labels {
+    if let Some(why) = error_wait.or(waiting_for_labels) {
         return Decision::Wait(why);
     }
     if c.auto_promote {
@@ -121,6 +116,54 @@ pub fn decide(
     } else {
         Decision::Wait("every criterion is met; auto_promote is off".into())
     }
+}
+
+/// The error-rate criterion: a rate past `max_error_rate` rolls the candidate back only where
+/// the trial's test (its run's share of `alpha`) shows it above the bound too, and holds the
+/// trial (the reason returned) where it does not yet; without a run yet (fewer than
+/// `min_requests` candidate requests), the rate alone.
+fn error_criterion(
+    c: &RolloutConfig,
+    error_rate: f64,
+    candidate: &ArmSnapshot,
+    misses: &mut Vec<String>,
+) -> Option<String> {
+    if error_rate <= c.max_error_rate {
+        return None;
+    }
+    match candidate.error_test {
+        Some(t) if t.p_above >= t.level(c.alpha) => {
+            return Some(format!(
+                "error rate {error_rate:.4} is past max_error_rate {} but not shown above it \
+                 ({} failures in {} requests: one-sided p {:.4}, run {} judged at {:.4}); the \
+                 next run is at {} requests",
+                c.max_error_rate,
+                t.errors,
+                t.requests,
+                t.p_above,
+                t.look,
+                t.level(c.alpha),
+                t.requests.saturating_mul(2)
+            ))
+        }
+        Some(t) => misses.push(format!(
+            "error rate {error_rate:.4} > max_error_rate {} ({} failures in {} requests: one-sided \
+             p {:.4} that the rate is above the bound, run {} of the trial, judged at alpha / \
+             2^{} = {:.4})",
+            c.max_error_rate,
+            t.errors,
+            t.requests,
+            t.p_above,
+            t.look,
+            t.look,
+            t.level(c.alpha)
+        )),
+        None => misses.push(format!(
+            "error rate {error_rate:.4} > max_error_rate {}",
+            c.max_error_rate
+        )),
+    }
+    None
 }
 
 /// The p99 criterion, judged with the whole trial's latencies: its note for the reason, and a
@@ -478,6 +521,36 @@ mod tests {
         assert!(
             matches!(&d, Decision::Rollback(r) if r.contains("max_p99_ratio")
                 && r.contains("Mann-Whitney over 100 and 900 requests")),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn an_error_rate_past_the_bound_rolls_back_only_once_shown_above_it() {
+        use crate::routing::ErrorTest;
+        let c = criteria();
+        let none = ShadowSnapshot::default();
+        let mut candidate = arm(400, 6, 100.0);
+        candidate.error_test = Some(ErrorTest {
+            requests: 400,
+            errors: 6,
+            p_above: 0.21,
+            look: 2,
+        });
+        let d = decide(&c, false, &arm(3_600, 0, 100.0), &candidate, &none);
+        assert!(
+            matches!(&d, Decision::Wait(r) if r.contains("not shown above it")
+                && r.contains("next run is at 800 requests")),
+            "{d:?}"
+        );
+        candidate.error_test = Some(ErrorTest {
+            p_above: 0.001,
+            ..candidate.error_test.unwrap()
+        });
+        let d = decide(&c, false, &arm(3_600, 0, 100.0), &candidate, &none);
+        assert!(
+            matches!(&d, Decision::Rollback(r) if r.contains("6 failures in 400 requests")
+                && r.contains("alpha / 2^2 = 0.0125")),
             "{d:?}"
         );
     }

@@ -415,7 +415,10 @@ impl Rollout {
             let t = &candidate.tracker;
             let (stable, candidate_arm) = (
                 t.stable.snapshot(),
-                t.candidate_snapshot(candidate.criteria.min_requests),
+                t.candidate_snapshot(
+                    candidate.criteria.min_requests,
+                    candidate.criteria.max_error_rate,
+                ),
             );
             let shadow = t.shadow.snapshot();
             self.metrics.set_accuracy_difference(

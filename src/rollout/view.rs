@@ -65,7 +65,8 @@ impl DeploymentView {
                 trial: {
                     let (stable, candidate, shadow) = (
                         c.tracker.stable.snapshot(),
-                        c.tracker.candidate_snapshot(c.criteria.min_requests),
+                        c.tracker
+                            .candidate_snapshot(c.criteria.min_requests, c.criteria.max_error_rate),
                         c.tracker.shadow.snapshot(),
                     );
                     let status = match decide(

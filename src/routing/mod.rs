@@ -10,6 +10,7 @@
 //! pick between the two, or with a shadow candidate the stable version while a copy runs on the
 //! candidate off the response path.
 
+mod error_rate;
 mod latency;
 mod shadow;
 mod tracker;
@@ -23,6 +24,7 @@ use parking_lot::Mutex;
 
 use arc_swap::ArcSwap;
 
+pub use error_rate::ErrorTest;
 pub use tracker::{ArmSnapshot, ArmStats, LatencyTest, ShadowSnapshot, ShadowStats, Tracker};
 
 use crate::batching::SchedulerError;

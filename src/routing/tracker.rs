@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+pub use super::error_rate::ErrorTest;
 pub use super::latency::LatencyTest;
 
 /// Latency buckets grow by 2^(1/4) from 1 µs: ~19 % resolution, enough for a p99 ratio.
@@ -18,33 +19,36 @@ pub struct Tracker {
     pub stable: ArmStats,
     pub candidate: ArmStats,
     pub shadow: ShadowStats,
-    /// The latest run of the latency test (see `latency`): a new run only once the
-    /// candidate's requests have doubled since it.
-    latency_test: parking_lot::Mutex<Option<LatencyTest>>,
+    /// The latest run of the trial's tests (latency, see `latency`; error rate, see
+    /// `error_rate`): a new run only once the candidate's requests have doubled since it.
+    latest_run: parking_lot::Mutex<Option<(Option<LatencyTest>, ErrorTest)>>,
 }
 
 impl Tracker {
-    /// The candidate's snapshot with its latency tested against the stable version's: the
-    /// test is run when the candidate has `first_run` requests and again at each doubling,
-    /// and between runs the latest result stands.
-    pub fn candidate_snapshot(&self, first_run: u64) -> ArmSnapshot {
+    /// The candidate's snapshot with its latency tested against the stable version's and its
+    /// error rate against `max_error_rate`: the tests run when the candidate has `first_run`
+    /// requests and again at each doubling, and between runs the latest results stand.
+    pub fn candidate_snapshot(&self, first_run: u64, max_error_rate: f64) -> ArmSnapshot {
         let snapshot = self.candidate.snapshot();
-        let mut latest = self.latency_test.lock();
+        let mut latest = self.latest_run.lock();
         let due = match &*latest {
             None => snapshot.requests >= first_run.max(1),
-            Some(t) => snapshot.requests >= t.candidate_requests.saturating_mul(2),
+            Some((_, e)) => snapshot.requests >= e.requests.saturating_mul(2),
         };
         if due {
-            let look = latest.as_ref().map_or(1, |t| t.look + 1);
-            if let Some(test) = super::latency::mann_whitney(
+            let look = latest.as_ref().map_or(1, |(_, e)| e.look + 1);
+            let latency = super::latency::mann_whitney(
                 &self.candidate.latency_counts(),
                 &self.stable.latency_counts(),
-            ) {
-                *latest = Some(LatencyTest { look, ..test });
-            }
+            )
+            .map(|test| LatencyTest { look, ..test });
+            let errors =
+                super::error_rate::above(snapshot.requests, snapshot.errors, max_error_rate, look);
+            *latest = Some((latency, errors));
         }
         ArmSnapshot {
-            slower: *latest,
+            slower: latest.and_then(|(l, _)| l),
+            error_test: latest.map(|(_, e)| e),
             ..snapshot
         }
     }
@@ -109,6 +113,7 @@ impl ArmStats {
             labelled: self.labelled.load(Ordering::Relaxed),
             correct: self.correct.load(Ordering::Relaxed),
             slower: None,
+            error_test: None,
         }
     }
 }
@@ -202,6 +207,9 @@ pub struct ArmSnapshot {
     /// whole trial (Mann-Whitney); see [`Tracker::candidate_snapshot`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slower: Option<LatencyTest>,
+    /// The candidate's: whether its error rate is above `max_error_rate` (see `error_rate`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_test: Option<ErrorTest>,
 }
 
 impl ArmSnapshot {
@@ -266,6 +274,52 @@ impl std::fmt::Debug for Tracker {
 mod tests {
     use super::*;
 
+    /// A candidate that fails at exactly `max_error_rate` (1 %), the evaluator looking after
+    /// every 10 requests up to 20,000: the error test, run at each doubling from 200 requests
+    /// and judged at `alpha / 2^k`, calls its rate above the bound in at most `alpha` of the
+    /// trials; the rate compared with the bound at every look would in most.
+    #[test]
+    fn the_error_test_keeps_its_level_however_often_the_evaluator_looks() {
+        let (alpha, bound, trials) = (0.05, 0.01, 400);
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut uniform = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let (mut tested, mut thresholded) = (0, 0);
+        for _ in 0..trials {
+            let t = Tracker::default();
+            let (mut above, mut past) = (false, false);
+            for n in 1..=20_000u64 {
+                t.candidate
+                    .record(uniform() >= bound, Duration::from_millis(1));
+                t.stable.record(true, Duration::from_millis(1));
+                if n % 10 == 0 {
+                    let s = t.candidate_snapshot(200, bound);
+                    if let Some(e) = s.error_test {
+                        above |= e.p_above < e.level(alpha);
+                    }
+                    past |= n >= 200 && s.errors as f64 / s.requests as f64 > bound;
+                }
+            }
+            tested += u32::from(above);
+            thresholded += u32::from(past);
+        }
+        let (tested, thresholded) = (
+            f64::from(tested) / f64::from(trials),
+            f64::from(thresholded) / f64::from(trials),
+        );
+        println!(
+            "error rate at the bound, {trials} trials: called above it {tested:.4} (runs at \
+             doublings, alpha / 2^k), past it at some look {thresholded:.4}"
+        );
+        let slack = 3.0 * (alpha * (1.0 - alpha) / f64::from(trials)).sqrt();
+        assert!(tested <= alpha + slack, "{tested}");
+        assert!(thresholded > 0.5, "{thresholded}");
+    }
+
     /// Two arms with the same latencies, the evaluator looking after every 10 candidate
     /// requests up to 4,000: the test, run at each doubling and judged at `alpha / 2^k`, calls
     /// the candidate slower in at most `alpha` of the trials; run at every look at `alpha`, it
@@ -295,7 +349,7 @@ mod tests {
                 t.candidate.record(true, draw());
                 t.stable.record(true, draw());
                 if n % 10 == 0 {
-                    let s = t.candidate_snapshot(100);
+                    let s = t.candidate_snapshot(100, 0.01);
                     if let Some(test) = s.slower {
                         slower |= test.p_slower < test.level(alpha);
                     }
