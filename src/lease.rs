@@ -127,6 +127,26 @@ impl Leases {
         }
     }
 
+    /// Whether this replica still holds the lease on `name` in `generation` (renewing it): what
+    /// a training job asks before it publishes, so that a holder that lost its lease, even if it
+    /// has taken it again since (a later generation: another replica may have held it between),
+    /// publishes nothing. The reason when not.
+    pub async fn confirm(&self, name: &str, generation: u64, now_ms: u64) -> Result<(), String> {
+        match self.acquire(name, now_ms).await? {
+            Held::Here(r) if r.generation == generation => Ok(()),
+            Held::Here(r) => Err(format!(
+                "the retraining lease on '{name}' was lost since the job started (generation \
+                 {generation}, now {}): another replica may have trained meanwhile",
+                r.generation
+            )),
+            Held::Elsewhere(r) => Err(format!(
+                "the retraining lease on '{name}' is held by '{}' (generation {}) since the job \
+                 started",
+                r.holder, r.generation
+            )),
+        }
+    }
+
     async fn read(&self, path: &StorePath) -> Result<Option<(Record, UpdateVersion)>, String> {
         let Some((bytes, version)) =
             crate::store::read_versioned(self.store.as_ref(), path, MAX_LEASE_BYTES).await?
@@ -177,6 +197,42 @@ mod tests {
             Leases::with_store(Arc::clone(&store), prefix.clone(), "mem://state", "a", ttl),
             Leases::with_store(store, prefix, "mem://state", "b", ttl),
         )
+    }
+
+    /// A job started under generation 1 may publish while its replica still holds that
+    /// generation; not once another replica has taken the lease, nor after taking it back.
+    #[tokio::test]
+    async fn a_holder_that_lost_its_lease_cannot_confirm_it() {
+        let (a, b) = pair();
+        let t = 1_000_000;
+        let Held::Here(started) = a.acquire("iris", t).await.unwrap() else {
+            panic!("a free lease is taken")
+        };
+        a.confirm("iris", started.generation, t + 10_000)
+            .await
+            .unwrap();
+        // a stops renewing; b takes over after expiry.
+        let late = t + 10_000 + 31_000;
+        assert!(matches!(
+            b.acquire("iris", late).await.unwrap(),
+            Held::Here(_)
+        ));
+        let e = a
+            .confirm("iris", started.generation, late + 1)
+            .await
+            .unwrap_err();
+        assert!(e.contains("held by 'b' (generation 2)"), "{e}");
+        // b's lease expires and a takes it again: a later generation, still refused.
+        let later = late + 31_000;
+        assert!(matches!(
+            a.acquire("iris", later).await.unwrap(),
+            Held::Here(_)
+        ));
+        let e = a
+            .confirm("iris", started.generation, later + 1)
+            .await
+            .unwrap_err();
+        assert!(e.contains("generation 1, now 3"), "{e}");
     }
 
     #[tokio::test]

@@ -81,6 +81,14 @@ fn shared_state(
         rollout = rollout.with_shared(shared);
     }
     let rollout = Arc::new(rollout);
+    // With replicas, one of them at a time retrains a model: the holder of its lease.
+    let leases = match &config.deployment_state {
+        Some(url) => Some(Arc::new(
+            crate::lease::Leases::open(url, &config.replica_id)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+        )),
+        None => None,
+    };
     let training = crate::training::jobs::Jobs::new(
         config.training.clone(),
         config.monitor.dir.clone(),
@@ -88,17 +96,10 @@ fn shared_state(
         Arc::clone(&repository),
         Arc::clone(&router),
         Arc::clone(&rules),
+        leases.clone(),
         metrics.clone(),
         tokio::runtime::Handle::current(),
     );
-    // With replicas, one of them at a time retrains a model: the holder of its lease.
-    let leases = match &config.deployment_state {
-        Some(url) => Some(
-            crate::lease::Leases::open(url, &config.replica_id)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
-        ),
-        None => None,
-    };
     let retrainer = crate::training::retrain::Retrainer::new(
         Arc::clone(&router),
         Arc::clone(&monitors),

@@ -154,6 +154,8 @@ pub struct Jobs {
     router: Arc<Router>,
     /// Told which version a job is about to publish, so it enters as `[retrain] trial` says.
     rules: Arc<crate::rollout::Rules>,
+    /// With replicas: each model's retraining lease, held from a job's start to its publish.
+    leases: Option<Arc<crate::lease::Leases>>,
     metrics: Metrics,
     runtime: tokio::runtime::Handle,
     jobs: Mutex<VecDeque<Arc<Job>>>,
@@ -170,6 +172,7 @@ impl Jobs {
         repository: Arc<Repository>,
         router: Arc<Router>,
         rules: Arc<crate::rollout::Rules>,
+        leases: Option<Arc<crate::lease::Leases>>,
         metrics: Metrics,
         runtime: tokio::runtime::Handle,
     ) -> Arc<Jobs> {
@@ -180,6 +183,7 @@ impl Jobs {
             repository,
             router,
             rules,
+            leases,
             metrics,
             runtime,
             jobs: Mutex::new(VecDeque::new()),
@@ -272,6 +276,7 @@ impl Jobs {
             .ok_or_else(|| JobError::UnknownModel(model.to_string()))?;
         let stable = route.stable().cloned();
         let (config, config_path) = self.config_for(model, stable.as_deref(), narrow)?;
+        let lease = self.lease_generation(model)?;
         let serving = stable.as_ref().map(|s| Serving {
             version: s.version,
             model_file: s.path.clone(),
@@ -286,7 +291,7 @@ impl Jobs {
             .name(format!("cairn-train-{model}"))
             .spawn(move || {
                 cairn_train::pipeline::lower_priority();
-                me.run(job, config, file, serving)
+                me.run(job, config, file, serving, lease)
             })
             .map_err(|e| JobError::Busy(format!("cannot start a training thread: {e}")))?;
         let mut threads = self.threads.lock();
@@ -408,7 +413,32 @@ impl Jobs {
             .count()
     }
 
-    fn run(&self, job: Arc<Job>, config: TrainConfig, file: String, serving: Option<Serving>) {
+    /// With replicas, this replica must hold the model's retraining lease to start a job: its
+    /// generation, which the publish confirms. Blocking (the lease store).
+    fn lease_generation(&self, model: &str) -> Result<Option<u64>, JobError> {
+        let Some(leases) = &self.leases else {
+            return Ok(None);
+        };
+        match self.runtime.block_on(leases.acquire(model, now_ms())) {
+            Ok(crate::lease::Held::Here(r)) => Ok(Some(r.generation)),
+            Ok(crate::lease::Held::Elsewhere(r)) => Err(JobError::Conflict(format!(
+                "replica '{}' holds the retraining lease on '{model}': it trains this model",
+                r.holder
+            ))),
+            Err(e) => Err(JobError::Busy(format!(
+                "cannot take the retraining lease on '{model}': {e}"
+            ))),
+        }
+    }
+
+    fn run(
+        &self,
+        job: Arc<Job>,
+        config: TrainConfig,
+        file: String,
+        serving: Option<Serving>,
+        lease: Option<u64>,
+    ) {
         let progress = Reporter { job: &job };
         let outcome = cairn_train::run(&config, &file, serving.as_ref(), &progress);
         let (model, trigger) = {
@@ -427,7 +457,7 @@ impl Jobs {
                     Err("cancelled: the server is shutting down".into())
                 } else {
                     job.view.lock().progress.stage = "publishing".into();
-                    match self.publish(&config, &mut outcome) {
+                    match self.publish(&config, &mut outcome, lease) {
                         Ok(v) => {
                             job.view.lock().version = Some(v);
                             Ok((JobState::Published, outcome.record))
@@ -478,7 +508,15 @@ impl Jobs {
         &self,
         config: &TrainConfig,
         outcome: &mut cairn_train::Outcome,
+        lease: Option<u64>,
     ) -> Result<u64, String> {
+        // A job whose replica lost the lease since it started publishes nothing: another
+        // replica may be training the same model.
+        if let (Some(leases), Some(generation)) = (&self.leases, lease) {
+            self.runtime
+                .block_on(leases.confirm(&config.model, generation, now_ms()))
+                .map_err(|e| format!("not published: {e}"))?;
+        }
         let model_dir = self.repository_root.join(&config.model);
         let next = super::publish::next_version(config, &model_dir, outcome)?;
         self.rules.expect_trained(&config.model, Some(next.version));
@@ -561,6 +599,12 @@ impl cairn_train::Progress for Reporter<'_> {
     fn cancelled(&self) -> bool {
         self.job.cancel.load(Ordering::Acquire)
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

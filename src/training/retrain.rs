@@ -178,7 +178,7 @@ pub struct Retrainer {
     metrics: Metrics,
     states: Mutex<BTreeMap<String, RetrainState>>,
     /// With replicas: one of them at a time runs a model's policy and training jobs.
-    leases: Option<Leases>,
+    leases: Option<Arc<Leases>>,
 }
 
 /// How long a replica that does not hold a lease waits before looking again.
@@ -195,7 +195,7 @@ impl Retrainer {
         monitors: Arc<MonitorHub>,
         jobs: Arc<Jobs>,
         metrics: Metrics,
-        leases: Option<Leases>,
+        leases: Option<Arc<Leases>>,
     ) -> Arc<Retrainer> {
         Arc::new(Retrainer {
             router,
