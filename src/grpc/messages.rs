@@ -100,15 +100,14 @@ pub struct Messages<B> {
     ended: bool,
 }
 
-type Decoded = Result<(usize, proto::ModelInferRequest), ApiError>;
+type Decoded = Result<(Reservation, proto::ModelInferRequest), ApiError>;
 
-/// A large message on the blocking pool, and what waits for it.
+/// A large message on the blocking pool (with its reservation, grown there by the decoded size
+/// before prost allocates it).
 struct Decoding {
     task: Pin<
         Box<dyn std::future::Future<Output = Result<Decoded, crate::offload::OffloadError>> + Send>,
     >,
-    len: usize,
-    reservation: Reservation,
 }
 
 /// A message being received.
@@ -234,19 +233,18 @@ impl<B> Messages<B> {
                 offload
                     .run(move || -> Decoded {
                         let decoded = scan::check(Kind::Infer, &payload)?;
+                        // Counted before prost allocates; the payload stays held (the request's
+                        // raw contents are slices of it).
+                        reservation.grow(len.saturating_add(decoded))?;
                         let message = <proto::ModelInferRequest as prost::Message>::decode(payload)
                             .map_err(|e| {
                                 ApiError::BadRequest(format!("a malformed gRPC message: {e}"))
                             })?;
-                        Ok((decoded, message))
+                        Ok((reservation, message))
                     })
                     .await
             });
-            self.decoding = Some(Decoding {
-                task,
-                len,
-                reservation,
-            });
+            self.decoding = Some(Decoding { task });
             return Ok(());
         }
         let decoded = scan::check(self.kind, &payload)?;
@@ -278,14 +276,8 @@ impl<B> Messages<B> {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(done) => done,
         };
-        let Decoding {
-            len,
-            mut reservation,
-            ..
-        } = self.decoding.take().expect("polled above");
-        let (decoded, message) = done??;
-        // The bytes stay held: the request's raw contents are slices of them.
-        reservation.grow(len.saturating_add(decoded))?;
+        self.decoding = None;
+        let (reservation, message) = done??;
         self.held.0.lock().push_back(Admitted {
             reservation,
             decoded: Some(message),
@@ -547,6 +539,37 @@ mod tests {
         assert!(first.reservation.bytes() >= large.len());
         assert!(held.take().unwrap().decoded.is_none());
         drop((first, decoded, held, messages));
+        assert_eq!(budget.used(), 0, "everything given back");
+    }
+
+    /// A large inference message's decoded size is counted in the budget too (on the blocking
+    /// pool, before prost decodes it): with room for the payload but not for what it decodes
+    /// to, the call is refused as busy and everything is given back.
+    #[tokio::test]
+    async fn a_large_message_is_counted_whole_before_it_is_decoded() {
+        use prost::Message as _;
+        let values = INLINE_LIMIT / 4 + 1;
+        let large = proto::ModelInferRequest {
+            model_name: "m".into(),
+            inputs: vec![proto::model_infer_request::InferInputTensor {
+                name: "x".into(),
+                datatype: "FP32".into(),
+                shape: vec![values as i64],
+                ..Default::default()
+            }],
+            raw_input_contents: vec![Bytes::from(vec![0u8; values * 4])],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let room = large.len() + PREFIX + 16;
+        let (tx, mut messages, held, budget) = body(STREAM, 4 << 20, room, Duration::from_secs(5));
+        tx.send(Ok(Frame::data(Bytes::from(frame(&large, large.len())))))
+            .await
+            .unwrap();
+        let e = messages.frame().await.unwrap().unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+        assert!(held.take().is_none(), "nothing admitted");
+        drop(messages);
         assert_eq!(budget.used(), 0, "everything given back");
     }
 
