@@ -528,10 +528,11 @@ impl Jobs {
                 next.files,
                 next.config,
             ))
-            .map_err(|e| {
-                self.rules.expect_trained(&config.model, None);
-                e.to_string()
-            })?;
+            .map_err(|e| e.to_string());
+        // Loaded and settled by now, or failed: a mark left behind could only mislead a later
+        // version of the same number.
+        self.rules.expect_trained(&config.model, None);
+        let version = version?;
         super::publish::recorded(config, outcome, version)
     }
 
