@@ -1,12 +1,14 @@
 """What a canary or a shadow costs the prediction log: syncs per second and how far the synced
 watermark trails, against one version alone, at concurrency 64.
 
-    python3 benches/load/log_mix.py [--duration 10] [--rounds 2]
+    .venv/bin/python benches/load/log_mix.py [--duration 10] [--rounds 2]
 
-tabular-small with two identical versions (the same model file, so the same logged columns),
-monitoring on (every row logged, `prediction_log_fsync_ms` 1000, the default). Three setups,
-alternated in rounds on fresh servers: "one" (version 1 only answers), "canary" (version 2 a
-canary at weight 0.1) and "shadow" (version 2 scores a copy of every request). For each run:
+tabular-small with two identical versions (the same model file, so the same logged columns) and a
+third whose graph has one more output (so other logged columns: another layout), monitoring on
+(every row logged, `prediction_log_fsync_ms` 1000, the default). Four setups, alternated in
+rounds on fresh servers: "one" (version 1 only answers), "canary" (version 2 a canary at weight
+0.1), "shadow" (version 2 scores a copy of every request) and "shadow, other layout" (version 3
+does). For each run:
 throughput, `fdatasync`/`fsync` calls per second over the measured window (`strace -c -f` on the
 server), and `cairn_prediction_log_lag_seconds` sampled every 100 ms (median and max). Prints a
 Markdown table and writes benches/results/log-mix-<date>.json.
@@ -31,10 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as bench  # noqa: E402
 
 MONITORING = "\n[monitoring]\nenabled = true\n"
+# The trials never decide during a run: a promotion would leave one version serving.
+HOLD = {"criteria": {"auto_promote": False, "auto_rollback": False}}
 SETUPS = {
     "one": None,
-    "canary": ("canary", {"version": 2, "weight": 0.1}),
-    "shadow": ("shadow", {"version": 2}),
+    "canary": ("canary", {"version": 2, "weight": 0.1, **HOLD}),
+    "shadow": ("shadow", {"version": 2, **HOLD}),
+    "shadow, other layout": ("shadow", {"version": 3, **HOLD}),
 }
 
 
@@ -43,10 +48,29 @@ def repo(work: Path) -> Path:
     model = root / "tabular-small"
     shutil.copytree(bench.ROOT / "models" / "tabular-small", model)
     shutil.copytree(model / "1", model / "2")
+    shutil.copytree(model / "1", model / "3")
+    one_more_output(model / "3" / "model.onnx")
     config = model / "config.toml"
     # Both versions serve (a top-level key, so before the tables), both logged.
     config.write_text("version_policy = { all = {} }\n" + config.read_text() + MONITORING)
     return root
+
+
+def one_more_output(path: Path) -> None:
+    """The same graph with a copy of its first output as another output: the same answers,
+    another logged layout."""
+    import onnx
+    from onnx import helper
+
+    m = onnx.load(str(path))
+    first = m.graph.output[0]
+    m.graph.node.append(helper.make_node("Identity", [first.name], ["extra"]))
+    extra = onnx.ValueInfoProto()
+    extra.CopyFrom(first)
+    extra.name = "extra"
+    m.graph.output.append(extra)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
 
 
 def lag_sampler(addr: str, stop: threading.Event, out: list[float]) -> None:
@@ -88,6 +112,9 @@ def one_run(loadgen: Path, root: Path, work: Path, setup: str, args) -> dict:
         tracer.start()
         sampler.start()
         r = bench.loadgen_http(loadgen, url, path, header_len, 64, args.duration, args.warmup)
+        if step:
+            status, _, deployment = server.call("GET", "/v2/models/tabular-small/deployment")
+            assert deployment.get("candidate"), f"the trial ended during the run: {deployment}"
         stop.set()
         sampler.join()
         tracer.join()

@@ -107,7 +107,7 @@ fn supervise(mut writer: Writer, mut rx: mpsc::Receiver<Msg>) {
         let comparer = writer.comparer.take();
         monitor
             .metrics
-            .record_log_dropped_rows(&name, "panic", writer.batch.len() as u64);
+            .record_log_dropped_rows(&name, "panic", writer.batched_rows() as u64);
         writer.record_sealer_panics();
         // Dropping the logs joins the sealer; a panic there loses nothing more.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(writer)));
@@ -174,8 +174,9 @@ struct Writer {
     setups: Vec<VersionSetup>,
     predictions: SegmentLog,
     feedback: SegmentLog,
-    batch: PredictionBatch,
-    batch_layout: Arc<PredictionLayout>,
+    /// The rows gathered, a batch per layout: versions with different logged columns interleave
+    /// in memory and reach their own open segments at each flush, never a flush per switch.
+    batches: Vec<PredictionBatch>,
     /// When the oldest unwritten row arrived.
     batch_since: Option<Instant>,
     /// A time before which every record handed to the channel is in `batch` or on disk: the
@@ -233,7 +234,7 @@ impl Writer {
             // The writer batches and syncs each batch it writes: the interval is its cadence.
             fsync: Fsync::EveryAppend,
         };
-        let empty = Arc::new(PredictionLayout::new(Vec::new()));
+        let empty = PredictionLayout::new(Vec::new());
         let (mut predictions, recovered) = SegmentLog::open(
             &dir.join("predictions"),
             Arc::clone(empty.schema()),
@@ -255,8 +256,7 @@ impl Writer {
         Ok(Writer {
             comparer: None,
             reports,
-            batch: PredictionBatch::new((*empty).clone()),
-            batch_layout: empty,
+            batches: Vec::new(),
             batch_since: None,
             drained_through_us: now_us(),
             predictions,
@@ -314,7 +314,7 @@ impl Writer {
                         }
                         Err(mpsc::error::TryRecvError::Empty) => {
                             self.drained_through_us = look_began;
-                            if self.batch.is_empty() {
+                            if self.batched_rows() == 0 {
                                 self.monitor.synced_through(look_began);
                             }
                             break;
@@ -344,7 +344,7 @@ impl Writer {
                 }
                 // Under `fsync = 0` every batch the writer takes is written at once: when the
                 // channel is momentarily empty.
-                let due = self.batch.len() >= BATCH_ROWS
+                let due = self.batched_rows() >= BATCH_ROWS
                     || self.batch_since.is_some_and(|s| s.elapsed() >= cadence)
                     || (immediate && rx.is_empty());
                 if due {
@@ -409,7 +409,6 @@ impl Writer {
             .versions
             .values()
             .map(|s| &s.layout)
-            .chain(std::iter::once(&self.batch_layout))
             .find(|known| known.columns == layout.columns && known.schema() == layout.schema())
             .cloned()
             .unwrap_or(layout);
@@ -444,15 +443,19 @@ impl Writer {
         let Some(state) = self.versions.get_mut(&record.version) else {
             return;
         };
-        if !Arc::ptr_eq(&state.layout, &self.batch_layout) {
-            let layout = Arc::clone(&state.layout);
-            self.switch_layout(layout);
-        }
-        let state = self
-            .versions
-            .get_mut(&record.version)
-            .expect("the version was found above");
-        self.batch.push(record);
+        let batch = match self
+            .batches
+            .iter()
+            .position(|b| same_schema(b.layout().schema(), state.layout.schema()))
+        {
+            Some(at) => &mut self.batches[at],
+            None => {
+                self.batches
+                    .push(PredictionBatch::new((*state.layout).clone()));
+                self.batches.last_mut().expect("pushed above")
+            }
+        };
+        batch.push(record);
         self.batch_since.get_or_insert_with(Instant::now);
         self.rows_taken += record.rows as u64;
         if record.status != "ok" {
@@ -561,35 +564,46 @@ impl Writer {
             .record_monitor_panics(&self.monitor.name, "sealer", panics);
     }
 
-    fn switch_layout(&mut self, layout: Arc<PredictionLayout>) {
-        self.flush();
-        if let Err(e) = self.predictions.set_schema(Arc::clone(layout.schema())) {
-            tracing::error!(model = %self.monitor.name, error = %e, "prediction log");
-        }
-        self.batch = PredictionBatch::new((*layout).clone());
-        self.batch_layout = layout;
+    /// Rows gathered and not yet written.
+    fn batched_rows(&self) -> usize {
+        self.batches.iter().map(PredictionBatch::len).sum()
     }
 
-    /// Writes and syncs the rows gathered.
+    /// Writes and syncs the rows gathered, each layout's to its own open segment.
     fn flush(&mut self) {
         self.batch_since = None;
-        let Some(batch) = self.batch.finish() else {
-            return;
-        };
-        match self.predictions.append(&batch) {
-            Ok(()) => {
-                self.monitor.synced_through(self.drained_through_us);
-                self.monitor.metrics.record_log_append(&self.monitor.name);
+        let mut written = true;
+        for batch in &mut self.batches {
+            let Some(batch) = batch.finish() else {
+                continue;
+            };
+            let appended = self
+                .predictions
+                .set_schema(batch.schema())
+                .and_then(|()| self.predictions.append(&batch));
+            match appended {
+                Ok(()) => self.monitor.metrics.record_log_append(&self.monitor.name),
+                Err(e) => {
+                    written = false;
+                    tracing::error!(model = %self.monitor.name, error = %e, rows = batch.num_rows(),
+                        "prediction log: records not written");
+                    self.monitor.metrics.record_log_dropped_rows(
+                        &self.monitor.name,
+                        "write_error",
+                        batch.num_rows() as u64,
+                    );
+                }
             }
-            Err(e) => {
-                tracing::error!(model = %self.monitor.name, error = %e, rows = batch.num_rows(),
-                    "prediction log: records not written");
-                self.monitor.metrics.record_log_dropped_rows(
-                    &self.monitor.name,
-                    "write_error",
-                    batch.num_rows() as u64,
-                );
-            }
+        }
+        // A layout no version has any more needs no batch.
+        let versions = &self.versions;
+        self.batches.retain(|b| {
+            versions
+                .values()
+                .any(|v| same_schema(v.layout.schema(), b.layout().schema()))
+        });
+        if written {
+            self.monitor.synced_through(self.drained_through_us);
         }
     }
 
@@ -766,6 +780,12 @@ impl QualityRows {
 
 /// A predicted class as text, written into `buf` (reused from row to row) unless it is text
 /// already.
+/// Layouts are shared between versions that log the same columns, so the pointer usually
+/// decides; the comparison of fields is the fallback.
+fn same_schema<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
+}
+
 fn label_text<'a>(v: &'a Value, buf: &'a mut String) -> Option<&'a str> {
     use std::fmt::Write;
     buf.clear();

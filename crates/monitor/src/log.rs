@@ -31,6 +31,7 @@ pub use prediction::{
 pub use read::{read_dir, ReadReport};
 pub use segment::{
     lower_priority, panic_message, Fsync, LogOptions, RecoveryReport, SealerPanics, SegmentLog,
+    MAX_OPEN,
 };
 
 /// Why the log could not be written or read.

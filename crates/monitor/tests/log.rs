@@ -172,6 +172,86 @@ fn a_new_schema_starts_a_new_segment() {
     assert_eq!(batches.last().unwrap().num_columns(), 3);
 }
 
+/// A schema with `extra` more columns than `schema()`, and a batch of it.
+fn wider(extra: usize, n: i64) -> RecordBatch {
+    let mut fields = vec![
+        Field::new("n", DataType::Int64, false),
+        Field::new("x", DataType::Float64, true),
+    ];
+    let mut columns: Vec<Arc<dyn Array>> = vec![
+        Arc::new(Int64Array::from(vec![n])),
+        Arc::new(Float64Array::from(vec![0.0])),
+    ];
+    for i in 0..extra {
+        fields.push(Field::new(format!("y{i}"), DataType::Float64, true));
+        columns.push(Arc::new(Float64Array::from(vec![i as f64])));
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+}
+
+/// Batches of two schemas interleaved (a canary whose logged columns differ from the stable
+/// version's) go to two open segments: no segment is sealed per switch, every row is kept, and
+/// the log holds one segment per schema.
+#[test]
+fn interleaved_schemas_share_no_segment_and_seal_none_per_switch() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = LogOptions {
+        segment_max_bytes: 1 << 20,
+        ..options()
+    };
+    let (mut log, _) = SegmentLog::open(dir.path(), schema(), opts).unwrap();
+    for i in 0..40 {
+        let b = if i % 2 == 0 { batch(i, 1) } else { wider(1, i) };
+        log.set_schema(b.schema()).unwrap();
+        log.append(&b).unwrap();
+    }
+    assert_eq!(
+        files(dir.path(), "arrows"),
+        2,
+        "one open segment per schema"
+    );
+    assert_eq!(
+        files(dir.path(), "parquet"),
+        0,
+        "nothing sealed by a switch"
+    );
+    log.close().unwrap();
+    assert_eq!(files(dir.path(), "parquet"), 2);
+    let (batches, read) = read_dir(dir.path()).unwrap();
+    assert_eq!(read.segments, 2);
+    let mut n = numbers(&batches);
+    n.sort_unstable();
+    assert_eq!(n, (0..40).collect::<Vec<_>>());
+}
+
+/// More schemas at once than `MAX_OPEN`: the one least recently appended to is sealed, the
+/// others stay open; nothing is lost.
+#[test]
+fn schemas_beyond_the_open_limit_seal_the_least_recent() {
+    use cairn_monitor::log::MAX_OPEN;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = SegmentLog::open(dir.path(), schema(), options()).unwrap();
+    for extra in 0..=MAX_OPEN {
+        let b = wider(extra, extra as i64);
+        log.set_schema(b.schema()).unwrap();
+        log.append(&b).unwrap();
+    }
+    assert_eq!(files(dir.path(), "arrows"), MAX_OPEN);
+    assert_eq!(files(dir.path(), "parquet"), 1);
+    // The first schema was sealed; the second, appended to again, stays open.
+    let b = wider(1, 100);
+    log.set_schema(b.schema()).unwrap();
+    log.append(&b).unwrap();
+    assert_eq!(files(dir.path(), "parquet"), 1);
+    log.close().unwrap();
+    let (batches, _) = read_dir(dir.path()).unwrap();
+    let mut n = numbers(&batches);
+    n.sort_unstable();
+    let mut want: Vec<i64> = (0..=MAX_OPEN as i64).collect();
+    want.push(100);
+    assert_eq!(n, want);
+}
+
 fn log_bytes(dir: &std::path::Path) -> u64 {
     std::fs::read_dir(dir)
         .unwrap()

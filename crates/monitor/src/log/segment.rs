@@ -67,12 +67,17 @@ pub struct RecoveryReport {
     pub torn_tails: usize,
 }
 
-/// A directory of segments of one schema at a time.
+/// A directory of segments. Each segment holds one schema; batches of different schemas (a model's
+/// versions with different logged columns, all serving at once in a canary or a shadow) go to
+/// open segments of their own, up to [`MAX_OPEN`] at once, so that interleaving them costs no
+/// rotation and no sync per change of schema.
 pub struct SegmentLog {
     dir: PathBuf,
     options: LogOptions,
+    /// The schema of what `append` is given next.
     schema: SchemaRef,
-    open: Option<Open>,
+    /// The open segments, one per schema, least recently appended to first.
+    open: Vec<Open>,
     next_seq: u64,
     /// Appended since the last sync.
     dirty: bool,
@@ -81,6 +86,11 @@ pub struct SegmentLog {
     sealer: Option<Sealer>,
     sealer_panics: SealerPanics,
 }
+
+/// Open segments of different schemas at once; appending a further schema seals the one least
+/// recently appended to. A deployment serves at most a stable version and one candidate, plus
+/// versions requests name: four covers them without a rotation per switch.
+pub const MAX_OPEN: usize = 4;
 
 /// Closed segments waiting for the sealer. Sealing one of 64 MiB takes seconds; beyond this many
 /// waiting, `rotate` seals inline (the writer slows down, nothing is lost).
@@ -105,8 +115,25 @@ impl SealerPanics {
 
 struct Open {
     path: PathBuf,
+    schema: SchemaRef,
     writer: StreamWriter<Counting>,
     opened: Instant,
+    /// Appended to since this segment's last sync.
+    dirty: bool,
+}
+
+impl Open {
+    fn sync(&mut self) -> Result<(), LogError> {
+        if self.dirty {
+            self.writer
+                .get_mut()
+                .file
+                .sync_data()
+                .map_err(io(&self.path))?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
 }
 
 /// A file that counts what is written to it.
@@ -168,7 +195,7 @@ impl SegmentLog {
             dir: dir.to_path_buf(),
             options,
             schema,
-            open: None,
+            open: Vec::new(),
             next_seq,
             dirty: false,
             last_sync: Instant::now(),
@@ -221,35 +248,48 @@ impl SegmentLog {
         &self.sealer_panics
     }
 
-    /// Changes the schema of what follows; an open segment of the old one is sealed first.
+    /// Changes the schema of what follows. A segment open for the old one stays open (up to
+    /// [`MAX_OPEN`] schemas): going back to it costs nothing.
     pub fn set_schema(&mut self, schema: SchemaRef) -> Result<(), LogError> {
-        if schema != self.schema {
-            self.rotate()?;
-            self.schema = schema;
-        }
+        self.schema = schema;
         Ok(())
     }
 
-    /// Appends one batch (of the current schema), syncing as the policy says and rotating when
-    /// the segment is full. Blocking.
+    /// Appends one batch (of the current schema) to the segment open for that schema, syncing
+    /// as the policy says and rotating when the segment is full. Blocking.
     pub fn append(&mut self, batch: &RecordBatch) -> Result<(), LogError> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        if self.open.is_none() {
-            self.open = Some(self.create_segment()?);
+        let at = match self.open.iter().position(|o| o.schema == self.schema) {
+            Some(at) => at,
+            None => {
+                if self.open.len() >= MAX_OPEN {
+                    self.rotate_at(0)?;
+                }
+                let open = self.create_segment()?;
+                self.open.push(open);
+                self.open.len() - 1
+            }
+        };
+        // Least recently appended to first: the one to seal when a further schema comes.
+        let last = self.open.len() - 1;
+        self.open[at..].rotate_left(1);
+        let open = &mut self.open[last];
+        open.writer.write(batch).map_err(arrow(&open.path))?;
+        open.writer.flush().map_err(arrow(&open.path))?;
+        open.dirty = true;
+        if !self.dirty {
+            // The interval runs from the oldest append not yet synced.
+            self.last_sync = Instant::now();
+            self.dirty = true;
         }
-        let open = self.open.as_mut().expect("a segment was opened above");
-        let path = open.path.clone();
-        open.writer.write(batch).map_err(arrow(&path))?;
-        open.writer.flush().map_err(arrow(&path))?;
-        self.dirty = true;
         match self.options.fsync {
             Fsync::EveryAppend => self.sync()?,
             Fsync::Interval(_) => self.sync_if_due()?,
         }
-        if self.open_bytes() >= self.options.segment_max_bytes {
-            self.rotate()?;
+        if self.open[last].writer.get_ref().written >= self.options.segment_max_bytes {
+            self.rotate_at(last)?;
         }
         Ok(())
     }
@@ -258,42 +298,41 @@ impl SegmentLog {
     /// thread does, at least once per fsync interval).
     pub fn tick(&mut self) -> Result<(), LogError> {
         self.sync_if_due()?;
-        let too_old = self
+        while let Some(at) = self
             .open
-            .as_ref()
-            .is_some_and(|o| o.opened.elapsed() >= self.options.segment_max_age);
-        if too_old {
-            self.rotate()?;
+            .iter()
+            .position(|o| o.opened.elapsed() >= self.options.segment_max_age)
+        {
+            self.rotate_at(at)?;
         }
         Ok(())
     }
 
-    /// Syncs what was appended.
+    /// Syncs what was appended, in every open segment.
     pub fn sync(&mut self) -> Result<(), LogError> {
-        if let Some(open) = &mut self.open {
-            open.writer
-                .get_mut()
-                .file
-                .sync_data()
-                .map_err(io(&open.path))?;
+        for open in &mut self.open {
+            open.sync()?;
         }
         self.dirty = false;
         self.last_sync = Instant::now();
         Ok(())
     }
 
-    /// Seals the open segment, if any, and applies retention.
+    /// Seals every open segment and applies retention.
     pub fn rotate(&mut self) -> Result<(), LogError> {
-        let Some(mut open) = self.open.take() else {
-            return Ok(());
-        };
+        while !self.open.is_empty() {
+            self.rotate_at(0)?;
+        }
+        Ok(())
+    }
+
+    /// Seals one open segment and applies retention.
+    fn rotate_at(&mut self, at: usize) -> Result<(), LogError> {
+        let mut open = self.open.remove(at);
         open.writer.finish().map_err(arrow(&open.path))?;
-        open.writer
-            .get_mut()
-            .file
-            .sync_data()
-            .map_err(io(&open.path))?;
-        self.dirty = false;
+        open.dirty = true;
+        open.sync()?;
+        self.dirty = self.open.iter().any(|o| o.dirty);
         let path = open.path.clone();
         drop(open);
         let path = match &self.sealer {
@@ -355,10 +394,6 @@ impl SegmentLog {
         Ok(())
     }
 
-    fn open_bytes(&self) -> u64 {
-        self.open.as_ref().map_or(0, |o| o.writer.get_ref().written)
-    }
-
     fn create_segment(&mut self) -> Result<Open, LogError> {
         let start_ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -371,11 +406,12 @@ impl SegmentLog {
         let writer = StreamWriter::try_new(Counting { file, written: 0 }, &self.schema)
             .map_err(arrow(&path))?;
         sync_dir(&self.dir);
-        self.last_sync = Instant::now();
         Ok(Open {
             path,
+            schema: Arc::clone(&self.schema),
             writer,
             opened: Instant::now(),
+            dirty: false,
         })
     }
 }
