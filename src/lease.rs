@@ -23,6 +23,10 @@ pub const TTL: Duration = Duration::from_secs(30);
 /// A lease object is a few dozen bytes; anything this large is not ours.
 const MAX_LEASE_BYTES: u64 = 64 << 10;
 
+/// The longest a lease's read or write may take, whatever the store's own client does (a
+/// local or in-memory store has no timeout of its own).
+const STORE_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The lease object.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
@@ -127,13 +131,20 @@ impl Leases {
         }
     }
 
-    /// Whether this replica still holds the lease on `name` in `generation` (renewing it): what
-    /// a training job asks before it publishes, so that a holder that lost its lease, even if it
-    /// has taken it again since (a later generation: another replica may have held it between),
-    /// publishes nothing. The reason when not.
-    pub async fn confirm(&self, name: &str, generation: u64, now_ms: u64) -> Result<(), String> {
+    /// Whether this replica still holds the lease on `name` in `generation`, renewing it (a
+    /// conditional put on the version just read): what a training job asks before each step of
+    /// its publish, so that a holder that lost its lease, even if it has taken it again since (a
+    /// later generation: another replica may have held it between), publishes nothing. The
+    /// renewed lease when it does (no other replica can take it before its `expires_ms`, clocks
+    /// agreeing); the reason when not.
+    pub async fn confirm(
+        &self,
+        name: &str,
+        generation: u64,
+        now_ms: u64,
+    ) -> Result<Record, String> {
         match self.acquire(name, now_ms).await? {
-            Held::Here(r) if r.generation == generation => Ok(()),
+            Held::Here(r) if r.generation == generation => Ok(r),
             Held::Here(r) => Err(format!(
                 "the retraining lease on '{name}' was lost since the job started (generation \
                  {generation}, now {}): another replica may have trained meanwhile",
@@ -148,8 +159,12 @@ impl Leases {
     }
 
     async fn read(&self, path: &StorePath) -> Result<Option<(Record, UpdateVersion)>, String> {
-        let Some((bytes, version)) =
-            crate::store::read_versioned(self.store.as_ref(), path, MAX_LEASE_BYTES).await?
+        let read = crate::store::read_versioned(self.store.as_ref(), path, MAX_LEASE_BYTES);
+        let Some((bytes, version)) = tokio::time::timeout(STORE_CALL_TIMEOUT, read)
+            .await
+            .map_err(|_| {
+                format!("cannot read {path}: no answer within {STORE_CALL_TIMEOUT:?}")
+            })??
         else {
             return Ok(None);
         };
@@ -167,10 +182,60 @@ impl Leases {
         expected: Option<UpdateVersion>,
     ) -> Result<bool, String> {
         let body = serde_json::to_vec(record).expect("a lease serializes");
-        crate::store::write_if(self.store.as_ref(), path, body, expected)
+        let write = crate::store::write_if(self.store.as_ref(), path, body, expected);
+        tokio::time::timeout(STORE_CALL_TIMEOUT, write)
             .await
+            .map_err(|_| format!("cannot write {path}: no answer within {STORE_CALL_TIMEOUT:?}"))?
             .map(|written| written.is_some())
     }
+}
+
+/// A training job's hold on its model's lease, in the generation it started with: what a
+/// publish carries so that it can refuse itself once the lease was lost. Each `confirm` renews
+/// the lease with a conditional put on the version it read, so it fails once another replica
+/// took the lease over, even if this one took it back since.
+#[derive(Clone)]
+pub struct Fence {
+    leases: Arc<Leases>,
+    name: String,
+    generation: u64,
+}
+
+impl Fence {
+    pub fn new(leases: Arc<Leases>, name: &str, generation: u64) -> Fence {
+        Fence {
+            leases,
+            name: name.to_string(),
+            generation,
+        }
+    }
+
+    /// This replica's name in the leases.
+    pub fn holder(&self) -> &str {
+        self.leases.holder()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Renews the lease if this replica still holds it in the fence's generation: until the
+    /// returned time (milliseconds since the Unix epoch) no other replica can take it. The
+    /// reason when it does not hold it.
+    pub async fn confirm(&self) -> Result<u64, String> {
+        let record = self
+            .leases
+            .confirm(&self.name, self.generation, now_ms())
+            .await?;
+        Ok(record.expires_ms)
+    }
+}
+
+/// Milliseconds since the Unix epoch, as leases count.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// This process's replica name when `replica_id` is unset: the host name (a pod's name in

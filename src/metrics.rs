@@ -96,6 +96,7 @@ struct Families {
     http: HttpFamilies,
     deployment: DeploymentFamilies,
     monitoring: MonitoringFamilies,
+    log_store: LogStoreFamilies,
     training: TrainingFamilies,
     gpu: GpuFamilies,
     /// Live `VersionMetrics` per (model, version): a reloaded version shares its series with the
@@ -173,6 +174,16 @@ struct MonitoringFamilies {
     drift_violations: IntCounterVec,
     feedback: IntCounterVec,
     quality: GaugeVec,
+}
+
+/// The log's uploads to `log_store`, per model and kind (`predictions`, `feedback`).
+struct LogStoreFamilies {
+    uploaded_segments: IntCounterVec,
+    uploaded_bytes: IntCounterVec,
+    failures: IntCounterVec,
+    backlog_bytes: IntGaugeVec,
+    oldest_pending: GaugeVec,
+    feedback_refused: IntCounterVec,
 }
 
 /// Training jobs and automatic retraining.
@@ -512,7 +523,8 @@ impl MonitoringFamilies {
             log_dropped: r.counter(
                 "prediction_log_dropped_total",
                 "Logged rows (or requests, for a full queue) not written, by reason: queue_full, \
-                 queue_bytes, write_error, panic (held by a writer that panicked).",
+                 queue_bytes, write_error, panic (held by a writer that panicked), \
+                 upload_backlog (the model's log_store backlog was full).",
                 &["model", "reason"],
             ),
             log_lag: r.gauge(
@@ -575,7 +587,9 @@ impl MonitoringFamilies {
             ),
             feedback: r.counter(
                 "feedback_total",
-                "Feedback rows received, by outcome: matched, duplicate, unknown.",
+                "Feedback rows, by outcome: matched, duplicate, unknown (received here); relayed, \
+                 relay_dropped (sent to the other replicas, or past the relay's queue); \
+                 relayed_matched (another replica's, matched here).",
                 &["model", "outcome"],
             ),
             quality: r.gauge(
@@ -583,6 +597,48 @@ impl MonitoringFamilies {
                 "Live quality of the version's current feedback window: accuracy, precision, \
                  recall, f1, roc_auc, mae, rmse.",
                 &["model", "version", "metric"],
+            ),
+        }
+    }
+}
+
+impl LogStoreFamilies {
+    fn register(r: &Registrar) -> LogStoreFamilies {
+        const LABELS: &[&str] = &["model", "kind"];
+        LogStoreFamilies {
+            uploaded_segments: r.counter(
+                "log_store_uploaded_segments_total",
+                "Sealed log segments whose upload to log_store was confirmed (then deleted \
+                 locally), by model and kind (predictions, feedback).",
+                LABELS,
+            ),
+            uploaded_bytes: r.counter(
+                "log_store_uploaded_bytes_total",
+                "Bytes of the segments counted in cairn_log_store_uploaded_segments_total.",
+                LABELS,
+            ),
+            failures: r.counter(
+                "log_store_upload_failures_total",
+                "Segment uploads that failed (store error, timeout, unreadable file); the \
+                 segment stays on disk and is retried with backoff.",
+                LABELS,
+            ),
+            backlog_bytes: r.int_gauge(
+                "log_store_backlog_bytes",
+                "Bytes of log segments on local disk not yet uploaded, open ones included \
+                 (log_store_backlog_max_bytes bounds the sum over a model's kinds).",
+                LABELS,
+            ),
+            oldest_pending: r.gauge(
+                "log_store_oldest_pending_age_seconds",
+                "Age of the oldest segment on local disk not yet uploaded (from its opening); \
+                 0 when none waits.",
+                LABELS,
+            ),
+            feedback_refused: r.counter(
+                "log_store_feedback_refused_total",
+                "Feedback calls answered 503 because the model's upload backlog was full.",
+                &["model"],
             ),
         }
     }
@@ -664,6 +720,7 @@ impl Metrics {
             http: HttpFamilies::register(&r),
             deployment: DeploymentFamilies::register(&r),
             monitoring: MonitoringFamilies::register(&r),
+            log_store: LogStoreFamilies::register(&r),
             training: TrainingFamilies::register(&r),
             gpu: GpuFamilies::register(&r),
             live: Mutex::new(BTreeMap::new()),
@@ -908,6 +965,45 @@ impl Metrics {
             .log_dropped
             .with_label_values(&[model, reason])
             .inc_by(rows);
+    }
+
+    /// Counts one segment uploaded to the log store (and deleted locally).
+    pub fn record_log_uploaded(&self, model: &str, kind: &str, bytes: u64) {
+        let f = &self.inner.log_store;
+        f.uploaded_segments.with_label_values(&[model, kind]).inc();
+        f.uploaded_bytes
+            .with_label_values(&[model, kind])
+            .inc_by(bytes);
+    }
+
+    /// Counts one failed upload to the log store.
+    pub fn record_log_upload_failure(&self, model: &str, kind: &str) {
+        self.inner
+            .log_store
+            .failures
+            .with_label_values(&[model, kind])
+            .inc();
+    }
+
+    /// Publishes what waits on disk for the log store: its bytes and the age of its oldest
+    /// segment (zero when nothing waits).
+    pub fn set_log_backlog(&self, model: &str, kind: &str, bytes: u64, oldest: Duration) {
+        let f = &self.inner.log_store;
+        f.backlog_bytes
+            .with_label_values(&[model, kind])
+            .set(bytes as i64);
+        f.oldest_pending
+            .with_label_values(&[model, kind])
+            .set(oldest.as_secs_f64());
+    }
+
+    /// Counts a feedback call refused because the model's upload backlog is full.
+    pub fn record_feedback_refused(&self, model: &str) {
+        self.inner
+            .log_store
+            .feedback_refused
+            .with_label_values(&[model])
+            .inc();
     }
 
     /// Publishes how far a model's log writer lags and how much it holds on disk.

@@ -38,6 +38,9 @@ pub struct RunningServer {
     task: JoinHandle<()>,
     /// The startup load, then the rollout evaluator and the repository poller; all end on stop.
     background: JoinHandle<()>,
+    /// The log's uploads to `log_store`, from the start (what an earlier process left goes
+    /// first) until stop; the last pass runs after the writers have sealed everything.
+    uploads: Option<JoinHandle<()>>,
 }
 
 /// Everything the handlers share, built from the configuration: metrics, routing, the monitor
@@ -54,7 +57,18 @@ fn shared_state(
         Arc::clone(&rules) as Arc<dyn DeploymentRules>,
         offload.clone(),
     ));
-    let monitors = Arc::new(MonitorHub::new(config.monitor.clone(), metrics.clone()));
+    let mut monitors = MonitorHub::new(config.monitor.clone(), metrics.clone());
+    if let Some(url) = &config.monitor.log_store {
+        let uploader = crate::monitoring::log_store::Uploader::open(
+            url,
+            &config.replica_id,
+            &config.monitor,
+            metrics.clone(),
+        )
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        monitors = monitors.with_uploader(Arc::new(uploader));
+    }
+    let monitors = Arc::new(monitors);
     let mut repository = Repository::new(
         config.model_repository.clone(),
         Arc::clone(&router),
@@ -78,7 +92,9 @@ fn shared_state(
     if let Some(url) = &config.deployment_state {
         let shared = crate::rollout::shared::SharedState::open(url)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        rollout = rollout.with_shared(shared);
+        let trials = crate::rollout::trials::SharedTrials::open(url, &config.replica_id)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        rollout = rollout.with_shared(shared).with_shared_trials(trials);
     }
     let rollout = Arc::new(rollout);
     // With replicas, one of them at a time retrains a model: the holder of its lease.
@@ -89,8 +105,14 @@ fn shared_state(
         )),
         None => None,
     };
+    let mut training_settings = config.training.clone();
+    training_settings.log_store = config
+        .monitor
+        .log_store
+        .clone()
+        .map(|url| (url, config.replica_id.clone()));
     let training = crate::training::jobs::Jobs::new(
-        config.training.clone(),
+        training_settings,
         config.monitor.dir.clone(),
         config.model_repository.clone(),
         Arc::clone(&repository),
@@ -107,7 +129,16 @@ fn shared_state(
         metrics.clone(),
         leases,
     );
+    // With replicas, a label may reach another replica than the one that answered: relayed.
+    let relay = match &config.deployment_state {
+        Some(url) => Some(Arc::new(
+            crate::monitoring::relay::Relay::open(url, &config.replica_id, metrics.clone())
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+        )),
+        None => None,
+    };
     Ok(Arc::new(AppState {
+        relay,
         config,
         router,
         repository,
@@ -204,6 +235,10 @@ impl RunningServer {
                 None => http.await,
             }
         });
+        let uploads = state
+            .monitors
+            .uploader()
+            .map(|u| tokio::spawn(Arc::clone(u).run(stopped.clone())));
         let background = tokio::spawn(background(Arc::clone(&state), stopped));
         Ok(RunningServer {
             addr,
@@ -212,6 +247,7 @@ impl RunningServer {
             stop,
             task,
             background,
+            uploads,
         })
     }
 
@@ -244,6 +280,14 @@ impl RunningServer {
         // The log writers seal their segments: a clean shutdown flushes every record.
         let monitors = Arc::clone(&self.state.monitors);
         let _ = tokio::task::spawn_blocking(move || monitors.shutdown()).await;
+        // Then what they sealed goes to the log store, within the grace period; what does
+        // not make it stays on disk for the next start.
+        if let Some(uploads) = self.uploads {
+            let _ = uploads.await;
+        }
+        if let Some(uploader) = self.state.monitors.uploader() {
+            uploader.finish(wait).await;
+        }
     }
 
     /// A handle that asks the server to shut down.
@@ -301,5 +345,16 @@ async fn background(state: Arc<AppState>, mut stopped: watch::Receiver<bool>) {
         crate::gpu_telemetry::PERIOD,
         stopped.clone(),
     );
-    tokio::join!(evaluator, poller, retrainer, shared, gpus);
+    let relay = async {
+        if let Some(relay) = &state.relay {
+            Arc::clone(relay)
+                .run(
+                    Arc::clone(&state.monitors),
+                    Arc::clone(&state.router),
+                    stopped.clone(),
+                )
+                .await;
+        }
+    };
+    tokio::join!(evaluator, poller, retrainer, shared, gpus, relay);
 }

@@ -36,9 +36,21 @@ fn file_error(path: &Path, reason: impl std::fmt::Display) -> OfflineError {
 #[derive(Debug, clap::Args)]
 pub struct BaselineArgs {
     /// Training or reference data: CSV (header line, empty field = missing) or Parquet.
-    /// Columns named `output.<name>` are the model's outputs (prediction drift).
+    /// Columns named `output.<name>` are the model's outputs (prediction drift). Or a model's
+    /// prediction log: its directory (`<prediction_log_dir>/<model>`), or in a log store
+    /// (`s3://bucket/logs/<model>`: every replica's segments, the date partitions of
+    /// `--from`/`--to` only).
     #[arg(long)]
     pub data: PathBuf,
+    /// Log rows at or after this time (RFC 3339 or Unix seconds); a log only.
+    #[arg(long, value_parser = parse_time)]
+    pub from: Option<i64>,
+    /// Log rows before this time; a log only.
+    #[arg(long, value_parser = parse_time)]
+    pub to: Option<i64>,
+    /// Log rows of this model version only; a log only.
+    #[arg(long)]
+    pub version: Option<u64>,
     /// Write `baseline.json` into this model version directory (`<repo>/<model>/<version>`).
     #[arg(long, conflicts_with = "out")]
     pub model_dir: Option<PathBuf>,
@@ -62,8 +74,11 @@ pub struct DriftArgs {
     /// The reference: a `baseline.json`, or a CSV/Parquet file summarized on the fly.
     #[arg(long)]
     pub baseline: PathBuf,
-    /// The window: a CSV/Parquet file, or a model's prediction log directory
-    /// (`<prediction_log_dir>/<model>`).
+    /// The window: a CSV/Parquet file, or a model's prediction log: its directory
+    /// (`<prediction_log_dir>/<model>`), or in a log store (`s3://bucket/logs/<model>`, any
+    /// `log_store` URL with the model after it): every replica's segments, only the date
+    /// partitions that can hold `--from`/`--to` downloaded (at most
+    /// `CAIRN_LOG_STORE_READ_MAX_BYTES`, 4 GiB by default).
     #[arg(long)]
     pub window: PathBuf,
     /// Log rows at or after this time (RFC 3339, e.g. `2026-12-01T10:00:00Z`, or Unix seconds).
@@ -131,7 +146,13 @@ pub fn baseline(args: &BaselineArgs) -> Result<Outcome, OfflineError> {
         sample_size: args.sample_size,
         seed: args.seed,
     };
-    let table = read_data(&args.data, &args.categorical)?;
+    let filter = LogFilter {
+        from_us: args.from,
+        to_us: args.to,
+        version: args.version,
+        shadow: false,
+    };
+    let table = read_data(&args.data, &args.categorical, &filter)?;
     let baseline = Baseline::from_columns(&table.features, &table.outputs, &options);
     let json = baseline.to_json().map_err(|e| file_error(&args.data, e))?;
     let target = match (&args.model_dir, &args.out) {
@@ -169,15 +190,16 @@ pub fn drift(args: &DriftArgs) -> Result<Outcome, OfflineError> {
         version: args.version,
         shadow: args.shadow,
     };
-    if !args.window.is_dir() && (args.from.is_some() || args.to.is_some() || args.version.is_some())
-    {
+    let staged = from_store(&args.window, &filter)?;
+    let source = staged.as_ref().map_or(args.window.as_path(), |s| s.path());
+    if !source.is_dir() && (args.from.is_some() || args.to.is_some() || args.version.is_some()) {
         return Err(OfflineError::Usage(
             "--from, --to and --version select rows of a prediction log directory; the window \
              is a file"
                 .into(),
         ));
     }
-    let window = dataset::read(&args.window, &args.categorical, &filter)?;
+    let window = dataset::read(source, &args.categorical, &filter)?;
     if window.rows == 0 {
         return Err(file_error(&args.window, "the window has no rows"));
     }
@@ -225,15 +247,57 @@ fn render(report: &DriftReport, args: &DriftArgs) -> Result<String, OfflineError
     })
 }
 
-fn read_data(path: &Path, categorical: &[String]) -> Result<Table, OfflineError> {
-    if path.is_dir() {
-        return Err(file_error(path, "expected a CSV or Parquet file"));
+/// A data file, or a prediction log (a directory, or in a log store) under `filter`.
+fn read_data(
+    path: &Path,
+    categorical: &[String],
+    filter: &LogFilter,
+) -> Result<Table, OfflineError> {
+    let staged = from_store(path, filter)?;
+    let source = staged.as_ref().map_or(path, |s| s.path());
+    let is_log = source.is_dir();
+    if !is_log && (filter.from_us.is_some() || filter.to_us.is_some() || filter.version.is_some()) {
+        return Err(OfflineError::Usage(
+            "--from, --to and --version select rows of a prediction log; the data is a file".into(),
+        ));
     }
-    let table = dataset::read(path, categorical, &LogFilter::default())?;
+    let table = dataset::read(source, categorical, filter)?;
     if table.rows == 0 {
         return Err(file_error(path, "no rows"));
     }
     Ok(table)
+}
+
+/// A model's log in a log store (`path` is its URL), downloaded for `filter`'s range into a
+/// temporary directory laid out as a local log, which the readers then read; `None` for a
+/// local path.
+fn from_store(path: &Path, filter: &LogFilter) -> Result<Option<tempfile::TempDir>, OfflineError> {
+    use crate::monitoring::log_store::read::{blocking, read_max_bytes, Selection, StoreLog};
+    let Some(url) = path.to_str().filter(|p| crate::store::is_url(p)) else {
+        return Ok(None);
+    };
+    let failed = |reason: String| file_error(path, reason);
+    let log = StoreLog::open(url, None).map_err(failed)?;
+    let dir = tempfile::Builder::new()
+        .prefix("cairn-log-")
+        .tempdir()
+        .map_err(|e| failed(format!("cannot make a temporary directory: {e}")))?;
+    let selection = Selection {
+        from_us: filter.from_us,
+        to_us: filter.to_us,
+        feedback: false,
+        local: None,
+    };
+    let max = read_max_bytes().map_err(OfflineError::Usage)?;
+    let staged = blocking(log.stage(&selection, dir.path(), max)).map_err(failed)?;
+    eprintln!(
+        "{}: {} segments ({} bytes) from {} date partitions",
+        log.url(),
+        staged.segments,
+        staged.bytes,
+        staged.partitions
+    );
+    Ok(Some(dir))
 }
 
 /// A `baseline.json`, or a data file summarized as `cairn baseline` would.
@@ -242,7 +306,7 @@ fn read_baseline(path: &Path, categorical: &[String]) -> Result<Baseline, Offlin
         let text = read_text(path)?;
         return Baseline::from_json(&text).map_err(|e| file_error(path, e));
     }
-    let table = read_data(path, categorical)?;
+    let table = read_data(path, categorical, &LogFilter::default())?;
     Ok(Baseline::from_columns(
         &table.features,
         &table.outputs,

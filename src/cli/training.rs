@@ -1,6 +1,8 @@
 //! `cairn train` and `cairn runs`: the training crate's runs, driven from the command line, with
 //! progress bars and a one-screen summary; a version that passes the gate is published into the
-//! repository (staged, checked by loading, renamed) for a server polling it to pick up.
+//! repository (staged, checked by loading, renamed) for a server polling it to pick up, or, when
+//! `output.repository` is an object store, uploaded to it as a server's training job uploads
+//! (`repository::upload`: number claimed, model file last), for every replica to load.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -62,13 +64,20 @@ pub struct TrainResult {
 }
 
 /// Runs a training config end to end: train, gate, publish. Blocking; training runs on its own
-/// threads (the config's `threads`).
+/// threads (the config's `threads`). `output.repository` is a directory, or an object store
+/// that servers mirror (the version is then uploaded by the code a server's job uses).
 pub fn train(
     config_path: &Path,
     publish: bool,
     progress: &dyn Progress,
 ) -> Result<TrainResult, String> {
-    let config = TrainConfig::load(config_path).map_err(|e| e.to_string())?;
+    let mut config = TrainConfig::load(config_path).map_err(|e| e.to_string())?;
+    // A log store's segments are read from a local copy, kept until the run is done.
+    let _log = crate::monitoring::log_store::read::stage_training_log_blocking(&mut config)?;
+    if let Some(url) = config.output.repository_url() {
+        let url = url.to_string();
+        return train_into_store(&config, config_path, &url, publish, progress);
+    }
     let model_dir = config.output.repository.join(&config.model);
     let serving = serving_version(&model_dir);
     let mut outcome = cairn_train::run(
@@ -80,23 +89,107 @@ pub fn train(
     .map_err(|e| e.to_string())?;
     let mut published = None;
     if outcome.passed && publish && config.output.publish {
-        let result = crate::training::publish::next_version(&config, &model_dir, &mut outcome)
-            .and_then(|next| {
+        let version = crate::repository::versions_in(&model_dir)
+            .last()
+            .map_or(1, |v| v + 1);
+        let result = crate::training::publish::plan(&config, &model_dir, &outcome.record.id)
+            .and_then(|plan| {
+                let files = crate::training::publish::files_for(plan, &outcome, Vec::new());
+                let made = files(version).map_err(|e| e.to_string())?;
                 crate::repository::publish_offline(
                     &config.output.repository,
                     &config.model,
-                    Some(next.version),
-                    &next.files,
-                    next.config,
+                    Some(version),
+                    &made.files,
+                    made.config,
                 )
                 .map_err(|e| e.to_string())
             });
         match result {
-            Ok(v) => published = Some(crate::training::publish::recorded(&config, &outcome, v)?),
+            Ok(v) => {
+                published = Some(crate::training::publish::recorded(
+                    &config,
+                    &mut outcome,
+                    v,
+                )?)
+            }
             Err(e) => return Err(crate::training::publish::failed(&config, &mut outcome, &e)),
         }
     }
     Ok(TrainResult { outcome, published })
+}
+
+/// `cairn train` into an object-store repository: the model's `config.toml` and its highest
+/// complete version are fetched into a scratch directory (the gate scores against it, the new
+/// version is checked by loading beside it), and a version that passes is published to the
+/// store as a server's job publishes it: its number claimed, model file last.
+fn train_into_store(
+    config: &TrainConfig,
+    config_path: &Path,
+    url: &str,
+    publish: bool,
+    progress: &dyn Progress,
+) -> Result<TrainResult, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the store client: {e}"))?;
+    let scratch = tempfile::Builder::new()
+        .prefix("cairn-train-")
+        .tempdir()
+        .map_err(|e| format!("cannot make a scratch directory: {e}"))?;
+    let root = scratch.path().join("repository");
+    let remote = crate::repository::remote::RemoteRepository::open(url, root.clone())
+        .map_err(|e| e.to_string())?;
+    runtime
+        .block_on(remote.check())
+        .map_err(|e| e.to_string())?;
+    runtime
+        .block_on(remote.fetch_model(&config.model))
+        .map_err(|e| e.to_string())?;
+    let model_dir = root.join(&config.model);
+    let serving = serving_version(&model_dir);
+    let mut outcome = cairn_train::run(
+        config,
+        &config_path.display().to_string(),
+        serving.as_ref(),
+        progress,
+    )
+    .map_err(|e| e.to_string())?;
+    if !(outcome.passed && publish && config.output.publish) {
+        return Ok(TrainResult {
+            outcome,
+            published: None,
+        });
+    }
+    let publication =
+        crate::training::publish::plan(config, &model_dir, &outcome.record.id).map(|plan| {
+            crate::repository::Publication {
+                model: config.model.clone(),
+                version: None,
+                files: crate::training::publish::files_for(plan, &outcome, Vec::new()),
+                publisher: format!("cairn train on {}", crate::lease::default_replica_id()),
+                run: outcome.record.id.clone(),
+                fence: None,
+            }
+        });
+    let result = publication.and_then(|p| {
+        runtime
+            .block_on(crate::repository::upload::publish_to_store(
+                &remote,
+                &root,
+                &crate::repository::offline_limits(),
+                p,
+            ))
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(v) => {
+            let published = Some(crate::training::publish::recorded(config, &mut outcome, v)?);
+            Ok(TrainResult { outcome, published })
+        }
+        Err(e) => Err(crate::training::publish::failed(config, &mut outcome, &e)),
+    }
 }
 
 /// The version that serves when the repository's policy is "latest": the highest present.

@@ -31,10 +31,28 @@ pub struct ServerSettings {
     pub deployment_state: Option<String>,
 
     /// This replica's name among those sharing `deployment_state`: it holds the per-model
-    /// retraining lease under it, and the others show it. Letters, digits, `.`, `_` and `-`, at
-    /// most 128. [default: the host name (a pod's name), else `cairn`]
+    /// retraining lease under it, and the others show it; it also starts the names of the
+    /// segments it uploads to `log_store`, so it must be unique among replicas. Letters,
+    /// digits, `.`, `_` and `-`, at most 128, not starting with `.`. [default: the host name (a
+    /// pod's name), else `cairn`]
     #[arg(long, env = "CAIRN_REPLICA_ID", value_name = "NAME")]
     pub replica_id: Option<String>,
+
+    /// Object-store prefix (`s3://bucket/logs`, `gs://`, `az://`, `file://`) where this replica
+    /// uploads every sealed prediction and feedback segment, partitioned by model and day:
+    /// `<prefix>/<model>/predictions/date=YYYY-MM-DD/<replica_id>-<start_ms>-<seq>.parquet`
+    /// (and `feedback/`). A local segment is deleted once its upload is confirmed, so local
+    /// retention is off; `log_store_backlog_max_bytes` bounds what waits on disk. Unset, the
+    /// log stays on local disk.
+    #[arg(long, env = "CAIRN_LOG_STORE", value_name = "URL")]
+    pub log_store: Option<String>,
+
+    /// Per model, bytes of log segments on local disk not yet uploaded to `log_store` (the open
+    /// ones included). Beyond it, new records are refused as `prediction_log_when_full` says
+    /// (dropped and counted, or a bounded wait) and feedback is answered 503, until uploads
+    /// catch up. At least `prediction_log_segment_bytes`. [default: 1073741824]
+    #[arg(long, env = "CAIRN_LOG_STORE_BACKLOG_MAX_BYTES", value_name = "BYTES")]
+    pub log_store_backlog_max_bytes: Option<u64>,
 
     /// PEM certificate chain (leaf first) for TLS on both the HTTP and the gRPC port; with
     /// `tls_key_file`. Unset, both serve plain text. The files are watched: a rotated
@@ -292,6 +310,8 @@ impl ServerSettings {
             grpc_listen,
             deployment_state,
             replica_id,
+            log_store,
+            log_store_backlog_max_bytes,
             tls_cert_file,
             tls_key_file,
             tls_client_ca_file,
@@ -393,6 +413,10 @@ pub struct TrainingSettings {
     pub max_jobs: usize,
     /// The runs store (`<state_dir>/runs`).
     pub runs_dir: PathBuf,
+    /// The log store and this replica's id, when the log is in one (`monitor.log_store` and
+    /// `replica_id`, put in by the server): a job whose `data.log.dir` is left out reads every
+    /// replica's segments there, and this replica's not yet uploaded from disk.
+    pub log_store: Option<(String, String)>,
 }
 
 impl TrainingSettings {
@@ -401,6 +425,7 @@ impl TrainingSettings {
             config_dir: PathBuf::from("configs/train"),
             max_jobs: 1,
             runs_dir: state_dir.join("runs"),
+            log_store: None,
         }
     }
 }
@@ -420,7 +445,14 @@ pub struct MonitorSettings {
     pub when_full: WhenFull,
     pub block: Duration,
     pub feedback_index_rows: usize,
+    /// `log_store`: where sealed segments are uploaded; `None`, they stay local.
+    pub log_store: Option<String>,
+    /// `log_store_backlog_max_bytes`, per model.
+    pub log_store_backlog_max_bytes: u64,
 }
+
+/// Default of `log_store_backlog_max_bytes`: what the local retention kept by default.
+pub const DEFAULT_LOG_STORE_BACKLOG_BYTES: u64 = 1 << 30;
 
 impl MonitorSettings {
     pub fn defaults(state_dir: &Path) -> MonitorSettings {
@@ -436,6 +468,8 @@ impl MonitorSettings {
             when_full: WhenFull::Drop,
             block: Duration::from_millis(1000),
             feedback_index_rows: 100_000,
+            log_store: None,
+            log_store_backlog_max_bytes: DEFAULT_LOG_STORE_BACKLOG_BYTES,
         }
     }
 }
@@ -822,7 +856,7 @@ impl Check<'_> {
         state_dir: &Path,
     ) -> Result<MonitorSettings, ConfigError> {
         let d = MonitorSettings::defaults(state_dir);
-        Ok(MonitorSettings {
+        let settings = MonitorSettings {
             dir: s.prediction_log_dir.clone().unwrap_or(d.dir),
             fsync: s
                 .prediction_log_fsync_ms
@@ -866,7 +900,63 @@ impl Check<'_> {
                 Some(n) => n,
                 None => d.feedback_index_rows,
             },
-        })
+            log_store: None,
+            log_store_backlog_max_bytes: s
+                .log_store_backlog_max_bytes
+                .unwrap_or(d.log_store_backlog_max_bytes),
+        };
+        self.log_store(s, settings)
+    }
+
+    /// The log's object store: a URL, a backlog that holds at least one segment, and segments
+    /// that close within a day (readers prune by day). Local retention is off with it: the
+    /// uploader deletes each segment once uploaded, never before.
+    fn log_store(
+        &self,
+        s: &ServerSettings,
+        mut settings: MonitorSettings,
+    ) -> Result<MonitorSettings, ConfigError> {
+        let Some(url) = s.log_store.clone() else {
+            return Ok(settings);
+        };
+        if !crate::store::is_url(&url) {
+            return Err(self.invalid(
+                "log_store",
+                format!("'{url}' is not an object-store URL (s3://bucket/logs, file:///dir, ...)"),
+            ));
+        }
+        if settings.log_store_backlog_max_bytes < settings.segment_max_bytes {
+            return Err(self.invalid(
+                "log_store_backlog_max_bytes",
+                format!(
+                    "{} is below prediction_log_segment_bytes ({}): one open segment would fill \
+                     the backlog",
+                    settings.log_store_backlog_max_bytes, settings.segment_max_bytes
+                ),
+            ));
+        }
+        if settings.segment_max_age > crate::monitoring::log_store::MAX_SEGMENT_AGE {
+            return Err(self.invalid(
+                "prediction_log_segment_age_s",
+                format!(
+                    "{} is over {} with a log_store: readers look for a row in its own day's \
+                     partition and the day before's only",
+                    settings.segment_max_age.as_secs(),
+                    crate::monitoring::log_store::MAX_SEGMENT_AGE.as_secs()
+                ),
+            ));
+        }
+        if s.prediction_log_retention_bytes.is_some() || s.prediction_log_retention_age_s.is_some()
+        {
+            tracing::warn!(
+                "prediction_log_retention_* is ignored with a log_store: each segment is deleted \
+                 once uploaded, and log_store_backlog_max_bytes bounds what waits"
+            );
+        }
+        settings.retention_max_bytes = None;
+        settings.retention_max_age = None;
+        settings.log_store = Some(url);
+        Ok(settings)
     }
 
     /// Training jobs: their configs, how many run at once, and the runs store in `state_dir`.
@@ -891,6 +981,7 @@ impl Check<'_> {
                 None => 1,
             },
             runs_dir: state_dir.join("runs"),
+            log_store: None,
         })
     }
 
@@ -942,10 +1033,15 @@ impl Check<'_> {
     fn replica_id(&self, given: Option<String>) -> Result<String, ConfigError> {
         let id = given.unwrap_or_else(crate::lease::default_replica_id);
         let fine = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-        if id.is_empty() || id.len() > 128 || !id.chars().all(fine) {
+        // It names objects in the shared stores (`<replica>-<start>-<seq>.parquet`, leases):
+        // one plain path segment, never `.` or `..`.
+        if id.is_empty() || id.len() > 128 || !id.chars().all(fine) || id.starts_with('.') {
             return Err(self.invalid(
                 "replica_id",
-                format!("'{id}' is not 1 to 128 letters, digits, '.', '_' or '-'"),
+                format!(
+                    "'{id}' is not 1 to 128 letters, digits, '.', '_' or '-' (not starting \
+                     with '.')"
+                ),
             ));
         }
         Ok(id)
@@ -1052,6 +1148,63 @@ mod tests {
                 text.contains("deployment_state") && text.contains(bad),
                 "{text}"
             );
+        }
+    }
+
+    #[test]
+    fn a_log_store_turns_local_retention_off_and_is_checked() {
+        let store = |url: &str| ServerSettings {
+            log_store: Some(url.into()),
+            ..Default::default()
+        };
+        let c =
+            ServerConfig::from_settings(store("file:///tmp/logs"), Path::new("x"), None).unwrap();
+        assert_eq!(c.monitor.log_store.as_deref(), Some("file:///tmp/logs"));
+        assert_eq!(
+            c.monitor.log_store_backlog_max_bytes,
+            DEFAULT_LOG_STORE_BACKLOG_BYTES
+        );
+        assert_eq!(
+            (c.monitor.retention_max_bytes, c.monitor.retention_max_age),
+            (None, None),
+            "the uploader deletes segments, once uploaded"
+        );
+        let c =
+            ServerConfig::from_settings(ServerSettings::default(), Path::new("x"), None).unwrap();
+        assert!(c.monitor.log_store.is_none() && c.monitor.retention_max_bytes.is_some());
+        let cases = [
+            (
+                store("logs"),
+                "key 'log_store': 'logs' is not an object-store URL",
+            ),
+            (
+                ServerSettings {
+                    log_store_backlog_max_bytes: Some(1 << 20),
+                    ..store("s3://b/logs")
+                },
+                "key 'log_store_backlog_max_bytes': 1048576 is below prediction_log_segment_bytes",
+            ),
+            (
+                ServerSettings {
+                    prediction_log_segment_age_s: Some(86_401),
+                    ..store("s3://b/logs")
+                },
+                "key 'prediction_log_segment_age_s': 86401 is over 86400",
+            ),
+        ];
+        for (settings, expected) in cases {
+            let err = ServerConfig::from_settings(settings, Path::new("s.toml"), None).unwrap_err();
+            assert!(err.to_string().contains(expected), "{err}");
+        }
+        for bad in ["..", ".", ".hidden", "a/b", "", "pod 1", &"x".repeat(129)] {
+            let s = ServerSettings {
+                replica_id: Some(bad.to_string()),
+                ..Default::default()
+            };
+            let err = ServerConfig::from_settings(s, Path::new("s.toml"), None)
+                .err()
+                .unwrap_or_else(|| panic!("replica_id {bad:?} accepted"));
+            assert!(err.to_string().contains("key 'replica_id'"), "{err}");
         }
     }
 

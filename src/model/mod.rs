@@ -110,6 +110,10 @@ pub struct LoadedVersion {
     pub path: PathBuf,
     /// The version's prediction log and drift watch, when its `[monitoring]` is on.
     pub monitor: Option<Arc<crate::monitoring::VersionMonitor>>,
+    /// A server's training job made it: its directory holds the job's mark (`trained.json`),
+    /// set by the repository at load, so every replica that loads it, not only the one that
+    /// trained it, lets it enter as `[retrain] trial` says.
+    pub trained: bool,
 }
 
 impl LoadedVersion {
@@ -182,6 +186,7 @@ impl LoadedVersion {
             metrics,
             path: path.to_path_buf(),
             monitor: None,
+            trained: false,
         })
     }
 }

@@ -7,7 +7,9 @@
 //! `block` policy waits at most `prediction_log_block_ms`). Everything else — reading values out
 //! of tensors, Arrow building, disk writes, statistics — happens on the writer thread.
 
+pub mod log_store;
 mod quality;
+pub mod relay;
 mod reports;
 mod writer;
 
@@ -38,6 +40,8 @@ pub struct MonitorHub {
     settings: MonitorSettings,
     metrics: Metrics,
     models: Mutex<HashMap<String, Arc<ModelMonitor>>>,
+    /// With a `log_store`: what moves sealed segments there.
+    uploader: Option<Arc<log_store::Uploader>>,
 }
 
 /// One model's writer and what it publishes.
@@ -57,6 +61,9 @@ pub struct ModelMonitor {
     pub(crate) labelled: AtomicU64,
     /// Buffers of written records, for the request path to fill again.
     spare: SparePool,
+    /// With a `log_store`: true while the model's segments waiting for upload exceed
+    /// `log_store_backlog_max_bytes` (set by the uploader).
+    upload_backlog_full: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Spare buffers kept per model, and the largest kept (in values, and bytes of id): enough for
@@ -140,12 +147,24 @@ pub(crate) enum Msg {
     Record(RequestRecord, usize),
     Feedback(
         Vec<FeedbackItem>,
+        Origin,
         oneshot::Sender<Result<FeedbackAnswer, String>>,
     ),
     Stop,
     /// Makes the writer panic, for the tests of its restart.
     #[cfg(test)]
     Panic,
+}
+
+/// Where feedback comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// A caller of this replica: stored in its feedback log before the answer.
+    Caller,
+    /// Another replica's caller, for rows this replica answered (`relay`): already stored
+    /// there, so only matched here (for live quality and the trial); rows this replica did not
+    /// answer are not its to count.
+    Relayed,
 }
 
 /// A version as its writer needs it (kept by the writer, to add it again after a restart).
@@ -167,6 +186,15 @@ pub struct FeedbackAnswer {
     /// Ids with no recent prediction (first 100); stored all the same.
     pub unknown: Vec<String>,
     pub unknown_count: usize,
+    /// With replicas sharing feedback (`deployment_state`): ids this replica did not answer
+    /// (first 100), stored here and relayed to the replica that did, instead of `unknown`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stored_for_join: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stored_for_join_count: Option<usize>,
+    /// The positions, in the call's items, of those no recent prediction here matched.
+    #[serde(skip)]
+    pub unknown_at: Vec<usize>,
     /// Each matched classification row: who answered it, when, and whether its label was
     /// right (for a canary's live-quality criterion).
     #[serde(skip)]
@@ -220,7 +248,21 @@ impl MonitorHub {
             settings,
             metrics,
             models: Mutex::new(HashMap::new()),
+            uploader: None,
         }
+    }
+
+    /// Uploads every sealed segment through `uploader` (which the server runs). Local retention
+    /// is then off: the uploader deletes a segment once the store holds it, never before.
+    pub fn with_uploader(mut self, uploader: Arc<log_store::Uploader>) -> MonitorHub {
+        self.settings.retention_max_bytes = None;
+        self.settings.retention_max_age = None;
+        self.uploader = Some(uploader);
+        self
+    }
+
+    pub fn uploader(&self) -> Option<&Arc<log_store::Uploader>> {
+        self.uploader.as_ref()
     }
 
     /// The monitor of a loaded version, starting its model's writer on first use; `None` when
@@ -281,6 +323,11 @@ impl MonitorHub {
         })))
     }
 
+    /// The models with a monitor.
+    pub fn models(&self) -> Vec<String> {
+        self.models.lock().keys().cloned().collect()
+    }
+
     /// The monitor of a model, if it has one.
     pub fn get(&self, model: &str) -> Option<Arc<ModelMonitor>> {
         self.models.lock().get(model).cloned()
@@ -320,6 +367,7 @@ impl MonitorHub {
             published: RwLock::new(Published::default()),
             thread: Mutex::new(None),
             labelled: AtomicU64::new(0),
+            upload_backlog_full: self.uploader.as_ref().map(|u| u.backlog().flag(name)),
         });
         let thread = writer::spawn(Arc::clone(&monitor), rx)?;
         *monitor.thread.lock() = Some(thread);
@@ -333,12 +381,37 @@ impl ModelMonitor {
         &self.name
     }
 
-    /// Stores feedback durably and matches it with recent predictions.
+    /// Stores feedback durably and matches it with recent predictions. Refused (never
+    /// acknowledged and lost) while the model's upload backlog is full.
     pub async fn feedback(&self, items: Vec<FeedbackItem>) -> Result<FeedbackAnswer, String> {
+        if self.upload_backlog_full() {
+            self.metrics.record_feedback_refused(&self.name);
+            return Err("the log waiting for upload to log_store is over \
+                        log_store_backlog_max_bytes (is the store reachable?); feedback not \
+                        stored, retry later"
+                .into());
+        }
+        self.send_feedback(items, Origin::Caller).await
+    }
+
+    /// Matches feedback another replica stored for rows this one may have answered (see
+    /// `relay`): nothing is stored here.
+    pub(crate) async fn relayed_feedback(
+        &self,
+        items: Vec<FeedbackItem>,
+    ) -> Result<FeedbackAnswer, String> {
+        self.send_feedback(items, Origin::Relayed).await
+    }
+
+    async fn send_feedback(
+        &self,
+        items: Vec<FeedbackItem>,
+        origin: Origin,
+    ) -> Result<FeedbackAnswer, String> {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send_timeout(
-                Msg::Feedback(items, tx),
+                Msg::Feedback(items, origin, tx),
                 self.settings.block.max(std::time::Duration::from_secs(5)),
             )
             .await
@@ -362,6 +435,13 @@ impl ModelMonitor {
             .filter(|(v, _)| version.is_none_or(|want| want == **v))
             .map(|(v, q)| (*v, q.clone()))
             .collect()
+    }
+
+    /// Whether the model's segments waiting for the log store exceed their limit.
+    fn upload_backlog_full(&self) -> bool {
+        self.upload_backlog_full
+            .as_ref()
+            .is_some_and(|full| full.load(Ordering::Acquire))
     }
 
     /// Rows matched with feedback since the server started.
@@ -410,6 +490,10 @@ impl VersionMonitor {
     /// time under `block`. A record that does not fit is counted as dropped.
     pub async fn log(&self, record: RequestRecord) {
         let m = &self.model;
+        if m.upload_backlog_full() && !self.wait_for_upload_room().await {
+            m.metrics.record_log_dropped(&m.name, "upload_backlog");
+            return;
+        }
         let bytes = record.data_bytes();
         let held = m.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
         if held + bytes > m.settings.queue_bytes {
@@ -429,6 +513,25 @@ impl VersionMonitor {
             m.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
             m.metrics.record_log_dropped(&m.name, "queue_full");
         }
+    }
+}
+
+impl VersionMonitor {
+    /// Under `block`, waits (at most `prediction_log_block_ms`) for the upload backlog to fall
+    /// below its limit; under `drop`, does not wait. Whether there is room.
+    async fn wait_for_upload_room(&self) -> bool {
+        let m = &self.model;
+        if m.settings.when_full == WhenFull::Drop {
+            return false;
+        }
+        let until = tokio::time::Instant::now() + m.settings.block;
+        while m.upload_backlog_full() {
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        true
     }
 }
 

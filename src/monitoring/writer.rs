@@ -25,9 +25,13 @@ use cairn_monitor::window::Window;
 
 use super::reports::{store_report, Comparer, Comparison};
 use super::{
-    FeedbackAnswer, ModelMonitor, Msg, QualityState, RecordBuffers, VersionSetup, REPORTS_KEPT,
+    FeedbackAnswer, ModelMonitor, Msg, Origin, QualityState, RecordBuffers, VersionSetup,
+    REPORTS_KEPT,
 };
 use crate::config::MonitoringConfig;
+
+/// With a log store, the longest a feedback segment stays open (so unuploaded).
+const FEEDBACK_SEGMENT_AGE: Duration = Duration::from_secs(60);
 
 /// Rows gathered before a batch is written even if the interval has not passed.
 const BATCH_ROWS: usize = 4096;
@@ -155,7 +159,7 @@ fn drain_while_down(
                     record.rows as u64,
                 );
             }
-            Ok(Msg::Feedback(_, reply)) => {
+            Ok(Msg::Feedback(_, _, reply)) => {
                 let _ = reply.send(Err(
                     "the prediction log cannot be opened; feedback not stored, retry later".into(),
                 ));
@@ -249,8 +253,20 @@ impl Writer {
         predictions
             .seal_in_background(&format!("seal-{}", monitor.name))
             .map_err(|e| format!("cannot start the prediction log's sealer: {e}"))?;
-        let (feedback, _) = SegmentLog::open(&dir.join("feedback"), feedback::schema(), options)
-            .map_err(|e| format!("cannot open the feedback log: {e}"))?;
+        // With a log store, what a pod that disappears can lose is what is not sealed and
+        // uploaded yet: feedback (acknowledged, few bytes, each row the truth of a prediction)
+        // is sealed at least every FEEDBACK_SEGMENT_AGE, whatever the predictions' age.
+        let feedback_options = if monitor.settings.log_store.is_some() {
+            LogOptions {
+                segment_max_age: options.segment_max_age.min(FEEDBACK_SEGMENT_AGE),
+                ..options
+            }
+        } else {
+            options
+        };
+        let (feedback, _) =
+            SegmentLog::open(&dir.join("feedback"), feedback::schema(), feedback_options)
+                .map_err(|e| format!("cannot open the feedback log: {e}"))?;
         let reports = dir.join("reports");
         std::fs::create_dir_all(&reports).map_err(|e| format!("{}: {e}", reports.display()))?;
         Ok(Writer {
@@ -384,8 +400,8 @@ impl Writer {
                 let RequestRecord { values, id, .. } = record;
                 self.spent.push(RecordBuffers { values, id });
             }
-            Msg::Feedback(items, reply) => {
-                let _ = reply.send(self.feedback(items));
+            Msg::Feedback(items, origin, reply) => {
+                let _ = reply.send(self.feedback(items, origin));
             }
             Msg::Stop => {}
             #[cfg(test)]
@@ -546,6 +562,9 @@ impl Writer {
         if let Err(e) = self.predictions.tick() {
             tracing::error!(model = %self.monitor.name, error = %e, "prediction log");
         }
+        if let Err(e) = self.feedback.tick() {
+            tracing::error!(model = %self.monitor.name, error = %e, "feedback log");
+        }
         self.record_sealer_panics();
         let synced = self.monitor.synced_through_us.load(Ordering::Acquire);
         self.monitor.metrics.set_log_state(
@@ -626,18 +645,25 @@ impl Writer {
         }
     }
 
-    fn feedback(&mut self, items: Vec<FeedbackItem>) -> Result<FeedbackAnswer, String> {
+    fn feedback(
+        &mut self,
+        items: Vec<FeedbackItem>,
+        origin: Origin,
+    ) -> Result<FeedbackAnswer, String> {
         let received_us = now_us();
         // Stored (and synced) before anything is answered: acknowledged feedback is never lost.
-        self.feedback
-            .append(&feedback::batch(&items, received_us))
-            .map_err(|e| format!("feedback not stored: {e}"))?;
+        // Relayed feedback was stored by the replica its caller reached.
+        if origin == Origin::Caller {
+            self.feedback
+                .append(&feedback::batch(&items, received_us))
+                .map_err(|e| format!("feedback not stored: {e}"))?;
+        }
         let mut answer = FeedbackAnswer {
             received: items.len(),
             ..FeedbackAnswer::default()
         };
         let mut touched = Vec::new();
-        for item in &items {
+        for (at, item) in items.iter().enumerate() {
             match self.index.answer(&item.id, item.row) {
                 Match::Matched(predicted) => {
                     answer.matched += 1;
@@ -667,6 +693,7 @@ impl Writer {
                 }
                 Match::Duplicate => answer.duplicates += 1,
                 Match::Unknown => {
+                    answer.unknown_at.push(at);
                     answer.unknown_count += 1;
                     if answer.unknown.len() < 100 && !answer.unknown.contains(&item.id) {
                         answer.unknown.push(item.id.clone());
@@ -678,15 +705,21 @@ impl Writer {
         self.monitor
             .labelled
             .fetch_add(answer.matched as u64, std::sync::atomic::Ordering::Relaxed);
-        self.monitor
-            .metrics
-            .record_feedback(name, "matched", answer.matched as u64);
-        self.monitor
-            .metrics
-            .record_feedback(name, "duplicate", answer.duplicates as u64);
-        self.monitor
-            .metrics
-            .record_feedback(name, "unknown", answer.unknown_count as u64);
+        match origin {
+            Origin::Caller => {
+                let metrics = &self.monitor.metrics;
+                metrics.record_feedback(name, "matched", answer.matched as u64);
+                metrics.record_feedback(name, "duplicate", answer.duplicates as u64);
+                metrics.record_feedback(name, "unknown", answer.unknown_count as u64);
+            }
+            // Most relayed rows are other replicas' (or another relay's copy): only what
+            // matched here is worth a count.
+            Origin::Relayed => {
+                self.monitor
+                    .metrics
+                    .record_feedback(name, "relayed_matched", answer.matched as u64)
+            }
+        }
         touched.sort_unstable();
         touched.dedup();
         for version in touched {
@@ -943,19 +976,60 @@ mod tests {
     }
 
     fn feedback(monitor: &ModelMonitor, id: &str) -> FeedbackAnswer {
+        feedback_from(monitor, &[id], Origin::Caller)
+    }
+
+    fn feedback_from(monitor: &ModelMonitor, ids: &[&str], origin: Origin) -> FeedbackAnswer {
         let (tx, rx) = oneshot::channel();
-        let item = FeedbackItem {
-            id: id.to_string(),
-            row: 0,
-            label: None,
-            target: Some(1.0),
-            time_us: None,
-        };
+        let items = ids
+            .iter()
+            .map(|id| FeedbackItem {
+                id: id.to_string(),
+                row: 0,
+                label: None,
+                target: Some(1.0),
+                time_us: None,
+            })
+            .collect();
         monitor
             .tx
-            .blocking_send(Msg::Feedback(vec![item], tx))
+            .blocking_send(Msg::Feedback(items, origin, tx))
             .unwrap();
         rx.blocking_recv().unwrap().unwrap()
+    }
+
+    /// Feedback relayed from another replica is matched against this one's predictions (and
+    /// marks the row answered, so a later copy is a duplicate) but is not stored again: the
+    /// replica its caller reached stored it.
+    #[test]
+    fn relayed_feedback_is_matched_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = MonitorSettings::defaults(dir.path());
+        settings.fsync = Duration::ZERO;
+        let hub = MonitorHub::new(settings, Metrics::new());
+        let monitor = hub.model("m").unwrap();
+        let setup = VersionSetup {
+            version: 1,
+            layout: Arc::new(PredictionLayout::new(Vec::new())),
+            config: MonitoringConfig::default(),
+            dir: dir.path().join("m/1"),
+        };
+        let send = |msg| monitor.tx.blocking_send(msg).unwrap();
+        send(Msg::Version(Box::new(setup)));
+        send(record("here"));
+        let relayed = feedback_from(&monitor, &["here", "elsewhere"], Origin::Relayed);
+        assert_eq!((relayed.matched, relayed.unknown_count), (1, 1));
+        assert_eq!(relayed.unknown_at, vec![1]);
+        let again = feedback_from(&monitor, &["here"], Origin::Caller);
+        assert_eq!(again.duplicates, 1);
+        hub.shutdown();
+        let (batches, _) =
+            cairn_monitor::log::read_dir(&dir.path().join("predictions/m/feedback")).unwrap();
+        assert_eq!(
+            batches.iter().map(|b| b.num_rows()).sum::<usize>(),
+            1,
+            "only the caller's feedback is stored here"
+        );
     }
 
     /// A panic on the writer: caught, counted, and the writer rebuilt with the version it knew,

@@ -9,6 +9,7 @@
 
 pub mod remote;
 pub(crate) mod scan;
+pub mod upload;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,7 +24,34 @@ use crate::model::{LoadError, LoadedVersion};
 use crate::monitoring::MonitorHub;
 use crate::routing::{ModelRoute, Router};
 
-pub use scan::{DirSignature, Fingerprint};
+pub use scan::{DirSignature, Fingerprint, TRAINED_MARKER};
+
+/// A version to publish, as a training job or `cairn train` hands it over. Its files are made
+/// once its number is known (the run record they carry names it): a local repository numbers
+/// it one above its highest version, an object store by a claim (see [`upload`]).
+pub struct Publication {
+    pub model: String,
+    /// A number asked for; `None`: the next one.
+    pub version: Option<u64>,
+    pub files: FilesFor,
+    /// Who publishes (a replica, `cairn train` on a host), for the store's claim record.
+    pub publisher: String,
+    /// The training run that made the version (empty for an upload).
+    pub run: String,
+    /// With replicas: the model's lease as the job took it. The publish confirms it before it
+    /// commits and refuses itself if the lease was lost meanwhile.
+    pub fence: Option<crate::lease::Fence>,
+}
+
+/// Makes a version's files for its number.
+pub type FilesFor = Box<dyn FnOnce(u64) -> Result<VersionFiles, RepositoryError> + Send>;
+
+/// A version's files (paths relative to the version directory) and, for a model that has none,
+/// its `config.toml`.
+pub struct VersionFiles {
+    pub files: Vec<(String, Vec<u8>)>,
+    pub config: Option<ModelConfig>,
+}
 
 /// Publishes a version into a repository directory no server holds (the `cairn train` command):
 /// staged, checked by loading, then renamed into place, as [`Repository::publish`] does. A server
@@ -35,11 +63,16 @@ pub fn publish_offline(
     files: &[(String, Vec<u8>)],
     config: Option<ModelConfig>,
 ) -> Result<u64, RepositoryError> {
-    let limits = crate::config::LoadLimits {
+    scan::stage_version(root, model, version, files, config, &offline_limits())
+}
+
+/// How a version published outside a server is checked: loaded in this process, with the
+/// server's default limit on warm-up samples.
+pub fn offline_limits() -> LoadLimits {
+    LoadLimits {
         max_sample_bytes: 64 << 20,
         check: None,
-    };
-    scan::stage_version(root, model, version, files, config, &limits)
+    }
 }
 
 /// The version numbers present in a model directory, ascending.
@@ -322,6 +355,7 @@ impl Repository {
     /// (`config` when the model has none yet, which is then written as its `config.toml`), and
     /// only then renamed into `<root>/<model>/<version>` and reconciled. Neither a rescan nor a
     /// crash ever sees half a version. `version` defaults to one above the highest present.
+    /// With an object store, [`Repository::publish_run`]'s upload.
     pub async fn publish(
         self: &Arc<Self>,
         model: &str,
@@ -329,20 +363,83 @@ impl Repository {
         files: Vec<(String, Vec<u8>)>,
         config: Option<ModelConfig>,
     ) -> Result<u64, RepositoryError> {
-        scan::check_name(model).map_err(|_| RepositoryError::BadName(model.to_string()))?;
-        let model = model.to_string();
+        self.publish_run(Publication {
+            model: model.to_string(),
+            version,
+            files: Box::new(move |_| Ok(VersionFiles { files, config })),
+            publisher: crate::lease::default_replica_id(),
+            run: String::new(),
+            fence: None,
+        })
+        .await
+    }
+
+    /// Publishes a version, serialized with the repository's other operations. In a local
+    /// repository: numbered, staged, checked by loading, the lease confirmed (if fenced),
+    /// renamed into place and loaded. With an object store: uploaded to the store
+    /// ([`upload::publish_to_store`]: claimed, checked, model file last, the lease confirmed
+    /// before the commit), then mirrored and loaded here as every replica loads it. The version
+    /// once it is published; a version published to the store that this replica then fails to
+    /// load is still published (logged).
+    pub async fn publish_run(
+        self: &Arc<Self>,
+        publication: Publication,
+    ) -> Result<u64, RepositoryError> {
+        let model = publication.model.clone();
+        scan::check_name(&model).map_err(|_| RepositoryError::BadName(model.clone()))?;
         detached(Arc::clone(self), move |repo| async move {
             let _op = repo.ops.lock().await;
-            let (root, limits) = (repo.root.clone(), repo.limits.clone());
-            let name = model.clone();
-            let version = blocking(move || {
-                scan::stage_version(&root, &name, version, &files, config, &limits)
-            })
-            .await??;
+            let version = match repo.remote.clone() {
+                Some(remote) => {
+                    let v =
+                        upload::publish_to_store(&remote, &repo.root, &repo.limits, publication)
+                            .await?;
+                    repo.sync_remote().await;
+                    if let Err(e) = repo.load_locked(&model, LoadOverride::default()).await {
+                        tracing::error!(model = %model, version = v, error = %e,
+                            "published to the store, but this replica cannot load it");
+                    }
+                    return Ok(v);
+                }
+                None => repo.publish_local(publication).await?,
+            };
             repo.load_locked(&model, LoadOverride::default()).await?;
             Ok(version)
         })
         .await
+    }
+
+    /// Stages, checks and places a version in the local repository; the caller holds the lock.
+    async fn publish_local(&self, publication: Publication) -> Result<u64, RepositoryError> {
+        let Publication {
+            model,
+            version,
+            files,
+            fence,
+            ..
+        } = publication;
+        let version = match version {
+            Some(v) => v,
+            None => {
+                let dir = self.root.join(&model);
+                blocking(move || versions_in(&dir))
+                    .await?
+                    .last()
+                    .map_or(1, |v| v + 1)
+            }
+        };
+        let VersionFiles { files, config } = files(version)?;
+        let (root, limits, name) = (self.root.clone(), self.limits.clone(), model.clone());
+        let staged =
+            blocking(move || scan::stage(&root, &name, Some(version), &files, config, &limits))
+                .await??;
+        if let Some(fence) = &fence {
+            if let Err(e) = fence.confirm().await {
+                blocking(move || drop(staged)).await?;
+                return Err(RepositoryError::Conflict(format!("not published: {e}")));
+            }
+        }
+        blocking(move || staged.place()).await?
     }
 
     /// Rescans the repository: loads new models, reloads those whose directory changed (new,
@@ -707,6 +804,7 @@ impl Repository {
                     )
                     .and_then(|mut version| {
                         let dir = path.parent().unwrap_or(&path);
+                        version.trained = dir.join(scan::TRAINED_MARKER).is_file();
                         version.monitor = monitors
                             .attach(&model, v, &config, &version.io, dir)
                             .map_err(LoadError::Interface)?;

@@ -8,7 +8,8 @@
 //! (`default_model_filename` of the model's `config.toml`, `model.onnx` by default) is listed.
 //! Uploaders therefore write a version's other files first and its model file last. A version
 //! that disappears from the store is removed from the mirror; versions the mirror did not get
-//! from the store (published by a training job, uploaded through the API) are left alone.
+//! from the store (put there by hand) are left alone. This server's own publishes go to the
+//! store (`upload`) and come back through here, like every other replica's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -42,6 +43,12 @@ pub enum RemoteError {
     Store { url: String, reason: String },
     #[error("the repository mirror {}: {reason}", path.display())]
     Local { path: PathBuf, reason: String },
+    /// A publish that met another publisher's work (a version number, a `config.toml`).
+    #[error("{url}: {reason}")]
+    Conflict { url: String, reason: String },
+    /// A publish refused because its replica no longer holds the model's lease.
+    #[error("not published to {url}: {reason}")]
+    Refused { url: String, reason: String },
 }
 
 /// The store, the prefix in it, and the local mirror.
@@ -57,7 +64,7 @@ pub struct RemoteRepository {
 /// One object as listed: its path below the prefix and its ETag (or, without one, its size
 /// and modification time).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-struct Listed {
+pub(super) struct Listed {
     tag: String,
     size: u64,
 }
@@ -110,6 +117,33 @@ impl RemoteRepository {
         })
     }
 
+    /// Over a given store (tests: an in-memory one).
+    pub fn with_store(
+        store: Arc<dyn ObjectStore>,
+        prefix: StorePath,
+        url: &str,
+        mirror: PathBuf,
+    ) -> RemoteRepository {
+        RemoteRepository {
+            url: url.trim_end_matches('/').to_string(),
+            store,
+            prefix,
+            mirror,
+            syncing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Another repository over the same store, mirrored elsewhere (tests: another replica).
+    #[cfg(test)]
+    pub(super) fn beside(&self, mirror: PathBuf) -> RemoteRepository {
+        Self::with_store(
+            Arc::clone(&self.store),
+            self.prefix.clone(),
+            &self.url,
+            mirror,
+        )
+    }
+
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -150,7 +184,7 @@ impl RemoteRepository {
         }
     }
 
-    fn store_error(&self, reason: String) -> RemoteError {
+    pub(super) fn store_error(&self, reason: String) -> RemoteError {
         let hint = match self.url.split("://").next() {
             Some("s3") => {
                 " (credentials come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a web \
@@ -260,10 +294,45 @@ impl RemoteRepository {
         Ok(report)
     }
 
+    /// Brings one model's `config.toml` and its highest complete version (if any) from the
+    /// store into the mirror, nothing else: what `cairn train` needs to gate a candidate against
+    /// the store's serving version and check it by loading, without mirroring a whole
+    /// repository. Returns that version.
+    pub async fn fetch_model(&self, model: &str) -> Result<Option<u64>, RemoteError> {
+        let _one = self.syncing.lock().await;
+        let listed = self.list_under(Some(model)).await?;
+        let wanted = self.complete(&listed, &mut SyncReport::default()).await?;
+        let Some(files) = wanted.get(model) else {
+            return Ok(None);
+        };
+        for name in files.files.keys().filter(|n| *n == "config.toml") {
+            let dest = self.mirror.join(model).join(name);
+            self.download(&format!("{model}/{name}"), &dest).await?;
+        }
+        let Some((&version, objects)) = files.versions.iter().next_back() else {
+            return Ok(None);
+        };
+        self.download_version(model, version, objects).await?;
+        Ok(Some(version))
+    }
+
     /// Every object under the prefix, by path below it.
     async fn list(&self) -> Result<BTreeMap<String, Listed>, RemoteError> {
+        self.list_under(None).await
+    }
+
+    /// Every object under the prefix's `sub` directory (all of it when `None`), by path below
+    /// the prefix.
+    pub(super) async fn list_under(
+        &self,
+        sub: Option<&str>,
+    ) -> Result<BTreeMap<String, Listed>, RemoteError> {
         let mut out = BTreeMap::new();
-        let mut listing = self.store.list(Some(&self.prefix));
+        let under = match sub {
+            Some(sub) => self.object(sub),
+            None => self.prefix.clone(),
+        };
+        let mut listing = self.store.list(Some(&under));
         while let Some(item) = listing.next().await {
             let meta = item.map_err(|e| self.store_error(format!("cannot list: {e}")))?;
             let Some(rel) = relative(&self.prefix, &meta.location) else {
@@ -380,7 +449,8 @@ impl RemoteRepository {
         Ok(name)
     }
 
-    fn object(&self, rel: &str) -> StorePath {
+    /// The store's path of `rel` (`a/b/c`) below the prefix.
+    pub(super) fn object(&self, rel: &str) -> StorePath {
         let mut path = self.prefix.clone();
         for part in rel.split('/') {
             path = path.child(part);
@@ -487,6 +557,95 @@ impl RemoteRepository {
         };
         tokio::fs::write(&tmp, body).await.map_err(local)?;
         tokio::fs::rename(&tmp, &path).await.map_err(local)
+    }
+}
+
+/// The store calls a publish makes (`upload`), each under its own time limit whatever the
+/// store's client does, and each naming the object below the prefix in its error.
+impl RemoteRepository {
+    /// Writes an object, replacing any.
+    pub(super) async fn put_object(
+        &self,
+        rel: &str,
+        content: Vec<u8>,
+        limit: Duration,
+    ) -> Result<(), RemoteError> {
+        let path = self.object(rel);
+        let put = self.store.put(
+            &path,
+            object_store::PutPayload::from(bytes::Bytes::from(content)),
+        );
+        tokio::time::timeout(limit, put)
+            .await
+            .map_err(|_| self.late(&format!("the write of {rel}"), limit))?
+            .map_err(|e| self.store_error(format!("cannot write {rel}: {e}")))?;
+        Ok(())
+    }
+
+    /// Creates an object only if there is none: false when there is one already.
+    pub(super) async fn create_object(
+        &self,
+        rel: &str,
+        body: &[u8],
+        limit: Duration,
+    ) -> Result<bool, RemoteError> {
+        let path = self.object(rel);
+        let write = crate::store::write_if(self.store.as_ref(), &path, body.to_vec(), None);
+        let written = tokio::time::timeout(limit, write)
+            .await
+            .map_err(|_| self.late(&format!("the creation of {rel}"), limit))?
+            .map_err(|e| self.store_error(e))?;
+        Ok(written.is_some())
+    }
+
+    /// A small object's bytes (at most `max_bytes`, else an error); `None` when absent.
+    pub(super) async fn read_object(
+        &self,
+        rel: &str,
+        max_bytes: u64,
+        limit: Duration,
+    ) -> Result<Option<bytes::Bytes>, RemoteError> {
+        let path = self.object(rel);
+        let read = crate::store::read_versioned(self.store.as_ref(), &path, max_bytes);
+        let got = tokio::time::timeout(limit, read)
+            .await
+            .map_err(|_| self.late(&format!("the read of {rel}"), limit))?
+            .map_err(|e| self.store_error(e))?;
+        Ok(got.map(|(bytes, _)| bytes))
+    }
+
+    /// Copies an object inside the store. `Ok(false)`: no answer within `limit` (the copy may
+    /// still happen).
+    pub(super) async fn copy_object(
+        &self,
+        from: &str,
+        to: &str,
+        limit: Duration,
+    ) -> Result<bool, RemoteError> {
+        let (source, target) = (self.object(from), self.object(to));
+        match tokio::time::timeout(limit, self.store.copy(&source, &target)).await {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(e)) => Err(self.store_error(format!("cannot write {to}: {e}"))),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// Deletes an object; one already gone is no error.
+    pub(super) async fn delete_object(
+        &self,
+        rel: &str,
+        limit: Duration,
+    ) -> Result<(), RemoteError> {
+        let path = self.object(rel);
+        match tokio::time::timeout(limit, self.store.delete(&path)).await {
+            Ok(Ok(())) | Ok(Err(object_store::Error::NotFound { .. })) => Ok(()),
+            Ok(Err(e)) => Err(self.store_error(format!("cannot delete {rel}: {e}"))),
+            Err(_) => Err(self.late(&format!("the deletion of {rel}"), limit)),
+        }
+    }
+
+    fn late(&self, what: &str, limit: Duration) -> RemoteError {
+        self.store_error(format!("no answer to {what} within {} s", limit.as_secs()))
     }
 }
 

@@ -217,6 +217,11 @@ pub fn write_override(
 /// Where [`stage_version`] writes, under the repository root; hidden, so no scan sees it.
 pub const STAGING_DIR: &str = ".staging";
 
+/// The file a server's training job adds to the versions it publishes: a version whose
+/// directory holds it was trained by a server (the job's run, replica and lease generation are
+/// in it), wherever it is loaded.
+pub const TRAINED_MARKER: &str = "trained.json";
+
 /// Writes a version into `<root>/.staging/`, checks it by loading it, and renames it into
 /// `<root>/<model>/<version>`. Blocking. Returns the version. On any failure nothing is left in
 /// the repository and the staged files are removed.
@@ -228,14 +233,38 @@ pub fn stage_version(
     config: Option<ModelConfig>,
     limits: &LoadLimits,
 ) -> Result<u64, RepositoryError> {
+    stage(root, model, version, files, config, limits)?.place()
+}
+
+/// A version written into `<root>/.staging/` and checked by loading it: renamed into place by
+/// [`Staged::place`], or dropped (its files removed) once uploaded elsewhere.
+pub struct Staged {
+    /// Holds the staged files; removed when dropped.
+    _stage: tempfile::TempDir,
+    staged_version: PathBuf,
+    model_dir: PathBuf,
+    pub version: u64,
+    /// The model file's path in the version (`default_model_filename`).
+    pub model_file: String,
+    /// The new `config.toml`, for a model that had none.
+    pub config_text: Option<String>,
+}
+
+/// Stages and checks a version as [`stage_version`] does, without placing it. `version`
+/// defaults to one above the highest present under `root`. Blocking.
+pub fn stage(
+    root: &Path,
+    model: &str,
+    version: Option<u64>,
+    files: &[(String, Vec<u8>)],
+    config: Option<ModelConfig>,
+    limits: &LoadLimits,
+) -> Result<Staged, RepositoryError> {
     let paths = files
         .iter()
         .map(|(rel, _)| upload_path(rel))
         .collect::<Result<Vec<_>, _>>()?;
-    let io = |what: &str, path: &Path, e: std::io::Error| {
-        tracing::error!(path = %path.display(), error = %e, "cannot {what}");
-        RepositoryError::Io(format!("cannot {what} while publishing ({})", e.kind()))
-    };
+    let io = |what: &str, path: &Path, e: std::io::Error| publish_io(what, path, e);
     let model_dir = root.join(model);
     let existing = ModelConfig::load(&model_dir, model)
         .map_err(|e| RepositoryError::BadRequest(e.to_string()))?;
@@ -297,23 +326,46 @@ pub fn stage_version(
             reason: format!("version {version}: {e}"),
         }
     })?;
-    std::fs::create_dir_all(&model_dir)
-        .map_err(|e| io("create the model directory", &model_dir, e))?;
-    if let Some(c) = &config {
-        let text = toml::to_string(c).expect("a model configuration serializes to TOML");
-        let tmp = tempfile::NamedTempFile::new_in(&model_dir)
-            .map_err(|e| io("write config.toml", &model_dir, e))?;
-        std::fs::write(tmp.path(), text).map_err(|e| io("write config.toml", &model_dir, e))?;
-        tmp.persist(model_dir.join("config.toml"))
-            .map_err(|e| io("write config.toml", &model_dir, e.error))?;
+    Ok(Staged {
+        _stage: stage,
+        staged_version,
+        model_dir,
+        version,
+        model_file: effective.default_model_filename.clone(),
+        config_text: config
+            .map(|c| toml::to_string(&c).expect("a model configuration serializes to TOML")),
+    })
+}
+
+impl Staged {
+    /// Renames the staged version into `<root>/<model>/<version>` (after writing the model's
+    /// new `config.toml`, if any). Blocking.
+    pub fn place(self) -> Result<u64, RepositoryError> {
+        let io = |what: &str, path: &Path, e: std::io::Error| publish_io(what, path, e);
+        let model_dir = &self.model_dir;
+        std::fs::create_dir_all(model_dir)
+            .map_err(|e| io("create the model directory", model_dir, e))?;
+        if let Some(text) = &self.config_text {
+            let tmp = tempfile::NamedTempFile::new_in(model_dir)
+                .map_err(|e| io("write config.toml", model_dir, e))?;
+            std::fs::write(tmp.path(), text).map_err(|e| io("write config.toml", model_dir, e))?;
+            tmp.persist(model_dir.join("config.toml"))
+                .map_err(|e| io("write config.toml", model_dir, e.error))?;
+        }
+        let target = model_dir.join(self.version.to_string());
+        std::fs::rename(&self.staged_version, &target)
+            .map_err(|e| io("move the version into place", &target, e))?;
+        if let Ok(dir) = std::fs::File::open(model_dir) {
+            let _ = dir.sync_all();
+        }
+        Ok(self.version)
     }
-    let target = model_dir.join(version.to_string());
-    std::fs::rename(&staged_version, &target)
-        .map_err(|e| io("move the version into place", &target, e))?;
-    if let Ok(dir) = std::fs::File::open(&model_dir) {
-        let _ = dir.sync_all();
-    }
-    Ok(version)
+}
+
+/// A file-system failure while publishing: the path is logged, not shown.
+fn publish_io(what: &str, path: &Path, e: std::io::Error) -> RepositoryError {
+    tracing::error!(path = %path.display(), error = %e, "cannot {what}");
+    RepositoryError::Io(format!("cannot {what} while publishing ({})", e.kind()))
 }
 
 /// Writes `files` under `dir` at their checked relative `paths` (synced when `sync`). Two files

@@ -43,8 +43,39 @@ pub struct Candidate {
     /// The trial's counters, shared with the request path. A restored candidate starts anew.
     #[serde(skip)]
     pub tracker: Arc<Tracker>,
-    #[serde(skip, default = "SystemTime::now")]
+    /// When the trial began: saved, so that replicas sharing the deployment know one trial by
+    /// its version and start (`trials`); a file without it (earlier builds) starts it now.
+    #[serde(rename = "started_ms", with = "epoch_ms", default = "SystemTime::now")]
     pub started: SystemTime,
+}
+
+impl Candidate {
+    /// The trial's start in milliseconds since the Unix epoch.
+    pub fn started_ms(&self) -> u64 {
+        self.started
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+mod epoch_ms {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(
+            t.duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        )
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let ms = u64::deserialize(d)?;
+        UNIX_EPOCH
+            .checked_add(Duration::from_millis(ms))
+            .ok_or_else(|| serde::de::Error::custom("started_ms is out of range"))
+    }
 }
 
 impl Candidate {

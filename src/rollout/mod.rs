@@ -13,6 +13,7 @@ mod rules;
 mod sequential;
 pub mod shared;
 mod state;
+pub mod trials;
 mod view;
 
 use std::path::PathBuf;
@@ -56,6 +57,13 @@ pub struct Rollout {
     /// with it.
     shared: Option<Arc<shared::SharedState>>,
     synced: parking_lot::Mutex<Option<StateFile>>,
+    /// Trials judged on every replica's counts, by one replica per model (see `trials`).
+    trials: Option<Arc<trials::SharedTrials>>,
+    /// Models whose shared deployment names a version not loaded here yet, with this replica's
+    /// deployment when that was found: until it changes here, the store's stands for it (this
+    /// replica's lagging copy is not a change to write back), and it is applied once the
+    /// version is ready.
+    deferred: parking_lot::Mutex<std::collections::BTreeMap<String, Deployment>>,
 }
 
 /// What the state file holds, as far as this process knows.
@@ -96,7 +104,63 @@ impl Rollout {
             writing: parking_lot::Mutex::new(()),
             shared: None,
             synced: parking_lot::Mutex::new(None),
+            trials: None,
+            deferred: Default::default(),
         }
+    }
+
+    /// Judges trials on the counts of every replica sharing the deployments, one replica per
+    /// model deciding (see `trials`).
+    pub fn with_shared_trials(mut self, trials: trials::SharedTrials) -> Rollout {
+        self.trials = Some(Arc::new(trials));
+        self
+    }
+
+    /// The counts a trial is judged on: this replica's, plus the other replicas' of the same
+    /// trial when trials are shared; and, when shared, what the last look found (who decides).
+    fn trial_counts(
+        &self,
+        model: &str,
+        c: &Candidate,
+    ) -> (crate::routing::TrialCounts, Option<trials::Seen>) {
+        let mut counts = c.tracker.counts();
+        let Some(shared) = &self.trials else {
+            return (counts, None);
+        };
+        let seen = shared.seen(model, c.version, c.started_ms());
+        if let Some(seen) = &seen {
+            counts.add(&seen.others);
+        }
+        (counts, seen)
+    }
+
+    fn view_counts(&self, model: &str, c: &Candidate) -> view::JudgedOn {
+        let (counts, seen) = self.trial_counts(model, c);
+        view::JudgedOn {
+            counts,
+            seen,
+            shared: self.trials.is_some(),
+        }
+    }
+
+    /// Publishes this replica's counts of each trial and reads the others' (see `trials`).
+    async fn sync_trials(&self, shared: &trials::SharedTrials) -> Result<(), String> {
+        let table = self.router.snapshot();
+        let local: Vec<trials::LocalTrial> = table
+            .models
+            .iter()
+            .filter_map(|(model, route)| {
+                let c = route.deployment.candidate.as_ref()?;
+                Some(trials::LocalTrial {
+                    model: model.clone(),
+                    version: c.version,
+                    started_ms: c.started_ms(),
+                    counts: c.tracker.counts(),
+                })
+            })
+            .collect();
+        drop(table);
+        shared.look(local, crate::lease::now_ms()).await
     }
 
     /// Shares the deployments with the other replicas through `shared`.
@@ -122,6 +186,12 @@ impl Rollout {
                 me.metrics.record_shared_state("error");
                 tracing::warn!(error = %e, "cannot sync the shared deployment state; the next look retries");
             }
+            if let Some(trials) = &me.trials {
+                if let Err(e) = me.sync_trials(trials).await {
+                    me.metrics.record_shared_state("error");
+                    tracing::warn!(error = %e, "cannot share the trials' counts; those trials wait for the next look");
+                }
+            }
         })
         .await
     }
@@ -130,7 +200,7 @@ impl Rollout {
     /// written there (see `shared`).
     async fn sync_shared(self: &Arc<Self>, shared: &shared::SharedState) -> Result<(), String> {
         let remote = shared.read().await?;
-        let local = {
+        let live = {
             let persisted = self.persisted();
             if matches!(persisted.file, FileState::NotRestored) {
                 return Ok(()); // the repository is still loading
@@ -147,11 +217,26 @@ impl Rollout {
             Some(_) => remote_state.clone(),
             None => StateFile::default(),
         });
-        let merged = shared::merge(&remote_state, &synced, &local);
-        if merged != local {
+        // A deferred model unchanged here since is not a change of this replica's.
+        let mut local = live.clone();
+        self.deferred.lock().retain(|model, at| {
+            if live.models.get(model).cloned().unwrap_or_default() != *at {
+                return false;
+            }
+            match synced.models.get(model) {
+                Some(d) => local.models.insert(model.clone(), d.clone()),
+                None => local.models.remove(model),
+            };
+            true
+        });
+        let mut merged = shared::merge(&remote_state, &synced, &local);
+        if version.is_some() {
+            self.adopt_trial_starts(&remote_state, &live, &mut merged);
+        }
+        if merged != live {
             let me = Arc::clone(self);
             let (target, url) = (merged.clone(), shared.url().to_string());
-            tokio::task::spawn_blocking(move || me.apply_shared(&target, &local, &url))
+            tokio::task::spawn_blocking(move || me.apply_shared(&target, &live, &url))
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -175,6 +260,39 @@ impl Rollout {
         Ok(())
     }
 
+    /// Replicas that each put the same candidate on by themselves (a version arriving through
+    /// the store enters by its `on_new_version` on every replica) started its trial each at
+    /// its own moment; the start the store holds is the trial's, on every replica, so that
+    /// their counts are counts of one trial (`trials`). Adopted here and kept in `merged`.
+    fn adopt_trial_starts(&self, remote: &StateFile, live: &StateFile, merged: &mut StateFile) {
+        for (model, theirs) in &remote.models {
+            let Some(rc) = &theirs.candidate else {
+                continue;
+            };
+            let Some(lc) = live.models.get(model).and_then(|d| d.candidate.as_ref()) else {
+                continue;
+            };
+            if lc != rc || lc.started == rc.started {
+                continue;
+            }
+            if let Some(mc) = merged
+                .models
+                .get_mut(model)
+                .and_then(|d| d.candidate.as_mut())
+                .filter(|mc| *mc == rc)
+            {
+                mc.started = rc.started;
+            }
+            self.router.update(model, |route| {
+                if let Some(c) = route.deployment.candidate.as_mut() {
+                    if c == rc {
+                        c.started = rc.started;
+                    }
+                }
+            });
+        }
+    }
+
     /// Applies the models of `target` that differ from `local`. Blocking (the state file).
     fn apply_shared(&self, target: &StateFile, local: &StateFile, url: &str) {
         {
@@ -186,10 +304,26 @@ impl Rollout {
                 if local.models.get(model).cloned().unwrap_or_default() == wanted {
                     continue;
                 }
-                if !self.router.snapshot().models.contains_key(model.as_str()) {
+                let table = self.router.snapshot();
+                let Some(route) = table.models.get(model.as_str()) else {
                     ops.carried.insert(model.clone(), wanted);
                     continue;
+                };
+                let missing = wanted
+                    .stable
+                    .into_iter()
+                    .chain(wanted.candidate.as_ref().map(|c| c.version))
+                    .find(|v| !route.versions.contains_key(v));
+                if let Some(v) = missing {
+                    let here = local.models.get(model).cloned().unwrap_or_default();
+                    if self.deferred.lock().insert(model.clone(), here).is_none() {
+                        tracing::info!(model = %model, version = v,
+                            "another replica's deployment names a version not ready here yet; applied once it is");
+                    }
+                    continue;
                 }
+                drop(table);
+                self.deferred.lock().remove(model.as_str());
                 let version = self.router.update(model, |route| {
                     route.deployment.stable =
                         wanted.stable.filter(|v| route.versions.contains_key(v));
@@ -376,7 +510,12 @@ impl Rollout {
             .models
             .get(model)
             .ok_or_else(|| RolloutError::UnknownModel(model.to_string()))?;
-        Ok(DeploymentView::of(model, route, self.rules.history(model)))
+        Ok(DeploymentView::of(
+            model,
+            route,
+            self.rules.history(model),
+            &|c| self.view_counts(model, c),
+        ))
     }
 
     /// Every model's deployment, by name.
@@ -387,7 +526,11 @@ impl Rollout {
         names.sort();
         names
             .into_iter()
-            .map(|m| DeploymentView::of(m, &table.models[m], self.rules.history(m)))
+            .map(|m| {
+                DeploymentView::of(m, &table.models[m], self.rules.history(m), &|c| {
+                    self.view_counts(m, c)
+                })
+            })
             .collect()
     }
 
@@ -413,14 +556,21 @@ impl Rollout {
             }
             let shadow_mode = candidate.mode == CandidateMode::Shadow;
             let t = &candidate.tracker;
-            let (stable, candidate_arm) = (
-                t.stable.snapshot(),
-                t.candidate_snapshot(
-                    candidate.criteria.min_requests,
-                    candidate.criteria.max_error_rate,
-                ),
+            let (counts, seen) = self.trial_counts(model, candidate);
+            // With shared trials, only the model's rollout lease holder decides, on the sum of
+            // every replica's counts; before a look has found who holds it, nobody does.
+            if self.trials.is_some()
+                && !seen
+                    .as_ref()
+                    .is_some_and(|s| s.decider == trials::Decider::Here)
+            {
+                continue;
+            }
+            let (stable, candidate_arm, shadow) = t.judge(
+                &counts,
+                candidate.criteria.min_requests,
+                candidate.criteria.max_error_rate,
             );
-            let shadow = t.shadow.snapshot();
             self.metrics.set_accuracy_difference(
                 model,
                 decide::accuracy_interval(
@@ -626,7 +776,8 @@ impl Rollout {
     }
 }
 
-/// A saved candidate as a running one (a new trial), if its version is ready.
+/// A saved candidate as a running one (new counters, the saved start: replicas know one trial
+/// by its version and start), if its version is ready.
 fn candidate_from(route: &ModelRoute, c: &Candidate) -> Option<Candidate> {
     route.versions.get(&c.version)?;
     let mode = match &c.mode {
@@ -639,7 +790,10 @@ fn candidate_from(route: &ModelRoute, c: &Candidate) -> Option<Candidate> {
             sticky_header: sticky_header.clone(),
         },
     };
-    Some(Candidate::new(c.version, mode, c.criteria.clone()))
+    Some(Candidate {
+        started: c.started,
+        ..Candidate::new(c.version, mode, c.criteria.clone())
+    })
 }
 
 fn check_weight(weight: f64) -> Result<(), RolloutError> {

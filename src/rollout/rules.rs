@@ -209,8 +209,11 @@ fn on_new_version(
     }
     let mut policy = newest.config.rollout.clone();
     // A version trained here, on a model judged by its feedback: a shadow judged on pairs of
-    // answers to the same rows, with stated error rates.
-    if trained(new_highest)
+    // answers to the same rows, with stated error rates. The job's mark travels with the
+    // version (`trained`), so every replica that loads it from a shared repository decides
+    // alike; the in-process mark is the training replica's own.
+    let marked = newest.trained;
+    if (trained(new_highest) || marked)
         && newest.config.retrain.trial == RetrainTrial::Paired
         && policy.max_accuracy_drop.is_some()
     {

@@ -14,6 +14,7 @@ mod error_rate;
 mod latency;
 mod shadow;
 mod tracker;
+mod trial_labels;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -25,7 +26,11 @@ use parking_lot::Mutex;
 use arc_swap::ArcSwap;
 
 pub use error_rate::ErrorTest;
-pub use tracker::{ArmSnapshot, ArmStats, LatencyTest, ShadowSnapshot, ShadowStats, Tracker};
+pub use tracker::{
+    ArmCounts, ArmSnapshot, ArmStats, LatencyTest, ShadowCounts, ShadowSnapshot, ShadowStats,
+    Tracker, TrialCounts,
+};
+pub use trial_labels::record_trial_labels;
 
 use crate::batching::SchedulerError;
 use crate::metrics::FailureReason;

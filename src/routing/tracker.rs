@@ -29,7 +29,30 @@ impl Tracker {
     /// error rate against `max_error_rate`: the tests run when the candidate has `first_run`
     /// requests and again at each doubling, and between runs the latest results stand.
     pub fn candidate_snapshot(&self, first_run: u64, max_error_rate: f64) -> ArmSnapshot {
-        let snapshot = self.candidate.snapshot();
+        self.judge(&self.counts(), first_run, max_error_rate).1
+    }
+
+    /// What this replica's request path and feedback counted, to be summed with other
+    /// replicas' counts of the same trial.
+    pub fn counts(&self) -> TrialCounts {
+        TrialCounts {
+            stable: self.stable.counts(),
+            candidate: self.candidate.counts(),
+            shadow: self.shadow.counts(),
+        }
+    }
+
+    /// The snapshots of `counts` (this trial's, or their sum over the replicas): the stable
+    /// arm's, the candidate's with its latency and error-rate tests (run when the candidate
+    /// has `first_run` requests and again at each doubling, the latest results standing
+    /// between runs), and the shadow comparisons.
+    pub fn judge(
+        &self,
+        counts: &TrialCounts,
+        first_run: u64,
+        max_error_rate: f64,
+    ) -> (ArmSnapshot, ArmSnapshot, ShadowSnapshot) {
+        let snapshot = counts.candidate.snapshot();
         let mut latest = self.latest_run.lock();
         let due = match &*latest {
             None => snapshot.requests >= first_run.max(1),
@@ -37,19 +60,124 @@ impl Tracker {
         };
         if due {
             let look = latest.as_ref().map_or(1, |(_, e)| e.look + 1);
-            let latency = super::latency::mann_whitney(
-                &self.candidate.latency_counts(),
-                &self.stable.latency_counts(),
-            )
-            .map(|test| LatencyTest { look, ..test });
+            let latency =
+                super::latency::mann_whitney(&counts.candidate.latency, &counts.stable.latency)
+                    .map(|test| LatencyTest { look, ..test });
             let errors =
                 super::error_rate::above(snapshot.requests, snapshot.errors, max_error_rate, look);
             *latest = Some((latency, errors));
         }
-        ArmSnapshot {
+        let candidate = ArmSnapshot {
             slower: latest.and_then(|(l, _)| l),
             error_test: latest.map(|(_, e)| e),
             ..snapshot
+        };
+        (
+            counts.stable.snapshot(),
+            candidate,
+            counts.shadow.snapshot(),
+        )
+    }
+}
+
+/// A trial's counters as plain numbers: what a replica publishes of its trial and the
+/// evaluator sums over replicas. Every field adds.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrialCounts {
+    pub stable: ArmCounts,
+    pub candidate: ArmCounts,
+    pub shadow: ShadowCounts,
+}
+
+impl TrialCounts {
+    pub fn add(&mut self, other: &TrialCounts) {
+        self.stable.add(&other.stable);
+        self.candidate.add(&other.candidate);
+        self.shadow.add(&other.shadow);
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ArmCounts {
+    pub requests: u64,
+    pub errors: u64,
+    /// Requests per latency bucket (2^(i/4) µs); at most the tracker's number of buckets.
+    pub latency: Vec<u64>,
+    pub labelled: u64,
+    pub correct: u64,
+}
+
+impl ArmCounts {
+    /// Adds `other`'s counts. Buckets beyond the tracker's (from a file no replica of this
+    /// build wrote) are not kept.
+    pub fn add(&mut self, other: &ArmCounts) {
+        self.requests = self.requests.saturating_add(other.requests);
+        self.errors = self.errors.saturating_add(other.errors);
+        self.labelled = self.labelled.saturating_add(other.labelled);
+        self.correct = self.correct.saturating_add(other.correct);
+        let n = other.latency.len().min(BUCKETS);
+        if self.latency.len() < n {
+            self.latency.resize(n, 0);
+        }
+        for (mine, theirs) in self.latency.iter_mut().zip(&other.latency[..n]) {
+            *mine = mine.saturating_add(*theirs);
+        }
+    }
+
+    pub fn snapshot(&self) -> ArmSnapshot {
+        ArmSnapshot {
+            requests: self.requests,
+            errors: self.errors,
+            p99_us: quantile(&self.latency, 0.99),
+            p50_us: quantile(&self.latency, 0.50),
+            labelled: self.labelled,
+            correct: self.correct,
+            slower: None,
+            error_test: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ShadowCounts {
+    pub sent: u64,
+    pub errors: u64,
+    pub compared: u64,
+    pub rows: u64,
+    pub rows_agreeing: u64,
+    pub abs_diff_sum: f64,
+    pub elements: u64,
+    pub pairs: u64,
+    pub stable_only: u64,
+    pub candidate_only: u64,
+}
+
+impl ShadowCounts {
+    pub fn add(&mut self, o: &ShadowCounts) {
+        self.sent = self.sent.saturating_add(o.sent);
+        self.errors = self.errors.saturating_add(o.errors);
+        self.compared = self.compared.saturating_add(o.compared);
+        self.rows = self.rows.saturating_add(o.rows);
+        self.rows_agreeing = self.rows_agreeing.saturating_add(o.rows_agreeing);
+        if o.abs_diff_sum.is_finite() {
+            self.abs_diff_sum += o.abs_diff_sum;
+        }
+        self.elements = self.elements.saturating_add(o.elements);
+        self.pairs = self.pairs.saturating_add(o.pairs);
+        self.stable_only = self.stable_only.saturating_add(o.stable_only);
+        self.candidate_only = self.candidate_only.saturating_add(o.candidate_only);
+    }
+
+    pub fn snapshot(&self) -> ShadowSnapshot {
+        ShadowSnapshot {
+            sent: self.sent,
+            errors: self.errors,
+            compared: self.compared,
+            agreement: (self.rows > 0).then(|| self.rows_agreeing as f64 / self.rows as f64),
+            mean_abs_diff: (self.elements > 0).then(|| self.abs_diff_sum / self.elements as f64),
+            labelled_pairs: self.pairs,
+            stable_only_correct: self.stable_only,
+            candidate_only_correct: self.candidate_only,
         }
     }
 }
@@ -104,16 +232,16 @@ impl ArmStats {
     }
 
     pub fn snapshot(&self) -> ArmSnapshot {
-        let counts = self.latency_counts();
-        ArmSnapshot {
+        self.counts().snapshot()
+    }
+
+    pub fn counts(&self) -> ArmCounts {
+        ArmCounts {
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
-            p99_us: quantile(&counts, 0.99),
-            p50_us: quantile(&counts, 0.50),
+            latency: self.latency_counts(),
             labelled: self.labelled.load(Ordering::Relaxed),
             correct: self.correct.load(Ordering::Relaxed),
-            slower: None,
-            error_test: None,
         }
     }
 }
@@ -177,20 +305,21 @@ impl ShadowStats {
     }
 
     pub fn snapshot(&self) -> ShadowSnapshot {
-        let rows = self.rows.load(Ordering::Relaxed);
-        let elements = self.elements.load(Ordering::Relaxed);
-        ShadowSnapshot {
+        self.counts().snapshot()
+    }
+
+    pub fn counts(&self) -> ShadowCounts {
+        ShadowCounts {
             sent: self.sent.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             compared: self.compared.load(Ordering::Relaxed),
-            agreement: (rows > 0)
-                .then(|| self.rows_agreeing.load(Ordering::Relaxed) as f64 / rows as f64),
-            mean_abs_diff: (elements > 0).then(|| {
-                f64::from_bits(self.abs_diff_sum.load(Ordering::Relaxed)) / elements as f64
-            }),
-            labelled_pairs: self.pairs.load(Ordering::Relaxed),
-            stable_only_correct: self.stable_only.load(Ordering::Relaxed),
-            candidate_only_correct: self.candidate_only.load(Ordering::Relaxed),
+            rows: self.rows.load(Ordering::Relaxed),
+            rows_agreeing: self.rows_agreeing.load(Ordering::Relaxed),
+            abs_diff_sum: f64::from_bits(self.abs_diff_sum.load(Ordering::Relaxed)),
+            elements: self.elements.load(Ordering::Relaxed),
+            pairs: self.pairs.load(Ordering::Relaxed),
+            stable_only: self.stable_only.load(Ordering::Relaxed),
+            candidate_only: self.candidate_only.load(Ordering::Relaxed),
         }
     }
 }

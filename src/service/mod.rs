@@ -43,6 +43,9 @@ pub struct AppState {
     pub offload: Offload,
     /// Every monitored model's prediction log, drift and quality.
     pub monitors: Arc<MonitorHub>,
+    /// With replicas sharing the deployments: feedback for rows another replica answered,
+    /// relayed to it (`monitoring::relay`).
+    pub relay: Option<Arc<crate::monitoring::relay::Relay>>,
     /// Training jobs, and the automatic retraining policy that starts some of them.
     pub training: Arc<crate::training::jobs::Jobs>,
     pub retrainer: Arc<crate::training::retrain::Retrainer>,

@@ -34,6 +34,18 @@ pub struct Narrow {
     pub from: Option<String>,
 }
 
+/// The mark a job's version carries (`trained.json`): a server trained it, which run and job,
+/// on which replica, under which lease generation.
+#[derive(Serialize)]
+struct TrainedMark<'a> {
+    run: &'a str,
+    job: &'a str,
+    trigger: Trigger,
+    replica: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lease_generation: Option<u64>,
+}
+
 /// The later of a training config's own `data.log.from` and the retraining policy's: the
 /// policy narrows a config, never widens it.
 fn later_start(own: Option<&str>, policy: &str) -> String {
@@ -195,6 +207,8 @@ impl Jobs {
     /// Marks runs a previous process left `running` as failed and lists them as failed jobs.
     /// Blocking: reads the runs store.
     pub fn recover(&self) {
+        // Log-store copies a job of an earlier process was reading when it stopped.
+        crate::monitoring::log_store::read::remove_staged(&self.log_dir);
         let store = Store::new(&self.settings.runs_dir);
         let Ok(runs) = store.list() else {
             return;
@@ -328,7 +342,12 @@ impl Jobs {
         config.output.repository = self.repository_root.clone();
         config.output.runs_dir = self.settings.runs_dir.clone();
         if let Some(log) = &mut config.data.log {
-            log.dir.get_or_insert_with(|| self.log_dir.clone());
+            // The server's own log: in the log store when it has one (every replica's).
+            log.dir
+                .get_or_insert_with(|| match &self.settings.log_store {
+                    Some((url, _)) => PathBuf::from(url),
+                    None => self.log_dir.clone(),
+                });
             if let Some(n) = narrow.last_rows {
                 log.last_rows = Some(log.last_rows.map_or(n as usize, |m| m.min(n as usize)));
             }
@@ -337,6 +356,25 @@ impl Jobs {
             }
         }
         Ok((config, config_path))
+    }
+
+    /// A `data.log.dir` in a log store, downloaded (the partitions of its range) into a hidden
+    /// directory beside the local log; this replica's segments not yet uploaded are read from
+    /// disk when it is the server's own store. Blocking: on the job's thread.
+    fn stage_log(&self, config: &mut TrainConfig) -> Result<Option<tempfile::TempDir>, String> {
+        let named = config.data.log.as_ref().and_then(|l| l.dir.clone());
+        let local = self
+            .settings
+            .log_store
+            .as_ref()
+            .filter(|(url, _)| named.as_deref() == Some(Path::new(url)))
+            .map(|(_, replica)| (self.log_dir.as_path(), replica.as_str()));
+        std::fs::create_dir_all(&self.log_dir)
+            .map_err(|e| format!("{}: {e}", self.log_dir.display()))?;
+        use crate::monitoring::log_store::read::stage_training_log;
+        let read = stage_training_log(config, local, Some(&self.log_dir));
+        let staged = self.runtime.block_on(read)?;
+        Ok(staged.map(|(dir, _)| dir))
     }
 
     /// Records a new running job, or refuses it: one per model, `max_jobs` in all. Finished
@@ -434,13 +472,21 @@ impl Jobs {
     fn run(
         &self,
         job: Arc<Job>,
-        config: TrainConfig,
+        mut config: TrainConfig,
         file: String,
         serving: Option<Serving>,
         lease: Option<u64>,
     ) {
         let progress = Reporter { job: &job };
-        let outcome = cairn_train::run(&config, &file, serving.as_ref(), &progress);
+        // A log in a store is read from a local copy, removed once the run has read it.
+        let outcome = match self.stage_log(&mut config) {
+            Err(e) => Err(cairn_train::TrainError(e)),
+            Ok(staged) => {
+                let outcome = cairn_train::run(&config, &file, serving.as_ref(), &progress);
+                drop(staged);
+                outcome
+            }
+        };
         let (model, trigger) = {
             let v = job.view.lock();
             (v.model.clone(), v.trigger)
@@ -457,7 +503,7 @@ impl Jobs {
                     Err("cancelled: the server is shutting down".into())
                 } else {
                     job.view.lock().progress.stage = "publishing".into();
-                    match self.publish(&config, &mut outcome, lease) {
+                    match self.publish(&job, &config, &mut outcome, lease) {
                         Ok(v) => {
                             job.view.lock().version = Some(v);
                             Ok((JobState::Published, outcome.record))
@@ -503,31 +549,65 @@ impl Jobs {
     }
 
     /// Publishes a passed run as the next version, through the repository (serialized with its
-    /// other operations, staged, checked by loading, renamed).
+    /// other operations, staged, checked by loading; renamed into place, or uploaded to the
+    /// object store, model file last). The version carries the job's mark (`trained.json`), so
+    /// that every replica that loads it lets it enter as `[retrain] trial` says. With replicas,
+    /// the publish carries the lease as the job took it and refuses itself, publishing nothing,
+    /// once the lease was lost: another replica may be training the same model.
     fn publish(
         &self,
+        job: &Job,
         config: &TrainConfig,
         outcome: &mut cairn_train::Outcome,
         lease: Option<u64>,
     ) -> Result<u64, String> {
-        // A job whose replica lost the lease since it started publishes nothing: another
-        // replica may be training the same model.
-        if let (Some(leases), Some(generation)) = (&self.leases, lease) {
-            self.runtime
-                .block_on(leases.confirm(&config.model, generation, now_ms()))
-                .map_err(|e| format!("not published: {e}"))?;
-        }
+        let fence = match (&self.leases, lease) {
+            (Some(leases), Some(generation)) => Some(crate::lease::Fence::new(
+                Arc::clone(leases),
+                &config.model,
+                generation,
+            )),
+            _ => None,
+        };
+        let replica = match &self.leases {
+            Some(leases) => leases.holder().to_string(),
+            None => crate::lease::default_replica_id(),
+        };
+        let (job_id, trigger) = {
+            let v = job.view.lock();
+            (v.id.clone(), v.trigger)
+        };
+        let mark = serde_json::to_vec_pretty(&TrainedMark {
+            run: &outcome.record.id,
+            job: &job_id,
+            trigger,
+            replica: &replica,
+            lease_generation: lease,
+        })
+        .map_err(|e| format!("the version's mark does not serialize: {e}"))?;
         let model_dir = self.repository_root.join(&config.model);
-        let next = super::publish::next_version(config, &model_dir, outcome)?;
-        self.rules.expect_trained(&config.model, Some(next.version));
+        let plan = super::publish::plan(config, &model_dir, &outcome.record.id)?;
+        let files = super::publish::files_for(
+            plan,
+            outcome,
+            vec![(crate::repository::TRAINED_MARKER.to_string(), mark)],
+        );
+        // The number is known once the repository gives it: marked then, before the load.
+        let (rules, model) = (Arc::clone(&self.rules), config.model.clone());
+        let files: crate::repository::FilesFor = Box::new(move |v| {
+            rules.expect_trained(&model, Some(v));
+            files(v)
+        });
         let version = self
             .runtime
-            .block_on(self.repository.publish(
-                &config.model,
-                Some(next.version),
-                next.files,
-                next.config,
-            ))
+            .block_on(self.repository.publish_run(crate::repository::Publication {
+                model: config.model.clone(),
+                version: None,
+                files,
+                publisher: replica,
+                run: outcome.record.id.clone(),
+                fence,
+            }))
             .map_err(|e| e.to_string());
         // Loaded and settled by now, or failed: a mark left behind could only mislead a later
         // version of the same number.
@@ -602,11 +682,7 @@ impl cairn_train::Progress for Reporter<'_> {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use crate::lease::now_ms;
 
 #[cfg(test)]
 mod tests {

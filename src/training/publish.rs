@@ -1,6 +1,8 @@
-//! Publishing a passed run, the same way from `cairn train` and from a server job: the next
-//! version's files (the model, its baseline, the run record that names the version), a
-//! `config.toml` for a model that has none, and the run record updated either way.
+//! Publishing a passed run, the same way from `cairn train` and from a server job: the version's
+//! files (the model, its baseline, the run record that names the version, and whatever the
+//! caller adds), a `config.toml` for a model that has none, and the run record updated either
+//! way. The number is the repository's to give (one above the highest in a directory, a claim
+//! in an object store), so the files are made once it is known.
 
 use std::path::Path;
 
@@ -8,58 +10,65 @@ use cairn_train::runs::Store;
 use cairn_train::{Outcome, TrainConfig};
 
 use crate::config::ModelConfig;
+use crate::repository::{FilesFor, RepositoryError, VersionFiles};
 
-/// What the repository is handed.
-pub(crate) struct NextVersion {
-    pub version: u64,
-    pub files: Vec<(String, Vec<u8>)>,
-    /// The new `config.toml`, when the model has none.
-    pub config: Option<ModelConfig>,
+/// What a passed run publishes besides its files' content: the model file's name and, for a
+/// model that has no `config.toml` yet, the one it gets.
+pub(crate) struct Plan {
+    filename: String,
+    config: Option<ModelConfig>,
 }
 
-/// The files of `outcome` as the version above the highest in `model_dir`; the record it
-/// carries names that version.
-pub(crate) fn next_version(
-    config: &TrainConfig,
-    model_dir: &Path,
-    outcome: &mut Outcome,
-) -> Result<NextVersion, String> {
-    let version = crate::repository::versions_in(model_dir)
-        .last()
-        .map_or(1, |v| v + 1);
-    let new_config = if model_dir.join("config.toml").is_file() {
-        None
-    } else {
-        Some(new_model_config(config, &outcome.record.id)?)
-    };
-    let filename = match &new_config {
-        Some(c) => c.default_model_filename.clone(),
-        None => ModelConfig::load(model_dir, &config.model)
+/// The plan for a run of `config` whose model lives in `model_dir` (the repository's, or
+/// `cairn train`'s local view of a store's).
+pub(crate) fn plan(config: &TrainConfig, model_dir: &Path, run: &str) -> Result<Plan, String> {
+    if model_dir.join("config.toml").is_file() {
+        let filename = ModelConfig::load(model_dir, &config.model)
             .map(|c| c.default_model_filename)
-            .map_err(|e| e.to_string())?,
-    };
-    outcome.record.published_version = Some(version);
-    let run_json = serde_json::to_vec_pretty(&outcome.record).map_err(|e| e.to_string())?;
-    Ok(NextVersion {
-        version,
-        files: vec![
-            (filename, outcome.model_onnx.clone()),
-            (
-                "baseline.json".to_string(),
-                outcome.baseline_json.clone().into_bytes(),
-            ),
+            .map_err(|e| e.to_string())?;
+        return Ok(Plan {
+            filename,
+            config: None,
+        });
+    }
+    let new = new_model_config(config, run)?;
+    Ok(Plan {
+        filename: new.default_model_filename.clone(),
+        config: Some(new),
+    })
+}
+
+/// The files of `outcome` for the number the repository gives: the record they carry names
+/// that version. `extra` files are added as they are (a server job's mark).
+pub(crate) fn files_for(plan: Plan, outcome: &Outcome, extra: Vec<(String, Vec<u8>)>) -> FilesFor {
+    let mut record = outcome.record.clone();
+    let model = outcome.model_onnx.clone();
+    let baseline = outcome.baseline_json.clone().into_bytes();
+    Box::new(move |version| {
+        record.published_version = Some(version);
+        let run_json = serde_json::to_vec_pretty(&record).map_err(|e| {
+            RepositoryError::BadRequest(format!("the run record does not serialize: {e}"))
+        })?;
+        let mut files = vec![
+            (plan.filename, model),
+            ("baseline.json".to_string(), baseline),
             ("run.json".to_string(), run_json),
-        ],
-        config: new_config,
+        ];
+        files.extend(extra);
+        Ok(VersionFiles {
+            files,
+            config: plan.config,
+        })
     })
 }
 
 /// Saves the record of a run published as `version`, and says so.
 pub(crate) fn recorded(
     config: &TrainConfig,
-    outcome: &Outcome,
+    outcome: &mut Outcome,
     version: u64,
 ) -> Result<u64, String> {
+    outcome.record.published_version = Some(version);
     Store::new(&config.output.runs_dir)
         .save(&outcome.record)
         .map_err(|e| e.to_string())?;

@@ -9,23 +9,31 @@ Run: python tests/compat/check_deploy.py [path/to/cairn]   (default: target/debu
    openAPIV3Schema, vendored in deploy/*/schemas/, as the API server applies it with strict
    field validation: a field the schema does not declare is an error (it would be pruned),
    list-map keys are unique, metadata is a valid ObjectMeta.
-4. Kustomizations: every file they name exists and every manifest beside them is named; the
-   models-pvc component's JSON patch applied to the Deployment gives a valid Deployment. With
-   kubectl on PATH, `kubectl kustomize` renders the base and base + component, and what it
-   renders must equal what was checked here.
+4. Kustomizations: every file they name exists and every manifest beside them is named; each
+   component's JSON patch (models-pvc, object-store) applied to the Deployment gives a valid
+   Deployment. With kubectl on PATH, `kubectl kustomize` renders the base and the base with
+   each component, and what it renders must equal what was checked here.
 5. Consistency with the image and the code: the user id and paths of the Dockerfile; flags
    and environment variables that `cairn serve --help` knows; ports of the containers, the
    Service, the probes and the listen addresses; the Deployment's grace period longer than its
    preStop sleep plus CAIRN_SHUTDOWN_TIMEOUT_S; selectors, the HPA target, the PDB budget, the
-   ServiceMonitor's port; the InferenceServices against the runtime.
-6. The real server, once per container (the Deployment, the Deployment with the models-pvc
-   component, the KServe runtime), started with that container's arguments and environment,
+   ServiceMonitor's port; the InferenceServices against the runtime. The object-store
+   component's training CronJob: `cairn train` with flags it knows, as the image's user, its
+   config a mounted ConfigMap key that parses and publishes to the replicas' repository, its
+   runs store and TMPDIR on writable volumes, its data in the image, a gate refusal (exit 4)
+   failing the Job; the replicas' variables known to `cairn serve` and their replica_id the
+   pod's name.
+6. The real server, once per container (the Deployment, the Deployment with each component,
+   the KServe runtime), started with that container's arguments and environment,
    its paths mapped onto this machine (the image's /opt/cairn is the repository root, volumes
    are temporary directories, the admin token Secret a file): the settings it reports are the
    manifest's, every probe path answers 200, the metrics path answers without a token, the
    management API wants the token, the gRPC listener answers ServerReady (Triton's client) where
    the build serves gRPC, nothing is written into the model repository (mounted read-only in
-   the pod), and SIGTERM ends it cleanly within CAIRN_SHUTDOWN_TIMEOUT_S.
+   the pod), and SIGTERM ends it cleanly within CAIRN_SHUTDOWN_TIMEOUT_S. For the object-store
+   component, an S3 server (moto, on 127.0.0.1) stands in for the bucket and its Secret: the
+   CronJob's `cairn train` runs first, as its pod would, and must publish version 1 to the
+   bucket, complete; then the Deployment with the component must serve that version.
 
 Every failure is collected; the script exits non-zero listing them all.
 
@@ -72,6 +80,10 @@ CRD_SCHEMAS = {
 # Settings of the manifests that this build of the server may not have yet: tolerated (with a
 # note) while `cairn serve --help` does not list them, checked like the rest once it does.
 NOT_YET_IN_EVERY_BUILD = {"CAIRN_GRPC_LISTEN", "--grpc-listen"}
+# The kustomize Components beside the base, each applied to it alone.
+COMPONENTS = ("models-pvc", "object-store")
+# The bucket the object-store component names, served here by moto.
+BUCKET = "cairn-models"
 # Kubernetes' default terminationGracePeriodSeconds, which KServe's pods keep in Standard mode.
 DEFAULT_GRACE_S = 30
 # How long a server of the check may take to become ready.
@@ -252,10 +264,12 @@ def validate_all(docs, schemas):
 # --------------------------------------------------------------------------------------------
 
 def json_patch(doc, ops, name):
-    """RFC 6902 `add` (all the component uses); anything else is reported."""
+    """RFC 6902 `add`, `replace` and `test` (what the components use); anything else is
+    reported. A `test` that fails is reported, as kustomize would refuse the patch."""
     doc = copy.deepcopy(doc)
     for op in ops:
-        if not check(op.get("op") == "add", f"{name}: op {op.get('op')!r} is not one this check applies"):
+        kind = op.get("op")
+        if not check(kind in ("add", "replace", "test"), f"{name}: op {kind!r} is not one this check applies"):
             continue
         parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
         try:
@@ -263,10 +277,17 @@ def json_patch(doc, ops, name):
             for p in parts[:-1]:
                 target = target[int(p)] if isinstance(target, list) else target[p]
             last = parts[-1]
-            if isinstance(target, list):
-                target.insert(len(target) if last == "-" else int(last), copy.deepcopy(op["value"]))
+            key = (len(target) if last == "-" else int(last)) if isinstance(target, list) else last
+            if kind == "test":
+                check(target[key] == op["value"], f"{name}: test {op['path']} == {op['value']!r} fails: "
+                                                  f"it is {target[key]!r}")
+            elif kind == "replace":
+                target[key]  # noqa: B018 - replace needs an existing member
+                target[key] = copy.deepcopy(op["value"])
+            elif isinstance(target, list):
+                target.insert(key, copy.deepcopy(op["value"]))
             else:
-                target[last] = copy.deepcopy(op["value"])
+                target[key] = copy.deepcopy(op["value"])
         except (KeyError, IndexError, ValueError, TypeError) as e:
             check(False, f"{name}: path {op['path']} does not exist in the target ({e!r})")
     return doc
@@ -298,10 +319,18 @@ def read_kustomization(directory):
     return out
 
 
+def pod_spec(doc):
+    """The pod template's spec of a Deployment, a Job or a CronJob ({} for other kinds)."""
+    spec = doc.get("spec", {})
+    if doc.get("kind") == "CronJob":
+        spec = spec.get("jobTemplate", {}).get("spec", {})
+    return spec.get("template", {}).get("spec", {})
+
+
 def apply_images(doc, images):
     """kustomize's `images` transformer on the containers of a pod template."""
     doc = copy.deepcopy(doc)
-    for c in doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+    for c in pod_spec(doc).get("containers", []):
         repo, _, tag = c["image"].partition(":")
         for img in images:
             if img["name"] == repo:
@@ -324,6 +353,40 @@ def same_objects(label, rendered, ours):
     check(set(mine) == set(theirs), f"{label}: kubectl kustomize renders {sorted(theirs)}, expected {sorted(mine)}")
     for k in sorted(set(mine) & set(theirs)):
         check(mine[k] == theirs[k], f"{label}: kubectl kustomize renders {k} differently from the checked object")
+
+
+def render(base, components, patched):
+    """`kubectl kustomize` on the base and on the base with each component, where kubectl is on
+    PATH: what it renders must be exactly the objects checked here."""
+    print("== kustomize")
+    images = base["images"]
+    ours_base = [apply_images(d, images) for _, d in base["resources"]]
+    if not shutil.which("kubectl"):
+        print("  kubectl not on PATH: rendering skipped (files named, patches applied and validated above)")
+        return
+    rendered = kubectl_kustomize(os.path.join(DEPLOY, "kubernetes"))
+    if rendered is not None:
+        same_objects("deploy/kubernetes", rendered, ours_base)
+    for n, component in components.items():
+        ours = [apply_images(patched[n], images) if d["kind"] == "Deployment" else d for d in ours_base] + \
+            [apply_images(d, images) for _, d in component["resources"]]
+        overlay = tempfile.mkdtemp(prefix="check-deploy-overlay-", dir=os.path.join(ROOT, "target"))
+        try:
+            with open(os.path.join(overlay, "kustomization.yaml"), "w") as f:
+                yaml.safe_dump({
+                    "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                    "resources": [os.path.relpath(os.path.join(DEPLOY, "kubernetes"), overlay)],
+                    "components": [os.path.relpath(os.path.join(DEPLOY, "kubernetes", n), overlay)],
+                    "images": images,
+                }, f)
+            rendered = kubectl_kustomize(overlay)
+            if rendered is not None:
+                same_objects(f"deploy/kubernetes + {n}", rendered, ours)
+        finally:
+            shutil.rmtree(overlay, ignore_errors=True)
+    version = subprocess.run(["kubectl", "version", "--client"], capture_output=True, text=True).stdout
+    print(f"  kubectl kustomize ({' '.join(version.split()[:6])}) renders the base and the base with "
+          f"{', '.join(components)} as checked")
 
 
 # --------------------------------------------------------------------------------------------
@@ -577,6 +640,157 @@ def consistency(base, kserve):
           f"< {DEFAULT_GRACE_S} s; {len(isvcs)} InferenceServices use it")
 
 
+def train_help():
+    """Flags of `cairn train`, from its --help."""
+    out = subprocess.run([BINARY, "train", "--help"], capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        sys.exit(f"{BINARY} train --help failed: {out.stderr}")
+    return set(re.findall(r"(--[a-z0-9][a-z0-9-]*)", out.stdout))
+
+
+def config_maps(resources):
+    return {d["metadata"]["name"]: d.get("data", {}) for _, d in resources if d["kind"] == "ConfigMap"}
+
+
+def training_job(deployment, resources):
+    """The object-store component's CronJob against the image, `cairn train --help`, its
+    ConfigMap and the replicas it publishes to."""
+    print("== the training CronJob: consistency with the Dockerfile, `cairn train --help` and the replicas")
+    import tomllib
+
+    image = read_dockerfile()
+    # The replicas' settings with the component: each one `cairn serve` knows.
+    _, envs = serve_help()
+    served = deployment["spec"]["template"]["spec"]["containers"][0]
+    for var in env_of(served):
+        if var.startswith("CAIRN_"):
+            known("Deployment with object-store", var, envs, "environment variable")
+    check(any(e.get("name") == "CAIRN_REPLICA_ID"
+              and e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name"
+              for e in served.get("env", [])),
+          "Deployment with object-store: CAIRN_REPLICA_ID is not the pod's name (the leases name replicas by it)")
+    jobs = [d for _, d in resources if d["kind"] == "CronJob"]
+    if not check(len(jobs) == 1, f"the object-store component: {len(jobs)} CronJobs, expected one"):
+        return
+    job = jobs[0]
+    name = f"CronJob/{job['metadata']['name']}"
+    check(job["spec"].get("concurrencyPolicy") == "Forbid",
+          f"{name}: concurrencyPolicy is not Forbid: two runs of one model would publish side by side")
+    jspec = job["spec"]["jobTemplate"]["spec"]
+    pod = pod_spec(job)
+    check(pod.get("restartPolicy") == "Never", f"{name}: restartPolicy is not Never (the Job retries, not the kubelet)")
+    refusal = [r for r in jspec.get("podFailurePolicy", {}).get("rules", [])
+               if r.get("action") == "FailJob" and 4 in r.get("onExitCodes", {}).get("values", [])]
+    check(refusal, f"{name}: exit status 4 (the gate refused the version) should fail the Job, not be retried")
+    (c,) = pod["containers"] or [None]
+    args = c.get("args", [])
+    check("command" not in c, f"{name}: sets `command`; the image's entrypoint {image['entrypoint']} is cairn")
+    check(args[:1] == ["train"], f"{name}: arguments {args} do not start with `train`")
+    flags = train_help()
+    for a in args[1:]:
+        if a.startswith("--"):
+            check(a.split("=", 1)[0] in flags, f"{name}: `cairn train --help` lists no flag {a}")
+    check(c["image"].partition(":")[0] == "cairn", f"{name}: image {c['image']}, expected the placeholder cairn")
+    sc = {**pod.get("securityContext", {}), **c.get("securityContext", {})}
+    check(sc.get("runAsNonRoot") is True and sc.get("runAsUser") == image["uid"],
+          f"{name}: not run as the image's user {image['uid']}")
+    check(sc.get("allowPrivilegeEscalation") is False and sc.get("capabilities", {}).get("drop") == ["ALL"]
+          and sc.get("readOnlyRootFilesystem") is True,
+          f"{name}: privilege escalation, capabilities or a writable root file system")
+    # The config: a mounted ConfigMap key that parses, publishing where the replicas serve from.
+    config = arg_value(args, "--config") or ""
+    mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    mount = next((m for p, m in mounts.items() if config.startswith(p.rstrip("/") + "/")), None)
+    source = volumes.get(mount["name"], {}).get("configMap", {}).get("name") if mount else None
+    data = config_maps(resources).get(source, {})
+    key = config[len(mount["mountPath"].rstrip("/")) + 1:] if mount else ""
+    if not check(key in data, f"{name}: --config {config} is no key of a mounted ConfigMap"):
+        return
+    try:
+        train = tomllib.loads(data[key])
+    except tomllib.TOMLDecodeError as e:
+        check(False, f"ConfigMap/{source} {key}: not TOML: {e}")
+        return
+    output = train.get("output", {})
+    serving = env_of(deployment["spec"]["template"]["spec"]["containers"][0]).get("CAIRN_MODEL_REPOSITORY")
+    check(output.get("repository") == serving,
+          f"ConfigMap/{source} {key}: output.repository {output.get('repository')!r} is not the replicas' "
+          f"CAIRN_MODEL_REPOSITORY {serving!r}")
+    writable = [p for p, m in mounts.items() if not m.get("readOnly")]
+    for what, path in (("output.runs_dir", output.get("runs_dir", "state/runs")), ("TMPDIR (/tmp)", "/tmp")):
+        check(any(path == p or path.startswith(p.rstrip("/") + "/") for p in writable),
+              f"{name}: {what} {path} is on no writable volume (the root file system is read-only)")
+    data_path = train.get("data", {}).get("path")
+    if data_path:
+        local = next((src + data_path[len(dst):] for dst, src in image["copies"].items()
+                      if data_path.startswith(dst.rstrip("/") + "/")), None)
+        check(local and os.path.isfile(local), f"ConfigMap/{source} {key}: data.path {data_path} is not in the image")
+    print(f"  {name}: `cairn train` as uid {image['uid']}, --config from ConfigMap/{source}, publishing to "
+          f"{output.get('repository')} (the replicas' repository); gate refusals fail the Job")
+
+
+class Moto:
+    """An S3 server (moto) on 127.0.0.1 with the object-store component's bucket, standing in for
+    the bucket and the Secret `cairn-object-store` (`env`: its keys and the endpoint)."""
+
+    def __enter__(self):
+        import logging
+
+        import boto3
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.server.start()
+        host, port = self.server.get_host_and_port()
+        self.env = {"AWS_ACCESS_KEY_ID": "check", "AWS_SECRET_ACCESS_KEY": "check-secret",
+                    "AWS_ENDPOINT": f"http://{host}:{port}", "AWS_ALLOW_HTTP": "true"}
+        self.s3 = boto3.client("s3", endpoint_url=self.env["AWS_ENDPOINT"], region_name="eu-west-1",
+                               aws_access_key_id="check", aws_secret_access_key="check-secret")
+        self.s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+        return self
+
+    def __exit__(self, *_):
+        self.server.stop()
+
+
+def run_training_job(resources, image, work, store):
+    """The CronJob's container as its pod starts it (config from the ConfigMap, paths mapped onto
+    this machine, the bucket on moto): it must publish version 1 of its model to the bucket,
+    complete (the model file last), for the replicas to serve."""
+    job = next(d for _, d in resources if d["kind"] == "CronJob")
+    label = f"CronJob/{job['metadata']['name']}"
+    print(f"== `cairn train` as {label} runs it")
+    pod = pod_spec(job)
+    container = pod["containers"][0]
+    files = PodFiles(work, container, pod, image, config_maps(resources))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAIRN_", "AWS_"))}
+    env.update(store.env)
+    env.update({k: files.local(v) for k, v in env_of(container).items() if v is not None})
+    env["TMPDIR"] = files.local("/tmp")
+    args = [files.local(a) for a in container["args"]]
+    # The config names paths in the pod (the image's data, the state volume): mapped here too.
+    config = arg_value(args, "--config")
+    with open(config) as f:
+        text = f.read()
+    with open(config, "w") as f:
+        f.write(re.sub(r'"(/[^"]*)"', lambda m: json.dumps(files.local(m.group(1))), text))
+    t0 = time.time()
+    out = subprocess.run([BINARY, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    took = time.time() - t0
+    published = next((line for line in out.stdout.splitlines() if line.startswith("published ")), "")
+    if not check(out.returncode == 0 and published.startswith(f"published s3://{BUCKET}/"),
+                 f"{label}: exit {out.returncode}, expected a published version:\n{out.stdout}{out.stderr[-2000:]}"):
+        return
+    model = published.split("/")[-2]
+    keys = sorted(o["Key"] for o in store.s3.list_objects_v2(Bucket=BUCKET).get("Contents", []))
+    prefix = published[len(f"published s3://{BUCKET}/"):]
+    check(f"{prefix}/model.onnx" in keys and not any(".pending" in k for k in keys),
+          f"{label}: the bucket does not hold a complete {prefix}: {keys}")
+    print(f"  exit 0 in {took:.1f} s: {published}; {model}'s config.toml and version in the bucket")
+
+
 # --------------------------------------------------------------------------------------------
 # 6. The real server, as each container starts it
 # --------------------------------------------------------------------------------------------
@@ -595,7 +809,7 @@ class PodFiles:
     """A container's file system mapped onto this machine: the image's paths onto the
     repository, each volume onto a temporary directory (Secrets with their items written)."""
 
-    def __init__(self, work, container, pod, image):
+    def __init__(self, work, container, pod, image, config_maps=None):
         self.map = {}
         self.secrets = {}
         for dst, src in image["copies"].items():
@@ -614,6 +828,12 @@ class PodFiles:
                     with open(os.path.join(local, item["path"]), "w") as f:
                         f.write(value + "\n")
                     self.secrets[os.path.join(m["mountPath"], item["path"])] = value
+            elif "configMap" in vol:
+                data = (config_maps or {}).get(vol["configMap"]["name"], {})
+                check(data, f"volume {m['name']}: no ConfigMap {vol['configMap']['name']} among the manifests")
+                for key, text in data.items():
+                    with open(os.path.join(local, key), "w") as f:
+                        f.write(text)
             elif "persistentVolumeClaim" in vol:
                 # The models-pvc component's claim holds a model repository: the example one.
                 local = os.path.join(ROOT, "models")
@@ -653,11 +873,14 @@ def grpc_ready(address):
         client.close()
 
 
-def run_container(label, container, pod, image, work, metrics_path, grpc):
+def run_container(label, container, pod, image, work, metrics_path, grpc, secret_env=None, serves=()):
+    """`secret_env`: what the container's `envFrom` Secrets hold here (the object store's
+    keys and endpoint). `serves`: (model, version) the server must serve once ready."""
     print(f"== the server as {label} starts it")
     files = PodFiles(work, container, pod, image)
     manifest_env = env_of(container)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAIRN_", "AWS_"))}
+    env.update(secret_env or {})
     env.update({k: files.local(v) for k, v in manifest_env.items() if v is not None})
     # A free port on loopback instead of the pod's 0.0.0.0 ports (flags win over the environment).
     env["CAIRN_GRPC_LISTEN"] = "127.0.0.1:0"
@@ -700,8 +923,14 @@ def run_container(label, container, pod, image, work, metrics_path, grpc):
                 if key in settings and key not in ("listen", "grpc_listen"):
                     compared += 1
                     want = files.local(value)
+                    if key == "model_repository" and "://" in value:
+                        # An object store: the server serves its mirror in the state directory.
+                        want = os.path.join(files.local(manifest_env["CAIRN_STATE_DIR"]), "repository")
                     check(settings[key] == want,
                           f"{label}: {name}={value}, but the server runs with {key}={settings[key]}")
+        for model, version in serves:
+            status, _, body = server.call("GET", f"/v2/models/{model}/versions/{version}/ready")
+            check(status == 200, f"{label}: {model} {version} is not served: {status} {body}")
         for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
             path = container[kind]["httpGet"]["path"]
             status, _, body = server.call("GET", path)
@@ -780,55 +1009,32 @@ def main():
         s = vendored["source"]
         print(f"  {kind}: {vendored['crd']} {vendored['version']} from {s['repository']} {s['tag']} ({s['path']})")
     base = read_kustomization(os.path.join(DEPLOY, "kubernetes"))
-    component = read_kustomization(os.path.join(DEPLOY, "kubernetes", "models-pvc"))
-    check(base["kind"] == "Kustomization" and component["kind"] == "Component",
-          "deploy/kubernetes is a Kustomization and deploy/kubernetes/models-pvc a Component")
+    components = {n: read_kustomization(os.path.join(DEPLOY, "kubernetes", n)) for n in COMPONENTS}
+    check(base["kind"] == "Kustomization" and all(c["kind"] == "Component" for c in components.values()),
+          f"deploy/kubernetes is a Kustomization and {', '.join(COMPONENTS)} are Components")
     kserve_dir = os.path.join(DEPLOY, "kserve")
     kserve = [(os.path.join(kserve_dir, n), d) for n in sorted(os.listdir(kserve_dir)) if n.endswith(".yaml")
               for d in load_docs(os.path.join(kserve_dir, n))]
-    docs = [(where(p, d), d) for p, d in base["resources"] + component["resources"] + kserve]
+    added = [r for c in components.values() for r in c["resources"]]
+    docs = [(where(p, d), d) for p, d in base["resources"] + added + kserve]
     builtin, custom = validate_all(docs, schemas)
 
-    # The component applied to the base, as kustomize would.
+    # Each component applied to the base, as kustomize would.
     deployment = next((d for _, d in base["resources"] if d["kind"] == "Deployment"), None)
-    patched = deployment
-    for path, ops, target in component["patches"]:
-        check(target.get("kind") == "Deployment" and target.get("name") == deployment["metadata"]["name"]
-              and f"{target.get('group')}/{target.get('version')}" == deployment["apiVersion"],
-              f"{rel(path)}: target {target} is not the base Deployment")
-        patched = json_patch(patched, ops, rel(path))
-    validate_all([("Deployment with the models-pvc component", patched)], schemas)
-    print(f"  {builtin + 1} built-in objects (the patched Deployment included), {custom} custom resources")
+    patched = {}
+    for n, component in components.items():
+        patched[n] = deployment
+        for path, ops, target in component["patches"]:
+            check(target.get("kind") == "Deployment" and target.get("name") == deployment["metadata"]["name"]
+                  and f"{target.get('group')}/{target.get('version')}" == deployment["apiVersion"],
+                  f"{rel(path)}: target {target} is not the base Deployment")
+            patched[n] = json_patch(patched[n], ops, rel(path))
+        validate_all([(f"Deployment with the {n} component", patched[n])], schemas)
+    print(f"  {builtin + len(patched)} built-in objects (the patched Deployments included), {custom} custom resources")
 
-    print("== kustomize")
-    images = base["images"]
-    ours_base = [apply_images(d, images) for _, d in base["resources"]]
-    ours_full = [apply_images(patched, images) if d["kind"] == "Deployment" else d for d in ours_base] + \
-        [d for _, d in component["resources"]]
-    if shutil.which("kubectl"):
-        rendered = kubectl_kustomize(os.path.join(DEPLOY, "kubernetes"))
-        if rendered is not None:
-            same_objects("deploy/kubernetes", rendered, ours_base)
-        overlay = tempfile.mkdtemp(prefix="check-deploy-overlay-", dir=os.path.join(ROOT, "target"))
-        try:
-            with open(os.path.join(overlay, "kustomization.yaml"), "w") as f:
-                yaml.safe_dump({
-                    "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-                    "resources": [os.path.relpath(os.path.join(DEPLOY, "kubernetes"), overlay)],
-                    "components": [os.path.relpath(os.path.join(DEPLOY, "kubernetes", "models-pvc"), overlay)],
-                }, f)
-            rendered = kubectl_kustomize(overlay)
-            if rendered is not None:
-                same_objects("deploy/kubernetes + models-pvc", rendered, ours_full)
-        finally:
-            shutil.rmtree(overlay, ignore_errors=True)
-        version = subprocess.run(["kubectl", "version", "--client"], capture_output=True, text=True).stdout
-        print(f"  kubectl kustomize ({' '.join(version.split()[:6])}) renders the base and base + models-pvc "
-              "as checked")
-    else:
-        print("  kubectl not on PATH: rendering skipped (files named, patch applied and validated above)")
-
+    render(base, components, patched)
     consistency(base["resources"], kserve)
+    training_job(patched["object-store"], components["object-store"]["resources"])
 
     image = read_dockerfile()
     grpc = "CAIRN_GRPC_LISTEN" in serve_help()[1]
@@ -836,8 +1042,13 @@ def main():
     try:
         pod = deployment["spec"]["template"]["spec"]
         run_container("the Deployment", pod["containers"][0], pod, image, work, "/metrics", grpc)
-        ppod = patched["spec"]["template"]["spec"]
+        ppod = patched["models-pvc"]["spec"]["template"]["spec"]
         run_container("the Deployment with models-pvc", ppod["containers"][0], ppod, image, work, "/metrics", grpc)
+        with Moto() as store:
+            run_training_job(components["object-store"]["resources"], image, work, store)
+            opod = patched["object-store"]["spec"]["template"]["spec"]
+            run_container("the Deployment with object-store", opod["containers"][0], opod, image, work, "/metrics",
+                          grpc, secret_env=store.env, serves=[("iris", 1)])
         runtime = next(d for _, d in kserve if d["kind"] == "ClusterServingRuntime")
         kc = next(c for c in runtime["spec"]["containers"] if c["name"] == "kserve-container")
         run_container("the KServe runtime", kc, runtime["spec"], image, work,

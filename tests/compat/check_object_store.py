@@ -19,6 +19,12 @@ needs `moto[server]` and boto3, tests/compat/requirements.txt).
    another through the second) both reach both servers; a weight changed through the second and
    a rollback through the first follow; the second server's routing sends canary traffic to the
    version chosen through the first.
+4. Publishing to the store: a training job on the first server (POST /v2/models/iris/train)
+   publishes version N to the bucket (claimed, the job's mark, model file last, nothing
+   pending left), both servers load it and put it on trial as a version a server trained (a
+   shadow judged on pairs) on both; a second job whose lease is taken over in the store while
+   it trains publishes nothing (refused, nothing claimed); two `cairn train` runs started at
+   once against the bucket publish under two different numbers, and both servers load both.
 
 Every failure is collected; the script exits non-zero listing them all.
 """
@@ -50,7 +56,12 @@ POLL_S = 1
 CHANGE_TIMEOUT_S = 30
 # The half-uploaded version must stay unloaded across at least this many polls.
 HALF_UPLOAD_POLLS = 4
-TOTAL_TIMEOUT_S = 420
+# A training job or `cairn train` run on iris: a few seconds; generous for two shared cores.
+TRAIN_TIMEOUT_S = 180
+TOTAL_TIMEOUT_S = 600
+# iris as the bucket holds it: judged by its feedback, so that a version a server trained enters
+# as a shadow judged on pairs (README: `[retrain] trial`).
+IRIS_ROLLOUT = "\n[rollout]\nmax_accuracy_drop = 0.05\n"
 
 
 
@@ -169,9 +180,25 @@ def infer_version(server, model, version):
     return status, [o["data"] for o in body["outputs"]]
 
 
+def train_configs(work, slow=False):
+    """The servers' training configs: the shipped iris.toml; `slow`, one that trains for
+    seconds (many epochs, no early stop), long enough to take its lease away meanwhile."""
+    directory = os.path.join(work, "train")
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(ROOT, "configs", "train", "iris.toml")) as f:
+        text = f.read()
+    if slow:
+        text = text.replace("epochs = 200", "epochs = 1500").replace("patience = 20", "patience = 1500")
+    with open(os.path.join(directory, "iris.toml"), "w") as f:
+        f.write(text)
+    return directory
+
+
 def repository(s3, env, work):
     print("== s3://models/repo: load, a half-uploaded version, a changed object, a deletion")
-    upload(s3, "iris", ["config.toml", "1/model.onnx", "1/baseline.json", "1/sample.json"])
+    with open(os.path.join(MODELS, "iris", "config.toml")) as f:
+        s3.put_object(Bucket="models", Key="repo/iris/config.toml", Body=(f.read() + IRIS_ROLLOUT).encode())
+    upload(s3, "iris", ["1/model.onnx", "1/baseline.json", "1/sample.json"])
     # tabular-small as shipped serves its highest version only; here both, so that a replica
     # can pin the lower one.
     with open(os.path.join(MODELS, "tabular-small", "config.toml")) as f:
@@ -184,6 +211,7 @@ def repository(s3, env, work):
     s = Server("server one", "s3://models/repo", ["--state-dir", state_dir,
                                                   "--repository-poll-interval-s", str(POLL_S),
                                                   "--deployment-state", "s3://state/shared",
+                                                  "--train-config-dir", train_configs(work),
                                                   "--replica-id", "one"], env)
     if not check(s.started() and wait_for(lambda: s.ready("iris", 1) and s.ready("tabular-small", 1)),
                  "server one did not serve iris 1 and tabular-small 1 from the bucket"):
@@ -249,6 +277,7 @@ def replicas(one, s3, env, work):
     two = Server("server two", "s3://models/repo", ["--state-dir", os.path.join(work, "two"),
                                                     "--repository-poll-interval-s", str(POLL_S),
                                                     "--deployment-state", "s3://state/shared",
+                                                    "--train-config-dir", train_configs(work),
                                                     "--replica-id", "two"], env)
     if not check(two.started() and wait_for(lambda: two.ready("iris", 2) and two.ready("tabular-small", 2)),
                  "server two did not serve iris 2 and tabular-small 2"):
@@ -343,6 +372,95 @@ def lease_holders(one, two, s3):
           f"a training request to the replica without the lease answered {status}: {answer}")
 
 
+def keys(s3, prefix):
+    """Every key under s3://models/<prefix>, below it."""
+    listed = s3.list_objects_v2(Bucket="models", Prefix=prefix).get("Contents", [])
+    return sorted(o["Key"][len(prefix):] for o in listed)
+
+
+def job_done(server, job_id):
+    """The job once it is no longer running, else None."""
+    status, _, job = server.call("GET", f"/v2/training/jobs/{job_id}")
+    return job if status == 200 and job.get("state") != "running" else None
+
+
+def publishing(one, two, s3, env, work):
+    print("== publishing to the store: a job's version on both replicas, a lost lease, cairn train racing")
+    # A training job on server one: the version goes to the bucket, and from there to both.
+    status, _, job = one.call("POST", "/v2/models/iris/train", {"reason": "check"})
+    if not check(status == 202, f"POST /v2/models/iris/train on server one answered {status}: {job}"):
+        return
+    t0 = time.time()
+    job = wait_for(lambda: job_done(one, job["id"]), TRAIN_TIMEOUT_S) or {}
+    if not check(job.get("state") == "published", f"the training job did not publish: {job}"):
+        return
+    version = job["version"]
+    files = keys(s3, f"repo/iris/{version}/")
+    print(f"  server one's job published iris {version} in {time.time() - t0:.1f} s: {files}")
+    check({".claim.json", "model.onnx", "run.json", "baseline.json", "trained.json"} <= set(files)
+          and not any(".pending" in k for k in files),
+          f"iris {version} in the bucket is not what a publish leaves: {files}")
+    claim = json.loads(s3.get_object(Bucket="models", Key=f"repo/iris/{version}/.claim.json")["Body"].read())
+    check(claim.get("publisher") == "one" and isinstance(claim.get("lease_generation"), int),
+          f"the claim does not name the replica and its lease generation: {claim}")
+
+    def trained_trial(server):
+        c = server.deployment("iris").get("candidate") or {}
+        return (c.get("version") == version and c.get("mode") == "shadow"
+                and (c.get("criteria") or {}).get("accuracy_test") == "sequential")
+
+    check(wait_for(lambda: one.ready("iris", version) and two.ready("iris", version)),
+          f"iris {version} was not loaded by both servers")
+    check(wait_for(lambda: trained_trial(one) and trained_trial(two)),
+          f"iris {version} is not on trial as a trained version (a paired shadow) on both: "
+          f"one {one.deployment('iris').get('candidate')}, two {two.deployment('iris').get('candidate')}")
+    print(f"  on both servers: a shadow judged on pairs, {time.time() - t0:.1f} s after the job started")
+
+    # A job whose lease is taken over while it trains (for seconds): its publish refuses itself.
+    train_configs(work, slow=True)
+    status, _, lost = one.call("POST", "/v2/models/iris/train", {"reason": "check: a lost lease"})
+    if check(status == 202, f"a second training job answered {status}: {lost}"):
+        t0 = time.time()
+        key = "shared/leases/iris.json"
+        held = json.loads(s3.get_object(Bucket="state", Key=key)["Body"].read())
+        s3.put_object(Bucket="state", Key=key, Body=json.dumps({
+            "holder": "intruder", "generation": held["generation"] + 1,
+            "expires_ms": int(time.time() * 1000) + 20_000}).encode())
+        lost = wait_for(lambda: job_done(one, lost["id"]), TRAIN_TIMEOUT_S) or {}
+        error = lost.get("error") or ""
+        print(f"  a job whose lease was taken over ({time.time() - t0:.1f} s later): {lost.get('state')}: "
+              f"...{error[-110:]}")
+        check(lost.get("state") == "failed" and "held by 'intruder'" in error,
+              f"a job whose lease was taken over was not refused: {lost}")
+        check(not keys(s3, f"repo/iris/{version + 1}/"),
+              f"a refused publish left objects: {keys(s3, f'repo/iris/{version + 1}/')}")
+
+    # Two `cairn train` runs at once against the bucket (as two Jobs would): two numbers.
+    with open(os.path.join(ROOT, "configs", "train", "iris.toml")) as f:
+        text = f.read()
+    runs = []
+    for i in range(2):
+        path = os.path.join(work, f"iris-{i}.toml")
+        with open(path, "w") as f:
+            f.write(text.replace('repository = "models"', 'repository = "s3://models/repo"')
+                    .replace('runs_dir = "state/runs"', f'runs_dir = "{os.path.join(work, f"runs-{i}")}"'))
+        runs.append(subprocess.Popen([BINARY, "train", "--quiet", "--config", path], cwd=ROOT, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    published = []
+    for run in runs:
+        out, _ = run.communicate(timeout=TRAIN_TIMEOUT_S)
+        line = next((l for l in out.splitlines() if l.startswith("published ")), "")
+        if check(run.returncode == 0 and line.startswith("published s3://models/repo/iris/"),
+                 f"cairn train against the bucket: exit {run.returncode}:\n{out[-2000:]}"):
+            published.append(int(line.rsplit("/", 1)[1]))
+    print(f"  two cairn train runs at once published iris {published}")
+    check(len(published) == 2 and len(set(published)) == 2, f"two publishers shared a number: {published}")
+    for v in published:
+        check("model.onnx" in keys(s3, f"repo/iris/{v}/"), f"iris {v} has no model file in the bucket")
+    check(wait_for(lambda: all(s.ready("iris", v) for s in (one, two) for v in published)),
+          f"the servers did not load both versions published by cairn train: {published}")
+
+
 def conditional_puts(s3):
     """The replicas' merge relies on the store refusing a stale conditional put: check that this
     server does, so that the replica check below proves something."""
@@ -392,6 +510,8 @@ def main():
         servers.append(one)
         if not FAILURES:
             servers.append(replicas(one, s3, env, work))
+        if not FAILURES:
+            publishing(one, servers[-1], s3, env, work)
     finally:
         for s in servers:
             code = s.stop()

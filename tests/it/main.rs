@@ -12,6 +12,10 @@
 //! - `service`: the service layer's one inference path, in process with a codec of its own.
 //! - `tls`: HTTPS and gRPC over TLS, mutual TLS, certificate rotation.
 //! - `object_store`: a `file://` object-store repository: mirror, complete versions, deletion.
+//! - `log_store`: the prediction log uploaded to a `file://` store, and read back from it by
+//!   `cairn drift`, `cairn baseline` and `cairn train`.
+//! - `publish_store`: publishing to an object-store repository: a job's version reaches every
+//!   replica as trained, racing `cairn train` runs get different numbers, a lost lease refuses.
 //! - `zoo`: tree ensembles from skl2onnx, XGBoost and LightGBM against onnxruntime's answers,
 //!   on every engine and over HTTP.
 //! - `decoder_props`: property tests of the decoders and config parsers, with the counting
@@ -26,10 +30,12 @@ mod engines;
 mod hostile;
 mod http_api;
 mod imports;
+mod log_store;
 mod monitoring;
 mod object_store;
 mod offline;
 mod pages;
+mod publish_store;
 mod rollout;
 mod service;
 mod tls;

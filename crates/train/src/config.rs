@@ -77,9 +77,15 @@ pub struct DataConfig {
 #[serde(deny_unknown_fields)]
 pub struct LogSource {
     /// The log directory (the server's `prediction_log_dir`), holding `<model>/predictions` and
-    /// `<model>/feedback`; a job the server runs uses the server's when left out.
+    /// `<model>/feedback`, or a log store's URL (the server's `log_store`: every replica's
+    /// segments); a job the server runs uses the server's when left out.
     #[serde(default)]
     pub dir: Option<PathBuf>,
+    /// Where the segments of a log store's `dir` were downloaded to (laid out as `dir`), by
+    /// whoever runs the training (`cairn train`, the server): read instead of `dir`, which
+    /// still names the source. This crate opens no store.
+    #[serde(skip)]
+    pub staged: Option<PathBuf>,
     /// Whose log; the config's `model` when left out.
     #[serde(default)]
     pub model: Option<String>,
@@ -334,7 +340,8 @@ impl Default for GateConfig {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputConfig {
-    /// The model repository (the server's `--model-repository`).
+    /// The model repository (the server's `--model-repository`): a directory, or an
+    /// object-store URL (`s3://bucket/prefix`, `gs://`, `az://`, `file://`), kept as written.
     #[serde(default = "default_repository")]
     pub repository: PathBuf,
     /// The runs store.
@@ -343,6 +350,13 @@ pub struct OutputConfig {
     /// Publish a version that passes the gate; off, the run only records and exports.
     #[serde(default = "yes")]
     pub publish: bool,
+}
+
+impl OutputConfig {
+    /// The repository's URL when it is an object store rather than a directory.
+    pub fn repository_url(&self) -> Option<&str> {
+        self.repository.to_str().filter(|r| r.contains("://"))
+    }
 }
 
 fn default_repository() -> PathBuf {

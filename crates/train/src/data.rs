@@ -288,13 +288,20 @@ fn from_log(
     classify: bool,
 ) -> Result<Frame, DataError> {
     let model = log.model.as_deref().unwrap_or(model);
-    let dir = log
-        .dir
-        .as_ref()
-        .ok_or_else(|| {
-            DataError::Read("data.log.dir: the prediction log directory is needed".into())
-        })?
-        .join(model);
+    let named = log.dir.as_ref().ok_or_else(|| {
+        DataError::Read("data.log.dir: the prediction log directory is needed".into())
+    })?;
+    let dir = match &log.staged {
+        Some(staged) => staged.join(model),
+        None if named.to_str().is_some_and(|d| d.contains("://")) => {
+            return Err(DataError::Read(format!(
+                "data.log.dir: '{}' is a log store, which `cairn train` and the server read; \
+                 this reader reads directories",
+                named.display()
+            )))
+        }
+        None => named.join(model),
+    };
     let window = TimeWindow {
         from_us: time_bound("from", &log.from)?,
         to_us: time_bound("to", &log.to)?,
@@ -303,7 +310,7 @@ fn from_log(
     let predictions = read_log(&dir, "predictions", model)?;
     let truth = truth_by_row(&feedback, classify)?;
     let mut summary = SourceSummary {
-        source: format!("prediction log {}", dir.display()),
+        source: format!("prediction log {}", named.join(model).display()),
         ..SourceSummary::default()
     };
     let mut picked = pick_labelled(
