@@ -587,9 +587,11 @@ impl MonitoringFamilies {
             ),
             feedback: r.counter(
                 "feedback_total",
-                "Feedback rows, by outcome: matched, duplicate, unknown (received here); relayed, \
-                 relay_dropped (sent to the other replicas, or past the relay's queue); \
-                 relayed_matched (another replica's, matched here).",
+                "Feedback rows, by outcome: matched, duplicate, unknown (received here), \
+                 stored_for_join (received here for rows no prediction here matched, with \
+                 replicas sharing feedback); relayed, relay_dropped (sent to the other \
+                 replicas, or past the relay's queue); relayed_matched (another replica's, \
+                 matched here).",
                 &["model", "outcome"],
             ),
             quality: r.gauge(

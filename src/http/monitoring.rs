@@ -40,7 +40,11 @@ pub async fn feedback(state: &AppState, model: &str, req: Request<Incoming>) -> 
     };
     // Kept for the relay only where some item may need it.
     let relayed = state.relay.as_ref().map(|_| items.clone());
-    let mut answer = monitor.feedback(items).await.map_err(ApiError::Busy)?;
+    let mut answer = match &state.relay {
+        Some(_) => monitor.feedback_relaying(items).await,
+        None => monitor.feedback(items).await,
+    }
+    .map_err(ApiError::Busy)?;
     crate::routing::record_trial_labels(&state.router, model, &answer.outcomes);
     if let (Some(relay), Some(items)) = (&state.relay, relayed) {
         // Rows this replica did not answer: stored here (above), and relayed to the replica

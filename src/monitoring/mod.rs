@@ -161,6 +161,9 @@ pub(crate) enum Msg {
 pub(crate) enum Origin {
     /// A caller of this replica: stored in its feedback log before the answer.
     Caller,
+    /// The same, with the relay on: what no prediction here matches is relayed to the other
+    /// replicas (and counted as `stored_for_join`, not `unknown`).
+    CallerRelaying,
     /// Another replica's caller, for rows this replica answered (`relay`): already stored
     /// there, so only matched here (for live quality and the trial); rows this replica did not
     /// answer are not its to count.
@@ -392,6 +395,14 @@ impl ModelMonitor {
                 .into());
         }
         self.send_feedback(items, Origin::Caller).await
+    }
+
+    /// Feedback from a caller of this replica, with the relay on (see `relay`).
+    pub async fn feedback_relaying(
+        &self,
+        items: Vec<FeedbackItem>,
+    ) -> Result<FeedbackAnswer, String> {
+        self.send_feedback(items, Origin::CallerRelaying).await
     }
 
     /// Matches feedback another replica stored for rows this one may have answered (see

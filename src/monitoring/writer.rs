@@ -653,7 +653,7 @@ impl Writer {
         let received_us = now_us();
         // Stored (and synced) before anything is answered: acknowledged feedback is never lost.
         // Relayed feedback was stored by the replica its caller reached.
-        if origin == Origin::Caller {
+        if origin != Origin::Relayed {
             self.feedback
                 .append(&feedback::batch(&items, received_us))
                 .map_err(|e| format!("feedback not stored: {e}"))?;
@@ -706,11 +706,15 @@ impl Writer {
             .labelled
             .fetch_add(answer.matched as u64, std::sync::atomic::Ordering::Relaxed);
         match origin {
-            Origin::Caller => {
+            Origin::Caller | Origin::CallerRelaying => {
                 let metrics = &self.monitor.metrics;
                 metrics.record_feedback(name, "matched", answer.matched as u64);
                 metrics.record_feedback(name, "duplicate", answer.duplicates as u64);
-                metrics.record_feedback(name, "unknown", answer.unknown_count as u64);
+                let unknown = match origin {
+                    Origin::CallerRelaying => "stored_for_join",
+                    _ => "unknown",
+                };
+                metrics.record_feedback(name, unknown, answer.unknown_count as u64);
             }
             // Most relayed rows are other replicas' (or another relay's copy): only what
             // matched here is worth a count.
