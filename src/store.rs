@@ -30,6 +30,17 @@ pub fn open(url: &str, timeout: &str) -> Result<(Arc<dyn ObjectStore>, StorePath
     Ok((Arc::from(store), prefix))
 }
 
+/// `f`'s result, or an error once `limit` has passed: a store's client may have no timeout of its
+/// own (a local or in-memory store), and a replica's coordination must never wait forever.
+pub async fn within<T>(
+    limit: std::time::Duration,
+    f: impl std::future::Future<Output = T>,
+) -> Result<T, String> {
+    tokio::time::timeout(limit, f)
+        .await
+        .map_err(|_| format!("the store did not answer within {limit:?}"))
+}
+
 /// A store's error on one line: an S3-style XML error body (`<Error><Code>NoSuchBucket</Code>
 /// <Message>...`) is reduced to its code and message, so that the start's refusal reads as one
 /// sentence in a log line instead of a pasted document.

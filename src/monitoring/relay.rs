@@ -335,9 +335,7 @@ fn parse_name(name: &str) -> Option<(u64, &str)> {
 }
 
 async fn timed<T>(f: impl std::future::Future<Output = T>) -> Result<T, String> {
-    tokio::time::timeout(STORE_CALL_TIMEOUT, f)
-        .await
-        .map_err(|_| format!("the store did not answer within {STORE_CALL_TIMEOUT:?}"))
+    crate::store::within(STORE_CALL_TIMEOUT, f).await
 }
 
 #[cfg(test)]

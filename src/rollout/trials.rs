@@ -12,6 +12,10 @@
 //! What the sum can miss: counts a replica made since its last publish (one look, a few
 //! seconds), and those of a replica restarted during the trial (its counts start over, and its
 //! file is overwritten with them). Both only lower the evidence; neither counts a row twice.
+//! Replicas that put the same candidate on by themselves (a version arriving through the store)
+//! adopt the start the shared state holds (`Rollout::adopt_trial_starts`) and keep what they
+//! counted since their own: requests routed to the candidate a moment before the adopted start
+//! count, labels arriving later for them do not (they were answered before the trial's start).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -243,9 +247,7 @@ impl SharedTrials {
 }
 
 async fn timed<T>(f: impl std::future::Future<Output = T>) -> Result<T, String> {
-    tokio::time::timeout(STORE_CALL_TIMEOUT, f)
-        .await
-        .map_err(|_| format!("the store did not answer within {STORE_CALL_TIMEOUT:?}"))
+    crate::store::within(STORE_CALL_TIMEOUT, f).await
 }
 
 #[cfg(test)]

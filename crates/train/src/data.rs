@@ -380,12 +380,15 @@ fn read_log(dir: &Path, sub: &str, model: &str) -> Result<Vec<RecordBatch>, Data
         .map_err(|e| DataError::Read(e.to_string()))
 }
 
-/// The truth per (request, row); later feedback for the same row replaces earlier.
+/// The truth per (request, row). A row labelled more than once (a client that retries, or
+/// the same label sent to two replicas) takes the label received first, as the live index
+/// does (a row's first feedback counts, later ones are duplicates), whatever order the files
+/// are read in; equal receipt times keep the first read.
 fn truth_by_row(
     feedback: &[RecordBatch],
     classify: bool,
 ) -> Result<HashMap<(String, u32), Truth>, DataError> {
-    let mut truth: HashMap<(String, u32), Truth> = HashMap::new();
+    let mut truth: HashMap<(String, u32), (i64, Truth)> = HashMap::new();
     for batch in feedback {
         let ids = string_column(batch, "request_id")?;
         let rows = batch_column(batch, "row")?
@@ -395,18 +398,30 @@ fn truth_by_row(
         let targets = batch_column(batch, "target")?
             .as_primitive_opt::<Float64Type>()
             .ok_or_else(|| DataError::Read("feedback log: 'target' is not Float64".into()))?;
+        let received = batch_column(batch, "received")?
+            .as_primitive_opt::<TimestampMicrosecondType>()
+            .ok_or_else(|| DataError::Read("feedback log: 'received' is not a timestamp".into()))?;
         for i in 0..batch.num_rows() {
             let t = if classify {
                 (!labels.is_null(i)).then(|| Truth::Label(labels.value(i).to_string()))
             } else {
                 (!targets.is_null(i)).then(|| Truth::Value(targets.value(i)))
             };
-            if let Some(t) = t {
-                truth.insert((ids.value(i).to_string(), rows.value(i)), t);
+            let Some(t) = t else { continue };
+            let at = received.value(i);
+            match truth.entry((ids.value(i).to_string(), rows.value(i))) {
+                std::collections::hash_map::Entry::Occupied(mut kept) => {
+                    if at < kept.get().0 {
+                        kept.insert((at, t));
+                    }
+                }
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert((at, t));
+                }
             }
         }
     }
-    Ok(truth)
+    Ok(truth.into_iter().map(|(k, (_, t))| (k, t)).collect())
 }
 
 /// `data.log.from`/`to` in microseconds: rows predicted at or after `from_us` and before
@@ -473,7 +488,7 @@ fn pick_labelled(
     Ok(picked)
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 enum Truth {
     Label(String),
     Value(f64),
@@ -538,4 +553,33 @@ fn log_feature<'b>(batch: &'b RecordBatch, name: &str) -> Result<LogColumn<'b>, 
         column: name.to_string(),
         reason: format!("has type {} in the log", c.data_type()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_monitor::feedback::{batch, FeedbackItem};
+
+    fn label(id: &str, label: &str) -> FeedbackItem {
+        FeedbackItem {
+            id: id.into(),
+            row: 0,
+            label: Some(label.into()),
+            target: None,
+            time_us: None,
+        }
+    }
+
+    /// The same row labelled twice (on two replicas, whose segments are read in name order,
+    /// not in time): the label received first counts, in whichever order the batches come.
+    #[test]
+    fn the_first_label_received_counts() {
+        let early = batch(&[label("a", "cat"), label("b", "dog")], 100);
+        let late = batch(&[label("a", "dog")], 200);
+        for batches in [vec![early.clone(), late.clone()], vec![late, early]] {
+            let truth = truth_by_row(&batches, true).unwrap();
+            assert_eq!(truth[&("a".to_string(), 0)], Truth::Label("cat".into()));
+            assert_eq!(truth[&("b".to_string(), 0)], Truth::Label("dog".into()));
+        }
+    }
 }
