@@ -304,12 +304,17 @@ pub fn summary(run: &RunRecord, published: Option<u64>, repository: &Path) -> St
     if let Some(d) = &run.data {
         let _ = writeln!(
             s,
-            "data      {}: {} rows read, {} without a label{}",
+            "data      {}: {} rows read, {} without a label{}{}",
             d.source,
             d.rows_read,
             d.unlabelled,
             if d.not_served > 0 {
                 format!(", {} shadow or failed", d.not_served)
+            } else {
+                String::new()
+            },
+            if d.labels_unmatched > 0 {
+                format!("; {} labels for no prediction read", d.labels_unmatched)
             } else {
                 String::new()
             }

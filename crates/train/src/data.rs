@@ -78,9 +78,14 @@ pub struct SourceSummary {
     /// Log rows left out for being shadow copies or failed requests.
     #[serde(skip_serializing_if = "is_zero")]
     pub not_served: usize,
+    /// A log source's labelled rows (request id and row) that no prediction read holds: a wrong
+    /// id, or a row answered outside the data read (another range, or, from a log store,
+    /// partitions not read). The join's "unknown", over every replica's log.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub labels_unmatched: usize,
 }
 
-fn is_zero(n: &usize) -> bool {
+pub(crate) fn is_zero(n: &usize) -> bool {
     *n == 0
 }
 
@@ -168,6 +173,7 @@ fn from_file(
             rows_read: table.rows,
             unlabelled: table.rows - kept,
             not_served: 0,
+            labels_unmatched: 0,
         },
     })
 }
@@ -321,6 +327,7 @@ fn from_log(
         &dir,
         &mut summary,
     )?;
+    summary.labels_unmatched = unmatched(&predictions, &truth)?;
     // Segments are in time order, rows within a segment nearly so: sort to be sure.
     picked.sort_by_key(|(t, _, _)| *t);
     if let Some(n) = log.last_rows {
@@ -422,6 +429,27 @@ fn truth_by_row(
         }
     }
     Ok(truth.into_iter().map(|(k, (_, t))| (k, t)).collect())
+}
+
+/// Labels whose (request id, row) no logged prediction holds.
+fn unmatched(
+    predictions: &[RecordBatch],
+    truth: &HashMap<(String, u32), Truth>,
+) -> Result<usize, DataError> {
+    let mut logged: std::collections::HashSet<(&str, u32)> = std::collections::HashSet::new();
+    for batch in predictions {
+        let ids = string_column(batch, "request_id")?;
+        let rows = batch_column(batch, "row")?
+            .as_primitive_opt::<UInt32Type>()
+            .ok_or_else(|| DataError::Read("prediction log: 'row' is not UInt32".into()))?;
+        for i in 0..batch.num_rows() {
+            logged.insert((ids.value(i), rows.value(i)));
+        }
+    }
+    Ok(truth
+        .keys()
+        .filter(|(id, row)| !logged.contains(&(id.as_str(), *row)))
+        .count())
 }
 
 /// `data.log.from`/`to` in microseconds: rows predicted at or after `from_us` and before
@@ -568,6 +596,33 @@ mod tests {
             target: None,
             time_us: None,
         }
+    }
+
+    /// Labels for rows no prediction read holds are the join's unknown ids.
+    #[test]
+    fn labels_for_no_prediction_are_counted() {
+        use arrow_array::{ArrayRef, StringArray, UInt32Array};
+        let predictions = RecordBatch::try_from_iter(vec![
+            (
+                "request_id",
+                std::sync::Arc::new(StringArray::from(vec!["a", "a", "b"])) as ArrayRef,
+            ),
+            (
+                "row",
+                std::sync::Arc::new(UInt32Array::from(vec![0, 1, 0])) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let mut second_row = label("a", "x");
+        second_row.row = 1;
+        let mut no_such_row = label("b", "x");
+        no_such_row.row = 7;
+        let feedback = batch(
+            &[label("a", "x"), second_row, no_such_row, label("zzz", "x")],
+            1,
+        );
+        let truth = truth_by_row(&[feedback], true).unwrap();
+        assert_eq!(unmatched(&[predictions], &truth).unwrap(), 2);
     }
 
     /// The same row labelled twice (on two replicas, whose segments are read in name order,

@@ -793,6 +793,7 @@ fn summary(
         rows_read: frame.summary.rows_read,
         unlabelled: frame.summary.unlabelled,
         not_served: frame.summary.not_served,
+        labels_unmatched: frame.summary.labels_unmatched,
         train_rows: s.train.len(),
         validation_rows: s.validation.len(),
         test_rows: s.test.len(),

@@ -58,6 +58,9 @@ pub struct DataSummary {
     pub unlabelled: usize,
     #[serde(default)]
     pub not_served: usize,
+    /// Labels no prediction read holds (a log source): the join's unknown ids.
+    #[serde(default, skip_serializing_if = "crate::data::is_zero")]
+    pub labels_unmatched: usize,
     pub train_rows: usize,
     pub validation_rows: usize,
     pub test_rows: usize,
