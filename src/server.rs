@@ -272,22 +272,29 @@ impl RunningServer {
     pub async fn join(self) {
         let _ = self.task.await;
         let _ = self.stop.send(true);
-        let _ = self.background.await;
-        // Running training jobs stop at their next epoch and publish nothing.
-        let training = Arc::clone(&self.state.training);
+        // The log first: on a pod whose disk goes with it, what is not in the store when the
+        // grace period ends is lost, and a training job or a background step taking its time
+        // must not spend the log's share of it.
         let wait = self.state.config.shutdown_timeout;
-        let _ = tokio::task::spawn_blocking(move || training.shutdown(wait)).await;
+        let deadline = tokio::time::Instant::now() + wait;
         // The log writers seal their segments: a clean shutdown flushes every record.
         let monitors = Arc::clone(&self.state.monitors);
         let _ = tokio::task::spawn_blocking(move || monitors.shutdown()).await;
-        // Then what they sealed goes to the log store, within the grace period; what does
-        // not make it stays on disk for the next start.
+        // Then what they sealed goes to the log store; what does not make it stays on disk for
+        // the next start.
         if let Some(uploads) = self.uploads {
             let _ = uploads.await;
         }
         if let Some(uploader) = self.state.monitors.uploader() {
-            uploader.finish(wait).await;
+            uploader
+                .finish(deadline.saturating_duration_since(tokio::time::Instant::now()))
+                .await;
         }
+        // Running training jobs stop at their next epoch and publish nothing; the background
+        // loops end at their next look (a kubelet's kill may come first: the log is safe).
+        let training = Arc::clone(&self.state.training);
+        let _ = tokio::task::spawn_blocking(move || training.shutdown(wait)).await;
+        let _ = self.background.await;
     }
 
     /// A handle that asks the server to shut down.

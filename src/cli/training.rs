@@ -141,11 +141,16 @@ fn train_into_store(
     let root = scratch.path().join("repository");
     let remote = crate::repository::remote::RemoteRepository::open(url, root.clone())
         .map_err(|e| e.to_string())?;
+    // A Job must end: the store's calls each have the client's timeout, the whole fetch this.
+    let limit = std::time::Duration::from_secs(600);
     runtime
-        .block_on(remote.check())
+        .block_on(crate::store::within(limit, remote.check()))?
         .map_err(|e| e.to_string())?;
     runtime
-        .block_on(remote.fetch_model(&config.model))
+        .block_on(crate::store::within(
+            limit,
+            remote.fetch_model(&config.model),
+        ))?
         .map_err(|e| e.to_string())?;
     let model_dir = root.join(&config.model);
     let serving = serving_version(&model_dir);

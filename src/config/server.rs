@@ -451,6 +451,9 @@ pub struct MonitorSettings {
     pub log_store_backlog_max_bytes: u64,
 }
 
+/// The largest segment uploaded to a log store (one request each; S3 takes 5 GiB at most).
+pub const MAX_STORE_SEGMENT_BYTES: u64 = 4 << 30;
+
 /// Default of `log_store_backlog_max_bytes`: what the local retention kept by default.
 pub const DEFAULT_LOG_STORE_BACKLOG_BYTES: u64 = 1 << 30;
 
@@ -925,13 +928,28 @@ impl Check<'_> {
                 format!("'{url}' is not an object-store URL (s3://bucket/logs, file:///dir, ...)"),
             ));
         }
-        if settings.log_store_backlog_max_bytes < settings.segment_max_bytes {
+        // What may wait while the store is healthy: an open segment per logged layout, the
+        // feedback segment, and one being sealed (there twice for a moment).
+        let segments = cairn_monitor::log::MAX_OPEN as u64 + 2;
+        let least = settings.segment_max_bytes.saturating_mul(segments);
+        if settings.log_store_backlog_max_bytes < least {
             return Err(self.invalid(
                 "log_store_backlog_max_bytes",
                 format!(
-                    "{} is below prediction_log_segment_bytes ({}): one open segment would fill \
-                     the backlog",
-                    settings.log_store_backlog_max_bytes, settings.segment_max_bytes
+                    "{} is below {segments} × prediction_log_segment_bytes ({least}): the open \
+                     segments alone could fill the backlog with the store healthy",
+                    settings.log_store_backlog_max_bytes
+                ),
+            ));
+        }
+        // A segment goes up in one request: S3 takes at most 5 GiB in one.
+        if settings.segment_max_bytes > MAX_STORE_SEGMENT_BYTES {
+            return Err(self.invalid(
+                "prediction_log_segment_bytes",
+                format!(
+                    "{} is over {MAX_STORE_SEGMENT_BYTES} with a log_store: a segment is \
+                     uploaded in one request",
+                    settings.segment_max_bytes
                 ),
             ));
         }
@@ -1182,7 +1200,7 @@ mod tests {
                     log_store_backlog_max_bytes: Some(1 << 20),
                     ..store("s3://b/logs")
                 },
-                "key 'log_store_backlog_max_bytes': 1048576 is below prediction_log_segment_bytes",
+                "key 'log_store_backlog_max_bytes': 1048576 is below 6 × prediction_log_segment_bytes",
             ),
             (
                 ServerSettings {

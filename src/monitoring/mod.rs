@@ -387,13 +387,6 @@ impl ModelMonitor {
     /// Stores feedback durably and matches it with recent predictions. Refused (never
     /// acknowledged and lost) while the model's upload backlog is full.
     pub async fn feedback(&self, items: Vec<FeedbackItem>) -> Result<FeedbackAnswer, String> {
-        if self.upload_backlog_full() {
-            self.metrics.record_feedback_refused(&self.name);
-            return Err("the log waiting for upload to log_store is over \
-                        log_store_backlog_max_bytes (is the store reachable?); feedback not \
-                        stored, retry later"
-                .into());
-        }
         self.send_feedback(items, Origin::Caller).await
     }
 
@@ -419,6 +412,15 @@ impl ModelMonitor {
         items: Vec<FeedbackItem>,
         origin: Origin,
     ) -> Result<FeedbackAnswer, String> {
+        // What a caller sends is stored here: past the upload backlog it is refused, never
+        // acknowledged and dropped (relayed feedback stores nothing).
+        if origin != Origin::Relayed && self.upload_backlog_full() {
+            self.metrics.record_feedback_refused(&self.name);
+            return Err("the log waiting for upload to log_store is over \
+                        log_store_backlog_max_bytes (is the store reachable?); feedback not \
+                        stored, retry later"
+                .into());
+        }
         let (tx, rx) = oneshot::channel();
         self.tx
             .send_timeout(

@@ -74,6 +74,8 @@ pub struct Relay {
     written: parking_lot::Mutex<VecDeque<(u64, StorePath)>>,
     /// Per model: the others' objects read, by name, with their time.
     read: parking_lot::Mutex<HashMap<String, BTreeMap<String, u64>>>,
+    /// Per model: when this replica last listed its objects (its own clock).
+    last_look: parking_lot::Mutex<HashMap<String, u64>>,
 }
 
 #[derive(Default)]
@@ -105,6 +107,7 @@ impl Relay {
             seq: AtomicU64::new(0),
             written: parking_lot::Mutex::new(VecDeque::new()),
             read: parking_lot::Mutex::new(HashMap::new()),
+            last_look: parking_lot::Mutex::new(HashMap::new()),
         }
     }
 
@@ -160,9 +163,11 @@ impl Relay {
                 continue;
             };
             match self.read_new(&model, now_ms).await {
-                Ok(items) if items.is_empty() => {}
-                Ok(items) => match monitor.relayed_feedback(items).await {
+                Ok((items, _)) if items.is_empty() => {}
+                // Marked read only once the monitor took them: otherwise read again next look.
+                Ok((items, read)) => match monitor.relayed_feedback(items).await {
                     Ok(answer) => {
+                        self.mark_read(&model, read);
                         crate::routing::record_trial_labels(router, &model, &answer.outcomes)
                     }
                     Err(e) => errors.push(format!("{model}: {e}")),
@@ -184,7 +189,8 @@ impl Relay {
             w.items = 0;
             std::mem::take(&mut w.models)
         };
-        for (model, items) in models {
+        let mut models = models.into_iter();
+        while let Some((model, items)) = models.next() {
             let body: Vec<Relayed> = items
                 .iter()
                 .map(|i| Relayed {
@@ -214,7 +220,11 @@ impl Relay {
                         Err(e) => e,
                         Ok(Ok(_)) => unreachable!(),
                     };
+                    // This model's and the ones not tried yet wait for the next look.
                     self.offer(&model, items);
+                    for (rest, items) in models {
+                        self.offer(&rest, items);
+                    }
                     return Err(format!("cannot relay feedback of '{model}': {reason}"));
                 }
             }
@@ -222,20 +232,27 @@ impl Relay {
         Ok(())
     }
 
-    /// The other replicas' objects of `model` not read yet, within the horizon, as items.
-    async fn read_new(&self, model: &str, now_ms: u64) -> Result<Vec<FeedbackItem>, String> {
+    /// The other replicas' objects of `model` not read yet, within the horizon, as items, with
+    /// the objects they came from (marked read once the items are taken).
+    async fn read_new(
+        &self,
+        model: &str,
+        now_ms: u64,
+    ) -> Result<(Vec<FeedbackItem>, Vec<(String, u64)>), String> {
         let dir = self.prefix.child(model);
         let horizon_ms = now_ms.saturating_sub(HORIZON.as_millis() as u64);
+        // Listed from this replica's own clock, never from a time in a name: one object named
+        // in the future (a writer whose clock runs fast) must not hide everybody else's.
         let from_ms = {
-            let read = self.read.lock();
-            read.get(model)
-                .and_then(|seen| seen.values().max().copied())
-                .map_or(horizon_ms, |newest| {
-                    newest
-                        .saturating_sub(LIST_SLACK.as_millis() as u64)
-                        .max(horizon_ms)
-                })
+            let mut last = self.last_look.lock();
+            let from = last.get(model).map_or(horizon_ms, |prev| {
+                prev.saturating_sub(LIST_SLACK.as_millis() as u64)
+                    .max(horizon_ms)
+            });
+            last.insert(model.to_string(), now_ms);
+            from
         };
+        let future_ms = now_ms + LIST_SLACK.as_millis() as u64;
         let offset = dir.child(format!("{from_ms:013}"));
         let mut list = self.store.list_with_offset(Some(&dir), &offset);
         let mut new = Vec::new();
@@ -251,7 +268,12 @@ impl Relay {
             let Some((ms, replica)) = parse_name(&name) else {
                 continue;
             };
-            if replica == self.replica || ms < horizon_ms || meta.size > MAX_OBJECT_BYTES {
+            // Named beyond this replica's clock and slack: read once the clock gets there.
+            if replica == self.replica
+                || ms < horizon_ms
+                || ms > future_ms
+                || meta.size > MAX_OBJECT_BYTES
+            {
                 continue;
             }
             if self
@@ -268,6 +290,7 @@ impl Relay {
             }
         }
         let mut items = Vec::new();
+        let mut read = Vec::new();
         for (name, ms, location) in new {
             let got = timed(async {
                 let got = self.store.get(&location).await?;
@@ -290,13 +313,17 @@ impl Relay {
                 Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(format!("cannot read {location}: {e}")),
             }
-            self.read
-                .lock()
-                .entry(model.to_string())
-                .or_default()
-                .insert(name, ms);
+            read.push((name, ms));
         }
-        Ok(items)
+        Ok((items, read))
+    }
+
+    fn mark_read(&self, model: &str, names: Vec<(String, u64)>) {
+        self.read
+            .lock()
+            .entry(model.to_string())
+            .or_default()
+            .extend(names);
     }
 
     /// Deletes this replica's objects past the horizon and forgets the others' that are.
@@ -353,6 +380,13 @@ mod tests {
         }
     }
 
+    /// Reads what is new and marks it read, as a look that handed it to the monitor does.
+    async fn take(relay: &Relay, model: &str, now_ms: u64) -> Vec<FeedbackItem> {
+        let (items, read) = relay.read_new(model, now_ms).await.unwrap();
+        relay.mark_read(model, read);
+        items
+    }
+
     /// What one replica relays, each other replica reads once; nobody reads its own; objects
     /// past the horizon are deleted by their writer and no longer read.
     #[tokio::test]
@@ -370,22 +404,35 @@ mod tests {
         let t0 = 1_796_000_000_000;
         assert_eq!(a.offer("m", vec![item("r1"), item("r2")]), 2);
         a.write_waiting(t0).await.unwrap();
-        assert!(a.read_new("m", t0).await.unwrap().is_empty(), "not its own");
-        let got = b.read_new("m", t0 + 1).await.unwrap();
+        assert!(take(&a, "m", t0).await.is_empty(), "not its own");
+        // Read but not taken (the monitor refused them): read again at the next look.
+        assert_eq!(b.read_new("m", t0 + 1).await.unwrap().0.len(), 2);
+        let got = take(&b, "m", t0 + 1).await;
         assert_eq!(got, vec![item("r1"), item("r2")]);
-        assert!(
-            b.read_new("m", t0 + 2).await.unwrap().is_empty(),
-            "read once"
-        );
-        assert_eq!(c.read_new("m", t0 + 2).await.unwrap().len(), 2);
+        assert!(take(&b, "m", t0 + 2).await.is_empty(), "read once");
+        assert_eq!(take(&c, "m", t0 + 2).await.len(), 2);
         // Another model's feedback is not this one's.
-        assert!(b.read_new("other", t0 + 2).await.unwrap().is_empty());
+        assert!(take(&b, "other", t0 + 2).await.is_empty());
         // A second batch, later: only it is new.
         a.offer("m", vec![item("r3")]);
         a.write_waiting(t0 + 1_000).await.unwrap();
-        assert_eq!(b.read_new("m", t0 + 1_001).await.unwrap(), vec![item("r3")]);
+        assert_eq!(take(&b, "m", t0 + 1_001).await, vec![item("r3")]);
+        // An object named far in the future (a fast clock) is left for later and hides
+        // nothing written meanwhile.
+        let future = StorePath::from(format!(
+            "state/feedback/m/{:013}-z-000000.json",
+            t0 + 3_600_000
+        ));
+        store
+            .put(&future, PutPayload::from(b"[]".to_vec()))
+            .await
+            .unwrap();
+        a.offer("m", vec![item("r4")]);
+        a.write_waiting(t0 + 2_000).await.unwrap();
+        assert_eq!(take(&b, "m", t0 + 2_001).await, vec![item("r4")]);
+        store.delete(&future).await.unwrap();
         // Past the horizon the writer deletes its objects.
-        let later = t0 + 1_000 + HORIZON.as_millis() as u64 + 1;
+        let later = t0 + 2_000 + HORIZON.as_millis() as u64 + 1;
         a.expire(later).await;
         let left: Vec<_> = store
             .list(Some(&StorePath::from("state/feedback")))
@@ -393,7 +440,7 @@ mod tests {
             .await;
         assert!(left.is_empty(), "{left:?}");
         let d = open("d");
-        assert!(d.read_new("m", later).await.unwrap().is_empty());
+        assert!(take(&d, "m", later).await.is_empty());
     }
 
     /// Past its queue, the relay takes what fits and counts the rest.

@@ -59,10 +59,9 @@ pub struct Rollout {
     synced: parking_lot::Mutex<Option<StateFile>>,
     /// Trials judged on every replica's counts, by one replica per model (see `trials`).
     trials: Option<Arc<trials::SharedTrials>>,
-    /// Models whose shared deployment names a version not loaded here yet, with this replica's
-    /// deployment when that was found: until it changes here, the store's stands for it (this
-    /// replica's lagging copy is not a change to write back), and it is applied once the
-    /// version is ready.
+    /// Models whose shared deployment names a version not loaded here yet (with this replica's
+    /// deployment when that was found): the store's stands for them (this replica's lagging
+    /// copy is not a change to write back), applied once the versions are ready.
     deferred: parking_lot::Mutex<std::collections::BTreeMap<String, Deployment>>,
 }
 
@@ -181,19 +180,34 @@ impl Rollout {
         tracing::info!(url = shared.url(), "deployments shared with other replicas");
         let shared = &shared;
         let me = &self;
-        crate::periodic::every(period, crate::periodic::First::Now, stop, || async move {
-            if let Err(e) = me.sync_shared(shared).await {
-                me.metrics.record_shared_state("error");
-                tracing::warn!(error = %e, "cannot sync the shared deployment state; the next look retries");
-            }
-            if let Some(trials) = &me.trials {
-                if let Err(e) = me.sync_trials(trials).await {
+        let deployments = crate::periodic::every(
+            period,
+            crate::periodic::First::Now,
+            stop.clone(),
+            || async move {
+                if let Err(e) = me.sync_shared(shared).await {
                     me.metrics.record_shared_state("error");
-                    tracing::warn!(error = %e, "cannot share the trials' counts; those trials wait for the next look");
+                    tracing::warn!(error = %e, "cannot sync the shared deployment state; the next look retries");
                 }
-            }
-        })
-        .await
+            },
+        );
+        // The trials' looks also renew the deciding lease: at least three times per lease,
+        // whatever the poll interval, so that a decider never decides on a lapsed lease.
+        let trials_period = period.min(crate::lease::TTL / 3);
+        let trials = crate::periodic::every(
+            trials_period,
+            crate::periodic::First::Now,
+            stop,
+            || async move {
+                if let Some(trials) = &me.trials {
+                    if let Err(e) = me.sync_trials(trials).await {
+                        me.metrics.record_shared_state("error");
+                        tracing::warn!(error = %e, "cannot share the trials' counts; those trials wait for the next look");
+                    }
+                }
+            },
+        );
+        tokio::join!(deployments, trials);
     }
 
     /// One look at the shared state: another replica's changes are applied here, this one's
@@ -217,18 +231,18 @@ impl Rollout {
             Some(_) => remote_state.clone(),
             None => StateFile::default(),
         });
-        // A deferred model unchanged here since is not a change of this replica's.
+        // While a model is deferred the store's deployment stands for it: this replica's copy
+        // lags, and what changes here meanwhile (the version loading at last and entering by
+        // its `on_new_version`, after the others may have decided its trial) is not a change
+        // to write over theirs. It is applied, and the model no longer deferred, once every
+        // version it names is ready here.
         let mut local = live.clone();
-        self.deferred.lock().retain(|model, at| {
-            if live.models.get(model).cloned().unwrap_or_default() != *at {
-                return false;
-            }
+        for model in self.deferred.lock().keys() {
             match synced.models.get(model) {
                 Some(d) => local.models.insert(model.clone(), d.clone()),
                 None => local.models.remove(model),
             };
-            true
-        });
+        }
         let mut merged = shared::merge(&remote_state, &synced, &local);
         if version.is_some() {
             self.adopt_trial_starts(&remote_state, &live, &mut merged);
@@ -327,10 +341,18 @@ impl Rollout {
                 let version = self.router.update(model, |route| {
                     route.deployment.stable =
                         wanted.stable.filter(|v| route.versions.contains_key(v));
-                    route.deployment.candidate = wanted
-                        .candidate
-                        .as_ref()
-                        .and_then(|c| candidate_from(route, c));
+                    // The same trial (a new weight, say) keeps its counts here.
+                    let running = route.deployment.candidate.take();
+                    route.deployment.candidate = wanted.candidate.as_ref().and_then(|c| {
+                        let mut next = candidate_from(route, c)?;
+                        if let Some(r) = running
+                            .as_ref()
+                            .filter(|r| r.version == c.version && r.started == c.started)
+                        {
+                            next.tracker = Arc::clone(&r.tracker);
+                        }
+                        Some(next)
+                    });
                     route
                         .deployment
                         .candidate
@@ -562,7 +584,7 @@ impl Rollout {
             if self.trials.is_some()
                 && !seen
                     .as_ref()
-                    .is_some_and(|s| s.decider == trials::Decider::Here)
+                    .is_some_and(|s| trials::SharedTrials::decides(s, crate::lease::now_ms()))
             {
                 continue;
             }

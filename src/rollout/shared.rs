@@ -4,8 +4,9 @@
 //! Each replica keeps what it last synced. At every look it compares the store with that: a
 //! newer state in the store (another replica's change) is applied here, and a change made here
 //! since the last sync is written over it model by model (a model changed here wins over the
-//! store's copy of that model only). A conditional put that loses a race is retried at the next
-//! look against the newer state, so two replicas changing different models both keep theirs.
+//! store's copy of that model, unless the store's copy changed too: then the first written
+//! wins). A conditional put that loses a race is retried at the next look against the newer
+//! state, so two replicas changing different models both keep theirs.
 
 use std::sync::Arc;
 
@@ -82,14 +83,18 @@ impl SharedState {
 }
 
 /// The state to hold after a look: the store's, with every model changed here since the last
-/// sync (`synced` → `local`) taken from here.
+/// sync (`synced` → `local`) and not in the store meanwhile taken from here. A model changed on
+/// both sides keeps the store's: the change written first wins, so that a decision another
+/// replica wrote (a promotion, a rollback) is never undone by a change this one made without
+/// having seen it (a version entering as a candidate on its late load, say).
 pub fn merge(remote: &StateFile, synced: &StateFile, local: &StateFile) -> StateFile {
     let mut merged = remote.clone();
     let models: std::collections::BTreeSet<&String> =
         synced.models.keys().chain(local.models.keys()).collect();
     for model in models {
         let here = local.models.get(model);
-        if here != synced.models.get(model) {
+        let before = synced.models.get(model);
+        if here != before && remote.models.get(model) == before {
             match here {
                 Some(state) => {
                     merged.models.insert(model.clone(), state.clone());
@@ -139,6 +144,9 @@ mod tests {
         // A model whose deployment was cleared here is cleared.
         let cleared = state(&[("b", 1)]);
         assert_eq!(merge(&remote, &synced, &cleared), state(&[("b", 2)]));
+        // Changed here and in the store since the last sync: the store's change came first.
+        let both = state(&[("a", 1), ("b", 5)]);
+        assert_eq!(merge(&remote, &synced, &both), remote);
     }
 
     #[tokio::test]

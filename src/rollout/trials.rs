@@ -2,8 +2,9 @@
 //! trial's requests and of its labels, so a decision taken on one replica's counts judges a
 //! fraction of the evidence, and N replicas judging apart multiply the chances of a wrong call.
 //! With a shared deployment state, each replica publishes its counts of every trial in progress
-//! (`<state>/rollout/trials/<model>/<replica>.json`: the candidate, the trial's start, the
-//! counts) at each look, reads the others', and one replica per model, the holder of the
+//! (`<state>/rollout/trials/<model>/<version>-<start ms>/<replica>.json`: a folder per trial, so
+//! that a look lists only the trial's own replicas, however many ended trials and replaced pods
+//! left theirs) at each look, reads the others', and one replica per model, the holder of the
 //! model's rollout lease (`<state>/rollout/leases/<model>.json`, see `lease`), decides on their
 //! sum; the decision reaches the others through the shared deployment state. The others wait
 //! (their status names the holder). A trial is the same on every replica when its version and
@@ -33,8 +34,13 @@ use crate::routing::TrialCounts;
 /// ours.
 const MAX_COUNTS_BYTES: u64 = 256 << 10;
 
-/// Replicas whose counts are read per model: the shipped manifests run at most 10.
+/// Replicas whose counts are read per trial (the shipped manifests run at most 10; more names
+/// only where pods were replaced during the trial); beyond, the rest are left out of the sum.
 const MAX_REPLICAS: usize = 64;
+
+/// The decider decides only while its lease has at least this long to run: a lease about to
+/// expire may already be another replica's by the time the decision is written.
+const DECIDE_MARGIN_MS: u64 = 5_000;
 
 /// The longest one read, write or listing may take.
 const STORE_CALL_TIMEOUT: Duration = Duration::from_secs(20);
@@ -61,7 +67,10 @@ pub struct LocalTrial {
 /// Who decides a model's trial.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decider {
-    Here,
+    /// This replica, while its lease lasts (until `expires_ms`, less a margin).
+    Here {
+        expires_ms: u64,
+    },
     Elsewhere(String),
     /// The lease could not be read at the last look: nobody here decides until it can.
     Unknown(String),
@@ -125,6 +134,12 @@ impl SharedTrials {
         &self.replica
     }
 
+    /// Whether this replica decides `model`'s trial at `now_ms`: it held the lease at the last
+    /// look, and the lease has more than a margin to run.
+    pub fn decides(seen: &Seen, now_ms: u64) -> bool {
+        matches!(seen.decider, Decider::Here { expires_ms } if now_ms + DECIDE_MARGIN_MS < expires_ms)
+    }
+
     /// What the last look found of `model`'s trial, if it is the trial of `version` started
     /// at `started_ms`.
     pub fn seen(&self, model: &str, version: u64, started_ms: u64) -> Option<Seen> {
@@ -171,7 +186,10 @@ impl SharedTrials {
     }
 
     async fn look_at(&self, trial: &LocalTrial, now_ms: u64) -> Result<Seen, String> {
-        let dir = self.prefix.child(trial.model.as_str());
+        let dir = self
+            .prefix
+            .child(trial.model.as_str())
+            .child(format!("{}-{}", trial.version, trial.started_ms));
         let mine = Published {
             replica: self.replica.clone(),
             version: trial.version,
@@ -190,17 +208,16 @@ impl SharedTrials {
         loop {
             match timed(list.next()).await? {
                 None => break,
-                Some(Ok(meta)) => {
-                    if listed.len() >= MAX_REPLICAS {
-                        return Err(format!(
-                            "{}/{dir}: more than {MAX_REPLICAS} replicas' counts",
-                            self.url
-                        ));
-                    }
-                    listed.push(meta);
-                }
+                Some(Ok(meta)) => listed.push(meta),
                 Some(Err(e)) => return Err(format!("cannot list {}/{dir}: {e}", self.url)),
             }
+        }
+        // The most recently written first: beyond the limit, the longest silent are left out.
+        listed.sort_by_key(|m| std::cmp::Reverse(m.last_modified));
+        if listed.len() > MAX_REPLICAS {
+            tracing::warn!(trial = %dir, files = listed.len(),
+                "more replicas' counts of one trial than are read; the oldest are left out");
+            listed.truncate(MAX_REPLICAS);
         }
         let mut others = TrialCounts::default();
         let mut replicas = vec![self.replica.clone()];
@@ -233,7 +250,9 @@ impl SharedTrials {
         replicas.sort();
         replicas.dedup();
         let decider = match self.leases.acquire(&trial.model, now_ms).await? {
-            Held::Here(_) => Decider::Here,
+            Held::Here(r) => Decider::Here {
+                expires_ms: r.expires_ms,
+            },
             Held::Elsewhere(r) => Decider::Elsewhere(r.holder),
         };
         Ok(Seen {
@@ -300,7 +319,11 @@ mod tests {
         assert_eq!(seen.others.candidate.correct, 15);
         assert_eq!(seen.others.candidate.latency, vec![0, 20]);
         assert_eq!(seen.replicas, vec!["a", "b"]);
-        assert_eq!(seen.decider, Decider::Here);
+        assert!(matches!(seen.decider, Decider::Here { .. }));
+        assert!(SharedTrials::decides(&seen, 2_000));
+        // Past its lease, less the margin, the holder no longer decides on what it saw.
+        let expires = 2_000 + crate::lease::TTL.as_millis() as u64;
+        assert!(!SharedTrials::decides(&seen, expires - DECIDE_MARGIN_MS));
         b.look(vec![trial(2, 100, counts(21, 16))], 2_000)
             .await
             .unwrap();
@@ -338,7 +361,7 @@ mod tests {
             .await
             .unwrap();
         let seen = b.seen("m", 2, 100).unwrap();
-        assert_eq!(seen.decider, Decider::Here);
+        assert!(matches!(seen.decider, Decider::Here { .. }));
         // a's counts of the trial still count: they are evidence, whoever decides.
         assert_eq!(seen.others.candidate.labelled, 1);
     }

@@ -106,14 +106,14 @@ impl DeploymentView {
                             .map(|s| s.replicas.clone())
                             .unwrap_or_default(),
                         decided_by: match decider {
-                            Some(Decider::Here) => Some("this replica".to_string()),
+                            Some(Decider::Here { .. }) => Some("this replica".to_string()),
                             Some(Decider::Elsewhere(r)) => Some(r.clone()),
                             _ => None,
                         },
                     });
                     let elsewhere = match decider {
                         _ if !shared => None,
-                        Some(Decider::Here) => None,
+                        Some(Decider::Here { .. }) => None,
                         Some(Decider::Elsewhere(r)) => Some(format!(
                             "decided by replica '{r}' on every replica's counts"
                         )),

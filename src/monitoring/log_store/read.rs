@@ -434,9 +434,27 @@ fn link_local(
             let Some(segment) = local_segment(name) else {
                 continue;
             };
-            let target = to.join(name);
-            let linked = std::fs::hard_link(&path, &target)
-                .or_else(|_| std::fs::copy(&path, &target).map(|_| ()));
+            let mut target = to.join(name);
+            if target.exists() {
+                // Linked already: its open copy was sealed while this listing ran (below).
+                continue;
+            }
+            let link = |from: &Path, to: &Path| {
+                std::fs::hard_link(from, to).or_else(|_| std::fs::copy(from, to).map(|_| ()))
+            };
+            let mut linked = link(&path, &target);
+            if matches!(&linked, Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+                && name.ends_with(".arrows")
+            {
+                // Sealed since the listing: its Parquet copy may come later in this listing
+                // or not at all (listings miss files renamed meanwhile), so take it now.
+                let sealed = path.with_extension("parquet");
+                target = to.join(sealed.file_name().unwrap_or_default());
+                if target.exists() {
+                    continue;
+                }
+                linked = link(&sealed, &target);
+            }
             match linked {
                 Ok(()) => {}
                 // Uploaded and deleted since the listing: the store has it.
