@@ -69,6 +69,10 @@ pub struct Backlog {
 struct Retry {
     failures: u32,
     paused_until: Option<Instant>,
+    /// The segment the store refused last, and how many times in a row: one it keeps refusing
+    /// (while it takes others, or whatever the reason) is set aside on its own backoff, so it
+    /// never holds up the segments behind it.
+    refused: Option<(PathBuf, u32)>,
     /// Files that failed on this side (unreadable), tried again after their own backoff.
     files: HashMap<PathBuf, (u32, Instant)>,
 }
@@ -222,13 +226,23 @@ impl Uploader {
             match self.upload(w).await {
                 Ok(false) => tally.remove(w),
                 Ok(true) => {
-                    self.retry.lock().failures = 0;
+                    let mut retry = self.retry.lock();
+                    retry.failures = 0;
+                    retry.refused = None;
+                    drop(retry);
                     self.metrics.record_log_uploaded(&w.model, w.kind, w.bytes);
                     tally.remove(w);
                     self.publish(&tally);
                 }
                 Err(Failure::Store(reason)) => {
                     self.metrics.record_log_upload_failure(&w.model, w.kind);
+                    if self.refused_again(&w.path) >= SAME_SEGMENT_REFUSALS {
+                        let wait = self.pause_file(&w.path);
+                        tracing::warn!(url = %self.url, segment = %w.path.display(), error = %reason,
+                            retry_in_s = wait.as_secs_f64(),
+                            "prediction log: the store refused this segment {SAME_SEGMENT_REFUSALS} times in a row; set aside, the others go on");
+                        continue;
+                    }
                     let wait = self.pause_store();
                     tracing::warn!(url = %self.url, segment = %w.path.display(), error = %reason,
                         retry_in_s = wait.as_secs_f64(), "prediction log: upload failed; the segment stays on disk");
@@ -305,6 +319,17 @@ impl Uploader {
         }
     }
 
+    /// Counts a refusal of `path` by the store: how many in a row, this one included.
+    fn refused_again(&self, path: &Path) -> u32 {
+        let mut retry = self.retry.lock();
+        let n = match &retry.refused {
+            Some((p, n)) if p == path => n + 1,
+            _ => 1,
+        };
+        retry.refused = Some((path.to_path_buf(), n));
+        n
+    }
+
     fn pause_store(&self) -> Duration {
         let mut retry = self.retry.lock();
         retry.failures = retry.failures.saturating_add(1);
@@ -335,6 +360,10 @@ impl Uploader {
             .is_some_and(|(_, until)| now < *until)
     }
 }
+
+/// Refusals in a row of one segment after which it is set aside (the store's own backoff
+/// applies before: a store that is down refuses every segment, and is waited for).
+const SAME_SEGMENT_REFUSALS: u32 = 3;
 
 /// The wait after `failures` in a row: 1 s, 2 s, 4 s, ... up to [`BACKOFF_MAX`].
 fn backoff(failures: u32) -> Duration {
@@ -472,6 +501,40 @@ mod tests {
             .await;
         names.sort();
         names
+    }
+
+    /// A segment the store keeps refusing (here a directory stands where its object goes) is
+    /// set aside after a few tries in a row; the segments behind it go up.
+    #[tokio::test]
+    async fn a_segment_the_store_keeps_refusing_holds_up_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(root.path()).unwrap());
+        let up = Uploader::with_store(
+            store,
+            StorePath::from("logs"),
+            "file:///logs",
+            "pod-1",
+            &settings(dir.path(), 1 << 20),
+            Metrics::new(),
+        );
+        let stuck = put(dir.path(), "m/predictions/1796166458013-000000.parquet", 10);
+        let next = put(dir.path(), "m/predictions/1796166459013-000001.parquet", 10);
+        let blocker = root
+            .path()
+            .join("logs/m/predictions/date=2026-12-01/pod-1-1796166458013-000000.parquet");
+        std::fs::create_dir_all(blocker.join("x")).unwrap();
+        for _ in 1..SAME_SEGMENT_REFUSALS {
+            up.pass(true).await;
+            assert!(
+                stuck.exists() && next.exists(),
+                "held up while it may be the store"
+            );
+        }
+        up.pass(true).await;
+        assert!(stuck.exists(), "the refused segment stays on disk");
+        assert!(!next.exists(), "the one behind it went up");
     }
 
     #[tokio::test]
