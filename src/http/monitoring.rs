@@ -38,22 +38,16 @@ pub async fn feedback(state: &AppState, model: &str, req: Request<Incoming>) -> 
     } else {
         protocol::decode_feedback(&body, now)?
     };
-    // Kept for the relay only where some item may need it.
-    let relayed = state.relay.as_ref().map(|_| items.clone());
     let mut answer = match &state.relay {
         Some(_) => monitor.feedback_relaying(items).await,
         None => monitor.feedback(items).await,
     }
     .map_err(ApiError::Busy)?;
     crate::routing::record_trial_labels(&state.router, model, &answer.outcomes);
-    if let (Some(relay), Some(items)) = (&state.relay, relayed) {
+    if let Some(relay) = &state.relay {
         // Rows this replica did not answer: stored here (above), and relayed to the replica
         // that did. Past the relay's queue they stay unknown.
-        let unknown: Vec<_> = answer
-            .unknown_at
-            .iter()
-            .filter_map(|&at| items.get(at).cloned())
-            .collect();
+        let unknown = std::mem::take(&mut answer.unknown_items);
         let offered = unknown.len();
         let taken = relay.offer(model, unknown);
         if taken == offered {

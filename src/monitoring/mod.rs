@@ -198,6 +198,9 @@ pub struct FeedbackAnswer {
     /// The positions, in the call's items, of those no recent prediction here matched.
     #[serde(skip)]
     pub unknown_at: Vec<usize>,
+    /// With the relay on (`Origin::CallerRelaying`), those items themselves, for the relay.
+    #[serde(skip)]
+    pub unknown_items: Vec<FeedbackItem>,
     /// Each matched classification row: who answered it, when, and whether its label was
     /// right (for a canary's live-quality criterion).
     #[serde(skip)]

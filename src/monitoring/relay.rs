@@ -22,7 +22,7 @@ use cairn_monitor::feedback::FeedbackItem;
 use futures_util::StreamExt;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, PutPayload};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::MonitorHub;
 use crate::metrics::Metrics;
@@ -50,17 +50,21 @@ const LIST_SLACK: Duration = Duration::from_secs(60);
 
 const STORE_CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// One relayed label, as stored.
-#[derive(Debug, Serialize, Deserialize)]
-struct Relayed {
-    id: String,
+/// Items per relayed object: at the feedback API's limits (ids of 1 KiB, labels of 256 bytes)
+/// an object stays well under [`MAX_OBJECT_BYTES`].
+const ITEMS_PER_OBJECT: usize = 10_000;
+
+/// One relayed label, as the feedback API takes it (`time` in seconds).
+#[derive(Serialize)]
+struct Relayed<'a> {
+    id: &'a str,
     row: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    label: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     target: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    time_us: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    time: Option<f64>,
 }
 
 pub struct Relay {
@@ -190,45 +194,55 @@ impl Relay {
             std::mem::take(&mut w.models)
         };
         let mut models = models.into_iter();
-        while let Some((model, items)) = models.next() {
-            let body: Vec<Relayed> = items
-                .iter()
-                .map(|i| Relayed {
-                    id: i.id.clone(),
-                    row: i.row,
-                    label: i.label.clone(),
-                    target: i.target,
-                    time_us: i.time_us,
-                })
-                .collect();
-            let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-            let path = self
-                .prefix
-                .child(model.as_str())
-                .child(format!("{now_ms:013}-{}-{seq:06}.json", self.replica));
-            let bytes = serde_json::to_vec(&body).expect("feedback serializes");
-            match timed(self.store.put(&path, PutPayload::from(bytes))).await {
-                Ok(Ok(_)) => {
-                    self.metrics
-                        .record_feedback(&model, "relayed", items.len() as u64);
-                    self.written.lock().push_back((now_ms, path));
-                }
-                failed => {
-                    // Back in the queue (first, as far as there is room) for the next look.
-                    let reason = match failed {
-                        Ok(Err(e)) => e.to_string(),
-                        Err(e) => e,
-                        Ok(Ok(_)) => unreachable!(),
-                    };
-                    // This model's and the ones not tried yet wait for the next look.
+        while let Some((model, mut items)) = models.next() {
+            while !items.is_empty() {
+                let chunk: Vec<FeedbackItem> =
+                    items.drain(..items.len().min(ITEMS_PER_OBJECT)).collect();
+                if let Err(reason) = self.write_object(&model, &chunk, now_ms).await {
+                    // This chunk, the rest of this model's and the models not tried yet wait
+                    // for the next look.
+                    self.offer(&model, chunk);
                     self.offer(&model, items);
                     for (rest, items) in models {
                         self.offer(&rest, items);
                     }
                     return Err(format!("cannot relay feedback of '{model}': {reason}"));
                 }
+                self.metrics
+                    .record_feedback(&model, "relayed", chunk.len() as u64);
             }
         }
+        Ok(())
+    }
+
+    /// One object of relayed feedback, in the feedback API's own body format, so that reading
+    /// it back goes through the API's decoder and its limits.
+    async fn write_object(
+        &self,
+        model: &str,
+        items: &[FeedbackItem],
+        now_ms: u64,
+    ) -> Result<(), String> {
+        let body: Vec<Relayed> = items
+            .iter()
+            .map(|i| Relayed {
+                id: &i.id,
+                row: i.row,
+                label: i.label.as_deref(),
+                target: i.target,
+                time: i.time_us.map(|us| us as f64 / 1e6),
+            })
+            .collect();
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .prefix
+            .child(model)
+            .child(format!("{now_ms:013}-{}-{seq:06}.json", self.replica));
+        let bytes = serde_json::to_vec(&body).expect("feedback serializes");
+        timed(self.store.put(&path, PutPayload::from(bytes)))
+            .await?
+            .map_err(|e| e.to_string())?;
+        self.written.lock().push_back((now_ms, path));
         Ok(())
     }
 
@@ -292,26 +306,22 @@ impl Relay {
         let mut items = Vec::new();
         let mut read = Vec::new();
         for (name, ms, location) in new {
-            let got = timed(async {
-                let got = self.store.get(&location).await?;
-                got.bytes().await
-            })
-            .await?;
-            match got {
-                Ok(bytes) => match serde_json::from_slice::<Vec<Relayed>>(&bytes) {
-                    Ok(relayed) => items.extend(relayed.into_iter().map(|r| FeedbackItem {
-                        id: r.id,
-                        row: r.row,
-                        label: r.label,
-                        target: r.target,
-                        time_us: r.time_us,
-                    })),
+            // Read under the size limit whatever the listing said (an object may be replaced
+            // meanwhile), and decoded by the feedback API's own decoder: every item within its
+            // limits (items, id and label sizes, time range), as if a caller had sent it.
+            let got = timed(crate::store::read_versioned(
+                self.store.as_ref(),
+                &location,
+                MAX_OBJECT_BYTES,
+            ))
+            .await??;
+            // `None`: deleted by its writer after the horizon, since the listing.
+            if let Some((bytes, _)) = got {
+                match crate::protocol::decode_feedback(&bytes, now_ms as i64 * 1000) {
+                    Ok(relayed) => items.extend(relayed),
                     Err(e) => tracing::warn!(object = %location, error = %e,
                         "feedback relay: not relayed feedback; skipped"),
-                },
-                // Deleted by its writer after the horizon, between the listing and the read.
-                Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(format!("cannot read {location}: {e}")),
+                }
             }
             read.push((name, ms));
         }
@@ -441,6 +451,51 @@ mod tests {
         assert!(left.is_empty(), "{left:?}");
         let d = open("d");
         assert!(take(&d, "m", later).await.is_empty());
+    }
+
+    /// What another writer put under the relay's prefix is read as a caller's feedback body
+    /// would be: an object with an item past the API's limits (an id of 2 KiB) is skipped
+    /// whole, one larger than the object limit is not read at all, and neither stops the
+    /// objects beside it. A writer splits its queue into objects under that limit.
+    #[tokio::test]
+    async fn hostile_objects_are_refused_by_the_feedback_api_limits() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let open = |r: &str| {
+            Relay::with_store(
+                Arc::clone(&store),
+                StorePath::from("state"),
+                r,
+                Metrics::new(),
+            )
+        };
+        let (a, b) = (open("a"), open("b"));
+        let t0 = 1_796_000_000_000u64;
+        let at = |n: u64| StorePath::from(format!("state/feedback/m/{:013}-z-{n:06}.json", t0));
+        let long_id = format!(r#"[{{"id":"{}","row":0,"label":"1"}}]"#, "x".repeat(2048));
+        store
+            .put(&at(0), PutPayload::from(long_id.into_bytes()))
+            .await
+            .unwrap();
+        let huge = vec![b' '; MAX_OBJECT_BYTES as usize + 1];
+        store.put(&at(1), PutPayload::from(huge)).await.unwrap();
+        store
+            .put(
+                &at(2),
+                PutPayload::from(br#"[{"id":"ok","label":"1"}]"#.to_vec()),
+            )
+            .await
+            .unwrap();
+        let got = take(&b, "m", t0 + 1).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].id, "ok");
+
+        let many: Vec<_> = (0..ITEMS_PER_OBJECT + 1)
+            .map(|i| item(&i.to_string()))
+            .collect();
+        a.offer("m", many);
+        a.write_waiting(t0 + 1_000).await.unwrap();
+        assert_eq!(a.written.lock().len(), 2, "split into objects of the limit");
+        assert_eq!(take(&b, "m", t0 + 1_001).await.len(), ITEMS_PER_OBJECT + 1);
     }
 
     /// Past its queue, the relay takes what fits and counts the rest.

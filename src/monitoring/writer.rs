@@ -735,6 +735,16 @@ impl Writer {
                 self.publish_quality(version);
             }
         }
+        if origin == Origin::CallerRelaying {
+            // Handed back for the relay: moved, not copied.
+            let mut unknown = answer.unknown_at.iter().copied().peekable();
+            answer.unknown_items = items
+                .into_iter()
+                .enumerate()
+                .filter(|(at, _)| unknown.next_if_eq(at).is_some())
+                .map(|(_, item)| item)
+                .collect();
+        }
         Ok(answer)
     }
 
@@ -1034,6 +1044,34 @@ mod tests {
             1,
             "only the caller's feedback is stored here"
         );
+    }
+
+    /// A caller's feedback with the relay on: what matched nothing comes back for the relay,
+    /// moved out of the call's items, and all of it is stored here.
+    #[test]
+    fn unmatched_feedback_comes_back_for_the_relay() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = MonitorSettings::defaults(dir.path());
+        settings.fsync = Duration::ZERO;
+        let hub = MonitorHub::new(settings, Metrics::new());
+        let monitor = hub.model("m").unwrap();
+        let setup = VersionSetup {
+            version: 1,
+            layout: Arc::new(PredictionLayout::new(Vec::new())),
+            config: MonitoringConfig::default(),
+            dir: dir.path().join("m/1"),
+        };
+        let send = |msg| monitor.tx.blocking_send(msg).unwrap();
+        send(Msg::Version(Box::new(setup)));
+        send(record("mine"));
+        let answer = feedback_from(&monitor, &["a", "mine", "b"], Origin::CallerRelaying);
+        let back: Vec<&str> = answer.unknown_items.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(back, ["a", "b"]);
+        assert_eq!(answer.matched, 1);
+        hub.shutdown();
+        let (batches, _) =
+            cairn_monitor::log::read_dir(&dir.path().join("predictions/m/feedback")).unwrap();
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
     }
 
     /// A panic on the writer: caught, counted, and the writer rebuilt with the version it knew,

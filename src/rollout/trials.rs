@@ -225,17 +225,15 @@ impl SharedTrials {
             if meta.location == path || meta.size > MAX_COUNTS_BYTES {
                 continue;
             }
-            let got = timed(async {
-                let got = self.store.get(&meta.location).await?;
-                got.bytes().await
-            })
-            .await?;
-            let bytes = match got {
-                Ok(bytes) => bytes,
-                // Gone between the listing and the read: a replica cleaning up.
-                Err(object_store::Error::NotFound { .. }) => continue,
-                Err(e) => return Err(format!("cannot read {}: {e}", meta.location)),
-            };
+            // Under the size limit whatever the listing said: the object may be replaced.
+            let got = timed(crate::store::read_versioned(
+                self.store.as_ref(),
+                &meta.location,
+                MAX_COUNTS_BYTES,
+            ))
+            .await??;
+            // Gone between the listing and the read: a replica cleaning up.
+            let Some((bytes, _)) = got else { continue };
             let Ok(theirs) = serde_json::from_slice::<Published>(&bytes) else {
                 tracing::warn!(object = %meta.location, "not a replica's trial counts; skipped");
                 continue;
